@@ -1,0 +1,53 @@
+"""The object every command receives with ``@click.pass_obj``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from functools import cached_property
+from typing import Any
+
+import click
+from rich.console import Console
+
+from mpsctl.render.console import make_console
+from mpsctl.settings import Settings, load_settings
+
+
+class App:
+    def __init__(self, config_path: str | None = None) -> None:
+        self.config_path = config_path
+        self._settings: Settings | None = None
+
+    @cached_property
+    def out(self) -> Console:
+        """stdout: the result only."""
+        return make_console(stderr=False)
+
+    @cached_property
+    def err(self) -> Console:
+        """stderr: progress, warnings, errors."""
+        return make_console(stderr=True)
+
+    def settings(self, overrides: Mapping[str, tuple[Any, str]] | None = None) -> Settings:
+        """Effective settings; ``overrides`` are flags: ``{"memory.device": (v, "--device")}``.
+
+        Notes produced while resolving (a derived low watermark, a 0.0 ratio) go to stderr once.
+        """
+        if overrides or self._settings is None:
+            settings = load_settings(config=self.config_path, overrides=overrides)
+            for note in settings.notes:
+                self.warn(note)
+            if not overrides:
+                self._settings = settings
+            return settings
+        return self._settings
+
+    def warn(self, message: str) -> None:
+        click.echo(f"mpsctl: warning: {message}", err=True)
+
+    def info(self, message: str) -> None:
+        click.echo(f"mpsctl: {message}", err=True)
+
+
+def json_option(func: Any) -> Any:
+    return click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")(func)

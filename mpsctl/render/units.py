@@ -1,0 +1,53 @@
+"""Human units. JSON carries integers named ``*_bytes``; people read GiB and MiB."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timezone
+
+KIB = 1024
+MIB = 1024**2
+GIB = 1024**3
+
+
+def fmt_bytes(value: int | float | None, unknown: str = "unknown") -> str:
+    """``7.47 GiB``, ``384.00 KiB``; ``None`` is shown as unknown, never as 0."""
+    if value is None:
+        return unknown
+    size = float(value)
+    for unit, scale in (("GiB", GIB), ("MiB", MIB), ("KiB", KIB)):
+        if abs(size) >= scale:
+            return f"{size / scale:.2f} {unit}"
+    return f"{int(size)} B"
+
+
+def fmt_percent(value: float | None, unknown: str = "unknown") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return unknown
+    return f"{value:.1f}%"
+
+
+def fmt_seconds(seconds: float | None) -> str:
+    if seconds is None:
+        return "unknown"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    if days:
+        return f"{days}d{hours:02d}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s"
+
+
+def utc_now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def iso_utc(timestamp: float) -> str:
+    moment = datetime.fromtimestamp(timestamp, timezone.utc)
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")

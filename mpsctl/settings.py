@@ -1,0 +1,685 @@
+"""Settings: built-in defaults < TOML file < ``MPSCTL_*`` environment < command-line flags.
+
+Every value remembers where it came from, so ``mpsctl config show`` can explain it.
+Validation is strict: an unknown key, a wrong type or a ratio PyTorch would misread is a
+``ConfigError`` naming the file (or variable) and the key, never a silent default.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import shlex
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from mpsctl.errors import ConfigError
+from mpsctl.paths import CONFIG_NAME, home_dir, user_config_file
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised only on 3.10
+    import tomli as tomllib
+
+#: PyTorch's own defaults (aten/src/ATen/mps/MPSAllocator.h) on unified-memory Macs.
+TORCH_DEFAULT_HIGH_RATIO = 1.7
+TORCH_DEFAULT_LOW_RATIO = 1.4
+MAX_RATIO = 2.0
+DEVICES = ("auto", "mps", "cuda", "cpu")
+DTYPES = ("auto", "float16", "bfloat16", "float32")
+GIB = 1024**3
+
+
+# --------------------------------------------------------------------------- parsers
+# Each parser takes a TOML value or an environment string and returns the typed value,
+# raising ValueError with a short reason.
+
+
+def _parse_str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("expected a string")
+    return value
+
+
+def _parse_opt_str(value: Any) -> str | None:
+    text = _parse_str(value)
+    return text or None
+
+
+def _parse_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        lowered = value.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+    raise ValueError("expected true or false")
+
+
+def _parse_number(value: Any) -> float:
+    # bool is an int in Python; `high = true` must not become 1.0
+    if isinstance(value, bool):
+        raise ValueError("expected a number")
+    if isinstance(value, (int, float)):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            raise ValueError(f"expected a number, got {value!r}") from None
+    else:
+        raise ValueError("expected a number")
+    if not math.isfinite(number):
+        raise ValueError(f"expected a finite number, got {value!r}")
+    return number
+
+
+def _parse_positive(value: Any) -> float:
+    number = _parse_number(value)
+    if number <= 0:
+        raise ValueError(f"must be greater than 0, got {number:g}")
+    return number
+
+
+def _parse_non_negative(value: Any) -> float:
+    number = _parse_number(value)
+    if number < 0:
+        raise ValueError(f"must be 0 or more, got {number:g}")
+    return number
+
+
+def _parse_int_min(minimum: int) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        number = _parse_number(value)
+        if number != int(number):
+            raise ValueError(f"expected a whole number, got {value!r}")
+        if number < minimum:
+            raise ValueError(f"must be {minimum} or more, got {int(number)}")
+        return int(number)
+
+    return parse
+
+
+def parse_ratio(value: Any) -> float:
+    """A watermark ratio: a real number in 0.0-2.0.
+
+    PyTorch reads these with ``strtod``, which turns ``"abc"`` into 0.0 (= no limit), so a
+    typo would silently remove the limit; we refuse it instead.
+    """
+    number = _parse_number(value)
+    if not 0.0 <= number <= MAX_RATIO:
+        raise ValueError(f"must be between 0.0 and {MAX_RATIO}, got {number:g}")
+    return number
+
+
+def _parse_opt_ratio(value: Any) -> float | None:
+    if isinstance(value, str) and value.strip().lower() in ("", "auto"):
+        return None
+    return parse_ratio(value)
+
+
+def _parse_choice(choices: tuple[str, ...]) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        text = _parse_str(value).strip().lower()
+        if text not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {value!r}")
+        return text
+
+    return parse
+
+
+def _parse_command(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        parts = shlex.split(value)
+    elif isinstance(value, list) and all(isinstance(p, str) for p in value):
+        parts = list(value)
+    else:
+        raise ValueError("expected a list of strings")
+    if not parts:
+        raise ValueError("must not be empty")
+    return tuple(parts)
+
+
+def _parse_str_list(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return tuple(p.strip() for p in value.split(",") if p.strip())
+    if isinstance(value, list) and all(isinstance(p, str) for p in value):
+        return tuple(value)
+    raise ValueError("expected a list of strings")
+
+
+def _parse_pair(value: Any) -> tuple[float, float]:
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or len(items) != 2:
+        raise ValueError("expected [warning, critical]")
+    warn, crit = (_parse_non_negative(v) for v in items)
+    if warn > crit:
+        raise ValueError(f"warning {warn:g} is above critical {crit:g}")
+    return warn, crit
+
+
+def _parse_url(value: Any) -> str:
+    text = _parse_str(value).strip().rstrip("/")
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise ValueError(f"bad port in {value!r}") from None
+    return text
+
+
+def _parse_path_str(value: Any) -> str:
+    text = _parse_str(value)
+    if not text:
+        raise ValueError("must not be empty")
+    return text
+
+
+def _parse_http_path(value: Any) -> str:
+    text = _parse_str(value).strip()
+    if not text.startswith("/"):
+        raise ValueError(f"must start with '/', got {value!r}")
+    return text
+
+
+# --------------------------------------------------------------------------- schema
+@dataclass(frozen=True)
+class Key:
+    parse: Callable[[Any], Any]
+    default: Any
+    help: str
+
+
+_NO_DEFAULT = object()  # computed from other settings in _finish()
+
+SCHEMA: dict[str, dict[str, Key]] = {
+    "service": {
+        "name": Key(_parse_str, "mpsctl-serve", "shown in output"),
+        "workdir": Key(_parse_path_str, ".", "cwd of the service; relative to the config file"),
+        "command": Key(_parse_command, _NO_DEFAULT, "argv of the service (list or shell words)"),
+        "venv": Key(_parse_opt_str, None, "virtualenv whose bin/ goes first on PATH"),
+        "url": Key(_parse_url, "http://127.0.0.1:8000", "base URL of the service"),
+        "health_path": Key(_parse_http_path, "/health", "GET, no auth, 200 when healthy"),
+        "query_path": Key(_parse_http_path, "/api/v1/query", "POST {question}"),
+        "release_path": Key(_parse_http_path, "/admin/release", "POST: free cached memory"),
+        "token_env": Key(_parse_opt_str, "MPSCTL_TOKEN", "variable holding the bearer token"),
+        "token_file": Key(_parse_opt_str, _NO_DEFAULT, "file holding the bearer token"),
+        "log_file": Key(_parse_path_str, _NO_DEFAULT, "where start appends the service output"),
+        "log_globs": Key(_parse_str_list, (), "the service's own logs (dated names allowed)"),
+        "log_max_bytes": Key(
+            _parse_int_min(0), 50 * 1024**2, "rotate log_file above this (0: never)"
+        ),
+        "log_backups": Key(_parse_int_min(0), 3, "rotated copies kept"),
+        "match": Key(_parse_opt_str, None, "regex over cmdlines, for a service started by hand"),
+        "stop_timeout": Key(_parse_positive, 10.0, "seconds between SIGTERM and SIGKILL"),
+        "start_timeout": Key(_parse_positive, 120.0, "seconds to wait for a healthy answer"),
+        "request_timeout": Key(_parse_positive, 60.0, "seconds for one query"),
+    },
+    "memory": {
+        "high_watermark_ratio": Key(
+            _parse_opt_ratio, 1.0, "PYTORCH_MPS_HIGH_WATERMARK_RATIO (x recommended max)"
+        ),
+        "low_watermark_ratio": Key(
+            _parse_opt_ratio, None, "PYTORCH_MPS_LOW_WATERMARK_RATIO (auto: min(high, 1.4))"
+        ),
+        "mps_fallback": Key(_parse_bool, False, "PYTORCH_ENABLE_MPS_FALLBACK (missing ops only)"),
+        "device": Key(_parse_choice(DEVICES), "auto", "auto | mps | cuda | cpu"),
+    },
+    "thresholds": {
+        "host_used_percent": Key(_parse_pair, (85.0, 95.0), "host memory used, %"),
+        "service_memory_gib": Key(_parse_pair, (12.0, 14.0), "service tree footprint, GiB"),
+        "accelerator_limit_percent": Key(
+            _parse_pair, (80.0, 95.0), "accelerator allocated, % of the limit"
+        ),
+        "swap_used_percent": Key(_parse_pair, (50.0, 80.0), "swap used, %"),
+    },
+    "serve": {
+        "model": Key(_parse_opt_str, None, "local directory or hub id (--demo builds one)"),
+        "dtype": Key(_parse_choice(DTYPES), "auto", "auto | float16 | bfloat16 | float32"),
+        "max_new_tokens": Key(_parse_int_min(1), 128, "default tokens generated per query"),
+        "max_new_tokens_limit": Key(_parse_int_min(1), 1024, "largest max_new_tokens accepted"),
+        "max_concurrent": Key(_parse_int_min(1), 3, "queries in flight"),
+        "max_queue": Key(_parse_int_min(0), 16, "queries waiting for a slot"),
+        "queue_timeout": Key(_parse_non_negative, 30.0, "seconds a query may wait"),
+        "cleanup_interval": Key(_parse_non_negative, 1800.0, "seconds between releases (0: off)"),
+        "max_question_bytes": Key(_parse_int_min(1), 4096, "largest question accepted"),
+    },
+    "fix": {
+        "max_restarts": Key(_parse_int_min(1), 3, "restarts allowed within `within`"),
+        "within": Key(_parse_positive, 3600.0, "seconds of the restart-loop window"),
+    },
+    "history": {
+        "retention_days": Key(_parse_int_min(1), 30, "days of probe history kept"),
+    },
+    "alerts": {
+        "url": Key(_parse_opt_str, None, "POST a JSON alert here on verdict change"),
+        "command": Key(_parse_opt_str, None, "or run this command (alert JSON on stdin)"),
+    },
+}
+
+#: variables that look like settings but are not (they are read elsewhere)
+_RESERVED_ENV = {"MPSCTL_HOME", "MPSCTL_CONFIG", "MPSCTL_TOKEN"}
+
+
+def env_name(dotted: str) -> str:
+    return "MPSCTL_" + dotted.replace(".", "_").upper()
+
+
+_ENV_KEYS = {env_name(f"{s}.{k}"): f"{s}.{k}" for s, keys in SCHEMA.items() for k in keys}
+
+
+# --------------------------------------------------------------------------- result types
+@dataclass(frozen=True)
+class ServiceSettings:
+    name: str
+    workdir: Path
+    command: tuple[str, ...]
+    venv: Path | None
+    url: str
+    health_path: str
+    query_path: str
+    release_path: str
+    token_env: str | None
+    token_file: Path | None
+    log_file: Path
+    log_globs: tuple[str, ...]
+    log_max_bytes: int
+    log_backups: int
+    match: str | None
+    stop_timeout: float
+    start_timeout: float
+    request_timeout: float
+
+    @property
+    def health_url(self) -> str:
+        return self.url + self.health_path
+
+    @property
+    def query_url(self) -> str:
+        return self.url + self.query_path
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        parts = urlsplit(self.url)
+        return parts.port or (443 if parts.scheme == "https" else 80)
+
+
+@dataclass(frozen=True)
+class MemorySettings:
+    high_watermark_ratio: float | None
+    low_watermark_ratio: float | None
+    mps_fallback: bool
+    device: str
+
+    def torch_env(self) -> dict[str, str]:
+        """The ``PYTORCH_*`` variables a service must be started with."""
+        env: dict[str, str] = {}
+        if self.high_watermark_ratio is not None:
+            env["PYTORCH_MPS_HIGH_WATERMARK_RATIO"] = f"{self.high_watermark_ratio:g}"
+        if self.low_watermark_ratio is not None:
+            env["PYTORCH_MPS_LOW_WATERMARK_RATIO"] = f"{self.low_watermark_ratio:g}"
+        if self.mps_fallback:
+            env["PYTORCH_ENABLE_MPS_FALLBACK"] = "1"
+        return env
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    host_used_percent: tuple[float, float]
+    service_memory_gib: tuple[float, float]
+    accelerator_limit_percent: tuple[float, float]
+    swap_used_percent: tuple[float, float]
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    model: str | None
+    dtype: str
+    max_new_tokens: int
+    max_new_tokens_limit: int
+    max_concurrent: int
+    max_queue: int
+    queue_timeout: float
+    cleanup_interval: float
+    max_question_bytes: int
+
+
+@dataclass(frozen=True)
+class FixSettings:
+    max_restarts: int
+    within: float
+
+
+@dataclass(frozen=True)
+class HistorySettings:
+    retention_days: int
+
+
+@dataclass(frozen=True)
+class AlertSettings:
+    url: str | None
+    command: str | None
+
+
+@dataclass(frozen=True)
+class Settings:
+    service: ServiceSettings
+    memory: MemorySettings
+    thresholds: Thresholds
+    serve: ServeSettings
+    fix: FixSettings
+    history: HistorySettings
+    alerts: AlertSettings
+    home: Path
+    config_file: Path | None
+    #: dotted key -> where the value came from ("default", "file PATH", "env NAME", "flag --x")
+    sources: dict[str, str] = field(default_factory=dict)
+    #: notes produced while resolving (e.g. low ratio derived from high), for stderr
+    notes: tuple[str, ...] = ()
+    #: True when no file was found: mpsctl manages its own reference service
+    reference_service: bool = True
+
+    def value(self, dotted: str) -> Any:
+        section, key = dotted.split(".", 1)
+        return getattr(getattr(self, section), key)
+
+    def as_dict(self) -> dict[str, dict[str, Any]]:
+        return {
+            s: {k: _jsonable(self.value(f"{s}.{k}")) for k in keys} for s, keys in SCHEMA.items()
+        }
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+# --------------------------------------------------------------------------- watermarks
+@dataclass(frozen=True)
+class Watermarks:
+    high: float | None
+    low: float | None
+    notes: tuple[str, ...]
+
+
+def resolve_watermarks(high: float | None, low: float | None) -> Watermarks:
+    """Check a high/low pair the way PyTorch will, before any service starts.
+
+    PyTorch raises ``invalid low watermark ratio`` at the first MPS allocation when
+    low > high (high > 0) -- so a bare ``HIGH=0.7`` with the default LOW 1.4 kills the
+    service. When only high is given, low becomes ``min(high, 1.4)``.
+    """
+    notes: list[str] = []
+    for label, ratio in (("high", high), ("low", low)):
+        if ratio is not None and not 0.0 <= ratio <= MAX_RATIO:
+            raise ConfigError(f"{label} watermark ratio {ratio:g} is outside 0.0-{MAX_RATIO:g}")
+    if high is not None and low is None:
+        low = min(high, TORCH_DEFAULT_LOW_RATIO) if high > 0 else None
+        if low is not None and low < TORCH_DEFAULT_LOW_RATIO:
+            notes.append(
+                f"low watermark set to {low:g}: PyTorch's default low ratio "
+                f"{TORCH_DEFAULT_LOW_RATIO:g} is above high {high:g}, which PyTorch rejects "
+                "at the first allocation"
+            )
+    if low is not None:
+        if high is None:
+            ceiling = TORCH_DEFAULT_HIGH_RATIO  # PyTorch's own high applies
+        elif high == 0.0:
+            ceiling = MAX_RATIO  # no hard limit: PyTorch only checks the range
+        else:
+            ceiling = high
+        if low > ceiling:
+            raise ConfigError(
+                f"low watermark ratio {low:g} is above high {ceiling:g}: PyTorch fails with "
+                f"'invalid low watermark ratio {low:g}' at the first allocation"
+            )
+    if high == 0.0:
+        notes.append(
+            "high watermark 0.0 disables the MPS limit: the service can take all memory "
+            "and push macOS into swap instead of failing with an out-of-memory error"
+        )
+    return Watermarks(high, low, tuple(notes))
+
+
+# --------------------------------------------------------------------------- loading
+def find_config_file(explicit: str | None, environ: Mapping[str, str]) -> Path | None:
+    """``--config`` > ``MPSCTL_CONFIG`` > ``./mpsctl.toml`` > the user config dir."""
+    chosen = explicit or environ.get("MPSCTL_CONFIG")
+    if chosen:
+        path = Path(chosen).expanduser()
+        if not path.is_file():
+            origin = "--config" if explicit else "MPSCTL_CONFIG"
+            raise ConfigError(f"{origin}: no such file: {path}")
+        return path
+    for candidate in (Path.cwd() / CONFIG_NAME, user_config_file(dict(environ))):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+
+
+def _did_you_mean(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def load_settings(
+    *,
+    config: str | None = None,
+    overrides: Mapping[str, tuple[Any, str]] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Resolve settings. ``overrides`` maps dotted keys to ``(value, "--flag")``."""
+    env = dict(os.environ if environ is None else environ)
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for section, keys in SCHEMA.items():
+        for key, spec in keys.items():
+            values[f"{section}.{key}"] = spec.default
+            sources[f"{section}.{key}"] = "default"
+
+    path = find_config_file(config, env)
+    if path is not None:
+        path = path.resolve()
+        data = _read_toml(path)
+        for section, table in data.items():
+            if section not in SCHEMA:
+                hint = _did_you_mean(section, list(SCHEMA))
+                raise ConfigError(f"{path}: unknown section [{section}]{hint}")
+            if not isinstance(table, dict):
+                raise ConfigError(f"{path}: {section} must be a table: [{section}]")
+            for key, raw in table.items():
+                if key not in SCHEMA[section]:
+                    hint = _did_you_mean(key, list(SCHEMA[section]))
+                    raise ConfigError(f"{path}: unknown key {section}.{key}{hint}")
+                try:
+                    values[f"{section}.{key}"] = SCHEMA[section][key].parse(raw)
+                except ValueError as exc:
+                    raise ConfigError(f"{path}: {section}.{key}: {exc}") from None
+                sources[f"{section}.{key}"] = f"file {path}"
+
+    for name, raw in sorted(env.items()):
+        if not name.startswith("MPSCTL_") or name in _RESERVED_ENV:
+            continue
+        dotted = _ENV_KEYS.get(name)
+        if dotted is None:
+            if any(name.startswith(env_name(s) + "_") for s in SCHEMA):
+                hint = _did_you_mean(name, list(_ENV_KEYS))
+                raise ConfigError(f"environment: unknown variable {name}{hint}")
+            continue
+        section, key = dotted.split(".", 1)
+        try:
+            values[dotted] = SCHEMA[section][key].parse(raw)
+        except ValueError as exc:
+            raise ConfigError(f"environment: {name}: {exc}") from None
+        sources[dotted] = f"env {name}"
+
+    for dotted, (raw, flag) in (overrides or {}).items():
+        if raw is None:
+            continue
+        section, key = dotted.split(".", 1)
+        try:
+            values[dotted] = SCHEMA[section][key].parse(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{flag}: {exc}") from None
+        sources[dotted] = f"flag {flag}"
+
+    return _finish(values, sources, path, env)
+
+
+def _finish(
+    values: dict[str, Any], sources: dict[str, str], path: Path | None, env: dict[str, str]
+) -> Settings:
+    home = home_dir(env)
+    base = path.parent if path is not None else Path.cwd()
+    reference = path is None or sources["service.command"] == "default"
+
+    workdir_raw = values["service.workdir"]
+    if path is None and sources["service.workdir"] == "default":
+        workdir = home
+    else:
+        workdir = (base / Path(workdir_raw).expanduser()).resolve()
+
+    def under_workdir(raw: str | None) -> Path | None:
+        return None if raw is None else (workdir / Path(raw).expanduser())
+
+    url = values["service.url"]
+    if values["service.command"] is _NO_DEFAULT:
+        parts = urlsplit(url)
+        values["service.command"] = (
+            sys.executable, "-m", "mpsctl", "serve", "--demo",
+            "--host", parts.hostname or "127.0.0.1", "--port", str(parts.port or 80),
+        )  # fmt: skip
+        sources["service.command"] = "default (the reference service, derived from service.url)"
+    if values["service.log_file"] is _NO_DEFAULT:
+        values["service.log_file"] = str(home / "service.log") if reference else "backend.log"
+    if values["service.token_file"] is _NO_DEFAULT:
+        # The reference service needs a token; start creates this file (mode 0600) on demand.
+        values["service.token_file"] = str(home / "token") if reference else None
+
+    if path is not None:
+        for dotted in ("service.workdir",):
+            if sources[dotted].startswith("file"):
+                sources[dotted] += " (relative to the file)"
+
+    try:
+        marks = resolve_watermarks(
+            values["memory.high_watermark_ratio"], values["memory.low_watermark_ratio"]
+        )
+    except ConfigError as exc:
+        origin = sources["memory.low_watermark_ratio"]
+        raise ConfigError(f"{_origin_label(origin)}memory: {exc}") from None
+    if values["memory.low_watermark_ratio"] is None and marks.low is not None:
+        sources["memory.low_watermark_ratio"] = "derived from memory.high_watermark_ratio"
+
+    service = ServiceSettings(
+        name=values["service.name"],
+        workdir=workdir,
+        command=values["service.command"],
+        venv=under_workdir(values["service.venv"]),
+        url=url,
+        health_path=values["service.health_path"],
+        query_path=values["service.query_path"],
+        release_path=values["service.release_path"],
+        token_env=values["service.token_env"],
+        token_file=under_workdir(values["service.token_file"]),
+        log_file=workdir / Path(values["service.log_file"]).expanduser(),
+        log_globs=values["service.log_globs"],
+        log_max_bytes=values["service.log_max_bytes"],
+        log_backups=values["service.log_backups"],
+        match=values["service.match"],
+        stop_timeout=values["service.stop_timeout"],
+        start_timeout=values["service.start_timeout"],
+        request_timeout=values["service.request_timeout"],
+    )
+    memory = MemorySettings(
+        high_watermark_ratio=marks.high,
+        low_watermark_ratio=marks.low,
+        mps_fallback=values["memory.mps_fallback"],
+        device=values["memory.device"],
+    )
+
+    def section(name: str, cls: type[Any]) -> Any:
+        return cls(**{k: values[f"{name}.{k}"] for k in SCHEMA[name]})
+
+    return Settings(
+        service=service,
+        memory=memory,
+        thresholds=section("thresholds", Thresholds),
+        serve=section("serve", ServeSettings),
+        fix=section("fix", FixSettings),
+        history=section("history", HistorySettings),
+        alerts=section("alerts", AlertSettings),
+        home=home,
+        config_file=path,
+        sources=sources,
+        notes=marks.notes,
+        reference_service=reference,
+    )
+
+
+def _origin_label(origin: str) -> str:
+    if origin.startswith("file "):
+        return origin[5:] + ": "
+    if origin.startswith("env "):
+        return "environment: "
+    return ""
+
+
+TEMPLATE = '''\
+# mpsctl configuration. Precedence: flags > MPSCTL_* environment > this file > defaults.
+# `mpsctl config show` prints the effective value of every key and where it came from.
+
+[service]
+name = "mvp"                   # shown in output
+workdir = "."                  # cwd of the service; relative to this file
+command = ["uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", "8000"]
+venv = "venv"                  # its bin/ goes first on PATH (relative to workdir)
+url = "http://127.0.0.1:8000"
+health_path = "/health"
+query_path = "/api/v1/query"
+token_env = "MPSCTL_TOKEN"     # or: token_file = "secrets/token" (mode 0600)
+log_file = "backend.log"       # mpsctl start appends the service's output here, never truncates
+log_globs = ["logs/error_*.log", "logs/app_*.log"]
+match = "uvicorn.*mvp"         # only to find a service started without mpsctl
+stop_timeout = 10              # seconds between SIGTERM and SIGKILL
+start_timeout = 120            # seconds to wait for a healthy answer
+
+[memory]
+# Ratios multiply the Metal device's recommendedMaxWorkingSetSize (about 2/3 of RAM on
+# Apple Silicon), not RAM: 0.7 on a 16 GB Mac is about 7.5 GiB. Low must be <= high.
+high_watermark_ratio = 0.7
+low_watermark_ratio = 0.5
+mps_fallback = false           # runs *unimplemented operators* on the CPU; does not catch OOM
+device = "auto"                # auto | mps | cuda | cpu (for the reference service)
+
+[thresholds]                   # [warning, critical]
+host_used_percent = [85, 95]
+service_memory_gib = [12, 14]
+accelerator_limit_percent = [80, 95]
+'''
