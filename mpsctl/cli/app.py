@@ -31,12 +31,11 @@ class App:
     def settings(self, overrides: Mapping[str, tuple[Any, str]] | None = None) -> Settings:
         """Effective settings; ``overrides`` are flags: ``{"memory.device": (v, "--device")}``.
 
-        Notes produced while resolving (a derived low watermark, a 0.0 ratio) go to stderr once.
+        ``settings.notes`` (a derived low watermark, a 0.0 ratio) are for the commands that
+        apply memory settings to print; reading settings stays quiet.
         """
         if overrides or self._settings is None:
             settings = load_settings(config=self.config_path, overrides=overrides)
-            for note in settings.notes:
-                self.warn(note)
             if not overrides:
                 self._settings = settings
             return settings

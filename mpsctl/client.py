@@ -1,0 +1,196 @@
+"""The only HTTP client code: talk to the service as a client would.
+
+Every request has an explicit timeout; every failure becomes a ``ClientError`` whose
+``kind`` names it and whose message is one line an operator can act on:
+
+``refused`` nothing listens at the URL, ``timeout`` no answer in time, ``transport`` any
+other connection failure, ``unauthorized`` 401/403, ``busy`` 503/429 from the limiter,
+``oom`` 503 whose body says out of memory, ``server_error`` other 5xx, ``http`` other
+non-2xx, ``bad_json`` a 2xx body that is not a JSON object.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from mpsctl.errors import ClientError, ConfigError
+from mpsctl.settings import ServiceSettings
+
+HEALTH_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    body: Any  # parsed JSON, or None when the body was not JSON
+    latency_s: float
+    retry_after: str | None
+    text_excerpt: str
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    ok: bool
+    status: int | None  # HTTP status, None when nothing answered
+    latency_ms: float | None
+    body: Any
+    error: str | None  # one line, when not ok
+
+
+def read_token(service: ServiceSettings, *, token_env: str | None = None,
+               token_file: str | Path | None = None) -> str | None:
+    """Bearer token: the variable if set, else the file; never printed anywhere."""
+    env_name = token_env or service.token_env
+    if env_name and os.environ.get(env_name):
+        return os.environ[env_name].strip()
+    path = Path(token_file) if token_file else service.token_file
+    if path is not None and path.is_file():
+        try:
+            return path.read_text(encoding="utf-8").strip() or None
+        except OSError as exc:
+            raise ConfigError(f"token file {path}: {exc.strerror}") from None
+    return None
+
+
+class ServiceClient:
+    def __init__(self, service: ServiceSettings, *, token: str | None = None,
+                 timeout: float | None = None) -> None:
+        self.service = service
+        self.token = token
+        self.timeout = service.request_timeout if timeout is None else timeout
+        self.session = requests.Session()
+        # Never pick up proxies from the environment: the service is local.
+        self.session.trust_env = False
+
+    def close(self) -> None:
+        self.session.close()
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Accept": "application/json"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        return headers
+
+    def request(self, method: str, path: str, *, json_body: Any = None,
+                timeout: float | None = None, data: bytes | None = None) -> Reply:
+        """One request; raises ClientError for transport failures only (HTTP errors are Replies).
+
+        ``data`` is a body already encoded as JSON (``query`` sends UTF-8, not \\u escapes).
+        """
+        url = self.service.url + path
+        headers = self._headers()
+        if data is not None:
+            headers["Content-Type"] = "application/json"
+        started = time.perf_counter()
+        try:
+            response = self.session.request(
+                method, url, json=json_body, data=data, headers=headers,
+                timeout=self.timeout if timeout is None else timeout,
+            )
+        except requests.exceptions.ConnectionError as exc:
+            if isinstance(exc, requests.exceptions.ConnectTimeout):
+                raise ClientError(f"no answer from {self.service.url} (connect timeout)",
+                                  kind="timeout") from None
+            raise ClientError(
+                f"no service at {self.service.url} — try `mpsctl start`", kind="refused"
+            ) from None
+        except requests.exceptions.Timeout:
+            limit = self.timeout if timeout is None else timeout
+            raise ClientError(f"{method} {url} timed out after {limit:g} s",
+                              kind="timeout") from None
+        except requests.exceptions.RequestException as exc:
+            raise ClientError(f"{method} {url} failed: {exc}", kind="transport") from None
+        latency = time.perf_counter() - started
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        excerpt = response.text[:200].replace("\n", " ") if body is None else ""
+        return Reply(response.status_code, body, latency, response.headers.get("Retry-After"),
+                     excerpt)
+
+    def health(self, timeout: float = HEALTH_TIMEOUT) -> HealthCheck:
+        try:
+            reply = self.request("GET", self.service.health_path, timeout=timeout)
+        except ClientError as exc:
+            return HealthCheck(False, None, None, None, str(exc))
+        ok = reply.status == 200
+        error = None if ok else f"health answered HTTP {reply.status}"
+        return HealthCheck(ok, reply.status, round(reply.latency_s * 1000, 1), reply.body, error)
+
+    def release(self) -> Reply:
+        return self.request("POST", self.service.release_path, timeout=60.0)
+
+    def query(self, question: str, *, max_new_tokens: int | None = None,
+              timeout: float | None = None) -> Reply:
+        """POST ``{"question": ...}`` to the query path as UTF-8 JSON."""
+        return self.request("POST", self.service.query_path,
+                            data=encode_query(question, max_new_tokens), timeout=timeout)
+
+    def query_error(self, reply: Reply) -> ClientError | None:
+        """The failure a query Reply stands for, or None for a 2xx JSON object."""
+        return reply_error(reply, url=self.service.url, token_sent=bool(self.token),
+                           token_env=self.service.token_env, secret=self.token)
+
+
+def encode_query(question: str, max_new_tokens: int | None = None) -> bytes:
+    # ensure_ascii=False: the body carries 工商银行 as UTF-8 bytes, as curl -d would.
+    body: dict[str, Any] = {"question": question}
+    if max_new_tokens is not None:
+        body["max_new_tokens"] = max_new_tokens
+    return json.dumps(body, ensure_ascii=False).encode("utf-8")
+
+
+def _detail(reply: Reply, secret: str | None) -> str:
+    """A one-line excerpt of an error body: its ``detail``/``error`` field, else its text."""
+    body = reply.body
+    text: str = reply.text_excerpt
+    if isinstance(body, dict):
+        for key in ("detail", "error", "message"):
+            if body.get(key):
+                value = body[key]
+                text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+                break
+        else:
+            text = json.dumps(body, ensure_ascii=False)
+    elif body is not None:
+        text = json.dumps(body, ensure_ascii=False)
+    text = " ".join(text.split())[:200]
+    if secret:
+        text = text.replace(secret, "***")  # a service that echoes headers must not leak it
+    return text or "empty body"
+
+
+def reply_error(reply: Reply, *, url: str, token_sent: bool, token_env: str | None = None,
+                secret: str | None = None) -> ClientError | None:
+    """Classify a query Reply: None when it is a 2xx JSON object, else a one-line ClientError."""
+    status = reply.status
+    if 200 <= status < 300:
+        if isinstance(reply.body, dict):
+            return None
+        what = "not JSON" if reply.body is None else "not a JSON object"
+        return ClientError(f"answer from {url} is {what}: {_detail(reply, secret)}",
+                           kind="bad_json")
+    detail = _detail(reply, secret)
+    if status in (401, 403):
+        if token_sent:
+            return ClientError(f"token rejected (HTTP {status})", kind="unauthorized")
+        source = f"${token_env}" if token_env else "--token-file"
+        return ClientError(f"the service wants a token: set {source} or service.token_file "
+                           f"(HTTP {status})", kind="unauthorized")
+    if status in (503, 429):
+        oom = "memory" in detail.lower() or "oom" in detail.lower()
+        after = f", Retry-After: {reply.retry_after}" if reply.retry_after else ""
+        what = "out of memory" if oom else "busy"
+        return ClientError(f"service {what} (HTTP {status}{after}): {detail}",
+                           kind="oom" if oom else "busy")
+    if status >= 500:
+        return ClientError(f"service failed (HTTP {status}): {detail}", kind="server_error")
+    return ClientError(f"HTTP {status} from {url}: {detail}", kind="http")

@@ -1,0 +1,1 @@
+"""READ-ONLY: nothing here changes the machine."""

@@ -1,0 +1,295 @@
+"""One look at the host, the service and its accelerator, and a verdict.
+
+``take_probe`` only reads: it never starts, stops or signals anything, so it is safe to
+run from cron every minute. Each part that cannot be measured is ``None`` ("unknown"),
+never 0; a part that fails becomes a reason, never a crash.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from mpsctl.client import ServiceClient
+from mpsctl.errors import ProbeExit
+from mpsctl.observe.accelerator import AcceleratorFigures, accelerator_figures
+from mpsctl.observe.host import HostMemory, host_memory
+from mpsctl.observe.procs import ServiceSnapshot, find_service
+from mpsctl.render.units import GIB, fmt_bytes, utc_now_iso
+from mpsctl.settings import Settings, Thresholds
+
+SCHEMA = "mpsctl.probe/1"
+OOM_WINDOW_S = 3600.0
+
+
+@dataclass(frozen=True)
+class HealthFigures:
+    checked: bool
+    ok: bool
+    status: int | None
+    latency_ms: float | None
+    error: str | None
+    service_status: str | None  # the service's own "ok" / "degraded", when it says
+    memory_report: dict[str, Any] | None = None  # the service's own figures (accelerator)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "checked": self.checked,
+            "ok": self.ok,
+            "status": self.status,
+            "latency_ms": self.latency_ms,
+            "error": self.error,
+            "service_status": self.service_status,
+        }
+
+
+@dataclass(frozen=True)
+class Finding:
+    level: ProbeExit
+    message: str
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    time: str
+    service_name: str
+    url: str
+    host: HostMemory | None
+    service: ServiceSnapshot | None
+    health: HealthFigures
+    accelerator: AcceleratorFigures
+    oom_events: tuple[dict[str, Any], ...]
+    findings: tuple[Finding, ...]
+    thresholds: Thresholds
+    errors: tuple[str, ...] = field(default=())
+
+    @property
+    def verdict(self) -> ProbeExit:
+        levels = [f.level for f in self.findings]
+        if not levels:
+            return ProbeExit.OK
+        # CRITICAL outranks UNKNOWN: a dead service is worse than a figure we could not read.
+        order = (ProbeExit.CRITICAL, ProbeExit.UNKNOWN, ProbeExit.WARNING)
+        return next(level for level in order if level in levels)
+
+    @property
+    def reasons(self) -> list[str]:
+        return [f"{f.level.name}: {f.message}" for f in self.findings]
+
+    def to_json(self) -> dict[str, Any]:
+        service: dict[str, Any]
+        if self.service is None:
+            service = {"running": None, "rss_bytes": None, "processes": [], "env": {}}
+        else:
+            service = self.service.to_json()
+        service = {
+            **service,
+            "name": self.service_name,
+            "url": self.url,
+            "rss_bytes": service.get("total_rss_bytes"),
+            "footprint_bytes": service.get("total_footprint_bytes"),
+            "env": _service_env(self.service),
+        }
+        return {
+            "schema": SCHEMA,
+            "time": self.time,
+            "verdict": self.verdict.name,
+            "exit_code": int(self.verdict),
+            "reasons": self.reasons,
+            "host": None if self.host is None else self.host.as_dict(),
+            "service": service,
+            "health": self.health.to_json(),
+            "accelerator": self.accelerator.to_json(),
+            "oom": {"window_s": OOM_WINDOW_S, "events": list(self.oom_events)},
+            "thresholds": {
+                "host_used_percent": list(self.thresholds.host_used_percent),
+                "swap_used_percent": list(self.thresholds.swap_used_percent),
+                "service_memory_gib": list(self.thresholds.service_memory_gib),
+                "accelerator_limit_percent": list(self.thresholds.accelerator_limit_percent),
+            },
+            "errors": list(self.errors),
+        }
+
+
+def _service_env(snapshot: ServiceSnapshot | None) -> dict[str, str] | None:
+    """The ``PYTORCH_*`` variables of the service's root process (None: unreadable)."""
+    if snapshot is None or not snapshot.processes:
+        return {}
+    roots = set(snapshot.roots) or {snapshot.processes[0].pid}
+    for proc in snapshot.processes:
+        if proc.pid in roots:
+            return proc.pytorch_env
+    return snapshot.processes[0].pytorch_env
+
+
+def _level(value: float, pair: tuple[float, float]) -> ProbeExit | None:
+    warn, crit = pair
+    if value >= crit:
+        return ProbeExit.CRITICAL
+    if value >= warn:
+        return ProbeExit.WARNING
+    return None
+
+
+def judge(
+    host: HostMemory | None,
+    service: ServiceSnapshot | None,
+    health: HealthFigures,
+    accelerator: AcceleratorFigures,
+    oom_events: tuple[dict[str, Any], ...],
+    thresholds: Thresholds,
+) -> list[Finding]:
+    """The verdict's reasons, worst first. Pure: every input is already measured."""
+    found: list[Finding] = []
+
+    def add(level: ProbeExit | None, message: str) -> None:
+        if level is not None:
+            found.append(Finding(level, message))
+
+    running = service is not None and service.running
+    if service is None:
+        add(ProbeExit.UNKNOWN, "could not inspect the service's processes")
+    if running and health.checked and not health.ok:
+        add(ProbeExit.CRITICAL, f"service running but unhealthy: {health.error}")
+    elif service is not None and not running:
+        detail = {
+            "stale": " (stale pidfile: the process is gone)",
+            "reused": " (the pidfile's pid now belongs to another process)",
+        }.get(service.pidfile_state, "")
+        if health.ok:
+            # Something answers, but not a process we can name: started by hand without
+            # a pidfile, and no `service.match` pattern to find it.
+            add(ProbeExit.WARNING, "service answers but its processes were not found "
+                "(started without mpsctl? set service.match)" + detail)
+        else:
+            why = f": {health.error}" if health.checked and health.error else ""
+            add(ProbeExit.CRITICAL, f"service not running{detail}{why}")
+    elif service is None and health.checked and not health.ok:
+        add(ProbeExit.CRITICAL, f"health check failed: {health.error}")
+    if health.ok and health.service_status not in (None, "ok"):
+        add(ProbeExit.WARNING, f"service reports status {health.service_status!r}")
+
+    if host is None:
+        add(ProbeExit.UNKNOWN, "host memory unreadable")
+    else:
+        add(
+            _level(host.percent, thresholds.host_used_percent),
+            f"host memory {host.percent:.1f}% used (thresholds "
+            f"{thresholds.host_used_percent[0]:g}/{thresholds.host_used_percent[1]:g}%)",
+        )
+        if host.swap_total_bytes:
+            swap_pct = 100.0 * host.swap_used_bytes / host.swap_total_bytes
+            add(_level(swap_pct, thresholds.swap_used_percent), f"swap {swap_pct:.1f}% used")
+        if host.pressure == "critical":
+            add(ProbeExit.CRITICAL, "macOS memory pressure is critical")
+        elif host.pressure == "warn":
+            add(ProbeExit.WARNING, "macOS memory pressure is elevated (warn)")
+
+    if service is not None and service.running:
+        # phys_footprint includes Metal memory; RSS does not (see MEMORY-FACTS.md)
+        size = service.total_footprint_bytes
+        label = "footprint"
+        if size is None:
+            size, label = service.total_rss_bytes, "RSS"
+        if size is not None:
+            add(
+                _level(size / GIB, thresholds.service_memory_gib),
+                f"service {label} {fmt_bytes(size)} (thresholds "
+                f"{thresholds.service_memory_gib[0]:g}/{thresholds.service_memory_gib[1]:g} GiB)",
+            )
+
+    used_pct = accelerator.limit_percent
+    if used_pct is not None:
+        add(
+            _level(used_pct, thresholds.accelerator_limit_percent),
+            f"{accelerator.device} allocated {used_pct:.1f}% of its limit "
+            f"{fmt_bytes(accelerator.limit_bytes)}",
+        )
+    if oom_events:
+        add(
+            ProbeExit.WARNING,
+            f"{len(oom_events)} out-of-memory event(s) in the service logs in the last hour",
+        )
+    order = {ProbeExit.CRITICAL: 0, ProbeExit.UNKNOWN: 1, ProbeExit.WARNING: 2}
+    return sorted(found, key=lambda f: order[f.level])
+
+
+def check_health(client: ServiceClient, timeout: float) -> HealthFigures:
+    check = client.health(timeout=timeout)
+    body = check.body if isinstance(check.body, dict) else {}
+    status = body.get("status")
+    memory = body.get("memory")
+    return HealthFigures(
+        checked=True,
+        ok=check.ok,
+        status=check.status,
+        latency_ms=check.latency_ms,
+        error=check.error,
+        service_status=status if isinstance(status, str) else None,
+        # a degraded service (503) still reports its memory: keep it
+        memory_report=memory if isinstance(memory, dict) else None,
+    )
+
+
+def recent_oom_events(settings: Settings, window_s: float = OOM_WINDOW_S) -> list[dict[str, Any]]:
+    """OOM events logged in the last ``window_s`` seconds, reading only each log's tail."""
+    from mpsctl.observe.logfiles import resolve_logs
+    from mpsctl.observe.oom import recent_events
+
+    paths = [path for _label, path in resolve_logs(settings)]
+    return recent_events(paths, since=time.time() - window_s)
+
+
+def take_probe(
+    settings: Settings,
+    *,
+    health_timeout: float = 3.0,
+    check_health_endpoint: bool = True,
+    host_reader: Callable[[], HostMemory] = host_memory,
+) -> ProbeResult:
+    errors: list[str] = []
+    try:
+        host: HostMemory | None = host_reader()
+    except Exception as exc:  # a probe must report, not crash, whatever psutil does
+        host = None
+        errors.append(f"host memory: {exc}")
+    try:
+        service: ServiceSnapshot | None = find_service(settings)
+    except Exception as exc:
+        service = None
+        errors.append(f"service processes: {exc}")
+
+    client = ServiceClient(settings.service)
+    try:
+        if check_health_endpoint:
+            health = check_health(client, health_timeout)
+        else:
+            health = HealthFigures(False, False, None, None, None, None)
+    finally:
+        client.close()
+
+    pids = [p.pid for p in service.processes] if service is not None else []
+    accelerator = accelerator_figures(health.memory_report, pids)
+
+    try:
+        oom = tuple(recent_oom_events(settings))
+    except Exception as exc:
+        oom = ()
+        errors.append(f"log scan: {exc}")
+
+    findings = judge(host, service, health, accelerator, oom, settings.thresholds)
+    return ProbeResult(
+        time=utc_now_iso(),
+        service_name=settings.service.name,
+        url=settings.service.url,
+        host=host,
+        service=service,
+        health=health,
+        accelerator=accelerator,
+        oom_events=oom,
+        findings=tuple(findings),
+        thresholds=settings.thresholds,
+        errors=tuple(errors),
+    )

@@ -1,0 +1,530 @@
+"""The only psutil process code: find the service and snapshot its process tree. READ-ONLY.
+
+A process that vanishes (``NoSuchProcess``), is a zombie (``ZombieProcess``) or belongs to
+someone we may not inspect (``AccessDenied``) is an expected outcome: its field is ``None`` or
+the process is skipped, never a crash (the nvitop rule).
+
+How the service is found, in order:
+
+1. the pidfile ``start`` wrote: the pid *and* its create_time must match, otherwise the pid
+   was reused by an unrelated process (``pidfile_state == "reused"``) and that process is not
+   the service;
+2. otherwise ``service.match``, a regex over command lines, limited to the current user's
+   processes and never mpsctl itself or its ancestors (``mpsctl stop`` run from a shell whose
+   command line mentions the pattern must not find its own shell).
+
+When the pidfile names a live service the pattern is not used at all, so a process whose
+command line merely mentions the pattern (``grep uvicorn``, an editor) is never taken for it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import psutil
+
+from mpsctl.settings import Settings
+
+Clock = Callable[[], float]
+FoundBy = Literal["pidfile", "match"]
+PidfileState = Literal["ok", "missing", "stale", "reused", "invalid"]
+
+PIDFILE_NAME = "service.pid"
+
+#: psutil derives create_time on Linux from the boot time in /proc/stat, which can move by up
+#: to a second between two runs (clock adjustments); a reused pid within one second of the
+#: original's start time is not a realistic case, a false "reused" after an NTP step is.
+CREATE_TIME_TOLERANCE_S = 1.0
+
+_GONE = (psutil.NoSuchProcess, psutil.ZombieProcess)
+
+
+# --------------------------------------------------------------------------- pidfile (read side)
+@dataclass(frozen=True)
+class PidRecord:
+    """What ``start`` wrote to the pidfile (written by ``mpsctl.control.pidfile``)."""
+
+    pid: int
+    create_time: float
+    argv: tuple[str, ...] = ()
+    url: str | None = None
+    started_at: str | None = None
+    version: str | None = None
+    pgid: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "pid": self.pid,
+            "create_time": self.create_time,
+            "argv": list(self.argv),
+            "url": self.url,
+            "started_at": self.started_at,
+            "mpsctl_version": self.version,
+            "pgid": self.pgid,
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> PidRecord:
+        """Parse a pidfile document; ValueError when it is not one."""
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        pid, created = data.get("pid"), data.get("create_time")
+        if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+            raise ValueError("no valid pid")
+        if not isinstance(created, (int, float)) or isinstance(created, bool):
+            raise ValueError("no valid create_time")
+        argv = data.get("argv") or ()
+        pgid = data.get("pgid")
+
+        def text(key: str) -> str | None:
+            value = data.get(key)
+            return value if isinstance(value, str) else None
+
+        return cls(
+            pid=pid,
+            create_time=float(created),
+            argv=tuple(str(a) for a in argv) if isinstance(argv, list) else (),
+            url=text("url"),
+            started_at=text("started_at"),
+            version=text("mpsctl_version"),
+            pgid=pgid if isinstance(pgid, int) and not isinstance(pgid, bool) else None,
+        )
+
+
+def default_pidfile_path(settings: Settings) -> Path:
+    return settings.home / PIDFILE_NAME
+
+
+def read_pidfile(path: Path) -> PidRecord | Literal["invalid"] | None:
+    """The record, ``None`` when there is no file, ``"invalid"`` when it cannot be parsed."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return "invalid"
+    try:
+        return PidRecord.from_json(json.loads(text))
+    except ValueError:  # json.JSONDecodeError is a ValueError
+        return "invalid"
+
+
+# --------------------------------------------------------------------------- process facts
+@dataclass(frozen=True)
+class ProcInfo:
+    pid: int
+    ppid: int | None
+    cmdline: tuple[str, ...]
+    username: str | None
+    rss_bytes: int | None
+    #: macOS phys_footprint (what Activity Monitor shows; includes Metal memory). None elsewhere.
+    footprint_bytes: int | None
+    #: None unless a sampling interval was asked for: a first psutil sample is always 0.0
+    cpu_percent: float | None
+    num_threads: int | None
+    create_time: float
+    uptime_s: float
+    #: PYTORCH_* variables the process was started with; None when not readable
+    pytorch_env: dict[str, str] | None
+    status: str
+
+    @property
+    def command(self) -> str:
+        return " ".join(self.cmdline)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "pid": self.pid,
+            "ppid": self.ppid,
+            "cmdline": list(self.cmdline),
+            "username": self.username,
+            "rss_bytes": self.rss_bytes,
+            "footprint_bytes": self.footprint_bytes,
+            "cpu_percent": self.cpu_percent,
+            "num_threads": self.num_threads,
+            "create_time": self.create_time,
+            "uptime_s": round(self.uptime_s, 3),
+            "pytorch_env": self.pytorch_env,
+            "status": self.status,
+        }
+
+
+@dataclass(frozen=True)
+class ServiceSnapshot:
+    found_by: FoundBy | None
+    pidfile_state: PidfileState
+    pidfile: PidRecord | None
+    roots: tuple[int, ...]
+    #: the whole tree under the roots: a uvicorn reloader and its worker, multiprocessing children
+    processes: tuple[ProcInfo, ...]
+    pidfile_path: Path | None = None
+
+    @property
+    def running(self) -> bool:
+        return bool(self.roots) and bool(self.processes)
+
+    @property
+    def total_rss_bytes(self) -> int:
+        return sum(p.rss_bytes or 0 for p in self.processes)
+
+    @property
+    def total_footprint_bytes(self) -> int | None:
+        values = [p.footprint_bytes for p in self.processes if p.footprint_bytes is not None]
+        return sum(values) if values else None
+
+    @property
+    def pids(self) -> tuple[int, ...]:
+        return tuple(p.pid for p in self.processes)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "found_by": self.found_by,
+            "pidfile_state": self.pidfile_state,
+            "pidfile": self.pidfile.to_json() if self.pidfile else None,
+            "pidfile_path": str(self.pidfile_path) if self.pidfile_path else None,
+            "running": self.running,
+            "roots": list(self.roots),
+            "total_rss_bytes": self.total_rss_bytes,
+            "total_footprint_bytes": self.total_footprint_bytes,
+            "processes": [p.to_json() for p in self.processes],
+        }
+
+
+# --------------------------------------------------------------------------- macOS footprint
+class _RusageInfoV2(ctypes.Structure):
+    # struct rusage_info_v2 from <sys/resource.h>
+    _fields_ = [
+        ("ri_uuid", ctypes.c_uint8 * 16),
+        ("ri_user_time", ctypes.c_uint64),
+        ("ri_system_time", ctypes.c_uint64),
+        ("ri_pkg_idle_wkups", ctypes.c_uint64),
+        ("ri_interrupt_wkups", ctypes.c_uint64),
+        ("ri_pageins", ctypes.c_uint64),
+        ("ri_wired_size", ctypes.c_uint64),
+        ("ri_resident_size", ctypes.c_uint64),
+        ("ri_phys_footprint", ctypes.c_uint64),
+        ("ri_proc_start_abstime", ctypes.c_uint64),
+        ("ri_proc_exit_abstime", ctypes.c_uint64),
+        ("ri_child_user_time", ctypes.c_uint64),
+        ("ri_child_system_time", ctypes.c_uint64),
+        ("ri_child_pkg_idle_wkups", ctypes.c_uint64),
+        ("ri_child_interrupt_wkups", ctypes.c_uint64),
+        ("ri_child_pageins", ctypes.c_uint64),
+        ("ri_child_elapsed_abstime", ctypes.c_uint64),
+        ("ri_diskio_bytesread", ctypes.c_uint64),
+        ("ri_diskio_byteswritten", ctypes.c_uint64),
+    ]
+
+
+_RUSAGE_INFO_V2 = 2
+_libproc: Any = None
+
+
+def phys_footprint(pid: int) -> int | None:
+    """macOS ``phys_footprint`` of ``pid`` (RSS misses Metal memory); None elsewhere or denied."""
+    global _libproc  # noqa: PLW0603 - loaded once, on first use, on darwin only
+    if sys.platform != "darwin":
+        return None
+    if _libproc is None:
+        name = ctypes.util.find_library("proc") or "/usr/lib/libproc.dylib"
+        try:
+            _libproc = ctypes.CDLL(name, use_errno=True)
+        except OSError:
+            _libproc = False
+    if not _libproc:
+        return None
+    info = _RusageInfoV2()
+    if _libproc.proc_pid_rusage(ctypes.c_int(pid), _RUSAGE_INFO_V2, ctypes.byref(info)) != 0:
+        return None  # EPERM for another user's process, ESRCH when gone
+    return int(info.ri_phys_footprint)
+
+
+# --------------------------------------------------------------------------- reading processes
+def _safe(getter: Callable[[], Any]) -> Any:
+    try:
+        return getter()
+    except psutil.AccessDenied:
+        return None
+
+
+def proc_info(proc: psutil.Process, *, clock: Clock = time.time) -> ProcInfo | None:
+    """One process's facts; None when it is gone or a zombie (a zombie holds no memory)."""
+    try:
+        with proc.oneshot():
+            status = proc.status()
+            if status == psutil.STATUS_ZOMBIE:
+                return None
+            created = proc.create_time()
+            memory = _safe(proc.memory_info)
+            environ = _safe(proc.environ)
+            cmdline = _safe(proc.cmdline)
+            return ProcInfo(
+                pid=proc.pid,
+                ppid=_safe(proc.ppid),
+                cmdline=tuple(cmdline) if cmdline else (),
+                username=_safe(proc.username),
+                rss_bytes=int(memory.rss) if memory is not None else None,
+                footprint_bytes=phys_footprint(proc.pid),
+                cpu_percent=None,
+                num_threads=_safe(proc.num_threads),
+                create_time=created,
+                uptime_s=max(0.0, clock() - created),
+                pytorch_env=(
+                    {k: v for k, v in environ.items() if k.startswith("PYTORCH_")}
+                    if environ is not None
+                    else None
+                ),
+                status=status,
+            )
+    except _GONE:
+        return None
+    except psutil.AccessDenied:
+        return None  # even status/create_time refused: nothing we could act on
+
+
+def _tree(roots: Iterable[psutil.Process]) -> list[psutil.Process]:
+    seen: dict[int, psutil.Process] = {}
+    for root in roots:
+        seen.setdefault(root.pid, root)
+        try:
+            for child in root.children(recursive=True):
+                seen.setdefault(child.pid, child)
+        except (*_GONE, psutil.AccessDenied):
+            continue
+    return list(seen.values())
+
+
+def _sample_cpu(procs: list[psutil.Process], interval: float) -> dict[int, float]:
+    for proc in procs:
+        try:
+            proc.cpu_percent(None)
+        except (*_GONE, psutil.AccessDenied):
+            pass
+    time.sleep(interval)
+    result: dict[int, float] = {}
+    for proc in procs:
+        try:
+            result[proc.pid] = proc.cpu_percent(None)
+        except (*_GONE, psutil.AccessDenied):
+            pass
+    return result
+
+
+def _snapshot_tree(
+    roots: list[psutil.Process], *, clock: Clock, cpu_interval: float
+) -> tuple[ProcInfo, ...]:
+    procs = _tree(roots)
+    cpu = _sample_cpu(procs, cpu_interval) if cpu_interval > 0 else {}
+    infos: list[ProcInfo] = []
+    for proc in procs:
+        info = proc_info(proc, clock=clock)
+        if info is None:
+            continue
+        if proc.pid in cpu:
+            info = replace(info, cpu_percent=cpu[proc.pid])
+        infos.append(info)
+    return tuple(infos)
+
+
+def same_process(pid: int, create_time: float) -> psutil.Process | None:
+    """The live, non-zombie process ``pid`` if it is the one started at ``create_time``."""
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+        if abs(proc.create_time() - create_time) > CREATE_TIME_TOLERANCE_S:
+            return None
+        return proc
+    except (*_GONE, psutil.AccessDenied):
+        return None
+
+
+def _live_other(pid: int) -> bool:
+    """A live, non-zombie process holds ``pid`` (called once the create_time did not match)."""
+    try:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except (*_GONE, psutil.AccessDenied):
+        return False
+
+
+def is_alive(pid: int, create_time: float) -> bool:
+    """True while ``pid`` is still the process started at ``create_time`` (zombies are gone)."""
+    return same_process(pid, create_time) is not None
+
+
+def tree_identities(pid: int, create_time: float) -> list[tuple[int, float]]:
+    """``(pid, create_time)`` of the process and all its descendants, for signalling.
+
+    Control code signals by pid and checks create_time again right before each signal, so a
+    pid reused in between is never hit.
+    """
+    root = same_process(pid, create_time)
+    if root is None:
+        return []
+    result: list[tuple[int, float]] = []
+    for proc in _tree([root]):
+        try:
+            if proc.status() != psutil.STATUS_ZOMBIE:
+                result.append((proc.pid, proc.create_time()))
+        except (*_GONE, psutil.AccessDenied):
+            continue
+    return result
+
+
+def processes_info(
+    identities: Iterable[tuple[int, float]], *, clock: Clock = time.time
+) -> tuple[ProcInfo, ...]:
+    """ProcInfo for each ``(pid, create_time)`` still alive (and still the same process)."""
+    infos = []
+    for pid, created in identities:
+        proc = same_process(pid, created)
+        info = proc_info(proc, clock=clock) if proc is not None else None
+        if info is not None:
+            infos.append(info)
+    return tuple(infos)
+
+
+def _protected_pids() -> set[int]:
+    """mpsctl itself and its ancestors: never the service, never signalled."""
+    pids = {os.getpid()}
+    try:
+        pids.update(p.pid for p in psutil.Process().parents())
+    except (*_GONE, psutil.AccessDenied):
+        pids.add(os.getppid())
+    return pids
+
+
+def _own_user(proc: psutil.Process) -> bool:
+    try:
+        return bool(proc.uids().real == os.getuid())
+    except (*_GONE, psutil.AccessDenied):
+        return False
+
+
+def _matching(pattern: str) -> list[psutil.Process]:
+    regex = re.compile(pattern)
+    protected = _protected_pids()
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        if proc.pid in protected or proc.info.get("status") == psutil.STATUS_ZOMBIE:
+            continue
+        cmdline = proc.info.get("cmdline")
+        if not cmdline or not regex.search(" ".join(cmdline)):
+            continue
+        if _own_user(proc):
+            found.append(proc)
+    return found
+
+
+def match_candidates(
+    settings: Settings, *, pattern: str | None = None, clock: Clock = time.time
+) -> tuple[ProcInfo, ...]:
+    """Processes of the current user whose command line matches ``service.match``.
+
+    This is what ``stop`` shows (and signals only when asked) when no pidfile names the service.
+    """
+    regex = pattern if pattern is not None else settings.service.match
+    if not regex:
+        return ()
+    infos = (proc_info(p, clock=clock) for p in _matching(regex))
+    return tuple(i for i in infos if i is not None)
+
+
+def _roots_of(procs: list[psutil.Process]) -> list[psutil.Process]:
+    """Drop the matches that descend from another match (a reloader's worker)."""
+    pids = {p.pid for p in procs}
+    roots = []
+    for proc in procs:
+        try:
+            if not any(parent.pid in pids for parent in proc.parents()):
+                roots.append(proc)
+        except (*_GONE, psutil.AccessDenied):
+            continue
+    return roots
+
+
+def find_service(
+    settings: Settings,
+    *,
+    pidfile_path: Path | None = None,
+    pattern: str | None = None,
+    clock: Clock = time.time,
+    cpu_interval: float = 0.0,
+) -> ServiceSnapshot:
+    """Where the service is, and its whole process tree. Reads only."""
+    path = pidfile_path if pidfile_path is not None else default_pidfile_path(settings)
+    record = read_pidfile(path)
+    state: PidfileState
+    if record is None:
+        state = "missing"
+    elif record == "invalid":
+        state = "invalid"
+    else:
+        root = same_process(record.pid, record.create_time)
+        if root is not None:
+            procs = _snapshot_tree([root], clock=clock, cpu_interval=cpu_interval)
+            return ServiceSnapshot("pidfile", "ok", record, (root.pid,), procs, path)
+        state = "reused" if _live_other(record.pid) else "stale"
+    pidrecord = record if isinstance(record, PidRecord) else None
+
+    regex = pattern if pattern is not None else settings.service.match
+    if regex:
+        matches = _matching(regex)
+        if matches:
+            roots = _roots_of(matches)
+            procs = _snapshot_tree(roots, clock=clock, cpu_interval=cpu_interval)
+            root_pids = tuple(p.pid for p in roots if any(i.pid == p.pid for i in procs))
+            if root_pids:
+                return ServiceSnapshot("match", state, pidrecord, root_pids, procs, path)
+    return ServiceSnapshot(None, state, pidrecord, (), (), path)
+
+
+# --------------------------------------------------------------------------- ports
+def port_holder(host: str, port: int, *, clock: Clock = time.time) -> ProcInfo | int | None:
+    """Who listens on ``port``: a ProcInfo when we may see it, a bare pid, or None.
+
+    ``psutil.net_connections`` needs root on macOS; then only our own processes are looked at,
+    which is still the common case (the service started by hand by this user).
+    """
+    wanted = {host, "0.0.0.0", "::", ""}
+    if host == "localhost":
+        wanted |= {"127.0.0.1", "::1"}
+
+    def listening(conns: Iterable[Any]) -> Any:
+        for conn in conns:
+            if conn.status != psutil.CONN_LISTEN or not conn.laddr:
+                continue
+            if conn.laddr.port == port and (conn.laddr.ip in wanted or host in ("0.0.0.0", "::")):
+                return conn
+        return None
+
+    try:
+        conn = listening(psutil.net_connections(kind="inet"))
+        if conn is not None and conn.pid:
+            try:
+                return proc_info(psutil.Process(conn.pid), clock=clock) or int(conn.pid)
+            except (*_GONE, psutil.AccessDenied):
+                return int(conn.pid)
+        if conn is not None:
+            return None
+    except psutil.AccessDenied:
+        pass
+    for proc in psutil.process_iter():
+        if not _own_user(proc):
+            continue
+        try:
+            if listening(proc.net_connections(kind="inet")) is not None:
+                return proc_info(proc, clock=clock) or proc.pid
+        except (*_GONE, psutil.AccessDenied):
+            continue
+    return None

@@ -1,0 +1,195 @@
+"""Probe output: rich tables, the monitoring-plugin line with perfdata."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console, Group
+from rich.table import Table
+from rich.text import Text
+
+from mpsctl.errors import ProbeExit
+from mpsctl.observe.probe import ProbeResult
+from mpsctl.render.units import GIB, fmt_bytes, fmt_percent, fmt_seconds
+
+STYLES = {
+    ProbeExit.OK: "bold green",
+    ProbeExit.WARNING: "bold yellow",
+    ProbeExit.CRITICAL: "bold red",
+    ProbeExit.UNKNOWN: "bold magenta",
+}
+
+
+def _kv_table(title: str, rows: list[tuple[str, str]]) -> Table:
+    table = Table(title=title, title_justify="left", show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")
+    for key, value in rows:
+        table.add_row(key, value)
+    return table
+
+
+def host_table(result: ProbeResult) -> Table:
+    host = result.host
+    if host is None:
+        return _kv_table("Host memory", [("status", "unknown (unreadable)")])
+    rows = [
+        ("total", fmt_bytes(host.total_bytes)),
+        ("used", f"{fmt_bytes(host.used_bytes)} ({fmt_percent(host.percent)})"),
+        ("available", fmt_bytes(host.available_bytes)),
+        ("free", fmt_bytes(host.free_bytes)),
+        ("wired", fmt_bytes(host.wired_bytes, unknown="n/a on this OS")),
+        ("compressed", fmt_bytes(host.compressed_bytes, unknown="n/a on this OS")),
+        ("swap", f"{fmt_bytes(host.swap_used_bytes)} of {fmt_bytes(host.swap_total_bytes)}"
+                 if host.swap_total_bytes else "none configured"),
+        ("pressure", host.pressure or "unknown"),
+    ]
+    physmem = getattr(host, "physmem", None)
+    if physmem:
+        rows.append(("top PhysMem", _physmem_line(physmem)))
+    return _kv_table("Host memory", rows)
+
+
+def _physmem_line(physmem: dict[str, Any]) -> str:
+    parts = [f"{fmt_bytes(physmem.get('used_bytes'))} used"]
+    if physmem.get("wired_bytes") is not None:
+        parts.append(f"{fmt_bytes(physmem['wired_bytes'])} wired")
+    if physmem.get("compressor_bytes") is not None:
+        parts.append(f"{fmt_bytes(physmem['compressor_bytes'])} compressor")
+    parts.append(f"{fmt_bytes(physmem.get('unused_bytes'))} unused")
+    return ", ".join(parts)
+
+
+def service_table(result: ProbeResult) -> Table:
+    snap = result.service
+    title = f"Service {result.service_name} ({result.url})"
+    table = Table(title=title, title_justify="left")
+    for column, justify in (("pid", "right"), ("ppid", "right"), ("RSS", "right"),
+                            ("footprint", "right"), ("CPU%", "right"), ("up", "right"),
+                            ("command", "left")):  # fmt: skip
+        table.add_column(column, justify=justify, overflow="fold")  # type: ignore[arg-type]
+    if snap is None:
+        table.caption = "processes could not be inspected"
+        return table
+    if not snap.running:
+        return _kv_table(title, [("state", f"not running (pidfile: {snap.pidfile_state})")])
+    for proc in snap.processes:
+        table.add_row(
+            str(proc.pid),
+            str(proc.ppid),
+            fmt_bytes(proc.rss_bytes),
+            fmt_bytes(proc.footprint_bytes, unknown="n/a"),
+            "?" if proc.cpu_percent is None else f"{proc.cpu_percent:.0f}",
+            fmt_seconds(proc.uptime_s),
+            " ".join(proc.cmdline) or "?",
+        )
+    table.caption = (
+        f"found by {snap.found_by}; tree RSS {fmt_bytes(snap.total_rss_bytes)}"
+        + (f", footprint {fmt_bytes(snap.total_footprint_bytes)}"
+           if snap.total_footprint_bytes is not None else "")
+    )  # fmt: skip
+    return table
+
+
+def accelerator_table(result: ProbeResult) -> Table:
+    acc = result.accelerator
+    if acc.source is None:
+        return _kv_table(
+            "Accelerator",
+            [("figures", "unknown: the service did not report them (no memory report in "
+                         "its health answer) and NVML saw nothing")],
+        )  # fmt: skip
+    rows = [("source", acc.source), ("device", acc.device or "unknown")]
+    if acc.device == "mps":
+        rows += [
+            ("MPS allocated", fmt_bytes(acc.allocated_bytes)),
+            ("driver allocated", fmt_bytes(acc.driver_allocated_bytes)),
+            ("recommended max", fmt_bytes(acc.recommended_max_bytes)),
+        ]
+        if acc.high_watermark_ratio is not None and acc.recommended_max_bytes is not None:
+            rows.append(("max allowed", f"high {acc.high_watermark_ratio:.2f} x "
+                         f"{fmt_bytes(acc.recommended_max_bytes)} = {fmt_bytes(acc.limit_bytes)}"))
+        else:
+            rows.append(("max allowed", fmt_bytes(acc.limit_bytes)))
+    elif acc.device == "cuda":
+        rows += [
+            ("allocated", fmt_bytes(acc.allocated_bytes)),
+            ("reserved", fmt_bytes(acc.reserved_bytes)),
+            ("free / total", f"{fmt_bytes(acc.free_bytes)} / {fmt_bytes(acc.total_bytes)}"),
+            ("limit", fmt_bytes(acc.limit_bytes)),
+        ]
+    else:
+        rows.append(("figures", "none: the service runs on the CPU (see the RSS above)"))
+    if acc.limit_percent is not None:
+        rows.append(("of limit", fmt_percent(acc.limit_percent)))
+    return _kv_table("Accelerator", rows)
+
+
+def health_table(result: ProbeResult) -> Table:
+    health = result.health
+    if not health.checked:
+        return _kv_table("Health", [("checked", "no")])
+    rows = [
+        ("answer", "ok" if health.ok else (health.error or "failed")),
+        ("HTTP", "none" if health.status is None else str(health.status)),
+        ("latency", "n/a" if health.latency_ms is None else f"{health.latency_ms:.1f} ms"),
+    ]
+    if health.service_status:
+        rows.append(("service says", health.service_status))
+    rows.append(("OOM events (1h)", str(len(result.oom_events))))
+    return _kv_table("Health", rows)
+
+
+def verdict_text(result: ProbeResult) -> Text:
+    verdict = result.verdict
+    text = Text(f"Verdict: {verdict.name}", style=STYLES[verdict])
+    for reason in result.reasons:
+        text.append(f"\n  - {reason}", style="")
+    for error in result.errors:
+        text.append(f"\n  ! {error}", style="")
+    return text
+
+
+def print_probe(console: Console, result: ProbeResult) -> None:
+    console.print(
+        Group(host_table(result), "", service_table(result), "", accelerator_table(result),
+              "", health_table(result), "", verdict_text(result))
+    )  # fmt: skip
+
+
+def nagios_line(result: ProbeResult) -> str:
+    """``MPSCTL OK - summary | perfdata`` (monitoring-plugin guidelines)."""
+    verdict = result.verdict
+    summary = "; ".join(f.message for f in result.findings) or _ok_summary(result)
+    th = result.thresholds
+    perf: list[str] = []
+    host = result.host
+    if host is not None:
+        perf.append(f"host_used={host.percent:.1f}%;{th.host_used_percent[0]:g};"
+                    f"{th.host_used_percent[1]:g};0;100")
+        perf.append(f"host_available={host.available_bytes}B;;;0;{host.total_bytes}")
+        perf.append(f"swap_used={host.swap_used_bytes}B;;;0;{host.swap_total_bytes}")
+    snap = result.service
+    if snap is not None and snap.running:
+        size = snap.total_footprint_bytes or snap.total_rss_bytes
+        if size is not None:
+            perf.append(f"service_memory={size}B;{int(th.service_memory_gib[0] * GIB)};"
+                        f"{int(th.service_memory_gib[1] * GIB)};0;")
+    acc = result.accelerator
+    if acc.held_bytes is not None:
+        perf.append(f"accelerator_used={acc.held_bytes}B;;;0;{acc.limit_bytes or ''}")
+    if acc.limit_percent is not None:
+        perf.append(f"accelerator_limit={acc.limit_percent:.1f}%;"
+                    f"{th.accelerator_limit_percent[0]:g};{th.accelerator_limit_percent[1]:g};0;")
+    if result.health.latency_ms is not None:
+        perf.append(f"health_latency={result.health.latency_ms / 1000:.4f}s;;;0;")
+    perf.append(f"oom_events={len(result.oom_events)};;;0;")
+    # '|' separates perfdata: keep it out of the human part
+    return f"MPSCTL {verdict.name} - {summary.replace('|', '/')} | {' '.join(perf)}"
+
+
+def _ok_summary(result: ProbeResult) -> str:
+    parts = [f"service {result.service_name} running"]
+    if result.host is not None:
+        parts.append(f"host {result.host.percent:.0f}% used")
+    return ", ".join(parts)

@@ -1,0 +1,253 @@
+"""A pure-ASGI concurrency limit with a bounded, timed queue.
+
+Why not Starlette's ``BaseHTTPMiddleware`` + ``asyncio.Semaphore`` (the seed's plan): that
+queue is unbounded and untimed, so under load every waiting request holds a connection and
+memory until the client gives up, and ``BaseHTTPMiddleware`` costs a task and a stream per
+request. Here a request either runs, waits in a bounded FIFO for at most ``queue_timeout``
+seconds, or gets ``503`` with ``Retry-After`` at once.
+
+Usage, in any ASGI app (no FastAPI or torch needed to import this)::
+
+    from mpsctl.server.limiter import ConcurrencyLimit
+    app.add_middleware(ConcurrencyLimit, max_concurrent=3, max_queue=16, queue_timeout=30)
+    # or keep a handle on the counts:
+    limited = ConcurrencyLimit(app, max_concurrent=3)   # serve `limited`, read limited.in_flight
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+DEFAULT_EXEMPT_PATHS = ("/health", "/metrics")
+
+
+@dataclass(frozen=True)
+class LimiterSnapshot:
+    in_flight: int
+    queued: int
+    max_concurrent: int
+    max_queue: int
+    #: the most requests ever in flight at once since start (proves the limit held)
+    max_in_flight_seen: int
+    admitted: int
+    rejected_queue_full: int
+    rejected_queue_timeout: int
+    abandoned_in_queue: int
+
+    def report(self) -> dict[str, int]:
+        """The ``limiter`` object of the memory report (docs-memory-report.md)."""
+        return {
+            "in_flight": self.in_flight,
+            "queued": self.queued,
+            "max_concurrent": self.max_concurrent,
+            "max_queue": self.max_queue,
+        }
+
+
+class _Disconnected(Exception):
+    """The client went away while its request waited in the queue."""
+
+
+class ConcurrencyLimit:
+    """At most ``max_concurrent`` requests in flight, ``max_queue`` waiting, each waiting at
+    most ``queue_timeout`` seconds (0: never wait); otherwise ``503`` + ``Retry-After``.
+
+    Paths in ``exempt_paths`` (exact match) and non-HTTP scopes pass straight through. The
+    counts are plain attributes read from the event loop thread: ``in_flight``, ``queued``.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_concurrent: int = 3,
+        max_queue: int = 16,
+        queue_timeout: float = 30.0,
+        exempt_paths: Iterable[str] = DEFAULT_EXEMPT_PATHS,
+        retry_after: int | None = None,
+    ) -> None:
+        if max_concurrent < 1:
+            raise ValueError(f"max_concurrent must be 1 or more, got {max_concurrent}")
+        if max_queue < 0:
+            raise ValueError(f"max_queue must be 0 or more, got {max_queue}")
+        if queue_timeout < 0 or math.isnan(queue_timeout):
+            raise ValueError(f"queue_timeout must be 0 or more, got {queue_timeout}")
+        self.app = app
+        self.max_concurrent = max_concurrent
+        self.max_queue = max_queue
+        self.queue_timeout = float(queue_timeout)
+        self.exempt_paths = frozenset(exempt_paths)
+        # A client told to come back sooner than a slot can free up just adds load.
+        self.retry_after = (
+            retry_after if retry_after is not None else max(1, math.ceil(self.queue_timeout) or 1)
+        )
+        self.in_flight = 0
+        self.max_in_flight_seen = 0
+        self.admitted = 0
+        self.rejected_queue_full = 0
+        self.rejected_queue_timeout = 0
+        self.abandoned_in_queue = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    @property
+    def queued(self) -> int:
+        return len(self._waiters)
+
+    def snapshot(self) -> LimiterSnapshot:
+        return LimiterSnapshot(
+            in_flight=self.in_flight,
+            queued=self.queued,
+            max_concurrent=self.max_concurrent,
+            max_queue=self.max_queue,
+            max_in_flight_seen=self.max_in_flight_seen,
+            admitted=self.admitted,
+            rejected_queue_full=self.rejected_queue_full,
+            rejected_queue_timeout=self.rejected_queue_timeout,
+            abandoned_in_queue=self.abandoned_in_queue,
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.exempt_paths:
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight < self.max_concurrent and not self._waiters:
+            # fast path: no await, no allocation beyond the counters
+            self._take_slot()
+        else:
+            if len(self._waiters) >= self.max_queue or self.queue_timeout == 0:
+                self.rejected_queue_full += 1
+                await self._reject(send, "queue_full", "the service is busy and its queue is full")
+                return
+            buffered = _BufferedReceive(receive)
+            try:
+                await self._wait_for_slot(buffered)
+            except asyncio.TimeoutError:
+                self.rejected_queue_timeout += 1
+                await self._reject(
+                    send,
+                    "queue_timeout",
+                    f"no query slot became free within {self.queue_timeout:g} s",
+                )
+                return
+            except _Disconnected:
+                self.abandoned_in_queue += 1
+                return
+            receive = buffered
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self._release_slot()
+
+    def _take_slot(self) -> None:
+        self.in_flight += 1
+        self.admitted += 1
+        if self.in_flight > self.max_in_flight_seen:
+            self.max_in_flight_seen = self.in_flight
+
+    def _release_slot(self) -> None:
+        # Hand the slot straight to the oldest waiter, so a newcomer on the fast path can
+        # never jump the queue between the release and the waiter waking up.
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self.admitted += 1
+                waiter.set_result(None)
+                return
+        self.in_flight -= 1
+
+    async def _wait_for_slot(self, buffered: _BufferedReceive) -> None:
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._waiters.append(waiter)
+        # uvicorn does not cancel a request's task when its client disconnects; it only
+        # answers receive() with http.disconnect. So watch receive() while queued (buffering
+        # what it returns for the app), or a dead client would hold its queue slot and then
+        # a query slot for nothing.
+        watcher = asyncio.ensure_future(buffered.watch_for_disconnect())
+        try:
+            done, _ = await asyncio.wait(
+                {waiter, watcher},
+                timeout=self.queue_timeout,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        except BaseException:
+            # cancelled while waiting (a server that cancels on disconnect, or shutdown)
+            self._abandon(waiter)
+            raise
+        finally:
+            if not watcher.done():
+                watcher.cancel()
+        if waiter in done:
+            return
+        self._abandon(waiter)
+        if watcher in done and watcher.result():
+            raise _Disconnected
+        raise asyncio.TimeoutError
+
+    def _abandon(self, waiter: asyncio.Future[None]) -> None:
+        if waiter.done() and not waiter.cancelled():
+            # the slot was handed over in the same instant; pass it on, don't leak it
+            self._release_slot()
+            return
+        waiter.cancel()
+        try:
+            self._waiters.remove(waiter)
+        except ValueError:
+            pass
+
+    async def _reject(self, send: Send, kind: str, message: str) -> None:
+        body = json.dumps({"error": {"kind": kind, "message": message}}).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 503,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"retry-after", str(self.retry_after).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+class _BufferedReceive:
+    """Reads ``receive`` while a request is queued and replays it to the app afterwards."""
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self._buffer: deque[Message] = deque()
+        self._pending: asyncio.Future[Message] | None = None
+
+    async def watch_for_disconnect(self) -> bool:
+        """Return True when the client disconnects; runs until cancelled otherwise."""
+        while True:
+            if self._pending is None:
+                self._pending = asyncio.ensure_future(self._receive())
+            # shield: cancelling the watcher must not cancel a receive() in progress,
+            # whose message the app will still need
+            message = await asyncio.shield(self._pending)
+            self._pending = None
+            self._buffer.append(message)
+            if message["type"] == "http.disconnect":
+                return True
+
+    async def __call__(self) -> Message:
+        if self._buffer:
+            return self._buffer.popleft()
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            return await pending
+        return await self._receive()

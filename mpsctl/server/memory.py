@@ -1,0 +1,287 @@
+"""The memory report and release, from inside the process that owns the memory.
+
+Another process cannot read ``torch.mps`` or ``torch.cuda`` counters, so a service reports
+them itself (docs-memory-report.md). Import into any service::
+
+    from mpsctl.server.memory import memory_report, release
+
+torch is imported inside the functions. The backend calls go through ``_mps_section`` /
+``_cuda_section``, which take the ``torch.mps`` / ``torch.cuda`` module as an argument: that
+is the seam tests use to feed a stand-in on machines without the accelerator. Every figure
+that cannot be measured is ``None`` (JSON null), never 0.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import platform
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+SCHEMA = "mpsctl.memory/1"
+RELEASE_SCHEMA = "mpsctl.release/1"
+#: PyTorch's defaults (aten/src/ATen/mps/MPSAllocator.h). The low default is 1.4 on
+#: unified-memory devices (Apple Silicon) and 1.0 on discrete GPUs (Intel Macs with AMD).
+TORCH_DEFAULT_HIGH_RATIO = 1.7
+TORCH_DEFAULT_LOW_RATIO_UNIFIED = 1.4
+TORCH_DEFAULT_LOW_RATIO_DISCRETE = 1.0
+HIGH_ENV = "PYTORCH_MPS_HIGH_WATERMARK_RATIO"
+LOW_ENV = "PYTORCH_MPS_LOW_WATERMARK_RATIO"
+
+_STRTOD_PREFIX = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+class LimiterLike(Protocol):
+    in_flight: int
+    max_concurrent: int
+    max_queue: int
+
+    @property
+    def queued(self) -> int: ...
+
+
+def detect_device() -> str:
+    """The backend a service would pick: mps, else cuda, else cpu."""
+    import torch
+
+    if torch.backends.mps.is_available():
+        return "mps"
+    if torch.cuda.is_available():
+        return "cuda"
+    return "cpu"
+
+
+def memory_report(
+    device: str | None = None,
+    *,
+    limiter: LimiterLike | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """The ``memory`` object of the health answer (schema ``mpsctl.memory/1``)."""
+    import torch
+
+    device = device or detect_device()
+    env = os.environ if environ is None else environ
+    return {
+        "schema": SCHEMA,
+        "device": device,
+        "torch_version": str(torch.__version__).split("+", 1)[0],
+        "pid": os.getpid(),
+        "rss_bytes": process_rss_bytes(),
+        "mps": _mps_section(torch.mps, env) if device == "mps" else None,
+        "cuda": _cuda_section(torch.cuda) if device == "cuda" else None,
+        "limiter": _limiter_section(limiter),
+    }
+
+
+def process_rss_bytes() -> int | None:
+    # RSS excludes Metal memory on Apple Silicon; the mps section carries that part.
+    try:
+        import psutil
+
+        return int(psutil.Process().memory_info().rss)
+    except Exception:
+        return None
+
+
+def _limiter_section(limiter: LimiterLike | None) -> dict[str, int] | None:
+    if limiter is None:
+        return None
+    return {
+        "in_flight": int(limiter.in_flight),
+        "queued": int(limiter.queued),
+        "max_concurrent": int(limiter.max_concurrent),
+        "max_queue": int(limiter.max_queue),
+    }
+
+
+def _measure(func: Callable[[], Any] | None) -> int | None:
+    if func is None:
+        return None
+    try:
+        return int(func())
+    except Exception:  # a backend that cannot answer: unknown, not zero
+        return None
+
+
+def strtod_ratio(text: str) -> float:
+    """The number PyTorch reads from a ratio variable (``strtod``: junk becomes 0.0)."""
+    match = _STRTOD_PREFIX.match(text)
+    return float(match.group(0)) if match else 0.0
+
+
+def watermark_ratios(
+    environ: Mapping[str, str], machine: str | None = None
+) -> tuple[float, str, float, str]:
+    """(high, high_source, low, low_source) as PyTorch's MPS allocator will read them."""
+    machine = machine if machine is not None else platform.machine()
+    default_low = (
+        TORCH_DEFAULT_LOW_RATIO_UNIFIED if machine == "arm64" else TORCH_DEFAULT_LOW_RATIO_DISCRETE
+    )
+    high, high_src = TORCH_DEFAULT_HIGH_RATIO, "default"
+    low, low_src = default_low, "default"
+    if environ.get(HIGH_ENV) is not None:
+        high, high_src = strtod_ratio(environ[HIGH_ENV]), "env"
+    if environ.get(LOW_ENV) is not None:
+        low, low_src = strtod_ratio(environ[LOW_ENV]), "env"
+    return high, high_src, low, low_src
+
+
+def _mps_section(
+    mps: Any, environ: Mapping[str, str], machine: str | None = None
+) -> dict[str, Any]:
+    recommended = _measure(getattr(mps, "recommended_max_memory", None))  # torch >= 2.5
+    high, high_src, low, low_src = watermark_ratios(environ, machine)
+    limit = int(high * recommended) if recommended is not None and high > 0.0 else None
+    return {
+        "current_allocated_bytes": _measure(getattr(mps, "current_allocated_memory", None)),
+        "driver_allocated_bytes": _measure(getattr(mps, "driver_allocated_memory", None)),
+        "recommended_max_bytes": recommended,
+        "high_watermark_ratio": high,
+        "low_watermark_ratio": low,
+        "high_watermark_source": high_src,
+        "low_watermark_source": low_src,
+        "limit_bytes": limit,
+    }
+
+
+def _cuda_section(cuda: Any, index: int | None = None) -> dict[str, Any]:
+    try:
+        index = cuda.current_device() if index is None else index
+    except Exception:
+        index = 0
+    free: int | None = None
+    total: int | None = None
+    try:
+        free_raw, total_raw = cuda.mem_get_info(index)
+        free, total = int(free_raw), int(total_raw)
+    except Exception:
+        pass
+    try:
+        name: str | None = str(cuda.get_device_name(index))
+    except Exception:
+        name = None
+    fraction: float | None = None
+    getter = getattr(cuda, "get_per_process_memory_fraction", None)  # newer torch only
+    if getter is not None:
+        try:
+            fraction = float(getter(index))
+        except Exception:
+            fraction = None
+    return {
+        "device_index": index,
+        "name": name,
+        "allocated_bytes": _measure(lambda: cuda.memory_allocated(index)),
+        "reserved_bytes": _measure(lambda: cuda.memory_reserved(index)),
+        "max_allocated_bytes": _measure(lambda: cuda.max_memory_allocated(index)),
+        "free_bytes": free,
+        "total_bytes": total,
+        # unknown when torch cannot tell us the fraction: it may have been set elsewhere
+        "limit_bytes": int(fraction * total) if fraction is not None and total else None,
+    }
+
+
+# --------------------------------------------------------------------------- release
+@dataclass(frozen=True)
+class MemoryFigures:
+    #: bytes in live tensors (mps current_allocated / cuda allocated); None on cpu
+    allocated_bytes: int | None
+    #: bytes the backend holds, cache included (mps driver_allocated / cuda reserved)
+    reserved_bytes: int | None
+    rss_bytes: int | None
+
+    def as_dict(self) -> dict[str, int | None]:
+        return {
+            "allocated_bytes": self.allocated_bytes,
+            "reserved_bytes": self.reserved_bytes,
+            "rss_bytes": self.rss_bytes,
+        }
+
+
+@dataclass(frozen=True)
+class ReleaseResult:
+    device: str
+    before: MemoryFigures
+    after: MemoryFigures
+    collected_objects: int
+    duration_ms: float
+
+    @property
+    def reclaimed_bytes(self) -> int | None:
+        """Backend memory given back (reserved before - after); None on cpu or unknown."""
+        if self.before.reserved_bytes is None or self.after.reserved_bytes is None:
+            return None
+        return self.before.reserved_bytes - self.after.reserved_bytes
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "schema": RELEASE_SCHEMA,
+            "device": self.device,
+            "before": self.before.as_dict(),
+            "after": self.after.as_dict(),
+            "reclaimed_bytes": self.reclaimed_bytes,
+            "collected_objects": self.collected_objects,
+            "duration_ms": round(self.duration_ms, 3),
+        }
+
+
+def memory_figures(device: str, backend: Any = None) -> MemoryFigures:
+    """Allocated / reserved / RSS now; ``backend`` is ``torch.mps`` or ``torch.cuda``."""
+    if device == "cpu":
+        return MemoryFigures(None, None, process_rss_bytes())
+    if backend is None:
+        backend = _backend_module(device)
+    if device == "mps":
+        return MemoryFigures(
+            _measure(getattr(backend, "current_allocated_memory", None)),
+            _measure(getattr(backend, "driver_allocated_memory", None)),
+            process_rss_bytes(),
+        )
+    return MemoryFigures(
+        _measure(getattr(backend, "memory_allocated", None)),
+        _measure(getattr(backend, "memory_reserved", None)),
+        process_rss_bytes(),
+    )
+
+
+def release(device: str | None = None, *, backend: Any = None) -> ReleaseResult:
+    """Collect garbage, then empty the backend's cache and synchronize it.
+
+    Only memory no tensor references can come back: drop your own references first
+    (``del model``), or this reclaims nothing.
+    """
+    if device is None:
+        device = detect_device()
+    if device != "cpu" and backend is None:
+        backend = _backend_module(device)
+    started = time.perf_counter()
+    before = memory_figures(device, backend)
+    collected = gc.collect()
+    if backend is not None:
+        # synchronize first: cached blocks still used by queued kernels are not freed
+        for name in ("synchronize", "empty_cache"):
+            func = getattr(backend, name, None)
+            if func is not None:
+                func()
+    after = memory_figures(device, backend)
+    return ReleaseResult(
+        device=device,
+        before=before,
+        after=after,
+        collected_objects=collected,
+        duration_ms=(time.perf_counter() - started) * 1000.0,
+    )
+
+
+def _backend_module(device: str) -> Any:
+    import torch
+
+    if device == "mps":
+        return torch.mps
+    if device == "cuda":
+        return torch.cuda
+    return None

@@ -1,0 +1,52 @@
+"""Small, careful file writes: nothing mpsctl writes is ever truncated by mistake."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+
+def atomic_write(path: Path, text: str, *, mode: int = 0o644) -> None:
+    """Write ``text`` to ``path`` so readers see the old or the new file, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def write_new_file(path: Path, text: str, *, force: bool = False) -> Path | None:
+    """Create ``path``; with ``force`` replace it, keeping a ``.bak`` copy (returned).
+
+    Raises FileExistsError when the file exists and ``force`` is false.
+    """
+    backup: Path | None = None
+    if path.exists():
+        if not force:
+            raise FileExistsError(path)
+        backup = path.with_name(path.name + ".bak")
+        shutil.copy2(path, backup)
+    atomic_write(path, text)
+    return backup
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append one line with a single O_APPEND write, so concurrent writers never interleave."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = (line.rstrip("\n") + "\n").encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)

@@ -1,0 +1,131 @@
+"""CLI wiring: help everywhere, errors as one line on stderr, no heavy imports."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from mpsctl.cli import COMMANDS, main
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _all_commands() -> list[tuple[str, ...]]:
+    found: list[tuple[str, ...]] = []
+    ctx = click.Context(main)
+    for name in main.list_commands(ctx):
+        command = main.get_command(ctx, name)
+        assert command is not None
+        found.append((name,))
+        if isinstance(command, click.Group):
+            found.extend((name, sub) for sub in command.list_commands(ctx))
+    return found
+
+
+def test_every_registered_command_exists() -> None:
+    ctx = click.Context(main)
+    assert main.list_commands(ctx) == list(COMMANDS)
+
+
+@pytest.mark.parametrize("path", _all_commands(), ids=" ".join)
+def test_every_command_has_help_with_an_example(path: tuple[str, ...]) -> None:
+    result = CliRunner().invoke(main, [*path, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Examples:" in result.stdout
+    assert f"mpsctl {' '.join(path)}" in result.stdout.split("Examples:", 1)[1]
+
+
+def test_config_error_is_one_line_on_stderr(write_config) -> None:  # type: ignore[no-untyped-def]
+    write_config("[memory]\nhigh_watermark_ratio = 'seventy'\n")
+    result = CliRunner().invoke(main, ["config", "show"])
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("mpsctl: error: ")
+    assert "memory.high_watermark_ratio" in lines[0]
+
+
+def test_config_show_json_explains_sources(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MPSCTL_MEMORY_DEVICE", "cpu")
+    result = CliRunner().invoke(main, ["config", "show", "--json"])
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["schema"] == "mpsctl.config/1"
+    assert doc["values"]["memory"]["device"] == "cpu"
+    assert doc["sources"]["memory.device"] == "env MPSCTL_MEMORY_DEVICE"
+    assert doc["sources"]["service.url"] == "default"
+
+
+def test_config_init_never_overwrites_without_force(tmp_path: Path) -> None:
+    target = tmp_path / "mpsctl.toml"
+    target.write_text("# mine\n", encoding="utf-8")
+    result = CliRunner().invoke(main, ["config", "init", str(target)])
+    assert result.exit_code == 1
+    assert "use --force" in result.stderr
+    assert target.read_text(encoding="utf-8") == "# mine\n"
+    result = CliRunner().invoke(main, ["config", "init", str(target), "--force"])
+    assert result.exit_code == 0
+    assert (tmp_path / "mpsctl.toml.bak").read_text(encoding="utf-8") == "# mine\n"
+    assert "high_watermark_ratio" in target.read_text(encoding="utf-8")
+
+
+def test_config_init_template_is_valid(tmp_path: Path, write_config) -> None:  # type: ignore[no-untyped-def]
+    assert CliRunner().invoke(main, ["config", "init", str(tmp_path / "t.toml")]).exit_code == 0
+    write_config((tmp_path / "t.toml").read_text(encoding="utf-8"))
+    result = CliRunner().invoke(main, ["config", "show", "--json"])
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["values"]["service"]["name"] == "mvp"
+
+
+def test_unknown_command_is_a_usage_error() -> None:
+    result = CliRunner().invoke(main, ["prbe"])
+    assert result.exit_code == 2
+    assert "No such command" in result.stderr
+
+
+@pytest.mark.parametrize("args", [["probe", "--json"], ["status"], ["stop", "--dry-run"],
+                                  ["config", "show"]])  # fmt: skip
+def test_light_commands_never_import_torch(args: list[str], tmp_path: Path) -> None:
+    code = (
+        "import sys, runpy\n"
+        f"sys.argv = ['mpsctl', *{args!r}]\n"
+        "try:\n"
+        "    runpy.run_module('mpsctl', run_name='__main__')\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "heavy = sorted(m for m in ('torch', 'transformers', 'fastapi', 'uvicorn') if m in sys.modules)\n"
+        "sys.stderr.write('HEAVY=' + ','.join(heavy) + '\\n')\n"
+    )
+    env = {**os.environ, "MPSCTL_SERVICE_URL": "http://127.0.0.1:9"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=env, cwd=tmp_path, timeout=60)  # fmt: skip
+    assert "HEAVY=\n" in done.stderr, done.stderr
+
+
+def test_python_dash_m_runs(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "mpsctl", "--version"], capture_output=True,
+                          text=True, cwd=tmp_path, timeout=60)  # fmt: skip
+    assert done.returncode == 0
+    assert done.stdout.startswith("mpsctl, version ")
+
+
+def test_completions_are_current() -> None:
+    done = subprocess.run([sys.executable, str(REPO / "completions" / "generate.py"), "--check"],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+
+
+def test_bash_completion_completes_commands(tmp_path: Path) -> None:
+    env = {**os.environ, "_MPSCTL_COMPLETE": "bash_complete", "COMP_WORDS": "mpsctl pro",
+           "COMP_CWORD": "1"}  # fmt: skip
+    done = subprocess.run([sys.executable, "-m", "mpsctl"], capture_output=True, text=True,
+                          env=env, cwd=tmp_path, timeout=60)  # fmt: skip
+    assert "plain,probe" in done.stdout.splitlines()

@@ -1,0 +1,305 @@
+"""macOS parsers against recorded real outputs (tests/fixtures/SOURCES.md).
+
+Expected figures are worked out by hand from the fixture text: ``1938M`` is
+``1938 * MIB``, a vm_stat count is pages times the header's page size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from mpsctl.observe.macos import (
+    parse_footprint,
+    parse_hw_memsize,
+    parse_memory_pressure,
+    parse_pressure_level,
+    parse_ps_rss,
+    parse_swapusage,
+    parse_top_physmem,
+    parse_vm_stat,
+)
+from tests.conftest import read_fixture
+
+KIB, MIB, GIB = 1024, 1024**2, 1024**3
+
+
+# --------------------------------------------------------------------------- top
+@pytest.mark.parametrize(
+    ("name", "used", "wired", "compressor", "unused"),
+    [
+        ("macos-top-physmem-1-osx10.9.txt", 7304 * MIB, 1796 * MIB, None, 25 * GIB),
+        ("macos-top-physmem-2-no-compressor.txt", 4329 * MIB, 1426 * MIB, None, 3861 * MIB),
+        ("macos-top-physmem-3-apple-silicon-16gb.txt", 15 * GIB, 1938 * MIB, 4814 * MIB, 438 * MIB),
+        ("macos-top-physmem-5-apple-silicon.txt", 14 * GIB, 2169 * MIB, 607 * MIB, 1192 * MIB),
+        ("macos-top-header-1-apple-silicon-32gb.txt", 31 * GIB, 2221 * MIB, 1884 * MIB, 344 * MIB),
+        ("macos-top-header-2-apple-silicon-16gb.txt", 15 * GIB, 1938 * MIB, 4814 * MIB, 438 * MIB),
+    ],
+)
+def test_top_physmem_fixtures(
+    name: str, used: int, wired: int, compressor: int | None, unused: int
+) -> None:
+    physmem = parse_top_physmem(read_fixture(name))
+    assert physmem.as_dict() == {
+        "used_bytes": used,
+        "wired_bytes": wired,
+        "compressor_bytes": compressor,
+        "unused_bytes": unused,
+    }
+
+
+def test_top_physmem_units_are_1024_based() -> None:
+    physmem = parse_top_physmem("PhysMem: 1T used (512K wired, 3G compressor), 2M unused.")
+    assert (physmem.used_bytes, physmem.wired_bytes) == (1024**4, 512 * KIB)
+    assert (physmem.compressor_bytes, physmem.unused_bytes) == (3 * GIB, 2 * MIB)
+
+
+# --------------------------------------------------------------------------- vm_stat
+VM_STAT_FIELDS = (
+    "page_size",
+    "free_bytes",
+    "active_bytes",
+    "inactive_bytes",
+    "speculative_bytes",
+    "wired_bytes",
+    "compressed_bytes",
+    "purgeable_bytes",
+    "swapins",
+    "swapouts",
+)
+
+
+def _pages(page: int, *counts: int | None) -> tuple[int | None, ...]:
+    return tuple(None if count is None else count * page for count in counts)
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        (
+            "macos-vm_stat-1-apple-silicon-32gb.txt",
+            (16384, *_pages(16384, 15160, 892723, 889884, 2084, 142222, 120555, 11748), 0, 0),
+        ),
+        (
+            "macos-vm_stat-2-apple-silicon-8gb-swapping.txt",
+            (
+                16384,
+                *_pages(16384, 3649, 76241, 72857, 2548, 138682, 192907, 1103),
+                189382299,
+                194644843,
+            ),
+        ),
+        (
+            "macos-vm_stat-3-intel-4096.txt",
+            (4096, *_pages(4096, 6127229, 485320, 628646, 430715, 715958, 0, 11820), 0, 0),
+        ),
+        (
+            "macos-vm_stat-5-apple-silicon-16gb-head12.txt",
+            (
+                16384,
+                *_pages(16384, 12216, 282766, 267123, 14945, 123968, None, 1058),
+                None,
+                None,
+            ),
+        ),
+        ("macos-vm_stat-header-m1-mac-mini.txt", (16384, *(None,) * 9)),
+    ],
+)
+def test_vm_stat_fixtures(name: str, expected: tuple[int | None, ...]) -> None:
+    vm_stat = parse_vm_stat(read_fixture(name))
+    assert tuple(getattr(vm_stat, field) for field in VM_STAT_FIELDS) == expected
+
+
+def test_vm_stat_keeps_every_count_including_quoted_labels() -> None:
+    vm_stat = parse_vm_stat(read_fixture("macos-vm_stat-1-apple-silicon-32gb.txt"))
+    assert len(vm_stat.counts) == 22
+    assert vm_stat.counts["Translation faults"] == 6256987137
+    assert vm_stat.counts["Pages stored in compressor"] == 329758
+
+
+def test_vm_stat_page_size_changes_bytes_not_counts() -> None:
+    body = "Pages wired down:  10.\nPages occupied by compressor:  3.\n"
+    small = parse_vm_stat("Mach Virtual Memory Statistics: (page size of 4096 bytes)\n" + body)
+    large = parse_vm_stat("Mach Virtual Memory Statistics: (page size of 16384 bytes)\n" + body)
+    assert (small.wired_bytes, small.compressed_bytes) == (10 * 4096, 3 * 4096)
+    assert (large.wired_bytes, large.compressed_bytes) == (10 * 16384, 3 * 16384)
+
+
+# top's "compressor" is vm_stat's "Pages occupied by compressor" (memory_pressure: "Pages used
+# by compressor"), rounded to MiB. Each pair comes from one report (SOURCES.md refs).
+def test_top_compressor_matches_vm_stat_same_mac() -> None:
+    vm_stat = parse_vm_stat(read_fixture("macos-vm_stat-1-apple-silicon-32gb.txt"))
+    top = parse_top_physmem(read_fixture("macos-top-header-1-apple-silicon-32gb.txt"))
+    assert vm_stat.compressed_bytes is not None
+    assert round(vm_stat.compressed_bytes / MIB) * MIB == top.compressor_bytes
+
+
+def test_top_compressor_matches_memory_pressure_same_mac() -> None:
+    pressure = parse_memory_pressure(read_fixture("macos-memory_pressure-2-apple-silicon-16gb.txt"))
+    top = parse_top_physmem(read_fixture("macos-top-header-2-apple-silicon-16gb.txt"))
+    compressed = pressure.counts["Pages used by compressor"] * 16384
+    assert pressure.page_size == 16384
+    assert round(compressed / MIB) * MIB == top.compressor_bytes
+
+
+# --------------------------------------------------------------------------- memory_pressure
+@pytest.mark.parametrize(
+    ("name", "percent", "total", "pages", "page_size", "some_counts"),
+    [
+        (
+            "macos-memory_pressure-1-apple-silicon-32gb.txt",
+            87,
+            34359738368,
+            2097152,
+            16384,
+            {"Pages free": 15123, "Pages used by compressor": 120555, "Pageouts": 1289523},
+        ),
+        (
+            "macos-memory_pressure-2-apple-silicon-16gb.txt",
+            57,
+            17179869184,
+            1048576,
+            16384,
+            {"Pages wired down": 123956, "Pages used by compressor": 308084, "Swapouts": 0},
+        ),
+        ("macos-memory_pressure-Q-1.txt", 60, 17179869184, 4194304, 4096, {}),
+    ],
+)
+def test_memory_pressure_fixtures(
+    name: str, percent: int, total: int, pages: int, page_size: int, some_counts: dict[str, int]
+) -> None:
+    pressure = parse_memory_pressure(read_fixture(name))
+    assert (pressure.free_percent, pressure.total_bytes) == (percent, total)
+    assert (pressure.total_pages, pressure.page_size) == (pages, page_size)
+    assert pressure.counts.items() >= some_counts.items()
+    assert bool(pressure.counts) == bool(some_counts)
+
+
+def test_memory_pressure_full_output_has_all_fifteen_counts() -> None:
+    pressure = parse_memory_pressure(read_fixture("macos-memory_pressure-1-apple-silicon-32gb.txt"))
+    assert len(pressure.counts) == 15
+
+
+# --------------------------------------------------------------------------- sysctl
+@pytest.mark.parametrize(
+    ("name", "total", "used", "free"),
+    [
+        (
+            "macos-sysctl-swapusage-1-comma-locale.txt",
+            1024 * MIB,
+            379 * MIB + MIB // 4,
+            644 * MIB + 3 * MIB // 4,
+        ),
+        ("macos-sysctl-swapusage-2.txt", 4096 * MIB, 2743 * MIB + MIB // 2, 1352 * MIB + MIB // 2),
+    ],
+)
+def test_swapusage_fixtures(name: str, total: int, used: int, free: int) -> None:
+    swap = parse_swapusage(read_fixture(name))
+    assert (swap.total_bytes, swap.used_bytes, swap.free_bytes, swap.encrypted) == (
+        total,
+        used,
+        free,
+        True,
+    )
+
+
+def test_swapusage_unencrypted_and_empty_swap() -> None:
+    swap = parse_swapusage("vm.swapusage: total = 0.00M  used = 0.00M  free = 0.00M")
+    assert (swap.total_bytes, swap.used_bytes, swap.free_bytes, swap.encrypted) == (0, 0, 0, False)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (read_fixture("macos-sysctl-memorystatus-pressure-level-1.txt"), "normal"),
+        (read_fixture("macos-sysctl-memorystatus-pressure-level-2-critical.txt"), "critical"),
+        ("kern.memorystatus_vm_pressure_level: 2\n", "warn"),
+        ("4\n", "critical"),
+    ],
+)
+def test_pressure_level(text: str, expected: str) -> None:
+    assert parse_pressure_level(text) == expected
+
+
+@pytest.mark.parametrize("text", ["hw.memsize: 17179869184\n", "17179869184\n"])
+def test_hw_memsize(text: str) -> None:
+    assert parse_hw_memsize(text) == 16 * GIB
+
+
+# --------------------------------------------------------------------------- footprint, ps
+def test_footprint_partial_fixture() -> None:
+    footprint = parse_footprint(read_fixture("macos-footprint-1-partial.txt"))
+    assert (footprint.pid, footprint.process) == (3644, "ruby")
+    assert (footprint.footprint_bytes, footprint.page_size) == (42 * MIB, 16384)
+    assert len(footprint.rows) == 11
+    dirty = footprint.dirty_by_category()
+    assert dirty["MALLOC_LARGE"] == 16 * MIB
+    assert dirty['untagged ("VM_ALLOCATE")'] == 6288 * KIB
+    assert dirty["__DATA_DIRTY"] == 168 * KIB
+    assert "IOAccelerator (graphics)" not in dirty  # a ruby process holds no Metal memory
+
+
+def test_footprint_row_columns_and_kb_is_1024_based() -> None:
+    footprint = parse_footprint(read_fixture("macos-footprint-1-partial.txt"))
+    data_const = next(row for row in footprint.rows if row.category == "__DATA_CONST")
+    # One clean 16384-byte page is printed as "16 KB": footprint's KB is KiB.
+    assert data_const.clean_bytes == footprint.page_size
+    assert (data_const.dirty_bytes, data_const.reclaimable_bytes, data_const.regions) == (
+        752 * KIB,
+        0,
+        171,
+    )
+
+
+def test_ps_rss_fixture() -> None:
+    rows = parse_ps_rss(read_fixture("macos-ps-rss-1.txt"))
+    assert [(r.pid, r.ppid, r.pgid, r.rss_bytes) for r in rows] == [
+        (3644, 3608, 3644, 9120 * KIB),
+        (3662, 3644, 3644, 6320 * KIB),
+    ]
+    first = rows[0]
+    assert (first.pcpu, first.time, first.etime) == (0.0, "0:00.37", "43:49")
+    assert (first.vsz_bytes, first.command) == (411105984 * KIB, "ruby bin/falcon serve -n 1")
+
+
+def test_ps_rss_skips_header_and_blank_input() -> None:
+    header = "  PID  PPID  PGID  %CPU      TIME      VSZ    RSS     ELAPSED COMMAND\n"
+    assert parse_ps_rss(header) == []
+    assert parse_ps_rss("") == []
+
+
+# --------------------------------------------------------------------------- malformed
+@pytest.mark.parametrize(
+    ("parse", "text"),
+    [
+        (parse_top_physmem, ""),
+        (parse_top_physmem, "PhysMem: lots used (some wired), 1M unused."),
+        (parse_top_physmem, "PhysMem: 15G used (4814M compressor), 438M unused."),
+        (parse_top_physmem, "PhysMem: 15G used (1938M wired, 4814X compressor), 438M unused."),
+        (parse_vm_stat, "Pages free: 15160.\n"),
+        (
+            parse_vm_stat,
+            "Mach Virtual Memory Statistics: (page size of 16384 bytes)\nPages free: many.\n",
+        ),
+        (parse_vm_stat, "Mach Virtual Memory Statistics: (page size of 0 bytes)\n"),
+        (parse_swapusage, "vm.swapusage: total = 4096.00M  used = 2743.50M"),
+        (parse_swapusage, "sysctl: unknown oid 'vm.swapusage'"),
+        (
+            parse_memory_pressure,
+            "The system has 17179869184 (4194304 pages with a page size of 4096).\n",
+        ),
+        (parse_pressure_level, ""),
+        (parse_pressure_level, "kern.memorystatus_vm_pressure_level: 3\n"),
+        (parse_pressure_level, "kern.memorystatus_vm_pressure_level: high\n"),
+        (parse_pressure_level, "vm.memory_pressure: 0\nvm.page_free_wanted: 0\n"),
+        (parse_footprint, "footprint: process 3644 not found\n"),
+        (parse_ps_rss, " 3644  3608  ruby\n"),
+        (parse_hw_memsize, "hw.memsize: 16 GB\n"),
+        (parse_hw_memsize, ""),
+    ],
+)
+def test_malformed_input_raises_value_error(parse: Callable[[str], Any], text: str) -> None:
+    with pytest.raises(ValueError, match=r"\S"):
+        parse(text)

@@ -1,0 +1,141 @@
+"""Settings: precedence, validation with file and key named, watermark rules."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from mpsctl.errors import ConfigError
+from mpsctl.settings import load_settings, resolve_watermarks
+
+
+def test_defaults_manage_the_reference_service(isolated_home: Path) -> None:
+    settings = load_settings()
+    assert settings.config_file is None
+    assert settings.reference_service
+    assert settings.service.url == "http://127.0.0.1:8000"
+    assert settings.service.command[:4] == (sys.executable, "-m", "mpsctl", "serve")
+    assert settings.service.command[-2:] == ("--port", "8000")
+    assert settings.service.log_file == isolated_home / "service.log"
+    assert settings.service.token_file == isolated_home / "token"
+
+
+def test_precedence_flag_over_env_over_file(write_config, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    path = write_config('[service]\nurl = "http://127.0.0.1:9001"\nstop_timeout = 4\n')
+    monkeypatch.setenv("MPSCTL_SERVICE_URL", "http://127.0.0.1:9002")
+    settings = load_settings(overrides={"service.url": ("http://127.0.0.1:9003", "--url")})
+    assert settings.service.url == "http://127.0.0.1:9003"
+    assert settings.sources["service.url"] == "flag --url"
+    assert settings.service.stop_timeout == 4.0
+    assert settings.sources["service.stop_timeout"] == f"file {path.resolve()}"
+    assert load_settings().sources["service.url"] == "env MPSCTL_SERVICE_URL"
+
+
+def test_relative_paths_resolve_against_the_file(tmp_path: Path, write_config) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "conf").mkdir()
+    write_config(
+        '[service]\nworkdir = "../mvp"\ncommand = ["uvicorn", "app.main:app"]\n'
+        'venv = "venv"\nlog_file = "backend.log"\n',
+        name="conf/mpsctl.toml",
+    )
+    service = load_settings().service
+    assert service.workdir == (tmp_path / "mvp").resolve()
+    assert service.venv == service.workdir / "venv"
+    assert service.log_file == service.workdir / "backend.log"
+    assert service.token_file is None  # an operator's own service: no token file invented
+
+
+def test_unknown_key_refused_with_did_you_mean(write_config) -> None:  # type: ignore[no-untyped-def]
+    path = write_config("[memory]\nhigh_watermark_ration = 0.7\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    message = str(info.value)
+    assert str(path.resolve()) in message
+    assert "memory.high_watermark_ration" in message
+    assert "did you mean 'high_watermark_ratio'" in message
+
+
+def test_unknown_section_and_bad_toml(write_config) -> None:  # type: ignore[no-untyped-def]
+    write_config("[servce]\nname = 'x'\n")
+    with pytest.raises(ConfigError, match=r"unknown section \[servce\].*'service'"):
+        load_settings()
+    write_config("[service\n")
+    with pytest.raises(ConfigError, match="invalid TOML"):
+        load_settings()
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("high_watermark_ratio = 'abc'", "expected a number"),
+        ("high_watermark_ratio = 2.5", "between 0.0 and 2"),
+        ("high_watermark_ratio = true", "expected a number"),
+        ("high_watermark_ratio = 0.7\nlow_watermark_ratio = 0.9", "invalid low watermark ratio"),
+        ("high_watermark_ratio = nan", "finite"),
+    ],
+)
+def test_bad_ratios_name_file_and_key(write_config, text: str, reason: str) -> None:  # type: ignore[no-untyped-def]
+    path = write_config(f"[memory]\n{text}\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert reason in str(info.value)
+    assert str(path.resolve()) in str(info.value)
+
+
+def test_env_values_are_validated_not_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MPSCTL_MEMORY_HIGH_WATERMARK_RATIO", "0,7")
+    with pytest.raises(ConfigError, match="MPSCTL_MEMORY_HIGH_WATERMARK_RATIO"):
+        load_settings()
+    monkeypatch.delenv("MPSCTL_MEMORY_HIGH_WATERMARK_RATIO")
+    monkeypatch.setenv("MPSCTL_SERVICE_URLL", "http://x")
+    with pytest.raises(ConfigError, match="did you mean 'MPSCTL_SERVICE_URL'"):
+        load_settings()
+
+
+def test_threshold_pairs(write_config, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("MPSCTL_THRESHOLDS_HOST_USED_PERCENT", "70,90")
+    assert load_settings().thresholds.host_used_percent == (70.0, 90.0)
+    write_config("[thresholds]\nservice_memory_gib = [14, 12]\n")
+    with pytest.raises(ConfigError, match="warning 14 is above critical 12"):
+        load_settings()
+
+
+def test_high_alone_derives_a_safe_low() -> None:
+    marks = resolve_watermarks(0.5, None)
+    assert (marks.high, marks.low) == (0.5, 0.5)
+    assert any("1.4" in note for note in marks.notes)
+    assert resolve_watermarks(1.7, None).low == 1.4
+
+
+def test_low_rules_follow_pytorch() -> None:
+    assert resolve_watermarks(0.0, 1.9).low == 1.9  # high 0.0: only the 2.0 range applies
+    with pytest.raises(ConfigError, match="above high 1.7"):
+        resolve_watermarks(None, 1.8)  # PyTorch's own high 1.7 applies
+    with pytest.raises(ConfigError, match="above high 0.7"):
+        resolve_watermarks(0.7, 1.4)
+    assert any("disables" in n for n in resolve_watermarks(0.0, None).notes)
+
+
+def test_torch_env_of_memory_settings(write_config) -> None:  # type: ignore[no-untyped-def]
+    write_config("[memory]\nhigh_watermark_ratio = 0.7\nlow_watermark_ratio = 0.5\nmps_fallback = true\n")
+    env = load_settings().memory.torch_env()
+    assert env == {
+        "PYTORCH_MPS_HIGH_WATERMARK_RATIO": "0.7",
+        "PYTORCH_MPS_LOW_WATERMARK_RATIO": "0.5",
+        "PYTORCH_ENABLE_MPS_FALLBACK": "1",
+    }
+
+
+def test_missing_explicit_config_is_an_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("MPSCTL_CONFIG", str(tmp_path / "nope.toml"))
+    with pytest.raises(ConfigError, match="MPSCTL_CONFIG: no such file"):
+        load_settings()
+
+
+def test_cwd_file_is_found(tmp_path: Path) -> None:
+    (tmp_path / "mpsctl.toml").write_text('[service]\nname = "mvp"\n', encoding="utf-8")
+    settings = load_settings()
+    assert settings.service.name == "mvp"
+    assert settings.config_file == (tmp_path / "mpsctl.toml").resolve()
