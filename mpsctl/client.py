@@ -3,22 +3,27 @@
 Every request has an explicit timeout; every failure becomes a ``ClientError`` whose
 ``kind`` names it and whose message is one line an operator can act on:
 
-``refused`` nothing listens at the URL, ``timeout`` no answer in time, ``transport`` any
-other connection failure, ``unauthorized`` 401/403, ``busy`` 503/429 from the limiter,
-``oom`` 503 whose body says out of memory, ``server_error`` other 5xx, ``http`` other
-non-2xx, ``bad_json`` a 2xx body that is not a JSON object.
+``refused`` nothing listens at the URL; ``timeout`` no answer in time; ``disconnected`` the
+connection dropped before an answer; ``transport`` any other connection failure;
+``unauthorized`` 401/403; ``busy`` 503/429 from the limiter; ``oom`` 503 whose body says out
+of memory; ``server_error`` other 5xx; ``http`` other non-2xx; ``bad_json`` a 2xx body that
+is not a JSON object.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
+import urllib3
 
 from mpsctl.errors import ClientError, ConfigError
 from mpsctl.settings import ServiceSettings
@@ -44,8 +49,9 @@ class HealthCheck:
     error: str | None  # one line, when not ok
 
 
-def read_token(service: ServiceSettings, *, token_env: str | None = None,
-               token_file: str | Path | None = None) -> str | None:
+def read_token(
+    service: ServiceSettings, *, token_env: str | None = None, token_file: str | Path | None = None
+) -> str | None:
     """Bearer token: the variable if set, else the file; never printed anywhere."""
     env_name = token_env or service.token_env
     if env_name and os.environ.get(env_name):
@@ -60,8 +66,9 @@ def read_token(service: ServiceSettings, *, token_env: str | None = None,
 
 
 class ServiceClient:
-    def __init__(self, service: ServiceSettings, *, token: str | None = None,
-                 timeout: float | None = None) -> None:
+    def __init__(
+        self, service: ServiceSettings, *, token: str | None = None, timeout: float | None = None
+    ) -> None:
         self.service = service
         self.token = token
         self.timeout = service.request_timeout if timeout is None else timeout
@@ -78,43 +85,67 @@ class ServiceClient:
             headers["Authorization"] = f"Bearer {self.token}"
         return headers
 
-    def request(self, method: str, path: str, *, json_body: Any = None,
-                timeout: float | None = None, data: bytes | None = None) -> Reply:
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        timeout: float | None = None,
+        data: bytes | None = None,
+    ) -> Reply:
         """One request; raises ClientError for transport failures only (HTTP errors are Replies).
 
         ``data`` is a body already encoded as JSON (``query`` sends UTF-8, not \\u escapes).
         """
-        url = self.service.url + path
+        return self.send(self.prepare(method, path, json_body=json_body, data=data), timeout)
+
+    def prepare(
+        self, method: str, path: str, *, json_body: Any = None, data: bytes | None = None
+    ) -> requests.PreparedRequest:
+        """A request ready to ``send`` (it may be sent more than once)."""
         headers = self._headers()
         if data is not None:
             headers["Content-Type"] = "application/json"
+        url = self.service.url + path
+        request = requests.Request(method, url, json=json_body, data=data, headers=headers)
+        return self.session.prepare_request(request)
+
+    def send(self, prepared: requests.PreparedRequest, timeout: float | None = None) -> Reply:
+        """Send a prepared request; transport failures become ClientError with their kind."""
+        limit = self.timeout if timeout is None else timeout
+        what = f"{prepared.method} {prepared.url}"
         started = time.perf_counter()
         try:
-            response = self.session.request(
-                method, url, json=json_body, data=data, headers=headers,
-                timeout=self.timeout if timeout is None else timeout,
-            )
+            response = self.session.send(prepared, timeout=limit)
         except requests.exceptions.ConnectionError as exc:
             if isinstance(exc, requests.exceptions.ConnectTimeout):
-                raise ClientError(f"no answer from {self.service.url} (connect timeout)",
-                                  kind="timeout") from None
+                raise ClientError(
+                    f"no answer from {self.service.url} (connect timeout)", kind="timeout"
+                ) from None
+            reason = getattr(exc.args[0] if exc.args else None, "reason", None)
+            if isinstance(reason, urllib3.exceptions.NewConnectionError):
+                raise ClientError(
+                    f"no service at {self.service.url} — try `mpsctl start`", kind="refused"
+                ) from None
+            # connected, then the connection dropped before an answer: a crash, an OOM kill
             raise ClientError(
-                f"no service at {self.service.url} — try `mpsctl start`", kind="refused"
+                f"{what}: connection lost before an answer (did the service exit?)",
+                kind="disconnected",
             ) from None
         except requests.exceptions.Timeout:
-            limit = self.timeout if timeout is None else timeout
-            raise ClientError(f"{method} {url} timed out after {limit:g} s",
-                              kind="timeout") from None
+            raise ClientError(f"{what} timed out after {limit:g} s", kind="timeout") from None
         except requests.exceptions.RequestException as exc:
-            raise ClientError(f"{method} {url} failed: {exc}", kind="transport") from None
+            raise ClientError(f"{what} failed: {exc}", kind="transport") from None
         latency = time.perf_counter() - started
         try:
             body = response.json()
         except ValueError:
             body = None
         excerpt = response.text[:200].replace("\n", " ") if body is None else ""
-        return Reply(response.status_code, body, latency, response.headers.get("Retry-After"),
-                     excerpt)
+        return Reply(
+            response.status_code, body, latency, response.headers.get("Retry-After"), excerpt
+        )
 
     def health(self, timeout: float = HEALTH_TIMEOUT) -> HealthCheck:
         try:
@@ -128,16 +159,117 @@ class ServiceClient:
     def release(self) -> Reply:
         return self.request("POST", self.service.release_path, timeout=60.0)
 
-    def query(self, question: str, *, max_new_tokens: int | None = None,
-              timeout: float | None = None) -> Reply:
+    def query(
+        self, question: str, *, max_new_tokens: int | None = None, timeout: float | None = None
+    ) -> Reply:
         """POST ``{"question": ...}`` to the query path as UTF-8 JSON."""
-        return self.request("POST", self.service.query_path,
-                            data=encode_query(question, max_new_tokens), timeout=timeout)
+        return self.request(
+            "POST",
+            self.service.query_path,
+            data=encode_query(question, max_new_tokens),
+            timeout=timeout,
+        )
 
     def query_error(self, reply: Reply) -> ClientError | None:
         """The failure a query Reply stands for, or None for a 2xx JSON object."""
-        return reply_error(reply, url=self.service.url, token_sent=bool(self.token),
-                           token_env=self.service.token_env, secret=self.token)
+        return reply_error(
+            reply,
+            url=self.service.url,
+            token_sent=bool(self.token),
+            token_env=self.service.token_env,
+            secret=self.token,
+        )
+
+
+class KeepAliveConnection:
+    """One persistent HTTP/1.1 connection for the stress runner's hot loop (``http.client``).
+
+    Why not ``requests`` here: on the 2-core box where the service also runs, a
+    ``requests.Session.send`` costs about 0.85 ms of client CPU per request, ``http.client``
+    about 0.29 ms; that is the difference between a third of wrk's rate and most of it
+    (tests/benchmarks/bench_ask.py). Failures become the same ``ClientError`` kinds and
+    messages as ``ServiceClient``, answers the same ``Reply``.
+    """
+
+    #: the server closed a kept-alive connection between two requests (uvicorn does after
+    #: 5 s idle): the request never reached it, so it is sent again once on a new connection
+    _STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
+
+    def __init__(
+        self, service: ServiceSettings, *, token: str | None = None, timeout: float | None = None
+    ) -> None:
+        self.service = service
+        self.token = token
+        self.timeout = service.request_timeout if timeout is None else timeout
+        parts = urlsplit(service.url)
+        self._prefix = parts.path.rstrip("/")
+        factory = (
+            http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        )
+        self._conn = factory(service.host, service.port, timeout=self.timeout)
+        self._used = False
+        self.headers = {"Accept": "application/json", "Content-Type": "application/json"}
+        if token:
+            self.headers["Authorization"] = f"Bearer {token}"
+
+    def close(self) -> None:
+        self._conn.close()
+        self._used = False
+
+    def post(self, path: str, body: bytes) -> Reply:
+        what = f"POST {self.service.url}{path}"
+        started = time.perf_counter()
+        try:
+            try:
+                status, retry_after, data = self._exchange(path, body)
+            except self._STALE:
+                if not self._used:
+                    raise
+                self.close()
+                started = time.perf_counter()
+                status, retry_after, data = self._exchange(path, body)
+        except (ConnectionRefusedError, socket.gaierror):
+            self.close()
+            raise ClientError(
+                f"no service at {self.service.url} — try `mpsctl start`", kind="refused"
+            ) from None
+        except TimeoutError:  # socket.timeout is TimeoutError since 3.10
+            self.close()  # an answer may still arrive on it: never reuse this connection
+            raise ClientError(
+                f"{what} timed out after {self.timeout:g} s", kind="timeout"
+            ) from None
+        except (*self._STALE, http.client.IncompleteRead):
+            self.close()
+            raise ClientError(
+                f"{what}: connection lost before an answer (did the service exit?)",
+                kind="disconnected",
+            ) from None
+        except (OSError, http.client.HTTPException) as exc:
+            self.close()
+            raise ClientError(f"{what} failed: {exc}", kind="transport") from None
+        latency = time.perf_counter() - started
+        try:
+            parsed = json.loads(data)
+        except ValueError:  # UnicodeDecodeError is a ValueError too
+            parsed = None
+        excerpt = "" if parsed is not None else data[:200].decode("utf-8", "replace")
+        return Reply(status, parsed, latency, retry_after, excerpt.replace("\n", " "))
+
+    def _exchange(self, path: str, body: bytes) -> tuple[int, str | None, bytes]:
+        self._conn.request("POST", self._prefix + path, body=body, headers=self.headers)
+        response = self._conn.getresponse()
+        data = response.read()
+        self._used = True
+        return response.status, response.getheader("Retry-After"), data
+
+    def query_error(self, reply: Reply) -> ClientError | None:
+        return reply_error(
+            reply,
+            url=self.service.url,
+            token_sent=bool(self.token),
+            token_env=self.service.token_env,
+            secret=self.token,
+        )
 
 
 def encode_query(question: str, max_new_tokens: int | None = None) -> bytes:
@@ -149,17 +281,17 @@ def encode_query(question: str, max_new_tokens: int | None = None) -> bytes:
 
 
 def _detail(reply: Reply, secret: str | None) -> str:
-    """A one-line excerpt of an error body: its ``detail``/``error`` field, else its text."""
+    """A one-line excerpt of an error body: FastAPI's ``detail``, our ``error`` object
+    (``{"kind", "message"}``), a ``message``; else the body itself."""
     body = reply.body
     text: str = reply.text_excerpt
     if isinstance(body, dict):
-        for key in ("detail", "error", "message"):
-            if body.get(key):
-                value = body[key]
-                text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-                break
+        value = next((body[k] for k in ("detail", "error", "message") if body.get(k)), body)
+        if isinstance(value, dict) and isinstance(value.get("message"), str):
+            kind = value.get("kind")
+            text = f"{kind}: {value['message']}" if isinstance(kind, str) else value["message"]
         else:
-            text = json.dumps(body, ensure_ascii=False)
+            text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
     elif body is not None:
         text = json.dumps(body, ensure_ascii=False)
     text = " ".join(text.split())[:200]
@@ -168,29 +300,39 @@ def _detail(reply: Reply, secret: str | None) -> str:
     return text or "empty body"
 
 
-def reply_error(reply: Reply, *, url: str, token_sent: bool, token_env: str | None = None,
-                secret: str | None = None) -> ClientError | None:
+def reply_error(
+    reply: Reply,
+    *,
+    url: str,
+    token_sent: bool,
+    token_env: str | None = None,
+    secret: str | None = None,
+) -> ClientError | None:
     """Classify a query Reply: None when it is a 2xx JSON object, else a one-line ClientError."""
     status = reply.status
     if 200 <= status < 300:
         if isinstance(reply.body, dict):
             return None
         what = "not JSON" if reply.body is None else "not a JSON object"
-        return ClientError(f"answer from {url} is {what}: {_detail(reply, secret)}",
-                           kind="bad_json")
+        return ClientError(
+            f"answer from {url} is {what}: {_detail(reply, secret)}", kind="bad_json"
+        )
     detail = _detail(reply, secret)
     if status in (401, 403):
         if token_sent:
             return ClientError(f"token rejected (HTTP {status})", kind="unauthorized")
         source = f"${token_env}" if token_env else "--token-file"
-        return ClientError(f"the service wants a token: set {source} or service.token_file "
-                           f"(HTTP {status})", kind="unauthorized")
+        return ClientError(
+            f"the service wants a token: set {source} or service.token_file (HTTP {status})",
+            kind="unauthorized",
+        )
     if status in (503, 429):
         oom = "memory" in detail.lower() or "oom" in detail.lower()
         after = f", Retry-After: {reply.retry_after}" if reply.retry_after else ""
         what = "out of memory" if oom else "busy"
-        return ClientError(f"service {what} (HTTP {status}{after}): {detail}",
-                           kind="oom" if oom else "busy")
+        return ClientError(
+            f"service {what} (HTTP {status}{after}): {detail}", kind="oom" if oom else "busy"
+        )
     if status >= 500:
         return ClientError(f"service failed (HTTP {status}): {detail}", kind="server_error")
     return ClientError(f"HTTP {status} from {url}: {detail}", kind="http")

@@ -7,7 +7,6 @@ Validation is strict: an unknown key, a wrong type or a ratio PyTorch would misr
 
 from __future__ import annotations
 
-import difflib
 import math
 import os
 import shlex
@@ -484,6 +483,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 
 def _did_you_mean(word: str, choices: list[str]) -> str:
+    import difflib  # only on the error path: it costs start-up time
+
     close = difflib.get_close_matches(word, choices, n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
 

@@ -111,15 +111,17 @@ def test_high_alone_derives_a_safe_low() -> None:
 
 def test_low_rules_follow_pytorch() -> None:
     assert resolve_watermarks(0.0, 1.9).low == 1.9  # high 0.0: only the 2.0 range applies
-    with pytest.raises(ConfigError, match="above high 1.7"):
+    with pytest.raises(ConfigError, match=r"above high 1\.7"):
         resolve_watermarks(None, 1.8)  # PyTorch's own high 1.7 applies
-    with pytest.raises(ConfigError, match="above high 0.7"):
+    with pytest.raises(ConfigError, match=r"above high 0\.7"):
         resolve_watermarks(0.7, 1.4)
     assert any("disables" in n for n in resolve_watermarks(0.0, None).notes)
 
 
 def test_torch_env_of_memory_settings(write_config) -> None:  # type: ignore[no-untyped-def]
-    write_config("[memory]\nhigh_watermark_ratio = 0.7\nlow_watermark_ratio = 0.5\nmps_fallback = true\n")
+    write_config(
+        "[memory]\nhigh_watermark_ratio = 0.7\nlow_watermark_ratio = 0.5\nmps_fallback = true\n"
+    )
     env = load_settings().memory.torch_env()
     assert env == {
         "PYTORCH_MPS_HIGH_WATERMARK_RATIO": "0.7",
@@ -128,7 +130,9 @@ def test_torch_env_of_memory_settings(write_config) -> None:  # type: ignore[no-
     }
 
 
-def test_missing_explicit_config_is_an_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_missing_explicit_config_is_an_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setenv("MPSCTL_CONFIG", str(tmp_path / "nope.toml"))
     with pytest.raises(ConfigError, match="MPSCTL_CONFIG: no such file"):
         load_settings()

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from mpsctl.cli.app import App, json_option
+from mpsctl.monitor import after_probe
 from mpsctl.observe.probe import take_probe
 from mpsctl.render.console import write_json
 from mpsctl.render.probe import nagios_line, print_probe
@@ -21,6 +24,14 @@ PAIR = "WARN,CRIT"
 @click.option("--swap-used", metavar=PAIR, help="Swap used %% thresholds.")
 @click.option("--timeout", default=3.0, show_default=True, type=click.FloatRange(0.1, 60),
               help="Seconds for the health request.")  # fmt: skip
+@click.option("--record", "record_history", is_flag=True,
+              help="Append this probe to the history (mpsctl report reads it).")  # fmt: skip
+@click.option("--alert-url", metavar="URL",
+              help="POST a JSON alert on a verdict change (default alerts.url).")  # fmt: skip
+@click.option("--alert-cmd", metavar="CMD",
+              help="Run CMD with the alert JSON on stdin (default alerts.command).")  # fmt: skip
+@click.option("--prometheus", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+              help="Write the gauges to FILE (.prom) for a textfile collector.")  # fmt: skip
 @click.pass_obj
 def probe(
     app: App,
@@ -31,17 +42,24 @@ def probe(
     accel_percent: str | None,
     swap_used: str | None,
     timeout: float,
+    record_history: bool,
+    alert_url: str | None,
+    alert_cmd: str | None,
+    prometheus: Path | None,
 ) -> None:
     """Host memory, the service's processes, its accelerator figures, health, a verdict.
 
     Exit codes follow the monitoring-plugin convention: 0 OK, 1 WARNING, 2 CRITICAL,
     3 UNKNOWN. A stopped service is CRITICAL, with the reason. Never imports torch.
+    --record, alerts (sent once per verdict change, plus a recovery notice) and
+    --prometheus never change the exit code: their failures are warnings on stderr.
 
     \b
     Examples:
       mpsctl probe
       mpsctl probe --json | jq .verdict
       mpsctl probe --nagios --host-used 80,90
+      mpsctl probe --record --alert-url https://hooks.example.com/mpsctl
     """
     settings = app.settings(
         {
@@ -58,4 +76,7 @@ def probe(
         click.echo(nagios_line(result))
     else:
         print_probe(app.out, result)
+    # after the output: an unreachable alert target may take seconds
+    after_probe(settings, result, record_history=record_history, alert_url=alert_url,
+                alert_cmd=alert_cmd, prometheus=prometheus, warn=app.warn)  # fmt: skip
     raise click.exceptions.Exit(int(result.verdict))

@@ -8,6 +8,7 @@ Where neither answers, every figure is ``None`` ("unknown"), never 0.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -139,10 +140,8 @@ def from_nvml(pids: Iterable[int]) -> AcceleratorFigures | None:
     except Exception:
         return None
     finally:
-        try:
+        with contextlib.suppress(Exception):  # shutdown failing changes nothing we report
             pynvml.nvmlShutdown()
-        except Exception:
-            pass
 
 
 def accelerator_figures(report: dict[str, Any] | None, pids: Iterable[int]) -> AcceleratorFigures:

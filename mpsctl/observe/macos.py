@@ -234,6 +234,7 @@ _MP_COUNT = re.compile(r"^([A-Za-z][A-Za-z ]*?):\s*(\d+)\s*$")
 
 
 def parse_memory_pressure(text: str) -> MemoryPressure:
+    """Parse ``memory_pressure`` or ``memory_pressure -Q``; the free percentage is required."""
     free = _MP_FREE.search(text)
     if free is None:
         raise ValueError("no 'System-wide memory free percentage' line")

@@ -381,6 +381,24 @@ def tree_identities(pid: int, create_time: float) -> list[tuple[int, float]]:
     return result
 
 
+def descendants(roots: dict[int, float]) -> dict[int, float]:
+    """``pid -> create_time`` of every live descendant of the live ``roots`` (one scan)."""
+    children: dict[int, list[tuple[int, float]]] = {}
+    for proc in psutil.process_iter(["ppid", "create_time", "status"]):
+        info = proc.info
+        if info.get("status") == psutil.STATUS_ZOMBIE or info.get("create_time") is None:
+            continue
+        children.setdefault(info.get("ppid") or 0, []).append((proc.pid, info["create_time"]))
+    found: dict[int, float] = {}
+    stack = [pid for pid, created in roots.items() if is_alive(pid, created)]
+    while stack:
+        for pid, created in children.get(stack.pop(), []):
+            if pid not in found and pid not in roots:
+                found[pid] = created
+                stack.append(pid)
+    return found
+
+
 def processes_info(
     identities: Iterable[tuple[int, float]], *, clock: Clock = time.time
 ) -> tuple[ProcInfo, ...]:
@@ -394,7 +412,7 @@ def processes_info(
     return tuple(infos)
 
 
-def _protected_pids() -> set[int]:
+def protected_pids() -> set[int]:
     """mpsctl itself and its ancestors: never the service, never signalled."""
     pids = {os.getpid()}
     try:
@@ -402,6 +420,22 @@ def _protected_pids() -> set[int]:
     except (*_GONE, psutil.AccessDenied):
         pids.add(os.getppid())
     return pids
+
+
+def create_time_of(pid: int) -> float | None:
+    """The create_time psutil reports for ``pid`` (what the pidfile records); None when gone."""
+    try:
+        return float(psutil.Process(pid).create_time())
+    except (*_GONE, psutil.AccessDenied):
+        return None
+
+
+def owned_by_me(pid: int) -> bool:
+    """``pid`` runs as the current (real) user: the only processes mpsctl may signal."""
+    try:
+        return _own_user(psutil.Process(pid))
+    except (*_GONE, psutil.AccessDenied):
+        return False
 
 
 def _own_user(proc: psutil.Process) -> bool:
@@ -413,7 +447,7 @@ def _own_user(proc: psutil.Process) -> bool:
 
 def _matching(pattern: str) -> list[psutil.Process]:
     regex = re.compile(pattern)
-    protected = _protected_pids()
+    protected = protected_pids()
     found = []
     for proc in psutil.process_iter(["cmdline", "status"]):
         if proc.pid in protected or proc.info.get("status") == psutil.STATUS_ZOMBIE:

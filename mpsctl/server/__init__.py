@@ -1,1 +1,144 @@
-"""The reference service and the pieces an operator's own service can import."""
+"""The reference service and the pieces an operator's own service can import.
+
+This module stays light (no torch, FastAPI or uvicorn): ``mpsctl serve`` resolves its token
+and environment here before paying for the heavy imports, and ``mpsctl ask`` reads the same
+token file through :func:`read_token_file`.
+
+Importable pieces: ``mpsctl.server.limiter.ConcurrencyLimit`` (pure ASGI),
+``mpsctl.server.memory.memory_report`` / ``release`` (torch imported lazily).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import stat
+import sys
+from collections.abc import MutableMapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from mpsctl.errors import ConfigError
+from mpsctl.settings import MemorySettings, resolve_watermarks
+
+
+@dataclass(frozen=True)
+class TokenSource:
+    #: None only when authentication is off (--no-auth)
+    token: str | None
+    #: where it came from, for messages: "env MPSCTL_TOKEN", "file /p", "--no-auth"
+    source: str
+    #: the file this run created (the reference service's default token file)
+    created: Path | None = None
+    warnings: tuple[str, ...] = ()
+
+
+def read_token_file(path: Path) -> tuple[str, tuple[str, ...]]:
+    """The token in ``path`` (stripped) and warnings about its permissions."""
+    try:
+        text = path.read_text(encoding="utf-8")
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise ConfigError(f"cannot read token file {path}: {exc.strerror or exc}") from None
+    token = text.strip()
+    if not token:
+        raise ConfigError(f"token file {path} is empty")
+    warnings: tuple[str, ...] = ()
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        warnings = (
+            f"token file {path} is readable by other users (mode {stat.S_IMODE(mode):04o}); "
+            f"run: chmod 600 {path}",
+        )
+    return token, warnings
+
+
+def create_token_file(path: Path) -> str:
+    """Write a new random token to ``path`` (mode 0600) unless one appeared meanwhile."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    token = secrets.token_urlsafe(32)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(token + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            # link, not rename: two services starting at once must agree on one token
+            os.link(tmp, path)
+        except FileExistsError:
+            return read_token_file(path)[0]
+    finally:
+        tmp.unlink(missing_ok=True)
+    return token
+
+
+def resolve_token(
+    *,
+    token_env: str | None,
+    token_file: Path | None,
+    create_if_missing: bool,
+    no_auth: bool,
+    environ: MutableMapping[str, str] | None = None,
+) -> TokenSource:
+    """The service's bearer token: the variable, else the file, else (reference service)
+    a new file; no token at all is a ``ConfigError`` unless ``no_auth``."""
+    env = os.environ if environ is None else environ
+    if no_auth:
+        return TokenSource(None, "--no-auth")
+    if token_env and env.get(token_env, "").strip():
+        return TokenSource(env[token_env].strip(), f"env {token_env}")
+    if token_file is not None:
+        if token_file.exists():
+            token, warnings = read_token_file(token_file)
+            return TokenSource(token, f"file {token_file}", warnings=warnings)
+        if create_if_missing:
+            token = create_token_file(token_file)
+            return TokenSource(token, f"file {token_file}", created=token_file)
+        raise ConfigError(f"token file {token_file} does not exist")
+    where = f"set {token_env}" if token_env else "set [service] token_env"
+    raise ConfigError(
+        f"no token configured: {where}, or pass --token-file FILE, "
+        "or --no-auth to serve without authentication"
+    )
+
+
+def environment_warnings(environ: MutableMapping[str, str] | None = None) -> list[str]:
+    """Variables from the seed's plan that PyTorch does not read."""
+    env = os.environ if environ is None else environ
+    warnings = []
+    if "PYTORCH_ENABLE_MPS" in env:
+        warnings.append(
+            "PYTORCH_ENABLE_MPS is set, but PyTorch has no such variable: it changes nothing; "
+            "use --device cpu to run on the CPU"
+        )
+    return warnings
+
+
+def apply_mps_environment(
+    memory: MemorySettings, environ: MutableMapping[str, str] | None = None
+) -> list[str]:
+    """Put the configured ``PYTORCH_MPS_*`` ratios into this process's environment.
+
+    PyTorch reads them once, at the first MPS allocation, so setting them here, before the
+    model loads, still works. Ratios already in the environment win (that is what
+    ``mpsctl start`` passes), but a pair PyTorch would reject is refused now rather than
+    at the first allocation. Returns notes for stderr.
+    """
+    from mpsctl.server.memory import HIGH_ENV, LOW_ENV, watermark_ratios
+
+    env = os.environ if environ is None else environ
+    if HIGH_ENV in env or LOW_ENV in env:
+        high, _, low, _ = watermark_ratios(env)
+        if sys.platform == "darwin":
+            try:
+                resolve_watermarks(high, low)
+            except ConfigError as exc:
+                raise ConfigError(f"environment {HIGH_ENV}/{LOW_ENV}: {exc}") from None
+        return []
+    notes = []
+    for name, value in memory.torch_env().items():
+        if name not in env:
+            env[name] = value
+            notes.append(f"{name}={value}")
+    return notes

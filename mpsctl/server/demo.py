@@ -132,7 +132,7 @@ def build_demo_checkpoint(path: Path | str, size: str = "tiny", *, force: bool =
     # a private generator state: the caller's global RNG is left as it was
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(SEED)
-        model = Qwen2ForCausalLM(config)
+        model: Any = Qwen2ForCausalLM(config)
     if size == "0.5b":
         model = model.to(torch.bfloat16)  # ~1 GB on disk instead of ~2 GB; still real pressure
     model.generation_config.eos_token_id = tokenizer.eos_token_id

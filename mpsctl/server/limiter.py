@@ -17,6 +17,7 @@ Usage, in any ASGI app (no FastAPI or torch needed to import this)::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 from collections import deque
@@ -153,8 +154,7 @@ class ConcurrencyLimit:
     def _take_slot(self) -> None:
         self.in_flight += 1
         self.admitted += 1
-        if self.in_flight > self.max_in_flight_seen:
-            self.max_in_flight_seen = self.in_flight
+        self.max_in_flight_seen = max(self.max_in_flight_seen, self.in_flight)
 
     def _release_slot(self) -> None:
         # Hand the slot straight to the oldest waiter, so a newcomer on the fast path can
@@ -175,10 +175,11 @@ class ConcurrencyLimit:
         # answers receive() with http.disconnect. So watch receive() while queued (buffering
         # what it returns for the app), or a dead client would hold its queue slot and then
         # a query slot for nothing.
-        watcher = asyncio.ensure_future(buffered.watch_for_disconnect())
+        watcher: asyncio.Future[Any] = asyncio.ensure_future(buffered.watch_for_disconnect())
+        pending: set[asyncio.Future[Any]] = {waiter, watcher}
         try:
             done, _ = await asyncio.wait(
-                {waiter, watcher},
+                pending,
                 timeout=self.queue_timeout,
                 return_when=asyncio.FIRST_COMPLETED,
             )
@@ -192,7 +193,9 @@ class ConcurrencyLimit:
         if waiter in done:
             return
         self._abandon(waiter)
-        if watcher in done and watcher.result():
+        if watcher in done:
+            # a receive() that failed means the connection is unusable: same as gone
+            watcher.exception()  # retrieved, so asyncio logs no "never retrieved" noise
             raise _Disconnected
         raise asyncio.TimeoutError
 
@@ -202,10 +205,8 @@ class ConcurrencyLimit:
             self._release_slot()
             return
         waiter.cancel()
-        try:
+        with contextlib.suppress(ValueError):
             self._waiters.remove(waiter)
-        except ValueError:
-            pass
 
     async def _reject(self, send: Send, kind: str, message: str) -> None:
         body = json.dumps({"error": {"kind": kind, "message": message}}).encode()

@@ -13,6 +13,7 @@ that cannot be measured is ``None`` (JSON null), never 0.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import platform
@@ -156,11 +157,9 @@ def _cuda_section(cuda: Any, index: int | None = None) -> dict[str, Any]:
         index = 0
     free: int | None = None
     total: int | None = None
-    try:
+    with contextlib.suppress(Exception):  # unknown stays None
         free_raw, total_raw = cuda.mem_get_info(index)
         free, total = int(free_raw), int(total_raw)
-    except Exception:
-        pass
     try:
         name: str | None = str(cuda.get_device_name(index))
     except Exception:

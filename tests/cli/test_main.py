@@ -101,7 +101,8 @@ def test_light_commands_never_import_torch(args: list[str], tmp_path: Path) -> N
         "    runpy.run_module('mpsctl', run_name='__main__')\n"
         "except SystemExit:\n"
         "    pass\n"
-        "heavy = sorted(m for m in ('torch', 'transformers', 'fastapi', 'uvicorn') if m in sys.modules)\n"
+        "heavy = sorted(m for m in ('torch', 'transformers', 'fastapi', 'uvicorn')\n"
+        "               if m in sys.modules)\n"
         "sys.stderr.write('HEAVY=' + ','.join(heavy) + '\\n')\n"
     )
     env = {**os.environ, "MPSCTL_SERVICE_URL": "http://127.0.0.1:9"}

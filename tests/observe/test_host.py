@@ -10,6 +10,7 @@ import json
 import re
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import psutil
@@ -39,7 +40,7 @@ RECORDED = {
 }
 
 
-def recorded_runner(failing: dict[tuple[str, ...], Exception] | None = None) -> CommandRunner:
+def recorded_runner(failing: Mapping[tuple[str, ...], Exception] | None = None) -> CommandRunner:
     def run(argv: list[str]) -> str:
         if failing and tuple(argv) in failing:
             raise failing[tuple(argv)]

@@ -146,33 +146,32 @@ def test_top_compressor_matches_memory_pressure_same_mac() -> None:
 
 # --------------------------------------------------------------------------- memory_pressure
 @pytest.mark.parametrize(
-    ("name", "percent", "total", "pages", "page_size", "some_counts"),
+    ("name", "figures", "some_counts"),
     [
         (
             "macos-memory_pressure-1-apple-silicon-32gb.txt",
-            87,
-            34359738368,
-            2097152,
-            16384,
+            (87, 34359738368, 2097152, 16384),
             {"Pages free": 15123, "Pages used by compressor": 120555, "Pageouts": 1289523},
         ),
         (
             "macos-memory_pressure-2-apple-silicon-16gb.txt",
-            57,
-            17179869184,
-            1048576,
-            16384,
+            (57, 17179869184, 1048576, 16384),
             {"Pages wired down": 123956, "Pages used by compressor": 308084, "Swapouts": 0},
         ),
-        ("macos-memory_pressure-Q-1.txt", 60, 17179869184, 4194304, 4096, {}),
+        # 16 GiB counted in 4096-byte pages although Apple Silicon pages are 16 KiB.
+        ("macos-memory_pressure-Q-1.txt", (60, 17179869184, 4194304, 4096), {}),
     ],
 )
 def test_memory_pressure_fixtures(
-    name: str, percent: int, total: int, pages: int, page_size: int, some_counts: dict[str, int]
+    name: str, figures: tuple[int, int, int, int], some_counts: dict[str, int]
 ) -> None:
     pressure = parse_memory_pressure(read_fixture(name))
-    assert (pressure.free_percent, pressure.total_bytes) == (percent, total)
-    assert (pressure.total_pages, pressure.page_size) == (pages, page_size)
+    assert (
+        pressure.free_percent,
+        pressure.total_bytes,
+        pressure.total_pages,
+        pressure.page_size,
+    ) == figures
     assert pressure.counts.items() >= some_counts.items()
     assert bool(pressure.counts) == bool(some_counts)
 

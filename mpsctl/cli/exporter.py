@@ -1,0 +1,66 @@
+"""``mpsctl exporter``: the probe's gauges on a Prometheus /metrics endpoint."""
+
+from __future__ import annotations
+
+import time
+
+import click
+
+from mpsctl.cli.app import App
+from mpsctl.monitor.prometheus import start_exporter
+from mpsctl.observe.probe import take_probe
+
+
+@click.command()
+@click.option(
+    "--port",
+    default=9808,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="Port to listen on (0: any free port, printed on stderr).",
+)
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to bind (0.0.0.0 exposes host details to the network).",
+)
+@click.option(
+    "--timeout",
+    default=3.0,
+    show_default=True,
+    type=click.FloatRange(0.1, 30),
+    help="Seconds for the health request of each scrape's probe.",
+)
+@click.option(
+    "--min-interval",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="Scrapes closer than this share one probe.",
+)
+@click.pass_obj
+def exporter(app: App, port: int, host: str, timeout: float, min_interval: float) -> None:
+    """Serve the probe's figures as Prometheus gauges on http://HOST:PORT/metrics.
+
+    Each scrape takes one probe (scrapes are serialised; those closer than --min-interval
+    share one), so a scrape lasts at most about --timeout seconds. Unknown figures are
+    omitted, never 0. Runs until Ctrl-C (exit 130). Needs prometheus_client
+    (pip install 'mpsctl[metrics]'). For cron instead: mpsctl probe --prometheus FILE.prom.
+
+    \b
+    Examples:
+      mpsctl exporter
+      mpsctl exporter --port 9808 --host 127.0.0.1
+    """
+    settings = app.settings()
+    served = start_exporter(
+        lambda: take_probe(settings, health_timeout=timeout), host, port, min_interval=min_interval
+    )
+    app.info(f"serving {served.url} (Ctrl-C to stop)")
+    try:
+        while served.thread.is_alive():
+            time.sleep(0.5)
+    finally:
+        served.shutdown()
+    raise click.ClickException("the metrics server stopped")

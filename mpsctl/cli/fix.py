@@ -1,0 +1,67 @@
+"""``mpsctl fix``: the seed's fix_mps_memory.sh, done right."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from mpsctl.cli.app import App, json_option
+from mpsctl.cli.lifecycle import events, start_options, start_opts, start_settings
+from mpsctl.control.lifecycle import FixOptions, fix_service
+from mpsctl.durations import parse_duration
+from mpsctl.errors import ConfigError, ServiceError
+from mpsctl.render.console import write_json
+from mpsctl.render.lifecycle import render_fix
+
+
+@click.command()
+@click.option("--if-unhealthy", is_flag=True, help="Do nothing when the probe verdict is OK.")
+@click.option("--ask", "question", metavar="QUESTION", help="Send a test query after the start.")
+@click.option(
+    "--max-restarts",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Refuse after N restarts within --within (default fix.max_restarts).",
+)
+@click.option("--within", metavar="DURATION", help="Restart-loop window (default fix.within).")
+@click.option("--match", "use_match", is_flag=True, help="Stop processes found by match too.")
+@start_options
+@click.option(
+    "--wait",
+    type=float,
+    default=0.0,
+    metavar="SECONDS",
+    help="Wait for another run's lock (default 0: exit 75 at once).",
+)
+@json_option
+@click.pass_obj
+def fix(app: App, if_unhealthy: bool, question: str | None, max_restarts: int | None,
+        within: str | None, use_match: bool, wait: float, as_json: bool,
+        **opts: Any) -> None:  # fmt: skip
+    """Probe, stop, clean caches, start with the configured limits, verify, probe again.
+
+    Exit 0 only when the service is healthy at the end. Every run appends one JSON line
+    to MPSCTL_HOME/history/fix.jsonl. More than --max-restarts restarts within --within
+    and fix refuses (exit 1): a restart loop hides its cause.
+
+    \b
+    Examples:
+      mpsctl fix
+      mpsctl fix --ask "工商银行"
+      */5 * * * * mpsctl fix --if-unhealthy --json >>/var/log/mpsctl-fix.log 2>&1
+    """
+    try:
+        window = parse_duration(within) if within is not None else None
+    except ValueError as exc:
+        raise ConfigError(f"--within: {exc}") from None
+    settings = start_settings(app, opts)
+    options = FixOptions(if_unhealthy, max_restarts, window, question, use_match,
+                         None, start_opts(opts))  # fmt: skip
+    result = fix_service(settings, options, events=events(app), lock_wait=wait)
+    if as_json:
+        write_json(result.to_json())
+    else:
+        render_fix(app.out, result)
+    if not result.healthy or result.status in ("failed", "refused"):
+        raise ServiceError(result.message)

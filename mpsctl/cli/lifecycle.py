@@ -1,0 +1,164 @@
+"""``mpsctl start``, ``stop`` and ``restart``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from mpsctl.cli.app import App, json_option
+from mpsctl.control import lifecycle
+from mpsctl.errors import ServiceError
+from mpsctl.render import lifecycle as render
+from mpsctl.render.console import write_json
+from mpsctl.settings import DEVICES
+
+_WAIT = click.option(
+    "--wait", type=float, default=0.0, metavar="SECONDS",
+    help="Wait this long for another mpsctl run's lock (default 0: exit 75 at once).",
+)  # fmt: skip
+
+
+def start_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Flags that override the memory settings (shared with restart and fix)."""
+    options = [
+        click.option("--timeout", type=float, metavar="SECONDS",
+                     help="Wait this long for a healthy answer (default service.start_timeout)."),
+        click.option("--high", metavar="RATIO", help="PYTORCH_MPS_HIGH_WATERMARK_RATIO, 0.0-2.0."),
+        click.option("--low", metavar="RATIO", help="PYTORCH_MPS_LOW_WATERMARK_RATIO (<= high)."),
+        click.option("--fallback/--no-fallback", default=None,
+                     help="PYTORCH_ENABLE_MPS_FALLBACK (unimplemented ops on CPU; not OOM)."),
+        click.option("--device", type=click.Choice(DEVICES), help="Reference service only."),
+        click.option("--model", metavar="PATH_OR_ID", help="Reference service only."),
+    ]  # fmt: skip
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def start_settings(app: App, opts: dict[str, Any]) -> Any:
+    """Settings with the flags applied: validated (watermarks included) before anything runs."""
+    return app.settings(
+        {
+            "memory.high_watermark_ratio": (opts["high"], "--high"),
+            "memory.low_watermark_ratio": (opts["low"], "--low"),
+            "memory.mps_fallback": (opts["fallback"], "--fallback"),
+            "memory.device": (opts["device"], "--device"),
+        }
+    )
+
+
+def start_opts(opts: dict[str, Any], foreground: bool = False) -> lifecycle.StartOptions:
+    return lifecycle.StartOptions(opts["timeout"], opts["device"], opts["model"], foreground)
+
+
+def events(app: App) -> render.ConsoleEvents:
+    return render.ConsoleEvents(app.err, app.warn, app.info)
+
+
+def run_start(app: App, call: Callable[[], Any]) -> Any:
+    try:
+        return call()
+    except lifecycle.StartFailed as exc:
+        render.render_start_failure(app.err, exc)
+        raise
+
+
+@click.command()
+@start_options
+@click.option("--foreground", is_flag=True, help="Become the service (for launchd/systemd).")
+@_WAIT
+@json_option
+@click.pass_obj
+def start(app: App, foreground: bool, wait: float, as_json: bool, **opts: Any) -> None:
+    """Start the service detached, with validated memory limits; wait until healthy.
+
+    Output is appended to service.log_file (rotated above service.log_max_bytes).
+
+    \b
+    Examples:
+      mpsctl start
+      mpsctl start --high 0.7 --low 0.5 --timeout 300
+      mpsctl start --device cpu --model ./qwen2.5-0.5b   # the reference service
+      mpsctl start --foreground                          # under launchd/systemd
+    """
+    settings = start_settings(app, opts)
+    ev = events(app)
+    options = start_opts(opts, foreground)
+    result = run_start(app, lambda: lifecycle.start_service(settings, options, events=ev,
+                                                            lock_wait=wait))  # fmt: skip
+    if as_json:
+        write_json(result.to_json())
+    else:
+        render.render_start(app.out, result)
+
+
+@click.command()
+@click.option(
+    "--timeout",
+    type=float,
+    metavar="SECONDS",
+    help="Seconds between SIGTERM and SIGKILL (default service.stop_timeout).",
+)
+@click.option(
+    "--match",
+    "use_match",
+    is_flag=True,
+    help="Also stop processes found only by service.match (no pidfile).",
+)
+@click.option("--dry-run", is_flag=True, help="Show what would be signalled; signal nothing.")
+@_WAIT
+@json_option
+@click.pass_obj
+def stop(app: App, timeout: float | None, use_match: bool, dry_run: bool, wait: float,
+         as_json: bool) -> None:  # fmt: skip
+    """Stop the service's whole process tree: SIGTERM, then SIGKILL after --timeout.
+
+    Safe by default: only the process the pidfile names (pid and start time must both
+    match) and its children. Processes found by service.match are listed, and signalled
+    only with --match. Never mpsctl itself, its parents or other users' processes.
+
+    \b
+    Examples:
+      mpsctl stop
+      mpsctl stop --dry-run
+      mpsctl stop --match --timeout 30   # a service started by hand
+    """
+    settings = app.settings()
+    result = lifecycle.stop_service(settings, timeout=timeout, use_match=use_match,
+                                    dry_run=dry_run, lock_wait=wait)  # fmt: skip
+    if as_json:
+        write_json(result.to_json())
+    else:
+        render.render_stop(app.out, result)
+    if not result.ok:
+        raise ServiceError(result.message)
+
+
+@click.command()
+@start_options
+@click.option("--stop-timeout", type=float, metavar="SECONDS", help="SIGTERM-to-SIGKILL delay.")
+@click.option("--match", "use_match", is_flag=True, help="Stop processes found by match too.")
+@_WAIT
+@json_option
+@click.pass_obj
+def restart(app: App, stop_timeout: float | None, use_match: bool, wait: float, as_json: bool,
+            **opts: Any) -> None:  # fmt: skip
+    """Stop, then start, under one lock.
+
+    \b
+    Examples:
+      mpsctl restart
+      mpsctl restart --high 0.6 --low 0.4
+    """
+    settings = start_settings(app, opts)
+    ev = events(app)
+    result = run_start(app, lambda: lifecycle.restart_service(
+        settings, start_opts(opts), stop_timeout=stop_timeout, use_match=use_match, events=ev,
+        lock_wait=wait))  # fmt: skip
+    if as_json:
+        write_json(result.to_json())
+    else:
+        render.render_stop(app.out, result.stop)
+        render.render_start(app.out, result.start)

@@ -1,0 +1,83 @@
+"""``mpsctl oom``: find out-of-memory events in the logs and explain each one."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import click
+
+from mpsctl.cli.app import App, json_option
+from mpsctl.durations import parse_duration
+from mpsctl.errors import ExitCode, MpsctlError
+from mpsctl.observe.logfiles import resolve_logs
+from mpsctl.observe.oom import explain, iso, scan_file
+from mpsctl.render.console import write_json
+from mpsctl.render.units import utc_now_iso
+
+
+@click.command()
+@click.argument("files", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--since", metavar="DURATION", help="Only events newer than this (24h, 7d).")
+@click.option("--high-ratio", type=click.FloatRange(0.0, 2.0), metavar="R",
+              help="PYTORCH_MPS_HIGH_WATERMARK_RATIO the service ran with "
+                   "(default: memory.high_watermark_ratio when configured, else 1.7).")  # fmt: skip
+@json_option
+@click.pass_obj
+def oom(
+    app: App, files: tuple[Path, ...], since: str | None, high_ratio: float | None, as_json: bool
+) -> None:
+    """Find out-of-memory events in the service's logs (or FILES) and explain each.
+
+    Scans service.log_file (and its rotated copies) and every file matching
+    service.log_globs, dated names included; recognises every MPS and CUDA wording, exact
+    to the byte. Exit 0 when the scan ran, events or not; 1 when a FILE is missing.
+
+    \b
+    Examples:
+      mpsctl oom --since 24h
+      mpsctl oom mvp/logs/error_2026-01-21.log
+      mpsctl oom --json | jq '.events[] | .max_allowed_bytes'
+    """
+    cutoff = None
+    if since is not None:
+        try:
+            cutoff = datetime.now(timezone.utc) - timedelta(seconds=parse_duration(since))
+        except ValueError as exc:
+            raise MpsctlError(f"--since: {exc}", exit_code=ExitCode.USAGE) from None
+    targets: list[tuple[str, Path]] = []
+    for path in files:
+        if not path.is_file():
+            raise MpsctlError(f"{path}: no such file")
+        targets.append((str(path), path))
+    if high_ratio is None or not files:
+        settings = app.settings()
+        if high_ratio is None and settings.sources["memory.high_watermark_ratio"] != "default":
+            high_ratio = settings.memory.high_watermark_ratio
+        if not files:
+            for source in resolve_logs(settings, newest_only=False):
+                if source.path is None or not source.path.is_file():
+                    app.warn(f"{source.path or source.pattern}: no such file")
+                else:
+                    targets.append((str(source.path), source.path))
+    found = []
+    for name, path in targets:
+        try:
+            found += [(e, explain(e, high_ratio)) for e in scan_file(path, cutoff, label=name)]
+        except OSError as exc:
+            raise MpsctlError(f"{path}: {exc.strerror or exc}") from None
+    if as_json:
+        write_json(
+            {
+                "schema": "mpsctl.oom/1",
+                "generated_at": utc_now_iso(),
+                "since": iso(cutoff) if cutoff else None,
+                "files": [name for name, _ in targets],
+                "count": len(found),
+                "events": [dict(e.as_dict(), advice=advice) for e, advice in found],
+            }
+        )
+        return
+    from mpsctl.render.oom import print_events
+
+    print_events(app.out, found, len(targets), since)

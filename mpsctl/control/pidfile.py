@@ -1,0 +1,64 @@
+"""The pidfile: pid + create_time (the PID-reuse guard), written atomically.
+
+The read side (``PidRecord``, ``read_pidfile``) lives in ``mpsctl.observe.procs`` because
+finding the service is an observation; only writing and removing it live here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from mpsctl.observe.procs import PidRecord, default_pidfile_path, read_pidfile
+
+__all__ = [
+    "PidRecord",
+    "atomic_write_json",
+    "default_pidfile_path",
+    "read_pidfile",
+    "remove_pidfile",
+    "write_pidfile",
+]
+
+
+def atomic_write_json(path: Path, document: Any, *, mode: int = 0o600) -> None:
+    """tmp + fsync + rename: a reader sees the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    data = (json.dumps(document, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    # the rename itself is durable only once the directory entry is flushed
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def write_pidfile(path: Path, record: PidRecord) -> None:
+    atomic_write_json(path, record.to_json())
+
+
+def remove_pidfile(path: Path, *, pid: int | None = None) -> bool:
+    """Remove the pidfile; with ``pid``, only while it still names that pid.
+
+    The check keeps a slow ``stop`` from deleting the pidfile of a service another run has
+    started in the meantime. Returns True when a file was removed.
+    """
+    if pid is not None:
+        current = read_pidfile(path)
+        if isinstance(current, PidRecord) and current.pid != pid:
+            return False
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    return True

@@ -1,0 +1,645 @@
+"""Ask the service one question, or many at once to measure it (the stress runner).
+
+A stress run is a fixed pool of worker threads, each with its own kept-alive connection
+(``client.KeepAliveConnection``, stdlib ``http.client``: a third of the CPU per request of a
+``requests.Session``, which matters when the service shares the machine), taking request
+numbers from one shared counter until the count, the duration or Ctrl-C stops them. Every
+request records its own latency; statistics are computed afterwards from all of them.
+
+Percentiles are exact and use the **nearest-rank** method over the latencies of the requests
+that succeeded: the p-th percentile is the ``ceil(p/100 * N)``-th smallest latency, so it is
+always a latency that was measured (no interpolation). Failed requests (a 503 from the limiter
+returns in microseconds) are counted by status and kind but kept out of the latency figures.
+
+While the load runs, a background thread samples memory every ``SAMPLE_INTERVAL_S``: the
+service's process tree (RSS, and macOS footprint) through ``mpsctl.observe.procs``, and the
+accelerator counters the service reports in its health answer (docs-memory-report.md).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import IntEnum
+from pathlib import Path
+from typing import Any
+
+from mpsctl.client import KeepAliveConnection, ServiceClient, encode_query
+from mpsctl.errors import ClientError, ConfigError
+from mpsctl.render.units import utc_now_iso
+from mpsctl.settings import ServiceSettings, Settings
+
+
+class AskExit(IntEnum):
+    """Exit statuses of ``mpsctl ask`` (documented in README)."""
+
+    OK = 0
+    FAILURE = 1  # other HTTP errors (400, 404, 422...); a stress run where some requests failed
+    USAGE = 2
+    UNREACHABLE = 3  # connection refused: nothing listens at the URL
+    AUTH = 4  # 401/403: token missing or rejected
+    BUSY = 5  # 503/429: limiter full or out of memory (see Retry-After)
+    TIMEOUT = 6  # no answer within --timeout
+    BAD_ANSWER = 7  # 2xx whose body is not a JSON object
+    SERVER_ERROR = 8  # 5xx other than 503, or the connection dropped before an answer
+    INTERRUPTED = 130
+
+
+#: ClientError.kind -> exit status
+KIND_EXIT: Mapping[str, AskExit] = {
+    "refused": AskExit.UNREACHABLE,
+    "unauthorized": AskExit.AUTH,
+    "busy": AskExit.BUSY,
+    "oom": AskExit.BUSY,
+    "timeout": AskExit.TIMEOUT,
+    "bad_json": AskExit.BAD_ANSWER,
+    "server_error": AskExit.SERVER_ERROR,
+    "disconnected": AskExit.SERVER_ERROR,  # the service dropped the connection mid-answer
+    "http": AskExit.FAILURE,
+    "transport": AskExit.FAILURE,
+}
+
+# Hard caps: a stress run must end on its own even when a flag is mistyped.
+MAX_REQUESTS = 100_000
+MAX_DURATION_S = 3600.0
+MAX_CONCURRENCY = 256
+MAX_SWEEP_LEVELS = 16  # a sweep runs the whole plan once per level
+DEFAULT_STRESS_REQUESTS = 100
+SAMPLE_INTERVAL_S = 0.3
+HEALTH_SAMPLE_TIMEOUT_S = 1.0
+PERCENTILES = (50, 90, 95, 99)
+
+
+def _with_exit(exc: ClientError) -> ClientError:
+    return ClientError(str(exc), kind=exc.kind, exit_code=KIND_EXIT.get(exc.kind, AskExit.FAILURE))
+
+
+# --------------------------------------------------------------------------- reading answers
+_ANSWER_KEYS = ("answer", "response", "result", "text", "output")
+_TOKEN_KEYS = ("generated_tokens", "new_tokens", "completion_tokens", "output_tokens", "tokens")
+
+
+def answer_text(body: Mapping[str, Any]) -> str | None:
+    """The answer in a service's JSON: ``answer`` (reference service) or a common synonym."""
+    for key in _ANSWER_KEYS:
+        if isinstance(body.get(key), str):
+            return str(body[key])
+    return None
+
+
+def generated_tokens(body: Mapping[str, Any]) -> int | None:
+    """Tokens generated for one answer, when the service says (OpenAI-style ``usage`` too)."""
+    usage = body.get("usage")
+    for source in (body, usage if isinstance(usage, Mapping) else {}):
+        for key in _TOKEN_KEYS:
+            value = source.get(key)
+            if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+                return value
+    return None
+
+
+# --------------------------------------------------------------------------- one question
+@dataclass(frozen=True)
+class AskResult:
+    url: str
+    question: str
+    status: int
+    latency_s: float
+    answer: str | None
+    model: str | None
+    device: str | None
+    tokens: int | None
+    body: Mapping[str, Any]
+
+
+def ask_once(
+    service: ServiceSettings,
+    question: str,
+    *,
+    token: str | None,
+    max_new_tokens: int | None = None,
+    timeout: float | None = None,
+) -> AskResult:
+    """POST one question; a failure raises ClientError whose exit_code is an AskExit."""
+    client = ServiceClient(service, token=token, timeout=timeout)
+    try:
+        reply = client.query(question, max_new_tokens=max_new_tokens)
+    except ClientError as exc:
+        raise _with_exit(exc) from None
+    finally:
+        client.close()
+    error = client.query_error(reply)
+    if error is not None:
+        raise _with_exit(error)
+    body: Mapping[str, Any] = reply.body
+    model, device = body.get("model"), body.get("device")
+    return AskResult(
+        url=service.query_url,
+        question=question,
+        status=reply.status,
+        latency_s=reply.latency_s,
+        answer=answer_text(body),
+        model=model if isinstance(model, str) else None,
+        device=device if isinstance(device, str) else None,
+        tokens=generated_tokens(body),
+        body=body,
+    )
+
+
+# --------------------------------------------------------------------------- options
+def read_questions(path: str | Path) -> tuple[str, ...]:
+    """One question per line (UTF-8); blank lines are skipped."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8"
+        raise ConfigError(f"--questions {path}: {reason}") from None
+    questions = tuple(line.strip() for line in text.splitlines() if line.strip())
+    if not questions:
+        raise ConfigError(f"--questions {path}: no questions in the file")
+    return questions
+
+
+def parse_levels(text: str) -> tuple[int, ...]:
+    """``"1,2,4,8"`` -> (1, 2, 4, 8); ValueError with a reason otherwise."""
+    try:
+        levels = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ValueError(f"expected concurrencies like 1,2,4,8, got {text!r}") from None
+    if not levels or any(not 1 <= n <= MAX_CONCURRENCY for n in levels):
+        raise ValueError(f"each concurrency must be 1-{MAX_CONCURRENCY}, got {text!r}")
+    if len(levels) > MAX_SWEEP_LEVELS:
+        raise ValueError(f"at most {MAX_SWEEP_LEVELS} levels, got {len(levels)}")
+    return levels
+
+
+@dataclass(frozen=True)
+class StressPlan:
+    questions: tuple[str, ...]
+    concurrency: int = 1
+    requests: int | None = DEFAULT_STRESS_REQUESTS  # None: until duration_s (still capped)
+    duration_s: float | None = None
+    max_new_tokens: int | None = None
+    timeout: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.questions:
+            raise ConfigError("a stress run needs a question or --questions FILE")
+        if not 1 <= self.concurrency <= MAX_CONCURRENCY:
+            raise ConfigError(f"concurrency must be 1-{MAX_CONCURRENCY}")
+        if self.requests is not None and not 1 <= self.requests <= MAX_REQUESTS:
+            raise ConfigError(f"requests must be 1-{MAX_REQUESTS}")
+        if self.duration_s is not None and not 0 < self.duration_s <= MAX_DURATION_S:
+            raise ConfigError(f"duration must be above 0 and at most {MAX_DURATION_S:g} s")
+
+
+def make_plan(
+    question: str | None,
+    questions: tuple[str, ...] | None,
+    *,
+    requests: int | None,
+    concurrency: int | None,
+    duration_s: float | None,
+    max_new_tokens: int | None,
+    timeout: float | None,
+) -> StressPlan:
+    """Defaults: one pass over --questions, else 100 requests, unless --duration is given."""
+    if question is not None and questions:
+        raise ConfigError("give a QUESTION or --questions FILE, not both")
+    pool = questions or ((question,) if question is not None else ())
+    if requests is None and duration_s is None:
+        requests = len(questions) if questions else DEFAULT_STRESS_REQUESTS
+    return StressPlan(pool, concurrency or 1, requests, duration_s, max_new_tokens, timeout)
+
+
+# --------------------------------------------------------------------------- statistics
+def percentile(sorted_values: Sequence[float], p: float) -> float:
+    """Nearest-rank percentile of already-sorted values (p in 0-100]."""
+    if not sorted_values:
+        raise ValueError("no values")
+    rank = max(1, math.ceil(p / 100 * len(sorted_values)))
+    return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    count: int
+    min_s: float
+    mean_s: float
+    max_s: float
+    #: percentile (50, 90, 95, 99) -> seconds, nearest-rank
+    percentiles_s: Mapping[int, float]
+
+    @classmethod
+    def of(cls, latencies: Sequence[float]) -> LatencyStats | None:
+        if not latencies:
+            return None
+        ordered = sorted(latencies)
+        return cls(
+            count=len(ordered),
+            min_s=ordered[0],
+            mean_s=math.fsum(ordered) / len(ordered),
+            max_s=ordered[-1],
+            percentiles_s={p: percentile(ordered, p) for p in PERCENTILES},
+        )
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """One request of a stress run, as a worker saw it."""
+
+    started_s: float  # since the run began
+    latency_s: float
+    status: int | None  # None when no HTTP answer came back
+    kind: str | None  # ClientError kind; None when it succeeded
+    tokens: int | None
+
+
+@dataclass(frozen=True)
+class MemorySample:
+    at_s: float  # since the run began (negative: before)
+    tree_rss_bytes: int | None
+    tree_footprint_bytes: int | None  # macOS phys_footprint of the tree (Metal included)
+    reported_rss_bytes: int | None  # the service's own report: its process RSS
+    accel_allocated_bytes: int | None  # MPS current_allocated / CUDA allocated
+    accel_held_bytes: int | None  # MPS driver_allocated / CUDA reserved (cache included)
+    device: str | None
+    in_flight: int | None  # the limiter's own counts, when it reports them
+    queued: int | None
+
+
+MEMORY_FIELDS = (
+    "tree_rss_bytes",
+    "tree_footprint_bytes",
+    "reported_rss_bytes",
+    "accel_allocated_bytes",
+    "accel_held_bytes",
+)
+
+
+@dataclass(frozen=True)
+class Span:
+    before: int | None
+    peak: int | None  # highest of every sample, before and after included
+    after: int | None
+
+
+@dataclass(frozen=True)
+class MemoryStats:
+    samples: int
+    interval_s: float
+    device: str | None
+    spans: Mapping[str, Span]  # MEMORY_FIELDS -> Span
+    peak_in_flight: int | None
+    peak_queued: int | None
+
+    @classmethod
+    def of(cls, samples: Sequence[MemorySample], interval_s: float) -> MemoryStats:
+        spans = {}
+        for name in MEMORY_FIELDS:
+            values = [getattr(s, name) for s in samples if getattr(s, name) is not None]
+            first = getattr(samples[0], name) if samples else None
+            last = getattr(samples[-1], name) if len(samples) > 1 else None
+            spans[name] = Span(first, max(values) if values else None, last)
+        devices = [s.device for s in samples if s.device]
+        flights = [s.in_flight for s in samples if s.in_flight is not None]
+        queues = [s.queued for s in samples if s.queued is not None]
+        return cls(
+            samples=len(samples),
+            interval_s=interval_s,
+            device=devices[-1] if devices else None,
+            spans=spans,
+            peak_in_flight=max(flights) if flights else None,
+            peak_queued=max(queues) if queues else None,
+        )
+
+    @property
+    def peak_bytes(self) -> int | None:
+        """The one figure a sweep table shows: footprint where known (macOS), else RSS."""
+        for name in ("tree_footprint_bytes", "tree_rss_bytes", "reported_rss_bytes"):
+            if self.spans[name].peak is not None:
+                return self.spans[name].peak
+        return None
+
+
+@dataclass(frozen=True)
+class StressResult:
+    url: str
+    started_at: str
+    concurrency: int
+    requests_limit: int | None
+    duration_limit_s: float | None
+    stopped_by: str  # "count" | "duration" | "interrupt"
+    elapsed_s: float
+    total: int
+    ok: int
+    by_status: Mapping[str, int]  # "200" -> n; requests with no HTTP answer are not here
+    errors: Mapping[str, int]  # ClientError kind -> n
+    error_examples: Mapping[str, str]  # kind -> the first message of that kind
+    latency: LatencyStats | None  # successful requests only
+    tokens_total: int | None
+    memory: MemoryStats
+    records: tuple[RequestRecord, ...] = field(repr=False, default=())
+
+    @property
+    def interrupted(self) -> bool:
+        return self.stopped_by == "interrupt"
+
+    @property
+    def requests_per_s(self) -> float:
+        return self.total / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    @property
+    def ok_per_s(self) -> float:
+        return self.ok / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        if self.tokens_total is None or self.elapsed_s <= 0:
+            return None
+        return self.tokens_total / self.elapsed_s
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    levels: tuple[StressResult, ...]
+    interrupted: bool
+
+
+def stress_exit(results: Sequence[StressResult], *, partial_is_failure: bool = True) -> int:
+    """0 all answered; the kind's own code when every request failed the same way (a stopped
+    service exits 3 as a single ask would); otherwise 1 (stress) or 0 (sweep, whose point is
+    to push past the limit); 130 after Ctrl-C."""
+    if any(r.interrupted for r in results):
+        return AskExit.INTERRUPTED
+    errors: Counter[str] = Counter()
+    for result in results:
+        errors.update(result.errors)
+    if not errors:
+        return AskExit.OK
+    if not any(r.ok for r in results) and len(errors) == 1:
+        return KIND_EXIT.get(next(iter(errors)), AskExit.FAILURE)
+    return AskExit.FAILURE if partial_is_failure else AskExit.OK
+
+
+# --------------------------------------------------------------------------- memory sampling
+class MemorySampler:
+    """Samples the service's memory from a background thread while the load runs."""
+
+    def __init__(self, settings: Settings, interval_s: float = SAMPLE_INTERVAL_S) -> None:
+        self.settings = settings
+        self.interval_s = interval_s
+        self.samples: list[MemorySample] = []
+        self._origin = time.perf_counter()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="mpsctl-memory", daemon=True)
+        self._client = ServiceClient(settings.service)
+        self._roots = self._find_roots()
+
+    def _find_roots(self) -> list[tuple[int, float]]:
+        """The service's root processes, found once: the pidfile or match, else the port."""
+        from mpsctl.observe import procs  # psutil stays behind observe/
+
+        if self.settings.service.host not in ("127.0.0.1", "localhost", "::1"):
+            return []  # a remote service's processes are not ours to see
+        snap = procs.find_service(self.settings)
+        if snap.running:
+            return [(p.pid, p.create_time) for p in snap.processes if p.pid in snap.roots]
+        holder = procs.port_holder(self.settings.service.host, self.settings.service.port)
+        return [(holder.pid, holder.create_time)] if isinstance(holder, procs.ProcInfo) else []
+
+    def sample(self) -> MemorySample:
+        from mpsctl.observe import procs
+
+        ids = [i for root in self._roots for i in procs.tree_identities(*root)]
+        infos = procs.processes_info(ids)
+        rss = [p.rss_bytes for p in infos if p.rss_bytes is not None]
+        foot = [p.footprint_bytes for p in infos if p.footprint_bytes is not None]
+        report = self._report()
+        accel: Mapping[str, Any] = report.get("mps") or report.get("cuda") or {}
+        limiter: Mapping[str, Any] = report.get("limiter") or {}
+        return MemorySample(
+            at_s=time.perf_counter() - self._origin,
+            tree_rss_bytes=sum(rss) if rss else None,
+            tree_footprint_bytes=sum(foot) if foot else None,
+            reported_rss_bytes=_int(report.get("rss_bytes")),
+            accel_allocated_bytes=_int(
+                accel.get("current_allocated_bytes", accel.get("allocated_bytes"))
+            ),
+            accel_held_bytes=_int(accel.get("driver_allocated_bytes", accel.get("reserved_bytes"))),
+            device=report.get("device") if isinstance(report.get("device"), str) else None,
+            in_flight=_int(limiter.get("in_flight")),
+            queued=_int(limiter.get("queued")),
+        )
+
+    def _report(self) -> Mapping[str, Any]:
+        check = self._client.health(timeout=HEALTH_SAMPLE_TIMEOUT_S)
+        body = check.body if isinstance(check.body, Mapping) else {}
+        memory = body.get("memory")
+        return memory if isinstance(memory, Mapping) else {}
+
+    def start(self) -> None:
+        """Take the "before" sample, then sample in the background; times count from here."""
+        self.samples.append(self.sample())
+        self._origin = time.perf_counter()
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.samples.append(self.sample())
+
+    def stop(self) -> MemoryStats:
+        self._stop.set()
+        self._thread.join(timeout=HEALTH_SAMPLE_TIMEOUT_S * 3)
+        self.samples.append(self.sample())  # "after"
+        self._client.close()
+        return MemoryStats.of(list(self.samples), self.interval_s)
+
+
+def _int(value: Any) -> int | None:
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+# --------------------------------------------------------------------------- the runner
+ProgressCallback = Callable[[int, int, float], None]  # (done, ok, elapsed_s)
+
+
+class _Run:
+    """State shared by the workers of one stress run."""
+
+    def __init__(self, settings: Settings, plan: StressPlan, token: str | None) -> None:
+        self.settings, self.plan, self.token = settings, plan, token
+        # Encoded once: the hot loop only sends bytes.
+        self.bodies = [encode_query(q, plan.max_new_tokens) for q in plan.questions]
+        self.counter = itertools.count()  # next() on it is atomic under the GIL
+        self.limit = plan.requests if plan.requests is not None else MAX_REQUESTS
+        self.stop = threading.Event()
+        self.records: list[RequestRecord] = []  # list.append is atomic under the GIL
+        self.examples: dict[str, str] = {}
+        self.origin = time.perf_counter()
+        self.deadline = self.origin + MAX_DURATION_S
+
+    def begin(self) -> None:
+        self.origin = time.perf_counter()
+        self.deadline = self.origin + (self.plan.duration_s or MAX_DURATION_S)
+
+    def worker(self) -> None:
+        service = self.settings.service
+        conn = KeepAliveConnection(service, token=self.token, timeout=self.plan.timeout)
+        path, bodies, count = service.query_path, self.bodies, len(self.bodies)
+        try:
+            while not self.stop.is_set():
+                index = next(self.counter)
+                started = time.perf_counter()
+                if index >= self.limit or started >= self.deadline:
+                    return
+                status: int | None = None
+                tokens = None
+                try:
+                    reply = conn.post(path, bodies[index % count])
+                    status = reply.status
+                    error = conn.query_error(reply)
+                    latency = reply.latency_s
+                except ClientError as exc:
+                    error, latency = exc, time.perf_counter() - started
+                if error is None:
+                    tokens = generated_tokens(reply.body)
+                else:
+                    self.examples.setdefault(error.kind, str(error))
+                kind = None if error is None else error.kind
+                self.records.append(
+                    RequestRecord(started - self.origin, latency, status, kind, tokens)
+                )
+        finally:
+            conn.close()
+
+
+def run_stress(
+    settings: Settings,
+    plan: StressPlan,
+    *,
+    token: str | None,
+    on_progress: ProgressCallback | None = None,
+    sample_memory: bool = True,
+    sample_interval_s: float = SAMPLE_INTERVAL_S,
+) -> StressResult:
+    """Drive ``plan.concurrency`` workers until the count or the duration; Ctrl-C stops early
+    and returns what was gathered (``stopped_by == "interrupt"``)."""
+    run = _Run(settings, plan, token)
+    sampler = MemorySampler(settings, sample_interval_s) if sample_memory else None
+    started_at = utc_now_iso()
+    if sampler is not None:
+        sampler.start()
+    run.begin()  # after the "before" sample: it is not part of the load
+    # Daemon threads, not ThreadPoolExecutor: after Ctrl-C a request still waiting on a hung
+    # service must not hold the process until its timeout (the executor joins at exit).
+    workers = [
+        threading.Thread(target=run.worker, name=f"mpsctl-ask-{i}", daemon=True)
+        for i in range(plan.concurrency)
+    ]
+    stopped_by = "count"
+    seen = ok = 0
+    try:
+        for thread in workers:
+            thread.start()
+        for thread in workers:
+            while thread.is_alive():
+                thread.join(0.1)
+                if on_progress is not None:
+                    # Only the records added since the last tick: O(n) over the run, not O(n²).
+                    done = len(run.records)
+                    ok += sum(1 for r in run.records[seen:done] if r.kind is None)
+                    seen = done
+                    on_progress(done, ok, time.perf_counter() - run.origin)
+        if plan.duration_s is not None and time.perf_counter() >= run.deadline:
+            stopped_by = "duration"
+    except KeyboardInterrupt:
+        stopped_by = "interrupt"
+    run.stop.set()
+    elapsed = time.perf_counter() - run.origin
+    records = tuple(run.records)  # requests still in flight after Ctrl-C are left out
+    memory = sampler.stop() if sampler is not None else MemoryStats.of([], 0.0)
+    return _summarize(
+        settings,
+        plan,
+        run,
+        records=records,
+        elapsed=elapsed,
+        stopped_by=stopped_by,
+        started_at=started_at,
+        memory=memory,
+    )
+
+
+def _summarize(
+    settings: Settings,
+    plan: StressPlan,
+    run: _Run,
+    *,
+    records: tuple[RequestRecord, ...],
+    elapsed: float,
+    stopped_by: str,
+    started_at: str,
+    memory: MemoryStats,
+) -> StressResult:
+    ok = [r for r in records if r.kind is None]
+    tokens = [r.tokens for r in ok if r.tokens is not None]
+    statuses = Counter(str(r.status) for r in records if r.status is not None)
+    errors = Counter(r.kind for r in records if r.kind is not None)
+    return StressResult(
+        url=settings.service.query_url,
+        started_at=started_at,
+        concurrency=plan.concurrency,
+        requests_limit=plan.requests,
+        duration_limit_s=plan.duration_s,
+        stopped_by=stopped_by,
+        elapsed_s=elapsed,
+        total=len(records),
+        ok=len(ok),
+        by_status=dict(sorted(statuses.items())),
+        errors=dict(errors.most_common()),
+        error_examples={k: run.examples[k] for k in errors if k in run.examples},
+        latency=LatencyStats.of([r.latency_s for r in ok]),
+        tokens_total=sum(tokens) if tokens else None,
+        memory=memory,
+        records=records,
+    )
+
+
+def run_sweep(
+    settings: Settings,
+    plan: StressPlan,
+    levels: Sequence[int],
+    *,
+    token: str | None,
+    on_level: Callable[[int], ProgressCallback | None] | None = None,
+    sample_interval_s: float = SAMPLE_INTERVAL_S,
+) -> SweepResult:
+    """The same plan at each concurrency in turn; Ctrl-C ends the sweep after that level."""
+    results: list[StressResult] = []
+    for level in levels:
+        level_plan = StressPlan(
+            plan.questions,
+            level,
+            plan.requests,
+            plan.duration_s,
+            plan.max_new_tokens,
+            plan.timeout,
+        )
+        progress = on_level(level) if on_level is not None else None
+        result = run_stress(
+            settings,
+            level_plan,
+            token=token,
+            on_progress=progress,
+            sample_interval_s=sample_interval_s,
+        )
+        results.append(result)
+        if result.interrupted:
+            return SweepResult(tuple(results), interrupted=True)
+    return SweepResult(tuple(results), interrupted=False)

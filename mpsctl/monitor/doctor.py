@@ -1,0 +1,568 @@
+"""``mpsctl doctor``: settings, environment and the running service against what PyTorch does.
+
+Every check says what is wrong *and* how to fix it, with the facts of MEMORY-FACTS.md:
+ratios multiply ``recommendedMaxWorkingSetSize``; PyTorch reads them with ``strtod`` (text
+becomes 0.0 = no limit) once, at the first MPS allocation; a high ratio below the default low
+1.4 without a low ratio kills the service at that allocation; ``PYTORCH_ENABLE_MPS`` does not
+exist; the MPS fallback covers unimplemented operators, not out-of-memory errors.
+
+Three places are looked at: this shell's environment (what a script or a hand-run
+``uvicorn`` started from here would get), the settings (what ``mpsctl start`` applies) and
+the running service's own environment (what PyTorch really read). Read-only; torch is never
+imported: its version comes from the service's memory report or from the venv's METADATA.
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib.metadata
+import os
+import re
+import stat
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from mpsctl.errors import ConfigError
+from mpsctl.observe.probe import ProbeResult
+from mpsctl.render.units import fmt_bytes, utc_now_iso
+from mpsctl.settings import (
+    MAX_RATIO,
+    TORCH_DEFAULT_HIGH_RATIO,
+    TORCH_DEFAULT_LOW_RATIO,
+    Settings,
+)
+
+SCHEMA = "mpsctl.doctor/1"
+Level = Literal["ok", "info", "warning", "error"]
+LEVELS: tuple[Level, ...] = ("ok", "info", "warning", "error")
+
+HIGH = "PYTORCH_MPS_HIGH_WATERMARK_RATIO"
+LOW = "PYTORCH_MPS_LOW_WATERMARK_RATIO"
+FALLBACK = "PYTORCH_ENABLE_MPS_FALLBACK"
+NOT_A_VARIABLE = "PYTORCH_ENABLE_MPS"
+#: torch.mps.recommended_max_memory() appeared in torch 2.5
+RECOMMENDED_MAX_SINCE = (2, 5)
+# what strtod accepts at the start of a string (decimal forms; enough for ratios)
+_STRTOD = re.compile(r"^\s*([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)")
+
+
+@dataclass(frozen=True)
+class Check:
+    id: str
+    level: Level
+    message: str
+    fix: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "level": self.level, "message": self.message, "fix": self.fix}
+
+
+@dataclass(frozen=True)
+class DoctorReport:
+    time: str
+    checks: tuple[Check, ...]
+
+    @property
+    def problems(self) -> list[Check]:
+        return [c for c in self.checks if c.level in ("warning", "error")]
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.problems else 0
+
+    def counts(self) -> dict[str, int]:
+        return {level: sum(c.level == level for c in self.checks) for level in LEVELS}
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA,
+            "time": self.time,
+            "ok": not self.problems,
+            "counts": self.counts(),
+            "checks": [c.to_json() for c in self.checks],
+        }
+
+
+# --------------------------------------------------------------------------- PYTORCH_* variables
+def strtod(text: str) -> tuple[float, str]:
+    """What C's ``strtod`` makes of ``text``: the number and the part it ignored."""
+    match = _STRTOD.match(text)
+    if not match:
+        return 0.0, text
+    return float(match.group(1)), text[match.end() :]
+
+
+def torch_env_checks(prefix: str, env: Mapping[str, str], where: str, fix_hint: str) -> list[Check]:
+    """The PYTORCH_* variables of one environment, read the way PyTorch reads them."""
+    found: list[Check] = []
+    ratios: dict[str, float] = {}
+    for name, label in ((HIGH, "high"), (LOW, "low")):
+        if name not in env:
+            continue
+        raw = env[name]
+        value, rest = strtod(raw)
+        if rest == raw:  # no number at all (empty included)
+            found.append(
+                Check(
+                    f"{prefix}.ratio_not_a_number",
+                    "error",
+                    f"{where}: {name}={raw!r} is not a number: PyTorch reads it with strtod as "
+                    f"0.0, which removes the {label} limit instead of setting one",
+                    f"set a number between 0.0 and {MAX_RATIO:g} {fix_hint}",
+                )
+            )
+        elif rest.strip():
+            found.append(
+                Check(
+                    f"{prefix}.ratio_trailing_text",
+                    "warning",
+                    f"{where}: {name}={raw!r}: PyTorch reads only {value:g} and ignores {rest!r}",
+                    f"write the bare number, e.g. {name}={value:g} {fix_hint}",
+                )
+            )
+        if not 0.0 <= value <= MAX_RATIO:
+            found.append(
+                Check(
+                    f"{prefix}.ratio_out_of_range",
+                    "error",
+                    f"{where}: {name}={raw!r} is outside 0.0-{MAX_RATIO:g}: the service fails with "
+                    f"'RuntimeError: invalid {label} watermark ratio' at its first MPS allocation",
+                    f"use a ratio between 0.0 and {MAX_RATIO:g} {fix_hint}",
+                )
+            )
+        ratios[label] = value
+    high = ratios.get("high")
+    low = ratios.get("low")
+    if high is not None and low is None and 0.0 < high < TORCH_DEFAULT_LOW_RATIO:
+        found.append(
+            Check(
+                f"{prefix}.high_without_low",
+                "error",
+                f"{where}: {HIGH}={env[HIGH]} without {LOW}: PyTorch's default low ratio "
+                f"{TORCH_DEFAULT_LOW_RATIO:g} is above high {high:g}, so the service fails with "
+                f"'invalid low watermark ratio {TORCH_DEFAULT_LOW_RATIO:g}' at its first MPS "
+                "allocation (the plan's 'HIGH=0.5' step does exactly this)",
+                f"also set {LOW} to {high:g} or less (e.g. {LOW}={min(high, 0.5):g}) {fix_hint}",
+            )
+        )
+    elif low is not None and 0.0 <= low <= MAX_RATIO:
+        ceiling = TORCH_DEFAULT_HIGH_RATIO if high is None else (MAX_RATIO if high == 0 else high)
+        if low > ceiling:
+            found.append(
+                Check(
+                    f"{prefix}.low_above_high",
+                    "error",
+                    f"{where}: low ratio {low:g} is above high {ceiling:g}"
+                    + ("" if high is not None else " (PyTorch's default)")
+                    + f": the service fails with 'invalid low watermark ratio {low:g}'",
+                    f"make {LOW} <= {HIGH} {fix_hint}",
+                )
+            )
+    if high == 0.0 and strtod(env[HIGH])[1] != env[HIGH]:  # a real 0, not text read as 0
+        found.append(
+            Check(
+                f"{prefix}.high_zero",
+                "warning",
+                f"{where}: {HIGH} reads as 0.0, which disables the MPS limit: the service can "
+                "take all memory and push macOS into swap instead of failing with an out-of-memory "
+                "error",
+                f"set a limit, e.g. {HIGH}=0.7 with {LOW}=0.5 {fix_hint}",
+            )
+        )
+    if NOT_A_VARIABLE in env:
+        found.append(
+            Check(
+                f"{prefix}.enable_mps",
+                "warning",
+                f"{where}: {NOT_A_VARIABLE}={env[NOT_A_VARIABLE]} does nothing: PyTorch has no "
+                "such variable, so it does not move the service to the CPU",
+                f"unset {NOT_A_VARIABLE}; to run on the CPU choose the device in the service "
+                '(reference service: memory.device = "cpu" or `mpsctl serve --device cpu`)',
+            )
+        )
+    if env.get(FALLBACK, "").strip() == "1":
+        found.append(
+            Check(
+                f"{prefix}.mps_fallback",
+                "info",
+                f"{where}: {FALLBACK}=1 runs operators that MPS does not implement on the CPU; it "
+                "does NOT move work to the CPU after an out-of-memory error",
+                "keep it only if the model needs an unimplemented operator; against OOM set the "
+                "watermarks, limit concurrency or use a smaller model",
+            )
+        )
+    if not found:
+        names = sorted(k for k in env if k.startswith("PYTORCH_MPS_") or k == FALLBACK)
+        shown = ", ".join(f"{k}={env[k]}" for k in names) if names else "no PYTORCH_MPS_* variables"
+        found.append(Check(f"{prefix}.pytorch_vars", "ok", f"{where}: {shown}"))
+    return found
+
+
+# --------------------------------------------------------------------------- settings
+def settings_checks(settings: Settings) -> list[Check]:
+    found: list[Check] = []
+    origin = (
+        f"file {settings.config_file}" if settings.config_file else "no file (reference service)"
+    )
+    found.append(Check("config.load", "ok", f"settings load: {origin}"))
+    for note in settings.notes:
+        found.append(Check("config.note", "info", note))
+    if settings.memory.mps_fallback:
+        found.append(
+            Check(
+                "config.mps_fallback",
+                "info",
+                "memory.mps_fallback = true sets PYTORCH_ENABLE_MPS_FALLBACK=1: it covers "
+                "operators MPS does not implement, not out-of-memory errors",
+                "set memory.mps_fallback = false unless the model needs it",
+            )
+        )
+    argv = settings.service.command
+    if "--reload" in argv:
+        found.append(
+            Check(
+                "service.reload",
+                "warning",
+                "service.command has --reload: uvicorn runs a reloader and a worker and loads the "
+                "model again on every reload (twice the memory during a reload)",
+                "remove --reload from service.command (it is for development)",
+            )
+        )
+    host_args = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a in ("--host", "-h")]
+    host_args += [a.split("=", 1)[1] for a in argv if a.startswith("--host=")]
+    url_host = urlsplit(settings.service.url).hostname
+    if any(h in ("0.0.0.0", "::") for h in [*host_args, url_host or ""]):
+        where = "service.url" if url_host in ("0.0.0.0", "::") else "service.command"
+        found.append(
+            Check(
+                "service.bind_all",
+                "warning",
+                f"{where} uses 0.0.0.0: the service listens on every interface, so anyone on the "
+                "network can reach it (and its admin endpoints)",
+                "bind 127.0.0.1 (`--host 127.0.0.1`) and use http://127.0.0.1:PORT as service.url",
+            )
+        )
+    found.append(token_check(settings.service.token_file))
+    return found
+
+
+def token_check(path: Path | None) -> Check:
+    if path is None or not path.exists():
+        return Check("token.permissions", "ok", "no token file to check")
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError as exc:
+        return Check(
+            "token.permissions",
+            "warning",
+            f"token file {path}: {exc.strerror}",
+            "check the path in service.token_file",
+        )
+    if mode & 0o077:
+        return Check(
+            "token.permissions",
+            "warning",
+            f"token file {path} has mode {mode:04o}: other users can read the bearer token",
+            f"chmod 600 {path}",
+        )
+    return Check("token.permissions", "ok", f"token file {path} is private ({mode:04o})")
+
+
+# --------------------------------------------------------------------------- the running service
+def root_env(result: ProbeResult) -> tuple[int | None, dict[str, str] | None]:
+    snap = result.service
+    if snap is None or not snap.running:
+        return None, {}
+    roots = set(snap.roots)
+    for proc in snap.processes:
+        if proc.pid in roots:
+            return proc.pid, proc.pytorch_env
+    first = snap.processes[0]
+    return first.pid, first.pytorch_env
+
+
+def _same_ratio(a: str | None, b: str | None) -> bool:
+    if a is None or b is None:
+        return a == b
+    return strtod(a)[0] == strtod(b)[0] and not strtod(a)[1].strip() and not strtod(b)[1].strip()
+
+
+def service_checks(settings: Settings, result: ProbeResult) -> list[Check]:
+    snap = result.service
+    if snap is None:
+        return [
+            Check(
+                "service.running",
+                "info",
+                "the service's processes could not be "
+                "inspected: checks of the running process skipped",
+            )
+        ]
+    if not snap.running:
+        return [
+            Check(
+                "service.running",
+                "info",
+                f"service {settings.service.name} is not "
+                "running: checks of the running process skipped",
+            )
+        ]
+    pid, env = root_env(result)
+    where = f"the running service (pid {pid})"
+    found = [Check("service.running", "ok", f"{where} found by {snap.found_by}")]
+    if env is None:
+        found.append(
+            Check(
+                "service_env.unreadable",
+                "info",
+                f"{where}: its environment is not readable (another user, or macOS protection)",
+                "run doctor as the user who runs the service",
+            )
+        )
+        return found
+    found += torch_env_checks("service_env", env, where, "in the service's start script")
+    wanted = settings.memory.torch_env()
+    stale = [k for k in (HIGH, LOW) if k in wanted and not _same_ratio(env.get(k), wanted[k])]
+    if stale:
+        have = ", ".join(f"{k}={env.get(k, 'unset')}" for k in stale)
+        want = ", ".join(f"{k}={wanted[k]}" for k in stale)
+        off_mps = result.accelerator.device in ("cpu", "cuda")
+        found.append(
+            Check(
+                "service.watermarks_stale",
+                "info" if off_mps else "warning",
+                f"{where} runs with {have}, but the settings say {want}: it was started before the "
+                "change or without mpsctl, and PyTorch reads these only at start"
+                + (
+                    f" (it runs on {result.accelerator.device}: MPS limits do not apply)"
+                    if off_mps
+                    else ""
+                ),
+                "mpsctl restart",
+            )
+        )
+    return found
+
+
+def limit_checks(settings: Settings, result: ProbeResult) -> list[Check]:
+    acc = result.accelerator
+    ram = result.host.total_bytes if result.host is not None else None
+    if acc.device in ("cpu", "cuda"):
+        return [
+            Check("limit.above_ram", "ok", f"MPS limit: n/a (the service runs on {acc.device})")
+        ]
+    configured = settings.memory.high_watermark_ratio
+    high = TORCH_DEFAULT_HIGH_RATIO if configured is None else configured
+    if acc.device != "mps" or acc.recommended_max_bytes is None:
+        why = (
+            "the service is not running or does not report its memory"
+            if acc.device != "mps"
+            else "the service's torch does not report it (torch < 2.5)"
+        )
+        hint = ""
+        if high > 1.5:
+            hint = (
+                f"; on Apple Silicon it is about 2/3 of RAM, so a high ratio of {high:g} "
+                "would put the limit above physical memory"
+            )
+        return [
+            Check(
+                "limit.above_ram",
+                "info",
+                f"MPS limit unknown: it is high ratio x recommendedMaxWorkingSetSize, which only "
+                f"the running service can report ({why}){hint}",
+                "start the service (torch >= 2.5 on MPS) and run mpsctl doctor again",
+            )
+        ]
+    found = []
+    candidates = [("the running service's", acc.limit_bytes, acc.high_watermark_ratio)]
+    if high > 0:
+        candidates.append(("the configured", int(high * acc.recommended_max_bytes), high))
+    for label, limit, ratio in candidates:
+        if limit is None or ram is None:
+            continue
+        shown = (
+            (
+                f"{label} MPS limit {fmt_bytes(limit)} (high {ratio:g} x recommended max "
+                f"{fmt_bytes(acc.recommended_max_bytes)})"
+            )
+            if ratio is not None
+            else (f"{label} MPS limit {fmt_bytes(limit)}")
+        )
+        if limit > ram:
+            safe = 0.9 * ram / acc.recommended_max_bytes
+            found.append(
+                Check(
+                    "limit.above_ram",
+                    "warning",
+                    f"{shown} is above physical memory {fmt_bytes(ram)}: macOS swaps instead of "
+                    "PyTorch raising an out-of-memory error",
+                    f"lower memory.high_watermark_ratio to {min(safe, MAX_RATIO):.2f} or less, "
+                    "then mpsctl restart",
+                )
+            )
+        else:
+            found.append(Check("limit.above_ram", "ok", f"{shown} fits in {fmt_bytes(ram)} RAM"))
+    if not found:
+        found.append(Check("limit.above_ram", "info", "MPS limit or RAM unknown"))
+    return found
+
+
+def log_checks(settings: Settings, running: bool) -> list[Check]:
+    from mpsctl.observe.logfiles import resolve_logs
+
+    found: list[Check] = []
+    for source in resolve_logs(settings):
+        if source.path is None:
+            found.append(
+                Check(
+                    "logs.missing",
+                    "warning",
+                    f"service.log_globs: {source.pattern} matches no file: `mpsctl oom` and the "
+                    "probe's OOM scan cannot see that log",
+                    f"fix the pattern (relative to service.workdir {settings.service.workdir})",
+                )
+            )
+        elif not source.path.is_file():
+            level: Level = "warning" if running else "info"
+            found.append(
+                Check(
+                    "logs.missing",
+                    level,
+                    f"log file {source.path} does not exist"
+                    + (
+                        " although the service runs (started without mpsctl?)"
+                        if running
+                        else " yet (mpsctl start creates it)"
+                    ),
+                    "set service.log_file to where the service writes, or start it with "
+                    "mpsctl start",
+                )
+            )
+        else:
+            found.append(Check("logs.present", "ok", f"log {source.label}: {source.path}"))
+    return found
+
+
+# --------------------------------------------------------------------------- torch version
+def torch_version_in(venv: Path) -> str | None:
+    """torch's version from ``<venv>/lib/python*/site-packages/torch-*.dist-info/METADATA``."""
+    patterns = (
+        "lib/python*/site-packages/torch-*.dist-info/METADATA",
+        "Lib/site-packages/torch-*.dist-info/METADATA",
+    )
+    for pattern in patterns:
+        for metadata in sorted(glob.glob(str(venv / pattern)), reverse=True):
+            version = _metadata_version(Path(metadata))
+            if version:
+                return version
+    return None
+
+
+def _metadata_version(path: Path) -> str | None:
+    try:
+        with path.open(encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("Version:"):
+                    return line.split(":", 1)[1].strip()
+                if not line.strip():
+                    break  # the headers end at the first blank line
+    except OSError:
+        return None
+    return None
+
+
+def version_tuple(version: str) -> tuple[int, int] | None:
+    match = re.match(r"(\d+)\.(\d+)", version)
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def torch_checks(settings: Settings, result: ProbeResult) -> list[Check]:
+    report = result.health.memory_report or {}
+    version = report.get("torch_version") if isinstance(report.get("torch_version"), str) else None
+    origin = "reported by the running service"
+    if version is None and settings.service.venv is not None:
+        version = torch_version_in(settings.service.venv)
+        origin = f"in {settings.service.venv}"
+    elif version is None and settings.reference_service:
+        try:
+            version = importlib.metadata.version("torch")  # METADATA only: torch is not imported
+            origin = "in mpsctl's own environment (the reference service's)"
+        except importlib.metadata.PackageNotFoundError:
+            return [
+                Check(
+                    "torch.version",
+                    "info",
+                    "torch is not installed next to mpsctl: the reference service needs it",
+                    "pip install 'mpsctl[serve]'",
+                )
+            ]
+    if version is None:
+        where = f"in {settings.service.venv}" if settings.service.venv else "(service.venv unset)"
+        return [
+            Check(
+                "torch.version",
+                "info",
+                f"torch version unknown {where}",
+                "set service.venv so doctor can read torch's METADATA",
+            )
+        ]
+    parsed = version_tuple(version)
+    if parsed is not None and parsed < RECOMMENDED_MAX_SINCE:
+        off_mps = result.accelerator.device in ("cpu", "cuda")
+        return [
+            Check(
+                "torch.version",
+                "info" if off_mps else "warning",
+                f"torch {version} {origin} lacks torch.mps.recommended_max_memory() (torch >= "
+                "2.5): the service cannot report its MPS limit in bytes, only the ratio",
+                "upgrade torch in the service's venv: pip install -U 'torch>=2.5'",
+            )
+        ]
+    return [Check("torch.version", "ok", f"torch {version} {origin}")]
+
+
+# --------------------------------------------------------------------------- all together
+def _probe(settings: Settings) -> ProbeResult:
+    from mpsctl.observe.probe import take_probe
+
+    return take_probe(settings, health_timeout=2.0)
+
+
+def run_doctor(
+    load: Callable[[], Settings],
+    environ: Mapping[str, str] | None = None,
+    *,
+    probe: Callable[[Settings], ProbeResult] = _probe,
+) -> DoctorReport:
+    env = dict(os.environ if environ is None else environ)
+    checks = torch_env_checks(
+        "env",
+        {k: v for k, v in env.items() if k.startswith("PYTORCH_")},
+        "this shell's environment",
+        "where you export it (mpsctl start uses [memory] settings instead, but a script or a "
+        "hand-run uvicorn started from this shell reads these)",
+    )
+    try:
+        settings = load()
+    except ConfigError as exc:
+        checks.append(
+            Check(
+                "config.load",
+                "error",
+                f"settings do not load: {exc}",
+                "fix the file or variable named; mpsctl config show",
+            )
+        )
+        return DoctorReport(utc_now_iso(), tuple(checks))
+    checks += settings_checks(settings)
+    result = probe(settings)
+    checks += service_checks(settings, result)
+    checks += limit_checks(settings, result)
+    snap = result.service
+    checks += log_checks(settings, bool(snap and snap.running))
+    checks += torch_checks(settings, result)
+    return DoctorReport(utc_now_iso(), tuple(checks))

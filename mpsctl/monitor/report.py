@@ -1,0 +1,319 @@
+"""``mpsctl report``: what the recorded probe history says about a period.
+
+Figures: min / avg / p95 / max of each recorded figure (unknown readings are skipped, not
+counted as 0), samples per verdict, OOM events and the restarts ``fix`` made (read from its
+audit trail ``history/fix.jsonl``, written by :mod:`mpsctl.control.history`, tolerantly: a
+torn or foreign line is skipped). The plot is optional (``matplotlib``, the ``plot`` extra).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import os
+import tempfile
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from mpsctl.control.history import fix_history_path
+from mpsctl.errors import MpsctlError
+from mpsctl.monitor.history import parse_time, read_history, read_jsonl
+from mpsctl.render.units import GIB, iso_utc
+
+SCHEMA = "mpsctl.report/1"
+PLOT_MISSING = "--plot needs matplotlib: pip install 'mpsctl[plot]'"
+
+#: record key -> (label, unit); unit "bytes" | "%" | "ms"
+FIGURES: dict[str, tuple[str, str]] = {
+    "host_used_percent": ("host memory used", "%"),
+    "host_used_bytes": ("host memory used", "bytes"),
+    "host_available_bytes": ("host memory available", "bytes"),
+    "swap_used_bytes": ("swap used", "bytes"),
+    "service_memory_bytes": ("service memory (footprint, else RSS)", "bytes"),
+    "accelerator_held_bytes": ("accelerator held", "bytes"),
+    "accelerator_allocated_bytes": ("accelerator allocated (tensors)", "bytes"),
+    "accelerator_limit_percent": ("accelerator, % of its limit", "%"),
+    "health_latency_ms": ("health latency", "ms"),
+}
+VERDICTS = ("OK", "WARNING", "CRITICAL", "UNKNOWN")
+
+
+@dataclass(frozen=True)
+class Stats:
+    count: int
+    min: float
+    avg: float
+    p95: float
+    max: float
+
+    def to_json(self, unit: str) -> dict[str, Any]:
+        def value(x: float) -> float | int:
+            return round(x) if unit == "bytes" else round(x, 2)
+
+        return {
+            "count": self.count,
+            "min": value(self.min),
+            "avg": value(self.avg),
+            "p95": value(self.p95),
+            "max": value(self.max),
+        }
+
+
+@dataclass(frozen=True)
+class Restart:
+    time: str
+    trigger: str | None
+    result: str | None
+    message: str | None
+
+
+@dataclass(frozen=True)
+class Report:
+    since: str
+    until: str
+    samples: int
+    first: str | None
+    last: str | None
+    figures: dict[str, Stats | None]
+    verdicts: dict[str, int]
+    oom_events: int
+    restarts: tuple[Restart, ...]
+    fix_runs: dict[str, int]
+    limit_bytes: int | None
+    #: (time, figures) per sample, for the plot; not in JSON
+    series: tuple[tuple[datetime, dict[str, Any]], ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA,
+            "since": self.since,
+            "until": self.until,
+            "samples": self.samples,
+            "first": self.first,
+            "last": self.last,
+            "figures": {
+                key: (
+                    None
+                    if stats is None
+                    else {**stats.to_json(FIGURES[key][1]), "unit": FIGURES[key][1]}
+                )
+                for key, stats in self.figures.items()
+            },
+            "verdicts": self.verdicts,
+            "oom_events": self.oom_events,
+            "restarts": [r.__dict__ for r in self.restarts],
+            "fix_runs": self.fix_runs,
+            "accelerator_limit_bytes": self.limit_bytes,
+        }
+
+
+def percentile(values: list[float], pct: float) -> float:
+    """Nearest-rank percentile (a value that was really seen, no interpolation)."""
+    ordered = sorted(values)
+    rank = max(1, math.ceil(pct / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def stats_of(values: list[float]) -> Stats | None:
+    if not values:
+        return None
+    return Stats(
+        len(values), min(values), sum(values) / len(values), percentile(values, 95), max(values)
+    )
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _figures(record: dict[str, Any]) -> dict[str, float | None]:
+    service = record.get("service_footprint_bytes")
+    if _number(service) is None:
+        service = record.get("service_rss_bytes")
+    values = {key: _number(record.get(key)) for key in FIGURES}
+    values["service_memory_bytes"] = _number(service)
+    return values
+
+
+def count_oom_events(records: list[dict[str, Any]]) -> int:
+    """Distinct OOM events seen by the probes.
+
+    Each probe counts the events of the last hour, so consecutive records repeat them. With
+    event times (``oom_times``) the distinct times are counted; for records without them,
+    only increases of the windowed count are added.
+    """
+    times: set[str] = set()
+    untimed = 0
+    previous = 0
+    for record in records:
+        count = record.get("oom_events")
+        count = count if isinstance(count, int) and not isinstance(count, bool) else 0
+        stamps = record.get("oom_times")
+        stamps = [s for s in stamps if isinstance(s, str)] if isinstance(stamps, list) else []
+        times.update(stamps)
+        unnamed = max(0, count - len(stamps))
+        untimed += max(0, unnamed - previous)
+        previous = unnamed
+    return len(times) + untimed
+
+
+def read_restarts(
+    home: Path, since: datetime, until: datetime
+) -> tuple[list[Restart], Counter[str]]:
+    restarts: list[Restart] = []
+    runs: Counter[str] = Counter()
+    for record in read_jsonl(fix_history_path(home)):
+        when = parse_time(record.get("time"))
+        if when is None or not since <= when <= until:
+            continue
+        result = record.get("result")
+        runs[result if isinstance(result, str) else "unknown"] += 1
+        if record.get("restarted") is True:
+
+            def text(key: str, rec: dict[str, Any] = record) -> str | None:
+                value = rec.get(key)
+                return value if isinstance(value, str) else None
+
+            restarts.append(
+                Restart(iso_utc(when.timestamp()), text("trigger"), text("result"), text("message"))
+            )
+    restarts.sort(key=lambda r: r.time)
+    return restarts, runs
+
+
+def build_report(home: Path, since: datetime, until: datetime) -> Report:
+    records = read_history(home, since, until)
+    series = []
+    collected: dict[str, list[float]] = {key: [] for key in FIGURES}
+    verdicts: Counter[str] = Counter()
+    limit = None
+    for record in records:
+        values = _figures(record)
+        for key, value in values.items():
+            if value is not None:
+                collected[key].append(value)
+        verdict = record.get("verdict")
+        verdicts[verdict if verdict in VERDICTS else "UNKNOWN"] += 1
+        if _number(record.get("accelerator_limit_bytes")) is not None:
+            limit = int(record["accelerator_limit_bytes"])  # the latest known limit
+        series.append(
+            (
+                record["_when"],
+                {
+                    **values,
+                    "limit_bytes": record.get("accelerator_limit_bytes"),
+                    "verdict": record.get("verdict"),
+                },
+            )
+        )
+    restarts, runs = read_restarts(home, since, until)
+    return Report(
+        since=iso_utc(since.timestamp()),
+        until=iso_utc(until.timestamp()),
+        samples=len(records),
+        first=records[0].get("time") if records else None,
+        last=records[-1].get("time") if records else None,
+        figures={key: stats_of(values) for key, values in collected.items()},
+        verdicts={v: verdicts.get(v, 0) for v in VERDICTS},
+        oom_events=count_oom_events(records),
+        restarts=tuple(restarts),
+        fix_runs=dict(sorted(runs.items())),
+        limit_bytes=limit,
+        series=tuple(series),
+    )
+
+
+# --------------------------------------------------------------------------- plot
+def plot_report(report: Report, path: Path, *, title: str = "mpsctl: memory") -> None:
+    """A PNG of memory over time, the accelerator limit and the restarts. Written atomically."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise MpsctlError(PLOT_MISSING) from None
+    matplotlib.use("Agg")  # no display: this runs from cron and over ssh
+    import matplotlib.dates as mdates
+    import matplotlib.pyplot as plt
+
+    # matplotlib's date numbers: what its typed API takes for a datetime axis
+    times = [float(mdates.date2num(when)) for when, _ in report.series]
+
+    def gib(key: str) -> list[float]:
+        values = [_number(figures.get(key)) for _, figures in report.series]
+        return [math.nan if v is None else v / GIB for v in values]
+
+    fig, ax = plt.subplots(figsize=(10, 5), dpi=100)
+    try:
+        # markers: a reading between two unknown ones has no line to sit on
+        style: dict[str, Any] = {"marker": ".", "markersize": 4, "linewidth": 1.5}
+        ax.plot(times, gib("host_used_bytes"), label="host used", color="tab:blue", **style)
+        ax.plot(times, gib("service_memory_bytes"), label="service", color="tab:green", **style)
+        ax.plot(
+            times,
+            gib("accelerator_held_bytes"),
+            label="accelerator held",
+            color="tab:orange",
+            **style,
+        )
+        limits = gib("limit_bytes")
+        if any(not math.isnan(v) for v in limits):
+            ax.step(
+                times,
+                limits,
+                where="post",
+                linestyle="--",
+                color="tab:red",
+                label="accelerator limit",
+            )
+        for number, restart in enumerate(report.restarts):
+            when = parse_time(restart.time)
+            if when is not None:
+                ax.axvline(
+                    float(mdates.date2num(when)),
+                    color="black",
+                    linestyle=":",
+                    linewidth=1,
+                    label="restart (fix)" if number == 0 else None,
+                )
+        ax.set_title(f"{title} ({report.since} to {report.until})")
+        ax.set_ylabel("GiB")
+        ax.set_ylim(bottom=0)
+        ax.set_xlabel("time (UTC)")
+        ax.grid(True, alpha=0.3)
+        if times:
+            ax.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M"))
+        else:
+            ax.text(
+                0.5, 0.5, "no samples recorded in this period", ha="center", transform=ax.transAxes
+            )
+        handles, _labels = ax.get_legend_handles_labels()
+        if handles:
+            ax.legend(loc="upper left")
+        fig.autofmt_xdate()
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png")
+    finally:
+        plt.close(fig)
+    _write_bytes_atomically(path, buffer.getvalue())
+
+
+def _write_bytes_atomically(path: Path, data: bytes) -> None:
+    directory = path.parent if str(path.parent) else Path(".")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
+    except OSError as exc:
+        raise MpsctlError(f"cannot write {path}: {exc.strerror or exc}") from None
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

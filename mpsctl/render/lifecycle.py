@@ -1,0 +1,212 @@
+"""Tables and lines for start / stop / restart / status / clean-cache / fix."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from mpsctl.control.cache import CleanCacheResult
+from mpsctl.control.lifecycle import (
+    FixResult,
+    StartFailed,
+    StartResult,
+    StatusResult,
+    StopResult,
+)
+from mpsctl.render.units import fmt_bytes, fmt_percent, fmt_seconds
+
+
+class ConsoleEvents:
+    """Progress on stderr: warnings, notes, and a spinner only when stderr is a terminal."""
+
+    def __init__(
+        self, err: Console, warn: Callable[[str], None], info: Callable[[str], None]
+    ) -> None:
+        self.err = err
+        self._warn = warn
+        self._info = info
+
+    def warn(self, message: str) -> None:
+        self._warn(message)
+
+    def info(self, message: str) -> None:
+        self._info(message)
+
+    def waiting(self, message: str) -> contextlib.AbstractContextManager[object]:
+        if self.err.is_terminal:
+            return self.err.status(message)
+        return contextlib.nullcontext()
+
+
+def _short(command: str, width: int = 70) -> str:
+    return command if len(command) <= width else command[: width - 3] + "..."
+
+
+def start_line(result: StartResult) -> str:
+    if result.status == "already-running":
+        how = "" if result.found_by == "pidfile" else f" (found by {result.found_by})"
+        return f"{result.name} is already running: pid {result.pid}{how}, healthy at {result.url}"
+    return (
+        f"{result.name} started: pid {result.pid}, healthy at {result.url} after "
+        f"{fmt_seconds(result.startup_s)}; log {result.log_file}"
+    )
+
+
+def render_start(out: Console, result: StartResult) -> None:
+    out.print(start_line(result), soft_wrap=True)
+    if result.status == "started":
+        env = " ".join(f"{k}={v}" for k, v in result.torch_env.items()) or "(no PYTORCH_* set)"
+        out.print(f"  env: {env}", soft_wrap=True)
+        if result.limit.recommended_max_bytes is not None:
+            out.print(f"  MPS limit: {result.limit.describe()}")
+
+
+def render_start_failure(err: Console, exc: StartFailed) -> None:
+    if exc.log_tail:
+        err.print(f"last {len(exc.log_tail)} lines of {exc.log_file}:")
+        for line in exc.log_tail:
+            err.print("  " + line)
+    else:
+        err.print(f"(nothing in {exc.log_file} from this start)")
+
+
+_OUTCOME = {
+    "SIGTERM": "stopped (SIGTERM)",
+    "SIGKILL": "killed (SIGKILL)",
+    "exited": "already gone",
+    "survived": "STILL ALIVE",
+    "would-signal": "would be signalled",
+    "not-signalled": "left alone",
+}
+
+
+def render_stop(out: Console, result: StopResult) -> None:
+    if result.processes:
+        table = Table(title=f"{result.name}: {result.status}", title_justify="left")
+        table.add_column("pid", justify="right")
+        table.add_column("outcome")
+        table.add_column("RSS", justify="right")
+        table.add_column("command")
+        for row in result.processes:
+            outcome = _OUTCOME[row.outcome] + (f" ({row.note})" if row.note else "")
+            table.add_row(str(row.pid), outcome, fmt_bytes(row.rss_bytes), _short(row.command))
+        out.print(table)
+    if result.status == "stopped":
+        out.print(
+            f"{result.name} stopped in {fmt_seconds(result.elapsed_s)}: "
+            f"{fmt_bytes(result.freed_rss_bytes)} RSS freed"
+            + ("; pidfile removed" if result.pidfile_removed else "")
+        )
+    elif result.status in ("already-stopped", "dry-run"):
+        out.print(result.message)
+
+
+def status_line(result: StatusResult) -> str:
+    parts = [f"{result.name}: {result.state}"]
+    snap = result.snapshot
+    if result.pid is not None and snap is not None:
+        how = "" if snap.found_by == "pidfile" else f", found by {snap.found_by}"
+        parts.append(f"pid {result.pid}{how}, up {fmt_seconds(result.uptime_s)}")
+        size = snap.total_footprint_bytes
+        label = "footprint"
+        if size is None:
+            size, label = snap.total_rss_bytes, "RSS"
+        parts.append(f"{label} {fmt_bytes(size)} in {len(snap.processes)} process(es)")
+    elif snap is not None and snap.pidfile_state in ("stale", "reused"):
+        parts.append(f"pidfile {snap.pidfile_state}")
+    health = result.health
+    if health is not None and (result.state == "running" or health.ok):
+        if health.ok:
+            parts.append(f"healthy ({health.latency_ms:g} ms)")
+        else:
+            parts.append(f"UNHEALTHY ({health.error})")
+    parts.append(result.url)
+    if result.error:
+        parts.append(result.error)
+    return ", ".join(parts)
+
+
+def render_clean_cache(out: Console, result: CleanCacheResult) -> None:
+    py = result.python
+    verb = "would free" if py.dry_run else "freed"
+    out.print(
+        f"Python caches under {py.workdir}: {py.dirs_removed} __pycache__ dir(s), "
+        f"{py.files_removed} file(s), {verb} {fmt_bytes(py.bytes_freed)}"
+    )
+    if py.skipped_venvs:
+        out.print(f"  skipped {len(py.skipped_venvs)} virtualenv(s) (--include-venv to clean)")
+    for error in py.errors:
+        out.print(f"  could not remove {error}")
+    if not result.service_running:
+        out.print("service not running: no accelerator cache to release")
+        return
+    rel = result.release
+    if rel is None:
+        out.print("dry run: the service's cache was not released")
+        return
+    if not rel.ok:
+        out.print(f"release failed: {rel.error}")
+        return
+    table = Table(title=f"release ({rel.device or 'unknown device'})", title_justify="left")
+    for column in ("", "before", "after"):
+        table.add_column(column, justify="right" if column else "left")
+    table.add_row(
+        "accelerator reserved",
+        fmt_bytes(rel.reserved_before_bytes),
+        fmt_bytes(rel.reserved_after_bytes),
+    )
+    table.add_row(
+        "accelerator allocated",
+        fmt_bytes(rel.allocated_before_bytes),
+        fmt_bytes(rel.allocated_after_bytes),
+    )
+    table.add_row("service RSS", fmt_bytes(rel.rss_before_bytes), fmt_bytes(rel.rss_after_bytes))
+    out.print(table)
+
+
+def _cell(figures: dict[str, Any] | None, key: str) -> str:
+    if figures is None:
+        return "-"
+    value = figures.get(key)
+    if key.endswith("_bytes"):
+        return fmt_bytes(value)
+    if key.endswith("_percent"):
+        return fmt_percent(value)
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return "unknown" if value is None else str(value)
+
+
+def render_fix(out: Console, result: FixResult) -> None:
+    if result.actions:
+        table = Table(title="actions", title_justify="left")
+        for column in ("step", "ok", "took", "detail"):
+            table.add_column(column)
+        for action in result.actions:
+            ok = "yes" if action.ok else "FAILED"
+            table.add_row(action.name, ok, fmt_seconds(action.elapsed_s), action.detail)
+        out.print(table)
+    table = Table(title=f"fix: {result.status}", title_justify="left")
+    for column in ("", "before", "after"):
+        table.add_column(column)
+    rows = (
+        ("verdict", "verdict"),
+        ("running", "running"),
+        ("healthy", "healthy"),
+        ("pid", "pid"),
+        ("service RSS", "service_rss_bytes"),
+        ("service footprint", "service_footprint_bytes"),
+        ("accelerator held", "accelerator_held_bytes"),
+        ("accelerator limit", "accelerator_limit_bytes"),
+        ("host memory used", "host_used_percent"),
+    )
+    for label, key in rows:
+        table.add_row(label, _cell(result.before, key), _cell(result.after, key))
+    out.print(table)
+    if result.answer is not None:
+        out.print(f"test answer: {_short(result.answer, 200)}")
+    out.print(result.message)

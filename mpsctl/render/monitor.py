@@ -1,0 +1,213 @@
+"""Rendering for watch (sparklines + the probe's tables), report and doctor."""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable, Sequence
+
+from rich.console import Console, Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from mpsctl.monitor.doctor import DoctorReport
+from mpsctl.monitor.report import FIGURES, Report, Stats
+from mpsctl.observe.probe import ProbeResult
+from mpsctl.render.probe import (
+    STYLES,
+    accelerator_table,
+    health_table,
+    host_table,
+    service_table,
+    verdict_text,
+)
+from mpsctl.render.units import fmt_bytes, fmt_percent
+
+BLOCKS = "▁▂▃▄▅▆▇█"
+WINDOW = 60
+
+
+def sparkline(
+    values: Sequence[float | None], lo: float | None = None, hi: float | None = None
+) -> str:
+    """One block character per value, scaled to ``lo..hi`` (default: the values' range).
+
+    An unknown value is a blank, not the lowest block: "no reading" must not look like 0.
+    """
+    known = [v for v in values if v is not None and math.isfinite(v)]
+    if not known:
+        return " " * len(values)
+    low = min(known) if lo is None else lo
+    high = max(known) if hi is None else hi
+    span = high - low
+    out = []
+    for value in values:
+        if value is None or not math.isfinite(value):
+            out.append(" ")
+        elif span <= 0:
+            out.append(BLOCKS[len(BLOCKS) // 2])
+        else:
+            fraction = min(1.0, max(0.0, (value - low) / span))
+            out.append(BLOCKS[round(fraction * (len(BLOCKS) - 1))])
+    return "".join(out)
+
+
+class Trends:
+    """The last ``WINDOW`` readings of the figures watch draws (a rolling buffer, not a result)."""
+
+    def __init__(self, window: int = WINDOW) -> None:
+        self.host_percent: deque[float | None] = deque(maxlen=window)
+        self.service_bytes: deque[float | None] = deque(maxlen=window)
+        self.accel_bytes: deque[float | None] = deque(maxlen=window)
+        self.accel_limit: int | None = None
+
+    def add(self, result: ProbeResult) -> None:
+        self.host_percent.append(result.host.percent if result.host else None)
+        snap = result.service
+        size = None
+        if snap is not None and snap.running:
+            size = snap.total_footprint_bytes
+            if size is None:
+                size = snap.total_rss_bytes
+        self.service_bytes.append(size)
+        self.accel_bytes.append(result.accelerator.held_bytes)
+        if result.accelerator.limit_bytes:
+            self.accel_limit = result.accelerator.limit_bytes
+
+    def table(self) -> Table:
+        table = Table(
+            title=f"Last {len(self.host_percent)} samples",
+            title_justify="left",
+            box=None,
+            pad_edge=False,
+        )
+        for name, justify in (
+            ("figure", "left"),
+            ("trend", "left"),
+            ("now", "right"),
+            ("min", "right"),
+            ("max", "right"),
+        ):
+            table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+
+        def row(
+            name: str, values: Sequence[float | None], line: str, show: Callable[[float], str]
+        ) -> None:
+            known = [v for v in values if v is not None]
+            last = values[-1] if values else None
+            table.add_row(
+                name,
+                line,
+                show(last) if last is not None else "unknown",
+                show(min(known)) if known else "-",
+                show(max(known)) if known else "-",
+            )
+
+        host = list(self.host_percent)
+        row("host used", host, sparkline(host, 0, 100), fmt_percent)
+        service = list(self.service_bytes)
+        row("service memory", service, sparkline(service, 0), fmt_bytes)
+        accel = list(self.accel_bytes)
+        label = "accelerator held"
+        if self.accel_limit:
+            label += f" (of {fmt_bytes(self.accel_limit)})"
+        row(label, accel, sparkline(accel, 0, self.accel_limit), fmt_bytes)
+        return table
+
+
+def watch_view(result: ProbeResult, trends: Trends, interval: float) -> RenderableType:
+    header = Text(f"mpsctl watch - {result.time} - every {interval:g} s - Ctrl-C to stop  ")
+    header.append(result.verdict.name, style=STYLES[result.verdict])
+    return Group(
+        header,
+        "",
+        trends.table(),
+        "",
+        verdict_text(result),
+        "",
+        host_table(result),
+        "",
+        service_table(result),
+        "",
+        accelerator_table(result),
+        "",
+        health_table(result),
+    )
+
+
+# --------------------------------------------------------------------------- report
+def _fmt(value: float, unit: str) -> str:
+    if unit == "bytes":
+        return fmt_bytes(value)
+    if unit == "%":
+        return f"{value:.1f}%"
+    return f"{value:.1f} ms"
+
+
+def print_report(console: Console, report: Report) -> None:
+    console.print(
+        Text(
+            f"History {report.since} to {report.until}: {report.samples} samples"
+            + (f" ({report.first} .. {report.last})" if report.first else "")
+        )
+    )
+    figures = Table(title="Figures", title_justify="left")
+    for name, justify in (
+        ("figure", "left"),
+        ("min", "right"),
+        ("avg", "right"),
+        ("p95", "right"),
+        ("max", "right"),
+        ("n", "right"),
+    ):
+        figures.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for key, stats in report.figures.items():
+        label, unit = FIGURES[key]
+        figures.add_row(label, *_stat_cells(stats, unit))
+    console.print(figures)
+    verdicts = "  ".join(f"{name} {count}" for name, count in report.verdicts.items())
+    console.print(Text(f"Verdicts: {verdicts}"))
+    console.print(Text(f"OOM events: {report.oom_events}"))
+    if report.limit_bytes is not None:
+        console.print(Text(f"Accelerator limit (latest): {fmt_bytes(report.limit_bytes)}"))
+    runs = ", ".join(f"{k} {v}" for k, v in report.fix_runs.items()) or "none"
+    console.print(Text(f"Restarts by fix: {len(report.restarts)} (fix runs: {runs})"))
+    for restart in report.restarts:
+        console.print(
+            Text(
+                f"  {restart.time}  {restart.trigger or '?'}  {restart.result or '?'}"
+                f"  {restart.message or ''}".rstrip()
+            )
+        )
+
+
+def _stat_cells(stats: Stats | None, unit: str) -> list[str]:
+    if stats is None:
+        return ["unknown"] * 4 + ["0"]
+    return [
+        _fmt(stats.min, unit),
+        _fmt(stats.avg, unit),
+        _fmt(stats.p95, unit),
+        _fmt(stats.max, unit),
+        str(stats.count),
+    ]
+
+
+# --------------------------------------------------------------------------- doctor
+DOCTOR_STYLES = {"ok": "green", "info": "cyan", "warning": "bold yellow", "error": "bold red"}
+
+
+def print_doctor(console: Console, report: DoctorReport) -> None:
+    # One finding per line, its fix indented under it: readable in an 80-column terminal and
+    # greppable, which a table with four wrapped columns is not.
+    for check in report.checks:
+        line = Text(f"{check.level.upper():<8}", style=DOCTOR_STYLES[check.level])
+        line.append(f"{check.id}: {check.message}")
+        console.print(line)
+        if check.fix:
+            console.print(Text(f"{'':8}fix: {check.fix}"))
+    counts = report.counts()
+    summary = ", ".join(f"{counts[k]} {k}" for k in ("error", "warning", "info", "ok"))
+    verdict = "problems found" if report.problems else "no problems found"
+    style = "bold red" if report.problems else "bold green"
+    console.print(Text(f"{verdict}: {summary}", style=style))

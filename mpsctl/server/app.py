@@ -1,0 +1,329 @@
+"""The reference service: a FastAPI app behind the pure-ASGI concurrency limit.
+
+GET /health, POST /api/v1/query, POST /admin/release, POST /admin/reload, GET /metrics.
+Every error answer is JSON ``{"error": {"kind": ..., "message": ...}}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+
+from mpsctl.server.limiter import ConcurrencyLimit
+from mpsctl.server.memory import memory_report, release
+from mpsctl.server.metrics import CONTENT_TYPE, ServiceMetrics
+from mpsctl.server.model import (
+    ModelHolder,
+    ModelLoadError,
+    ModelUnavailable,
+    OutOfMemory,
+    _figures_line,
+)
+
+log = logging.getLogger("mpsctl.server")
+
+#: not queries: never queued behind them nor refused when the queue is full
+EXEMPT_PATHS = ("/health", "/metrics", "/admin/release", "/admin/reload")
+FAILED_RELOAD_NOTE = (
+    "the previous model was released before loading (two models at once is what exhausts "
+    "accelerator memory), so the service now serves no model: /health answers 503 "
+    "(degraded) and queries answer 503 until a reload succeeds"
+)
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    #: bearer token; None = no authentication (``--no-auth``)
+    token: str | None
+    max_concurrent: int = 3
+    max_queue: int = 16
+    queue_timeout: float = 30.0
+    #: seconds between periodic releases; 0 disables them
+    cleanup_interval: float = 0.0
+    max_question_bytes: int = 4096
+    max_new_tokens_limit: int = 1024
+    #: seconds a client is told to wait after an out-of-memory answer
+    oom_retry_after: int = 5
+
+
+@dataclass
+class Service:
+    """What ``create_service`` built: serve ``asgi``; the rest is for inspection."""
+
+    app: FastAPI
+    asgi: ConcurrencyLimit
+    holder: ModelHolder
+    config: ServiceConfig
+    metrics: ServiceMetrics
+    counts: dict[str, int] = field(default_factory=lambda: {"cleanups": 0, "oom": 0})
+
+
+def error_response(
+    status: int, kind: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"kind": kind, "message": message}}, status_code=status, headers=headers
+    )
+
+
+class _BadRequest(Exception):
+    def __init__(self, status: int, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.response = error_response(status, kind, message)
+
+
+def create_service(holder: ModelHolder, config: ServiceConfig) -> Service:
+    service: Service
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        task = None
+        if config.cleanup_interval > 0:
+            task = asyncio.create_task(_cleanup_loop(service))
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    app = FastAPI(
+        title="mpsctl reference service",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    limiter = ConcurrencyLimit(
+        app,
+        max_concurrent=config.max_concurrent,
+        max_queue=config.max_queue,
+        queue_timeout=config.queue_timeout,
+        exempt_paths=EXEMPT_PATHS,
+    )
+
+    def snapshot() -> dict[str, Any]:
+        return {
+            "memory": memory_report(holder.device, limiter=limiter),
+            "model_loaded": int(holder.loaded),
+            "in_flight": limiter.in_flight,
+            "queued": limiter.queued,
+            "max_concurrent": limiter.max_concurrent,
+            "max_queue": limiter.max_queue,
+            "max_in_flight_seen": limiter.max_in_flight_seen,
+            "max_active_seen": holder.max_active_seen,
+            "rejected": {
+                "queue_full": limiter.rejected_queue_full,
+                "queue_timeout": limiter.rejected_queue_timeout,
+                "client_gone": limiter.abandoned_in_queue,
+            },
+        }
+
+    metrics = ServiceMetrics(snapshot)
+    service = Service(app=app, asgi=limiter, holder=holder, config=config, metrics=metrics)
+    _install_error_handlers(app)
+
+    def unauthorized(request: Request) -> JSONResponse | None:
+        if config.token is None:
+            return None
+        header = request.headers.get("authorization", "")
+        scheme, _, supplied = header.partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(
+            supplied.strip().encode("utf-8", "surrogateescape"),
+            config.token.encode("utf-8"),
+        ):
+            return None
+        # never echo what was supplied: it may be a real token for something else
+        message = "missing bearer token" if not header else "wrong bearer token"
+        return error_response(401, "unauthorized", message, {"WWW-Authenticate": "Bearer"})
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        report = await run_in_threadpool(memory_report, holder.device, limiter=limiter)
+        ok = holder.loaded
+        body = {
+            "status": "ok" if ok else "degraded",
+            "model_loaded": ok,
+            "model": holder.label,
+            "device": holder.device,
+            "memory": report,
+        }
+        if not ok and holder.last_error:
+            body["error"] = {"kind": "model_not_loaded", "message": holder.last_error}
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    @app.get("/metrics")
+    async def prometheus_metrics() -> Response:
+        payload = await run_in_threadpool(metrics.render)
+        return Response(payload, media_type=CONTENT_TYPE)
+
+    @app.post("/api/v1/query")
+    async def query(request: Request) -> Response:
+        denied = unauthorized(request)
+        if denied is not None:
+            metrics.queries.labels("unauthorized").inc()
+            return denied
+        try:
+            payload = await _read_json(request, config.max_question_bytes * 4 + 4096)
+            question, max_new_tokens = _validate_query(payload, config)
+        except _BadRequest as bad:
+            metrics.queries.labels("bad_request").inc()
+            return bad.response
+        try:
+            answer = await run_in_threadpool(holder.generate, question, max_new_tokens)
+        except ModelUnavailable as exc:
+            metrics.queries.labels("unavailable").inc()
+            return error_response(503, "model_not_loaded", str(exc))
+        except OutOfMemory as exc:
+            metrics.queries.labels("out_of_memory").inc()
+            metrics.ooms.inc()
+            metrics.releases.labels("oom").inc()
+            service.counts["oom"] += 1
+            return error_response(
+                503,
+                "out_of_memory",
+                f"{exc} ({exc.exc_type}: {exc.original})",
+                {"Retry-After": str(config.oom_retry_after)},
+            )
+        except Exception as exc:
+            log.exception("query failed")
+            metrics.queries.labels("error").inc()
+            return error_response(500, "generation_failed", f"{type(exc).__name__}: {exc}")
+        metrics.queries.labels("ok").inc()
+        return JSONResponse(
+            {
+                "answer": answer.text,
+                "model": holder.label,
+                "device": holder.device,
+                "latency_ms": round(answer.latency_ms, 1),
+                "tokens": answer.tokens,
+            }
+        )
+
+    @app.post("/admin/release")
+    async def admin_release(request: Request) -> Response:
+        denied = unauthorized(request)
+        if denied is not None:
+            return denied
+        # safe while queries run: PyTorch's caching allocators are thread-safe, and only
+        # blocks no live tensor uses are given back
+        result = await run_in_threadpool(release, holder.device)
+        metrics.releases.labels("admin").inc()
+        log.info("release requested: %s", _figures_line(result))
+        return JSONResponse(result.as_dict())
+
+    @app.post("/admin/reload")
+    async def admin_reload(request: Request) -> Response:
+        denied = unauthorized(request)
+        if denied is not None:
+            return denied
+        try:
+            payload = await _read_json(request, 64 * 1024)
+            model = payload.get("model")
+            if not isinstance(model, str) or not model.strip():
+                raise _BadRequest(422, "invalid_model", "'model' must be a non-empty string")
+        except _BadRequest as bad:
+            return bad.response
+        try:
+            result = await run_in_threadpool(holder.load, model.strip())
+        except ModelUnavailable as exc:
+            return error_response(409, "busy", str(exc))
+        except ModelLoadError as exc:
+            return error_response(500, "load_failed", f"{exc}; {FAILED_RELOAD_NOTE}")
+        metrics.releases.labels("reload").inc()
+        return JSONResponse({"status": "ok", "loaded": result.as_dict()})
+
+    return service
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return error_response(exc.status_code, kind, str(exc.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(422, "invalid_request", str(exc.errors()))
+
+
+async def _read_json(request: Request, max_bytes: int) -> dict[str, Any]:
+    content_type = request.headers.get("content-type", "")
+    if content_type.split(";", 1)[0].strip().lower() != "application/json":
+        raise _BadRequest(
+            415, "unsupported_media_type", "send the body as Content-Type: application/json"
+        )
+    # read in chunks with a cap: request.body() would buffer any size a client sends
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_bytes:
+                raise _BadRequest(413, "body_too_large", f"request body over {max_bytes} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise _BadRequest(400, "client_disconnected", "the client went away") from None
+    try:
+        payload = json.loads(b"".join(chunks))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise _BadRequest(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise _BadRequest(422, "invalid_request", "the body must be a JSON object")
+    return payload
+
+
+def _validate_query(payload: dict[str, Any], config: ServiceConfig) -> tuple[str, int | None]:
+    question = payload.get("question")
+    if not isinstance(question, str):
+        raise _BadRequest(422, "invalid_question", "'question' must be a string")
+    if not question.strip():
+        raise _BadRequest(422, "blank_question", "'question' is blank")
+    size = len(question.encode("utf-8", "surrogatepass"))
+    if size > config.max_question_bytes:
+        raise _BadRequest(
+            413,
+            "question_too_large",
+            f"'question' is {size} bytes (UTF-8); the limit is {config.max_question_bytes}",
+        )
+    max_new_tokens = payload.get("max_new_tokens")
+    if max_new_tokens is not None and (
+        isinstance(max_new_tokens, bool)
+        or not isinstance(max_new_tokens, int)
+        or not 1 <= max_new_tokens <= config.max_new_tokens_limit
+    ):
+        raise _BadRequest(
+            422,
+            "invalid_max_new_tokens",
+            f"'max_new_tokens' must be a whole number from 1 to {config.max_new_tokens_limit}",
+        )
+    return question, max_new_tokens
+
+
+async def _cleanup_loop(service: Service) -> None:
+    interval = service.config.cleanup_interval
+    while True:
+        await asyncio.sleep(interval)
+        busy = service.asgi.in_flight + service.holder.active
+        if busy:
+            log.info("periodic cleanup skipped: %d queries in flight", busy)
+            continue
+        # a query may start while this runs; that is harmless (see admin_release)
+        result = await run_in_threadpool(release, service.holder.device)
+        service.counts["cleanups"] += 1
+        service.metrics.releases.labels("periodic").inc()
+        log.info("periodic cleanup: %s", _figures_line(result))

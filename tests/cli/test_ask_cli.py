@@ -1,0 +1,223 @@
+"""``mpsctl ask`` end to end: CliRunner against real local servers and the reference service."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from mpsctl.cli import main
+from mpsctl.load import AskExit
+from tests.conftest import free_port
+from tests.service_fixtures import RunningService
+from tests.test_client import LocalService, local_service_fixture  # noqa: F401 - the fixture
+
+TOKEN = "tok-3f9a1c"
+
+
+def run(*args: str, stdin: bytes | None = None) -> Result:
+    return CliRunner().invoke(main, ["ask", *args], input=stdin)
+
+
+@pytest.fixture
+def pointed(local_service: LocalService, monkeypatch: pytest.MonkeyPatch) -> LocalService:
+    monkeypatch.setenv("MPSCTL_SERVICE_URL", local_service.url)
+    monkeypatch.setenv("MPSCTL_TOKEN", TOKEN)
+    local_service.behaviour.token = TOKEN
+    return local_service
+
+
+# --------------------------------------------------------------------------- one question
+def test_answer_panel_shows_status_latency_model_and_device(pointed: LocalService) -> None:
+    result = run("工商银行")
+    assert result.exit_code == 0, result.stderr
+    assert "echo: 工商银行" in result.stdout
+    assert "HTTP 200 · " in result.stdout
+    assert "echo on cpu" in result.stdout
+    assert " ms" in result.stdout
+    assert TOKEN not in result.stdout + result.stderr
+    assert pointed.behaviour.auth_headers == [f"Bearer {TOKEN}"]
+
+
+def test_json_from_stdin_round_trips_chinese(pointed: LocalService) -> None:
+    result = run("-", "--json", "--max-new-tokens", "5", stdin="工商银行\n".encode())
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["schema"] == "mpsctl.ask/1"
+    assert doc["response"]["question"] == "工商银行"
+    assert doc["latency_ms"] > 0
+    assert json.loads(pointed.behaviour.received[0]) == {
+        "question": "工商银行",
+        "max_new_tokens": 5,
+    }
+
+
+def test_token_file_and_token_flag(
+    pointed: LocalService, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MPSCTL_TOKEN")
+    (tmp_path / "tok").write_text(TOKEN + "\n")
+    assert run("q", "--token-file", str(tmp_path / "tok")).exit_code == 0
+    result = run("q", "--token", TOKEN)
+    assert result.exit_code == 0
+    assert "visible to other users in `ps`" in result.stderr
+    assert TOKEN not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("setup", "code", "message"),
+    [
+        ({"token": "other"}, AskExit.AUTH, "token rejected (HTTP 401)"),
+        ({"status": 503, "raw_body": b'{"error": {"kind": "queue_full", "message": "full"}}',
+          "retry_after": "2"}, AskExit.BUSY, "service busy (HTTP 503, Retry-After: 2)"),
+        ({"status": 200, "raw_body": b"not json"}, AskExit.BAD_ANSWER, "is not JSON: not json"),
+        ({"status": 502, "raw_body": b"Bad Gateway from proxy"}, AskExit.SERVER_ERROR,
+         "service failed (HTTP 502): Bad Gateway from proxy"),
+    ],
+)  # fmt: skip
+def test_each_failure_is_one_line_and_its_exit_code(
+    pointed: LocalService, setup: dict[str, object], code: int, message: str
+) -> None:
+    for name, value in setup.items():
+        setattr(pointed.behaviour, name, value)
+    result = run("q", "--json")
+    assert result.exit_code == code
+    assert result.stdout == ""
+    assert result.stderr.count("\n") == 1
+    assert message in result.stderr
+
+
+def test_timeout_exit_code(pointed: LocalService) -> None:
+    pointed.behaviour.sleep_s = 1.0
+    result = run("q", "--timeout", "0.2")
+    assert result.exit_code == AskExit.TIMEOUT
+    assert "timed out after 0.2 s" in result.stderr
+
+
+def test_no_service_exit_code(monkeypatch: pytest.MonkeyPatch) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("MPSCTL_SERVICE_URL", url)
+    result = run("q")
+    assert result.exit_code == AskExit.UNREACHABLE
+    assert result.stderr == f"mpsctl: error: no service at {url} — try `mpsctl start`\n"
+
+
+def test_usage_errors_and_caps() -> None:
+    assert run().exit_code == 2
+    assert run("q", "-n", "100001").exit_code == 2
+    assert run("q", "--duration", "2h").exit_code == 2
+    assert run("q", "--sweep", "1,x").exit_code == 2
+    assert "Examples:" in run("--help").stdout
+
+
+# --------------------------------------------------------------------------- stress and sweep
+def test_stress_json_document(pointed: LocalService) -> None:
+    pointed.behaviour.every_nth_busy = 4
+    result = run("工商银行", "-n", "20", "-c", "2", "--json")
+    assert result.exit_code == AskExit.FAILURE  # some requests failed
+    assert result.stderr == ""  # no progress bar when stderr is not a terminal
+    doc = json.loads(result.stdout)
+    assert doc["schema"] == "mpsctl.stress/1"
+    assert (doc["total"], doc["ok"], doc["by_status"]) == (20, 15, {"200": 15, "503": 5})
+    assert doc["errors"] == {"busy": 5}
+    latency = doc["latency"]
+    assert latency["method"] == "nearest-rank"
+    assert latency["count"] == 15
+    assert latency["min_ms"] <= latency["p50_ms"] <= latency["p99_ms"] <= latency["max_ms"]
+    assert doc["tokens_total"] == 45
+    assert doc["tokens_per_s"] > 0
+    assert doc["memory"]["samples"] >= 2
+
+
+def test_stress_tables_and_questions_file(pointed: LocalService, tmp_path: Path) -> None:
+    (tmp_path / "qs.txt").write_text("工商银行\n\n建设银行\n", encoding="utf-8")
+    result = run("--questions", str(tmp_path / "qs.txt"), "-c", "2")
+    assert result.exit_code == 0, result.stderr
+    questions = sorted(json.loads(b)["question"] for b in pointed.behaviour.received)
+    assert questions == ["工商银行", "建设银行"]  # one pass over the file
+    for heading in ("requests/s", "p50", "p99", "memory", "service tree RSS"):
+        assert heading in result.stdout
+
+
+def test_sweep_table_and_json(pointed: LocalService) -> None:
+    result = run("q", "-n", "6", "--sweep", "1,2", "--json")
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["schema"] == "mpsctl.sweep/1"
+    assert [level["concurrency"] for level in doc["levels"]] == [1, 2]
+    table = run("q", "-n", "4", "--sweep", "1,2").stdout
+    for heading in ("concurrency", "p99", "req/s", "peak memory", "errors"):
+        assert heading in table
+
+
+def test_ctrl_c_prints_what_was_gathered(local_service: LocalService) -> None:
+    local_service.behaviour.sleep_s = 0.05
+    env = {**os.environ, "MPSCTL_SERVICE_URL": local_service.url}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mpsctl", "ask", "q", "-n", "100000", "-c", "2", "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+    )  # fmt: skip
+    deadline = time.monotonic() + 20
+    while len(local_service.behaviour.received) < 10 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, _err = proc.communicate(timeout=20)
+    assert proc.returncode == AskExit.INTERRUPTED
+    doc = json.loads(out)
+    assert doc["stopped_by"] == "interrupt"
+    # the two requests in flight at Ctrl-C are left out; the rest are all there
+    assert 8 <= doc["total"] < 100000
+    assert doc["latency"]["count"] == doc["ok"] == doc["total"]
+
+
+# --------------------------------------------------------------------------- the reference service
+def test_reference_service_answers(
+    reference_service: RunningService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MPSCTL_SERVICE_URL", reference_service.url)
+    monkeypatch.setenv("MPSCTL_TOKEN", "test-token")
+    result = run("工商银行", "--max-new-tokens", "4", "--json")
+    assert result.exit_code == 0, result.stderr
+    response = json.loads(result.stdout)["response"]
+    assert isinstance(response["answer"], str)
+    assert response["device"] == "cpu"
+    assert 1 <= response["tokens"] <= 4
+    # The service counts the question's UTF-8 bytes: 1368 CJK characters are 4104 bytes,
+    # over its 4096 limit, so the 422 proves every byte arrived as sent.
+    result = run("工商银行" * 342)
+    assert result.exit_code == AskExit.FAILURE
+    assert "4104 bytes (UTF-8)" in result.stderr
+    monkeypatch.setenv("MPSCTL_TOKEN", "wrong-token")
+    result = run("工商银行")
+    assert result.exit_code == AskExit.AUTH
+    assert "wrong-token" not in result.stderr
+
+
+def test_reference_limiter_503_and_memory_under_load(
+    service_factory: Callable[..., RunningService], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service = service_factory(max_concurrent=1, max_queue=0)
+    monkeypatch.setenv("MPSCTL_SERVICE_URL", service.url)
+    monkeypatch.setenv("MPSCTL_TOKEN", "test-token")
+    result = run("工商银行", "-n", "16", "-c", "4", "--max-new-tokens", "8", "--json")
+    doc = json.loads(result.stdout)
+    assert doc["ok"] >= 1
+    assert doc["errors"].get("busy", 0) >= 1, doc  # 4 at once against a limit of 1, no queue
+    assert doc["by_status"]["503"] == doc["errors"]["busy"]
+    assert "Retry-After" in doc["error_examples"]["busy"]
+    assert result.exit_code == AskExit.FAILURE
+    memory = doc["memory"]
+    assert memory["device"] == "cpu"
+    rss = memory["tree_rss_bytes"]  # the service process, found by its port
+    assert rss["before"] > 0
+    assert rss["peak"] >= rss["before"]
+    assert memory["reported_rss_bytes"]["peak"] >= memory["reported_rss_bytes"]["before"]
+    assert memory["peak_in_flight"] is None or memory["peak_in_flight"] <= 1

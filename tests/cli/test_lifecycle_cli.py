@@ -1,0 +1,204 @@
+"""start / stop / restart / status / clean-cache / fix through the CLI (and real subprocesses)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from mpsctl.cli import main
+from mpsctl.control import history
+from mpsctl.control.lock import service_lock
+from mpsctl.render.units import iso_utc
+from tests.control.fakes import FakeService, fake_command, fake_service, spawned, wait_for
+
+__all__ = ["fake_service", "spawned"]  # fixtures
+
+Make = Callable[..., FakeService]
+
+
+def run(*args: str) -> Result:
+    return CliRunner().invoke(main, list(args))
+
+
+@pytest.mark.parametrize(
+    ("flags", "reason"),
+    [
+        (["--high", "abc"], "--high: expected a number, got 'abc'"),
+        (["--high", "nan"], "--high: expected a finite number"),
+        (["--high", "2.5"], "--high: must be between 0.0 and 2"),
+        (["--low", "-0.1"], "--low: must be between 0.0 and 2"),
+        (["--high", "0.5", "--low", "0.7"], "low watermark ratio 0.7 is above high 0.5"),
+        (["--low", "1.2"], "low watermark ratio 1.2 is above high 1"),  # default high 1.0
+        (["--high", "0", "--low", "2.5"], "--low: must be between 0.0 and 2"),
+    ],
+)
+def test_invalid_ratios_are_refused_before_anything_starts(
+    fake_service: Make, isolated_home: Path, flags: list[str], reason: str
+) -> None:
+    fake = fake_service()
+    result = run("start", *flags)
+    assert result.exit_code == 2
+    assert reason in result.stderr
+    assert result.stdout == ""
+    assert not fake.log.exists()
+    assert not (isolated_home / "service.pid").exists()
+
+
+def test_high_alone_derives_low_and_says_why(fake_service: Make) -> None:
+    fake = fake_service()
+    try:
+        result = run("start", "--high", "0.7", "--json")
+        assert result.exit_code == 0, result.stderr
+        assert "low watermark set to 0.7" in result.stderr
+        document = json.loads(result.stdout)
+        assert document["schema"] == "mpsctl.start/1"
+        assert document["env"]["PYTORCH_MPS_LOW_WATERMARK_RATIO"] == "0.7"
+    finally:
+        run("stop")
+    assert "LOW=0.7" in fake.log.read_text()
+
+
+def test_status_exit_codes_follow_lsb(fake_service: Make, isolated_home: Path) -> None:
+    fake_service()
+    assert run("status").exit_code == 3
+    assert run("start").exit_code == 0
+    running = run("status", "--json")
+    assert running.exit_code == 0
+    document = json.loads(running.stdout)
+    assert (document["schema"], document["state"], document["health"]["ok"]) == (
+        "mpsctl.status/1",
+        "running",
+        True,
+    )
+    pidfile = isolated_home / "service.pid"
+    saved = pidfile.read_text()
+    assert run("stop").exit_code == 0
+    pidfile.write_text(saved)  # the service is gone, its pidfile is back: "dead"
+    dead = run("status")
+    assert dead.exit_code == 1
+    assert "pidfile stale" in dead.stdout
+
+
+def test_unhealthy_but_running_is_visible(fake_service: Make, spawned: list) -> None:
+    fake = fake_service("--fake-unhealthy", match="app.main:app --port {port}")
+    by_hand = subprocess.Popen(fake_command(fake.script, fake.port, "--fake-unhealthy"))
+    spawned.append(by_hand)
+    assert wait_for(lambda: "HTTP 503" in run("status").stdout)  # listening now
+    result = run("status")
+    assert result.exit_code == 0
+    assert "running" in result.stdout
+    assert "found by match" in result.stdout
+    assert "UNHEALTHY (health answered HTTP 503)" in result.stdout
+
+
+def test_start_failure_prints_the_log_tail(fake_service: Make, isolated_home: Path) -> None:
+    fake_service("--fake-die")
+    result = run("start")
+    assert result.exit_code == 1
+    assert "fatal: cannot load the model" in result.stderr
+    assert "mpsctl: error: " in result.stderr
+    assert "exited with status 3" in result.stderr
+    assert not (isolated_home / "service.pid").exists()
+
+
+def test_stop_json_and_dry_run(fake_service: Make) -> None:
+    fake_service()
+    assert run("start").exit_code == 0
+    dry = run("stop", "--dry-run", "--json")
+    assert json.loads(dry.stdout)["status"] == "dry-run"
+    assert run("status").exit_code == 0
+    stopped = run("stop", "--json")
+    document = json.loads(stopped.stdout)
+    assert (document["schema"], document["status"]) == ("mpsctl.stop/1", "stopped")
+    assert document["freed_rss_bytes"] > 0
+    assert run("stop").exit_code == 0  # already stopped is success
+
+
+def test_locked_run_exits_75_naming_the_holder(fake_service: Make, isolated_home: Path) -> None:
+    fake_service()
+    with service_lock(isolated_home, purpose="fix"):
+        result = run("start")
+    assert result.exit_code == 75
+    assert f"pid {os.getpid()} (fix)" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_restart_replaces_the_process(fake_service: Make) -> None:
+    fake_service()
+    first = json.loads(run("start", "--json").stdout)["pid"]
+    restarted = run("restart", "--json")
+    assert restarted.exit_code == 0, restarted.stderr
+    document = json.loads(restarted.stdout)
+    assert document["stop"]["status"] == "stopped"
+    assert document["start"]["pid"] != first
+    run("stop")
+
+
+def test_clean_cache_json(fake_service: Make, tmp_path: Path) -> None:
+    fake_service()
+    (tmp_path / "pkg" / "__pycache__").mkdir(parents=True)
+    (tmp_path / "pkg" / "__pycache__" / "m.pyc").write_bytes(b"x" * 64)
+    result = run("clean-cache", "--json")
+    assert result.exit_code == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert document["schema"] == "mpsctl.clean-cache/1"
+    assert document["python"]["bytes_freed"] == 64
+    assert document["service_running"] is False
+
+
+def test_fix_restarts_asks_and_records(fake_service: Make, isolated_home: Path) -> None:
+    fake_service()
+    try:
+        result = run("fix", "--ask", "工商银行", "--json")
+        assert result.exit_code == 0, result.stderr
+        document = json.loads(result.stdout)
+        assert (document["status"], document["answer"]) == ("fixed", "echo 工商银行")
+        assert [a["name"] for a in document["actions"]] == ["stop", "clean-cache", "start", "ask"]
+        healthy = run("fix", "--if-unhealthy")
+        assert healthy.exit_code == 0
+        assert "nothing to do" in healthy.stdout
+    finally:
+        run("stop")
+    records = history.read_records(history.fix_history_path(isolated_home))
+    assert [r["result"] for r in records] == ["fixed", "healthy"]
+    assert records[0]["before"]["verdict"] == "CRITICAL"
+    assert records[0]["after"]["verdict"] == "OK"
+
+
+def test_fix_refuses_a_restart_loop(fake_service: Make, isolated_home: Path) -> None:
+    fake_service()
+    path = history.fix_history_path(isolated_home)
+    for _ in range(2):
+        history.append_record(path, {"time": iso_utc(time.time() - 60), "restarted": True})
+    result = run("fix", "--max-restarts", "2", "--within", "1h")
+    assert result.exit_code == 1
+    assert "refusing to restart: 2 restart(s)" in result.stderr
+    assert history.read_records(path)[-1]["result"] == "refused"
+
+
+def test_parallel_fix_restarts_exactly_once(fake_service: Make, isolated_home: Path) -> None:
+    fake = fake_service()
+    env = {**os.environ, "MPSCTL_CONFIG": str(fake.config), "MPSCTL_HOME": str(isolated_home)}
+    command = [sys.executable, "-m", "mpsctl", "fix", "--if-unhealthy"]
+    runs = [
+        subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for _ in range(5)
+    ]
+    try:
+        codes = [p.wait(timeout=60) for p in runs]
+    finally:
+        run("stop")
+    assert sorted(set(codes)) <= [0, 75], [p.stderr.read() for p in runs if p.stderr]
+    records = history.read_records(history.fix_history_path(isolated_home))
+    assert len(records) == 5
+    assert sum(r["restarted"] is True for r in records) == 1
+    assert {r["result"] for r in records} <= {"fixed", "healthy", "locked"}
+    assert codes.count(75) == sum(r["result"] == "locked" for r in records)

@@ -1,0 +1,116 @@
+"""``mpsctl oom``: configured logs (dated names) or given files, JSON and people."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from mpsctl.cli import main
+from tests.conftest import read_fixture
+
+GIB, KIB = 1024**3, 1024
+SEED_LINE = (
+    "MPS backend out of memory (MPS allocated: 20.14 GiB, other allocations: 384.00 KiB, "
+    "max allowed: 20.13 GiB). Tried to allocate 6.00 KiB on private pool."
+)
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(main, list(args), env={"COLUMNS": "200"})
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_given_file_json_has_exact_bytes_line_and_time(tmp_path: Path) -> None:
+    log = tmp_path / "error.log"
+    log.write_text(f"2026-01-21T19:38:39Z INFO ok\n2026-01-21T19:38:40Z ERROR {SEED_LINE}\n")
+    code, out, err = run("oom", str(log), "--json")
+    assert (code, err) == (0, "")
+    doc = json.loads(out)
+    assert doc["schema"] == "mpsctl.oom/1"
+    assert doc["count"] == 1
+    [event] = doc["events"]
+    assert event["backend"] == "mps"
+    assert (event["file"], event["line"], event["time"]) == (str(log), 2, "2026-01-21T19:38:40Z")
+    assert event["allocated_bytes"] == round(20.14 * GIB)
+    assert event["other_bytes"] == 384 * KIB
+    assert event["max_allowed_bytes"] == round(20.13 * GIB)
+    assert event["requested_bytes"] == 6 * KIB
+    assert event["summary"].startswith("MPS allocated 20.14 GiB, other 384 KiB")
+    assert any("11.84 GiB" in a for a in event["advice"])
+
+
+def test_configured_logs_include_dated_names_and_warn_about_missing(
+    tmp_path: Path, write_config: Callable[[str], Path]
+) -> None:
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs/error_2026-01-20.log").write_text(read_fixture("torch-cuda-oom-new-1.txt"))
+    (tmp_path / "logs/error_2026-01-21.log").write_text(read_fixture("torch-mps-oom-6-gib.txt"))
+    write_config(
+        '[service]\ncommand = ["x"]\nlog_file = "backend.log"\nlog_globs = ["logs/error_*.log"]\n'
+    )
+    code, out, err = run("oom", "--json")
+    assert code == 0
+    assert "backend.log: no such file" in err
+    doc = json.loads(out)
+    assert [(Path(e["file"]).name, e["backend"]) for e in doc["events"]] == [
+        ("error_2026-01-21.log", "mps"),
+        ("error_2026-01-20.log", "cuda"),
+    ]
+    assert doc["events"][1]["reserved_unallocated_bytes"] == round(194.87 * 1024**2)
+
+
+def test_configured_high_ratio_is_used_for_the_working_set(
+    tmp_path: Path, write_config: Callable[[str], Path]
+) -> None:
+    log = tmp_path / "e.log"
+    log.write_text(read_fixture("torch-mps-oom-6-gib.txt"))
+    write_config("[memory]\nhigh_watermark_ratio = 1.0\nlow_watermark_ratio = 0.8\n")
+    code, out, _ = run("oom", str(log), "--json")
+    assert code == 0
+    advice = json.loads(out)["events"][0]["advice"][0]
+    assert "/ 1 = 18.13 GiB" in advice
+    code, out, _ = run("oom", str(log), "--json", "--high-ratio", "1.7")
+    assert "/ 1.7 = 10.66 GiB" in json.loads(out)["events"][0]["advice"][0]
+
+
+def test_human_output_shows_summary_and_advice(tmp_path: Path) -> None:
+    log = tmp_path / "w.log"
+    log.write_text(read_fixture("torch-mps-invalid-low-watermark-1.txt"))
+    code, out, _ = run("oom", str(log))
+    assert code == 0
+    assert "invalid low watermark ratio 1.4" in out
+    assert "HIGH=0.7" in out
+    assert "1 event(s) in 1 file." in out
+
+
+def test_since_filters_old_events_and_nothing_found_is_success(tmp_path: Path) -> None:
+    log = tmp_path / "old.log"
+    log.write_text(f"2020-01-01T00:00:00Z {SEED_LINE}\n")
+    code, out, _ = run("oom", str(log), "--since", "24h", "--json")
+    assert code == 0
+    assert json.loads(out)["events"] == []
+    code, out, _ = run("oom", str(log), "--since", "24h")
+    assert "No out-of-memory events in 1 file since 24h." in out
+
+
+@pytest.mark.parametrize(("args", "code", "message"), [
+    (["nope.log"], 1, "mpsctl: error: nope.log: no such file\n"),
+    (["--since", "soon"], 2, "mpsctl: error: --since: invalid duration 'soon'"),
+])  # fmt: skip
+def test_errors_are_one_line(args: list[str], code: int, message: str) -> None:
+    exit_code, out, err = run("oom", *args)
+    assert exit_code == code
+    assert out == ""
+    assert err.startswith(message)
+    assert err.count("\n") == 1
+
+
+def test_help_has_examples() -> None:
+    code, out, _ = run("oom", "--help")
+    assert code == 0
+    assert "Examples:" in out
+    assert "mpsctl oom --since 24h" in out

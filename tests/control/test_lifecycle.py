@@ -1,0 +1,251 @@
+"""start / stop / status against real processes: a fake http.server service and sleepers."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+import pytest
+
+from mpsctl.control import lifecycle
+from mpsctl.control.lifecycle import StartFailed, StartOptions
+from mpsctl.errors import ServiceError, StatusExit
+from mpsctl.observe import procs
+from tests.control.fakes import PYTHON, FakeService, fake_service, sleeper, spawned, wait_for
+
+__all__ = ["fake_service", "spawned"]  # fixtures
+
+Make = Callable[..., FakeService]
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_start_healthy_status_stop(fake_service: Make, isolated_home: Path) -> None:
+    fake = fake_service()
+    settings = fake.settings(memory__high_watermark_ratio="0.7")
+
+    started = lifecycle.start_service(settings)
+
+    assert started.status == "started"
+    record = json.loads((isolated_home / "service.pid").read_text())
+    assert record["pid"] == started.pid
+    assert record["create_time"] == pytest.approx(psutil.Process(started.pid).create_time())
+    assert record["url"] == fake.url
+    assert "env HIGH=0.7 LOW=0.7" in fake.log.read_text()  # low derived: min(high, 1.4)
+    assert lifecycle.service_status(settings).exit_code == StatusExit.RUNNING
+    assert lifecycle.start_service(settings).status == "already-running"
+
+    stopped = lifecycle.stop_service(settings)
+
+    assert stopped.status == "stopped"
+    assert stopped.processes[0].outcome == "SIGTERM"
+    assert stopped.freed_rss_bytes > 0
+    assert not alive(started.pid)
+    assert not (isolated_home / "service.pid").exists()
+    assert lifecycle.service_status(settings).exit_code == StatusExit.NOT_RUNNING
+    assert lifecycle.stop_service(settings).status == "already-stopped"
+
+
+def test_sigterm_ignoring_tree_is_gone_within_timeout(fake_service: Make) -> None:
+    fake = fake_service("--fake-ignore-term", "--fake-tree")
+    settings = fake.settings()
+    started = lifecycle.start_service(settings)
+    assert wait_for(lambda: len(psutil.Process(started.pid).children(recursive=True)) == 2)
+    tree = [started.pid] + [p.pid for p in psutil.Process(started.pid).children(recursive=True)]
+    began = time.monotonic()
+
+    stopped = lifecycle.stop_service(settings, timeout=1.0)
+
+    elapsed = time.monotonic() - began
+    assert not any(alive(pid) for pid in tree)
+    assert elapsed <= 1.0 + 0.5
+    assert {p.pid: p.outcome for p in stopped.processes} == dict.fromkeys(tree, "SIGKILL")
+
+
+def test_decoys_mentioning_the_pattern_survive(fake_service: Make, spawned: list) -> None:
+    fake = fake_service(match="uvicorn app.main:app --port {port}")
+    settings = fake.settings()
+    lifecycle.start_service(settings)
+    decoy = sleeper("uvicorn", "app.main:app", "--port", str(fake.port))
+    spawned.append(decoy)
+
+    stopped = lifecycle.stop_service(settings)
+
+    assert stopped.status == "stopped"
+    assert decoy.pid not in {p.pid for p in stopped.processes}
+    assert alive(decoy.pid)
+
+
+def test_reused_pid_in_a_stale_pidfile_survives(
+    fake_service: Make, spawned: list, isolated_home: Path
+) -> None:
+    settings = fake_service().settings()
+    other = sleeper("unrelated")
+    spawned.append(other)
+    created = psutil.Process(other.pid).create_time()
+    isolated_home.mkdir(parents=True, exist_ok=True)
+    pidfile = isolated_home / "service.pid"
+    pidfile.write_text(
+        json.dumps({"pid": other.pid, "create_time": created - 500, "pgid": other.pid})
+    )
+
+    assert lifecycle.service_status(settings).exit_code == StatusExit.DEAD_PIDFILE
+    stopped = lifecycle.stop_service(settings)
+
+    assert stopped.status == "already-stopped"
+    assert "another process" in stopped.message
+    assert alive(other.pid)
+
+
+def test_match_only_processes_need_the_flag(fake_service: Make, spawned: list) -> None:
+    settings = fake_service(match="mpsctl-test-svc-4242").settings()
+    hand_started = sleeper("mpsctl-test-svc-4242")
+    spawned.append(hand_started)
+
+    refused = lifecycle.stop_service(settings)
+    assert refused.status == "refused"
+    assert "--match" in refused.message
+    assert alive(hand_started.pid)
+    assert lifecycle.stop_service(settings, dry_run=True, use_match=True).status == "dry-run"
+    assert alive(hand_started.pid)
+
+    stopped = lifecycle.stop_service(settings, use_match=True)
+    assert stopped.status == "stopped"
+    assert wait_for(lambda: hand_started.poll() is not None, 2)
+
+
+def test_port_taken_names_the_holder(
+    fake_service: Make, spawned: list, isolated_home: Path
+) -> None:
+    fake = fake_service()
+    holder = subprocess.Popen([PYTHON, "-m", "http.server", str(fake.port), "--bind", "127.0.0.1"])
+    spawned.append(holder)
+
+    def listening() -> bool:
+        with socket.socket() as sock:
+            return sock.connect_ex(("127.0.0.1", fake.port)) == 0
+
+    assert wait_for(listening)
+
+    with pytest.raises(ServiceError, match=rf"port {fake.port} .* pid {holder.pid} .*http\.server"):
+        lifecycle.start_service(fake.settings())
+    assert not (isolated_home / "service.pid").exists()
+    assert not fake.log.exists()  # nothing was started
+
+
+def test_command_dying_at_start_gives_log_tail(fake_service: Make, isolated_home: Path) -> None:
+    fake = fake_service("--fake-die")
+
+    with pytest.raises(StartFailed, match="exited with status 3") as info:
+        lifecycle.start_service(fake.settings())
+
+    assert any("fatal: cannot load the model" in line for line in info.value.log_tail)
+    assert len(info.value.log_tail) <= 20
+    assert not (isolated_home / "service.pid").exists()
+
+
+def test_start_timeout_kills_what_it_started(fake_service: Make, isolated_home: Path) -> None:
+    fake = fake_service("--fake-delay", "30")
+
+    with pytest.raises(StartFailed, match=r"not healthy within 0\.5 s"):
+        lifecycle.start_service(fake.settings(), StartOptions(timeout=0.5))
+
+    assert not (isolated_home / "service.pid").exists()
+    assert not procs.match_candidates(fake.settings(), pattern=str(fake.script))
+
+
+def test_log_keeps_earlier_runs(fake_service: Make) -> None:
+    fake = fake_service()
+    settings = fake.settings()
+    pids = []
+    for _ in range(2):
+        pids.append(lifecycle.start_service(settings).pid)
+        lifecycle.stop_service(settings)
+
+    text = fake.log.read_text()
+    assert text.count("--- mpsctl") == 2
+    assert all(f"fake service pid {pid}" in text for pid in pids)
+
+
+def test_env_comes_from_settings_not_the_shell(
+    fake_service: Make, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    monkeypatch.setenv("PYTORCH_MPS_LOW_WATERMARK_RATIO", "abc")  # strtod would read 0.0
+    fake = fake_service(venv="venv")
+    settings = fake.settings(memory__high_watermark_ratio="0.6", memory__low_watermark_ratio="0.4")
+
+    env = lifecycle.service_env(settings)
+    warnings = lifecycle.preflight_warnings(
+        settings, settings.service.command, lifecycle.memory_limit(settings)
+    )
+
+    assert env["PYTORCH_MPS_LOW_WATERMARK_RATIO"] == "0.4"
+    assert env["VIRTUAL_ENV"] == str(venv)
+    assert env["PATH"].split(os.pathsep)[0] == str(venv / "bin")
+    assert any("ignoring PYTORCH_MPS_LOW_WATERMARK_RATIO='abc'" in w for w in warnings)
+
+
+def test_reload_and_all_interfaces_warn(fake_service: Make) -> None:
+    settings = fake_service().settings()
+    argv = ("uvicorn", "app.main:app", "--host", "0.0.0.0", "--reload")
+    warnings = lifecycle.preflight_warnings(settings, argv, lifecycle.memory_limit(settings))
+    assert any("--reload" in w for w in warnings)
+    assert any("0.0.0.0" in w for w in warnings)
+
+
+def test_limit_in_bytes_from_last_health(fake_service: Make, isolated_home: Path) -> None:
+    settings = fake_service().settings(memory__high_watermark_ratio="0.7")
+    isolated_home.mkdir(parents=True, exist_ok=True)
+    report = {"memory": {"mps": {"recommended_max_bytes": 11453251584}}}
+    (isolated_home / "last_health.json").write_text(json.dumps(report))
+
+    limit = lifecycle.memory_limit(settings, query_torch=False)
+
+    assert limit.describe() == "high 0.70 x 10.67 GiB = 7.47 GiB"
+    assert limit.limit_bytes == int(0.7 * 11453251584)
+
+
+def test_foreground_becomes_the_service(fake_service: Make, isolated_home: Path) -> None:
+    fake = fake_service()
+    env = {**os.environ, "MPSCTL_CONFIG": str(fake.config)}
+    proc = subprocess.Popen([PYTHON, "-m", "mpsctl", "start", "--foreground"], env=env)
+    try:
+        assert wait_for(lambda: lifecycle.check_health(fake.settings(), 0.5).ok)
+        assert str(fake.script) in psutil.Process(proc.pid).cmdline()  # exec'd, same pid
+        assert not (isolated_home / "service.pid").exists()  # launchd/systemd track it
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_device_and_model_apply_to_the_reference_service_only(
+    fake_service: Make, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    own = fake_service().settings()
+    argv, warnings = lifecycle.service_argv(own, device="cpu", model="m")
+    assert argv == own.service.command
+    assert len(warnings) == 2
+
+    monkeypatch.delenv("MPSCTL_CONFIG")  # no file: the reference service
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    from mpsctl.settings import load_settings
+
+    reference = load_settings()
+    argv, warnings = lifecycle.service_argv(reference, device="cpu", model="./qwen")
+    assert argv[-4:] == ("--model", "./qwen", "--device", "cpu")
+    assert "--demo" not in argv
+    assert warnings == []

@@ -1,0 +1,50 @@
+"""start -> healthy -> ask -> clean-cache -> stop with the real reference service (tiny Qwen2)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+
+from mpsctl.control import cache, lifecycle
+from mpsctl.observe import procs
+from mpsctl.settings import load_settings
+from tests.conftest import free_port
+
+
+def test_reference_service_lifecycle(
+    tiny_model: Path, write_config: Callable[..., Path], tmp_path: Path, isolated_home: Path
+) -> None:
+    port = free_port()
+    command = [sys.executable, "-m", "mpsctl", "serve", "--model", str(tiny_model),
+               "--device", "cpu", "--port", str(port), "--no-auth"]  # fmt: skip
+    write_config(
+        "[service]\n"
+        f"command = {json.dumps(command)}\n"
+        f'url = "http://127.0.0.1:{port}"\n'
+        f"workdir = {json.dumps(str(tmp_path))}\n"
+        "start_timeout = 120\n"
+        "[memory]\nhigh_watermark_ratio = 0.7\nlow_watermark_ratio = 0.5\n"
+    )
+    settings = load_settings()
+
+    started = lifecycle.start_service(settings)
+    created = psutil.Process(started.pid).create_time()
+    try:
+        assert started.status == "started"
+        env = psutil.Process(started.pid).environ()
+        assert env["PYTORCH_MPS_HIGH_WATERMARK_RATIO"] == "0.7"
+        assert env["PYTORCH_MPS_LOW_WATERMARK_RATIO"] == "0.5"
+        health = json.loads((isolated_home / "last_health.json").read_text())
+        assert health["memory"]["device"] == "cpu"
+        assert lifecycle.ask_question(settings, "工商银行")
+        released = cache.clean_cache(settings)
+        assert released.release is not None
+        assert released.release.ok, released.release.error
+    finally:
+        stopped = lifecycle.stop_service(settings)
+    assert stopped.status == "stopped"
+    assert not procs.is_alive(started.pid, created)

@@ -1,0 +1,229 @@
+"""doctor: one test per problem it must find, each against the real environment/process."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from click.testing import CliRunner
+
+from mpsctl.cli import main
+from mpsctl.monitor.doctor import strtod, torch_env_checks, torch_version_in
+from tests.conftest import free_port
+from tests.monitor import mps_report, stub_service
+
+
+@pytest.fixture(autouse=True)
+def dead_url(monkeypatch: pytest.MonkeyPatch) -> str:
+    url = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("MPSCTL_SERVICE_URL", url)
+    return url
+
+
+def doctor() -> tuple[int, dict[str, Any]]:
+    result = CliRunner().invoke(main, ["doctor", "--json"])
+    return result.exit_code, json.loads(result.stdout)
+
+
+def levels(doc: dict[str, Any]) -> dict[str, str]:
+    """check id -> the worst level it was reported with."""
+    order = ["ok", "info", "warning", "error"]
+    out: dict[str, str] = {}
+    for check in doc["checks"]:
+        if order.index(check["level"]) >= order.index(out.get(check["id"], "ok")):
+            out[check["id"]] = check["level"]
+    return out
+
+
+def test_clean_setup_has_no_problem() -> None:
+    code, doc = doctor()
+    assert code == 0, [c for c in doc["checks"] if c["level"] in ("warning", "error")]
+    assert doc["schema"] == "mpsctl.doctor/1" and doc["ok"] is True
+
+
+def test_seed_high_alone_in_the_environment_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYTORCH_MPS_HIGH_WATERMARK_RATIO", "0.5")  # the seed's fallback step
+    code, doc = doctor()
+    assert code == 1
+    (check,) = [c for c in doc["checks"] if c["id"] == "env.high_without_low"]
+    assert check["level"] == "error"
+    assert "invalid low watermark ratio 1.4" in check["message"]
+    assert "PYTORCH_MPS_LOW_WATERMARK_RATIO" in check["fix"]
+
+
+def test_seed_enable_mps_0_is_flagged(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYTORCH_ENABLE_MPS", "0")
+    code, doc = doctor()
+    assert code == 1
+    (check,) = [c for c in doc["checks"] if c["id"] == "env.enable_mps"]
+    assert "no such variable" in check["message"]
+    assert "device" in check["fix"]
+
+
+def test_a_ratio_pytorch_reads_as_zero_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYTORCH_MPS_HIGH_WATERMARK_RATIO", "seventy")
+    monkeypatch.setenv("PYTORCH_MPS_LOW_WATERMARK_RATIO", "0.5")
+    code, doc = doctor()
+    assert code == 1
+    assert levels(doc)["env.ratio_not_a_number"] == "error"
+
+
+def test_fallback_is_explained_not_a_problem(
+    monkeypatch: pytest.MonkeyPatch,
+    write_config,  # type: ignore[no-untyped-def]
+) -> None:
+    monkeypatch.setenv("PYTORCH_ENABLE_MPS_FALLBACK", "1")
+    write_config("[memory]\nmps_fallback = true\n")
+    code, doc = doctor()
+    found = levels(doc)
+    assert found["env.mps_fallback"] == "info"
+    assert found["config.mps_fallback"] == "info"
+    messages = " ".join(c["message"] for c in doc["checks"] if "fallback" in c["id"])
+    assert "NOT move work to the CPU after an out-of-memory error" in messages
+
+
+def test_reload_and_all_interfaces_in_the_command(write_config) -> None:  # type: ignore[no-untyped-def]
+    write_config(
+        '[service]\ncommand = "uvicorn app.main:app --host 0.0.0.0 --port 8000 --reload"\n'
+    )
+    code, doc = doctor()
+    assert code == 1
+    found = levels(doc)
+    assert found["service.reload"] == "warning"
+    assert found["service.bind_all"] == "warning"
+
+
+def test_all_interfaces_in_the_url(
+    write_config,
+    monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
+) -> None:
+    monkeypatch.setenv("MPSCTL_SERVICE_URL", f"http://0.0.0.0:{free_port()}")
+    code, doc = doctor()
+    assert code == 1 and levels(doc)["service.bind_all"] == "warning"
+
+
+def test_token_file_readable_by_others(tmp_path: Path, write_config) -> None:  # type: ignore[no-untyped-def]
+    token = tmp_path / "token"
+    token.write_text("secret\n")
+    token.chmod(0o644)
+    write_config(f'[service]\ntoken_file = "{token}"\n')
+    code, doc = doctor()
+    assert code == 1
+    (check,) = [c for c in doc["checks"] if c["id"] == "token.permissions"]
+    assert check["level"] == "warning" and check["fix"] == f"chmod 600 {token}"
+
+
+def test_running_service_lacks_the_configured_watermarks(
+    write_config,
+    monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
+) -> None:
+    monkeypatch.delenv("MPSCTL_SERVICE_URL")
+    with stub_service() as service:  # started without any PYTORCH_* variable
+        write_config(service.config("[memory]\nhigh_watermark_ratio = 0.7\n"
+                                    "low_watermark_ratio = 0.5\n"))  # fmt: skip
+        code, doc = doctor()
+    assert code == 1
+    (check,) = [c for c in doc["checks"] if c["id"] == "service.watermarks_stale"]
+    assert check["level"] == "warning" and check["fix"] == "mpsctl restart"
+    assert "PYTORCH_MPS_HIGH_WATERMARK_RATIO=unset" in check["message"]
+
+
+def test_running_service_started_with_high_alone(
+    write_config,
+    monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
+) -> None:
+    monkeypatch.delenv("MPSCTL_SERVICE_URL")
+    env = {**os.environ, "PYTORCH_MPS_HIGH_WATERMARK_RATIO": "0.5"}
+    with stub_service(env=env) as service:
+        write_config(service.config())
+        code, doc = doctor()
+    assert code == 1
+    assert levels(doc)["service_env.high_without_low"] == "error"
+    assert levels(doc)["env.pytorch_vars"] == "ok"  # this shell is clean; the service is not
+
+
+def test_limit_above_physical_memory(
+    write_config,
+    monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
+) -> None:
+    monkeypatch.delenv("MPSCTL_SERVICE_URL")
+    ram = psutil.virtual_memory().total
+    # as on Apple Silicon: recommendedMaxWorkingSetSize about 2/3 of RAM; high 2.0 -> 4/3 RAM
+    report = mps_report(ram * 2 // 3, high=2.0, low=1.4)
+    with stub_service(memory=report) as service:
+        write_config(service.config())
+        code, doc = doctor()
+    assert code == 1
+    above = [c for c in doc["checks"] if c["id"] == "limit.above_ram"]
+    assert [c["level"] for c in above] == ["warning", "ok"]  # running 2.0 bad, configured 1.0 ok
+    assert "above physical memory" in above[0]["message"]
+    assert "swap" in above[0]["message"]
+
+
+def test_limit_unknown_without_the_service_says_so() -> None:
+    _code, doc = doctor()
+    (check,) = [c for c in doc["checks"] if c["id"] == "limit.above_ram"]
+    assert check["level"] == "info"
+    assert check["message"].startswith("MPS limit unknown")
+
+
+def test_missing_log_files(write_config) -> None:  # type: ignore[no-untyped-def]
+    write_config('[service]\nlog_globs = ["logs/error_*.log"]\n')
+    code, doc = doctor()
+    assert code == 1
+    assert levels(doc)["logs.missing"] == "warning"
+
+
+def test_torch_without_recommended_max_memory(tmp_path: Path, write_config) -> None:  # type: ignore[no-untyped-def]
+    info = tmp_path / "venv/lib/python3.11/site-packages/torch-2.1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: torch\nVersion: 2.1.0\n\n")
+    write_config('[service]\ncommand = ["uvicorn", "app.main:app"]\nvenv = "venv"\n')
+    code, doc = doctor()
+    assert code == 1
+    (check,) = [c for c in doc["checks"] if c["id"] == "torch.version"]
+    assert check["level"] == "warning"
+    assert "torch 2.1.0" in check["message"] and "recommended_max_memory" in check["message"]
+    assert torch_version_in(tmp_path / "venv") == "2.1.0"
+
+
+def test_invalid_settings_are_a_finding_not_a_crash(write_config) -> None:  # type: ignore[no-untyped-def]
+    write_config("[memory]\nhigh_watermark_ratio = 0.5\nlow_watermark_ratio = 0.9\n")
+    code, doc = doctor()
+    assert code == 1
+    assert levels(doc)["config.load"] == "error"
+
+
+def test_text_output_lists_findings_with_fixes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYTORCH_MPS_HIGH_WATERMARK_RATIO", "0.7")
+    result = CliRunner().invoke(main, ["doctor"])
+    assert result.exit_code == 1
+    assert "ERROR   env.high_without_low" in result.stdout
+    assert "fix: also set PYTORCH_MPS_LOW_WATERMARK_RATIO" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"PYTORCH_MPS_HIGH_WATERMARK_RATIO": "0.7", "PYTORCH_MPS_LOW_WATERMARK_RATIO": "0.9"},
+         "x.low_above_high"),
+        ({"PYTORCH_MPS_LOW_WATERMARK_RATIO": "1.9"}, "x.low_above_high"),
+        ({"PYTORCH_MPS_HIGH_WATERMARK_RATIO": "2.5"}, "x.ratio_out_of_range"),
+        ({"PYTORCH_MPS_HIGH_WATERMARK_RATIO": "0.0"}, "x.high_zero"),
+        ({"PYTORCH_MPS_HIGH_WATERMARK_RATIO": ""}, "x.ratio_not_a_number"),
+        ({"PYTORCH_MPS_HIGH_WATERMARK_RATIO": "0.7GB", "PYTORCH_MPS_LOW_WATERMARK_RATIO": "0.5"},
+         "x.ratio_trailing_text"),
+    ],
+)  # fmt: skip
+def test_pytorch_readings(env: dict[str, str], expected: str) -> None:
+    assert expected in {c.id for c in torch_env_checks("x", env, "here", "")}
+
+
+def test_strtod_reads_like_c() -> None:
+    assert strtod("0.7") == (0.7, "")
+    assert strtod("abc") == (0.0, "abc")
+    assert strtod(" 1e-1x") == (0.1, "x")

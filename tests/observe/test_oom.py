@@ -1,0 +1,347 @@
+"""OOM recogniser: every recorded wording to the exact byte, explanations, streaming scan."""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from mpsctl.observe import oom
+from mpsctl.observe.oom import explain, line_time, parse_oom, scan_file, summary
+from tests.conftest import read_fixture
+
+KIB, MIB, GIB = 1024, 1024**2, 1024**3
+
+# The seed's message (SEED.md), wrapped over two lines as the operator pasted it.
+SEED = (
+    "MPS backend out of memory (MPS allocated: 20.14 GiB, other allocations: 384.00 KiB, "
+    "max allowed: 20.13 GiB).\n    Tried to allocate 6.00 KiB on private pool."
+)
+
+# fixture -> (allocated, other, max allowed, requested, pool); PyTorch's GB/MB are 1024-based
+MPS_CASES = {
+    "torch-mps-oom-1.txt": (7.43 * GIB, 24.46 * GIB, 32 * GIB, 129.21 * MIB, "private"),
+    "torch-mps-oom-2.txt": (1.45 * GIB, 7.42 * GIB, 9.07 * GIB, 563.62 * MIB, "private"),
+    "torch-mps-oom-3.txt": (8.89 * GIB, 172.98 * MIB, 9.07 * GIB, 6.25 * MIB, "private"),
+    "torch-mps-oom-4-shared-pool-bytes.txt": (1.02 * GIB, 0, 15.87 * GIB, 256, "shared"),
+    "torch-mps-oom-6-gib.txt": (15.72 * GIB, 2.41 * MIB, 18.13 * GIB, 5.81 * GIB, "private"),
+    "torch-mps-oom-7-shared-pool.txt": (16 * GIB, 3.31 * GIB, 18.13 * GIB, 256, "shared"),
+    "torch-mps-oom-9-intel-discrete.txt": (
+        2.44 * GIB, 4.34 * GIB, 6.77 * GIB, 10.58 * MIB, "private"
+    ),
+    "torch-mps-oom-11-traceback.txt": (7.23 * GIB, 1.54 * GIB, 9.07 * GIB, 896 * MIB, "private"),
+    "torch-mps-oom-12-logits-traceback.txt": (
+        12.74 * GIB, 4.39 * GIB, 18.13 * GIB, 1.02 * GIB, "private"
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "expected"), MPS_CASES.items())
+def test_every_mps_fixture_parses_to_exact_bytes(name: str, expected: tuple) -> None:
+    event = parse_oom(read_fixture(name))
+    assert event is not None
+    allocated, other, limit, requested, pool = expected
+    assert (event.backend, event.kind, event.complete) == ("mps", "oom", True)
+    assert event.allocated_bytes == round(allocated)
+    assert event.other_bytes == round(other)
+    assert event.max_allowed_bytes == round(limit)
+    assert event.requested_bytes == round(requested)
+    assert event.pool == pool
+    assert "MPS backend out of memory" in event.raw
+
+
+# fixture -> fields; None where the wording has no such part
+CUDA_CASES = {
+    "torch-cuda-oom-new-1.txt": {
+        "requested_bytes": 22 * MIB, "gpu_index": 0, "total_bytes": 23.65 * GIB,
+        "free_bytes": 11.06 * MIB,
+        "process_bytes": 23.60 * GIB, "allocated_bytes": 22.90 * GIB,
+        "reserved_unallocated_bytes": 194.87 * MIB, "other_processes": (),
+    },
+    "torch-cuda-oom-new-2-torch-OutOfMemoryError.txt": {
+        "requested_bytes": 22.78 * GIB, "total_bytes": 31.47 * GIB, "free_bytes": 12.73 * GIB,
+        "process_bytes": 18.73 * GIB, "allocated_bytes": 9.08 * GIB,
+        "reserved_unallocated_bytes": 9.35 * GIB,
+    },
+    "torch-cuda-oom-new-3-other-process.txt": {
+        "requested_bytes": 204 * MIB, "total_bytes": 47.53 * GIB, "free_bytes": 94.88 * MIB,
+        "process_bytes": None, "other_processes": (oom.OtherProcess(1381433, round(47.43 * GIB)),),
+        "allocated_bytes": 47.03 * GIB, "reserved_unallocated_bytes": 83.38 * MIB,
+    },
+    "torch-cuda-oom-2.1-capacty-1.txt": {
+        "requested_bytes": 32 * MIB, "total_bytes": 4 * GIB, "free_bytes": 41.56 * MIB,
+        "process_bytes": 3.44 * GIB, "allocated_bytes": 2.58 * GIB,
+        "reserved_unallocated_bytes": 1.90 * MIB,
+    },
+    "torch-cuda-oom-2.1-capacty-no-procinfo.txt": {
+        "requested_bytes": 1.70 * GIB, "total_bytes": 6 * GIB, "free_bytes": 0,
+        "process_bytes": None,
+        "allocated_bytes": 2.93 * GIB, "reserved_unallocated_bytes": 2.30 * GIB,
+    },
+    "torch-cuda-oom-old-1.txt": {
+        "requested_bytes": 512 * MIB, "gpu_index": 0, "total_bytes": 15.90 * GIB,
+        "allocated_bytes": 13.13 * GIB, "free_bytes": 415.88 * MIB, "reserved_bytes": 14.80 * GIB,
+        "reserved_unallocated_bytes": None, "allowed_bytes": None,
+    },
+    "torch-cuda-oom-old-2-max-split.txt": {
+        "requested_bytes": 1.69 * GIB, "total_bytes": 14.56 * GIB, "allocated_bytes": 649.97 * MIB,
+        "free_bytes": 1.31 * GIB, "reserved_bytes": 1.01 * GIB,
+    },
+    "torch-cuda-oom-legacy-cached-1.txt": {
+        "requested_bytes": 12.50 * MIB, "total_bytes": 10.92 * GIB, "allocated_bytes": 8.57 * MIB,
+        "free_bytes": 9.28 * GIB, "reserved_unallocated_bytes": 4.68 * MIB, "reserved_bytes": None,
+    },
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "expected"), CUDA_CASES.items())
+def test_every_cuda_fixture_parses_to_exact_bytes(name: str, expected: dict) -> None:
+    event = parse_oom(read_fixture(name))
+    assert event is not None
+    assert (event.backend, event.kind, event.complete) == ("cuda", "oom", True)
+    for key, value in expected.items():
+        want = round(value) if isinstance(value, float) else value
+        assert getattr(event, key) == want, key
+
+
+@pytest.mark.parametrize(
+    ("name", "kind", "ratio"),
+    [
+        ("torch-mps-invalid-low-watermark-1.txt", "invalid_low_watermark", "1.4"),
+        ("torch-mps-invalid-high-watermark-1.txt", "invalid_high_watermark", "1.7"),
+    ],
+)
+def test_invalid_watermark_is_its_own_kind(name: str, kind: str, ratio: str) -> None:
+    event = parse_oom(read_fixture(name))
+    assert event is not None
+    assert (event.backend, event.kind, event.ratio) == ("mps", kind, ratio)
+    assert event.requested_bytes is None
+    assert any("<= the high ratio" in a or "0.0-2.0" in a for a in explain(event))
+
+
+def test_seed_message_gives_the_exact_summary() -> None:
+    event = parse_oom(SEED)
+    assert event is not None
+    assert summary(event) == (
+        "MPS allocated 20.14 GiB, other 384 KiB, max allowed 20.13 GiB, requested 6 KiB, "
+        "private pool"
+    )
+    assert event.raw == SEED
+
+
+def test_mps_variant_without_max_allowed_synthetic() -> None:
+    # SYNTHETIC, not a recorded sample: built from the format in MPSAllocator.mm that PyTorch
+    # prints when PYTORCH_MPS_HIGH_WATERMARK_RATIO=0.0 (no "max allowed", no advice sentence).
+    text = (
+        "MPS backend out of memory (MPS allocated: 30.50 GiB, other allocations: 1.25 GiB). "
+        "Tried to allocate 2.00 GiB on private pool."
+    )
+    event = parse_oom(text)
+    assert event is not None
+    assert event.max_allowed_bytes is None
+    assert (event.allocated_bytes, event.requested_bytes) == (round(30.5 * GIB), 2 * GIB)
+    assert "no limit" in summary(event)
+    assert "No limit was set" in explain(event)[0]
+
+
+def test_explain_seed_gives_working_set_pair_and_fallback_truth() -> None:
+    event = parse_oom(SEED)
+    assert event is not None
+    text = "\n".join(explain(event))
+    assert "20.13 GiB / 1.7 = 11.84 GiB" in text
+    assert "assumed" in text
+    assert "high 0.7 -> 8.29 GiB, low 0.5 -> 5.92 GiB" in text
+    assert "PYTORCH_ENABLE_MPS_FALLBACK=1 does not catch" in text
+    assert "concurrent" in text or "at once" in text
+    assert "smaller" in text
+
+
+def test_explain_uses_the_known_ratio() -> None:
+    event = parse_oom(read_fixture("torch-mps-oom-6-gib.txt"))
+    assert event is not None
+    default = "\n".join(explain(event))
+    assert "18.13 GiB / 1.7 = 10.66 GiB" in default
+    assert "16 GB of RAM" in default
+    known = "\n".join(explain(event, high_ratio_hint=1.0))
+    assert "/ 1 = 18.13 GiB" in known
+    assert "assumed" not in known
+    assert "One large request: 5.81 GiB" in known
+
+
+def test_explain_cuda_fragmentation_and_other_processes() -> None:
+    fragmented = parse_oom(read_fixture("torch-cuda-oom-2.1-capacty-no-procinfo.txt"))
+    assert fragmented is not None
+    assert any("expandable_segments:True" in a for a in explain(fragmented))
+    crowded = parse_oom(read_fixture("torch-cuda-oom-new-3-other-process.txt"))
+    assert crowded is not None
+    advice = "\n".join(explain(crowded))
+    assert "Other processes hold 47.43 GiB on GPU 0: 1381433" in advice
+    assert "not fragmentation" in advice
+    own = parse_oom(read_fixture("torch-cuda-oom-new-1.txt"))
+    assert own is not None
+    assert any("This process holds 23.6 GiB of 23.65 GiB" in a for a in explain(own))
+
+
+def test_unrelated_lines_are_not_events() -> None:
+    assert parse_oom("kernel: Out of memory: Killed process 4242 (python3)") is None
+    assert parse_oom("we ran out of memory yesterday") is None
+    assert parse_oom("PYTORCH_MPS_HIGH_WATERMARK_RATIO=0.7") is None
+
+
+def test_line_time_formats() -> None:
+    local = datetime(2026, 1, 21, 19, 38, 40, 123000).astimezone(timezone.utc)
+    assert line_time("2026-01-21 19:38:40,123 ERROR app: boom") == local
+    utc = datetime(2026, 1, 21, 19, 38, 40, tzinfo=timezone.utc)
+    assert line_time("2026-01-21T19:38:40Z boom") == utc
+    assert line_time("[2026-01-22 03:38:40 +0800] [12] [ERROR] boom") == utc
+    assert line_time("INFO 2026-01-21T20:38:40.5+01:00 x") == utc.replace(microsecond=500000)
+    assert line_time("RuntimeError: MPS backend out of memory") is None
+    assert line_time("x" * 80 + " 2026-01-21 19:38:40") is None  # inside the message
+
+
+def write(path: Path, text: str | bytes) -> Path:
+    path.write_bytes(text.encode() if isinstance(text, str) else text)
+    return path
+
+
+def test_scan_file_traceback_takes_the_record_time_and_line(tmp_path: Path) -> None:
+    log = write(
+        tmp_path / "error.log",
+        "2026-01-21T19:38:40Z ERROR query failed\nTraceback (most recent call last):\n"
+        + read_fixture("torch-mps-oom-12-logits-traceback.txt")
+        + "2026-01-21T19:39:00Z INFO next\n",
+    )
+    [event] = list(scan_file(log))
+    assert (event.file, event.line, event.time) == (str(log), 5, "2026-01-21T19:38:40Z")
+    assert event.max_allowed_bytes == round(18.13 * GIB)
+
+
+def test_scan_file_joins_a_wrapped_message_and_survives_bad_utf8(tmp_path: Path) -> None:
+    log = write(tmp_path / "b.log", b"\xff\xfe junk\n" + SEED.encode() + b"\n\xc3(\n")
+    [event] = list(scan_file(log))
+    assert event.complete
+    assert event.line == 2
+    assert event.time is None
+    assert summary(event).startswith("MPS allocated 20.14 GiB")
+
+
+def test_scan_file_keeps_a_cut_message_as_incomplete(tmp_path: Path) -> None:
+    head = (
+        "MPS backend out of memory (MPS allocated: 1 GB, other allocations: 2 GB, "
+        "max allowed: 3 GB)."
+    )
+    log = write(tmp_path / "c.log", head + "\nsomething else\n")
+    [event] = list(scan_file(log))
+    assert not event.complete
+    assert (event.max_allowed_bytes, event.requested_bytes) == (3 * GIB, None)
+
+
+def test_scan_file_across_chunk_boundaries(tmp_path: Path) -> None:
+    chunk = oom.CHUNK_BYTES
+    filler = "2026-01-21T10:00:00Z INFO nothing to see here\n"
+    one = read_fixture("torch-mps-oom-6-gib.txt").strip()
+    parts: list[str] = []
+    size = 0
+
+    def pad_to(offset: int) -> None:
+        nonlocal size
+        while size + len(filler) <= offset:
+            parts.append(filler)
+            size += len(filler)
+        parts.append("x" * (offset - size) + "\n")
+        size = offset + 1
+
+    def add(text: str) -> None:
+        nonlocal size
+        parts.append(text)
+        size += len(text.encode())
+
+    pad_to(chunk - 32)  # the needle "out of memory" straddles the first boundary
+    add("RuntimeError: " + one + "\n")
+    # the next chunk holds no needle: only the straddle check can find the first message
+    pad_to(3 * chunk - 60)  # the wrapped second half lies in the next chunk
+    add(SEED + "\n")
+    pad_to(3 * chunk + 5000)
+    add("RuntimeError: invalid low watermark ratio 1.4\n")
+    content = "".join(parts)
+    data = content.encode()
+    first = data.find(b"out of memory")
+    assert first < chunk < first + 13
+    assert data.find(b"out of memory", first + 1) > 2 * chunk
+    assert data.find(b"Tried", 3 * chunk - 60) > 3 * chunk
+    log = write(tmp_path / "big.log", content)
+    events = list(scan_file(log))
+    lines = content.split("\n")
+    expected = [
+        i + 1
+        for i, text in enumerate(lines)
+        if "out of memory" in text or "watermark ratio" in text
+    ]
+    assert [e.line for e in events] == expected
+    assert [e.kind for e in events] == ["oom", "oom", "invalid_low_watermark"]
+    assert all(e.complete for e in events)
+    assert events[1].requested_bytes == 6 * KIB
+    assert events[0].time == "2026-01-21T10:00:00Z"
+
+
+def test_scan_file_since_filters_by_time_and_mtime(tmp_path: Path) -> None:
+    now = datetime.now(timezone.utc)
+    old = (now - timedelta(days=3)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    new = (now - timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    line = read_fixture("torch-mps-oom-3.txt")
+    log = write(tmp_path / "t.log", f"{old} {line}{new} {line}")
+    since = now - timedelta(hours=24)
+    assert [e.line for e in scan_file(log, since)] == [2]
+    untimed = write(tmp_path / "u.log", line)
+    assert len(list(scan_file(untimed, since))) == 1
+    stale = time.time() - 3 * 86400
+    os.utime(untimed, (stale, stale))
+    assert list(scan_file(untimed, since)) == []
+
+
+def test_parallel_ranges_find_the_same_events_as_one_pass(tmp_path: Path) -> None:
+    line = "2026-01-21T10:00:00Z RuntimeError: " + read_fixture("torch-mps-oom-2.txt")
+    filler = "2026-01-21T09:00:00Z INFO fine\n" * 1000
+    body = (filler + line) * 7 + filler
+    total = 2 * (len(body.encode()) + 200)
+    # the second half starts exactly inside a needle: the range boundary cuts "out of memory"
+    cut = "RuntimeError: MPS backend out"
+    first = body + "x" * 100 + "\n" + cut
+    pad = total // 2 - len(first.encode())
+    assert pad > 0
+    first = body + "x" * (100 + pad) + "\n" + cut
+    content = first + " of memory (MPS allocated: 1 GB, other allocations: 0 bytes, "
+    content += "max allowed: 2 GB). Tried to allocate 3 GB on private pool.\n"
+    content += "y" * (total - len(content.encode()) - 1) + "\n"
+    assert len(content.encode()) == total
+    assert content.encode().find(b"out of memory", total // 2 - 20) == total // 2 - 3
+    log = write(tmp_path / "p.log", content)
+    one = list(scan_file(log, workers=1))
+    assert len(one) == 8
+    assert one[7].requested_bytes == 3 * GIB
+    for workers in (2, 3):
+        assert list(scan_file(log, workers=workers)) == one
+        assert [e.line for e in scan_file(log, workers=workers)] == [e.line for e in one]
+
+
+def test_recent_events_reads_the_tail_and_needs_a_time(tmp_path: Path) -> None:
+    now = datetime.now(timezone.utc)
+    stamp = "%Y-%m-%dT%H:%M:%SZ"
+    old = (now - timedelta(days=3)).strftime(stamp)
+    new = (now - timedelta(minutes=5)).strftime(stamp)
+    oom_line = read_fixture("torch-mps-oom-3.txt")
+    filler = f"{old} INFO fine\n" * 120_000  # ~3.5 MiB of old lines before the recent part
+    log = write(
+        tmp_path / "e.log",
+        f"{old} {oom_line}{filler}{new} ERROR failed\n{oom_line}{oom_line.strip()} again\n",
+    )
+    untimed = write(tmp_path / "u.log", oom_line)
+    events = oom.recent_events([log, untimed, tmp_path / "missing.log", None], time.time() - 3600)
+    assert [(e["file"], e["line"], e["time"]) for e in events] == [
+        (str(log), None, new),
+        (str(log), None, new),
+    ]
+    assert events[0]["max_allowed_bytes"] == round(9.07 * GIB)

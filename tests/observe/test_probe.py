@@ -1,0 +1,194 @@
+"""The probe's verdict from measured parts, and the probe against real processes and HTTP."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from mpsctl.cli import main
+from mpsctl.errors import ProbeExit
+from mpsctl.observe.accelerator import UNKNOWN, from_memory_report
+from mpsctl.observe.host import HostMemory
+from mpsctl.observe.probe import HealthFigures, judge
+from mpsctl.observe.procs import ProcInfo, ServiceSnapshot
+from mpsctl.settings import load_settings
+from tests.conftest import free_port
+
+GIB = 1024**3
+OK_HEALTH = HealthFigures(True, True, 200, 3.0, None, "ok")
+
+
+def host(percent: float = 40.0, swap_used: int = 0, pressure: str | None = None) -> HostMemory:
+    total = 16 * GIB
+    used = int(total * percent / 100)
+    return HostMemory(total, total - used, used, percent, total - used, 4 * GIB, swap_used,
+                      None, None, pressure, None, "linux")  # fmt: skip
+
+
+def snapshot(rss: int = GIB, footprint: int | None = None) -> ServiceSnapshot:
+    proc = ProcInfo(4242, 1, ("uvicorn", "app.main:app"), "me", rss, footprint, None, 4,
+                    0.0, 10.0, {}, "sleeping")  # fmt: skip
+    return ServiceSnapshot("pidfile", "ok", None, (4242,), (proc,))
+
+
+def verdict(**parts: Any) -> tuple[ProbeExit, list[str]]:
+    args = {"host": host(), "service": snapshot(), "health": OK_HEALTH,
+            "accelerator": UNKNOWN, "oom_events": (),
+            "thresholds": load_settings().thresholds, **parts}  # fmt: skip
+    found = judge(**args)
+    worst = found[0].level if found else ProbeExit.OK
+    return worst, [f.message for f in found]
+
+
+def test_healthy_service_is_ok() -> None:
+    assert verdict() == (ProbeExit.OK, [])
+
+
+@pytest.mark.parametrize(
+    ("parts", "level", "words"),
+    [
+        ({"host": host(percent=90)}, ProbeExit.WARNING, "host memory 90.0% used"),
+        ({"host": host(percent=97)}, ProbeExit.CRITICAL, "host memory 97.0% used"),
+        ({"host": host(swap_used=3 * GIB)}, ProbeExit.WARNING, "swap 75.0% used"),
+        ({"host": host(pressure="critical")}, ProbeExit.CRITICAL, "pressure is critical"),
+        ({"service": snapshot(rss=13 * GIB)}, ProbeExit.WARNING, "service RSS 13.00 GiB"),
+        # phys_footprint wins over RSS: it includes the Metal memory RSS misses
+        ({"service": snapshot(rss=GIB, footprint=15 * GIB)}, ProbeExit.CRITICAL,
+         "service footprint 15.00 GiB"),
+        ({"host": None}, ProbeExit.UNKNOWN, "host memory unreadable"),
+        ({"oom_events": ({"backend": "mps"},)}, ProbeExit.WARNING, "1 out-of-memory event"),
+    ],
+)  # fmt: skip
+def test_thresholds(parts: dict[str, Any], level: ProbeExit, words: str) -> None:
+    worst, messages = verdict(**parts)
+    assert worst == level
+    assert any(words in m for m in messages), messages
+
+
+def test_stopped_service_is_critical_with_reason() -> None:
+    stopped = ServiceSnapshot(None, "stale", None, (), ())
+    failed = HealthFigures(True, False, None, None, "no service at http://127.0.0.1:9", None)
+    worst, messages = verdict(service=stopped, health=failed)
+    assert worst == ProbeExit.CRITICAL
+    assert messages == ["service not running (stale pidfile: the process is gone): "
+                        "no service at http://127.0.0.1:9"]  # fmt: skip
+
+
+def test_running_but_unhealthy_is_critical() -> None:
+    failed = HealthFigures(True, False, 503, 2.0, "health answered HTTP 503", "degraded")
+    worst, messages = verdict(health=failed)
+    assert worst == ProbeExit.CRITICAL
+    assert messages == ["service running but unhealthy: health answered HTTP 503"]
+
+
+def test_accelerator_percent_of_limit_from_the_memory_report() -> None:
+    # 1.7 x 10.67 GiB = 18.13 GiB, the limit in torch-mps-oom-6-gib.txt (a 16 GB Mac)
+    report = {"device": "mps", "mps": {
+        "current_allocated_bytes": 15 * GIB, "driver_allocated_bytes": 17 * GIB,
+        "recommended_max_bytes": int(10.67 * GIB), "high_watermark_ratio": 1.7,
+        "low_watermark_ratio": 1.4, "limit_bytes": int(18.13 * GIB)}}  # fmt: skip
+    figures = from_memory_report(report)
+    assert figures.limit_percent == pytest.approx(100 * 17 / 18.13, rel=1e-3)
+    worst, messages = verdict(accelerator=figures)
+    assert worst == ProbeExit.WARNING
+    assert messages == ["mps allocated 93.8% of its limit 18.13 GiB"]
+
+
+def test_unmeasured_accelerator_is_null_not_zero() -> None:
+    doc = UNKNOWN.to_json()
+    assert doc["source"] is None
+    assert all(doc[k] is None for k in ("allocated_bytes", "limit_bytes", "reserved_bytes"))
+
+
+def test_probe_cli_dead_service_exits_critical(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MPSCTL_SERVICE_URL", f"http://127.0.0.1:{free_port()}")
+    result = CliRunner().invoke(main, ["probe", "--json"])
+    assert result.exit_code == 2, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["schema"] == "mpsctl.probe/1"
+    assert doc["verdict"] == "CRITICAL"
+    assert doc["service"]["running"] is False
+    assert doc["health"]["ok"] is False
+    assert doc["accelerator"]["source"] is None
+    for key in ("total_bytes", "available_bytes", "used_bytes", "swap_total_bytes"):
+        assert isinstance(doc["host"][key], int)
+
+
+def test_probe_nagios_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MPSCTL_SERVICE_URL", f"http://127.0.0.1:{free_port()}")
+    result = CliRunner().invoke(main, ["probe", "--nagios", "--host-used", "0,100"])
+    assert result.exit_code == 2
+    line = result.stdout.strip()
+    assert line.startswith("MPSCTL CRITICAL - service not running")
+    status, perf = line.split(" | ")
+    assert "|" not in status
+    assert perf.split()[0].startswith("host_used=") and perf.split()[0].endswith(";0;100;0;100")
+
+
+def test_bad_threshold_flag_is_a_usage_error() -> None:
+    result = CliRunner().invoke(main, ["probe", "--host-used", "95,85"])
+    assert result.exit_code == 2
+    assert result.stderr.startswith("mpsctl: error: --host-used: warning 95 is above critical 85")
+
+
+class _Health(BaseHTTPRequestHandler):
+    body: bytes = b"{}"
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def sleeper_service(tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A real process whose command line looks like the operator's uvicorn service."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "uvicorn",
+                             "app.main:app", "--port", str(port)])  # fmt: skip
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def test_probe_finds_a_service_by_match_and_reads_its_report(
+    sleeper_service: subprocess.Popen[bytes],
+    write_config,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    report = {"status": "ok", "memory": {"schema": "mpsctl.memory/1", "device": "cpu",
+              "mps": None, "cuda": None, "rss_bytes": 1000}}  # fmt: skip
+    handler = type("H", (_Health,), {"body": json.dumps(report).encode()})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = sleeper_service.args[-1]
+        write_config(
+            f'[service]\ncommand = ["uvicorn", "app.main:app"]\n'
+            f'url = "http://127.0.0.1:{server.server_address[1]}"\n'
+            f'match = "uvicorn app.main:app --port {port}$"\n'
+        )
+        result = CliRunner().invoke(main, ["probe", "--json"])
+    finally:
+        server.shutdown()
+    doc = json.loads(result.stdout)
+    assert doc["service"]["found_by"] == "match"
+    assert [p["pid"] for p in doc["service"]["processes"]] == [sleeper_service.pid]
+    assert doc["service"]["rss_bytes"] > 0
+    assert doc["health"]["ok"] is True
+    assert doc["accelerator"]["source"] == "service"
+    assert doc["accelerator"]["device"] == "cpu"
+    assert result.exit_code in (0, 1), doc["reasons"]

@@ -1,0 +1,218 @@
+"""ServiceClient against a real HTTP server on 127.0.0.1 that records what arrived.
+
+``LocalService`` is also used by tests/test_load.py and tests/cli/test_ask_cli.py: a
+threaded ``http.server`` whose behaviour (sleep, status, body, token) each test sets.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from mpsctl.client import KeepAliveConnection, ServiceClient, reply_error
+from mpsctl.errors import ClientError
+from mpsctl.settings import ServiceSettings, load_settings
+from tests.conftest import free_port
+
+
+@dataclass
+class Behaviour:
+    """What the local service does; tests change it between requests."""
+
+    sleep_s: float = 0.0
+    status: int = 200
+    raw_body: bytes | None = None  # sent as-is instead of the echo JSON
+    retry_after: str | None = None
+    token: str | None = None  # when set, other tokens get 401
+    every_nth_busy: int = 0  # 3: every third query answers 503
+    close_after: bool = False  # close the connection after each answer, without saying so
+    drop: bool = False  # close the connection instead of answering
+    received: list[bytes] = field(default_factory=list)
+    auth_headers: list[str | None] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as uvicorn does
+    # headers and body go out in two writes: without TCP_NODELAY, delayed ACKs add 40 ms
+    disable_nagle_algorithm = True
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        for name, value in {"Content-Type": "application/json", **(headers or {})}.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        self._send(200, b'{"status": "ok", "model_loaded": true}')
+
+    def do_POST(self) -> None:
+        how = self.server.behaviour
+        raw = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        auth = self.headers.get("Authorization")
+        with how.lock:
+            how.received.append(raw)
+            how.auth_headers.append(auth)
+            count = len(how.received)
+        if how.drop:
+            self.close_connection = True
+            return
+        if how.close_after:
+            self.close_connection = True  # no "Connection: close": the client finds out later
+        if how.token is not None and auth != f"Bearer {how.token}":
+            self._send(401, b'{"detail": "invalid token"}')
+            return
+        if how.every_nth_busy and count % how.every_nth_busy == 0:
+            body = b'{"error": {"kind": "queue_full", "message": "queue full"}}'
+            self._send(503, body, {"Retry-After": "1"})
+            return
+        time.sleep(how.sleep_s)
+        headers = {"Retry-After": how.retry_after} if how.retry_after else {}
+        if how.raw_body is not None:
+            self._send(how.status, how.raw_body, headers)
+            return
+        question = json.loads(raw)["question"]
+        answer = {"answer": f"echo: {question}", "question": question, "tokens": 3,
+                  "model": "echo", "device": "cpu"}  # fmt: skip
+        self._send(how.status, json.dumps(answer, ensure_ascii=False).encode(), headers)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    behaviour: Behaviour
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # a client that went away (timeout, Ctrl-C) is expected here, not a test failure
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
+@dataclass
+class LocalService:
+    url: str
+    port: int
+    behaviour: Behaviour
+    server: _Server
+
+
+@pytest.fixture(name="local_service")
+def local_service_fixture() -> Iterator[LocalService]:
+    server = _Server(("127.0.0.1", 0), _Handler)
+    server.behaviour = Behaviour()
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    port = server.server_address[1]
+    yield LocalService(f"http://127.0.0.1:{port}", port, server.behaviour, server)
+    server.shutdown()
+    server.server_close()
+
+
+def service_at(url: str) -> ServiceSettings:
+    return load_settings(environ={"MPSCTL_SERVICE_URL": url}).service
+
+
+# --------------------------------------------------------------------------- tests
+def test_query_sends_utf8_json_and_bearer_token(local_service: LocalService) -> None:
+    client = ServiceClient(service_at(local_service.url), token="s3cret")
+    reply = client.query("工商银行", max_new_tokens=7)
+    assert reply.status == 200
+    raw = local_service.behaviour.received[0]
+    assert "工商银行".encode() in raw  # UTF-8 bytes, not \\u escapes
+    assert json.loads(raw) == {"question": "工商银行", "max_new_tokens": 7}
+    assert local_service.behaviour.auth_headers == ["Bearer s3cret"]
+    assert reply.body["question"] == "工商银行"
+    assert client.query_error(reply) is None
+
+
+def test_refused_on_a_port_nobody_listens_on() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(ClientError, match=r"no service at .* try `mpsctl start`") as info:
+        ServiceClient(service_at(url)).query("hi")
+    assert info.value.kind == "refused"
+
+
+def test_timeout_names_the_limit(local_service: LocalService) -> None:
+    local_service.behaviour.sleep_s = 1.0
+    client = ServiceClient(service_at(local_service.url), timeout=0.2)
+    with pytest.raises(ClientError, match=r"timed out after 0\.2 s") as info:
+        client.query("slow")
+    assert info.value.kind == "timeout"
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "kind", "fragment"),
+    [
+        (401, b'{"detail": "invalid token"}', "unauthorized", "token rejected (HTTP 401)"),
+        (503, b'{"error": {"kind": "queue_full", "message": "q"}}', "busy", "Retry-After: 4"),
+        (503, b'{"detail": "MPS backend out of memory"}', "oom", "out of memory"),
+        (500, b"Internal Server Error\ntraceback", "server_error", "Internal Server Error trace"),
+        (422, b'{"detail": "question missing"}', "http", "HTTP 422"),
+        (200, b"<html>proxy page</html>", "bad_json", "not JSON: <html>proxy page"),
+        (200, b'["a list"]', "bad_json", "not a JSON object"),
+    ],
+)
+def test_reply_errors_are_one_line_with_their_kind(
+    local_service: LocalService, status: int, body: bytes, kind: str, fragment: str
+) -> None:
+    how = local_service.behaviour
+    how.status, how.raw_body, how.retry_after = status, body, "4"
+    client = ServiceClient(service_at(local_service.url), token="tok")
+    error = client.query_error(client.query("q"))
+    assert error is not None
+    assert error.kind == kind
+    assert fragment in str(error)
+    assert "\n" not in str(error)
+
+
+def test_error_excerpt_never_shows_the_token(local_service: LocalService) -> None:
+    local_service.behaviour.status = 500
+    local_service.behaviour.raw_body = b"debug: Authorization: Bearer s3cret-token"
+    client = ServiceClient(service_at(local_service.url), token="s3cret-token")
+    error = client.query_error(client.query("q"))
+    assert error is not None
+    assert "s3cret-token" not in str(error)
+    assert "Bearer ***" in str(error)
+
+
+def test_401_without_a_token_says_where_to_put_one(local_service: LocalService) -> None:
+    local_service.behaviour.token = "expected"
+    reply = ServiceClient(service_at(local_service.url)).query("q")
+    error = reply_error(reply, url=local_service.url, token_sent=False, token_env="MPSCTL_TOKEN")
+    assert error is not None
+    assert "set $MPSCTL_TOKEN" in str(error)
+
+
+def test_keepalive_connection_resends_once_when_the_server_closed_it(
+    local_service: LocalService,
+) -> None:
+    local_service.behaviour.close_after = True
+    conn = KeepAliveConnection(service_at(local_service.url), token="t")
+    replies = [conn.post("/api/v1/query", b'{"question": "q"}') for _ in range(4)]
+    assert [r.status for r in replies] == [200] * 4
+    assert len(local_service.behaviour.received) == 4  # nothing sent twice
+    assert conn.query_error(replies[0]) is None
+
+
+@pytest.mark.parametrize("how", ["requests", "keepalive"])
+def test_a_dropped_connection_is_not_called_refused(local_service: LocalService, how: str) -> None:
+    local_service.behaviour.drop = True
+    service = service_at(local_service.url)
+    client = ServiceClient(service)
+    conn = KeepAliveConnection(service)
+    with pytest.raises(ClientError, match="connection lost before an answer") as info:
+        _ = client.query("q") if how == "requests" else conn.post("/api/v1/query", b"{}")
+    assert info.value.kind == "disconnected"
