@@ -1,7 +1,7 @@
 """Regenerate the shell completion scripts from click's own shell completion.
 
-    python completions/generate.py          # rewrite completions/mpsctl.{bash,zsh,fish}
-    python completions/generate.py --check  # exit 1 when a file is stale (the tests run this)
+python completions/generate.py          # rewrite completions/mpsctl.{bash,zsh,fish}
+python completions/generate.py --check  # exit 1 when a file is stale (the tests run this)
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ returns in microseconds) are counted by status and kind but kept out of the late
 
 While the load runs, a background thread samples memory every ``SAMPLE_INTERVAL_S``: the
 service's process tree (RSS, and macOS footprint) through ``mpsctl.observe.procs``, and the
-accelerator counters the service reports in its health answer (docs-memory-report.md).
+accelerator counters the service reports in its health answer (README.md, "The memory report").
 """
 
 from __future__ import annotations

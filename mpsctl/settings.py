@@ -432,8 +432,9 @@ def resolve_watermarks(high: float | None, low: float | None) -> Watermarks:
         low = min(high, TORCH_DEFAULT_LOW_RATIO) if high > 0 else None
         if low is not None and low < TORCH_DEFAULT_LOW_RATIO:
             notes.append(
-                f"low watermark set to {low:g}: PyTorch's default low ratio "
-                f"{TORCH_DEFAULT_LOW_RATIO:g} is above high {high:g}, which PyTorch rejects "
+                f"low watermark ratio set to {low:.2f} = min(high {high:.2f}, "
+                f"{TORCH_DEFAULT_LOW_RATIO:.2f}): PyTorch's default low ratio "
+                f"{TORCH_DEFAULT_LOW_RATIO:.2f} above high {high:.2f} would make it fail "
                 "at the first allocation"
             )
     if low is not None:
@@ -652,7 +653,7 @@ def _origin_label(origin: str) -> str:
     return ""
 
 
-TEMPLATE = '''\
+TEMPLATE = """\
 # mpsctl configuration. Precedence: flags > MPSCTL_* environment > this file > defaults.
 # `mpsctl config show` prints the effective value of every key and where it came from.
 
@@ -683,4 +684,4 @@ device = "auto"                # auto | mps | cuda | cpu (for the reference serv
 host_used_percent = [85, 95]
 service_memory_gib = [12, 14]
 accelerator_limit_percent = [80, 95]
-'''
+"""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import socket
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,10 +16,10 @@ pytest_plugins = ["tests.service_fixtures"]
 
 
 @pytest.fixture(autouse=True)
-def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """No test touches the real home, a real pidfile or a real config file."""
     for name in list(os.environ):
-        if name.startswith("MPSCTL_") or name.startswith("PYTORCH_"):
+        if name.startswith(("MPSCTL_", "PYTORCH_")):
             monkeypatch.delenv(name, raising=False)
     home = tmp_path / "mpsctl-home"
     monkeypatch.setenv("MPSCTL_HOME", str(home))
@@ -28,7 +27,7 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[P
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
     monkeypatch.chdir(tmp_path)
-    yield home
+    return home
 
 
 @pytest.fixture

@@ -54,6 +54,8 @@ def exporter(app: App, port: int, host: str, timeout: float, min_interval: float
       mpsctl exporter --port 9808 --host 127.0.0.1
     """
     settings = app.settings()
+    if host not in ("127.0.0.1", "::1", "localhost"):
+        app.warn(f"listening on {host}: anyone who can reach it sees host and service details")
     served = start_exporter(
         lambda: take_probe(settings, health_timeout=timeout), host, port, min_interval=min_interval
     )

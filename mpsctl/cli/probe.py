@@ -18,10 +18,10 @@ PAIR = "WARN,CRIT"
 @click.command()
 @json_option
 @click.option("--nagios", is_flag=True, help="One monitoring-plugin line with perfdata.")
-@click.option("--host-used", metavar=PAIR, help="Host memory used %% thresholds.")
+@click.option("--host-used", metavar=PAIR, help="Host memory used % thresholds.")
 @click.option("--service-gib", metavar=PAIR, help="Service memory (GiB) thresholds.")
-@click.option("--accel-percent", metavar=PAIR, help="Accelerator %% of its limit thresholds.")
-@click.option("--swap-used", metavar=PAIR, help="Swap used %% thresholds.")
+@click.option("--accel-percent", metavar=PAIR, help="Accelerator % of its limit thresholds.")
+@click.option("--swap-used", metavar=PAIR, help="Swap used % thresholds.")
 @click.option("--timeout", default=3.0, show_default=True, type=click.FloatRange(0.1, 60),
               help="Seconds for the health request.")  # fmt: skip
 @click.option("--record", "record_history", is_flag=True,

@@ -51,6 +51,11 @@ def after_probe(
     if prometheus is not None:
         from mpsctl.monitor.prometheus import write_textfile
 
+        if prometheus.suffix != ".prom":
+            warn(
+                f"--prometheus {prometheus}: node_exporter's textfile collector reads only "
+                "*.prom files"
+            )
         try:
             write_textfile(prometheus, result)
         except MpsctlError as exc:
@@ -69,7 +74,7 @@ def after_probe(
         if not delivery.ok:
             warn(
                 f"{delivery.kind} ({delivery.verdict}) not delivered to "
-                f"{delivery.target.kind} {delivery.target.value}: {delivery.detail}; "
+                f"{delivery.target.shown}: {delivery.detail}; "
                 "the next probe tries again"
             )
 

@@ -13,6 +13,7 @@ Nothing here raises for an unreachable target: the probe's exit code stays its v
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -22,7 +23,8 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,7 @@ from mpsctl.storage import atomic_write
 
 SCHEMA = "mpsctl.alert/1"
 STATE_NAME = "alert_state.json"
+LOCK_NAME = "alert_state.lock"
 POST_TIMEOUT_S = 5.0
 RETRY_DELAY_S = 1.0
 COMMAND_TIMEOUT_S = 30.0
@@ -51,6 +54,20 @@ class Target:
     @property
     def key(self) -> str:
         return f"{self.kind} {self.value}"
+
+    @property
+    def shown(self) -> str:
+        """For messages and logs: webhook URLs often carry a secret in the path or query."""
+        if self.kind == "url":
+            parts = urlsplit(self.value)
+            host = parts.hostname or "?"
+            port = f":{parts.port}" if parts.port else ""
+            return f"url {parts.scheme}://{host}{port}/..."
+        try:
+            words = shlex.split(self.value)
+        except ValueError:
+            words = self.value.split()
+        return f"command {words[0] if words else '?'}"
 
 
 @dataclass(frozen=True)
@@ -97,11 +114,13 @@ def write_state(home: Path, targets: dict[str, dict[str, Any]]) -> None:
 # --------------------------------------------------------------------------- the message
 def alert_document(result: ProbeResult, kind: str, previous: str | None) -> dict[str, Any]:
     verdict = result.verdict.name
+    hostname = socket.gethostname()
+    where = f"{result.service_name} on {hostname}"
     if kind == "recovery":
-        headline = f"RECOVERED: {result.service_name} is OK again (was {previous})"
+        headline = f"RECOVERED: {where} is OK again (was {previous})"
     else:
         change = f" (was {previous})" if previous else ""
-        headline = f"{verdict}: {result.service_name}{change}"
+        headline = f"{verdict}: {where}{change}"
     reasons = result.reasons
     # "text" makes the document usable as is by Slack / Mattermost style incoming webhooks
     text = headline + "".join(f"\n- {r}" for r in reasons)
@@ -109,7 +128,7 @@ def alert_document(result: ProbeResult, kind: str, previous: str | None) -> dict
         "schema": SCHEMA,
         "kind": kind,
         "time": result.time,
-        "hostname": socket.gethostname(),
+        "hostname": hostname,
         "service": result.service_name,
         "url": result.url,
         "verdict": verdict,
@@ -234,9 +253,35 @@ def notify_on_change(
     *,
     deliver_to: Callable[[Target, dict[str, Any]], tuple[bool, str]] = deliver,
 ) -> list[Delivery]:
-    """Send what changed since the last delivery to each target; update the state."""
+    """Send what changed since the last delivery to each target; update the state.
+
+    Read, send and write happen under an exclusive lock on ``alert_state.lock``: a cron probe
+    and a hand-run probe seeing the same change must not both send it.
+    """
     if not targets:
         return []
+    with _state_lock(home):
+        return _notify_locked(home, result, targets, deliver_to)
+
+
+@contextmanager
+def _state_lock(home: Path) -> Iterator[None]:
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(home / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        # blocking: the holder is another probe delivering, bounded by the delivery timeouts
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _notify_locked(
+    home: Path,
+    result: ProbeResult,
+    targets: list[Target],
+    deliver_to: Callable[[Target, dict[str, Any]], tuple[bool, str]],
+) -> list[Delivery]:
     state = read_state(home)
     verdict = result.verdict
     deliveries = []

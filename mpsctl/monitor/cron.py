@@ -157,7 +157,7 @@ def launchd_plist(schedule: Schedule, job: Job) -> str:
         "StandardErrorPath": str(log_dir / f"launchd-{job.name}.log"),
         "ProcessType": "Background",
     }
-    return plistlib.dumps(document, sort_keys=False).decode("utf-8")
+    return plistlib.dumps(document, sort_keys=False).decode("utf-8").rstrip("\n") + "\n"
 
 
 def launchd_path(job: Job) -> str:

@@ -18,6 +18,7 @@ import glob
 import importlib.metadata
 import os
 import re
+import shutil
 import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -46,7 +47,9 @@ NOT_A_VARIABLE = "PYTORCH_ENABLE_MPS"
 #: torch.mps.recommended_max_memory() appeared in torch 2.5
 RECOMMENDED_MAX_SINCE = (2, 5)
 # what strtod accepts at the start of a string (decimal forms; enough for ratios)
-_STRTOD = re.compile(r"^\s*([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)")
+_STRTOD = re.compile(
+    r"^\s*([+-]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|inf(?:inity)?|nan))", re.IGNORECASE
+)
 
 
 @dataclass(frozen=True)
@@ -246,6 +249,50 @@ def settings_checks(settings: Settings) -> list[Check]:
             )
         )
     found.append(token_check(settings.service.token_file))
+    found += alert_checks(settings)
+    return found
+
+
+def alert_checks(settings: Settings) -> list[Check]:
+    """The default alert targets: a URL urllib can POST to, a command that exists."""
+    found: list[Check] = []
+    url, command = settings.alerts.url, settings.alerts.command
+    if url and urlsplit(url).scheme not in ("http", "https"):
+        found.append(
+            Check(
+                "alerts.url",
+                "warning",
+                f"alerts.url {url!r} is not an http(s) URL: alerts will not be sent",
+                "set an http:// or https:// webhook URL",
+            )
+        )
+    if command:
+        from mpsctl.monitor.alerts import command_argv
+
+        try:
+            argv = command_argv(command)
+        except ValueError as exc:
+            argv = []
+            found.append(
+                Check(
+                    "alerts.command",
+                    "warning",
+                    f"alerts.command cannot be parsed: {exc}",
+                    "fix the quoting",
+                )
+            )
+        if argv and shutil.which(argv[0]) is None:
+            found.append(
+                Check(
+                    "alerts.command",
+                    "warning",
+                    f"alerts.command: {argv[0]!r} is not found on PATH: alerts will not be sent",
+                    "use an absolute path (cron's PATH is short)",
+                )
+            )
+    if not found:
+        shown = ", ".join(x for x in (url and "url", command and "command") if x) or "none"
+        found.append(Check("alerts.targets", "ok", f"default alert targets: {shown}"))
     return found
 
 

@@ -52,7 +52,7 @@ def parse_time(text: Any) -> datetime | None:
 
 def oom_count(result: ProbeResult) -> int | None:
     """OOM events in the probe's window; None when the log scan failed (unknown, not 0)."""
-    if any(error.startswith("log scan:") for error in result.errors):
+    if result.oom_events is None:
         return None
     return len(result.oom_events)
 
@@ -66,7 +66,7 @@ def history_record(result: ProbeResult, *, source: str = "probe") -> dict[str, A
     swap_pct = None
     if host is not None and host.swap_total_bytes:
         swap_pct = round(100.0 * host.swap_used_bytes / host.swap_total_bytes, 1)
-    oom_times = sorted({str(e["time"]) for e in result.oom_events if e.get("time")})
+    oom_times = sorted({str(e["time"]) for e in result.oom_events or () if e.get("time")})
     return {
         "schema": SCHEMA,
         "time": result.time,

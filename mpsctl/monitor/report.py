@@ -14,7 +14,7 @@ import math
 import os
 import tempfile
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -105,7 +105,7 @@ class Report:
             },
             "verdicts": self.verdicts,
             "oom_events": self.oom_events,
-            "restarts": [r.__dict__ for r in self.restarts],
+            "restarts": [asdict(r) for r in self.restarts],
             "fix_runs": self.fix_runs,
             "accelerator_limit_bytes": self.limit_bytes,
         }

@@ -60,7 +60,8 @@ class ProbeResult:
     service: ServiceSnapshot | None
     health: HealthFigures
     accelerator: AcceleratorFigures
-    oom_events: tuple[dict[str, Any], ...]
+    #: None when the logs could not be scanned: unknown, not "no events"
+    oom_events: tuple[dict[str, Any], ...] | None
     findings: tuple[Finding, ...]
     thresholds: Thresholds
     errors: tuple[str, ...] = field(default=())
@@ -102,7 +103,10 @@ class ProbeResult:
             "service": service,
             "health": self.health.to_json(),
             "accelerator": self.accelerator.to_json(),
-            "oom": {"window_s": OOM_WINDOW_S, "events": list(self.oom_events)},
+            "oom": {
+                "window_s": OOM_WINDOW_S,
+                "events": None if self.oom_events is None else list(self.oom_events),
+            },
             "thresholds": {
                 "host_used_percent": list(self.thresholds.host_used_percent),
                 "swap_used_percent": list(self.thresholds.swap_used_percent),
@@ -138,7 +142,7 @@ def judge(
     service: ServiceSnapshot | None,
     health: HealthFigures,
     accelerator: AcceleratorFigures,
-    oom_events: tuple[dict[str, Any], ...],
+    oom_events: tuple[dict[str, Any], ...] | None,
     thresholds: Thresholds,
 ) -> list[Finding]:
     """The verdict's reasons, worst first. Pure: every input is already measured."""
@@ -161,8 +165,11 @@ def judge(
         if health.ok:
             # Something answers, but not a process we can name: started by hand without
             # a pidfile, and no `service.match` pattern to find it.
-            add(ProbeExit.WARNING, "service answers but its processes were not found "
-                "(started without mpsctl? set service.match)" + detail)
+            add(
+                ProbeExit.WARNING,
+                "service answers but its processes were not found "
+                "(started without mpsctl? set service.match)" + detail,
+            )
         else:
             why = f": {health.error}" if health.checked and health.error else ""
             add(ProbeExit.CRITICAL, f"service not running{detail}{why}")
@@ -274,9 +281,9 @@ def take_probe(
     accelerator = accelerator_figures(health.memory_report, pids)
 
     try:
-        oom = tuple(recent_oom_events(settings))
+        oom: tuple[dict[str, Any], ...] | None = tuple(recent_oom_events(settings))
     except Exception as exc:
-        oom = ()
+        oom = None
         errors.append(f"log scan: {exc}")
 
     findings = judge(host, service, health, accelerator, oom, settings.thresholds)

@@ -40,8 +40,12 @@ def host_table(result: ProbeResult) -> Table:
         ("free", fmt_bytes(host.free_bytes)),
         ("wired", fmt_bytes(host.wired_bytes, unknown="n/a on this OS")),
         ("compressed", fmt_bytes(host.compressed_bytes, unknown="n/a on this OS")),
-        ("swap", f"{fmt_bytes(host.swap_used_bytes)} of {fmt_bytes(host.swap_total_bytes)}"
-                 if host.swap_total_bytes else "none configured"),
+        (
+            "swap",
+            f"{fmt_bytes(host.swap_used_bytes)} of {fmt_bytes(host.swap_total_bytes)}"
+            if host.swap_total_bytes
+            else "none configured",
+        ),
         ("pressure", host.pressure or "unknown"),
     ]
     physmem = getattr(host, "physmem", None)
@@ -107,8 +111,13 @@ def accelerator_table(result: ProbeResult) -> Table:
             ("recommended max", fmt_bytes(acc.recommended_max_bytes)),
         ]
         if acc.high_watermark_ratio is not None and acc.recommended_max_bytes is not None:
-            rows.append(("max allowed", f"high {acc.high_watermark_ratio:.2f} x "
-                         f"{fmt_bytes(acc.recommended_max_bytes)} = {fmt_bytes(acc.limit_bytes)}"))
+            rows.append(
+                (
+                    "max allowed",
+                    f"high {acc.high_watermark_ratio:.2f} x "
+                    f"{fmt_bytes(acc.recommended_max_bytes)} = {fmt_bytes(acc.limit_bytes)}",
+                )
+            )
         else:
             rows.append(("max allowed", fmt_bytes(acc.limit_bytes)))
     elif acc.device == "cuda":
@@ -136,7 +145,8 @@ def health_table(result: ProbeResult) -> Table:
     ]
     if health.service_status:
         rows.append(("service says", health.service_status))
-    rows.append(("OOM events (1h)", str(len(result.oom_events))))
+    oom = "unknown (logs unreadable)" if result.oom_events is None else str(len(result.oom_events))
+    rows.append(("OOM events (1h)", oom))
     return _kv_table("Health", rows)
 
 
@@ -165,25 +175,32 @@ def nagios_line(result: ProbeResult) -> str:
     perf: list[str] = []
     host = result.host
     if host is not None:
-        perf.append(f"host_used={host.percent:.1f}%;{th.host_used_percent[0]:g};"
-                    f"{th.host_used_percent[1]:g};0;100")
+        perf.append(
+            f"host_used={host.percent:.1f}%;{th.host_used_percent[0]:g};"
+            f"{th.host_used_percent[1]:g};0;100"
+        )
         perf.append(f"host_available={host.available_bytes}B;;;0;{host.total_bytes}")
         perf.append(f"swap_used={host.swap_used_bytes}B;;;0;{host.swap_total_bytes}")
     snap = result.service
     if snap is not None and snap.running:
         size = snap.total_footprint_bytes or snap.total_rss_bytes
         if size is not None:
-            perf.append(f"service_memory={size}B;{int(th.service_memory_gib[0] * GIB)};"
-                        f"{int(th.service_memory_gib[1] * GIB)};0;")
+            perf.append(
+                f"service_memory={size}B;{int(th.service_memory_gib[0] * GIB)};"
+                f"{int(th.service_memory_gib[1] * GIB)};0;"
+            )
     acc = result.accelerator
     if acc.held_bytes is not None:
         perf.append(f"accelerator_used={acc.held_bytes}B;;;0;{acc.limit_bytes or ''}")
     if acc.limit_percent is not None:
-        perf.append(f"accelerator_limit={acc.limit_percent:.1f}%;"
-                    f"{th.accelerator_limit_percent[0]:g};{th.accelerator_limit_percent[1]:g};0;")
+        perf.append(
+            f"accelerator_limit={acc.limit_percent:.1f}%;"
+            f"{th.accelerator_limit_percent[0]:g};{th.accelerator_limit_percent[1]:g};0;"
+        )
     if result.health.latency_ms is not None:
         perf.append(f"health_latency={result.health.latency_ms / 1000:.4f}s;;;0;")
-    perf.append(f"oom_events={len(result.oom_events)};;;0;")
+    if result.oom_events is not None:
+        perf.append(f"oom_events={len(result.oom_events)};;;0;")
     # '|' separates perfdata: keep it out of the human part
     return f"MPSCTL {verdict.name} - {summary.replace('|', '/')} | {' '.join(perf)}"
 

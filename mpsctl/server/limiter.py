@@ -48,7 +48,7 @@ class LimiterSnapshot:
     abandoned_in_queue: int
 
     def report(self) -> dict[str, int]:
-        """The ``limiter`` object of the memory report (docs-memory-report.md)."""
+        """The ``limiter`` object of the memory report (README.md, "The memory report")."""
         return {
             "in_flight": self.in_flight,
             "queued": self.queued,

@@ -1,7 +1,7 @@
 """The memory report and release, from inside the process that owns the memory.
 
 Another process cannot read ``torch.mps`` or ``torch.cuda`` counters, so a service reports
-them itself (docs-memory-report.md). Import into any service::
+them itself (README.md, "The memory report"). Import into any service::
 
     from mpsctl.server.memory import memory_report, release
 

@@ -57,7 +57,7 @@ def test_high_alone_derives_low_and_says_why(fake_service: Make) -> None:
     try:
         result = run("start", "--high", "0.7", "--json")
         assert result.exit_code == 0, result.stderr
-        assert "low watermark set to 0.7" in result.stderr
+        assert "low watermark ratio set to 0.70" in result.stderr
         document = json.loads(result.stdout)
         assert document["schema"] == "mpsctl.start/1"
         assert document["env"]["PYTORCH_MPS_LOW_WATERMARK_RATIO"] == "0.7"

@@ -68,7 +68,8 @@ def test_watch_on_a_terminal_draws_the_dashboard(monkeypatch: pytest.MonkeyPatch
     result = CliRunner().invoke(main, ["watch", "--count", "2", "--interval", "0.2"])
     assert result.exit_code == 0, result.stderr
     drawn = screen.getvalue()
-    assert "Last 2 samples" in drawn and "Verdict: CRITICAL" in drawn
+    assert "Last 2 samples" in drawn
+    assert "Verdict: CRITICAL" in drawn
     assert "▁" in drawn or "█" in drawn or "▂" in drawn
 
 

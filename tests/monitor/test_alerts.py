@@ -68,7 +68,8 @@ def test_alert_command_gets_the_json_on_stdin(dead_url: str, tmp_path: Path) -> 
     result = CliRunner().invoke(main, ["probe", "--alert-cmd", command])
     assert result.exit_code == 2, result.stderr
     alert = json.loads(out.read_text(encoding="utf-8"))
-    assert alert["kind"] == "alert" and alert["verdict"] == "CRITICAL"
+    assert alert["kind"] == "alert"
+    assert alert["verdict"] == "CRITICAL"
     assert alert["probe"]["service_running"] is False
 
 
@@ -112,7 +113,8 @@ def test_post_retries_once_on_5xx_not_on_4xx() -> None:
     sleeps: list[float] = []
     with alert_receiver(statuses=[503, 200]) as receiver:
         assert post_json(receiver.url, {"a": 1}, sleep=sleeps.append)[0] is True
-        assert len(receiver.posts) == 2 and len(sleeps) == 1
+        assert len(receiver.posts) == 2
+        assert len(sleeps) == 1
     with alert_receiver(statuses=[404]) as receiver:
         ok, detail = post_json(receiver.url, {"a": 1}, sleep=sleeps.append)
         assert (ok, detail) == (False, "HTTP 404")
@@ -121,7 +123,8 @@ def test_post_retries_once_on_5xx_not_on_4xx() -> None:
 
 def test_only_http_urls_are_posted_to(tmp_path: Path) -> None:
     ok, detail = post_json(f"file://{tmp_path}/x", {"a": 1})
-    assert not ok and "not an http" in detail
+    assert not ok
+    assert "not an http" in detail
 
 
 def test_warning_to_critical_is_a_new_alert(dead_url: str, isolated_home: Path) -> None:
@@ -140,3 +143,35 @@ def test_warning_to_critical_is_a_new_alert(dead_url: str, isolated_home: Path) 
         ("alert", "WARNING"),
         ("alert", "CRITICAL"),
     ]
+
+
+def test_concurrent_probes_send_a_change_once(dead_url: str, isolated_home: Path) -> None:
+    import threading
+    import time
+
+    critical = take_probe(load_settings())
+    sent: list[str] = []
+
+    def slow(target: Target, document: dict) -> tuple[bool, str]:  # type: ignore[type-arg]
+        time.sleep(0.2)  # the second probe arrives while the first is still delivering
+        sent.append(document["kind"])
+        return True, "ok"
+
+    targets = [Target("url", "http://example.invalid/")]
+    threads = [
+        threading.Thread(target=notify_on_change, args=(isolated_home, critical, targets),
+                         kwargs={"deliver_to": slow})
+        for _ in range(2)
+    ]  # fmt: skip
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert sent == ["alert"]
+
+
+def test_warnings_do_not_leak_the_webhook_secret(dead_url: str) -> None:
+    nowhere = f"http://127.0.0.1:{free_port()}/services/T000/B000/s3cr3t"
+    result = CliRunner().invoke(main, ["probe", "--alert-url", nowhere])
+    assert "not delivered to url http://127.0.0.1:" in result.stderr
+    assert "s3cr3t" not in result.stderr

@@ -47,9 +47,11 @@ def test_crontab_lines_parse_and_run(
     (probe_fields, probe_cmd), (fix_fields, fix_cmd) = entries(result.stdout)
     assert probe_fields == ["*", "*", "*", "*", "*"]
     assert fix_fields[0] == "*/5"
-    assert sys.executable in probe_cmd and f"MPSCTL_HOME={isolated_home}" in probe_cmd
+    assert sys.executable in probe_cmd
+    assert f"MPSCTL_HOME={isolated_home}" in probe_cmd
     assert f"MPSCTL_SERVICE_URL={dead_url}" in probe_cmd  # cron would not see this shell's
-    assert "probe --record" in probe_cmd and "fix --if-unhealthy" in fix_cmd
+    assert "probe --record" in probe_cmd
+    assert "fix --if-unhealthy" in fix_cmd
     assert "[ $? -eq 75 ]" in fix_cmd
 
     # cron runs each command with /bin/sh from $HOME and a bare environment
@@ -85,7 +87,8 @@ def test_no_alert_target_is_noted_on_stderr() -> None:
 def test_percent_signs_are_escaped_for_cron() -> None:
     result = CliRunner().invoke(main, ["cron", "--alert-cmd", "logger -t mpsctl 100%"])
     probe_cmd = entries(result.stdout)[0][1]
-    assert "100\\%" in probe_cmd and "100%'" not in probe_cmd
+    assert "100\\%" in probe_cmd
+    assert "100%'" not in probe_cmd
 
 
 def test_launchd_plist_for_one_job(isolated_home: Path) -> None:

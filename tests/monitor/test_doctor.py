@@ -42,7 +42,8 @@ def levels(doc: dict[str, Any]) -> dict[str, str]:
 def test_clean_setup_has_no_problem() -> None:
     code, doc = doctor()
     assert code == 0, [c for c in doc["checks"] if c["level"] in ("warning", "error")]
-    assert doc["schema"] == "mpsctl.doctor/1" and doc["ok"] is True
+    assert doc["schema"] == "mpsctl.doctor/1"
+    assert doc["ok"] is True
 
 
 def test_seed_high_alone_in_the_environment_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -78,7 +79,7 @@ def test_fallback_is_explained_not_a_problem(
 ) -> None:
     monkeypatch.setenv("PYTORCH_ENABLE_MPS_FALLBACK", "1")
     write_config("[memory]\nmps_fallback = true\n")
-    code, doc = doctor()
+    _code, doc = doctor()
     found = levels(doc)
     assert found["env.mps_fallback"] == "info"
     assert found["config.mps_fallback"] == "info"
@@ -103,7 +104,8 @@ def test_all_interfaces_in_the_url(
 ) -> None:
     monkeypatch.setenv("MPSCTL_SERVICE_URL", f"http://0.0.0.0:{free_port()}")
     code, doc = doctor()
-    assert code == 1 and levels(doc)["service.bind_all"] == "warning"
+    assert code == 1
+    assert levels(doc)["service.bind_all"] == "warning"
 
 
 def test_token_file_readable_by_others(tmp_path: Path, write_config) -> None:  # type: ignore[no-untyped-def]
@@ -114,7 +116,8 @@ def test_token_file_readable_by_others(tmp_path: Path, write_config) -> None:  #
     code, doc = doctor()
     assert code == 1
     (check,) = [c for c in doc["checks"] if c["id"] == "token.permissions"]
-    assert check["level"] == "warning" and check["fix"] == f"chmod 600 {token}"
+    assert check["level"] == "warning"
+    assert check["fix"] == f"chmod 600 {token}"
 
 
 def test_running_service_lacks_the_configured_watermarks(
@@ -128,7 +131,8 @@ def test_running_service_lacks_the_configured_watermarks(
         code, doc = doctor()
     assert code == 1
     (check,) = [c for c in doc["checks"] if c["id"] == "service.watermarks_stale"]
-    assert check["level"] == "warning" and check["fix"] == "mpsctl restart"
+    assert check["level"] == "warning"
+    assert check["fix"] == "mpsctl restart"
     assert "PYTORCH_MPS_HIGH_WATERMARK_RATIO=unset" in check["message"]
 
 
@@ -187,7 +191,8 @@ def test_torch_without_recommended_max_memory(tmp_path: Path, write_config) -> N
     assert code == 1
     (check,) = [c for c in doc["checks"] if c["id"] == "torch.version"]
     assert check["level"] == "warning"
-    assert "torch 2.1.0" in check["message"] and "recommended_max_memory" in check["message"]
+    assert "torch 2.1.0" in check["message"]
+    assert "recommended_max_memory" in check["message"]
     assert torch_version_in(tmp_path / "venv") == "2.1.0"
 
 
@@ -227,3 +232,13 @@ def test_strtod_reads_like_c() -> None:
     assert strtod("0.7") == (0.7, "")
     assert strtod("abc") == (0.0, "abc")
     assert strtod(" 1e-1x") == (0.1, "x")
+
+
+def test_alert_targets_that_cannot_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MPSCTL_ALERTS_URL", "file:///etc/passwd")
+    monkeypatch.setenv("MPSCTL_ALERTS_COMMAND", "no-such-notifier --now")
+    code, doc = doctor()
+    assert code == 1
+    ids = [c["id"] for c in doc["checks"] if c["level"] == "warning"]
+    assert ids.count("alerts.url") == 1
+    assert ids.count("alerts.command") == 1

@@ -140,3 +140,11 @@ def test_missing_prometheus_client_is_one_clear_line(
     assert result.stderr.strip() == (
         "mpsctl: error: Prometheus output needs prometheus_client: pip install 'mpsctl[metrics]'"
     )
+
+
+def test_a_name_the_textfile_collector_ignores_is_a_warning(dead_url: str, tmp_path: Path) -> None:
+    target = tmp_path / "mpsctl.txt"
+    result = CliRunner().invoke(main, ["probe", "--prometheus", str(target)])
+    assert result.exit_code == 2
+    assert "reads only *.prom files" in result.stderr
+    assert target.exists()  # written anyway: the operator may rename it on purpose

@@ -76,4 +76,6 @@ def test_live_view_shows_trends_and_the_probe_tables(critical: ProbeResult) -> N
     text = buffer.getvalue()
     assert "Last 60 samples" in text
     assert any(block in text for block in BLOCKS)  # the host trend
-    assert "Verdict: CRITICAL" in text and "Host memory" in text and "Accelerator" in text
+    assert "Verdict: CRITICAL" in text
+    assert "Host memory" in text
+    assert "Accelerator" in text

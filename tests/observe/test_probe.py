@@ -131,7 +131,9 @@ def test_probe_nagios_line(monkeypatch: pytest.MonkeyPatch) -> None:
     assert line.startswith("MPSCTL CRITICAL - service not running")
     status, perf = line.split(" | ")
     assert "|" not in status
-    assert perf.split()[0].startswith("host_used=") and perf.split()[0].endswith(";0;100;0;100")
+    first = perf.split()[0]
+    assert first.startswith("host_used=")
+    assert first.endswith(";0;100;0;100")
 
 
 def test_bad_threshold_flag_is_a_usage_error() -> None:
