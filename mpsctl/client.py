@@ -123,7 +123,11 @@ class ServiceClient:
                 raise ClientError(
                     f"no answer from {self.service.url} (connect timeout)", kind="timeout"
                 ) from None
-            reason = getattr(exc.args[0] if exc.args else None, "reason", None)
+            cause = exc.args[0] if exc.args else None
+            if isinstance(cause, urllib3.exceptions.ReadTimeoutError):
+                # headers came, then the body stalled: requests reports it as a ConnectionError
+                raise ClientError(f"{what} timed out after {limit:g} s", kind="timeout") from None
+            reason = getattr(cause, "reason", None)
             if isinstance(reason, urllib3.exceptions.NewConnectionError):
                 raise ClientError(
                     f"no service at {self.service.url} — try `mpsctl start`", kind="refused"
@@ -142,7 +146,7 @@ class ServiceClient:
             body = response.json()
         except ValueError:
             body = None
-        excerpt = response.text[:200].replace("\n", " ") if body is None else ""
+        excerpt = _excerpt(response.text, self.token) if body is None else ""
         return Reply(
             response.status_code, body, latency, response.headers.get("Retry-After"), excerpt
         )
@@ -252,8 +256,10 @@ class KeepAliveConnection:
             parsed = json.loads(data)
         except ValueError:  # UnicodeDecodeError is a ValueError too
             parsed = None
-        excerpt = "" if parsed is not None else data[:200].decode("utf-8", "replace")
-        return Reply(status, parsed, latency, retry_after, excerpt.replace("\n", " "))
+        excerpt = ""
+        if parsed is None:
+            excerpt = _excerpt(data.decode("utf-8", "replace"), self.token)
+        return Reply(status, parsed, latency, retry_after, excerpt)
 
     def _exchange(self, path: str, body: bytes) -> tuple[int, str | None, bytes]:
         self._conn.request("POST", self._prefix + path, body=body, headers=self.headers)
@@ -270,6 +276,17 @@ class KeepAliveConnection:
             token_env=self.service.token_env,
             secret=self.token,
         )
+
+
+EXCERPT_CHARS = 200
+
+
+def _excerpt(text: str, secret: str | None) -> str:
+    """One line of at most EXCERPT_CHARS of a body, the token masked *before* the cut (a token
+    straddling the cut would otherwise leave its first half in the excerpt)."""
+    if secret:
+        text = text.replace(secret, "***")
+    return " ".join(text.split())[:EXCERPT_CHARS]
 
 
 def encode_query(question: str, max_new_tokens: int | None = None) -> bytes:
@@ -294,10 +311,8 @@ def _detail(reply: Reply, secret: str | None) -> str:
             text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
     elif body is not None:
         text = json.dumps(body, ensure_ascii=False)
-    text = " ".join(text.split())[:200]
-    if secret:
-        text = text.replace(secret, "***")  # a service that echoes headers must not leak it
-    return text or "empty body"
+    # a service that echoes headers must not leak the token: masked before the cut
+    return _excerpt(text, secret) or "empty body"
 
 
 def reply_error(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
@@ -25,6 +26,6 @@ def parse_duration(text: str) -> float:
             pos = match.end()
         if pos != len(raw):
             raise ValueError(f"invalid duration {text!r} (examples: 30s, 15m, 24h, 7d)") from None
-    if not seconds >= 0:  # also refuses NaN
+    if not 0 <= seconds < math.inf:  # also refuses NaN, "inf" and "1e999"
         raise ValueError(f"invalid duration {text!r}")
     return seconds

@@ -159,10 +159,24 @@ def read_questions(path: str | Path) -> tuple[str, ...]:
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8"
         raise ConfigError(f"--questions {path}: {reason}") from None
+    if "\x00" in text:
+        raise ConfigError(f"--questions {path}: a binary file (NUL bytes), not text")
     questions = tuple(line.strip() for line in text.splitlines() if line.strip())
     if not questions:
         raise ConfigError(f"--questions {path}: no questions in the file")
     return questions
+
+
+def decode_question(data: bytes, source: str = "stdin") -> str:
+    """A question given as bytes (``-``: stdin), strict UTF-8 whatever the locale says (a C
+    locale would mangle 工商银行); ConfigError for binary input rather than sending mojibake."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{source}: the question is not UTF-8 text") from None
+    if "\x00" in text:
+        raise ConfigError(f"{source}: a binary input (NUL bytes), not a question")
+    return text.removeprefix("\ufeff").strip()
 
 
 def parse_levels(text: str) -> tuple[int, ...]:
@@ -222,7 +236,8 @@ def percentile(sorted_values: Sequence[float], p: float) -> float:
     """Nearest-rank percentile of already-sorted values (p in 0-100]."""
     if not sorted_values:
         raise ValueError("no values")
-    rank = max(1, math.ceil(p / 100 * len(sorted_values)))
+    # p * n / 100, not p / 100 * n: 0.07 * 100 is 7.000000000000001, whose ceil is 8
+    rank = max(1, math.ceil(p * len(sorted_values) / 100))
     return sorted_values[min(rank, len(sorted_values)) - 1]
 
 
@@ -453,9 +468,19 @@ class MemorySampler:
         while not self._stop.wait(self.interval_s):
             self.samples.append(self.sample())
 
-    def stop(self) -> MemoryStats:
+    def halt(self) -> None:
+        """End the background thread (waits for a sample in progress, a few seconds at most)."""
         self._stop.set()
-        self._thread.join(timeout=HEALTH_SAMPLE_TIMEOUT_S * 3)
+        if self._thread.is_alive():
+            self._thread.join(timeout=HEALTH_SAMPLE_TIMEOUT_S * 3)
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def stop(self) -> MemoryStats:
+        """Halt, take the "after" sample, and summarise."""
+        self.halt()
         self.samples.append(self.sample())  # "after"
         self._client.close()
         return MemoryStats.of(list(self.samples), self.interval_s)
@@ -533,9 +558,6 @@ def run_stress(
     run = _Run(settings, plan, token)
     sampler = MemorySampler(settings, sample_interval_s) if sample_memory else None
     started_at = utc_now_iso()
-    if sampler is not None:
-        sampler.start()
-    run.begin()  # after the "before" sample: it is not part of the load
     # Daemon threads, not ThreadPoolExecutor: after Ctrl-C a request still waiting on a hung
     # service must not hold the process until its timeout (the executor joins at exit).
     workers = [
@@ -545,6 +567,9 @@ def run_stress(
     stopped_by = "count"
     seen = ok = 0
     try:
+        if sampler is not None:
+            sampler.start()
+        run.begin()  # after the "before" sample: it is not part of the load
         for thread in workers:
             thread.start()
         for thread in workers:
@@ -560,7 +585,10 @@ def run_stress(
             stopped_by = "duration"
     except KeyboardInterrupt:
         stopped_by = "interrupt"
-    run.stop.set()
+    finally:
+        run.stop.set()  # whatever happened, no worker starts another request
+        if sampler is not None:
+            sampler.halt()  # and the sampler thread ends (an error here must not leave it)
     elapsed = time.perf_counter() - run.origin
     records = tuple(run.records)  # requests still in flight after Ctrl-C are left out
     memory = sampler.stop() if sampler is not None else MemoryStats.of([], 0.0)

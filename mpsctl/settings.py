@@ -39,9 +39,18 @@ GIB = 1024**3
 # raising ValueError with a short reason.
 
 
+def _kind(value: Any) -> str:
+    """TOML's name for what was given, for messages: ``expected a string, got a table``."""
+    for kind, name in ((bool, "a boolean"), (dict, "a table"), (list, "an array"),
+                       (str, "a string"), (int, "an integer"), (float, "a float")):  # fmt: skip
+        if isinstance(value, kind):
+            return name
+    return type(value).__name__
+
+
 def _parse_str(value: Any) -> str:
     if not isinstance(value, str):
-        raise ValueError("expected a string")
+        raise ValueError(f"expected a string, got {_kind(value)}")
     return value
 
 
@@ -59,13 +68,14 @@ def _parse_bool(value: Any) -> bool:
             return True
         if lowered in ("0", "false", "no", "off"):
             return False
-    raise ValueError("expected true or false")
+    got = repr(value) if isinstance(value, str) else _kind(value)
+    raise ValueError(f"expected true or false, got {got}")
 
 
 def _parse_number(value: Any) -> float:
     # bool is an int in Python; `high = true` must not become 1.0
     if isinstance(value, bool):
-        raise ValueError("expected a number")
+        raise ValueError(f"expected a number, got {_kind(value)}")
     if isinstance(value, (int, float)):
         number = float(value)
     elif isinstance(value, str):
@@ -74,7 +84,7 @@ def _parse_number(value: Any) -> float:
         except ValueError:
             raise ValueError(f"expected a number, got {value!r}") from None
     else:
-        raise ValueError("expected a number")
+        raise ValueError(f"expected a number, got {_kind(value)}")
     if not math.isfinite(number):
         raise ValueError(f"expected a finite number, got {value!r}")
     return number
@@ -140,7 +150,7 @@ def _parse_command(value: Any) -> tuple[str, ...]:
     elif isinstance(value, list) and all(isinstance(p, str) for p in value):
         parts = list(value)
     else:
-        raise ValueError("expected a list of strings")
+        raise ValueError(f"expected a list of strings, got {_kind(value)}")
     if not parts:
         raise ValueError("must not be empty")
     return tuple(parts)
@@ -267,6 +277,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
 
 #: variables that look like settings but are not (they are read elsewhere)
 _RESERVED_ENV = {"MPSCTL_HOME", "MPSCTL_CONFIG", "MPSCTL_TOKEN"}
+#: set by mpsctl for the commands it runs (an alert command may itself run mpsctl)
+_PASSED_ENV_PREFIXES = ("MPSCTL_ALERT_",)
 
 
 def env_name(dotted: str) -> str:
@@ -463,13 +475,17 @@ def find_config_file(explicit: str | None, environ: Mapping[str, str]) -> Path |
     chosen = explicit or environ.get("MPSCTL_CONFIG")
     if chosen:
         path = Path(chosen).expanduser()
-        if not path.is_file():
-            origin = "--config" if explicit else "MPSCTL_CONFIG"
+        origin = "--config" if explicit else "MPSCTL_CONFIG"
+        if not path.exists():
             raise ConfigError(f"{origin}: no such file: {path}")
+        if not path.is_file():
+            raise ConfigError(f"{origin}: {path} is a directory, not a settings file")
         return path
     for candidate in (Path.cwd() / CONFIG_NAME, user_config_file(dict(environ))):
         if candidate.is_file():
             return candidate
+        if candidate.exists():  # a directory named mpsctl.toml: not silently the defaults
+            raise ConfigError(f"{candidate}: is a directory, not a settings file")
     return None
 
 
@@ -479,6 +495,13 @@ def _read_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(handle)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:  # tomllib decodes the bytes itself, before parsing
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+            "TOML files must be UTF-8"
+        ) from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a settings file") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
 
@@ -525,14 +548,14 @@ def load_settings(
                     raise ConfigError(f"{path}: {section}.{key}: {exc}") from None
                 sources[f"{section}.{key}"] = f"file {path}"
 
+    unknown_env: list[str] = []
     for name, raw in sorted(env.items()):
         if not name.startswith("MPSCTL_") or name in _RESERVED_ENV:
             continue
         dotted = _ENV_KEYS.get(name)
         if dotted is None:
-            if any(name.startswith(env_name(s) + "_") for s in SCHEMA):
-                hint = _did_you_mean(name, list(_ENV_KEYS))
-                raise ConfigError(f"environment: unknown variable {name}{hint}")
+            if not name.startswith(_PASSED_ENV_PREFIXES):
+                unknown_env.append(name)
             continue
         section, key = dotted.split(".", 1)
         try:
@@ -540,6 +563,12 @@ def load_settings(
         except ValueError as exc:
             raise ConfigError(f"environment: {name}: {exc}") from None
         sources[dotted] = f"env {name}"
+    # a typo (MPSCTL_SERVCE_URL) must not silently leave the default in place; the token
+    # variable is read by the client, under whatever name service.token_env gives it
+    for name in unknown_env:
+        if name != values["service.token_env"]:
+            hint = _did_you_mean(name, list(_ENV_KEYS))
+            raise ConfigError(f"environment: unknown variable {name}{hint}")
 
     for dotted, (raw, flag) in (overrides or {}).items():
         if raw is None:
@@ -565,7 +594,10 @@ def _finish(
     if path is None and sources["service.workdir"] == "default":
         workdir = home
     else:
-        workdir = (base / Path(workdir_raw).expanduser()).resolve()
+        # in the file: relative to the file; from MPSCTL_SERVICE_WORKDIR or a flag: to the
+        # cwd, like any path typed in a shell
+        typed = sources["service.workdir"].startswith(("env ", "flag "))
+        workdir = ((Path.cwd() if typed else base) / Path(workdir_raw).expanduser()).resolve()
 
     def under_workdir(raw: str | None) -> Path | None:
         return None if raw is None else (workdir / Path(raw).expanduser())
@@ -594,8 +626,9 @@ def _finish(
             values["memory.high_watermark_ratio"], values["memory.low_watermark_ratio"]
         )
     except ConfigError as exc:
-        origin = sources["memory.low_watermark_ratio"]
-        raise ConfigError(f"{_origin_label(origin)}memory: {exc}") from None
+        low_at = _where(sources["memory.low_watermark_ratio"], "memory.low_watermark_ratio")
+        high_at = _where(sources["memory.high_watermark_ratio"], "memory.high_watermark_ratio")
+        raise ConfigError(f"{low_at}: {exc} (high from {high_at})") from None
     if values["memory.low_watermark_ratio"] is None and marks.low is not None:
         sources["memory.low_watermark_ratio"] = "derived from memory.high_watermark_ratio"
 
@@ -645,12 +678,13 @@ def _finish(
     )
 
 
-def _origin_label(origin: str) -> str:
-    if origin.startswith("file "):
-        return origin[5:] + ": "
-    if origin.startswith("env "):
-        return "environment: "
-    return ""
+def _where(source: str, dotted: str) -> str:
+    """Where a value was set, as an error names it: ``PATH: key``, a variable, a flag."""
+    if source.startswith("file "):
+        return f"{source[5:]}: {dotted}"
+    if source.startswith(("env ", "flag ")):
+        return source.split(" ", 1)[1]
+    return f"{dotted} ({source})"
 
 
 TEMPLATE = """\

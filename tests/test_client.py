@@ -35,6 +35,7 @@ class Behaviour:
     every_nth_busy: int = 0  # 3: every third query answers 503
     close_after: bool = False  # close the connection after each answer, without saying so
     drop: bool = False  # close the connection instead of answering
+    stall_body_s: float = 0.0  # send the headers, then wait this long before the body
     received: list[bytes] = field(default_factory=list)
     auth_headers: list[str | None] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -55,6 +56,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
+        if self.server.behaviour.stall_body_s:
+            self.wfile.flush()
+            time.sleep(self.server.behaviour.stall_body_s)
         self.wfile.write(body)
 
     def do_GET(self) -> None:
@@ -216,3 +220,62 @@ def test_a_dropped_connection_is_not_called_refused(local_service: LocalService,
     with pytest.raises(ClientError, match="connection lost before an answer") as info:
         _ = client.query("q") if how == "requests" else conn.post("/api/v1/query", b"{}")
     assert info.value.kind == "disconnected"
+
+
+@pytest.mark.parametrize("how", ["requests", "keepalive"])
+def test_a_token_cut_by_the_excerpt_limit_is_still_masked(
+    local_service: LocalService, how: str
+) -> None:
+    token = "tok-0123456789abcdef"
+    # the token starts 10 characters before the 200-character cut: cutting first would leave
+    # "tok-012345" in the message
+    local_service.behaviour.status = 500
+    local_service.behaviour.raw_body = ("x" * 190 + " " + token + " tail").encode()
+    service = service_at(local_service.url)
+    if how == "requests":
+        client = ServiceClient(service, token=token)
+        reply = client.query("q")
+        error = client.query_error(reply)
+    else:
+        conn = KeepAliveConnection(service, token=token)
+        reply = conn.post("/api/v1/query", b'{"question": "q"}')
+        error = conn.query_error(reply)
+    assert error is not None
+    assert token[:6] not in str(error)
+    assert token[:6] not in reply.text_excerpt  # other callers print the excerpt as it is
+    assert "***" in reply.text_excerpt
+
+
+def test_keepalive_timeout_and_non_json_body(local_service: LocalService) -> None:
+    service = service_at(local_service.url)
+    local_service.behaviour.raw_body = b"\xff\xfe not json"
+    conn = KeepAliveConnection(service, timeout=0.3)
+    reply = conn.post("/api/v1/query", b'{"question": "q"}')
+    assert (reply.status, reply.body) == (200, None)
+    assert reply.text_excerpt.endswith("not json")
+    error = conn.query_error(reply)
+    assert error is not None
+    assert error.kind == "bad_json"
+    local_service.behaviour.sleep_s = 1.0
+    with pytest.raises(ClientError, match=r"timed out after 0\.3 s") as info:
+        conn.post("/api/v1/query", b'{"question": "q"}')
+    assert info.value.kind == "timeout"
+    local_service.behaviour.sleep_s = 0.0  # the same object works again, on a new connection
+    assert conn.post("/api/v1/query", b'{"question": "q"}').status == 200
+    conn.close()
+
+
+QUESTION = b'{"question": "q"}'
+
+
+@pytest.mark.parametrize("how", ["requests", "keepalive"])
+def test_a_body_that_stalls_after_the_headers_is_a_timeout(
+    local_service: LocalService, how: str
+) -> None:
+    local_service.behaviour.stall_body_s = 1.0
+    service = service_at(local_service.url)
+    client = ServiceClient(service, timeout=0.3)
+    conn = KeepAliveConnection(service, timeout=0.3)
+    with pytest.raises(ClientError, match=r"timed out after 0\.3 s") as info:
+        _ = client.query("q") if how == "requests" else conn.post("/api/v1/query", QUESTION)
+    assert info.value.kind == "timeout"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+import threading
 
 import pytest
 
@@ -37,6 +38,32 @@ def test_nearest_rank_percentile_is_always_a_measured_value() -> None:
     assert percentile(values, 100) == 100.0
     assert percentile([7.0], 99) == 7.0
     assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.0  # ceil(0.5*4) = 2nd, not 2.5
+
+
+@pytest.mark.parametrize(
+    ("n", "expected"),
+    [
+        # nearest rank = ceil(p/100 x n)-th smallest, worked by hand for p 50/90/95/99
+        (1, (1, 1, 1, 1)),
+        (2, (1, 2, 2, 2)),  # ceil(1.0)=1, ceil(1.8)=2, ceil(1.9)=2, ceil(1.98)=2
+        (3, (2, 3, 3, 3)),  # ceil(1.5)=2
+        (5, (3, 5, 5, 5)),  # ceil(2.5)=3, ceil(4.5)=5
+        (10, (5, 9, 10, 10)),  # ceil(9.0)=9 exactly, ceil(9.5)=10
+        (20, (10, 18, 19, 20)),  # ceil(19.0)=19, ceil(19.8)=20
+    ],
+)
+def test_nearest_rank_on_small_samples(n: int, expected: tuple[int, ...]) -> None:
+    values = [float(v) for v in range(1, n + 1)]
+    assert tuple(percentile(values, p) for p in (50, 90, 95, 99)) == expected
+    stats = LatencyStats.of(values[::-1])
+    assert stats is not None
+    assert tuple(stats.percentiles_s.values()) == expected
+
+
+def test_percentile_rank_is_not_bumped_by_float_error() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 7) == 7.0  # 0.07 * 100 = 7.000000000000001 in floats
+    assert percentile(values, 29) == 29.0
 
 
 def test_latency_stats_match_a_sort_of_shuffled_values() -> None:
@@ -138,6 +165,9 @@ def test_memory_is_sampled_before_during_and_after(local_service: LocalService) 
     assert rss.peak is not None
     assert rss.peak >= max(rss.before, rss.after)
     assert memory.spans["accel_allocated_bytes"].peak is None  # this server reports none
+    alive = [t.name for t in threading.enumerate()]
+    assert "mpsctl-memory" not in alive  # the sampler thread ended with the run
+    assert not any(name.startswith("mpsctl-ask-") for name in alive)
 
 
 def test_sweep_runs_each_level(local_service: LocalService) -> None:

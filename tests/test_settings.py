@@ -143,3 +143,104 @@ def test_cwd_file_is_found(tmp_path: Path) -> None:
     settings = load_settings()
     assert settings.service.name == "mvp"
     assert settings.config_file == (tmp_path / "mpsctl.toml").resolve()
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        # a key given as a table
+        ('[service.url]\nhost = "127.0.0.1"\n', "service.url: expected a string, got a table"),
+        ("[thresholds.host_used_percent]\nwarn = 80\n", "thresholds.host_used_percent: expected"),
+        # arrays of mixed types (valid TOML 1.0)
+        ('[service]\ncommand = ["uvicorn", 8000]\n', "service.command: expected a list of strings"),
+        ('[thresholds]\nhost_used_percent = [80, "high"]\n', "expected a number, got 'high'"),
+        ("[thresholds]\nswap_used_percent = [50, true]\n", "expected a number, got a boolean"),
+        ("[memory]\nmps_fallback = 1\n", "memory.mps_fallback: expected true or false, got an int"),
+        ('service = "x"\n', "service must be a table"),
+    ],
+)
+def test_toml_shapes_name_file_and_key(write_config, text: str, words: str) -> None:  # type: ignore[no-untyped-def]
+    path = write_config(text)
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    message = str(info.value)
+    assert message.startswith(f"{path.resolve()}: ")
+    assert words in message
+    assert "\n" not in message
+
+
+def test_empty_file_gives_the_defaults(write_config) -> None:  # type: ignore[no-untyped-def]
+    path = write_config("")
+    settings = load_settings()
+    assert settings.config_file == path.resolve()
+    assert settings.service.url == "http://127.0.0.1:8000"
+    assert settings.sources["service.url"] == "default"
+
+
+def test_config_that_is_a_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "conf.toml").mkdir()
+    with pytest.raises(ConfigError, match=r"^--config: .*conf.toml is a directory"):
+        load_settings(config=str(tmp_path / "conf.toml"))
+    monkeypatch.setenv("MPSCTL_CONFIG", str(tmp_path / "conf.toml"))
+    with pytest.raises(ConfigError, match=r"^MPSCTL_CONFIG: .*is a directory"):
+        load_settings()
+    monkeypatch.delenv("MPSCTL_CONFIG")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mpsctl.toml").mkdir()  # ./mpsctl.toml: not silently skipped
+    with pytest.raises(ConfigError, match=r"mpsctl.toml: is a directory"):
+        load_settings()
+
+
+def test_non_utf8_file_is_one_clear_error(write_config) -> None:  # type: ignore[no-untyped-def]
+    path = write_config("")
+    path.write_bytes(b'[service]\nname = "caf\xe9"\n')  # Latin-1, as an old editor saves it
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert str(info.value) == (
+        f"{path.resolve()}: not UTF-8 text (byte 0xe9 at offset 21); TOML files must be UTF-8"
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "hint"),
+    [("MPSCTL_SERVCE_URL", "MPSCTL_SERVICE_URL"), ("MPSCTL_SERVICE_URLL", "MPSCTL_SERVICE_URL"),
+     ("MPSCTL_MEMORY_HIGH_WATERMARK", "MPSCTL_MEMORY_HIGH_WATERMARK_RATIO")],
+)  # fmt: skip
+def test_env_typos_are_refused(monkeypatch: pytest.MonkeyPatch, name: str, hint: str) -> None:
+    monkeypatch.setenv(name, "0.5")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert str(info.value) == f"environment: unknown variable {name} (did you mean {hint!r}?)"
+
+
+def test_env_names_mpsctl_uses_itself_are_not_typos(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MPSCTL_ALERT_VERDICT", "CRITICAL")  # set for alert commands
+    monkeypatch.setenv("MPSCTL_API_TOKEN", "t")
+    monkeypatch.setenv("MPSCTL_SERVICE_TOKEN_ENV", "MPSCTL_API_TOKEN")
+    assert load_settings().service.token_env == "MPSCTL_API_TOKEN"
+
+
+def test_env_and_flag_workdir_are_relative_to_the_cwd(
+    write_config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "here").mkdir()
+    write_config('[service]\ncommand = ["app"]\n', name="conf/mpsctl.toml")
+    monkeypatch.chdir(tmp_path / "here")
+    assert load_settings().service.workdir == (tmp_path / "conf").resolve()  # the file's dir
+    monkeypatch.setenv("MPSCTL_SERVICE_WORKDIR", "mvp")
+    assert load_settings().service.workdir == (tmp_path / "here" / "mvp").resolve()
+    flagged = load_settings(overrides={"service.workdir": ("../x", "--workdir")})
+    assert flagged.service.workdir == (tmp_path / "x").resolve()
+
+
+def test_watermark_conflict_names_where_each_ratio_was_set(
+    write_config, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    path = write_config("[memory]\nhigh_watermark_ratio = 0.7\n")
+    monkeypatch.setenv("MPSCTL_MEMORY_LOW_WATERMARK_RATIO", "1.5")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    message = str(info.value)
+    assert message.startswith("MPSCTL_MEMORY_LOW_WATERMARK_RATIO: low watermark ratio 1.5 ")
+    assert message.endswith(f"(high from {path.resolve()}: memory.high_watermark_ratio)")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import sys
 from typing import Any
 
@@ -66,9 +67,61 @@ class LazyGroup(click.Group):
             click.echo("mpsctl: interrupted", err=True)
             raise click.exceptions.Exit(ExitCode.INTERRUPTED) from None
         except BrokenPipeError:
-            # `mpsctl probe --json | head -1`: the reader left; say nothing more.
-            sys.stderr.close()
-            raise click.exceptions.Exit(ExitCode.FAILURE) from None
+            _reader_left()
+        except OSError as exc:
+            # the machine said no (a full disk, a read-only directory): one line, not a
+            # traceback; commands name the file themselves where they can
+            where = f"{exc.filename}: " if exc.filename else ""
+            _fail(f"{where}{exc.strerror or exc}", ExitCode.FAILURE)
+
+    def main(
+        self,
+        args: Any = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        """Click's main, with every error as one ``mpsctl: error: ...`` line on stderr.
+
+        Click's own usage errors print three lines (usage, a hint, the error) and Ctrl-C
+        outside a command prints ``Aborted!`` with status 1; cron mail and scripts read
+        one line and 130 better.
+        """
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            try:
+                code = super().main(args, prog_name, complete_var, False, **extra)
+            except click.UsageError as exc:
+                hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+                _fail(exc.format_message() + hint, exc.exit_code)
+            except click.ClickException as exc:
+                _fail(exc.format_message(), exc.exit_code)
+            except click.Abort:  # KeyboardInterrupt / EOF outside a command's own handler
+                click.echo("mpsctl: interrupted", err=True)
+                sys.exit(ExitCode.INTERRUPTED)
+            except BrokenPipeError:
+                _reader_left()
+        except click.exceptions.Exit as exc:
+            sys.exit(exc.exit_code)
+        # without standalone mode click returns an Exit's code, or the command's value
+        sys.exit(code if isinstance(code, int) else ExitCode.OK)
+
+
+def _reader_left() -> None:
+    """``mpsctl probe --json | head -c 10``: the reader left; say nothing more.
+
+    stdout is pointed at /dev/null so the interpreter's final flush of what is still
+    buffered cannot raise again ("Exception ignored ... BrokenPipeError") at exit.
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout already closed or not a real file
+        pass
+    raise click.exceptions.Exit(ExitCode.FAILURE)
 
 
 def _fail(message: str, code: int) -> None:

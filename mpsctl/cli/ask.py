@@ -88,8 +88,7 @@ def ask(app: App, question: str | None, **opts: Any) -> None:
         settings.service, token_env=opts["token_env"], token_file=opts["token_file"]
     )
     if question == "-":
-        # bytes decoded as UTF-8 whatever the locale says (a C locale would mangle 工商银行)
-        question = sys.stdin.buffer.read().decode("utf-8", "replace").strip()
+        question = load.decode_question(sys.stdin.buffer.read())
     stress_flags = ("requests", "concurrency", "duration", "questions", "sweep")
     if all(opts[name] is None for name in stress_flags):
         if not question:

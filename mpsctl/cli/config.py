@@ -6,12 +6,13 @@ import shlex
 from pathlib import Path
 
 import click
+from rich import box
 from rich.table import Table
 
 from mpsctl.cli.app import App, json_option
 from mpsctl.errors import MpsctlError
 from mpsctl.render.console import write_json
-from mpsctl.settings import SCHEMA, TEMPLATE
+from mpsctl.settings import SCHEMA, TEMPLATE, Settings
 from mpsctl.storage import write_new_file
 
 
@@ -55,13 +56,34 @@ def show(app: App, as_json: bool) -> None:
         )
         return
     where = str(settings.config_file) if settings.config_file else "none (built-in defaults)"
-    table = Table(title=f"Settings — file: {where}; home: {settings.home}", title_justify="left")
-    for column in ("key", "value", "from"):
-        table.add_column(column, overflow="fold")
+    app.out.print(_settings_table(settings, where))
+
+
+def _short_source(source: str) -> str:
+    """``file /long/path`` -> ``file`` (the path is in the title); ``env NAME`` -> ``env``."""
+    for prefix in ("file ", "env "):
+        if source.startswith(prefix):
+            rest = source.split(" (", 1)
+            return prefix.strip() + (f" ({rest[1]}" if len(rest) > 1 else "")
+    return source.replace(" (the reference service, derived from service.url)", " (from url)")
+
+
+def _settings_table(settings: Settings, where: str) -> Table:
+    # fits 80 columns: keys under their [section], sources shortened (--json has them whole)
+    table = Table(
+        title=f"Settings file: {where}\nState (MPSCTL_HOME): {settings.home}",
+        title_justify="left",
+        caption="env = MPSCTL_<SECTION>_<KEY>; mpsctl config show --json has full sources",
+        caption_justify="left",
+        box=box.SIMPLE_HEAD,
+    )
+    table.add_column("key", no_wrap=True)
+    table.add_column("value", overflow="fold", ratio=1)
+    table.add_column("from", overflow="fold", max_width=24)
     values = settings.as_dict()
     for section, keys in SCHEMA.items():
+        table.add_row(f"[{section}]", "", "", style="bold")
         for key in keys:
-            dotted = f"{section}.{key}"
             value = values[section][key]
             if value is None:
                 shown = "(unset)"
@@ -69,8 +91,8 @@ def show(app: App, as_json: bool) -> None:
                 shown = shlex.join(str(v) for v in value) if key == "command" else str(value)
             else:
                 shown = str(value)
-            table.add_row(dotted, shown, settings.sources[dotted])
-    app.out.print(table)
+            table.add_row(f"  {key}", shown, _short_source(settings.sources[f"{section}.{key}"]))
+    return table
 
 
 @config.command("init")
@@ -87,8 +109,13 @@ def init(app: App, path: Path, force: bool) -> None:
     """
     try:
         backup = write_new_file(path, TEMPLATE, force=force)
-    except FileExistsError:
-        raise MpsctlError(f"{path} exists; use --force to replace it") from None
+    except FileExistsError as exc:
+        if exc.filename is None:  # write_new_file's own "the file is there"
+            raise MpsctlError(f"{path} exists; use --force to replace it") from None
+        # mkdir of the parent: a file stands where a directory should be
+        raise MpsctlError(f"cannot write {path}: {exc.filename} is not a directory") from None
+    except OSError as exc:
+        raise MpsctlError(f"cannot write {path}: {exc.strerror or exc}") from None
     if backup is not None:
         app.info(f"previous file kept as {backup}")
     app.info(f"wrote {path}")

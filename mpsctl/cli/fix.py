@@ -7,8 +7,8 @@ from typing import Any
 import click
 
 from mpsctl.cli.app import App, json_option
-from mpsctl.cli.lifecycle import events, start_options, start_opts, start_settings
-from mpsctl.control.lifecycle import FixOptions, fix_service
+from mpsctl.cli.lifecycle import SECONDS, events, start_options, start_opts, start_settings
+from mpsctl.control.fix import FixOptions, fix_service
 from mpsctl.durations import parse_duration
 from mpsctl.errors import ConfigError, ServiceError
 from mpsctl.render.console import write_json
@@ -29,7 +29,7 @@ from mpsctl.render.lifecycle import render_fix
 @start_options
 @click.option(
     "--wait",
-    type=float,
+    type=SECONDS,
     default=0.0,
     metavar="SECONDS",
     help="Wait for another run's lock (default 0: exit 75 at once).",

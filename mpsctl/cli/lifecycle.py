@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -14,8 +15,33 @@ from mpsctl.render import lifecycle as render
 from mpsctl.render.console import write_json
 from mpsctl.settings import DEVICES
 
+
+class Seconds(click.ParamType):
+    """A number of seconds: finite, not negative, and > 0 unless ``allow_zero``."""
+
+    name = "seconds"
+
+    def __init__(self, *, allow_zero: bool) -> None:
+        self.allow_zero = allow_zero
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"expected a number of seconds, got {value!r}", param, ctx)
+        if not math.isfinite(number) or number < 0 or (number == 0 and not self.allow_zero):
+            bound = ">= 0" if self.allow_zero else "> 0"
+            self.fail(f"expected a finite number of seconds {bound}, got {value!r}", param, ctx)
+        return number
+
+
+SECONDS = Seconds(allow_zero=True)
+POSITIVE_SECONDS = Seconds(allow_zero=False)
+
 _WAIT = click.option(
-    "--wait", type=float, default=0.0, metavar="SECONDS",
+    "--wait", type=SECONDS, default=0.0, metavar="SECONDS",
     help="Wait this long for another mpsctl run's lock (default 0: exit 75 at once).",
 )  # fmt: skip
 
@@ -23,7 +49,7 @@ _WAIT = click.option(
 def start_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """Flags that override the memory settings (shared with restart and fix)."""
     options = [
-        click.option("--timeout", type=float, metavar="SECONDS",
+        click.option("--timeout", type=POSITIVE_SECONDS, metavar="SECONDS",
                      help="Wait this long for a healthy answer (default service.start_timeout)."),
         click.option("--high", metavar="RATIO", help="PYTORCH_MPS_HIGH_WATERMARK_RATIO, 0.0-2.0."),
         click.option("--low", metavar="RATIO", help="PYTORCH_MPS_LOW_WATERMARK_RATIO (<= high)."),
@@ -97,9 +123,9 @@ def start(app: App, foreground: bool, wait: float, as_json: bool, **opts: Any) -
 @click.command()
 @click.option(
     "--timeout",
-    type=float,
+    type=SECONDS,
     metavar="SECONDS",
-    help="Seconds between SIGTERM and SIGKILL (default service.stop_timeout).",
+    help="Seconds between SIGTERM and SIGKILL (default service.stop_timeout; 0: SIGKILL at once).",
 )
 @click.option(
     "--match",
@@ -138,7 +164,7 @@ def stop(app: App, timeout: float | None, use_match: bool, dry_run: bool, wait: 
 
 @click.command()
 @start_options
-@click.option("--stop-timeout", type=float, metavar="SECONDS", help="SIGTERM-to-SIGKILL delay.")
+@click.option("--stop-timeout", type=SECONDS, metavar="SECONDS", help="SIGTERM-to-SIGKILL delay.")
 @click.option("--match", "use_match", is_flag=True, help="Stop processes found by match too.")
 @_WAIT
 @json_option

@@ -47,8 +47,12 @@ def oom(
             raise MpsctlError(f"--since: {exc}", exit_code=ExitCode.USAGE) from None
     targets: list[tuple[str, Path]] = []
     for path in files:
+        if path.is_dir():
+            raise MpsctlError(f"{path}: is a directory (give log files, or no FILES)")
         if not path.is_file():
-            raise MpsctlError(f"{path}: no such file")
+            raise MpsctlError(
+                f"{path}: " + ("not a regular file" if path.exists() else "no such file")
+            )
         targets.append((str(path), path))
     if high_ratio is None or not files:
         settings = app.settings()

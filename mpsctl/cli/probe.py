@@ -7,10 +7,8 @@ from pathlib import Path
 import click
 
 from mpsctl.cli.app import App, json_option
-from mpsctl.monitor import after_probe
 from mpsctl.observe.probe import take_probe
 from mpsctl.render.console import write_json
-from mpsctl.render.probe import nagios_line, print_probe
 
 PAIR = "WARN,CRIT"
 
@@ -70,13 +68,21 @@ def probe(
         }
     )
     result = take_probe(settings, health_timeout=timeout)
+    # a cron probe runs every minute: import tables and the monitoring code only when used
     if as_json:
         write_json(result.to_json())
-    elif nagios:
-        click.echo(nagios_line(result))
     else:
-        print_probe(app.out, result)
-    # after the output: an unreachable alert target may take seconds
-    after_probe(settings, result, record_history=record_history, alert_url=alert_url,
-                alert_cmd=alert_cmd, prometheus=prometheus, warn=app.warn)  # fmt: skip
+        from mpsctl.render.probe import nagios_line, print_probe
+
+        if nagios:
+            click.echo(nagios_line(result))
+        else:
+            print_probe(app.out, result)
+    alerts = alert_url or alert_cmd or settings.alerts.url or settings.alerts.command
+    if record_history or prometheus is not None or alerts:
+        from mpsctl.monitor import after_probe
+
+        # after the output: an unreachable alert target may take seconds
+        after_probe(settings, result, record_history=record_history, alert_url=alert_url,
+                    alert_cmd=alert_cmd, prometheus=prometheus, warn=app.warn)  # fmt: skip
     raise click.exceptions.Exit(int(result.verdict))

@@ -52,7 +52,13 @@ def report(app: App, since: str, plot_path: Path | None, as_json: bool) -> None:
         raise MpsctlError(f"--since: {exc}", exit_code=ExitCode.USAGE) from None
     settings = app.settings()
     until = datetime.now(timezone.utc)
-    result = build_report(settings.home, until - timedelta(seconds=period), until)
+    try:
+        start = until - timedelta(seconds=period)
+    except OverflowError:  # before year 1: "--since 1e12"
+        raise MpsctlError(
+            f"--since: {since} reaches back too far", exit_code=ExitCode.USAGE
+        ) from None
+    result = build_report(settings.home, start, until)
     if result.samples == 0:
         app.warn(
             f"no probe history since {result.since}: record it with "

@@ -6,6 +6,7 @@ import click
 
 from mpsctl.cli.app import App, json_option
 from mpsctl.control.lifecycle import service_status
+from mpsctl.errors import MpsctlError, StatusExit
 from mpsctl.render.console import write_json
 from mpsctl.render.lifecycle import status_line
 
@@ -17,7 +18,7 @@ def status(app: App, as_json: bool) -> None:
     """Is the service running and healthy? One line; exit codes follow LSB.
 
     Exit 0 running (even when its health check fails: the line says UNHEALTHY),
-    1 dead but the pidfile exists, 3 not running, 4 unknown.
+    1 dead but the pidfile exists, 3 not running, 4 unknown (an invalid config too).
 
     \b
     Examples:
@@ -25,7 +26,12 @@ def status(app: App, as_json: bool) -> None:
       mpsctl status --json | jq .health
       mpsctl status >/dev/null || mpsctl start
     """
-    result = service_status(app.settings())
+    try:
+        settings = app.settings()
+    except MpsctlError as exc:
+        # LSB reserves 2 for "dead and lock file exists": a bad config is "unknown" (4)
+        raise MpsctlError(str(exc), exit_code=StatusExit.UNKNOWN) from None
+    result = service_status(settings)
     if as_json:
         write_json(result.to_json())
     else:

@@ -1,4 +1,6 @@
-"""start / stop / restart / status / fix as plain functions over observe/ and client.py.
+"""start / stop / restart / status as plain functions over observe/ and client.py.
+
+``fix`` (stop + clean + start under one lock, with an audit trail) is ``control/fix.py``.
 
 Every function that changes the service takes the lock (``control.lock``) first, looks at
 the machine through ``observe.procs``, and returns a frozen result that ``mpsctl.render``
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shlex
 import signal
@@ -21,13 +24,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from mpsctl import __version__
-from mpsctl.client import HealthCheck, ServiceClient, read_token
-from mpsctl.control import cache, history, logfile
+from mpsctl.client import HealthCheck, ServiceClient
+from mpsctl.control import logfile
 from mpsctl.control.lock import service_lock
 from mpsctl.control.pidfile import (
     PidRecord,
@@ -36,13 +39,10 @@ from mpsctl.control.pidfile import (
     remove_pidfile,
     write_pidfile,
 )
-from mpsctl.errors import ClientError, LockedError, ServiceError, StatusExit
+from mpsctl.errors import ConfigError, ServiceError, StatusExit
 from mpsctl.observe import procs
 from mpsctl.render.units import fmt_bytes, iso_utc, utc_now_iso
 from mpsctl.settings import Settings
-
-if TYPE_CHECKING:
-    from mpsctl.observe.probe import ProbeResult
 
 LAST_HEALTH = "last_health.json"
 RECOMMENDED_MAX = "recommended_max.json"
@@ -378,7 +378,7 @@ def start_service(
 ) -> StartResult:
     """Start the service detached and wait for a healthy answer (takes the lock)."""
     with service_lock(settings.home, wait=lock_wait, purpose="start"):
-        return _start_locked(settings, options or StartOptions(), events or SilentEvents())
+        return start_while_locked(settings, options or StartOptions(), events or SilentEvents())
 
 
 def _already_running(
@@ -413,8 +413,22 @@ def _already_running(
     )
 
 
-def _start_locked(settings: Settings, options: StartOptions, events: Events) -> StartResult:
+def _seconds(value: float, what: str, *, allow_zero: bool) -> float:
+    """A duration flag or setting: finite, and > 0 (or >= 0 where 0 means "at once")."""
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"{what}: expected a finite number of seconds {bound}, got {value:g}")
+    return value
+
+
+def start_while_locked(settings: Settings, options: StartOptions, events: Events) -> StartResult:
+    """start_service's body, for a caller that already holds the lock (restart, fix)."""
     service = settings.service
+    timeout = _seconds(
+        service.start_timeout if options.timeout is None else options.timeout,
+        "start timeout (--timeout / service.start_timeout)",
+        allow_zero=False,
+    )
     argv, warnings = service_argv(settings, device=options.device, model=options.model)
     limit = memory_limit(settings)
     # the derived low watermark and a 0.0 high (no limit) are said where they are applied
@@ -430,15 +444,24 @@ def _start_locked(settings: Settings, options: StartOptions, events: Events) -> 
         events.info(f"MPS memory limit: {limit.describe()}")
 
     snapshot = procs.find_service(settings)
+    foreign = _foreign_pidfile(settings, snapshot)
+    if foreign:
+        raise ServiceError(f"{foreign}; nothing started")
     if snapshot.running:
         return _already_running(settings, snapshot, argv, limit)
     pidfile = snapshot.pidfile_path or default_pidfile_path(settings)
-    if snapshot.pidfile_state in ("stale", "reused", "invalid"):
-        remove_pidfile(pidfile)
+    if snapshot.pidfile_state in ("stale", "reused", "invalid") and _remove_bad_pidfile(
+        pidfile, snapshot.pidfile_state
+    ):
         events.info(f"removed a {snapshot.pidfile_state} pidfile {pidfile}")
     check_port_free(settings)
     if not service.workdir.is_dir():
-        raise ServiceError(f"service.workdir {service.workdir} is not a directory")
+        raise ServiceError(f"service.workdir {service.workdir} is not a directory; nothing started")
+    if service.venv is not None and not (service.venv / "bin").is_dir():
+        raise ServiceError(
+            f"service.venv {service.venv} has no bin/ directory; nothing started "
+            "(create the venv, or fix service.venv: it is relative to service.workdir)"
+        )
     env = service_env(settings)
 
     if options.foreground:
@@ -449,11 +472,29 @@ def _start_locked(settings: Settings, options: StartOptions, events: Events) -> 
         except OSError as exc:
             raise ServiceError(f"cannot run {argv[0]}: {exc.strerror}") from None
 
-    rotated = logfile.rotate_if_needed(service.log_file, service.log_max_bytes, service.log_backups)
-    fd = logfile.open_append(service.log_file)
-    offset = os.fstat(fd).st_size
+    try:
+        rotated = logfile.rotate_if_needed(
+            service.log_file, service.log_max_bytes, service.log_backups
+        )
+    except OSError as exc:
+        raise ServiceError(
+            f"cannot rotate service.log_file {service.log_file}: {exc.strerror}; nothing started"
+        ) from None
+    try:
+        fd = logfile.open_append(service.log_file)
+    except OSError as exc:
+        raise ServiceError(
+            f"cannot open service.log_file {service.log_file}: {exc.strerror}; nothing started"
+        ) from None
     started_at = utc_now_iso()
-    logfile.append_line(fd, f"--- mpsctl {__version__} start {started_at}: {shlex.join(argv)}")
+    try:
+        offset = os.fstat(fd).st_size
+        logfile.append_line(fd, f"--- mpsctl {__version__} start {started_at}: {shlex.join(argv)}")
+    except OSError as exc:
+        os.close(fd)
+        raise ServiceError(
+            f"cannot write to service.log_file {service.log_file}: {exc.strerror}; nothing started"
+        ) from None
     spawned_at = time.monotonic()
     try:
         proc = subprocess.Popen(
@@ -467,9 +508,17 @@ def _start_locked(settings: Settings, options: StartOptions, events: Events) -> 
             close_fds=True,
         )
     except OSError as exc:
-        logfile.append_line(fd, f"--- mpsctl: cannot run {argv[0]}: {exc.strerror}")
+        with contextlib.suppress(OSError):
+            logfile.append_line(fd, f"--- mpsctl: cannot run {argv[0]}: {exc.strerror}")
+        where = f"in {service.workdir}"
+        if isinstance(exc, FileNotFoundError):
+            where = (
+                f"on PATH (with {service.venv / 'bin'} first)"
+                if service.venv is not None
+                else "on PATH (set service.venv to use a virtualenv's bin/)"
+            )
         raise StartFailed(
-            f"cannot run {argv[0]}: {exc.strerror} (PATH has the venv's bin first)",
+            f"cannot run {argv[0]}: {exc.strerror} {where}; nothing started",
             log_file=service.log_file,
             log_tail=[],
         ) from None
@@ -486,18 +535,23 @@ def _start_locked(settings: Settings, options: StartOptions, events: Events) -> 
         version=__version__,
         pgid=proc.pid,
     )
-    write_pidfile(pidfile, record)
-    timeout = service.start_timeout if options.timeout is None else options.timeout
     try:
+        write_pidfile(pidfile, record)
         with events.waiting(f"waiting for {service.health_url} (up to {timeout:g} s)"):
             check = _wait_healthy(proc, settings, timeout)
     except BaseException as exc:
-        # a timeout, a crash or ^C: leave nothing behind that claims to be the service
+        # a timeout, a crash, an unwritable pidfile or ^C: leave nothing behind that claims
+        # to be the service
         _terminate_started(proc, record, settings)
-        remove_pidfile(pidfile, pid=proc.pid)
+        with contextlib.suppress(OSError, ServiceError):
+            remove_pidfile(pidfile, pid=proc.pid)
         if isinstance(exc, _NotHealthy):
             tail = logfile.tail_lines(service.log_file, LOG_TAIL_LINES, offset=offset)
             raise StartFailed(str(exc), log_file=service.log_file, log_tail=tail) from None
+        if isinstance(exc, OSError):
+            raise ServiceError(
+                f"cannot write the pidfile {pidfile}: {exc.strerror}; stopped what was started"
+            ) from None
         raise
     startup = time.monotonic() - spawned_at
     _save_health(settings, check)
@@ -530,19 +584,31 @@ def _wait_healthy(proc: subprocess.Popen[bytes], settings: Settings, timeout: fl
     delay = 0.05
     last_error = "no answer yet"
     client = ServiceClient(settings.service)
+
+    def exited(code: int, when: str) -> _NotHealthy:
+        how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
+        return _NotHealthy(f"{settings.service.name} {how} {when} {settings.service.health_url}")
+
     try:
         while True:
             code = proc.poll()
             if code is not None:
-                how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
-                raise _NotHealthy(
-                    f"{settings.service.name} {how} before answering {settings.service.health_url}"
-                )
+                raise exited(code, "before answering")
             remaining = deadline - time.monotonic()
             check = client.health(timeout=max(0.2, min(2.0, remaining)))
             if check.ok:
+                # a process that daemonised (exited, leaving a child to answer) would leave
+                # a pidfile naming a dead pid: the service must be the process we started
+                code = proc.poll()
+                if code is not None:
+                    raise exited(
+                        code,
+                        "while a child answered (a command that daemonises cannot be tracked: "
+                        "run it in the foreground) at",
+                    )
                 return check
-            last_error = check.error or last_error
+            # the client's hint ("try `mpsctl start`") is wrong while start itself waits
+            last_error = (check.error or last_error).split(" — try `mpsctl start`")[0]
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise _NotHealthy(
@@ -558,9 +624,20 @@ def _wait_healthy(proc: subprocess.Popen[bytes], settings: Settings, timeout: fl
 def _terminate_started(
     proc: subprocess.Popen[bytes], record: PidRecord, settings: Settings
 ) -> None:
+    """Stop what this start spawned: its tree while it lives, else what it left in its session.
+
+    start_new_session made the service a session leader (sid == pgid == pid): a first
+    process that exited early can leave workers behind that still hold the port.
+    """
     if proc.poll() is None:
-        targets = procs.tree_identities(record.pid, record.create_time)
-        _signal_and_wait(dict(targets), pgid=record.pgid, timeout=settings.service.stop_timeout)
+        targets = dict(procs.tree_identities(record.pid, record.create_time))
+        pgid = record.pgid
+    else:
+        targets = procs.session_members(proc.pid, record.create_time)
+        pgid = None
+    if targets:
+        timeout = max(0.0, min(settings.service.stop_timeout, 60.0))
+        _signal_and_wait(targets, pgid=pgid, timeout=timeout)
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=KILL_GRACE_S)
 
@@ -631,14 +708,47 @@ def _reap(pids: Iterator[int] | list[int]) -> None:
             os.waitpid(pid, os.WNOHANG)
 
 
+def _open_pidfd(pid: int) -> int | None:
+    """A pidfd for ``pid`` (Linux >= 5.3); None where there is none (macOS, old kernels).
+
+    Raises ProcessLookupError when ``pid`` is gone.
+    """
+    pidfd_open = getattr(os, "pidfd_open", None)
+    if pidfd_open is None:
+        return None
+    try:
+        return int(pidfd_open(pid))
+    except ProcessLookupError:
+        raise
+    except OSError:  # ENOSYS, EPERM under a seccomp profile, ...
+        return None
+
+
 def _send(pid: int, created: float, sig: signal.Signals) -> bool:
-    if not procs.is_alive(pid, created):
+    """Signal ``pid`` only if it is still the process started at ``created``.
+
+    With a pidfd the identity check and the signal name the same process, so a pid reused
+    between the check and the kill cannot be hit; without one (macOS) the window between
+    the check and ``kill`` is a few microseconds.
+    """
+    try:
+        pidfd = _open_pidfd(pid)
+    except ProcessLookupError:
         return False
     try:
-        os.kill(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        return False
-    return True
+        if not procs.is_alive(pid, created):
+            return False
+        try:
+            if pidfd is not None:
+                signal.pidfd_send_signal(pidfd, sig)
+            else:
+                os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
 
 
 def _group_alive(pgid: int, targets: dict[int, float]) -> bool:
@@ -656,7 +766,11 @@ def _group_alive(pgid: int, targets: dict[int, float]) -> bool:
 
 
 def _killpg(pgid: int | None, targets: dict[int, float], sig: signal.Signals) -> None:
-    if pgid is not None and pgid > 1 and pgid != os.getpgrp() and _group_alive(pgid, targets):
+    """Signal the service's group at once (children forked after the snapshot included),
+    only while it is provably the service's and holds nobody else's process."""
+    if pgid is None or pgid <= 1 or pgid == os.getpgrp():
+        return
+    if _group_alive(pgid, targets) and procs.group_is_mine(pgid):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, sig)
 
@@ -755,11 +869,50 @@ def stop_service(
         return _stop_locked(settings, timeout=timeout, use_match=use_match, dry_run=dry_run)
 
 
+def _remove_bad_pidfile(path: Path, state: str) -> bool:
+    """Remove a stale, reused or unparseable pidfile; one we cannot read is an error."""
+    if state == "invalid":
+        try:
+            path.read_bytes()
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise ServiceError(
+                f"cannot read the pidfile {path}: {exc.strerror}; it may name a running "
+                "service: check it, then fix its permissions or remove it"
+            ) from None
+    return remove_pidfile(path)
+
+
+def _foreign_pidfile(settings: Settings, snapshot: procs.ServiceSnapshot) -> str | None:
+    """Why the live service in the pidfile is another configuration's, or None.
+
+    Two configurations sharing one MPSCTL_HOME share its pidfile: the pidfile records the
+    URL its service was started for, and a run for another URL must not stop (or take as
+    its own) that service.
+    """
+    record = snapshot.pidfile
+    if snapshot.found_by != "pidfile" or record is None or record.url is None:
+        return None
+    if record.url.rstrip("/") == settings.service.url.rstrip("/"):
+        return None
+    return (
+        f"the pidfile {snapshot.pidfile_path} names pid {record.pid}, started for "
+        f"{record.url}, but this configuration's service.url is {settings.service.url} "
+        "(another service shares this MPSCTL_HOME: give each configuration its own "
+        "MPSCTL_HOME, or use the configuration that started it)"
+    )
+
+
 def _stop_locked(
     settings: Settings, *, timeout: float | None, use_match: bool, dry_run: bool
 ) -> StopResult:
     started = time.monotonic()
-    limit = settings.service.stop_timeout if timeout is None else timeout
+    limit = _seconds(
+        settings.service.stop_timeout if timeout is None else timeout,
+        "stop timeout (--timeout / service.stop_timeout)",
+        allow_zero=True,
+    )
     name = settings.service.name
     snapshot = procs.find_service(settings)
     pidfile = snapshot.pidfile_path or default_pidfile_path(settings)
@@ -773,13 +926,44 @@ def _stop_locked(
     if not snapshot.running:
         removed = False
         if snapshot.pidfile_state in ("stale", "reused", "invalid") and not dry_run:
-            removed = remove_pidfile(pidfile)
+            removed = _remove_bad_pidfile(pidfile, snapshot.pidfile_state)
+        record = snapshot.pidfile
+        verb = "removed" if removed else "would remove" if dry_run else "left"
         detail = {
-            "stale": "; removed the stale pidfile",
-            "reused": "; the pidfile's pid belongs to another process now (left alone)",
-            "invalid": "; removed an unreadable pidfile",
+            "stale": f"; {verb} its stale pidfile {pidfile}",
+            "reused": f"; pid {record.pid if record else '?'} in the pidfile belongs to another "
+            f"process now (not signalled); {verb} the pidfile {pidfile}",
+            "invalid": f"; {verb} the unparseable pidfile {pidfile}",
         }.get(snapshot.pidfile_state, "")
         return result("already-stopped", [], removed, f"{name} is not running{detail}")
+
+    foreign = _foreign_pidfile(settings, snapshot)
+    if foreign:
+        rows = [
+            StoppedProcess(p.pid, p.command, p.rss_bytes, "not-signalled", "another service")
+            for p in snapshot.processes
+        ]
+        return result("refused", rows, False, f"{foreign}; nothing signalled")
+
+    if snapshot.found_by == "pidfile":
+        # the pidfile's root must itself be stoppable: a pidfile naming mpsctl's own shell
+        # (hand-written, or copied from elsewhere) must not turn its siblings into targets
+        root = next((p for p in snapshot.processes if p.pid == snapshot.roots[0]), None)
+        if root is not None:
+            _ok, root_refused = _stoppable((root,))
+            if root_refused:
+                why = root_refused[0].note
+                rows = [
+                    StoppedProcess(p.pid, p.command, p.rss_bytes, "not-signalled", why)
+                    for p in snapshot.processes
+                ]
+                return result(
+                    "refused",
+                    rows,
+                    False,
+                    f"the pidfile {pidfile} names pid {root.pid} ({why}): not the service; "
+                    "nothing signalled (check the pidfile, then remove it by hand)",
+                )
 
     allowed, refused = _stoppable(snapshot.processes)
     if snapshot.found_by == "match" and not use_match:
@@ -799,7 +983,10 @@ def _stop_locked(
         return result("dry-run", rows + refused, False, "dry run: nothing signalled")
 
     targets = {p.pid: p.create_time for p in allowed}
-    pgid = snapshot.pidfile.pgid if snapshot.found_by == "pidfile" and snapshot.pidfile else None
+    record = snapshot.pidfile if snapshot.found_by == "pidfile" else None
+    # the group is signalled only when it is the one start created (setsid: pgid == pid);
+    # a pgid edited into the pidfile could name any group of this user
+    pgid = record.pgid if record is not None and record.pgid == record.pid else None
     ends = _signal_and_wait(targets, pgid=pgid, timeout=limit)
     info = {p.pid: p for p in allowed}
     rows = []
@@ -829,7 +1016,8 @@ class RestartResult:
         }
 
 
-def _stop_or_raise(settings: Settings, *, timeout: float | None, use_match: bool) -> StopResult:
+def stop_while_locked(settings: Settings, *, timeout: float | None, use_match: bool) -> StopResult:
+    """Stop for a caller that already holds the lock; ServiceError unless it ended stopped."""
     stopped = _stop_locked(settings, timeout=timeout, use_match=use_match, dry_run=False)
     if not stopped.ok:
         raise ServiceError(stopped.message)
@@ -847,8 +1035,8 @@ def restart_service(
 ) -> RestartResult:
     """stop + start under one lock, so no other run can slip in between."""
     with service_lock(settings.home, wait=lock_wait, purpose="restart"):
-        stopped = _stop_or_raise(settings, timeout=stop_timeout, use_match=use_match)
-        started = _start_locked(settings, options or StartOptions(), events or SilentEvents())
+        stopped = stop_while_locked(settings, timeout=stop_timeout, use_match=use_match)
+        started = start_while_locked(settings, options or StartOptions(), events or SilentEvents())
         return RestartResult(stopped, started)
 
 
@@ -911,6 +1099,9 @@ def service_status(settings: Settings) -> StatusResult:
     except Exception as exc:  # status must answer 4 (unknown), whatever psutil raises
         return StatusResult(name, "unknown", StatusExit.UNKNOWN, url, None, None, now, str(exc))
     health = check_health(settings)
+    foreign = _foreign_pidfile(settings, snapshot)
+    if foreign:
+        return StatusResult(name, "unknown", StatusExit.UNKNOWN, url, None, health, now, foreign)
     if snapshot.running:
         return StatusResult(name, "running", StatusExit.RUNNING, url, snapshot, health, now)
     if health.ok:
@@ -920,245 +1111,9 @@ def service_status(settings: Settings) -> StatusResult:
     if snapshot.pidfile_state in ("stale", "reused"):
         return StatusResult(name, "dead", StatusExit.DEAD_PIDFILE, url, snapshot, health, now)
     if snapshot.pidfile_state == "invalid":
-        msg = "the pidfile cannot be read"
+        msg = (
+            f"the pidfile {snapshot.pidfile_path or default_pidfile_path(settings)} cannot be "
+            "read (`mpsctl stop` removes an unparseable one)"
+        )
         return StatusResult(name, "unknown", StatusExit.UNKNOWN, url, snapshot, health, now, msg)
     return StatusResult(name, "stopped", StatusExit.NOT_RUNNING, url, snapshot, health, now)
-
-
-# --------------------------------------------------------------------------- fix
-@dataclass(frozen=True)
-class FixAction:
-    name: str
-    ok: bool
-    detail: str
-    elapsed_s: float
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "ok": self.ok,
-            "detail": self.detail,
-            "elapsed_s": round(self.elapsed_s, 3),
-        }
-
-
-@dataclass(frozen=True)
-class FixResult:
-    status: Literal["fixed", "healthy", "failed", "refused"]
-    trigger: str
-    before: dict[str, Any]
-    after: dict[str, Any] | None
-    actions: tuple[FixAction, ...]
-    restarted: bool
-    healthy: bool
-    message: str
-    time: str
-    answer: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "schema": "mpsctl.fix/1",
-            "time": self.time,
-            "status": self.status,
-            "trigger": self.trigger,
-            "healthy": self.healthy,
-            "restarted": self.restarted,
-            "message": self.message,
-            "before": self.before,
-            "after": self.after,
-            "actions": [a.to_json() for a in self.actions],
-            "answer": self.answer,
-        }
-
-
-@dataclass(frozen=True)
-class FixOptions:
-    if_unhealthy: bool = False
-    max_restarts: int | None = None  # default: fix.max_restarts
-    within: float | None = None  # default: fix.within
-    ask: str | None = None
-    use_match: bool = False
-    stop_timeout: float | None = None
-    start: StartOptions = field(default_factory=StartOptions)
-
-
-def probe_figures(result: ProbeResult | None) -> dict[str, Any]:
-    """The few probe figures worth a before/after row and a history line."""
-    if result is None:
-        return {"verdict": "UNKNOWN", "reasons": ["probe failed"]}
-    snap = result.service
-    held = result.accelerator.held_bytes
-    return {
-        "verdict": result.verdict.name,
-        "reasons": result.reasons,
-        "running": bool(snap and snap.running),
-        "healthy": result.health.ok,
-        "pid": snap.roots[0] if snap and snap.roots else None,
-        "service_rss_bytes": snap.total_rss_bytes if snap and snap.running else None,
-        "service_footprint_bytes": snap.total_footprint_bytes if snap else None,
-        "accelerator_held_bytes": held,
-        "accelerator_limit_bytes": result.accelerator.limit_bytes,
-        "host_used_percent": result.host.percent if result.host else None,
-    }
-
-
-def _probe(settings: Settings) -> ProbeResult:
-    from mpsctl.observe.probe import take_probe
-
-    return take_probe(settings)
-
-
-def fix_service(
-    settings: Settings,
-    options: FixOptions | None = None,
-    *,
-    events: Events | None = None,
-    lock_wait: float = 0.0,
-    probe: Callable[[Settings], ProbeResult] = _probe,
-) -> FixResult:
-    """Lock, probe, stop, clean the cache, start with the configured limits, verify, probe.
-
-    Every run, refused or not, leaves one line in ``history/fix.jsonl``.
-    """
-    opts = options or FixOptions()
-    trigger = "if-unhealthy" if opts.if_unhealthy else "manual"
-    path = history.fix_history_path(settings.home)
-    now = utc_now_iso()
-    try:
-        with service_lock(settings.home, wait=lock_wait, purpose="fix"):
-            result = _fix_locked(settings, opts, events or SilentEvents(), probe, trigger)
-    except LockedError as exc:
-        locked = {"time": now, "pid": os.getpid(), "trigger": trigger, "result": "locked"}
-        history.append_record(path, {**locked, "restarted": False, "message": str(exc)})
-        raise
-    history.append_record(
-        path,
-        {
-            "time": result.time,
-            "pid": os.getpid(),
-            "trigger": trigger,
-            "result": result.status,
-            "restarted": result.restarted,
-            "healthy": result.healthy,
-            "message": result.message,
-            "before": result.before,
-            "after": result.after,
-            "actions": [a.to_json() for a in result.actions],
-        },
-    )
-    return result
-
-
-def _fix_locked(
-    settings: Settings,
-    opts: FixOptions,
-    events: Events,
-    probe: Callable[[Settings], ProbeResult],
-    trigger: str,
-) -> FixResult:
-    when = utc_now_iso()
-    before_probe = probe(settings)
-    before = probe_figures(before_probe)
-    actions: list[FixAction] = []
-
-    def done(status: Any, healthy: bool, msg: str, *, after: dict[str, Any] | None = None,
-             restarted: bool = False, answer: str | None = None) -> FixResult:  # fmt: skip
-        return FixResult(status, trigger, before, after, tuple(actions), restarted, healthy, msg,
-                         when, answer)  # fmt: skip
-
-    if opts.if_unhealthy and before["verdict"] == "OK":
-        return done("healthy", True, "probe verdict OK: nothing to do")
-
-    max_restarts = settings.fix.max_restarts if opts.max_restarts is None else opts.max_restarts
-    within = settings.fix.within if opts.within is None else opts.within
-    recent = history.restarts_within(history.fix_history_path(settings.home), within, time.time())
-    if len(recent) >= max_restarts:
-        return done(
-            "refused",
-            bool(before.get("healthy")),
-            f"refusing to restart: {len(recent)} restart(s) in the last {within:g} s "
-            f"(fix.max_restarts = {max_restarts}); a restart loop hides the cause: "
-            "see `mpsctl logs` and `mpsctl oom`",
-        )
-
-    def step(name: str, func: Callable[[], str]) -> bool:
-        began = time.monotonic()
-        try:
-            detail = func()
-        except Exception as exc:  # each step reports; the run ends with a verdict, not a trace
-            detail = str(exc)
-            if isinstance(exc, StartFailed) and exc.log_tail:
-                # the audit trail should say why without a trip to the log
-                detail += " | log: " + " / ".join(exc.log_tail[-3:])
-            actions.append(FixAction(name, False, detail, time.monotonic() - began))
-            return False
-        actions.append(FixAction(name, True, detail, time.monotonic() - began))
-        return True
-
-    def do_stop() -> str:
-        stopped = _stop_or_raise(settings, timeout=opts.stop_timeout, use_match=opts.use_match)
-        if stopped.status == "already-stopped":
-            return "was not running"
-        return (
-            f"{len(stopped.processes)} process(es), freed {fmt_bytes(stopped.freed_rss_bytes)} RSS"
-        )
-
-    def do_clean() -> str:
-        cleaned = cache.clean_python_cache(settings.service.workdir, venv=settings.service.venv)
-        return f"{cleaned.files_removed} file(s), {fmt_bytes(cleaned.bytes_freed)}"
-
-    started: list[StartResult] = []
-
-    def do_start() -> str:
-        started.append(_start_locked(settings, opts.start, events))
-        res = started[0]
-        limit = f"; MPS {res.limit.describe()}" if res.limit.recommended_max_bytes else ""
-        return f"pid {res.pid}, healthy after {res.startup_s or 0:.1f} s{limit}"
-
-    if not step("stop", do_stop):
-        return done("failed", False, f"stop failed: {actions[-1].detail}")
-    step("clean-cache", do_clean)  # a failed cache clean does not block the restart
-    if not step("start", do_start):
-        return done("failed", False, f"start failed: {actions[-1].detail}", restarted=True)
-
-    answer: str | None = None
-    if opts.ask is not None:
-        answers: list[str] = []
-
-        def do_ask() -> str:
-            answers.append(ask_question(settings, opts.ask or ""))
-            return answers[0][:80]
-
-        step("ask", do_ask)
-        answer = answers[0] if answers else None
-
-    after_probe = probe(settings)
-    after = probe_figures(after_probe)
-    healthy = bool(after.get("healthy")) and all(a.ok for a in actions if a.name != "clean-cache")
-    if healthy:
-        msg = f"restarted; verdict {after['verdict']}"
-        return done("fixed", True, msg, after=after, restarted=True, answer=answer)
-    why = next((a.detail for a in actions if not a.ok and a.name != "clean-cache"), None)
-    msg = f"not healthy after the restart: {why or '; '.join(after.get('reasons', []))}"
-    return done("failed", False, msg, after=after, restarted=True, answer=answer)
-
-
-def ask_question(settings: Settings, question: str) -> str:
-    """One test query, as a client would send it; the answer text (or the reply excerpt)."""
-    client = ServiceClient(settings.service, token=read_token(settings.service))
-    try:
-        reply = client.request(
-            "POST", settings.service.query_path, json_body={"question": question}
-        )
-    except ClientError as exc:
-        raise ServiceError(f"test query failed: {exc}") from None
-    finally:
-        client.close()
-    if reply.status != 200:
-        raise ServiceError(
-            f"test query answered HTTP {reply.status}: {reply.text_excerpt or reply.body}"
-        )
-    body = reply.body
-    if isinstance(body, dict) and isinstance(body.get("answer"), str):
-        return str(body["answer"])
-    return json.dumps(body, ensure_ascii=False)[:200]

@@ -8,6 +8,7 @@ holder's pid), so a refused run can name who holds it.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import time
@@ -15,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from mpsctl.errors import LockedError
+from mpsctl.errors import LockedError, ServiceError
 
 LOCK_NAME = "mpsctl.lock"
 
@@ -38,11 +39,17 @@ def _holder(fd: int) -> str:
 @contextmanager
 def service_lock(home: Path, *, wait: float = 0.0, purpose: str = "mpsctl") -> Iterator[Path]:
     """Hold the lock for the ``with`` block; ``LockedError`` (exit 75) after ``wait`` seconds."""
-    home.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = lock_path(home)
-    # O_CLOEXEC (Python's default): a service started while we hold the lock must not
-    # inherit the descriptor, or the lock would live as long as the service.
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # O_CLOEXEC (Python's default): a service started while we hold the lock must not
+        # inherit the descriptor, or the lock would live as long as the service. No O_TRUNC:
+        # the file holds the current holder's pid until we hold the lock ourselves.
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise ServiceError(
+            f"cannot open the lock file {path}: {exc.strerror} (check MPSCTL_HOME)"
+        ) from None
     try:
         deadline = time.monotonic() + max(0.0, wait)
         delay = 0.02
@@ -59,8 +66,11 @@ def service_lock(home: Path, *, wait: float = 0.0, purpose: str = "mpsctl") -> I
                     ) from None
                 time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
                 delay = min(delay * 2, 0.25)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()} {purpose}\n".encode(), 0)
+        # held: now the holder line may be replaced (a failure to write it only costs the
+        # name in a refused run's message)
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()} {purpose}\n".encode(), 0)
         yield path
     finally:
         os.close(fd)  # closing releases the flock

@@ -23,7 +23,7 @@ def rotate_if_needed(path: Path, max_bytes: int, backups: int) -> bool:
     try:
         if path.stat().st_size <= max_bytes:
             return False
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # nothing to rotate (opening will say why)
         return False
     oldest = path.with_name(f"{path.name}.{backups}")
     oldest.unlink(missing_ok=True)

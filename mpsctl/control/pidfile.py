@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from mpsctl.errors import ServiceError
 from mpsctl.observe.procs import PidRecord, default_pidfile_path, read_pidfile
 
 __all__ = [
@@ -28,13 +29,20 @@ def atomic_write_json(path: Path, document: Any, *, mode: int = 0o600) -> None:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     data = (json.dumps(document, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+    # O_TRUNC only on our own temporary file (pid in its name), never on the real one
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        try:
+            view = memoryview(data)
+            while view:  # os.write may write less than asked
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     # the rename itself is durable only once the directory entry is flushed
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
@@ -61,4 +69,6 @@ def remove_pidfile(path: Path, *, pid: int | None = None) -> bool:
         path.unlink()
     except FileNotFoundError:
         return False
+    except OSError as exc:  # a directory in its place, a read-only MPSCTL_HOME
+        raise ServiceError(f"cannot remove the pidfile {path}: {exc.strerror}") from None
     return True

@@ -60,11 +60,12 @@ def after_probe(
             write_textfile(prometheus, result)
         except MpsctlError as exc:
             warn(f"--prometheus: {exc}")
+    url, command = alert_url or settings.alerts.url, alert_cmd or settings.alerts.command
+    if not (url or command):
+        return
     from mpsctl.monitor.alerts import notify_on_change, targets_from
 
-    targets = targets_from(alert_url or settings.alerts.url, alert_cmd or settings.alerts.command)
-    if not targets:
-        return
+    targets = targets_from(url, command)
     try:
         deliveries = notify_on_change(settings.home, result, targets)
     except OSError as exc:  # the state file could not be written

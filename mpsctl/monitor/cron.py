@@ -57,6 +57,9 @@ def carried_env(settings: Settings, environ: Mapping[str, str]) -> dict[str, str
     for name in sorted(environ):
         if name.startswith(prefixes) and name not in secret:
             env[name] = environ[name]
+    workdir = env_name("service.workdir")
+    if workdir in env:  # relative to this shell's cwd; cron starts in $HOME
+        env[workdir] = str(settings.service.workdir)
     return env
 
 

@@ -13,18 +13,19 @@ from __future__ import annotations
 
 import json
 import re
+import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from mpsctl.observe.probe import ProbeResult
+from mpsctl.observe.probe import ProbeResult, service_footprint_bytes, service_rss_bytes
 from mpsctl.storage import append_line
 
 SCHEMA = "mpsctl.history/1"
 HISTORY_DIR = "history"
-_DAY_FILE = re.compile(r"^probe-(\d{4}-\d{2}-\d{2})\.jsonl$")
+_DAY_FILE = re.compile(r"probe-(\d{4}-\d{2}-\d{2})\.jsonl")
 #: OOM event times kept per record: enough to count distinct events, bounded if a log explodes
 MAX_OOM_TIMES = 20
 
@@ -83,8 +84,8 @@ def history_record(result: ProbeResult, *, source: str = "probe") -> dict[str, A
         "swap_used_percent": swap_pct,
         "service_running": running,
         # a stopped service has no memory: null, not 0, so it does not drag the averages down
-        "service_rss_bytes": snap.total_rss_bytes if snap is not None and running else None,
-        "service_footprint_bytes": snap.total_footprint_bytes if snap is not None else None,
+        "service_rss_bytes": service_rss_bytes(snap),
+        "service_footprint_bytes": service_footprint_bytes(snap),
         "accelerator_device": acc.device,
         "accelerator_allocated_bytes": acc.allocated_bytes,
         "accelerator_held_bytes": acc.held_bytes,
@@ -129,6 +130,13 @@ def prune_history(home: Path, retention_days: int, today: date) -> list[Path]:
     removed = []
     for path, day in day_files(home):
         if day < oldest_kept:
+            # only a regular file we could have written: not a directory or a symlink that
+            # happens to carry the name (unlinking a link is harmless, but it is not ours)
+            try:
+                if not stat.S_ISREG(path.lstat().st_mode):
+                    continue
+            except FileNotFoundError:
+                continue
             try:
                 path.unlink()
             except FileNotFoundError:
@@ -146,7 +154,7 @@ def day_files(home: Path) -> list[tuple[Path, date]]:
         return []
     found = []
     for name in names:
-        match = _DAY_FILE.match(name)
+        match = _DAY_FILE.fullmatch(name)  # match() + "$" would accept "...jsonl\n"
         if match:
             try:
                 found.append((directory / name, date.fromisoformat(match.group(1))))

@@ -17,7 +17,7 @@ from typing import Any
 
 from mpsctl.errors import MpsctlError
 from mpsctl.monitor.history import oom_count, parse_time
-from mpsctl.observe.probe import ProbeResult
+from mpsctl.observe.probe import ProbeResult, service_footprint_bytes, service_rss_bytes
 
 MISSING = "Prometheus output needs prometheus_client: pip install 'mpsctl[metrics]'"
 
@@ -61,12 +61,12 @@ def probe_samples(result: ProbeResult) -> list[Sample]:
             add(
                 "service_rss_bytes",
                 "RSS of the service's process tree (no Metal memory).",
-                snap.total_rss_bytes,
+                service_rss_bytes(snap),
             )
             add(
                 "service_footprint_bytes",
                 "phys_footprint of the service's tree (macOS).",
-                snap.total_footprint_bytes,
+                service_footprint_bytes(snap),
             )
     acc = result.accelerator
     device = {"device": acc.device} if acc.device else {}

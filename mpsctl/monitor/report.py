@@ -153,7 +153,10 @@ def count_oom_events(records: list[dict[str, Any]]) -> int:
     previous = 0
     for record in records:
         count = record.get("oom_events")
-        count = count if isinstance(count, int) and not isinstance(count, bool) else 0
+        if not isinstance(count, int) or isinstance(count, bool):
+            # unknown (the log scan failed): neither 0 events nor a reset of the window,
+            # else the next known count would be added a second time
+            continue
         stamps = record.get("oom_times")
         stamps = [s for s in stamps if isinstance(s, str)] if isinstance(stamps, list) else []
         times.update(stamps)

@@ -117,17 +117,17 @@ def from_nvml(pids: Iterable[int]) -> AcceleratorFigures | None:
         return None
     try:
         used = 0
-        total = 0
-        seen = False
+        totals: dict[int, int] = {}  # device index -> its memory, counted once per device
         for index in range(pynvml.nvmlDeviceGetCount()):
             handle = pynvml.nvmlDeviceGetHandleByIndex(index)
             for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
                 if proc.pid in wanted and proc.usedGpuMemory is not None:
                     used += int(proc.usedGpuMemory)
-                    total += int(pynvml.nvmlDeviceGetMemoryInfo(handle).total)
-                    seen = True
-        if not seen:
+                    if index not in totals:
+                        totals[index] = int(pynvml.nvmlDeviceGetMemoryInfo(handle).total)
+        if not totals:
             return None
+        total = sum(totals.values())
         return AcceleratorFigures(
             source="nvml",
             device="cuda",

@@ -24,19 +24,12 @@ import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import psutil
 
-from mpsctl.observe.macos import (
-    SwapUsage,
-    TopPhysMem,
-    VmStat,
-    parse_pressure_level,
-    parse_swapusage,
-    parse_top_physmem,
-    parse_vm_stat,
-)
+if TYPE_CHECKING:
+    from mpsctl.observe.macos import SwapUsage, TopPhysMem, VmStat
 
 #: Runs ``argv`` (no shell) and returns its stdout; raises ``OSError`` (e.g.
 #: ``FileNotFoundError``) or ``subprocess.SubprocessError`` when the command fails.
@@ -161,6 +154,14 @@ def host_memory(runner: CommandRunner | None = None, *, platform: str | None = N
     physmem: dict[str, int | None] | None = None
 
     if platform == "darwin":
+        # the parsers (and their regexes) are imported only where they are used
+        from mpsctl.observe.macos import (
+            parse_pressure_level,
+            parse_swapusage,
+            parse_top_physmem,
+            parse_vm_stat,
+        )
+
         run = run_command if runner is None else runner
         vm_stat: VmStat | None = _observe(run, VM_STAT, parse_vm_stat, notes)
         swapusage: SwapUsage | None = _observe(run, SWAPUSAGE, parse_swapusage, notes)

@@ -8,6 +8,7 @@ One resolver serves ``mpsctl logs`` and ``mpsctl oom``. Dated names such as
 from __future__ import annotations
 
 import glob
+import heapq
 import os
 import re
 import time
@@ -295,9 +296,10 @@ class LogView:
                     for n, (text, when) in enumerate(zip(texts, times, strict=True))
                 ]
             )
-        merged = [row for rows in per_file for row in rows]
+        # A merge, not a sort: each file keeps its own order even where its stamps go back
+        # (several workers writing one log); ties go to the file listed first.
         epoch = datetime.min.replace(tzinfo=timezone.utc)
-        merged.sort(key=lambda row: (row[0] or epoch, row[1], row[2]))
+        merged = heapq.merge(*per_file, key=lambda row: (row[0] or epoch, row[1], row[2]))
         return [row[3] for row in merged], notices
 
     # ----------------------------------------------------------------- follow

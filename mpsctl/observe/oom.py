@@ -17,6 +17,7 @@ Formats (see ``MEMORY-FACTS.md``; samples in ``tests/fixtures/torch-*``):
 
 from __future__ import annotations
 
+import io
 import os
 import re
 from collections.abc import Iterable, Iterator
@@ -154,7 +155,7 @@ class OomEvent:
 
 # --------------------------------------------------------------------------- parsing
 def size_to_bytes(number: str, unit: str) -> int:
-    """``"20.14", "GiB"`` -> 21625052856. PyTorch's ``KB/MB/GB`` are 1024-based too."""
+    """``"20.14", "GiB"`` -> 21625160335. PyTorch's ``KB/MB/GB`` are 1024-based too."""
     return round(float(number) * _UNITS[unit])
 
 
@@ -326,6 +327,9 @@ def summary(event: OomEvent) -> str:
     return ", ".join(parts)
 
 
+#: the high/low ratio pair suggested to keep macOS out of swap (low <= high, as PyTorch demands)
+_SUGGESTED_HIGH, _SUGGESTED_LOW = 0.7, 0.5
+
 #: recommendedMaxWorkingSetSize seen on Apple Silicon (GiB) -> RAM of the Mac (GB)
 _KNOWN_WORKING_SETS = ((5.33, 8), (10.67, 16), (16.0, 24), (21.33, 32), (37.44, 48))
 
@@ -408,8 +412,13 @@ def _explain_mps(event: OomEvent, hint: float | None) -> list[str]:
             "(MPSGraph caches, other Metal users in the process); torch.mps.empty_cache() "
             "does not free it, a restart does."
         )
-    if working_set is not None:
-        high, low = 0.7, 0.5
+    if working_set is not None and hint is not None and 0 < hint <= _SUGGESTED_HIGH:
+        advice.append(
+            f"The service already runs with a low limit (high ratio {hint:g}): a lower one "
+            "only makes PyTorch fail sooner. Reduce what the service holds instead (below)."
+        )
+    elif working_set is not None:
+        high, low = _SUGGESTED_HIGH, _SUGGESTED_LOW
         advice.append(
             f"To keep macOS out of swap set both ratios (low <= high): high {high:g} -> "
             f"{short_size(round(working_set * high))}, low {low:g} -> "
@@ -432,7 +441,12 @@ def _mac_size(working_set: int) -> str:
     gib = working_set / 1024**3
     for known, ram in _KNOWN_WORKING_SETS:
         if abs(gib - known) <= known * 0.02:
-            return f" That matches an Apple Silicon Mac with {ram} GB of RAM."
+            return (
+                f" That matches an Apple Silicon Mac with {ram} GB of RAM (recommended working "
+                f"set {known:g} GiB; the message's rounding explains the difference)."
+                if f"{gib:.2f}" != f"{known:.2f}"
+                else f" That matches an Apple Silicon Mac with {ram} GB of RAM."
+            )
     return ""
 
 
@@ -516,15 +530,13 @@ def iso(moment: datetime) -> str:
 
 
 # --------------------------------------------------------------------------- scanning
-CHUNK_BYTES = 4 * 1024 * 1024
+#: read size of the first pass (one reused buffer; 64 KiB-4 MiB measured the same)
+CHUNK_BYTES = 256 * 1024
 LOOKBACK_BYTES = 64 * 1024  # how far back a traceback line looks for its record's timestamp
 LOOKBACK_LINES = 200
 FORWARD_BYTES = 16 * 1024  # room for a message wrapped over its next lines
 WINDOW_BYTES = 256 * 1024  # read around a hit at once, so dense hits share one read
 CONTINUATION_LINES = 4
-#: files at least this big are searched by several processes (one range each)
-PARALLEL_MIN_BYTES = 256 * 1024 * 1024
-MAX_WORKERS = 8
 _MAX_NEEDLE = max(len(n) for n in NEEDLES)
 
 #: (absolute offset of a needle, newlines in the file before it)
@@ -536,14 +548,13 @@ def scan_file(
     since: datetime | None = None,
     *,
     label: str | None = None,
-    workers: int | None = None,
 ) -> Iterator[OomEvent]:
     """Every OOM / invalid-watermark message in a log file, in file order.
 
-    Two passes that never hold the file in memory: (1) in 4 MiB chunks, a ``bytes``
+    Two passes that never hold the file in memory: (1) in 256 KiB chunks, a ``bytes``
     search for ``NEEDLES`` and a newline count (for line numbers) -- nothing is decoded;
-    files over 256 MiB are split into ranges searched by up to 8 processes (``workers``:
-    1 forces one); (2) each hit is read back with its surroundings, decoded
+    one process, no threads: a needle cut by a chunk boundary is found by ``_edge_hits``;
+    (2) each hit is read back with its surroundings, decoded
     (``errors="replace"``) and parsed, joining a message wrapped over its next lines and
     taking the timestamp of its line or of the record it continues (a traceback).
     ``since``: skip events older than it; events without a time are kept unless the file
@@ -555,46 +566,11 @@ def scan_file(
         if since is not None and datetime.fromtimestamp(info.st_mtime, timezone.utc) < since:
             return  # nothing in it can be newer than its last write
         size = info.st_size  # a log still growing is scanned up to here
-        hits = _find_all(os.fsdecode(path), size, workers)
+        hits = _find_in_range(handle, 0, size)[1]  # this handle: a rotation cannot swap files
         for event in _resolve(handle, size, hits):
             if since is not None and event.when is not None and event.when < since:
                 continue
             yield replace(event, file=name)
-
-
-def _find_all(path: str, size: int, workers: int | None) -> list[Hit]:
-    count = workers if workers is not None else min(os.cpu_count() or 1, MAX_WORKERS)
-    wanted = workers is not None or size >= PARALLEL_MIN_BYTES
-    if count > 1 and wanted and size > 0 and _can_fork():
-        step = -(-size // count)
-        starts = list(range(0, size, step))
-        ends = [min(start + step, size) for start in starts]
-        try:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
-
-            # fork: the workers need nothing but this module, already imported
-            context = multiprocessing.get_context("fork")
-            with ProcessPoolExecutor(len(starts), mp_context=context) as pool:
-                parts = list(pool.map(_find_in_range, [path] * len(starts), starts, ends))
-        except (OSError, RuntimeError):
-            parts = []  # no processes to be had: do it here
-        if parts:
-            hits: list[Hit] = []
-            newlines = 0
-            for range_newlines, range_hits in parts:
-                hits += [(pos, newlines + before) for pos, before in range_hits]
-                newlines += range_newlines
-            return hits
-    return _find_in_range(path, 0, size)[1]
-
-
-def _can_fork() -> bool:
-    import multiprocessing
-    import threading
-
-    # forking a process that runs other threads can deadlock the child: only a plain CLI run
-    return threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods()
 
 
 def _edge_hits(tail: bytes, head: bytes | bytearray, offset: int, newlines: int) -> list[Hit]:
@@ -609,40 +585,39 @@ def _edge_hits(tail: bytes, head: bytes | bytearray, offset: int, newlines: int)
     return hits
 
 
-def _find_in_range(path: str, start: int, end: int) -> tuple[int, list[Hit]]:
+def _find_in_range(handle: io.BufferedReader, start: int, end: int) -> tuple[int, list[Hit]]:
     """Newlines in ``[start, end)`` and the needles starting there (newlines counted from
     ``start``). The hot loop: per chunk one search per needle and one newline count."""
     hits: list[Hit] = []
     newlines = 0
-    # One reused buffer: a fresh 4 MiB bytes object per read costs page faults every time.
+    # One reused buffer: a fresh bytes object per read costs an allocation and page faults.
     buffer = bytearray(max(min(CHUNK_BYTES, end - start), 1))
     tail = b""  # the last bytes before the chunk, for a needle across the chunk boundary
-    with open(path, "rb") as handle:
-        handle.seek(start)
-        pos = start
-        while pos < end:
-            size = min(handle.readinto(buffer), end - pos)
-            if size <= 0:
-                break
-            chunk = buffer if size == len(buffer) else buffer[:size]
-            hits += _edge_hits(tail, chunk[: _MAX_NEEDLE - 1], pos, newlines)
-            found_at = []
-            for needle in NEEDLES:
-                found = chunk.find(needle)
-                while found >= 0:
-                    found_at.append(found)
-                    found = chunk.find(needle, found + 1)
-            counted, counted_to = newlines, 0
-            for found in sorted(found_at):  # incremental: a log full of OOMs stays linear
-                counted += chunk.count(b"\n", counted_to, found)
-                counted_to = found
-                hits.append((pos + found, counted))
-            newlines += chunk.count(b"\n")
-            tail = bytes(chunk[-(_MAX_NEEDLE - 1) :])
-            pos += size
-        if pos == end and tail:
-            handle.seek(end)
-            hits += _edge_hits(tail, handle.read(_MAX_NEEDLE - 1), end, newlines)
+    handle.seek(start)
+    pos = start
+    while pos < end:
+        size = min(handle.readinto(buffer), end - pos)
+        if size <= 0:
+            break
+        chunk = buffer if size == len(buffer) else buffer[:size]
+        hits += _edge_hits(tail, chunk[: _MAX_NEEDLE - 1], pos, newlines)
+        found_at = []
+        for needle in NEEDLES:
+            found = chunk.find(needle)
+            while found >= 0:
+                found_at.append(found)
+                found = chunk.find(needle, found + 1)
+        counted, counted_to = newlines, 0
+        for found in sorted(found_at):  # incremental: a log full of OOMs stays linear
+            counted += chunk.count(b"\n", counted_to, found)
+            counted_to = found
+            hits.append((pos + found, counted))
+        newlines += chunk.count(b"\n")
+        tail = bytes(chunk[-(_MAX_NEEDLE - 1) :])
+        pos += size
+    if pos == end and tail:
+        handle.seek(end)
+        hits += _edge_hits(tail, handle.read(_MAX_NEEDLE - 1), end, newlines)
     return newlines, sorted(hits)
 
 
@@ -679,7 +654,7 @@ def _tail_events(
             return
         size = info.st_size
         start = _tail_start(handle, size, cutoff, max_tail_bytes)
-        hits = _find_in_range(os.fsdecode(path), start, size)[1]
+        hits = _find_in_range(handle, start, size)[1]
         for event in _resolve(handle, size, hits):
             if event.when is not None and event.when >= cutoff:
                 yield replace(event, file=os.fsdecode(path), line=None)

@@ -37,7 +37,8 @@ class HealthFigures:
     def to_json(self) -> dict[str, Any]:
         return {
             "checked": self.checked,
-            "ok": self.ok,
+            # not asked: unknown, not "unhealthy"
+            "ok": self.ok if self.checked else None,
             "status": self.status,
             "latency_ms": self.latency_ms,
             "error": self.error,
@@ -82,15 +83,15 @@ class ProbeResult:
     def to_json(self) -> dict[str, Any]:
         service: dict[str, Any]
         if self.service is None:
-            service = {"running": None, "rss_bytes": None, "processes": [], "env": {}}
+            service = {"running": None, "processes": []}
         else:
             service = self.service.to_json()
         service = {
             **service,
             "name": self.service_name,
             "url": self.url,
-            "rss_bytes": service.get("total_rss_bytes"),
-            "footprint_bytes": service.get("total_footprint_bytes"),
+            "rss_bytes": service_rss_bytes(self.service),
+            "footprint_bytes": service_footprint_bytes(self.service),
             "env": _service_env(self.service),
         }
         return {
@@ -117,10 +118,36 @@ class ProbeResult:
         }
 
 
+def service_rss_bytes(snapshot: ServiceSnapshot | None) -> int | None:
+    """RSS of the service's tree; None (unknown) when nothing runs or no RSS was readable.
+
+    ``ServiceSnapshot.total_rss_bytes`` counts an unreadable RSS as 0; a probe must not.
+    """
+    if snapshot is None or not snapshot.running:
+        return None
+    values = [p.rss_bytes for p in snapshot.processes if p.rss_bytes is not None]
+    return sum(values) if values else None
+
+
+def service_footprint_bytes(snapshot: ServiceSnapshot | None) -> int | None:
+    """phys_footprint of the tree (macOS); None elsewhere, when unreadable or not running."""
+    if snapshot is None or not snapshot.running:
+        return None
+    return snapshot.total_footprint_bytes
+
+
+def service_memory_bytes(snapshot: ServiceSnapshot | None) -> tuple[int | None, str]:
+    """What the thresholds compare: footprint (includes Metal memory), else RSS."""
+    footprint = service_footprint_bytes(snapshot)
+    if footprint is not None:
+        return footprint, "footprint"
+    return service_rss_bytes(snapshot), "RSS"
+
+
 def _service_env(snapshot: ServiceSnapshot | None) -> dict[str, str] | None:
-    """The ``PYTORCH_*`` variables of the service's root process (None: unreadable)."""
+    """The ``PYTORCH_*`` variables of the service's root process (None: unknown/unreadable)."""
     if snapshot is None or not snapshot.processes:
-        return {}
+        return None
     roots = set(snapshot.roots) or {snapshot.processes[0].pid}
     for proc in snapshot.processes:
         if proc.pid in roots:
@@ -196,10 +223,7 @@ def judge(
 
     if service is not None and service.running:
         # phys_footprint includes Metal memory; RSS does not (see MEMORY-FACTS.md)
-        size = service.total_footprint_bytes
-        label = "footprint"
-        if size is None:
-            size, label = service.total_rss_bytes, "RSS"
+        size, label = service_memory_bytes(service)
         if size is not None:
             add(
                 _level(size / GIB, thresholds.service_memory_gib),
@@ -242,11 +266,23 @@ def check_health(client: ServiceClient, timeout: float) -> HealthFigures:
 
 def recent_oom_events(settings: Settings, window_s: float = OOM_WINDOW_S) -> list[dict[str, Any]]:
     """OOM events logged in the last ``window_s`` seconds, reading only each log's tail."""
+    since = time.time() - window_s
+    log_file = settings.service.log_file
+    if not settings.service.log_globs:
+        # One log, untouched within the window (or absent): no event can be in the window,
+        # and a cron probe need not import the log parsers to learn that.
+        try:
+            if log_file.stat().st_mtime < since:
+                return []
+        except FileNotFoundError:
+            return []
+        except OSError:
+            pass  # unreadable: let the scan report it
     from mpsctl.observe.logfiles import resolve_logs
     from mpsctl.observe.oom import recent_events
 
     paths = [path for _label, path in resolve_logs(settings)]
-    return recent_events(paths, since=time.time() - window_s)
+    return recent_events(paths, since=since)
 
 
 def take_probe(

@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 import psutil
 
+from mpsctl.errors import ConfigError
 from mpsctl.settings import Settings
 
 Clock = Callable[[], float]
@@ -399,6 +400,50 @@ def descendants(roots: dict[int, float]) -> dict[int, float]:
     return found
 
 
+def session_members(sid: int, since: float) -> dict[int, float]:
+    """``pid -> create_time`` of this user's live processes in session ``sid`` born at or
+    after ``since`` (what a service started with ``setsid`` left behind when its first
+    process exited: daemonised workers, ``sh -c "... &"`` children). Never mpsctl itself.
+
+    While such a process lives, the kernel does not hand ``sid`` out as a new pid, so the
+    session cannot be a stranger's.
+    """
+    protected = protected_pids()
+    found: dict[int, float] = {}
+    for proc in psutil.process_iter(["create_time", "status"]):
+        info = proc.info
+        created = info.get("create_time")
+        if proc.pid in protected or info.get("status") == psutil.STATUS_ZOMBIE or created is None:
+            continue
+        if created < since - CREATE_TIME_TOLERANCE_S:
+            continue
+        try:
+            if os.getsid(proc.pid) != sid:
+                continue
+        except OSError:
+            continue
+        if _own_user(proc):
+            found[proc.pid] = float(created)
+    return found
+
+
+def group_is_mine(pgid: int) -> bool:
+    """Every live member of process group ``pgid`` is this user's and none is mpsctl or one
+    of its ancestors: only then may the whole group be signalled at once."""
+    protected = protected_pids()
+    for proc in psutil.process_iter(["status"]):
+        if proc.info.get("status") == psutil.STATUS_ZOMBIE:
+            continue
+        try:
+            if os.getpgid(proc.pid) != pgid:
+                continue
+        except OSError:
+            continue
+        if proc.pid in protected or not _own_user(proc):
+            return False
+    return True
+
+
 def processes_info(
     identities: Iterable[tuple[int, float]], *, clock: Clock = time.time
 ) -> tuple[ProcInfo, ...]:
@@ -445,8 +490,15 @@ def _own_user(proc: psutil.Process) -> bool:
         return False
 
 
+def _compile(pattern: str) -> re.Pattern[str]:
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        raise ConfigError(f"service.match: invalid regular expression {pattern!r}: {exc}") from None
+
+
 def _matching(pattern: str) -> list[psutil.Process]:
-    regex = re.compile(pattern)
+    regex = _compile(pattern)
     protected = protected_pids()
     found = []
     for proc in psutil.process_iter(["cmdline", "status"]):

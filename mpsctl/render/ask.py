@@ -179,15 +179,18 @@ def stress_tables(result: StressResult) -> list[Table]:
     if result.tokens_per_s is not None:
         summary.add_row("tokens/s", f"{result.tokens_per_s:.1f} ({result.tokens_total} tokens)")
 
-    latency = Table(title="latency of successful requests (nearest-rank)")
+    tables = [summary]
     stats = result.latency
-    names = ["min", *(f"p{p}" for p in (stats.percentiles_s if stats else ())), "max"]
-    for name in names:
-        latency.add_column(name, justify="right")
-    if stats is not None:
+    if stats is None:
+        summary.add_row("latency", "no successful request to measure")
+    else:
+        latency = Table(title="latency of successful requests (nearest-rank)")
+        for name in ["min", *(f"p{p}" for p in stats.percentiles_s), "max"]:
+            latency.add_column(name, justify="right")
         latency.add_row(
             _ms(stats.min_s), *(_ms(v) for v in stats.percentiles_s.values()), _ms(stats.max_s)
         )
+        tables.append(latency)
 
     memory = Table(title=f"memory ({result.memory.samples} samples)")
     for column in ("", "before", "peak", "after"):
@@ -197,7 +200,11 @@ def stress_tables(result: StressResult) -> list[Table]:
         if span is not None and span.peak is not None:
             row = (fmt_bytes(span.before), fmt_bytes(span.peak), fmt_bytes(span.after))
             memory.add_row(_MEMORY_LABELS[name], *row)
-    return [summary, latency, memory]
+    if memory.row_count:
+        tables.append(memory)
+    else:
+        summary.add_row("memory", "not measured (no service process or memory report found)")
+    return tables
 
 
 # --------------------------------------------------------------------------- sweep

@@ -6,12 +6,13 @@ import contextlib
 from collections.abc import Callable
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
 from mpsctl.control.cache import CleanCacheResult
+from mpsctl.control.fix import FixResult
 from mpsctl.control.lifecycle import (
-    FixResult,
     StartFailed,
     StartResult,
     StatusResult,
@@ -47,31 +48,44 @@ def _short(command: str, width: int = 70) -> str:
 
 
 def start_line(result: StartResult) -> str:
+    latency = "" if result.health_latency_ms is None else f" ({result.health_latency_ms:g} ms)"
     if result.status == "already-running":
         how = "" if result.found_by == "pidfile" else f" (found by {result.found_by})"
-        return f"{result.name} is already running: pid {result.pid}{how}, healthy at {result.url}"
+        return (
+            f"{result.name} is already running: pid {result.pid}{how}, "
+            f"healthy at {result.url}{latency}"
+        )
     return (
         f"{result.name} started: pid {result.pid}, healthy at {result.url} after "
-        f"{fmt_seconds(result.startup_s)}; log {result.log_file}"
+        f"{fmt_seconds(result.startup_s)}"
     )
 
 
 def render_start(out: Console, result: StartResult) -> None:
+    """The summary line, then what the service runs with: command, env, limit, files."""
     out.print(start_line(result), soft_wrap=True)
-    if result.status == "started":
-        env = " ".join(f"{k}={v}" for k, v in result.torch_env.items()) or "(no PYTORCH_* set)"
-        out.print(f"  env: {env}", soft_wrap=True)
-        if result.limit.recommended_max_bytes is not None:
-            out.print(f"  MPS limit: {result.limit.describe()}")
+    table = Table(show_header=False, box=box.SIMPLE, padding=(0, 1))
+    table.add_column("", style="bold", no_wrap=True)
+    table.add_column("", overflow="fold")
+    table.add_row("command", " ".join(result.argv))
+    env = " ".join(f"{k}={v}" for k, v in result.torch_env.items()) or "(no PYTORCH_* set)"
+    table.add_row("env", env)
+    if result.limit.recommended_max_bytes is not None:
+        table.add_row("MPS limit", result.limit.describe())
+    rotated = " (the previous one was rotated to .1)" if result.log_rotated else ""
+    table.add_row("log", f"{result.log_file}{rotated}")
+    if result.pidfile is not None:
+        table.add_row("pidfile", str(result.pidfile))
+    out.print(table)
 
 
 def render_start_failure(err: Console, exc: StartFailed) -> None:
     if exc.log_tail:
-        err.print(f"last {len(exc.log_tail)} lines of {exc.log_file}:")
+        err.print(f"last {len(exc.log_tail)} lines of {exc.log_file}:", soft_wrap=True)
         for line in exc.log_tail:
-            err.print("  " + line)
+            err.print("  " + line, soft_wrap=True)
     else:
-        err.print(f"(nothing in {exc.log_file} from this start)")
+        err.print(f"(nothing in {exc.log_file} from this start)", soft_wrap=True)
 
 
 _OUTCOME = {
@@ -90,19 +104,21 @@ def render_stop(out: Console, result: StopResult) -> None:
         table.add_column("pid", justify="right")
         table.add_column("outcome")
         table.add_column("RSS", justify="right")
-        table.add_column("command")
+        table.add_column("command", overflow="fold")
         for row in result.processes:
             outcome = _OUTCOME[row.outcome] + (f" ({row.note})" if row.note else "")
-            table.add_row(str(row.pid), outcome, fmt_bytes(row.rss_bytes), _short(row.command))
+            command = _short(row.command, 200)  # the port and app are at the end: keep them
+            table.add_row(str(row.pid), outcome, fmt_bytes(row.rss_bytes), command)
         out.print(table)
     if result.status == "stopped":
         out.print(
             f"{result.name} stopped in {fmt_seconds(result.elapsed_s)}: "
             f"{fmt_bytes(result.freed_rss_bytes)} RSS freed"
-            + ("; pidfile removed" if result.pidfile_removed else "")
+            + ("; pidfile removed" if result.pidfile_removed else ""),
+            soft_wrap=True,
         )
     elif result.status in ("already-stopped", "dry-run"):
-        out.print(result.message)
+        out.print(result.message, soft_wrap=True)
 
 
 def status_line(result: StatusResult) -> str:
@@ -208,5 +224,5 @@ def render_fix(out: Console, result: FixResult) -> None:
         table.add_row(label, _cell(result.before, key), _cell(result.after, key))
     out.print(table)
     if result.answer is not None:
-        out.print(f"test answer: {_short(result.answer, 200)}")
-    out.print(result.message)
+        out.print(f"test answer: {_short(result.answer, 200)}", soft_wrap=True)
+    out.print(result.message, soft_wrap=True)

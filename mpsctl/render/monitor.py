@@ -12,7 +12,7 @@ from rich.text import Text
 
 from mpsctl.monitor.doctor import DoctorReport
 from mpsctl.monitor.report import FIGURES, Report, Stats
-from mpsctl.observe.probe import ProbeResult
+from mpsctl.observe.probe import ProbeResult, service_memory_bytes
 from mpsctl.render.probe import (
     STYLES,
     accelerator_table,
@@ -63,13 +63,7 @@ class Trends:
 
     def add(self, result: ProbeResult) -> None:
         self.host_percent.append(result.host.percent if result.host else None)
-        snap = result.service
-        size = None
-        if snap is not None and snap.running:
-            size = snap.total_footprint_bytes
-            if size is None:
-                size = snap.total_rss_bytes
-        self.service_bytes.append(size)
+        self.service_bytes.append(service_memory_bytes(result.service)[0])
         self.accel_bytes.append(result.accelerator.held_bytes)
         if result.accelerator.limit_bytes:
             self.accel_limit = result.accelerator.limit_bytes

@@ -9,7 +9,12 @@ from rich.table import Table
 from rich.text import Text
 
 from mpsctl.errors import ProbeExit
-from mpsctl.observe.probe import ProbeResult
+from mpsctl.observe.probe import (
+    ProbeResult,
+    service_footprint_bytes,
+    service_memory_bytes,
+    service_rss_bytes,
+)
 from mpsctl.render.units import GIB, fmt_bytes, fmt_percent, fmt_seconds
 
 STYLES = {
@@ -33,20 +38,22 @@ def host_table(result: ProbeResult) -> Table:
     host = result.host
     if host is None:
         return _kv_table("Host memory", [("status", "unknown (unreadable)")])
+    # macOS-only figures: "n/a" elsewhere; "unknown" on a Mac whose tool did not answer
+    mac_only = "unknown" if host.platform == "darwin" else "n/a on this OS"
     rows = [
         ("total", fmt_bytes(host.total_bytes)),
         ("used", f"{fmt_bytes(host.used_bytes)} ({fmt_percent(host.percent)})"),
         ("available", fmt_bytes(host.available_bytes)),
         ("free", fmt_bytes(host.free_bytes)),
-        ("wired", fmt_bytes(host.wired_bytes, unknown="n/a on this OS")),
-        ("compressed", fmt_bytes(host.compressed_bytes, unknown="n/a on this OS")),
+        ("wired", fmt_bytes(host.wired_bytes, unknown=mac_only)),
+        ("compressed", fmt_bytes(host.compressed_bytes, unknown=mac_only)),
         (
             "swap",
             f"{fmt_bytes(host.swap_used_bytes)} of {fmt_bytes(host.swap_total_bytes)}"
             if host.swap_total_bytes
             else "none configured",
         ),
-        ("pressure", host.pressure or "unknown"),
+        ("pressure", host.pressure or mac_only),
     ]
     physmem = getattr(host, "physmem", None)
     if physmem:
@@ -87,11 +94,10 @@ def service_table(result: ProbeResult) -> Table:
             fmt_seconds(proc.uptime_s),
             " ".join(proc.cmdline) or "?",
         )
-    table.caption = (
-        f"found by {snap.found_by}; tree RSS {fmt_bytes(snap.total_rss_bytes)}"
-        + (f", footprint {fmt_bytes(snap.total_footprint_bytes)}"
-           if snap.total_footprint_bytes is not None else "")
-    )  # fmt: skip
+    footprint = service_footprint_bytes(snap)
+    table.caption = f"found by {snap.found_by}; tree RSS {fmt_bytes(service_rss_bytes(snap))}" + (
+        f", footprint {fmt_bytes(footprint)}" if footprint is not None else ""
+    )
     return table
 
 
@@ -127,8 +133,10 @@ def accelerator_table(result: ProbeResult) -> Table:
             ("free / total", f"{fmt_bytes(acc.free_bytes)} / {fmt_bytes(acc.total_bytes)}"),
             ("limit", fmt_bytes(acc.limit_bytes)),
         ]
-    else:
+    elif acc.device == "cpu":
         rows.append(("figures", "none: the service runs on the CPU (see the RSS above)"))
+    else:
+        rows.append(("figures", "unknown: the service's report names no device"))
     if acc.limit_percent is not None:
         rows.append(("of limit", fmt_percent(acc.limit_percent)))
     return _kv_table("Accelerator", rows)
@@ -181,14 +189,12 @@ def nagios_line(result: ProbeResult) -> str:
         )
         perf.append(f"host_available={host.available_bytes}B;;;0;{host.total_bytes}")
         perf.append(f"swap_used={host.swap_used_bytes}B;;;0;{host.swap_total_bytes}")
-    snap = result.service
-    if snap is not None and snap.running:
-        size = snap.total_footprint_bytes or snap.total_rss_bytes
-        if size is not None:
-            perf.append(
-                f"service_memory={size}B;{int(th.service_memory_gib[0] * GIB)};"
-                f"{int(th.service_memory_gib[1] * GIB)};0;"
-            )
+    size, _label = service_memory_bytes(result.service)
+    if size is not None:  # unknown: no perfdata at all, never a 0 that graphs as real
+        perf.append(
+            f"service_memory={size}B;{int(th.service_memory_gib[0] * GIB)};"
+            f"{int(th.service_memory_gib[1] * GIB)};0;"
+        )
     acc = result.accelerator
     if acc.held_bytes is not None:
         perf.append(f"accelerator_used={acc.held_bytes}B;;;0;{acc.limit_bytes or ''}")

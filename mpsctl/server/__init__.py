@@ -36,40 +36,57 @@ class TokenSource:
 def read_token_file(path: Path) -> tuple[str, tuple[str, ...]]:
     """The token in ``path`` (stripped) and warnings about its permissions."""
     try:
-        text = path.read_text(encoding="utf-8")
-        mode = path.stat().st_mode
+        with path.open("rb") as handle:
+            # the mode of the file actually read, not of whatever the path names later
+            mode = os.fstat(handle.fileno()).st_mode
+            data = handle.read(64 * 1024)
     except OSError as exc:
         raise ConfigError(f"cannot read token file {path}: {exc.strerror or exc}") from None
-    token = text.strip()
+    try:
+        token = data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise ConfigError(f"token file {path} is not UTF-8 text") from None
     if not token:
         raise ConfigError(f"token file {path} is empty")
+    if not token.isprintable():
+        raise ConfigError(f"token file {path} must hold the token on one line")
     warnings: tuple[str, ...] = ()
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         warnings = (
-            f"token file {path} is readable by other users (mode {stat.S_IMODE(mode):04o}); "
+            f"token file {path} is accessible to other users (mode {stat.S_IMODE(mode):04o}); "
             f"run: chmod 600 {path}",
         )
     return token, warnings
 
 
 def create_token_file(path: Path) -> str:
-    """Write a new random token to ``path`` (mode 0600) unless one appeared meanwhile."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    """Write a new random token to ``path`` (mode 0600) unless one appeared meanwhile.
+
+    The file appears complete or not at all: written to a private temporary name, then
+    hard-linked into place (link, not rename: two services starting at once must agree on
+    one token, and a link never replaces a file another one made).
+    """
     token = secrets.token_urlsafe(32)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(token + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            # link, not rename: two services starting at once must agree on one token
-            os.link(tmp, path)
-        except FileExistsError:
-            return read_token_file(path)[0]
-    finally:
-        tmp.unlink(missing_ok=True)
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(token + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return read_token_file(path)[0]
+        finally:
+            tmp.unlink(missing_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot create token file {path}: {exc.strerror or exc}; "
+            "set MPSCTL_TOKEN or pass --token-file FILE"
+        ) from None
     return token
 
 

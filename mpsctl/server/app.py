@@ -11,6 +11,7 @@ import contextlib
 import hmac
 import json
 import logging
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,8 +27,10 @@ from mpsctl.server.limiter import ConcurrencyLimit
 from mpsctl.server.memory import memory_report, release
 from mpsctl.server.metrics import CONTENT_TYPE, ServiceMetrics
 from mpsctl.server.model import (
+    Answer,
     ModelHolder,
     ModelLoadError,
+    ModelNotFound,
     ModelUnavailable,
     OutOfMemory,
     _figures_line,
@@ -57,6 +60,8 @@ class ServiceConfig:
     max_new_tokens_limit: int = 1024
     #: seconds a client is told to wait after an out-of-memory answer
     oom_retry_after: int = 5
+    #: seconds a client is told to wait while no model is loaded (reloading, or failed)
+    unavailable_retry_after: int = 10
 
 
 @dataclass
@@ -142,9 +147,10 @@ def create_service(holder: ModelHolder, config: ServiceConfig) -> Service:
             return None
         header = request.headers.get("authorization", "")
         scheme, _, supplied = header.partition(" ")
+        # Starlette decodes header bytes as latin-1: encoding back gives the bytes the
+        # client sent, compared in constant time with the token's UTF-8 bytes
         if scheme.lower() == "bearer" and hmac.compare_digest(
-            supplied.strip().encode("utf-8", "surrogateescape"),
-            config.token.encode("utf-8"),
+            supplied.strip().encode("latin-1"), config.token.encode("utf-8")
         ):
             return None
         # never echo what was supplied: it may be a real token for something else
@@ -184,10 +190,15 @@ def create_service(holder: ModelHolder, config: ServiceConfig) -> Service:
             metrics.queries.labels("bad_request").inc()
             return bad.response
         try:
-            answer = await run_in_threadpool(holder.generate, question, max_new_tokens)
+            answer = await _generate_while_connected(request, holder, question, max_new_tokens)
         except ModelUnavailable as exc:
             metrics.queries.labels("unavailable").inc()
-            return error_response(503, "model_not_loaded", str(exc))
+            return error_response(
+                503,
+                "model_not_loaded",
+                str(exc),
+                {"Retry-After": str(config.unavailable_retry_after)},
+            )
         except OutOfMemory as exc:
             metrics.queries.labels("out_of_memory").inc()
             metrics.ooms.inc()
@@ -203,7 +214,11 @@ def create_service(holder: ModelHolder, config: ServiceConfig) -> Service:
             log.exception("query failed")
             metrics.queries.labels("error").inc()
             return error_response(500, "generation_failed", f"{type(exc).__name__}: {exc}")
-        metrics.queries.labels("ok").inc()
+        if answer.cancelled:
+            metrics.queries.labels("client_gone").inc()
+            log.info("client went away: generation stopped after %d tokens", answer.tokens)
+        else:
+            metrics.queries.labels("ok").inc()
         return JSONResponse(
             {
                 "answer": answer.text,
@@ -236,10 +251,18 @@ def create_service(holder: ModelHolder, config: ServiceConfig) -> Service:
             model = payload.get("model")
             if not isinstance(model, str) or not model.strip():
                 raise _BadRequest(422, "invalid_model", "'model' must be a non-empty string")
+            model = model.strip()
+            if not model.isprintable():
+                raise _BadRequest(422, "invalid_model", "'model' contains control characters")
         except _BadRequest as bad:
             return bad.response
         try:
-            result = await run_in_threadpool(holder.load, model.strip())
+            result = await run_in_threadpool(holder.load, model)
+        except ModelNotFound as exc:
+            still = holder.label if holder.loaded else "no model"
+            return error_response(
+                422, "model_not_found", f"{exc}; nothing was released, the service serves {still}"
+            )
         except ModelUnavailable as exc:
             return error_response(409, "busy", str(exc))
         except ModelLoadError as exc:
@@ -260,13 +283,23 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
         return error_response(422, "invalid_request", str(exc.errors()))
 
+    @app.exception_handler(Exception)
+    async def internal_error(_request: Request, exc: Exception) -> JSONResponse:
+        # Starlette still logs the traceback; the client gets JSON and no internals
+        return error_response(500, "internal_error", f"unexpected {type(exc).__name__}")
+
 
 async def _read_json(request: Request, max_bytes: int) -> dict[str, Any]:
-    content_type = request.headers.get("content-type", "")
-    if content_type.split(";", 1)[0].strip().lower() != "application/json":
-        raise _BadRequest(
-            415, "unsupported_media_type", "send the body as Content-Type: application/json"
-        )
+    """The body as a JSON object, read with a size cap.
+
+    A body labelled ``application/json`` (or ``*+json``) that does not parse is 400
+    ``invalid_json``. Any other label (none, or curl's default for ``-d``,
+    ``application/x-www-form-urlencoded``) is accepted when the body is valid JSON: the
+    seed's own ``curl -d '{...}'`` works. Only a body that is not JSON and not labelled
+    JSON is 415.
+    """
+    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    labelled_json = media_type == "application/json" or media_type.endswith("+json")
     # read in chunks with a cap: request.body() would buffer any size a client sends
     chunks: list[bytes] = []
     size = 0
@@ -280,8 +313,16 @@ async def _read_json(request: Request, max_bytes: int) -> dict[str, Any]:
         raise _BadRequest(400, "client_disconnected", "the client went away") from None
     try:
         payload = json.loads(b"".join(chunks))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise _BadRequest(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        if not labelled_json and not isinstance(exc, RecursionError):
+            raise _BadRequest(
+                415,
+                "unsupported_media_type",
+                f"the body is not JSON (Content-Type: {media_type or 'none'}); "
+                "send a JSON object, as Content-Type: application/json",
+            ) from None
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise _BadRequest(400, "invalid_json", f"the body is not valid JSON: {reason}") from None
     if not isinstance(payload, dict):
         raise _BadRequest(422, "invalid_request", "the body must be a JSON object")
     return payload
@@ -293,7 +334,13 @@ def _validate_query(payload: dict[str, Any], config: ServiceConfig) -> tuple[str
         raise _BadRequest(422, "invalid_question", "'question' must be a string")
     if not question.strip():
         raise _BadRequest(422, "blank_question", "'question' is blank")
-    size = len(question.encode("utf-8", "surrogatepass"))
+    try:
+        size = len(question.encode("utf-8"))
+    except UnicodeEncodeError:
+        # JSON allows "\ud800" escapes that are no character: the tokenizer would fail
+        raise _BadRequest(
+            422, "invalid_question", "'question' contains an unpaired UTF-16 surrogate"
+        ) from None
     if size > config.max_question_bytes:
         raise _BadRequest(
             413,
@@ -314,6 +361,38 @@ def _validate_query(payload: dict[str, Any], config: ServiceConfig) -> tuple[str
     return question, max_new_tokens
 
 
+async def _generate_while_connected(
+    request: Request, holder: ModelHolder, question: str, max_new_tokens: int | None
+) -> Answer:
+    """Generate in a worker thread; stop at the next token if the client disconnects.
+
+    uvicorn does not cancel a handler whose client left; it only answers ``receive()``
+    with ``http.disconnect``. Without this watch, a client that gave up (a timeout) keeps
+    its query slot and the accelerator busy for up to ``max_new_tokens`` tokens.
+    """
+    cancel = threading.Event()
+    generation = asyncio.ensure_future(
+        run_in_threadpool(holder.generate, question, max_new_tokens, cancel=cancel)
+    )
+    gone = asyncio.ensure_future(_client_gone(request))
+    try:
+        await asyncio.wait({generation, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not generation.done():
+            cancel.set()  # the client left (or the server is stopping)
+            # retrieved here, so an abandoned result is never reported as lost
+            generation.add_done_callback(lambda f: f.cancelled() or f.exception())
+        gone.cancel()
+    return await generation
+
+
+async def _client_gone(request: Request) -> None:
+    """Return when the client disconnects (the body has been read already)."""
+    if (await request.receive())["type"] != "http.disconnect":
+        # a server that answers anything else here cannot tell us; never return then
+        await asyncio.Event().wait()
+
+
 async def _cleanup_loop(service: Service) -> None:
     interval = service.config.cleanup_interval
     while True:
@@ -323,7 +402,12 @@ async def _cleanup_loop(service: Service) -> None:
             log.info("periodic cleanup skipped: %d queries in flight", busy)
             continue
         # a query may start while this runs; that is harmless (see admin_release)
-        result = await run_in_threadpool(release, service.holder.device)
+        try:
+            result = await run_in_threadpool(release, service.holder.device)
+        except Exception:
+            # one failed cleanup must not end the loop (nor fail the shutdown that awaits it)
+            log.exception("periodic cleanup failed; trying again in %g s", interval)
+            continue
         service.counts["cleanups"] += 1
         service.metrics.releases.labels("periodic").inc()
         log.info("periodic cleanup: %s", _figures_line(result))

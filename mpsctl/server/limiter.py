@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import json
 import math
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from dataclasses import dataclass
@@ -32,6 +33,11 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 DEFAULT_EXEMPT_PATHS = ("/health", "/metrics")
+#: request body bytes read ahead (to notice a disconnect) while a request is queued;
+#: past this the limiter stops reading, so a queued upload cannot grow without bound
+DEFAULT_MAX_QUEUED_BODY = 64 * 1024
+#: weight of the newest request in the moving average of service times
+_EWMA_WEIGHT = 0.2
 
 
 @dataclass(frozen=True)
@@ -78,22 +84,26 @@ class ConcurrencyLimit:
         queue_timeout: float = 30.0,
         exempt_paths: Iterable[str] = DEFAULT_EXEMPT_PATHS,
         retry_after: int | None = None,
+        max_queued_body: int = DEFAULT_MAX_QUEUED_BODY,
     ) -> None:
         if max_concurrent < 1:
             raise ValueError(f"max_concurrent must be 1 or more, got {max_concurrent}")
         if max_queue < 0:
             raise ValueError(f"max_queue must be 0 or more, got {max_queue}")
-        if queue_timeout < 0 or math.isnan(queue_timeout):
-            raise ValueError(f"queue_timeout must be 0 or more, got {queue_timeout}")
+        if not queue_timeout >= 0 or math.isinf(queue_timeout):  # NaN fails the first test
+            raise ValueError(f"queue_timeout must be 0 or more seconds, got {queue_timeout}")
+        if retry_after is not None and retry_after < 1:
+            raise ValueError(f"retry_after must be 1 or more seconds, got {retry_after}")
         self.app = app
         self.max_concurrent = max_concurrent
         self.max_queue = max_queue
         self.queue_timeout = float(queue_timeout)
         self.exempt_paths = frozenset(exempt_paths)
-        # A client told to come back sooner than a slot can free up just adds load.
-        self.retry_after = (
-            retry_after if retry_after is not None else max(1, math.ceil(self.queue_timeout) or 1)
-        )
+        #: fixed Retry-After seconds; None: estimated per answer (see :meth:`retry_after_for`)
+        self.retry_after = retry_after
+        self.max_queued_body = max_queued_body
+        #: moving average of how long an admitted request takes (seconds); None until one ends
+        self.mean_service_time: float | None = None
         self.in_flight = 0
         self.max_in_flight_seen = 0
         self.admitted = 0
@@ -105,6 +115,23 @@ class ConcurrencyLimit:
     @property
     def queued(self) -> int:
         return len(self._waiters)
+
+    def retry_after_for(self) -> int:
+        """Seconds a refused client should wait: about how long the work ahead of it takes.
+
+        With service times measured, the backlog (in flight + queued) divided among the
+        slots; before any request has finished, the queue timeout. Never less than 1 s (a
+        client told to come back sooner than a slot frees up just adds load) and never more
+        than the queue timeout (by then a queued request would have been answered).
+        """
+        if self.retry_after is not None:
+            return self.retry_after
+        ceiling = max(1, math.ceil(self.queue_timeout))
+        if self.mean_service_time is None:
+            return ceiling
+        backlog = self.in_flight + self.queued
+        estimate = math.ceil(self.mean_service_time * backlog / self.max_concurrent)
+        return min(ceiling, max(1, estimate))
 
     def snapshot(self) -> LimiterSnapshot:
         return LimiterSnapshot(
@@ -129,9 +156,14 @@ class ConcurrencyLimit:
         else:
             if len(self._waiters) >= self.max_queue or self.queue_timeout == 0:
                 self.rejected_queue_full += 1
-                await self._reject(send, "queue_full", "the service is busy and its queue is full")
+                reason = (
+                    "its queue is full"
+                    if self.max_queue and self.queue_timeout
+                    else "it is configured not to queue"
+                )
+                await self._reject(send, "queue_full", f"the service is busy and {reason}")
                 return
-            buffered = _BufferedReceive(receive)
+            buffered = _BufferedReceive(receive, self.max_queued_body)
             try:
                 await self._wait_for_slot(buffered)
             except asyncio.TimeoutError:
@@ -146,10 +178,14 @@ class ConcurrencyLimit:
                 self.abandoned_in_queue += 1
                 return
             receive = buffered
+        started = time.monotonic()
         try:
             await self.app(scope, receive, send)
         finally:
             self._release_slot()
+            took = time.monotonic() - started
+            mean = self.mean_service_time
+            self.mean_service_time = took if mean is None else mean + _EWMA_WEIGHT * (took - mean)
 
     def _take_slot(self) -> None:
         self.in_flight += 1
@@ -217,7 +253,7 @@ class ConcurrencyLimit:
                 "headers": [
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(body)).encode()),
-                    (b"retry-after", str(self.retry_after).encode()),
+                    (b"retry-after", str(self.retry_after_for()).encode()),
                 ],
             }
         )
@@ -227,14 +263,23 @@ class ConcurrencyLimit:
 class _BufferedReceive:
     """Reads ``receive`` while a request is queued and replays it to the app afterwards."""
 
-    def __init__(self, receive: Receive) -> None:
+    def __init__(self, receive: Receive, max_body: int = DEFAULT_MAX_QUEUED_BODY) -> None:
         self._receive = receive
+        self._max_body = max_body
+        self._buffered_body = 0
         self._buffer: deque[Message] = deque()
         self._pending: asyncio.Future[Message] | None = None
 
     async def watch_for_disconnect(self) -> bool:
-        """Return True when the client disconnects; runs until cancelled otherwise."""
+        """Return True when the client disconnects; runs until cancelled otherwise.
+
+        Past ``max_body`` buffered bytes it stops reading (the server's flow control then
+        holds the rest of the upload back) and so stops noticing a disconnect: the app
+        will, once the request runs.
+        """
         while True:
+            if self._buffered_body > self._max_body:
+                await asyncio.Event().wait()  # until cancelled
             if self._pending is None:
                 self._pending = asyncio.ensure_future(self._receive())
             # shield: cancelling the watcher must not cancel a receive() in progress,
@@ -242,6 +287,7 @@ class _BufferedReceive:
             message = await asyncio.shield(self._pending)
             self._pending = None
             self._buffer.append(message)
+            self._buffered_body += len(message.get("body", b""))
             if message["type"] == "http.disconnect":
                 return True
 

@@ -151,10 +151,25 @@ def _mps_section(
 
 
 def _cuda_section(cuda: Any, index: int | None = None) -> dict[str, Any]:
-    try:
-        index = cuda.current_device() if index is None else index
-    except Exception:
-        index = 0
+    if not _cuda_initialized(cuda):
+        # This process has not touched CUDA: it holds no CUDA memory, and asking for the
+        # free/total figures or the device name would create a CUDA context (hundreds of
+        # MiB on the GPU) in a service that runs elsewhere. Those stay unknown.
+        return {
+            "device_index": index,
+            "name": None,
+            "allocated_bytes": 0,
+            "reserved_bytes": 0,
+            "max_allocated_bytes": 0,
+            "free_bytes": None,
+            "total_bytes": None,
+            "limit_bytes": None,
+        }
+    if index is None:
+        try:
+            index = int(cuda.current_device())
+        except Exception:
+            index = None  # the counters below then read the current device, if any
     free: int | None = None
     total: int | None = None
     with contextlib.suppress(Exception):  # unknown stays None
@@ -182,6 +197,17 @@ def _cuda_section(cuda: Any, index: int | None = None) -> dict[str, Any]:
         # unknown when torch cannot tell us the fraction: it may have been set elsewhere
         "limit_bytes": int(fraction * total) if fraction is not None and total else None,
     }
+
+
+def _cuda_initialized(cuda: Any) -> bool:
+    """False only when ``cuda`` says for sure that this process never initialized CUDA."""
+    check = getattr(cuda, "is_initialized", None)
+    if check is None:
+        return True
+    try:
+        return bool(check())
+    except Exception:
+        return True
 
 
 # --------------------------------------------------------------------------- release
@@ -260,8 +286,9 @@ def release(device: str | None = None, *, backend: Any = None) -> ReleaseResult:
     started = time.perf_counter()
     before = memory_figures(device, backend)
     collected = gc.collect()
-    if backend is not None:
-        # synchronize first: cached blocks still used by queued kernels are not freed
+    if backend is not None and (device != "cuda" or _cuda_initialized(backend)):
+        # synchronize first: cached blocks still used by queued kernels are not freed.
+        # (Not on a CUDA this process never used: synchronize() would create a context.)
         for name in ("synchronize", "empty_cache"):
             func = getattr(backend, name, None)
             if func is not None:

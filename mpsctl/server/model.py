@@ -8,12 +8,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, StoppingCriteriaList
 from transformers.utils import logging as hf_logging
 
 from mpsctl.errors import ConfigError, MpsctlError
@@ -31,6 +32,10 @@ class ModelUnavailable(MpsctlError):
 
 class ModelLoadError(MpsctlError):
     """from_pretrained failed; the service holds no model afterwards."""
+
+
+class ModelNotFound(MpsctlError):
+    """The model to load is plainly not there; nothing was released, the old model serves on."""
 
 
 class OutOfMemory(MpsctlError):
@@ -51,7 +56,22 @@ def is_out_of_memory(exc: BaseException) -> bool:
     )
     if oom_types and isinstance(exc, oom_types):
         return True
-    return isinstance(exc, RuntimeError) and str(exc).startswith(MPS_OOM_PREFIX)
+    return isinstance(exc, RuntimeError) and str(exc).lstrip().startswith(MPS_OOM_PREFIX)
+
+
+def forget_frames(exc: BaseException) -> None:
+    """Drop the locals of every finished frame ``exc`` (and its chain) still pins.
+
+    A traceback keeps the frames it passed through alive, and with them their locals: the
+    activations of a failed forward pass, or a half-loaded model. Until those go,
+    ``empty_cache()`` cannot give their memory back.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        traceback.clear_frames(current.__traceback__)  # skips frames still running
+        current = current.__cause__ or current.__context__
 
 
 def choose_device(requested: str) -> str:
@@ -86,6 +106,20 @@ class Answer:
     text: str
     tokens: int
     latency_ms: float
+    #: generation was stopped early through ``cancel`` (the client went away)
+    cancelled: bool = False
+
+
+class _StopWhenSet(StoppingCriteria):
+    """Ends generation at the next token once ``event`` is set."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        return torch.full(
+            (input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device
+        )
 
 
 @dataclass(frozen=True)
@@ -148,6 +182,10 @@ class ModelHolder:
     def load(self, model_id: str, *, label: str | None = None) -> LoadResult:
         """Release the current model, then load ``model_id`` (a local dir or hub id)."""
         started = time.perf_counter()
+        local_dir = _local_model_dir(model_id)
+        if local_dir is not None and not local_dir.is_dir():
+            # checked before anything is released or drained: a typo must not stop service
+            raise ModelNotFound(f"no model directory at {model_id}")
         with self._cond:
             if self._loading:
                 raise ModelUnavailable("another model load is in progress")
@@ -166,15 +204,25 @@ class ModelHolder:
                 log.info("released the previous model: %s", _figures_line(released))
             before = release(self.device)
             log.info("memory before loading %s: %s", model_id, _figures_line(before, after=False))
+            error: str | None = None
             try:
                 self._from_pretrained(model_id)
             except Exception as exc:
-                self._drop_model()
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                log.error("loading %s failed: %s", model_id, self.last_error)
-                raise ModelLoadError(
-                    f"loading model {model_id!r} failed: {self.last_error}"
-                ) from exc
+                # one line: it ends up in a log line and in `mpsctl: error: ...`
+                error = " ".join(f"{type(exc).__name__}: {exc}".split())
+                if log.isEnabledFor(logging.DEBUG):
+                    trace = "".join(traceback.format_exception(exc))
+                    log.debug("loading %s failed:\n%s", model_id, trace)
+                # the traceback pins from_pretrained's frames and the half-loaded model in
+                # them (an out-of-memory .to(device) is the usual way a load fails)
+                forget_frames(exc)
+                del exc
+            if error is not None:
+                self.last_error = error
+                failed = self._drop_model()
+                log.error("loading %s failed: %s", model_id, error)
+                log.info("released memory after the failed load: %s", _figures_line(failed))
+                raise ModelLoadError(f"loading model {model_id!r} failed: {error}")
             self.model_id = model_id
             self.label = label or (DEMO_LABEL if is_demo_checkpoint(Path(model_id)) else model_id)
             self.last_error = None
@@ -195,12 +243,10 @@ class ModelHolder:
                 self._cond.notify_all()
 
     def _from_pretrained(self, model_id: str) -> None:
-        # transformers treats a missing directory as a malformed hub id and says so
-        # confusingly; a hub id is "name" or "owner/name", never "/x", "./x" or "a/b/c"
-        looks_local = model_id.startswith(("/", ".", "~")) or model_id.count("/") > 1
-        if looks_local and not Path(model_id).expanduser().is_dir():
+        local_dir = _local_model_dir(model_id)
+        if local_dir is not None and not local_dir.is_dir():
             raise FileNotFoundError(f"no model directory at {model_id}")
-        source = str(Path(model_id).expanduser()) if looks_local else model_id
+        source = str(local_dir) if local_dir is not None else model_id
         dtype = choose_dtype(self.dtype_name, self.device)
         tokenizer = AutoTokenizer.from_pretrained(source)
         model: Any = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
@@ -217,14 +263,19 @@ class ModelHolder:
         self.label = None
         return release(self.device)
 
-    def unload(self) -> ReleaseResult:
-        with self._cond:
-            self._cond.wait_for(lambda: self.active == 0, self.drain_timeout)
-            return self._drop_model()
-
     # ------------------------------------------------------------------ generation
-    def generate(self, question: str, max_new_tokens: int | None = None) -> Answer:
-        """Answer one question (blocking: run it in a worker thread)."""
+    def generate(
+        self,
+        question: str,
+        max_new_tokens: int | None = None,
+        *,
+        cancel: threading.Event | None = None,
+    ) -> Answer:
+        """Answer one question (blocking: run it in a worker thread).
+
+        Setting ``cancel`` stops the generation at its next token (the client went away:
+        its slot and its memory are worth more to the next query).
+        """
         with self._cond:
             if self._loading:
                 raise ModelUnavailable("a model is being loaded; try again shortly")
@@ -237,18 +288,20 @@ class ModelHolder:
         oom: tuple[str, str] | None = None
         try:
             try:
-                text, tokens = self._run(model, tokenizer, question, max_new_tokens)
+                text, tokens = self._run(model, tokenizer, question, max_new_tokens, cancel)
             except Exception as exc:
                 if not is_out_of_memory(exc):
                     raise
                 # keep only the text: the exception's traceback pins the frames holding
                 # the activations, which must be gone before release() can return them
                 oom = (type(exc).__name__, str(exc))
+                forget_frames(exc)
                 del exc
             finally:
                 del model, tokenizer
             if oom is None:
-                return Answer(text, tokens, (time.perf_counter() - started) * 1000.0)
+                latency_ms = (time.perf_counter() - started) * 1000.0
+                return Answer(text, tokens, latency_ms, cancel is not None and cancel.is_set())
         finally:
             with self._cond:
                 self.active -= 1
@@ -265,7 +318,12 @@ class ModelHolder:
         )
 
     def _run(
-        self, model: Any, tokenizer: Any, question: str, max_new_tokens: int | None
+        self,
+        model: Any,
+        tokenizer: Any,
+        question: str,
+        max_new_tokens: int | None,
+        cancel: threading.Event | None = None,
     ) -> tuple[str, int]:
         if getattr(tokenizer, "chat_template", None):
             inputs = tokenizer.apply_chat_template(
@@ -278,9 +336,13 @@ class ModelHolder:
             inputs = tokenizer(question, return_tensors="pt")
         inputs = {k: v.to(self.device) for k, v in inputs.items()}
         prompt_len = int(inputs["input_ids"].shape[1])
+        extra: dict[str, Any] = {}
+        if cancel is not None:
+            extra["stopping_criteria"] = StoppingCriteriaList([_StopWhenSet(cancel)])
         with torch.inference_mode():
             output = model.generate(
                 **inputs,
+                **extra,
                 max_new_tokens=max_new_tokens or self.max_new_tokens,
                 do_sample=False,
                 pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
@@ -288,6 +350,19 @@ class ModelHolder:
         new_tokens = output[0, prompt_len:]
         text = tokenizer.decode(new_tokens, skip_special_tokens=True)
         return text, int(new_tokens.shape[0])
+
+
+def _local_model_dir(model_id: str) -> Path | None:
+    """The directory ``model_id`` names, or None for a hub id.
+
+    transformers treats a missing directory as a malformed hub id and says so confusingly;
+    a hub id is "name" or "owner/name", never "/x", "./x", "~/x" or "a/b/c", and an
+    existing directory wins over a hub id of the same name (as in from_pretrained).
+    """
+    path = Path(model_id).expanduser()
+    if model_id.startswith(("/", ".", "~")) or model_id.count("/") > 1 or path.is_dir():
+        return path
+    return None
 
 
 def _figures_line(result: ReleaseResult, *, after: bool = True) -> str:

@@ -73,13 +73,16 @@ def free_port() -> int:
 def wait_ready(port: int, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
         try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
             conn.request("GET", "/ping")
             if conn.getresponse().status == 200:
                 return
         except OSError:
-            time.sleep(0.1)
+            pass
+        finally:
+            conn.close()
+        time.sleep(0.1)
     raise RuntimeError(f"server on port {port} did not start")
 
 

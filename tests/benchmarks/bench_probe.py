@@ -42,6 +42,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as home:
         env = {**os.environ, "MPSCTL_HOME": home, "MPSCTL_SERVICE_URL": "http://127.0.0.1:9"}
         env.pop("MPSCTL_CONFIG", None)
+        # as installed: with bytecode. Without it every edited module is compiled on every run,
+        # which measures the compiler, not mpsctl (the warm-up run writes the .pyc files).
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
         for argv in (BASELINE, PROBE):  # warm the page cache before measuring
             run_once(argv, env, home)
         base_times, probe_times, probe_peaks = [], [], []

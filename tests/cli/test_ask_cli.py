@@ -118,6 +118,49 @@ def test_usage_errors_and_caps() -> None:
     assert "Examples:" in run("--help").stdout
 
 
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        (b"\xff\xfe\x00q\x80", "stdin: the question is not UTF-8 text"),
+        (b"\x00\x00\n", "stdin: a binary input (NUL bytes), not a question"),
+    ],
+)
+def test_binary_stdin_is_refused_not_sent(
+    pointed: LocalService, given: bytes, message: str
+) -> None:
+    result = run("-", stdin=given)
+    assert result.exit_code == 2
+    assert result.stderr == f"mpsctl: error: {message}\n"
+    assert pointed.behaviour.received == []  # nothing reached the service
+
+
+def test_empty_or_binary_questions_file(pointed: LocalService, tmp_path: Path) -> None:
+    (tmp_path / "empty.txt").write_bytes(b"\n \n")
+    (tmp_path / "nul.txt").write_bytes(b"\x00\x00\n")
+    (tmp_path / "bin.txt").write_bytes(b"\xff\xd8\xff\xe0 jpeg")
+    for name, reason in [
+        ("empty.txt", "no questions in the file"),
+        ("nul.txt", "a binary file (NUL bytes), not text"),
+        ("bin.txt", "not UTF-8"),
+    ]:
+        result = run("--questions", str(tmp_path / name))
+        assert result.exit_code == 2, name
+        assert result.stderr == f"mpsctl: error: --questions {tmp_path / name}: {reason}\n"
+    assert pointed.behaviour.received == []
+
+
+def test_token_echoed_by_the_service_never_reaches_any_output(pointed: LocalService) -> None:
+    # a debugging proxy that echoes the request headers in its error page, cut past 200 chars
+    pointed.behaviour.status = 500
+    pointed.behaviour.raw_body = ("x" * 170 + f" Authorization: Bearer {TOKEN}").encode()
+    for args in (("q",), ("q", "--json"), ("q", "-n", "3"), ("q", "-n", "3", "--json")):
+        result = run(*args)
+        assert result.exit_code == AskExit.SERVER_ERROR, args
+        assert TOKEN[:5] not in result.stdout + result.stderr, args
+    table = run("q", "-n", "2").stdout
+    assert "no successful request to measure" in table  # no empty latency table
+
+
 # --------------------------------------------------------------------------- stress and sweep
 def test_stress_json_document(pointed: LocalService) -> None:
     pointed.behaviour.every_nth_busy = 4

@@ -196,9 +196,84 @@ def test_parallel_fix_restarts_exactly_once(fake_service: Make, isolated_home: P
         codes = [p.wait(timeout=60) for p in runs]
     finally:
         run("stop")
-    assert sorted(set(codes)) <= [0, 75], [p.stderr.read() for p in runs if p.stderr]
+    assert set(codes) <= {0, 75}, [p.stderr.read() for p in runs if p.stderr]
     records = history.read_records(history.fix_history_path(isolated_home))
     assert len(records) == 5
     assert sum(r["restarted"] is True for r in records) == 1
     assert {r["result"] for r in records} <= {"fixed", "healthy", "locked"}
     assert codes.count(75) == sum(r["result"] == "locked" for r in records)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["start", "--timeout", "-1"],
+        ["start", "--timeout", "0"],
+        ["start", "--timeout", "nan"],
+        ["start", "--wait", "-5"],
+        ["restart", "--stop-timeout", "inf"],
+        ["stop", "--timeout", "-1"],
+        ["fix", "--timeout", "nan"],
+    ],
+)
+def test_bad_durations_are_usage_errors(
+    fake_service: Make, isolated_home: Path, args: list[str]
+) -> None:
+    fake = fake_service()
+    result = run(*args)
+    assert result.exit_code == 2
+    assert "expected a finite number of seconds" in result.stderr
+    assert result.stdout == ""
+    assert not fake.log.exists()  # nothing was started
+    assert not (isolated_home / "service.pid").exists()
+
+
+@pytest.mark.parametrize(
+    ("service", "reason"),
+    [
+        ({"venv": "no-such-venv"}, "no-such-venv has no bin/ directory; nothing started"),
+        ({"workdir": "no-such-dir"}, "no-such-dir is not a directory; nothing started"),
+        ({"log_file": "service.log/inside-a-file.log"}, "cannot open service.log_file"),
+        ({"command": ["mpsctl-no-such-command-9"]}, "cannot run mpsctl-no-such-command-9: No such"),
+    ],
+)
+def test_start_setup_errors_are_one_line(
+    fake_service: Make, isolated_home: Path, tmp_path: Path, service: dict, reason: str
+) -> None:
+    fake = fake_service()
+    lines = [
+        line for line in fake.config.read_text().splitlines() if line.split(" = ")[0] not in service
+    ]
+    keys = [f"{key} = {json.dumps(value)}" for key, value in service.items()]
+    fake.config.write_text("\n".join(lines[:1] + keys + lines[1:]) + "\n")
+    if "log_file" in service:
+        fake.log.write_text("a file, so nothing can be created under it\n")
+    result = run("start")
+    assert result.exit_code == 1
+    assert reason in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("mpsctl: error: ")
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+    assert not (isolated_home / "service.pid").exists()
+
+
+def test_status_with_a_bad_config_is_lsb_unknown(write_config: Callable[..., Path]) -> None:
+    write_config("[service]\nstop_timeout = -3\n")
+    result = run("status")
+    assert result.exit_code == 4
+    assert result.stderr.startswith("mpsctl: error: ")
+    assert result.stdout == ""
+
+
+def test_stop_json_is_one_document_when_refused(fake_service: Make, spawned: list) -> None:
+    fake_service(match="mpsctl-test-json-refused-5")
+    hand = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)", "mpsctl-test-json-refused-5"]
+    )
+    spawned.append(hand)
+    assert wait_for(lambda: json.loads(run("stop", "--json").stdout)["processes"] != [])
+    result = run("stop", "--json")
+    assert result.exit_code == 1
+    document = json.loads(result.stdout)  # exactly one document: json.loads refuses two
+    assert (document["status"], document["processes"][0]["pid"]) == ("refused", hand.pid)
+    assert result.stderr.count("\n") == 1

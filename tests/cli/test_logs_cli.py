@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -68,6 +69,14 @@ def test_oom_and_grep_filters(service_logs: Path) -> None:
 def test_since_drops_old_lines(service_logs: Path) -> None:
     code, out, _ = run("--since", "1h", "--backend")
     assert (code, out) == (0, "")
+    # a line from 30 minutes ago (naive stamp: local time, as logging writes it) is kept,
+    # and so is the unstamped traceback line that continues it
+    recent = (datetime.now() - timedelta(minutes=30)).strftime("%Y-%m-%d %H:%M:%S")
+    with (service_logs / "backend.log").open("a") as handle:
+        handle.write(f"{recent} ERROR recent\n  continued\n")
+    code, out, _ = run("--since", "1h", "--backend")
+    assert code == 0
+    assert out.splitlines() == [f"backend | {recent} ERROR recent", "backend |   continued"]
 
 
 def test_file_glob_selects_other_files(service_logs: Path) -> None:

@@ -130,3 +130,74 @@ def test_bash_completion_completes_commands(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "mpsctl"], capture_output=True, text=True,
                           env=env, cwd=tmp_path, timeout=60)  # fmt: skip
     assert "plain,probe" in done.stdout.splitlines()
+
+
+@pytest.mark.parametrize("path", _all_commands(), ids=" ".join)
+def test_every_command_refuses_a_bad_option_in_one_line(path: tuple[str, ...]) -> None:
+    result = CliRunner().invoke(main, [*path, "--no-such-option"], prog_name="mpsctl")
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"mpsctl: error: No such option '--no-such-option'. (see 'mpsctl {' '.join(path)} --help')"
+    ]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["probe", "--host-used", "90"], ["watch", "--interval", "0"], ["report", "--since", "soon"],
+     ["report", "--since", "inf"], ["report", "--since", "1e12"],
+     ["ask"], ["exporter", "--port", "http"], ["config", "show", "extra"]],
+)  # fmt: skip
+def test_bad_values_are_one_line_usage_errors(args: list[str]) -> None:
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("mpsctl: error: ")
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("args", [["probe", "--json"], ["probe"], ["config", "show"]])
+def test_a_reader_that_leaves_causes_no_traceback(args: list[str], tmp_path: Path) -> None:
+    # `mpsctl probe --json | head -c 10` with the reader gone before the first write
+    env = {**os.environ, "MPSCTL_SERVICE_URL": "http://127.0.0.1:9"}
+    proc = subprocess.Popen([sys.executable, "-m", "mpsctl", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env, cwd=tmp_path)  # fmt: skip
+    assert proc.stdout is not None
+    proc.stdout.close()
+    _out, err = proc.communicate(timeout=60)
+    assert err == b""
+    assert proc.returncode == 1
+
+
+def test_config_show_fits_80_columns_and_lists_every_key(
+    write_config,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
+) -> None:
+    from mpsctl.settings import SCHEMA
+
+    deep = tmp_path / "a" / "rather" / "deep" / "directory" / "for" / "the" / "settings"
+    deep.mkdir(parents=True)
+    write_config('[service]\ncommand = ["uvicorn", "app.main:app", "--port", "8000"]\n',
+                 name=str(deep.relative_to(tmp_path) / "mpsctl.toml"))  # fmt: skip
+    monkeypatch.setenv("COLUMNS", "80")
+    monkeypatch.setenv("MPSCTL_THRESHOLDS_ACCELERATOR_LIMIT_PERCENT", "70,90")
+    result = CliRunner().invoke(main, ["config", "show"])
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    keys = [line.split()[0] for line in lines if line.startswith("    ") and line[4] != " "]
+    assert keys == [key for keys in SCHEMA.values() for key in keys]  # one unbroken line each
+    row = next(line for line in lines if line.startswith("    accelerator_limit_percent"))
+    assert row.split()[-1] == "env"
+
+
+def test_config_init_into_an_unwritable_place_is_one_line(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("", encoding="utf-8")
+    result = CliRunner().invoke(main, ["config", "init", str(blocker / "mpsctl.toml")])
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == [
+        f"mpsctl: error: cannot write {blocker / 'mpsctl.toml'}: {blocker} is not a directory"
+    ]

@@ -12,7 +12,6 @@ from click.testing import CliRunner
 from mpsctl.cli import main
 from tests.conftest import read_fixture
 
-GIB, KIB = 1024**3, 1024
 SEED_LINE = (
     "MPS backend out of memory (MPS allocated: 20.14 GiB, other allocations: 384.00 KiB, "
     "max allowed: 20.13 GiB). Tried to allocate 6.00 KiB on private pool."
@@ -35,11 +34,16 @@ def test_given_file_json_has_exact_bytes_line_and_time(tmp_path: Path) -> None:
     [event] = doc["events"]
     assert event["backend"] == "mps"
     assert (event["file"], event["line"], event["time"]) == (str(log), 2, "2026-01-21T19:38:40Z")
-    assert event["allocated_bytes"] == round(20.14 * GIB)
-    assert event["other_bytes"] == 384 * KIB
-    assert event["max_allowed_bytes"] == round(20.13 * GIB)
-    assert event["requested_bytes"] == 6 * KIB
-    assert event["summary"].startswith("MPS allocated 20.14 GiB, other 384 KiB")
+    # by hand: 2014 x 2**30 / 100 = 21625160335.36, 2013 x 2**30 / 100 = 21614422917.12
+    assert event["allocated_bytes"] == 21_625_160_335
+    assert event["other_bytes"] == 393_216
+    assert event["max_allowed_bytes"] == 21_614_422_917
+    assert event["requested_bytes"] == 6_144
+    assert event["summary"] == (
+        "MPS allocated 20.14 GiB, other 384 KiB, max allowed 20.13 GiB, requested 6 KiB, "
+        "private pool"
+    )
+    assert event["complete"] is True
     assert any("11.84 GiB" in a for a in event["advice"])
 
 
@@ -60,7 +64,8 @@ def test_configured_logs_include_dated_names_and_warn_about_missing(
         ("error_2026-01-21.log", "mps"),
         ("error_2026-01-20.log", "cuda"),
     ]
-    assert doc["events"][1]["reserved_unallocated_bytes"] == round(194.87 * 1024**2)
+    # 194.87 MiB: 19487 x 2**20 / 100 = 204336005.12
+    assert doc["events"][1]["reserved_unallocated_bytes"] == 204_336_005
 
 
 def test_configured_high_ratio_is_used_for_the_working_set(
@@ -99,6 +104,7 @@ def test_since_filters_old_events_and_nothing_found_is_success(tmp_path: Path) -
 
 @pytest.mark.parametrize(("args", "code", "message"), [
     (["nope.log"], 1, "mpsctl: error: nope.log: no such file\n"),
+    (["."], 1, "mpsctl: error: .: is a directory"),
     (["--since", "soon"], 2, "mpsctl: error: --since: invalid duration 'soon'"),
 ])  # fmt: skip
 def test_errors_are_one_line(args: list[str], code: int, message: str) -> None:

@@ -54,7 +54,18 @@ def test_wait_gets_the_lock_once_released(tmp_path: Path) -> None:
     began = time.monotonic()
     with service_lock(tmp_path, wait=10):
         assert time.monotonic() - began < 10
+        # we got it only because the holder let go: it is gone (or going) by now
+        assert holder.wait(timeout=5) == 0
+        assert lock_path(tmp_path).read_text() == f"{os.getpid()} mpsctl\n"
     holder.wait()
+
+
+def test_a_refused_run_leaves_the_holders_line_intact(tmp_path: Path) -> None:
+    with service_lock(tmp_path, purpose="fix"):
+        for _ in range(3):
+            with pytest.raises(LockedError), service_lock(tmp_path, purpose="stop"):
+                pass
+        assert lock_path(tmp_path).read_text() == f"{os.getpid()} fix\n"
 
 
 def test_lock_is_not_inherited_by_children(tmp_path: Path) -> None:

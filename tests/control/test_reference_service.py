@@ -9,7 +9,7 @@ from pathlib import Path
 
 import psutil
 
-from mpsctl.control import cache, lifecycle
+from mpsctl.control import cache, fix, lifecycle
 from mpsctl.observe import procs
 from mpsctl.settings import load_settings
 from tests.conftest import free_port
@@ -40,7 +40,7 @@ def test_reference_service_lifecycle(
         assert env["PYTORCH_MPS_LOW_WATERMARK_RATIO"] == "0.5"
         health = json.loads((isolated_home / "last_health.json").read_text())
         assert health["memory"]["device"] == "cpu"
-        assert lifecycle.ask_question(settings, "工商银行")
+        assert fix.ask_question(settings, "工商银行")
         released = cache.clean_cache(settings)
         assert released.release is not None
         assert released.release.ok, released.release.error

@@ -78,6 +78,17 @@ def test_config_file_and_alert_target_are_absolute(
     assert f"--prometheus {tmp_path.resolve() / 'm.prom'}" in probe_cmd
 
 
+def test_a_relative_workdir_from_the_environment_is_carried_absolute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MPSCTL_SERVICE_WORKDIR", "mvp")  # relative to this shell's cwd
+    result = CliRunner().invoke(main, ["cron"])
+    assert result.exit_code == 0, result.stderr
+    probe_cmd = entries(result.stdout)[0][1]
+    assert f"MPSCTL_SERVICE_WORKDIR={tmp_path.resolve() / 'mvp'} " in probe_cmd
+
+
 def test_no_alert_target_is_noted_on_stderr() -> None:
     result = CliRunner().invoke(main, ["cron"])
     assert "no alert target" in result.stderr

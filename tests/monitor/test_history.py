@@ -70,6 +70,26 @@ def test_retention_deletes_only_old_day_files(isolated_home: Path) -> None:
     assert not old.exists()
 
 
+def test_retention_never_deletes_what_only_looks_like_a_day_file(isolated_home: Path) -> None:
+    today = date(2026, 3, 10)
+    directory = isolated_home / "history"
+    directory.mkdir(parents=True)
+    names = ["probe-2020-01-01.jsonl\n", "probe-2020-01-01.jsonl.bak", "xprobe-2020-01-01.jsonl",
+             "probe-2020-01-01.json"]  # fmt: skip
+    strangers = [directory / name for name in names]
+    for path in strangers:
+        path.write_text("mine\n", encoding="utf-8")
+    (directory / "probe-2020-01-02.jsonl").mkdir()  # a directory with the name
+    outside = isolated_home / "precious.txt"
+    outside.write_text("keep\n", encoding="utf-8")
+    (directory / "probe-2020-01-03.jsonl").symlink_to(outside)
+    assert prune_history(isolated_home, 7, today) == []
+    assert all(path.exists() for path in strangers)
+    assert (directory / "probe-2020-01-02.jsonl").is_dir()
+    assert (directory / "probe-2020-01-03.jsonl").is_symlink()
+    assert outside.read_text(encoding="utf-8") == "keep\n"
+
+
 def test_read_history_skips_torn_lines_and_filters_by_time(isolated_home: Path) -> None:
     now = datetime.now(timezone.utc).replace(microsecond=0)
     path = day_file(isolated_home, now.date())

@@ -11,6 +11,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import psutil
 import pytest
 from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
@@ -119,6 +120,10 @@ def test_exporter_command_scraped_over_http_then_ctrl_c_exits_130(dead_url: str)
     )  # fmt: skip
     try:
         _wait_listening(port, proc)
+        # no --host: loopback only, never every interface
+        listening = {c.laddr for c in psutil.Process(proc.pid).net_connections("inet")
+                     if c.status == psutil.CONN_LISTEN}  # fmt: skip
+        assert [tuple(addr) for addr in listening] == [("127.0.0.1", port)]
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
             assert parse(response.read().decode())["mpsctl_verdict"] == 2
         proc.send_signal(signal.SIGINT)

@@ -150,3 +150,10 @@ def test_percentile_is_nearest_rank() -> None:
 def test_oom_count_without_event_times_adds_increases_only() -> None:
     counts = [{"oom_events": n} for n in (0, 1, 1, 2, 0, 1)]
     assert count_oom_events(counts) == 3
+
+
+def test_oom_count_an_unknown_scan_is_not_a_reset() -> None:
+    # the same event seen before and after a probe whose log scan failed (null): one event
+    counts = [{"oom_events": n} for n in (1, None, 1)]
+    assert count_oom_events(counts) == 1
+    assert count_oom_events([{"oom_events": None}]) == 0

@@ -121,6 +121,16 @@ def test_tail_merges_files_in_time_order_and_replaces_bad_utf8(tmp_path: Path) -
     ]
 
 
+def test_tail_merge_keeps_each_files_own_order(tmp_path: Path) -> None:
+    # two workers wrote a.log: its stamps step back once; the merge must not reorder a.log
+    a = put(tmp_path / "a.log", "2026-01-21 10:00:05 a1\n2026-01-21 10:00:03 a2\n")
+    b = put(tmp_path / "b.log", "2026-01-21 10:00:04 b1\n2026-01-21 10:00:06 b2\n")
+    view = LogView([LogSource("a", a), LogSource("b", b)])
+    lines, _ = view.tail(5)
+    view.close()
+    assert [line.text[-2:] for line in lines] == ["b1", "a1", "a2", "b2"]
+
+
 def texts(items: list[LogLine | Notice]) -> list[str]:
     return [i.text if isinstance(i, LogLine) else "! " + i.message for i in items]
 
@@ -170,6 +180,24 @@ def test_follow_survives_rename_rotation_and_truncation(tmp_path: Path) -> None:
     assert items == [f"! backend: {log} was replaced (rotated)", "fresh file"]
     put(log, "t\n")  # same inode, shorter: truncated
     assert texts(view.poll()) == [f"! backend: {log} was truncated", "t"]
+    view.close()
+
+
+def test_rotation_between_two_polls_loses_no_line(tmp_path: Path) -> None:
+    # logrotate's rename + create happen between two polls: the rest of the old file first
+    log = put(tmp_path / "backend.log", "start\n")
+    view = LogView([LogSource("backend", log)])
+    view.tail(5)
+    with log.open("ab") as handle:
+        handle.write(b"old 1\nold 2 no newline")
+    log.rename(tmp_path / "backend.log.1")
+    put(log, "new 1\n")
+    assert texts(view.poll()) == [
+        "old 1",
+        "old 2 no newline",
+        f"! backend: {log} was replaced (rotated)",
+        "new 1",
+    ]
     view.close()
 
 

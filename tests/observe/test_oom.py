@@ -5,15 +5,34 @@ from __future__ import annotations
 import os
 import time
 from datetime import datetime, timedelta, timezone
+from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
 
 import pytest
 
 from mpsctl.observe import oom
 from mpsctl.observe.oom import explain, line_time, parse_oom, scan_file, summary
-from tests.conftest import read_fixture
+from tests.conftest import FIXTURES, read_fixture
 
 KIB, MIB, GIB = 1024, 1024**2, 1024**3
+_SCALE = {"bytes": 1, "KB": KIB, "KiB": KIB, "MB": MIB, "MiB": MIB, "GB": GIB, "GiB": GIB}
+
+
+def exact(text: str) -> int:
+    """``"7.43 GB"`` -> 7977901752: worked out here in exact decimal arithmetic (PyTorch's
+    GB/MB/KB are 1024-based), independently of the parser's own float path."""
+    number, unit = text.split()
+    return int((Decimal(number) * _SCALE[unit]).to_integral_value(ROUND_HALF_EVEN))
+
+
+def test_exact_is_the_hand_computed_value() -> None:
+    # 743 x 2**30 / 100 = 7977901752.32; 12921 x 2**20 / 100 = 135486504.96;
+    # 2014 x 2**30 / 100 = 21625160335.36
+    assert exact("7.43 GB") == 7_977_901_752
+    assert exact("129.21 MB") == 135_486_505
+    assert exact("384.00 KiB") == 393_216
+    assert exact("20.14 GiB") == 21_625_160_335
+
 
 # The seed's message (SEED.md), wrapped over two lines as the operator pasted it.
 SEED = (
@@ -21,99 +40,136 @@ SEED = (
     "max allowed: 20.13 GiB).\n    Tried to allocate 6.00 KiB on private pool."
 )
 
-# fixture -> (allocated, other, max allowed, requested, pool); PyTorch's GB/MB are 1024-based
+# fixture -> (allocated, other, max allowed, requested, pool), copied from the fixture's text
 MPS_CASES = {
-    "torch-mps-oom-1.txt": (7.43 * GIB, 24.46 * GIB, 32 * GIB, 129.21 * MIB, "private"),
-    "torch-mps-oom-2.txt": (1.45 * GIB, 7.42 * GIB, 9.07 * GIB, 563.62 * MIB, "private"),
-    "torch-mps-oom-3.txt": (8.89 * GIB, 172.98 * MIB, 9.07 * GIB, 6.25 * MIB, "private"),
-    "torch-mps-oom-4-shared-pool-bytes.txt": (1.02 * GIB, 0, 15.87 * GIB, 256, "shared"),
-    "torch-mps-oom-6-gib.txt": (15.72 * GIB, 2.41 * MIB, 18.13 * GIB, 5.81 * GIB, "private"),
-    "torch-mps-oom-7-shared-pool.txt": (16 * GIB, 3.31 * GIB, 18.13 * GIB, 256, "shared"),
-    "torch-mps-oom-9-intel-discrete.txt": (
-        2.44 * GIB, 4.34 * GIB, 6.77 * GIB, 10.58 * MIB, "private"
+    "torch-mps-oom-1.txt": ("7.43 GB", "24.46 GB", "32.00 GB", "129.21 MB", "private"),
+    "torch-mps-oom-2.txt": ("1.45 GB", "7.42 GB", "9.07 GB", "563.62 MB", "private"),
+    "torch-mps-oom-3.txt": ("8.89 GB", "172.98 MB", "9.07 GB", "6.25 MB", "private"),
+    "torch-mps-oom-4-shared-pool-bytes.txt": (
+        "1.02 GB", "0 bytes", "15.87 GB", "256 bytes", "shared"
     ),
-    "torch-mps-oom-11-traceback.txt": (7.23 * GIB, 1.54 * GIB, 9.07 * GIB, 896 * MIB, "private"),
+    "torch-mps-oom-6-gib.txt": ("15.72 GiB", "2.41 MiB", "18.13 GiB", "5.81 GiB", "private"),
+    "torch-mps-oom-7-shared-pool.txt": ("16.00 GB", "3.31 GB", "18.13 GB", "256 bytes", "shared"),
+    "torch-mps-oom-9-intel-discrete.txt": (
+        "2.44 GB", "4.34 GB", "6.77 GB", "10.58 MB", "private"
+    ),
+    "torch-mps-oom-11-traceback.txt": ("7.23 GB", "1.54 GB", "9.07 GB", "896.00 MB", "private"),
     "torch-mps-oom-12-logits-traceback.txt": (
-        12.74 * GIB, 4.39 * GIB, 18.13 * GIB, 1.02 * GIB, "private"
+        "12.74 GB", "4.39 GB", "18.13 GB", "1.02 GB", "private"
     ),
 }  # fmt: skip
+
+
+def test_every_torch_fixture_has_a_case() -> None:
+    names = {p.name for p in FIXTURES.glob("torch-*.txt")}
+    assert names == set(MPS_CASES) | set(CUDA_CASES) | set(WATERMARK_CASES)
 
 
 @pytest.mark.parametrize(("name", "expected"), MPS_CASES.items())
 def test_every_mps_fixture_parses_to_exact_bytes(name: str, expected: tuple) -> None:
-    event = parse_oom(read_fixture(name))
+    text = read_fixture(name)
+    event = parse_oom(text)
     assert event is not None
     allocated, other, limit, requested, pool = expected
+    # the sizes really are the fixture's words, in order
+    assert f"MPS allocated: {allocated}, other allocations: {other}, max allowed: {limit})" in text
+    assert f"Tried to allocate {requested} on {pool} pool" in text
     assert (event.backend, event.kind, event.complete) == ("mps", "oom", True)
-    assert event.allocated_bytes == round(allocated)
-    assert event.other_bytes == round(other)
-    assert event.max_allowed_bytes == round(limit)
-    assert event.requested_bytes == round(requested)
+    assert event.allocated_bytes == exact(allocated)
+    assert event.other_bytes == exact(other)
+    assert event.max_allowed_bytes == exact(limit)
+    assert event.requested_bytes == exact(requested)
     assert event.pool == pool
-    assert "MPS backend out of memory" in event.raw
+    assert event.raw == text.strip().splitlines()[-1]  # the message's own line, verbatim
 
 
-# fixture -> fields; None where the wording has no such part
+def test_a_few_mps_sizes_as_literal_integers() -> None:
+    # hand arithmetic, no helper: 907 x 2**30 / 100 = 9738838343.68;
+    # 56362 x 2**20 / 100 = 590998405.12
+    event = parse_oom(read_fixture("torch-mps-oom-2.txt"))
+    assert event is not None
+    assert event.max_allowed_bytes == 9_738_838_344
+    assert event.requested_bytes == 590_998_405
+    shared = parse_oom(read_fixture("torch-mps-oom-4-shared-pool-bytes.txt"))
+    assert shared is not None
+    assert (shared.other_bytes, shared.requested_bytes) == (0, 256)
+
+
+_CUDA_NONE = {
+    "gpu_index": 0, "total_bytes": None, "free_bytes": None, "process_bytes": None,
+    "other_processes": (), "allowed_bytes": None, "allocated_bytes": None,
+    "reserved_bytes": None, "reserved_unallocated_bytes": None,
+}  # fmt: skip
+
+# fixture -> every CUDA field (sizes as the fixture prints them); absent parts are None
 CUDA_CASES = {
     "torch-cuda-oom-new-1.txt": {
-        "requested_bytes": 22 * MIB, "gpu_index": 0, "total_bytes": 23.65 * GIB,
-        "free_bytes": 11.06 * MIB,
-        "process_bytes": 23.60 * GIB, "allocated_bytes": 22.90 * GIB,
-        "reserved_unallocated_bytes": 194.87 * MIB, "other_processes": (),
+        "requested_bytes": "22.00 MiB", "total_bytes": "23.65 GiB", "free_bytes": "11.06 MiB",
+        "process_bytes": "23.60 GiB", "allocated_bytes": "22.90 GiB",
+        "reserved_unallocated_bytes": "194.87 MiB",
     },
     "torch-cuda-oom-new-2-torch-OutOfMemoryError.txt": {
-        "requested_bytes": 22.78 * GIB, "total_bytes": 31.47 * GIB, "free_bytes": 12.73 * GIB,
-        "process_bytes": 18.73 * GIB, "allocated_bytes": 9.08 * GIB,
-        "reserved_unallocated_bytes": 9.35 * GIB,
+        "requested_bytes": "22.78 GiB", "total_bytes": "31.47 GiB", "free_bytes": "12.73 GiB",
+        "process_bytes": "18.73 GiB", "allocated_bytes": "9.08 GiB",
+        "reserved_unallocated_bytes": "9.35 GiB",
     },
     "torch-cuda-oom-new-3-other-process.txt": {
-        "requested_bytes": 204 * MIB, "total_bytes": 47.53 * GIB, "free_bytes": 94.88 * MIB,
-        "process_bytes": None, "other_processes": (oom.OtherProcess(1381433, round(47.43 * GIB)),),
-        "allocated_bytes": 47.03 * GIB, "reserved_unallocated_bytes": 83.38 * MIB,
+        "requested_bytes": "204.00 MiB", "total_bytes": "47.53 GiB", "free_bytes": "94.88 MiB",
+        "other_processes": ((1381433, "47.43 GiB"),), "allocated_bytes": "47.03 GiB",
+        "reserved_unallocated_bytes": "83.38 MiB",
     },
     "torch-cuda-oom-2.1-capacty-1.txt": {
-        "requested_bytes": 32 * MIB, "total_bytes": 4 * GIB, "free_bytes": 41.56 * MIB,
-        "process_bytes": 3.44 * GIB, "allocated_bytes": 2.58 * GIB,
-        "reserved_unallocated_bytes": 1.90 * MIB,
+        "requested_bytes": "32.00 MiB", "total_bytes": "4.00 GiB", "free_bytes": "41.56 MiB",
+        "process_bytes": "3.44 GiB", "allocated_bytes": "2.58 GiB",
+        "reserved_unallocated_bytes": "1.90 MiB",
     },
     "torch-cuda-oom-2.1-capacty-no-procinfo.txt": {
-        "requested_bytes": 1.70 * GIB, "total_bytes": 6 * GIB, "free_bytes": 0,
-        "process_bytes": None,
-        "allocated_bytes": 2.93 * GIB, "reserved_unallocated_bytes": 2.30 * GIB,
+        "requested_bytes": "1.70 GiB", "total_bytes": "6.00 GiB", "free_bytes": "0 bytes",
+        "allocated_bytes": "2.93 GiB", "reserved_unallocated_bytes": "2.30 GiB",
     },
     "torch-cuda-oom-old-1.txt": {
-        "requested_bytes": 512 * MIB, "gpu_index": 0, "total_bytes": 15.90 * GIB,
-        "allocated_bytes": 13.13 * GIB, "free_bytes": 415.88 * MIB, "reserved_bytes": 14.80 * GIB,
-        "reserved_unallocated_bytes": None, "allowed_bytes": None,
+        "requested_bytes": "512.00 MiB", "total_bytes": "15.90 GiB",
+        "allocated_bytes": "13.13 GiB", "free_bytes": "415.88 MiB", "reserved_bytes": "14.80 GiB",
     },
     "torch-cuda-oom-old-2-max-split.txt": {
-        "requested_bytes": 1.69 * GIB, "total_bytes": 14.56 * GIB, "allocated_bytes": 649.97 * MIB,
-        "free_bytes": 1.31 * GIB, "reserved_bytes": 1.01 * GIB,
+        "requested_bytes": "1.69 GiB", "total_bytes": "14.56 GiB",
+        "allocated_bytes": "649.97 MiB", "free_bytes": "1.31 GiB", "reserved_bytes": "1.01 GiB",
     },
+    # 1.0-era "cached" is the reserved-but-unallocated part, not reserved in total
     "torch-cuda-oom-legacy-cached-1.txt": {
-        "requested_bytes": 12.50 * MIB, "total_bytes": 10.92 * GIB, "allocated_bytes": 8.57 * MIB,
-        "free_bytes": 9.28 * GIB, "reserved_unallocated_bytes": 4.68 * MIB, "reserved_bytes": None,
+        "requested_bytes": "12.50 MiB", "total_bytes": "10.92 GiB",
+        "allocated_bytes": "8.57 MiB", "free_bytes": "9.28 GiB",
+        "reserved_unallocated_bytes": "4.68 MiB",
     },
 }  # fmt: skip
 
 
-@pytest.mark.parametrize(("name", "expected"), CUDA_CASES.items())
-def test_every_cuda_fixture_parses_to_exact_bytes(name: str, expected: dict) -> None:
-    event = parse_oom(read_fixture(name))
+@pytest.mark.parametrize(("name", "given"), CUDA_CASES.items())
+def test_every_cuda_fixture_parses_to_exact_bytes(name: str, given: dict) -> None:
+    text = read_fixture(name)
+    event = parse_oom(text)
     assert event is not None
     assert (event.backend, event.kind, event.complete) == ("cuda", "oom", True)
+    expected = dict(_CUDA_NONE, **given)
     for key, value in expected.items():
-        want = round(value) if isinstance(value, float) else value
+        if key == "other_processes":
+            want = tuple(oom.OtherProcess(pid, exact(size)) for pid, size in value)
+            assert all(f"Process {pid} has {size} memory in use" in text for pid, size in value)
+        elif isinstance(value, str):
+            assert value in text, key  # the size really is in the fixture
+            want = exact(value)
+        else:
+            want = value
         assert getattr(event, key) == want, key
 
 
-@pytest.mark.parametrize(
-    ("name", "kind", "ratio"),
-    [
-        ("torch-mps-invalid-low-watermark-1.txt", "invalid_low_watermark", "1.4"),
-        ("torch-mps-invalid-high-watermark-1.txt", "invalid_high_watermark", "1.7"),
-    ],
-)
+WATERMARK_CASES = {
+    "torch-mps-invalid-low-watermark-1.txt": ("invalid_low_watermark", "1.4"),
+    "torch-mps-invalid-high-watermark-1.txt": ("invalid_high_watermark", "1.7"),
+}
+
+
+@pytest.mark.parametrize(("name", "kind", "ratio"), [(n, *v) for n, v in WATERMARK_CASES.items()])
 def test_invalid_watermark_is_its_own_kind(name: str, kind: str, ratio: str) -> None:
     event = parse_oom(read_fixture(name))
     assert event is not None
@@ -130,6 +186,12 @@ def test_seed_message_gives_the_exact_summary() -> None:
         "private pool"
     )
     assert event.raw == SEED
+    assert (event.allocated_bytes, event.other_bytes, event.requested_bytes) == (
+        21_625_160_335,  # 2014 x 2**30 / 100 = 21625160335.36
+        393_216,  # 384 x 1024
+        6_144,
+    )
+    assert event.max_allowed_bytes == 21_614_422_917  # 2013 x 2**30 / 100 = 21614422917.12
 
 
 def test_mps_variant_without_max_allowed_synthetic() -> None:
@@ -163,12 +225,28 @@ def test_explain_uses_the_known_ratio() -> None:
     event = parse_oom(read_fixture("torch-mps-oom-6-gib.txt"))
     assert event is not None
     default = "\n".join(explain(event))
+    # 18.13 / 1.7 = 10.6647: the message's rounding of the 16 GB Mac's 10.67 GiB
     assert "18.13 GiB / 1.7 = 10.66 GiB" in default
-    assert "16 GB of RAM" in default
+    assert "16 GB of RAM (recommended working set 10.67 GiB" in default
+    # 0.7 x 10.66 = 7.46, 0.5 x 10.66 = 5.33: low <= high, both under the 18.13 GiB limit
+    assert "high 0.7 -> 7.47 GiB, low 0.5 -> 5.33 GiB" in default
     known = "\n".join(explain(event, high_ratio_hint=1.0))
     assert "/ 1 = 18.13 GiB" in known
     assert "assumed" not in known
     assert "One large request: 5.81 GiB" in known
+    already_low = "\n".join(explain(event, high_ratio_hint=0.5))
+    assert "already runs with a low limit (high ratio 0.5)" in already_low
+    assert "high 0.7" not in already_low  # never suggest raising a limit as the cure
+
+
+@pytest.mark.parametrize("name", [*MPS_CASES, *CUDA_CASES, *WATERMARK_CASES])
+def test_no_advice_claims_fallback_or_enable_mps_helps(name: str) -> None:
+    event = parse_oom(read_fixture(name))
+    assert event is not None
+    for line in explain(event):
+        assert "PYTORCH_ENABLE_MPS=" not in line  # no such variable in PyTorch
+        if "PYTORCH_ENABLE_MPS_FALLBACK" in line:
+            assert "does not catch out-of-memory" in line
 
 
 def test_explain_cuda_fragmentation_and_other_processes() -> None:
@@ -302,29 +380,23 @@ def test_scan_file_since_filters_by_time_and_mtime(tmp_path: Path) -> None:
     assert list(scan_file(untimed, since)) == []
 
 
-def test_parallel_ranges_find_the_same_events_as_one_pass(tmp_path: Path) -> None:
-    line = "2026-01-21T10:00:00Z RuntimeError: " + read_fixture("torch-mps-oom-2.txt")
-    filler = "2026-01-21T09:00:00Z INFO fine\n" * 1000
-    body = (filler + line) * 7 + filler
-    total = 2 * (len(body.encode()) + 200)
-    # the second half starts exactly inside a needle: the range boundary cuts "out of memory"
-    cut = "RuntimeError: MPS backend out"
-    first = body + "x" * 100 + "\n" + cut
-    pad = total // 2 - len(first.encode())
-    assert pad > 0
-    first = body + "x" * (100 + pad) + "\n" + cut
-    content = first + " of memory (MPS allocated: 1 GB, other allocations: 0 bytes, "
-    content += "max allowed: 2 GB). Tried to allocate 3 GB on private pool.\n"
-    content += "y" * (total - len(content.encode()) - 1) + "\n"
-    assert len(content.encode()) == total
-    assert content.encode().find(b"out of memory", total // 2 - 20) == total // 2 - 3
-    log = write(tmp_path / "p.log", content)
-    one = list(scan_file(log, workers=1))
-    assert len(one) == 8
-    assert one[7].requested_bytes == 3 * GIB
-    for workers in (2, 3):
-        assert list(scan_file(log, workers=workers)) == one
-        assert [e.line for e in scan_file(log, workers=workers)] == [e.line for e in one]
+@pytest.mark.parametrize("chunk", [16, 17, 64, 251, 4096])
+def test_tiny_chunks_find_every_message_exactly_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int
+) -> None:
+    # Chunk sizes below the needle length and odd ones: every needle is cut by a boundary at
+    # some offset; each message must still be found once, on its own line.
+    monkeypatch.setattr(oom, "CHUNK_BYTES", chunk)
+    lines = ["2026-01-21T09:00:00Z INFO fine"]
+    for n, name in enumerate(["torch-mps-oom-2.txt", "torch-cuda-oom-old-1.txt"] * 3):
+        lines += ["x" * n, "2026-01-21T10:00:00Z " + read_fixture(name).strip()]
+    lines += ["RuntimeError: invalid high watermark ratio 1.7", "out of memoryout of memory"]
+    log = write(tmp_path / "t.log", "\n".join(lines) + "\n")
+    events = list(scan_file(log))
+    assert [e.line for e in events] == [3, 5, 7, 9, 11, 13, 14]
+    assert [e.backend for e in events] == ["mps", "cuda"] * 3 + ["mps"]
+    assert events[0].requested_bytes == exact("563.62 MB")
+    assert events[1].reserved_bytes == exact("14.80 GiB")
 
 
 def test_recent_events_reads_the_tail_and_needs_a_time(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -11,6 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from click.testing import CliRunner
 
@@ -194,3 +196,102 @@ def test_probe_finds_a_service_by_match_and_reads_its_report(
     assert doc["accelerator"]["source"] == "service"
     assert doc["accelerator"]["device"] == "cpu"
     assert result.exit_code in (0, 1), doc["reasons"]
+
+
+REQUIRED = {
+    "host": {"total_bytes", "available_bytes", "used_bytes", "percent", "swap_total_bytes",
+             "swap_used_bytes", "wired_bytes", "compressed_bytes", "pressure"},
+    "service": {"running", "rss_bytes", "processes", "env"},
+    "health": {"ok", "status", "latency_ms"},
+    "accelerator": {"source", "device", "allocated_bytes", "driver_allocated_bytes",
+                    "reserved_bytes", "limit_bytes"},
+}  # fmt: skip
+PROCESS_KEYS = {"pid", "ppid", "cmdline", "rss_bytes", "footprint_bytes"}
+
+
+def test_real_probe_json_has_every_required_key(write_config, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    mps = {"current_allocated_bytes": 3 * GIB, "driver_allocated_bytes": 4 * GIB,
+           "recommended_max_bytes": 10 * GIB, "high_watermark_ratio": 0.7,
+           "low_watermark_ratio": 0.5, "limit_bytes": 7 * GIB}  # fmt: skip
+    report = {"status": "ok", "memory": {"schema": "mpsctl.memory/1", "device": "mps", "mps": mps}}
+    handler = type("H", (_Health,), {"body": json.dumps(report).encode()})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = free_port()
+    env = {**os.environ, "PYTORCH_MPS_HIGH_WATERMARK_RATIO": "0.7"}
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "uvicorn",
+                             "app.main:app", "--port", str(port)], env=env)  # fmt: skip
+    try:
+        write_config(
+            f'[service]\ncommand = ["uvicorn", "app.main:app"]\n'
+            f'url = "http://127.0.0.1:{server.server_address[1]}"\n'
+            f'match = "uvicorn app.main:app --port {port}$"\n'
+        )
+        result = CliRunner().invoke(main, ["probe", "--json"])
+    finally:
+        server.shutdown()
+        proc.kill()
+        proc.wait()
+    doc = json.loads(result.stdout)
+    assert doc["verdict"] in ("OK", "WARNING", "CRITICAL", "UNKNOWN")
+    assert isinstance(doc["reasons"], list)
+    for part, keys in REQUIRED.items():
+        assert keys <= doc[part].keys(), (part, keys - doc[part].keys())
+    (process,) = doc["service"]["processes"]
+    assert process.keys() >= PROCESS_KEYS
+    assert (process["pid"], process["ppid"]) == (proc.pid, os.getpid())
+    assert process["cmdline"][-3:] == ["app.main:app", "--port", str(port)]
+    assert process["rss_bytes"] > 0
+    assert process["footprint_bytes"] is None  # macOS only: unknown here, not 0
+    assert doc["service"]["running"] is True
+    assert doc["service"]["rss_bytes"] == process["rss_bytes"]
+    assert doc["service"]["env"]["PYTORCH_MPS_HIGH_WATERMARK_RATIO"] == "0.7"
+    assert (doc["health"]["ok"], doc["health"]["status"]) == (True, 200)
+    assert doc["health"]["latency_ms"] > 0
+    assert doc["accelerator"].items() >= {
+        "source": "service", "device": "mps", "allocated_bytes": 3 * GIB,
+        "driver_allocated_bytes": 4 * GIB, "reserved_bytes": None, "limit_bytes": 7 * GIB,
+    }.items()  # fmt: skip
+    host = doc["host"]
+    assert host["total_bytes"] == psutil.virtual_memory().total
+    # Linux: the macOS-only figures are unknown (null), never 0
+    assert (host["wired_bytes"], host["compressed_bytes"], host["pressure"]) == (None, None, None)
+
+
+def test_stopped_service_json_says_unknown_not_zero(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MPSCTL_SERVICE_URL", f"http://127.0.0.1:{free_port()}")
+    result = CliRunner().invoke(main, ["probe", "--json"])
+    service = json.loads(result.stdout)["service"]
+    assert service["running"] is False
+    assert (service["rss_bytes"], service["footprint_bytes"], service["env"]) == (None, None, None)
+    assert service["processes"] == []
+    nagios = CliRunner().invoke(main, ["probe", "--nagios"]).stdout
+    assert "service_memory=" not in nagios  # no perfdata for what was not measured
+    assert "accelerator_used=" not in nagios
+
+
+def test_health_not_asked_is_unknown_not_failed() -> None:
+    from mpsctl.observe.probe import take_probe
+
+    result = take_probe(load_settings(), check_health_endpoint=False)
+    assert result.to_json()["health"]["ok"] is None
+
+
+def test_mac_figures_a_mac_could_not_read_are_unknown_not_na() -> None:
+    from rich.console import Console
+
+    from mpsctl.observe.host import host_memory
+    from mpsctl.observe.probe import take_probe
+    from mpsctl.render.probe import host_table
+
+    def broken(argv: list[str]) -> str:
+        raise FileNotFoundError(2, "No such file or directory")
+
+    for platform, shown in (("darwin", "unknown"), ("linux", "n/a on this OS")):
+        result = take_probe(load_settings(), check_health_endpoint=False,
+                            host_reader=lambda p=platform: host_memory(broken, platform=p))  # type: ignore[misc]  # fmt: skip
+        console = Console(record=True, width=80)
+        console.print(host_table(result))
+        rows = {line.split()[0]: line.split(None, 1)[1].strip()
+                for line in console.export_text().splitlines()[1:] if line.strip()}  # fmt: skip
+        assert (rows["wired"], rows["compressed"], rows["pressure"]) == (shown, shown, shown)

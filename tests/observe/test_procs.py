@@ -153,3 +153,29 @@ def test_footprint_is_none_off_macos() -> None:
         assert procs.phys_footprint(os.getpid()) is not None
     else:
         assert procs.phys_footprint(os.getpid()) is None
+
+
+def test_group_is_mine_only_without_mpsctl_in_it(spawned: list) -> None:
+    own_session = subprocess.Popen([PYTHON, "-c", "import time; time.sleep(60)"],
+                                   start_new_session=True)  # fmt: skip
+    spawned.append(own_session)
+    assert procs.group_is_mine(own_session.pid)
+    assert not procs.group_is_mine(os.getpgrp())  # this process (mpsctl in the test) is in it
+
+
+def test_session_members_finds_what_an_exited_leader_left(spawned: list) -> None:
+    leader = subprocess.Popen(
+        [PYTHON, "-c", "import subprocess, sys; "
+         "print(subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']).pid)"],
+        start_new_session=True, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert leader.stdout is not None
+    orphan = int(leader.stdout.readline())
+    created = psutil.Process(leader.pid).create_time()
+    leader.wait()
+    try:
+        found = procs.session_members(leader.pid, created)
+        assert list(found) == [orphan]
+        assert procs.session_members(leader.pid, created + 3600) == {}  # born before: not it
+    finally:
+        psutil.Process(orphan).kill()

@@ -91,7 +91,15 @@ def test_bad_token_is_401(shared: InProcessService, headers: dict[str, str], mes
     ("body", "raw", "content_type", "status", "kind"),
     [
         (None, b"{not json", "application/json", 400, "invalid_json"),
-        (None, b'{"question": "x"}', "text/plain", 415, "unsupported_media_type"),
+        # not JSON and not labelled JSON: 415 (a JSON body under any label is accepted,
+        # see test_json_body_with_curls_default_content_type_is_accepted)
+        (None, b"question=x", "application/x-www-form-urlencoded", 415, "unsupported_media_type"),
+        (None, b"question=x", None, 415, "unsupported_media_type"),
+        (None, b"[" * 2100 + b"]" * 2100, "application/json", 400, "invalid_json"),
+        (None, b"null", "application/json", 422, "invalid_request"),
+        (None, b"7", "application/json", 422, "invalid_request"),
+        (None, b"", "application/json", 400, "invalid_json"),
+        (None, b'{"question": "\\ud800"}', "application/json", 422, "invalid_question"),
         (None, b"[1, 2]", "application/json", 422, "invalid_request"),
         (None, b"\xff\xfe", "application/json", 400, "invalid_json"),
         ({"question": "   "}, None, None, 422, "blank_question"),
@@ -102,6 +110,24 @@ def test_bad_token_is_401(shared: InProcessService, headers: dict[str, str], mes
         ({"question": "x", "max_new_tokens": 33}, None, None, 422, "invalid_max_new_tokens"),
         ({"question": "x", "max_new_tokens": True}, None, None, 422, "invalid_max_new_tokens"),
         ({"question": "x", "max_new_tokens": 2.5}, None, None, 422, "invalid_max_new_tokens"),
+        ({"question": "x", "max_new_tokens": 2.0}, None, None, 422, "invalid_max_new_tokens"),
+        ({"question": "x", "max_new_tokens": "2"}, None, None, 422, "invalid_max_new_tokens"),
+        ({"question": "x", "max_new_tokens": -1}, None, None, 422, "invalid_max_new_tokens"),
+        ({"question": "x", "max_new_tokens": 10**40}, None, None, 422, "invalid_max_new_tokens"),
+        (
+            None,
+            b'{"question": "x", "max_new_tokens": 1e400}',
+            "application/json",
+            422,
+            "invalid_max_new_tokens",
+        ),
+        (
+            None,
+            b'{"question": "x", "max_new_tokens": NaN}',
+            "application/json",
+            422,
+            "invalid_max_new_tokens",
+        ),
         (None, b"x" * 10_000, "application/json", 413, "body_too_large"),
     ],
 )
@@ -187,14 +213,19 @@ def test_other_generation_errors_are_500_and_do_not_stop_the_service(
 
 
 def test_reload_leaves_the_first_model_collectable(svc: InProcessService, tiny_model: Path) -> None:
+    # a query first: whatever generation leaves behind (caches, worker threads, metrics)
+    # must not keep the model alive either
+    assert svc.request("POST", QUERY, {"question": "工商银行", "max_new_tokens": 4}).status == 200
     first = weakref.ref(svc.service.holder.model)
+    first_tokenizer = weakref.ref(svc.service.holder.tokenizer)
 
     result = svc.request("POST", "/admin/reload", {"model": str(tiny_model)})
 
     assert result.status == 200, result.body
     assert result.json["loaded"]["release_of_previous"]["schema"] == "mpsctl.release/1"
-    gc.collect()
+    # no gc.collect() here: the release during the reload must already have freed it
     assert first() is None
+    assert first_tokenizer() is None
     assert svc.service.holder.model is not None
     assert svc.request("POST", QUERY, {"question": "x"}).status == 200
 
@@ -207,11 +238,14 @@ def test_failed_reload_serves_nothing_until_a_reload_succeeds(
 
     assert_error(failed, 500, "load_failed")
     assert "serves no model" in failed.json["error"]["message"]
+    assert "\n" not in failed.json["error"]["message"]  # transformers' text, on one line
     health = svc.request("GET", "/health")
     assert health.status == 503
     assert health.json["status"] == "degraded"
     assert health.json["model_loaded"] is False
-    assert_error(svc.request("POST", QUERY, {"question": "x"}), 503, "model_not_loaded")
+    refused = svc.request("POST", QUERY, {"question": "x"})
+    assert_error(refused, 503, "model_not_loaded")
+    assert refused.headers["retry-after"] == "10"
 
     assert svc.request("POST", "/admin/reload", {"model": str(tiny_model)}).status == 200
     assert svc.request("GET", "/health").status == 200
@@ -337,3 +371,271 @@ def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not reached in time"
         time.sleep(0.01)
+
+
+def test_json_body_with_curls_default_content_type_is_accepted(shared: InProcessService) -> None:
+    # the issue's own command: curl -H "Authorization: ..." -d '{"question": "工商银行"}' URL
+    # sends the body as application/x-www-form-urlencoded
+    body = '{"question": "工商银行", "max_new_tokens": 2}'.encode()
+    headers = {"Content-Type": "application/x-www-form-urlencoded", "Accept": "*/*"}
+
+    result = shared.request("POST", QUERY, raw=body, headers=headers)
+    unlabelled = shared.request("POST", QUERY, raw=body)
+
+    assert result.status == 200, result.body
+    assert result.json["tokens"] >= 1
+    assert unlabelled.status == 200, unlabelled.body
+
+
+def test_chunked_body_is_read_and_capped(shared: InProcessService) -> None:
+    def chunked(payload: bytes) -> HttpResult:
+        port = int(shared.url.rsplit(":", 1)[1])
+        head = (
+            f"POST {QUERY} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer test-token\r\n"
+            "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
+            "Connection: close\r\n\r\n"
+        ).encode()
+        chunks = b"".join(
+            b"%x\r\n%s\r\n" % (len(payload[i : i + 1000]), payload[i : i + 1000])
+            for i in range(0, len(payload), 1000)
+        )
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sock.sendall(head + chunks + b"0\r\n\r\n")
+            raw = b""
+            while data := sock.recv(65536):
+                raw += data
+        status = int(raw.split(b" ", 2)[1])
+        return HttpResult(status, {"content-type": "application/json"}, raw.split(b"\r\n\r\n")[1])
+
+    assert chunked(b'{"question": "x", "max_new_tokens": 1}').status == 200
+    assert_error(chunked(b'{"question": "' + b"x" * 100_000 + b'"}'), 413, "body_too_large")
+    assert shared.request("GET", "/health").status == 200
+
+
+def test_unexpected_errors_are_json_500_and_the_service_lives_on(
+    svc: InProcessService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mpsctl.server.app as app_module
+
+    def broken_report(*args: Any, **kwargs: Any) -> Any:
+        raise KeyError("boom")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(app_module, "memory_report", broken_report)
+        failed = svc.request("GET", "/health")
+
+    assert_error(failed, 500, "internal_error")
+    assert b"Traceback" not in failed.body
+    assert svc.request("GET", "/health").status == 200
+    assert svc.request("POST", QUERY, {"question": "x", "max_new_tokens": 1}).status == 200
+
+
+def test_reload_of_a_missing_directory_keeps_the_model(
+    svc: InProcessService, tmp_path: Path
+) -> None:
+    model = svc.service.holder.model
+
+    result = svc.request("POST", "/admin/reload", {"model": str(tmp_path / "nope")})
+    control = svc.request("POST", "/admin/reload", {"model": "a\u0000b"})
+
+    assert_error(result, 422, "model_not_found")
+    assert "nothing was released" in result.json["error"]["message"]
+    assert_error(control, 422, "invalid_model")
+    assert svc.service.holder.model is model
+    assert svc.request("GET", "/health").status == 200
+    assert svc.request("POST", QUERY, {"question": "x", "max_new_tokens": 1}).status == 200
+
+
+def test_queries_during_a_reload_get_503_with_retry_after_then_succeed(
+    svc: InProcessService, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    holder = svc.service.holder
+    real_from_pretrained = holder._from_pretrained
+    loading = threading.Event()
+    finish = threading.Event()
+
+    def slow_from_pretrained(model_id: str) -> None:
+        loading.set()
+        finish.wait(10)
+        real_from_pretrained(model_id)
+
+    monkeypatch.setattr(holder, "_from_pretrained", slow_from_pretrained)
+    results: list[HttpResult] = []
+    reload = threading.Thread(
+        target=lambda: results.append(
+            svc.request("POST", "/admin/reload", {"model": str(tiny_model)})
+        )
+    )
+    reload.start()
+    assert loading.wait(10)
+
+    during = svc.request("POST", QUERY, {"question": "x", "max_new_tokens": 1})
+    second = svc.request("POST", "/admin/reload", {"model": str(tiny_model)})
+    health = svc.request("GET", "/health")
+    finish.set()
+    reload.join(30)
+
+    assert_error(during, 503, "model_not_loaded")
+    assert int(during.headers["retry-after"]) >= 1
+    assert_error(second, 409, "busy")
+    assert health.status == 503
+    assert results[0].status == 200, results[0].body
+    assert svc.request("POST", QUERY, {"question": "x", "max_new_tokens": 1}).status == 200
+
+
+def test_out_of_memory_frees_the_activations_before_releasing(
+    svc: InProcessService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    import mpsctl.server.model as model_module
+
+    holder = svc.service.holder
+    activations: list[weakref.ref[Any]] = []
+    # something else keeping the exception alive (a retry helper, a log handler holding
+    # exc_info): the traceback's frames must still not pin the tensors
+    kept: list[BaseException] = []
+
+    def generate_out_of_memory(*args: Any, **kwargs: Any) -> Any:
+        hidden = torch.ones(256, 256)
+        activations.append(weakref.ref(hidden))
+        error = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB.")
+        kept.append(error)
+        raise error
+
+    freed_at_release: list[bool] = []
+    real_release = model_module.release
+
+    def watching_release(*args: Any, **kwargs: Any) -> Any:
+        gc.collect()  # what release() does before empty_cache()
+        freed_at_release.append(all(ref() is None for ref in activations))
+        return real_release(*args, **kwargs)
+
+    monkeypatch.setattr(holder.model, "generate", generate_out_of_memory)
+    monkeypatch.setattr(model_module, "release", watching_release)
+
+    result = svc.request("POST", QUERY, {"question": "x"})
+
+    assert_error(result, 503, "out_of_memory")
+    assert "OutOfMemoryError: CUDA out of memory" in result.json["error"]["message"]
+    assert len(activations) == 1
+    assert freed_at_release == [True]
+
+
+def test_failed_load_frees_the_half_loaded_model_before_releasing(
+    svc: InProcessService, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    import mpsctl.server.model as model_module
+
+    real_auto = model_module.AutoModelForCausalLM
+    loaded: list[weakref.ref[Any]] = []
+
+    class OutOfMemoryOnMove:
+        @staticmethod
+        def from_pretrained(*args: Any, **kwargs: Any) -> Any:
+            model = real_auto.from_pretrained(*args, **kwargs)
+            loaded.append(weakref.ref(model))
+
+            def to(*_args: Any, **_kwargs: Any) -> Any:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB.")
+
+            model.to = to
+            return model
+
+    freed_at_release: list[bool] = []
+    real_release = model_module.release
+
+    def watching_release(*args: Any, **kwargs: Any) -> Any:
+        gc.collect()
+        freed_at_release.append(all(ref() is None for ref in loaded))
+        return real_release(*args, **kwargs)
+
+    monkeypatch.setattr(model_module, "AutoModelForCausalLM", OutOfMemoryOnMove)
+    monkeypatch.setattr(model_module, "release", watching_release)
+
+    result = svc.request("POST", "/admin/reload", {"model": str(tiny_model)})
+
+    assert_error(result, 500, "load_failed")
+    assert "OutOfMemoryError" in result.json["error"]["message"]
+    assert len(loaded) == 1
+    # the release after the failure (the last one) ran with the half-loaded model gone
+    assert freed_at_release[-1] is True
+    assert svc.service.holder.model is None
+
+
+def test_health_memory_keys_match_the_readme_contract(shared: InProcessService) -> None:
+    from tests.server.test_memory import readme_memory_contract
+
+    contract = readme_memory_contract()
+    memory = shared.request("GET", "/health").json["memory"]
+
+    assert set(memory) == set(contract)
+    assert set(memory["limiter"]) == set(contract["limiter"])
+
+
+def test_client_that_disconnects_mid_generation_frees_its_slot_at_once(
+    inprocess_factory: Start, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    svc = inprocess_factory(max_concurrent=1, max_new_tokens_limit=100_000)
+    model = svc.service.holder.model
+    real_generate = model.generate
+    started = threading.Event()
+    produced: list[int] = []
+
+    def never_ending_generate(*args: Any, **kwargs: Any) -> Any:
+        started.set()
+        # no early end of sequence: only a stopping criterion can end this before 100k tokens
+        output = real_generate(*args, min_new_tokens=kwargs["max_new_tokens"], **kwargs)
+        produced.append(int(output.shape[1]))
+        return output
+
+    monkeypatch.setattr(model, "generate", never_ending_generate)
+    body = b'{"question": "x", "max_new_tokens": 100000}'
+    request = (
+        f"POST {QUERY} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer test-token\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    limiter = svc.service.asgi
+    with socket.create_connection(("127.0.0.1", int(svc.url.rsplit(":", 1)[1]))) as sock:
+        sock.sendall(request)
+        assert started.wait(10)
+        time.sleep(0.2)
+    gone_at = time.monotonic()
+
+    wait_until(lambda: limiter.in_flight == 0, timeout=10)
+
+    assert time.monotonic() - gone_at < 10
+    assert produced
+    assert produced[0] < 100_000
+    assert svc.service.holder.active == 0
+    metrics = svc.request("GET", "/metrics").body.decode()
+    assert 'mpsctl_queries_total{outcome="client_gone"} 1.0' in metrics
+    assert svc.request("POST", QUERY, {"question": "x", "max_new_tokens": 1}).status == 200
+
+
+def test_a_failing_periodic_cleanup_does_not_end_the_loop(
+    inprocess_factory: Start, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import mpsctl.server.app as app_module
+
+    caplog.set_level(logging.INFO, logger="mpsctl.server")
+    real_release = app_module.release
+    attempts = {"n": 0}
+
+    def release_failing_once(*args: Any, **kwargs: Any) -> Any:
+        attempts["n"] += 1
+        if attempts["n"] == 1:
+            raise RuntimeError("synchronize failed")
+        return real_release(*args, **kwargs)
+
+    monkeypatch.setattr(app_module, "release", release_failing_once)
+    svc = inprocess_factory(cleanup_interval=0.05)
+
+    wait_until(lambda: svc.service.counts["cleanups"] >= 1)
+
+    assert attempts["n"] >= 2
+    assert "periodic cleanup failed" in caplog.text
+    svc.stop()
+    assert not svc.thread.is_alive()

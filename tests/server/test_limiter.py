@@ -253,3 +253,135 @@ def test_importing_the_library_pieces_pulls_no_heavy_modules() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_retry_after_follows_measured_service_time_not_the_queue_timeout() -> None:
+    async def scenario() -> None:
+        app = GatedApp()
+        limiter = ConcurrencyLimit(app, max_concurrent=1, max_queue=1, queue_timeout=30)
+        app.gate.set()
+        await call(limiter)  # one fast request: service time measured (milliseconds)
+        app.gate.clear()
+        first = asyncio.create_task(call(limiter))
+        second = asyncio.create_task(call(limiter))
+        await settle()
+
+        rejected = await call(limiter)
+
+        # two requests ahead, each taking milliseconds: come back in 1 s, not in 30
+        assert dict(rejected[0]["headers"])[b"retry-after"] == b"1"
+        limiter.mean_service_time = 600.0  # a slow model: capped at the queue timeout
+        assert dict((await call(limiter))[0]["headers"])[b"retry-after"] == b"30"
+        app.gate.set()
+        await asyncio.gather(first, second)
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(("max_queue", "queue_timeout"), [(0, 30.0), (4, 0.0)])
+def test_no_queueing_refuses_at_once_when_busy(max_queue: int, queue_timeout: float) -> None:
+    async def scenario() -> None:
+        app = GatedApp()
+        limiter = ConcurrencyLimit(
+            app, max_concurrent=1, max_queue=max_queue, queue_timeout=queue_timeout
+        )
+        running = asyncio.create_task(call(limiter))
+        await settle()
+
+        rejected = await asyncio.wait_for(call(limiter), 1)
+
+        assert status_of(rejected) == 503
+        assert json.loads(rejected[1]["body"])["error"]["kind"] == "queue_full"
+        assert int(dict(rejected[0]["headers"])[b"retry-after"]) >= 1
+        assert limiter.queued == 0
+        app.gate.set()
+        assert status_of(await running) == 200
+        assert status_of(await call(limiter)) == 200
+
+    asyncio.run(scenario())
+
+
+def test_a_queued_upload_is_not_buffered_without_bound() -> None:
+    async def scenario() -> None:
+        app = GatedApp()
+        limiter = ConcurrencyLimit(
+            app, max_concurrent=1, max_queue=1, queue_timeout=30, max_queued_body=10_000
+        )
+        running = asyncio.create_task(call(limiter))
+        await settle()
+        reads = 0
+
+        async def endless_upload() -> Message:
+            nonlocal reads
+            reads += 1
+            await asyncio.sleep(0)
+            return {"type": "http.request", "body": b"x" * 1000, "more_body": True}
+
+        queued = asyncio.create_task(call(limiter, receive=endless_upload))
+        for _ in range(200):
+            await asyncio.sleep(0)
+
+        assert limiter.queued == 1
+        assert reads <= 12  # stopped reading just past 10_000 bytes
+        queued.cancel()
+        app.gate.set()
+        await running
+        assert (limiter.in_flight, limiter.queued) == (0, 0)
+
+    asyncio.run(scenario())
+
+
+def test_app_cancelled_or_failing_hands_its_slot_to_the_next_in_queue() -> None:
+    async def scenario() -> None:
+        calls = 0
+        gate = asyncio.Event()
+
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                await gate.wait()  # cancelled below
+            if calls == 2:
+                raise RuntimeError("boom")
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"ok"})
+
+        limiter = ConcurrencyLimit(app, max_concurrent=1, max_queue=2, queue_timeout=30)
+        first = asyncio.create_task(call(limiter))
+        await settle()
+        second = asyncio.create_task(call(limiter))
+        third = asyncio.create_task(call(limiter))
+        await settle()
+        assert (limiter.in_flight, limiter.queued) == (1, 2)
+
+        first.cancel()
+        with pytest.raises(RuntimeError, match="boom"):
+            await second
+        assert status_of(await third) == 200
+        assert first.cancelled()
+        assert (limiter.in_flight, limiter.queued, limiter.max_in_flight_seen) == (0, 0, 1)
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("queue_timeout", [float("nan"), float("inf"), -1.0])
+def test_nonsense_queue_timeouts_are_refused(queue_timeout: float) -> None:
+    with pytest.raises(ValueError, match="queue_timeout"):
+        ConcurrencyLimit(GatedApp(), queue_timeout=queue_timeout)
+
+
+@pytest.mark.parametrize(
+    ("module", "banned"),
+    [
+        ("mpsctl.server.limiter", ("torch", "fastapi", "starlette", "transformers")),
+        ("mpsctl.server.memory", ("torch", "fastapi", "starlette", "transformers")),
+        ("mpsctl.cli.serve", ("torch", "transformers", "fastapi", "uvicorn", "starlette")),
+    ],
+)
+def test_each_light_module_alone_imports_no_heavy_module(
+    module: str, banned: tuple[str, ...]
+) -> None:
+    code = f"import sys, {module}\nprint(sorted(set({banned!r}) & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+
+    assert out.stdout.strip() == "[]"

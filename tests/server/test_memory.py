@@ -6,11 +6,13 @@ torch.mps output exists in tests/fixtures); they test our handling, not PyTorch'
 
 from __future__ import annotations
 
+import json
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from mpsctl.server import memory
 from mpsctl.server.limiter import ConcurrencyLimit
 from mpsctl.server.memory import (
     _cuda_section,
@@ -193,7 +195,105 @@ def test_release_on_cpu_collects_garbage_for_real() -> None:
     assert result.as_dict()["after"]["allocated_bytes"] is None
 
 
-def test_report_detects_the_device(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(memory, "detect_device", lambda: "cpu")
+def test_report_detects_the_device_the_service_would_choose() -> None:
+    # no stand-in: the real torch of this machine, checked against the service's own choice
+    from mpsctl.server.model import choose_device
 
-    assert memory_report()["device"] == "cpu"
+    report = memory_report()
+
+    assert report["device"] == choose_device("auto")
+    for backend in ("mps", "cuda"):
+        assert (report[backend] is None) == (report["device"] != backend)
+
+
+def readme_memory_contract() -> dict[str, Any]:
+    """The ``memory`` object of README's health-answer example, comments stripped."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## The memory report", 1)[1]
+    block = section.split("```json\n", 1)[1].split("```", 1)[0]
+    # "//" comments run to the end of the line and never occur inside the example's strings
+    text = re.sub(r"\s*//[^\n]*", "", block)
+    contract: dict[str, Any] = json.loads(text)["memory"]
+    return contract
+
+
+def test_report_keys_match_the_readme_contract_exactly() -> None:
+    contract = readme_memory_contract()
+    limiter = ConcurrencyLimit(lambda *a: None, max_concurrent=2, max_queue=4)  # type: ignore[arg-type]
+
+    cpu = memory_report("cpu", limiter=limiter)
+
+    assert set(cpu) == set(contract)
+    assert set(cpu["limiter"]) == set(contract["limiter"])
+    assert set(_mps_section(FakeMps(), environ={})) == set(contract["mps"])
+    assert set(_cuda_section(FakeCuda())) == set(contract["cuda"])
+    assert set(_cuda_section(NeverInitializedCuda())) == set(contract["cuda"])
+
+
+class NeverInitializedCuda(FakeCuda):
+    """A ``torch.cuda`` this process never touched: each call below would create a CUDA
+    context (hundreds of MiB of GPU memory) in a process that does not use CUDA."""
+
+    def __init__(self) -> None:
+        self.context_calls: list[str] = []
+
+    def is_initialized(self) -> bool:
+        return False
+
+    def current_device(self) -> int:
+        self.context_calls.append("current_device")
+        return 0
+
+    def get_device_name(self, index: int) -> str:
+        self.context_calls.append("get_device_name")
+        return "Synthetic GPU"
+
+    def mem_get_info(self, index: int) -> tuple[int, int]:
+        self.context_calls.append("mem_get_info")
+        return 60 * GIB, 80 * GIB
+
+    def synchronize(self) -> None:
+        self.context_calls.append("synchronize")
+
+    def empty_cache(self) -> None:
+        self.context_calls.append("empty_cache")
+
+    def memory_allocated(self, index: int) -> int:
+        return 0  # what torch.cuda answers before initialization, without initializing
+
+    def memory_reserved(self, index: int) -> int:
+        return 0
+
+
+def test_cuda_never_used_by_this_process_is_not_initialized_by_the_report() -> None:
+    cuda = NeverInitializedCuda()
+
+    section = _cuda_section(cuda)
+
+    assert cuda.context_calls == []
+    assert section["free_bytes"] is None
+    assert section["total_bytes"] is None
+    assert section["name"] is None
+    assert section["limit_bytes"] is None
+    assert section["allocated_bytes"] == 0  # measured: this process holds no CUDA memory
+
+
+def test_release_does_not_initialize_an_unused_cuda() -> None:
+    cuda = NeverInitializedCuda()
+
+    result = release("cuda", backend=cuda)
+
+    assert cuda.context_calls == []
+    assert result.device == "cuda"
+    assert result.before.rss_bytes is not None
+
+
+def test_cuda_index_unknown_when_the_current_device_cannot_be_read() -> None:
+    cuda: Any = FakeCuda()
+
+    def no_device() -> int:
+        raise RuntimeError("CUDA driver error")
+
+    cuda.current_device = no_device
+
+    assert _cuda_section(cuda)["device_index"] is None

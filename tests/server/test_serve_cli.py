@@ -14,6 +14,7 @@ from mpsctl.cli import main
 from mpsctl.errors import ConfigError
 from mpsctl.server import (
     apply_mps_environment,
+    create_token_file,
     environment_warnings,
     read_token_file,
     resolve_token,
@@ -138,3 +139,53 @@ def test_demo_model_command_writes_and_refuses_to_overwrite(tmp_path: Path) -> N
     assert again.exit_code == 2
     assert "not empty" in again.stderr
     assert os.listdir(target)
+
+
+def test_token_file_is_private_even_under_a_permissive_umask(tmp_path: Path) -> None:
+    path = tmp_path / "token"
+    old = os.umask(0)
+    try:
+        token = create_token_file(path)
+    finally:
+        os.umask(old)
+
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert path.read_text() == token + "\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["token"]
+
+
+def test_serve_warns_about_a_token_file_others_can_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MPSCTL_TOKEN", raising=False)
+    path = tmp_path / "token"
+    path.write_text("s3cret-token\n")
+    path.chmod(0o644)
+
+    # --demo with --model stops the command right after the token checks, before any load
+    result = CliRunner().invoke(
+        main, ["serve", "--token-file", str(path), "--demo", "--model", "x"]
+    )
+
+    assert result.exit_code == 2
+    assert f"chmod 600 {path}" in result.stderr
+    assert "s3cret-token" not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize(
+    ("content", "message"), [("", "is empty"), ("a\nb\n", "on one line"), ("\udcff", "UTF-8")]
+)
+def test_unusable_token_files_are_refused(tmp_path: Path, content: str, message: str) -> None:
+    path = tmp_path / "token"
+    path.write_bytes(content.encode("utf-8", "surrogateescape"))
+
+    with pytest.raises(ConfigError, match=message):
+        read_token_file(path)
+
+
+def test_token_file_that_cannot_be_created_is_a_config_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+
+    with pytest.raises(ConfigError, match="cannot create token file"):
+        create_token_file(blocker / "token")

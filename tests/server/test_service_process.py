@@ -14,6 +14,21 @@ def test_reference_service_answers_then_stops_on_sigterm(
     result = reference_service.request(
         "POST", "/api/v1/query", {"question": "工商银行", "max_new_tokens": 8}
     )
+    # the "Done when" line, byte for byte what curl sends for
+    # curl -H "Authorization: Bearer $(cat $MPSCTL_HOME/token)" -d '{"question": "工商银行"}' URL
+    as_curl_sends_it = reference_service.request(
+        "POST",
+        "/api/v1/query",
+        raw='{"question": "工商银行"}'.encode(),
+        headers={"Content-Type": "application/x-www-form-urlencoded", "Accept": "*/*"},
+    )
+    # the token offered the wrong way, or as part of a wrong one: refused, never logged
+    refused = [
+        reference_service.request(
+            "POST", "/api/v1/query", {"question": "x"}, token=None, headers={"Authorization": h}
+        ).status
+        for h in ("Basic test-token", "Bearer test-token-but-longer", "test-token")
+    ]
 
     assert health.status == 200
     assert health.json["memory"]["schema"] == "mpsctl.memory/1"
@@ -25,6 +40,8 @@ def test_reference_service_answers_then_stops_on_sigterm(
     assert "noise" in body["model"]
     assert 1 <= body["tokens"] <= 8
     assert body["latency_ms"] > 0
+    assert as_curl_sends_it.status == 200, as_curl_sends_it.body
+    assert refused == [401, 401, 401]
 
     reference_service.proc.send_signal(signal.SIGTERM)
 
@@ -32,4 +49,5 @@ def test_reference_service_answers_then_stops_on_sigterm(
     assert reference_service.proc.wait(15) in (0, -signal.SIGTERM)
     log = reference_service.log()
     assert "Application shutdown complete" in log
+    assert '"POST /api/v1/query HTTP/1.1" 401' in log  # the 401s were logged, the token not
     assert "test-token" not in log

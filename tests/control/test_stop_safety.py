@@ -1,0 +1,145 @@
+"""stop / start never hit what is not the service, and never leave a half-started one behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+import pytest
+
+from mpsctl.control import lifecycle
+from mpsctl.control.lifecycle import StartFailed
+from mpsctl.errors import ConfigError, ServiceError, StatusExit
+from tests.control.fakes import FakeService, fake_service, sleeper, spawned, wait_for
+
+__all__ = ["fake_service", "spawned"]  # fixtures
+
+Make = Callable[..., FakeService]
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_pidfile_naming_mpsctls_own_process_signals_nothing(
+    fake_service: Make, spawned: list, isolated_home: Path
+) -> None:
+    # a pidfile with the right pid *and* create_time, but of this very process (mpsctl, in
+    # the test): its other children (a sibling job of the shell, say) must not be signalled
+    settings = fake_service().settings()
+    sibling = sleeper("sibling-of-mpsctl")
+    spawned.append(sibling)
+    isolated_home.mkdir(parents=True, exist_ok=True)
+    me = psutil.Process()
+    record = {"pid": me.pid, "create_time": me.create_time(), "pgid": os.getpgrp()}
+    (isolated_home / "service.pid").write_text(json.dumps(record))
+
+    stopped = lifecycle.stop_service(settings, timeout=0.5)
+
+    assert stopped.status == "refused"
+    assert "mpsctl itself or its parent" in stopped.message
+    assert {p.outcome for p in stopped.processes} == {"not-signalled"}
+    assert sibling.pid in {p.pid for p in stopped.processes}
+    assert alive(sibling.pid)
+    assert (isolated_home / "service.pid").exists()  # left for the operator to look at
+
+
+def test_a_root_that_exits_early_leaves_no_children(
+    fake_service: Make, tmp_path: Path, isolated_home: Path
+) -> None:
+    # `sh -c "worker &"`: the first process exits at once, its worker would hold on forever
+    marker = str(tmp_path / "orphan-worker-marker")
+    worker = f"import time; time.sleep(600)  # {marker}"
+    fake = fake_service()
+    fake.config.write_text(
+        fake.config.read_text().replace(
+            "command = ",
+            'command = ["sh", "-c", ' + json.dumps(f"python3 -c '{worker}' & exit 0") + "]\n#",
+            1,
+        )
+    )
+
+    with pytest.raises(StartFailed, match="exited with status 0"):
+        lifecycle.start_service(fake.settings())
+
+    def workers() -> list[int]:
+        return [
+            p.pid
+            for p in psutil.process_iter(["cmdline", "status"])
+            if p.info["status"] != psutil.STATUS_ZOMBIE
+            and any(marker in part for part in p.info["cmdline"] or ())
+        ]
+
+    assert wait_for(lambda: workers() == [], 3), workers()
+    assert not (isolated_home / "service.pid").exists()
+
+
+def test_pidfile_that_is_a_directory_is_an_error_not_a_crash(
+    fake_service: Make, isolated_home: Path
+) -> None:
+    settings = fake_service().settings()
+    (isolated_home / "service.pid").mkdir(parents=True)
+
+    status = lifecycle.service_status(settings)
+    assert status.exit_code == StatusExit.UNKNOWN
+    assert "service.pid" in (status.error or "")
+    with pytest.raises(ServiceError, match=r"cannot read the pidfile .*service\.pid"):
+        lifecycle.stop_service(settings)
+    assert (isolated_home / "service.pid").is_dir()  # not removed behind the operator's back
+
+
+def test_invalid_match_pattern_is_a_config_error(fake_service: Make) -> None:
+    settings = fake_service(match="((").settings()
+    with pytest.raises(ConfigError, match=r"service\.match: invalid regular expression"):
+        lifecycle.stop_service(settings)
+
+
+@pytest.mark.parametrize("timeout", [-1.0, float("nan"), float("inf")])
+def test_bad_stop_timeouts_are_refused_before_any_signal(
+    fake_service: Make, spawned: list, timeout: float
+) -> None:
+    settings = fake_service(match="mpsctl-test-bad-timeout-77").settings()
+    target = sleeper("mpsctl-test-bad-timeout-77")
+    spawned.append(target)
+    with pytest.raises(ConfigError, match="stop timeout"):
+        lifecycle.stop_service(settings, timeout=timeout, use_match=True)
+    assert alive(target.pid)
+
+
+def test_a_reused_pid_is_never_signalled(spawned: list) -> None:
+    other = subprocess.Popen(["sleep", "60"])
+    spawned.append(other)
+    created = psutil.Process(other.pid).create_time()
+    assert not lifecycle._send(other.pid, created - 100, lifecycle.signal.SIGTERM)
+    assert alive(other.pid)
+    assert lifecycle._send(other.pid, created, lifecycle.signal.SIGTERM)
+    assert wait_for(lambda: other.poll() is not None, 5)
+
+
+def test_another_configurations_service_in_a_shared_home_is_left_alone(
+    fake_service: Make, isolated_home: Path
+) -> None:
+    first = fake_service()
+    first_settings = first.settings()  # read now: the fixture reuses the config file
+    started = lifecycle.start_service(first_settings)
+    other = fake_service()  # same MPSCTL_HOME, another service.url
+
+    status = lifecycle.service_status(other.settings())
+    assert (status.exit_code, status.pid) == (StatusExit.UNKNOWN, None)
+    stopped = lifecycle.stop_service(other.settings())
+    assert stopped.status == "refused"
+    assert f"started for {first.url}" in stopped.message
+    assert alive(started.pid)
+    with pytest.raises(ServiceError, match="another service shares this MPSCTL_HOME"):
+        lifecycle.start_service(other.settings())
+    assert alive(started.pid)
+
+    assert lifecycle.stop_service(first_settings).status == "stopped"
+    assert not alive(started.pid)
