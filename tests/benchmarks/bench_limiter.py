@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import importlib.util
+import os
 import re
 import shutil
 import socket
@@ -86,11 +88,26 @@ def wait_ready(port: int, timeout: float = 30.0) -> None:
     raise RuntimeError(f"server on port {port} did not start")
 
 
+def _cpus() -> list[int]:
+    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+
+
+def _pin(cpu: int | None) -> Any:
+    """A preexec_fn pinning the child to one CPU, so server and load never share a core."""
+    if cpu is None or not hasattr(os, "sched_setaffinity"):
+        return None
+    return lambda: os.sched_setaffinity(0, {cpu})
+
+
+SERVER_CPU = _cpus()[0] if len(_cpus()) >= 2 else None
+LOAD_CPU = _cpus()[1] if len(_cpus()) >= 2 else None
+
+
 def run_wrk(port: int, duration: float, connections: int) -> tuple[float, int]:
     out = subprocess.run(
-        ["wrk", "-t", "2", "-c", str(connections), "-d", f"{duration:g}s",
+        ["wrk", "-t", "1", "-c", str(connections), "-d", f"{duration:g}s",
          f"http://127.0.0.1:{port}/ping"],
-        capture_output=True, text=True, check=True,
+        capture_output=True, text=True, check=True, preexec_fn=_pin(LOAD_CPU),
     ).stdout  # fmt: skip
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
@@ -135,13 +152,20 @@ def main() -> None:
     load = run_wrk if wrk else run_python_client
     print(f"load generator: {'wrk (' + wrk + ')' if wrk else 'Python threads (wrk not found)'}")
     print(f"{args.connections} connections, {args.duration:g} s x {args.rounds} rounds per variant")
+    impl = [name for name in ("httptools", "uvloop") if importlib.util.find_spec(name)]
+    print(
+        f"uvicorn parser/loop: {', '.join(impl) or 'h11 + asyncio (pip install uvicorn[standard])'}"
+    )
+    if SERVER_CPU is not None:
+        print(f"server pinned to CPU {SERVER_CPU}, load generator to CPU {LOAD_CPU}")
     servers: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
     rates: dict[str, list[float]] = {v: [] for v in VARIANTS}
     try:
         for variant in VARIANTS:
             port = free_port()
             proc = subprocess.Popen(
-                [sys.executable, __file__, "--serve", variant, "--port", str(port)]
+                [sys.executable, __file__, "--serve", variant, "--port", str(port)],
+                preexec_fn=_pin(SERVER_CPU),
             )
             servers[variant] = (proc, port)
         for _proc, port in servers.values():
