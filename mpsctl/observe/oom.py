@@ -553,7 +553,9 @@ def scan_file(
 
     Two passes that never hold the file in memory: (1) in 256 KiB chunks, a ``bytes``
     search for ``NEEDLES`` and a newline count (for line numbers) -- nothing is decoded;
-    one process, no threads: a needle cut by a chunk boundary is found by ``_edge_hits``;
+    a needle cut by a chunk boundary is found by ``_edge_hits``; a file of
+    ``PARALLEL_MIN_BYTES`` or more is split in ranges searched by spawned worker processes
+    (see ``_parallel_hits``), else one process does it all;
     (2) each hit is read back with its surroundings, decoded
     (``errors="replace"``) and parsed, joining a message wrapped over its next lines and
     taking the timestamp of its line or of the record it continues (a traceback).
@@ -566,11 +568,72 @@ def scan_file(
         if since is not None and datetime.fromtimestamp(info.st_mtime, timezone.utc) < since:
             return  # nothing in it can be newer than its last write
         size = info.st_size  # a log still growing is scanned up to here
-        hits = _find_in_range(handle, 0, size)[1]  # this handle: a rotation cannot swap files
+        hits = _parallel_hits(path, info, size)
+        if hits is None:
+            hits = _find_in_range(handle, 0, size)[1]  # this handle: a rotation cannot swap files
         for event in _resolve(handle, size, hits):
             if since is not None and event.when is not None and event.when < since:
                 continue
             yield replace(event, file=name)
+
+
+#: below this, one process is faster than starting workers (each costs ~0.1 s)
+PARALLEL_MIN_BYTES = 256 * 1024 * 1024
+PARALLEL_MAX_WORKERS = 8
+
+
+def _range_hits(
+    path: str, start: int, end: int, identity: tuple[int, int]
+) -> tuple[int, list[Hit]] | None:
+    """A worker's share: ``_find_in_range`` on ``[start, end)`` of the same file (None if the
+    path now names another file: it was rotated after the parent opened it)."""
+    with open(path, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if (info.st_dev, info.st_ino) != identity:
+            return None
+        return _find_in_range(handle, start, end)
+
+
+def _parallel_hits(
+    path: str | os.PathLike[str], info: os.stat_result, size: int, workers: int | None = None
+) -> list[Hit] | None:
+    """Hits of a large file found by worker processes, one range each; None to scan alone.
+
+    The search is CPU-bound and CPython's ``bytes.find``/``count`` hold the GIL, so threads
+    would not help. Workers are *spawned*, never forked: fork without exec is unsafe on
+    macOS and in a process with threads. A needle across two ranges is found by the range it
+    starts in (``_find_in_range`` looks past its end), and each range's newline count is
+    offset by the ranges before it, so the result equals a single pass.
+    """
+    if workers is None:
+        workers = min(os.cpu_count() or 1, PARALLEL_MAX_WORKERS)
+    if workers < 2 or size < PARALLEL_MIN_BYTES:
+        return None
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    bounds = [size * i // workers for i in range(workers + 1)]
+    where = os.path.abspath(os.fspath(path))
+    identity = (info.st_dev, info.st_ino)
+    try:
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=context) as pool:
+            parts = list(
+                pool.map(_range_hits, [where] * workers, bounds[:-1], bounds[1:],
+                         [identity] * workers)
+            )  # fmt: skip
+    except (OSError, BrokenProcessPool):
+        return None  # no processes to be had here: the single pass still works
+    hits: list[Hit] = []
+    before = 0
+    for part in parts:
+        if part is None:
+            return None
+        newlines, found = part
+        hits += [(offset, before + count) for offset, count in found]
+        before += newlines
+    return hits
 
 
 def _edge_hits(tail: bytes, head: bytes | bytearray, offset: int, newlines: int) -> list[Hit]:

@@ -291,7 +291,10 @@ def take_probe(
     health_timeout: float = 3.0,
     check_health_endpoint: bool = True,
     host_reader: Callable[[], HostMemory] = host_memory,
+    cpu_interval: float = 0.2,
 ) -> ProbeResult:
+    """One probe. ``cpu_interval``: how long to sample the service's CPU% (psutil's first
+    reading of a process is always 0.0, so a figure needs two readings apart; 0 skips it)."""
     errors: list[str] = []
     try:
         host: HostMemory | None = host_reader()
@@ -299,7 +302,7 @@ def take_probe(
         host = None
         errors.append(f"host memory: {exc}")
     try:
-        service: ServiceSnapshot | None = find_service(settings)
+        service: ServiceSnapshot | None = find_service(settings, cpu_interval=cpu_interval)
     except Exception as exc:
         service = None
         errors.append(f"service processes: {exc}")

@@ -399,6 +399,41 @@ def test_tiny_chunks_find_every_message_exactly_once(
     assert events[1].reserved_bytes == exact("14.80 GiB")
 
 
+def test_parallel_scan_equals_the_single_pass(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Spawned workers must give the same hits, with the same line numbers, as one process,
+    # including for a message that the boundary between two workers cuts in half.
+    lines = []
+    for n in range(40):
+        lines += [f"2026-01-21T10:00:{n:02d}Z INFO " + "y" * (n * 37 % 300)] * (n % 7 + 1)
+        lines.append("2026-01-21T10:01:00Z " + read_fixture("torch-mps-oom-6-gib.txt").strip())
+    text = "\n".join(lines) + "\n"
+    data = text.encode()
+    # pad the end so that the middle (the boundary of two workers) falls 5 bytes into a needle
+    needle = next(p for p in _positions(data, b"out of memory") if 2 * p + 10 >= len(data) + 2)
+    text += "z" * (2 * needle + 10 - len(data) - 1) + "\n"
+    log = write(tmp_path / "big.log", text)
+    size = log.stat().st_size
+    assert needle < size // 2 < needle + len(b"out of memory")
+    serial = list(scan_file(log))
+    assert len(serial) == 40
+    with log.open("rb") as handle:
+        single = oom._find_in_range(handle, 0, size)[1]
+    monkeypatch.setattr(oom, "PARALLEL_MIN_BYTES", 1)
+    for workers in (2, 3, 7):
+        assert oom._parallel_hits(log, log.stat(), size, workers=workers) == single
+    assert list(scan_file(log)) == serial
+
+
+def _positions(data: bytes, needle: bytes) -> list[int]:
+    found, at = [], data.find(needle)
+    while at >= 0:
+        found.append(at)
+        at = data.find(needle, at + 1)
+    return found
+
+
 def test_recent_events_reads_the_tail_and_needs_a_time(tmp_path: Path) -> None:
     now = datetime.now(timezone.utc)
     stamp = "%Y-%m-%dT%H:%M:%SZ"

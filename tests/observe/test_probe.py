@@ -191,6 +191,8 @@ def test_probe_finds_a_service_by_match_and_reads_its_report(
     doc = json.loads(result.stdout)
     assert doc["service"]["found_by"] == "match"
     assert [p["pid"] for p in doc["service"]["processes"]] == [sleeper_service.pid]
+    # sampled over an interval: psutil's first reading alone would be a meaningless 0.0
+    assert isinstance(doc["service"]["processes"][0]["cpu_percent"], float)
     assert doc["service"]["rss_bytes"] > 0
     assert doc["health"]["ok"] is True
     assert doc["accelerator"]["source"] == "service"
