@@ -81,13 +81,11 @@ def http_request(
         conn.close()
 
 
-@dataclass(frozen=True)
-class RunningService:
+class _Requests:
+    """HTTP to a test service; ``url`` and ``token`` come from the dataclass using it."""
+
     url: str
-    port: int
     token: str | None
-    proc: subprocess.Popen[bytes]
-    log_path: Path
 
     def request(
         self,
@@ -110,6 +108,15 @@ class RunningService:
             raw=raw,
             timeout=timeout,
         )
+
+
+@dataclass(frozen=True)
+class RunningService(_Requests):
+    url: str
+    port: int
+    token: str | None
+    proc: subprocess.Popen[bytes]
+    log_path: Path
 
     def log(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
@@ -222,7 +229,7 @@ def reference_service(service_factory: Callable[..., RunningService]) -> Running
 
 # --------------------------------------------------------------------------- in-process
 @dataclass
-class InProcessService:
+class InProcessService(_Requests):
     """uvicorn serving ``create_service(...)`` in a thread of the test process, so a test
     can reach the live objects (``service.holder.model``) and monkeypatch them."""
 
@@ -231,27 +238,6 @@ class InProcessService:
     service: Any  # mpsctl.server.app.Service
     server: Any  # uvicorn.Server
     thread: threading.Thread
-
-    def request(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        *,
-        token: Any = _DEFAULT,
-        headers: Mapping[str, str] | None = None,
-        raw: bytes | None = None,
-        timeout: float = 30.0,
-    ) -> HttpResult:
-        return http_request(
-            self.url + path,
-            method,
-            body,
-            token=self.token if token is _DEFAULT else token,
-            headers=headers,
-            raw=raw,
-            timeout=timeout,
-        )
 
     def stop(self) -> None:
         self.server.should_exit = True
