@@ -41,6 +41,15 @@ COMMANDS: dict[str, str] = {
 }
 
 
+def error_exit_code(command: click.Command | None, default: int) -> int:
+    """The exit code of a failed run: ``default``, unless the command follows a status
+    convention where every failure has one code (``probe``: 3 UNKNOWN for monitoring
+    plugins; ``status``: 4 unknown for LSB), set as its ``failure_exit_code`` attribute.
+    A bad config or option must never read as CRITICAL or "dead"."""
+    code = getattr(command, "failure_exit_code", None)
+    return code if isinstance(code, int) else default
+
+
 def _module_name(spec: str) -> str:
     return "mpsctl.cli." + spec.split(":", 1)[0]
 
@@ -62,7 +71,9 @@ class LazyGroup(click.Group):
         try:
             return super().invoke(ctx)
         except MpsctlError as exc:
-            _fail(str(exc), exc.exit_code)
+            name = ctx.invoked_subcommand
+            command = self.get_command(ctx, name) if name else None
+            _fail(str(exc), error_exit_code(command, exc.exit_code))
         except KeyboardInterrupt:
             click.echo("mpsctl: interrupted", err=True)
             raise click.exceptions.Exit(ExitCode.INTERRUPTED) from None
@@ -95,7 +106,8 @@ class LazyGroup(click.Group):
                 code = super().main(args, prog_name, complete_var, False, **extra)
             except click.UsageError as exc:
                 hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
-                _fail(exc.format_message() + hint, exc.exit_code)
+                command = exc.ctx.command if exc.ctx is not None else None
+                _fail(exc.format_message() + hint, error_exit_code(command, exc.exit_code))
             except click.ClickException as exc:
                 _fail(exc.format_message(), exc.exit_code)
             except click.Abort:  # KeyboardInterrupt / EOF outside a command's own handler

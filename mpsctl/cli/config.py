@@ -78,7 +78,7 @@ def _settings_table(settings: Settings, where: str) -> Table:
         box=box.SIMPLE_HEAD,
     )
     table.add_column("key", no_wrap=True)
-    table.add_column("value", overflow="fold", ratio=1)
+    table.add_column("value", overflow="fold")
     table.add_column("from", overflow="fold", max_width=24)
     values = settings.as_dict()
     for section, keys in SCHEMA.items():

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from mpsctl.cli.app import App, json_option
+from mpsctl.errors import MpsctlError, ProbeExit
 from mpsctl.observe.probe import take_probe
 from mpsctl.render.console import write_json
 
@@ -59,14 +60,24 @@ def probe(
       mpsctl probe --nagios --host-used 80,90
       mpsctl probe --record --alert-url https://hooks.example.com/mpsctl
     """
-    settings = app.settings(
-        {
-            "thresholds.host_used_percent": (host_used, "--host-used"),
-            "thresholds.service_memory_gib": (service_gib, "--service-gib"),
-            "thresholds.accelerator_limit_percent": (accel_percent, "--accel-percent"),
-            "thresholds.swap_used_percent": (swap_used, "--swap-used"),
-        }
-    )
+    try:
+        settings = app.settings(
+            {
+                "thresholds.host_used_percent": (host_used, "--host-used"),
+                "thresholds.service_memory_gib": (service_gib, "--service-gib"),
+                "thresholds.accelerator_limit_percent": (accel_percent, "--accel-percent"),
+                "thresholds.swap_used_percent": (swap_used, "--swap-used"),
+            }
+        )
+    except MpsctlError as exc:
+        # A monitoring system still gets its line or document: UNKNOWN, with the reason.
+        if as_json:
+            reasons = [f"UNKNOWN: {exc}"]
+            write_json({"schema": "mpsctl.probe/1", "verdict": "UNKNOWN",
+                        "exit_code": int(ProbeExit.UNKNOWN), "reasons": reasons})  # fmt: skip
+        elif nagios:
+            click.echo(f"MPSCTL UNKNOWN - {str(exc).replace('|', '/')}")
+        raise
     result = take_probe(settings, health_timeout=timeout)
     # a cron probe runs every minute: import tables and the monitoring code only when used
     if as_json:
@@ -86,3 +97,7 @@ def probe(
         after_probe(settings, result, record_history=record_history, alert_url=alert_url,
                     alert_cmd=alert_cmd, prometheus=prometheus, warn=app.warn)  # fmt: skip
     raise click.exceptions.Exit(int(result.verdict))
+
+
+# monitoring-plugin convention: a bad option or config is UNKNOWN (3), never CRITICAL (2)
+probe.failure_exit_code = int(ProbeExit.UNKNOWN)  # type: ignore[attr-defined]

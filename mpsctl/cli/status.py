@@ -29,11 +29,17 @@ def status(app: App, as_json: bool) -> None:
     try:
         settings = app.settings()
     except MpsctlError as exc:
-        # LSB reserves 2 for "dead and lock file exists": a bad config is "unknown" (4)
-        raise MpsctlError(str(exc), exit_code=StatusExit.UNKNOWN) from None
+        if as_json:  # still exactly one document: the state is unknown, and why
+            write_json({"schema": "mpsctl.status/1", "state": "unknown", "error": str(exc),
+                        "exit_code": int(StatusExit.UNKNOWN)})  # fmt: skip
+        raise
     result = service_status(settings)
     if as_json:
         write_json(result.to_json())
     else:
         app.out.print(status_line(result), soft_wrap=True)
     raise click.exceptions.Exit(int(result.exit_code))
+
+
+# LSB reserves 1-3 for states of the service: a bad config or option is "unknown" (4)
+status.failure_exit_code = int(StatusExit.UNKNOWN)  # type: ignore[attr-defined]

@@ -24,6 +24,7 @@ from mpsctl.load import (
     StressResult,
     SweepResult,
 )
+from mpsctl.render.console import printable
 from mpsctl.render.units import fmt_bytes
 
 _MEMORY_LABELS = {
@@ -46,11 +47,11 @@ def _ms_json(seconds: float) -> float:
 # --------------------------------------------------------------------------- one answer
 def ask_panel(result: AskResult) -> Panel:
     where = " on ".join(x for x in (result.model, result.device) if x) or "model unknown"
-    title = f"HTTP {result.status} · {_ms(result.latency_s)} · {where}"
+    title = printable(f"HTTP {result.status} · {_ms(result.latency_s)} · {where}")
     if result.answer is not None:
-        content = Text(result.answer)
+        content = Text(printable(result.answer))
     else:  # a service whose answer field we do not know: show its JSON as it came
-        content = Text(json.dumps(result.body, ensure_ascii=False, indent=2))
+        content = Text(printable(json.dumps(result.body, ensure_ascii=False, indent=2)))
     subtitle = f"{result.tokens} tokens" if result.tokens is not None else None
     return Panel(content, title=title, title_align="left", subtitle=subtitle)
 

@@ -47,6 +47,17 @@ def test_answer_panel_shows_status_latency_model_and_device(pointed: LocalServic
     assert pointed.behaviour.auth_headers == [f"Bearer {TOKEN}"]
 
 
+def test_escape_sequences_in_an_answer_never_reach_the_terminal(pointed: LocalService) -> None:
+    answer = "plain \x1b[31mRED\x1b[0m \x1b]0;pwned\x07 end\nline two"
+    pointed.behaviour.raw_body = json.dumps({"answer": answer, "model": "m\x1b[2J"}).encode()
+    result = run("hi")
+    assert result.exit_code == 0, result.stderr
+    assert "\x1b" not in result.stdout
+    assert "\x07" not in result.stdout
+    assert "plain \\x1b[31mRED\\x1b[0m \\x1b]0;pwned\\x07 end" in result.stdout
+    assert "line two" in result.stdout  # newlines are kept
+
+
 def test_json_from_stdin_round_trips_chinese(pointed: LocalService) -> None:
     result = run("-", "--json", "--max-new-tokens", "5", stdin="工商银行\n".encode())
     assert result.exit_code == 0, result.stderr

@@ -138,10 +138,25 @@ def test_probe_nagios_line(monkeypatch: pytest.MonkeyPatch) -> None:
     assert first.endswith(";0;100;0;100")
 
 
-def test_bad_threshold_flag_is_a_usage_error() -> None:
+def test_bad_threshold_flag_is_unknown_not_critical() -> None:
+    # monitoring-plugin convention: a usage or config error is UNKNOWN (3), never CRITICAL (2)
     result = CliRunner().invoke(main, ["probe", "--host-used", "95,85"])
-    assert result.exit_code == 2
+    assert result.exit_code == 3
     assert result.stderr.startswith("mpsctl: error: --host-used: warning 95 is above critical 85")
+    nagios = CliRunner().invoke(main, ["probe", "--nagios", "--host-used", "95,85"])
+    assert nagios.exit_code == 3
+    assert nagios.stdout == "MPSCTL UNKNOWN - --host-used: warning 95 is above critical 85\n"
+    doc = json.loads(CliRunner().invoke(main, ["probe", "--json", "--host-used", "9,8"]).stdout)
+    assert (doc["verdict"], doc["exit_code"]) == ("UNKNOWN", 3)
+
+
+def test_bad_option_is_unknown(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert CliRunner().invoke(main, ["probe", "--no-such"]).exit_code == 3
+    monkeypatch.setenv("MPSCTL_MEMORY_HIGH_WATERMARK_RATIO", "abc")
+    assert CliRunner().invoke(main, ["probe"]).exit_code == 3
+    status = CliRunner().invoke(main, ["status", "--json"])
+    assert status.exit_code == 4
+    assert json.loads(status.stdout)["state"] == "unknown"
 
 
 class _Health(BaseHTTPRequestHandler):
