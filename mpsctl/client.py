@@ -178,7 +178,7 @@ class ServiceClient:
         """The failure a query Reply stands for, or None for a 2xx JSON object."""
         return reply_error(
             reply,
-            url=self.service.url,
+            url=self.service.query_url,
             token_sent=bool(self.token),
             token_env=self.service.token_env,
             secret=self.token,
@@ -271,7 +271,7 @@ class KeepAliveConnection:
     def query_error(self, reply: Reply) -> ClientError | None:
         return reply_error(
             reply,
-            url=self.service.url,
+            url=self.service.query_url,
             token_sent=bool(self.token),
             token_env=self.service.token_env,
             secret=self.token,
@@ -350,4 +350,10 @@ def reply_error(
         )
     if status >= 500:
         return ClientError(f"service failed (HTTP {status}): {detail}", kind="server_error")
+    if status in (404, 405):
+        return ClientError(
+            f"HTTP {status} from {url}: the service has no query endpoint there "
+            f"(check service.query_path): {detail}",
+            kind="http",
+        )
     return ClientError(f"HTTP {status} from {url}: {detail}", kind="http")

@@ -702,7 +702,8 @@ query_path = "/api/v1/query"
 token_env = "MPSCTL_TOKEN"     # or: token_file = "secrets/token" (mode 0600)
 log_file = "backend.log"       # mpsctl start appends the service's output here, never truncates
 log_globs = ["logs/error_*.log", "logs/app_*.log"]
-match = "uvicorn.*mvp"         # only to find a service started without mpsctl
+# regex over command lines, only to find a service started by hand (not by mpsctl start)
+match = "mvp/venv/bin/uvicorn app.main:app"
 stop_timeout = 10              # seconds between SIGTERM and SIGKILL
 start_timeout = 120            # seconds to wait for a healthy answer
 

@@ -185,6 +185,9 @@ def release_service_memory(settings: Settings, snapshot: procs.ServiceSnapshot) 
     rss_after = after.total_rss_bytes if after.running else None
     if reply.status != 200:
         error = f"{settings.service.release_path} answered HTTP {reply.status}"
+        if reply.status in (404, 405):
+            error = (f"the service has no release endpoint ({settings.service.release_path} "
+                     f"answered HTTP {reply.status}; set service.release_path)")  # fmt: skip
         return ReleaseFigures(False, error, None, None, None, None, None, rss_before, rss_after)
     body = reply.body
     device = body.get("device") if isinstance(body, dict) else None

@@ -181,7 +181,12 @@ def _fix_locked(
     max_restarts = settings.fix.max_restarts if opts.max_restarts is None else opts.max_restarts
     within = settings.fix.within if opts.within is None else opts.within
     recent = history.restarts_within(history.fix_history_path(settings.home), within, time.time())
-    if len(recent) >= max_restarts:
+    if opts.if_unhealthy:
+        # The guard stops an automatic restart loop: a person's own `mpsctl fix` runs
+        # (trigger "manual") do not use up the watchdog's budget.
+        recent = [r for r in recent if r.get("trigger") != "manual"]
+    guarded = opts.if_unhealthy or opts.max_restarts is not None or opts.within is not None
+    if guarded and len(recent) >= max_restarts:
         return done(
             "refused",
             bool(before.get("healthy")),

@@ -211,7 +211,8 @@ def settings_checks(settings: Settings) -> list[Check]:
         f"file {settings.config_file}" if settings.config_file else "no file (reference service)"
     )
     found.append(Check("config.load", "ok", f"settings load: {origin}"))
-    for note in settings.notes:
+    explicit = not settings.sources["memory.high_watermark_ratio"].startswith("default")
+    for note in settings.notes if explicit else ():  # built-in defaults need no remark
         found.append(Check("config.note", "info", note))
     if settings.memory.mps_fallback:
         found.append(
@@ -548,15 +549,13 @@ def torch_checks(settings: Settings, result: ProbeResult) -> list[Check]:
                 )
             ]
     if version is None:
-        where = f"in {settings.service.venv}" if settings.service.venv else "(service.venv unset)"
-        return [
-            Check(
-                "torch.version",
-                "info",
-                f"torch version unknown {where}",
-                "set service.venv so doctor can read torch's METADATA",
-            )
-        ]
+        if settings.service.venv:
+            message = f"torch is not installed in {settings.service.venv}"
+            fix = "check service.venv points at the venv the service really runs in"
+        else:
+            message = "torch version unknown (service.venv unset)"
+            fix = "set service.venv so doctor can read torch's METADATA"
+        return [Check("torch.version", "info", message, fix)]
     parsed = version_tuple(version)
     if parsed is not None and parsed < RECOMMENDED_MAX_SINCE:
         off_mps = result.accelerator.device in ("cpu", "cuda")

@@ -349,7 +349,8 @@ class LogView:
         if tracked.path is None:
             if not tracked.reported_missing:
                 pattern = tracked.source.pattern
-                report(Notice(f"{tracked.source.label}: no file matches {pattern}", warning=True))
+                label = tracked.source.label
+                report(Notice(f"no file matches {pattern} ({label} log)", warning=True))
                 tracked.reported_missing = True
             return False
         try:

@@ -141,7 +141,8 @@ def _fmt(value: float, unit: str) -> str:
 def print_report(console: Console, report: Report) -> None:
     console.print(
         Text(
-            f"History {report.since} to {report.until}: {report.samples} samples"
+            f"History {report.since} to {report.until}: {report.samples} "
+            f"sample{'' if report.samples == 1 else 's'}"
             + (f" ({report.first} .. {report.last})" if report.first else "")
         )
     )

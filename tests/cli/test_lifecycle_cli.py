@@ -184,6 +184,28 @@ def test_fix_refuses_a_restart_loop(fake_service: Make, isolated_home: Path) -> 
     assert history.read_records(path)[-1]["result"] == "refused"
 
 
+def test_manual_fixes_do_not_use_up_the_watchdogs_budget(
+    fake_service: Make, isolated_home: Path
+) -> None:
+    fake_service()
+    path = history.fix_history_path(isolated_home)
+    for _ in range(3):  # a person ran `mpsctl fix` three times in the last minutes
+        record = {"time": iso_utc(time.time() - 60), "restarted": True, "trigger": "manual"}
+        history.append_record(path, record)
+    history.append_record(path, {"time": iso_utc(time.time() - 30), "restarted": True,
+                                 "trigger": "if-unhealthy"})  # fmt: skip
+    try:
+        result = run("fix", "--if-unhealthy", "--max-restarts", "2")
+        assert result.exit_code == 0, result.stderr  # 1 watchdog restart < 2
+        assert history.read_records(path)[-1]["result"] == "fixed"
+        assert run("stop").exit_code == 0
+        refused = run("fix", "--if-unhealthy", "--max-restarts", "2")
+        assert refused.exit_code == 1  # now 2 watchdog restarts: the loop guard holds
+        assert "refusing to restart: 2 restart(s)" in refused.stderr
+    finally:
+        run("stop")
+
+
 def test_parallel_fix_restarts_exactly_once(fake_service: Make, isolated_home: Path) -> None:
     fake = fake_service()
     env = {**os.environ, "MPSCTL_CONFIG": str(fake.config), "MPSCTL_HOME": str(isolated_home)}

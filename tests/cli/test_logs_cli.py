@@ -52,7 +52,7 @@ def test_last_lines_of_each_file_merged_in_time_order(service_logs: Path) -> Non
         "backend | 2026-01-21 10:00:05 INFO query 工商银行",
         "error   | 2026-01-21 10:00:06 ERROR bad \ufffd byte",
     ]
-    assert err == f"mpsctl: warning: app: no file matches {service_logs / 'logs/app_*.log'}\n"
+    assert err == f"mpsctl: warning: no file matches {service_logs / 'logs/app_*.log'} (app log)\n"
 
 
 def test_oom_and_grep_filters(service_logs: Path) -> None:
