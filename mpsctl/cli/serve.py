@@ -146,12 +146,26 @@ def serve(app: App, **opts: Any) -> None:
     uvicorn.Server(config).run()
 
 
+class _QuietProbes(logging.Filter):
+    """Drop successful access lines for /health and /metrics: a cron probe every minute
+    would otherwise write 1,440 lines a day that bury the ones an operator looks for."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) >= 5:  # uvicorn: client, method, path, ver, status
+            path, status = str(args[2]), args[4]
+            if path in ("/health", "/metrics") and status == 200:
+                return False
+        return True
+
+
 def _configure_logging() -> None:
     logging.basicConfig(
         level=logging.INFO,
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("uvicorn.access").addFilter(_QuietProbes())
 
 
 @click.command("demo-model")

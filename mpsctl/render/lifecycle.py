@@ -139,7 +139,9 @@ def status_line(result: StatusResult) -> str:
         if health.ok:
             parts.append(f"healthy ({health.latency_ms:g} ms)")
         else:
-            parts.append(f"UNHEALTHY ({health.error})")
+            # the client's "try `mpsctl start`" hint is wrong for a process that runs
+            error = (health.error or "").replace(" — try `mpsctl start`", " (still starting?)")
+            parts.append(f"UNHEALTHY ({error})")
     parts.append(result.url)
     if result.error:
         parts.append(result.error)

@@ -51,3 +51,6 @@ def test_reference_service_answers_then_stops_on_sigterm(
     assert "Application shutdown complete" in log
     assert '"POST /api/v1/query HTTP/1.1" 401' in log  # the 401s were logged, the token not
     assert "test-token" not in log
+    # successful probes of /health (the fixture polled it too) leave no access line
+    assert '"POST /api/v1/query HTTP/1.1" 200' in log
+    assert '"GET /health HTTP/1.1" 200' not in log
