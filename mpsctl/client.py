@@ -47,6 +47,9 @@ class HealthCheck:
     latency_ms: float | None
     body: Any
     error: str | None  # one line, when not ok
+    kind: str | None = (
+        None  # the ClientError kind ("refused", "timeout", ...) when nothing answered
+    )
 
 
 def read_token(
@@ -155,7 +158,7 @@ class ServiceClient:
         try:
             reply = self.request("GET", self.service.health_path, timeout=timeout)
         except ClientError as exc:
-            return HealthCheck(False, None, None, None, str(exc))
+            return HealthCheck(False, None, None, None, str(exc), exc.kind)
         ok = reply.status == 200
         error = None if ok else f"health answered HTTP {reply.status}"
         return HealthCheck(ok, reply.status, round(reply.latency_s * 1000, 1), reply.body, error)

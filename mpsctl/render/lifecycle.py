@@ -139,8 +139,10 @@ def status_line(result: StatusResult) -> str:
         if health.ok:
             parts.append(f"healthy ({health.latency_ms:g} ms)")
         else:
-            # the client's "try `mpsctl start`" hint is wrong for a process that runs
-            error = (health.error or "").replace(" — try `mpsctl start`", " (still starting?)")
+            # the process runs: a refused connection means it does not listen (yet)
+            error = (
+                "not listening yet (still starting?)" if health.kind == "refused" else health.error
+            )
             parts.append(f"UNHEALTHY ({error})")
     parts.append(result.url)
     if result.error:

@@ -16,7 +16,10 @@ from click.testing import CliRunner, Result
 from mpsctl.cli import main
 from mpsctl.control import history
 from mpsctl.control.lock import service_lock
+from mpsctl.control.pidfile import write_pidfile
+from mpsctl.observe.procs import PidRecord, create_time_of
 from mpsctl.render.units import iso_utc
+from tests.conftest import free_port
 from tests.control.fakes import FakeService, fake_command, fake_service, spawned, wait_for
 
 __all__ = ["fake_service", "spawned"]  # fixtures
@@ -97,6 +100,24 @@ def test_unhealthy_but_running_is_visible(fake_service: Make, spawned: list) -> 
     assert "running" in result.stdout
     assert "found by match" in result.stdout
     assert "UNHEALTHY (health answered HTTP 503)" in result.stdout
+
+
+def test_running_but_not_listening_says_so(
+    isolated_home: Path, spawned: list, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a process the pidfile names, nothing on its port yet: what status shows mid-start
+    monkeypatch.setenv("MPSCTL_SERVICE_URL", f"http://127.0.0.1:{free_port()}")
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    spawned.append(sleeper)
+    started = create_time_of(sleeper.pid)
+    assert started is not None
+    isolated_home.mkdir(parents=True, exist_ok=True)
+    record = PidRecord(sleeper.pid, started, url=os.environ["MPSCTL_SERVICE_URL"])
+    write_pidfile(isolated_home / "service.pid", record)
+    result = run("status")
+    assert result.exit_code == 0
+    assert "UNHEALTHY (not listening yet (still starting?))" in result.stdout
+    assert "try `mpsctl start`" not in result.stdout
 
 
 def test_start_failure_prints_the_log_tail(fake_service: Make, isolated_home: Path) -> None:
