@@ -179,13 +179,7 @@ class ServiceClient:
 
     def query_error(self, reply: Reply) -> ClientError | None:
         """The failure a query Reply stands for, or None for a 2xx JSON object."""
-        return reply_error(
-            reply,
-            url=self.service.query_url,
-            token_sent=bool(self.token),
-            token_env=self.service.token_env,
-            secret=self.token,
-        )
+        return query_reply_error(self.service, self.token, reply)
 
 
 class KeepAliveConnection:
@@ -272,13 +266,7 @@ class KeepAliveConnection:
         return response.status, response.getheader("Retry-After"), data
 
     def query_error(self, reply: Reply) -> ClientError | None:
-        return reply_error(
-            reply,
-            url=self.service.query_url,
-            token_sent=bool(self.token),
-            token_env=self.service.token_env,
-            secret=self.token,
-        )
+        return query_reply_error(self.service, self.token, reply)
 
 
 EXCERPT_CHARS = 200
@@ -316,6 +304,19 @@ def _detail(reply: Reply, secret: str | None) -> str:
         text = json.dumps(body, ensure_ascii=False)
     # a service that echoes headers must not leak the token: masked before the cut
     return _excerpt(text, secret) or "empty body"
+
+
+def query_reply_error(
+    service: ServiceSettings, token: str | None, reply: Reply
+) -> ClientError | None:
+    """``reply_error`` for a reply of ``service``'s query endpoint, sent with ``token``."""
+    return reply_error(
+        reply,
+        url=service.query_url,
+        token_sent=bool(token),
+        token_env=service.token_env,
+        secret=token,
+    )
 
 
 def reply_error(

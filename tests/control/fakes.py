@@ -199,3 +199,11 @@ def spawned() -> Iterator[list[subprocess.Popen[bytes]]]:
     for proc in started:
         proc.kill()
         proc.wait()
+
+
+def alive(pid: int) -> bool:
+    """Running and not a zombie (a zombie has exited: only its parent has not reaped it)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

@@ -17,18 +17,19 @@ from mpsctl.control import lifecycle
 from mpsctl.control.lifecycle import StartFailed, StartOptions
 from mpsctl.errors import ServiceError, StatusExit
 from mpsctl.observe import procs
-from tests.control.fakes import PYTHON, FakeService, fake_service, sleeper, spawned, wait_for
+from tests.control.fakes import (
+    PYTHON,
+    FakeService,
+    alive,
+    fake_service,
+    sleeper,
+    spawned,
+    wait_for,
+)
 
 __all__ = ["fake_service", "spawned"]  # fixtures
 
 Make = Callable[..., FakeService]
-
-
-def alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def test_start_healthy_status_stop(fake_service: Make, isolated_home: Path) -> None:

@@ -14,18 +14,11 @@ import pytest
 from mpsctl.control import lifecycle
 from mpsctl.control.lifecycle import StartFailed
 from mpsctl.errors import ConfigError, ServiceError, StatusExit
-from tests.control.fakes import FakeService, fake_service, sleeper, spawned, wait_for
+from tests.control.fakes import FakeService, alive, fake_service, sleeper, spawned, wait_for
 
 __all__ = ["fake_service", "spawned"]  # fixtures
 
 Make = Callable[..., FakeService]
-
-
-def alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def test_pidfile_naming_mpsctls_own_process_signals_nothing(

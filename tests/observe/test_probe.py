@@ -14,7 +14,7 @@ from typing import Any
 
 import psutil
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 from mpsctl.cli import main
 from mpsctl.errors import ProbeExit
@@ -183,6 +183,23 @@ def sleeper_service(tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
     proc.wait()
 
 
+def probe_json_with_health(write_config, report: dict[str, Any], port: int) -> Result:  # type: ignore[no-untyped-def]
+    """``mpsctl probe --json`` for a service found by its ``--port`` on the command line,
+    whose health answer (a real HTTP server on 127.0.0.1) is ``report``."""
+    handler = type("H", (_Health,), {"body": json.dumps(report).encode()})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        write_config(
+            f'[service]\ncommand = ["uvicorn", "app.main:app"]\n'
+            f'url = "http://127.0.0.1:{server.server_address[1]}"\n'
+            f'match = "uvicorn app.main:app --port {port}$"\n'
+        )
+        return CliRunner().invoke(main, ["probe", "--json"])
+    finally:
+        server.shutdown()
+
+
 def test_probe_finds_a_service_by_match_and_reads_its_report(
     sleeper_service: subprocess.Popen[bytes],
     write_config,
@@ -190,19 +207,7 @@ def test_probe_finds_a_service_by_match_and_reads_its_report(
 ) -> None:
     report = {"status": "ok", "memory": {"schema": "mpsctl.memory/1", "device": "cpu",
               "mps": None, "cuda": None, "rss_bytes": 1000}}  # fmt: skip
-    handler = type("H", (_Health,), {"body": json.dumps(report).encode()})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        port = sleeper_service.args[-1]
-        write_config(
-            f'[service]\ncommand = ["uvicorn", "app.main:app"]\n'
-            f'url = "http://127.0.0.1:{server.server_address[1]}"\n'
-            f'match = "uvicorn app.main:app --port {port}$"\n'
-        )
-        result = CliRunner().invoke(main, ["probe", "--json"])
-    finally:
-        server.shutdown()
+    result = probe_json_with_health(write_config, report, int(sleeper_service.args[-1]))
     doc = json.loads(result.stdout)
     assert doc["service"]["found_by"] == "match"
     assert [p["pid"] for p in doc["service"]["processes"]] == [sleeper_service.pid]
@@ -231,22 +236,13 @@ def test_real_probe_json_has_every_required_key(write_config, tmp_path: Path) ->
            "recommended_max_bytes": 10 * GIB, "high_watermark_ratio": 0.7,
            "low_watermark_ratio": 0.5, "limit_bytes": 7 * GIB}  # fmt: skip
     report = {"status": "ok", "memory": {"schema": "mpsctl.memory/1", "device": "mps", "mps": mps}}
-    handler = type("H", (_Health,), {"body": json.dumps(report).encode()})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     port = free_port()
     env = {**os.environ, "PYTORCH_MPS_HIGH_WATERMARK_RATIO": "0.7"}
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "uvicorn",
                              "app.main:app", "--port", str(port)], env=env)  # fmt: skip
     try:
-        write_config(
-            f'[service]\ncommand = ["uvicorn", "app.main:app"]\n'
-            f'url = "http://127.0.0.1:{server.server_address[1]}"\n'
-            f'match = "uvicorn app.main:app --port {port}$"\n'
-        )
-        result = CliRunner().invoke(main, ["probe", "--json"])
+        result = probe_json_with_health(write_config, report, port)
     finally:
-        server.shutdown()
         proc.kill()
         proc.wait()
     doc = json.loads(result.stdout)
