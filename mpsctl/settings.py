@@ -19,19 +19,23 @@ from urllib.parse import urlsplit
 
 from mpsctl.errors import ConfigError
 from mpsctl.paths import CONFIG_NAME, home_dir, user_config_file
+from mpsctl.torch_env import (
+    DEFAULT_LOW_RATIO,
+    FALLBACK_ENV,
+    HIGH_ENV,
+    LOW_ENV,
+    check_ratio_range,
+    resolve_watermarks,
+    torch_env,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised only on 3.10
     import tomli as tomllib
 
-#: PyTorch's own defaults (aten/src/ATen/mps/MPSAllocator.h) on unified-memory Macs.
-TORCH_DEFAULT_HIGH_RATIO = 1.7
-TORCH_DEFAULT_LOW_RATIO = 1.4
-MAX_RATIO = 2.0
 DEVICES = ("auto", "mps", "cuda", "cpu")
 DTYPES = ("auto", "float16", "bfloat16", "float32")
-GIB = 1024**3
 
 
 # --------------------------------------------------------------------------- parsers
@@ -123,8 +127,7 @@ def parse_ratio(value: Any) -> float:
     typo would silently remove the limit; we refuse it instead.
     """
     number = _parse_number(value)
-    if not 0.0 <= number <= MAX_RATIO:
-        raise ValueError(f"must be between 0.0 and {MAX_RATIO}, got {number:g}")
+    check_ratio_range(number)
     return number
 
 
@@ -234,13 +237,11 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "request_timeout": Key(_parse_positive, 60.0, "seconds for one query"),
     },
     "memory": {
-        "high_watermark_ratio": Key(
-            _parse_opt_ratio, 1.0, "PYTORCH_MPS_HIGH_WATERMARK_RATIO (x recommended max)"
-        ),
+        "high_watermark_ratio": Key(_parse_opt_ratio, 1.0, f"{HIGH_ENV} (x recommended max)"),
         "low_watermark_ratio": Key(
-            _parse_opt_ratio, None, "PYTORCH_MPS_LOW_WATERMARK_RATIO (auto: min(high, 1.4))"
+            _parse_opt_ratio, None, f"{LOW_ENV} (auto: min(high, {DEFAULT_LOW_RATIO:g}))"
         ),
-        "mps_fallback": Key(_parse_bool, False, "PYTORCH_ENABLE_MPS_FALLBACK (missing ops only)"),
+        "mps_fallback": Key(_parse_bool, False, f"{FALLBACK_ENV} (missing ops only)"),
         "device": Key(_parse_choice(DEVICES), "auto", "auto | mps | cuda | cpu"),
     },
     "thresholds": {
@@ -337,14 +338,7 @@ class MemorySettings:
 
     def torch_env(self) -> dict[str, str]:
         """The ``PYTORCH_*`` variables a service must be started with."""
-        env: dict[str, str] = {}
-        if self.high_watermark_ratio is not None:
-            env["PYTORCH_MPS_HIGH_WATERMARK_RATIO"] = f"{self.high_watermark_ratio:g}"
-        if self.low_watermark_ratio is not None:
-            env["PYTORCH_MPS_LOW_WATERMARK_RATIO"] = f"{self.low_watermark_ratio:g}"
-        if self.mps_fallback:
-            env["PYTORCH_ENABLE_MPS_FALLBACK"] = "1"
-        return env
+        return torch_env(self)
 
 
 @dataclass(frozen=True)
@@ -419,54 +413,6 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, tuple):
         return [_jsonable(v) for v in value]
     return value
-
-
-# --------------------------------------------------------------------------- watermarks
-@dataclass(frozen=True)
-class Watermarks:
-    high: float | None
-    low: float | None
-    notes: tuple[str, ...]
-
-
-def resolve_watermarks(high: float | None, low: float | None) -> Watermarks:
-    """Check a high/low pair the way PyTorch will, before any service starts.
-
-    PyTorch raises ``invalid low watermark ratio`` at the first MPS allocation when
-    low > high (high > 0) -- so a bare ``HIGH=0.7`` with the default LOW 1.4 kills the
-    service. When only high is given, low becomes ``min(high, 1.4)``.
-    """
-    notes: list[str] = []
-    for label, ratio in (("high", high), ("low", low)):
-        if ratio is not None and not 0.0 <= ratio <= MAX_RATIO:
-            raise ConfigError(f"{label} watermark ratio {ratio:g} is outside 0.0-{MAX_RATIO:g}")
-    if high is not None and low is None:
-        low = min(high, TORCH_DEFAULT_LOW_RATIO) if high > 0 else None
-        if low is not None and low < TORCH_DEFAULT_LOW_RATIO:
-            notes.append(
-                f"low watermark ratio set to {low:.2f} = min(high {high:.2f}, "
-                f"{TORCH_DEFAULT_LOW_RATIO:.2f}): PyTorch's default low ratio "
-                f"{TORCH_DEFAULT_LOW_RATIO:.2f} above high {high:.2f} would make it fail "
-                "at the first allocation"
-            )
-    if low is not None:
-        if high is None:
-            ceiling = TORCH_DEFAULT_HIGH_RATIO  # PyTorch's own high applies
-        elif high == 0.0:
-            ceiling = MAX_RATIO  # no hard limit: PyTorch only checks the range
-        else:
-            ceiling = high
-        if low > ceiling:
-            raise ConfigError(
-                f"low watermark ratio {low:g} is above high {ceiling:g}: PyTorch fails with "
-                f"'invalid low watermark ratio {low:g}' at the first allocation"
-            )
-    if high == 0.0:
-        notes.append(
-            "high watermark 0.0 disables the MPS limit: the service can take all memory "
-            "and push macOS into swap instead of failing with an out-of-memory error"
-        )
-    return Watermarks(high, low, tuple(notes))
 
 
 # --------------------------------------------------------------------------- loading

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from mpsctl.errors import ConfigError
-from mpsctl.settings import load_settings, resolve_watermarks
+from mpsctl.settings import load_settings
+from mpsctl.torch_env import resolve_watermarks
 
 
 def test_defaults_manage_the_reference_service(isolated_home: Path) -> None:

@@ -14,6 +14,7 @@ from mpsctl.errors import ServiceError
 from mpsctl.render import lifecycle as render
 from mpsctl.render.console import write_json
 from mpsctl.settings import DEVICES
+from mpsctl.torch_env import FALLBACK_ENV, HIGH_ENV, LOW_ENV, MAX_RATIO
 
 
 class Seconds(click.ParamType):
@@ -51,10 +52,10 @@ def start_options(func: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         click.option("--timeout", type=POSITIVE_SECONDS, metavar="SECONDS",
                      help="Wait this long for a healthy answer (default service.start_timeout)."),
-        click.option("--high", metavar="RATIO", help="PYTORCH_MPS_HIGH_WATERMARK_RATIO, 0.0-2.0."),
-        click.option("--low", metavar="RATIO", help="PYTORCH_MPS_LOW_WATERMARK_RATIO (<= high)."),
+        click.option("--high", metavar="RATIO", help=f"{HIGH_ENV}, 0.0-{MAX_RATIO:.1f}."),
+        click.option("--low", metavar="RATIO", help=f"{LOW_ENV} (<= high)."),
         click.option("--fallback/--no-fallback", default=None,
-                     help="PYTORCH_ENABLE_MPS_FALLBACK (unimplemented ops on CPU; not OOM)."),
+                     help=f"{FALLBACK_ENV} (unimplemented ops on CPU; not OOM)."),
         click.option("--device", type=click.Choice(DEVICES), help="Reference service only."),
         click.option("--model", metavar="PATH_OR_ID", help="Reference service only."),
     ]  # fmt: skip

@@ -14,14 +14,15 @@ from mpsctl.observe.logfiles import resolve_logs
 from mpsctl.observe.oom import explain, iso, scan_file
 from mpsctl.render.console import write_json
 from mpsctl.render.units import utc_now_iso
+from mpsctl.torch_env import DEFAULT_HIGH_RATIO, HIGH_ENV, MAX_RATIO
 
 
 @click.command()
 @click.argument("files", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--since", metavar="DURATION", help="Only events newer than this (24h, 7d).")
-@click.option("--high-ratio", type=click.FloatRange(0.0, 2.0), metavar="R",
-              help="PYTORCH_MPS_HIGH_WATERMARK_RATIO the service ran with "
-                   "(default: memory.high_watermark_ratio when configured, else 1.7).")  # fmt: skip
+@click.option("--high-ratio", type=click.FloatRange(0.0, MAX_RATIO), metavar="R",
+              help=f"{HIGH_ENV} the service ran with (default: memory.high_watermark_ratio "
+                   f"when configured, else {DEFAULT_HIGH_RATIO:g}).")  # fmt: skip
 @json_option
 @click.pass_obj
 def oom(

@@ -43,6 +43,13 @@ from mpsctl.errors import ConfigError, ServiceError, StatusExit
 from mpsctl.observe import procs
 from mpsctl.render.units import fmt_bytes, iso_utc, utc_now_iso
 from mpsctl.settings import Settings
+from mpsctl.torch_env import (
+    DEFAULT_HIGH_RATIO,
+    command_checks,
+    inherited_env_checks,
+    service_env,
+    torch_env,
+)
 
 LAST_HEALTH = "last_health.json"
 RECOMMENDED_MAX = "recommended_max.json"
@@ -96,7 +103,7 @@ class MemoryLimit:
 
     def describe(self) -> str:
         if self.high is None:
-            return "high: PyTorch's default (1.7)"
+            return f"high: PyTorch's default ({DEFAULT_HIGH_RATIO:g})"
         if self.high == 0.0:
             return "high 0.00 = no limit"
         if self.recommended_max_bytes is None:
@@ -216,54 +223,16 @@ def service_argv(
     return tuple(argv), warnings
 
 
-#: inherited values are dropped: the settings (validated) are the only source of these
-_TORCH_KEYS = (
-    "PYTORCH_MPS_HIGH_WATERMARK_RATIO",
-    "PYTORCH_MPS_LOW_WATERMARK_RATIO",
-    "PYTORCH_ENABLE_MPS_FALLBACK",
-)
-
-
-def service_env(settings: Settings, base: dict[str, str] | None = None) -> dict[str, str]:
-    env = dict(os.environ if base is None else base)
-    for key in _TORCH_KEYS:
-        env.pop(key, None)
-    env.update(settings.memory.torch_env())
-    venv = settings.service.venv
-    if venv is not None:
-        env["VIRTUAL_ENV"] = str(venv)
-        env["PATH"] = str(venv / "bin") + os.pathsep + env.get("PATH", os.defpath)
-        env.pop("PYTHONHOME", None)  # would point the venv's python at another prefix
-    return env
-
-
 def preflight_warnings(settings: Settings, argv: tuple[str, ...], limit: MemoryLimit) -> list[str]:
-    warnings: list[str] = []
-    if "--reload" in argv:
-        warnings.append(
-            "the command has --reload: uvicorn runs a reloader and a worker, and every reload "
-            "loads the model again; do not use it in production"
-        )
-    host_args = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a in ("--host", "-h")]
-    if settings.service.host in ("0.0.0.0", "::") or any(h in ("0.0.0.0", "::") for h in host_args):
-        warnings.append(
-            "the service binds all interfaces (0.0.0.0): anyone on the network can reach it; "
-            "bind 127.0.0.1 unless that is intended"
-        )
+    checks = command_checks(argv, settings.service.host)
+    checks += inherited_env_checks(settings, os.environ)
+    warnings = [c.line() for c in checks]
     ram = physical_memory_bytes()
     if limit.limit_bytes is not None and ram is not None and limit.limit_bytes > ram:
         warnings.append(
             f"the MPS limit ({limit.describe()}) is above physical memory ({fmt_bytes(ram)}): "
             "macOS will swap instead of PyTorch raising an out-of-memory error"
         )
-    inherited = {k: os.environ[k] for k in _TORCH_KEYS if k in os.environ}
-    wanted = settings.memory.torch_env()
-    for key, value in inherited.items():
-        if wanted.get(key) != value:
-            warnings.append(
-                f"ignoring {key}={value!r} from the environment: the service gets "
-                f"{wanted.get(key, 'unset')!r} from mpsctl's settings"
-            )
     return warnings
 
 
@@ -567,7 +536,7 @@ def start_while_locked(settings: Settings, options: StartOptions, events: Events
         started_at=started_at,
         startup_s=startup,
         health_latency_ms=check.latency_ms,
-        torch_env=settings.memory.torch_env(),
+        torch_env=torch_env(settings.memory),
         limit=memory_limit(settings, query_torch=False),
         warnings=tuple(warnings),
         log_rotated=rotated,

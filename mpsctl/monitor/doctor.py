@@ -1,10 +1,8 @@
 """``mpsctl doctor``: settings, environment and the running service against what PyTorch does.
 
-Every check says what is wrong *and* how to fix it, with the facts of MEMORY-FACTS.md:
-ratios multiply ``recommendedMaxWorkingSetSize``; PyTorch reads them with ``strtod`` (text
-becomes 0.0 = no limit) once, at the first MPS allocation; a high ratio below the default low
-1.4 without a low ratio kills the service at that allocation; ``PYTORCH_ENABLE_MPS`` does not
-exist; the MPS fallback covers unimplemented operators, not out-of-memory errors.
+Every check says what is wrong *and* how to fix it, from what PyTorch does with its MPS
+variables (``mpsctl.torch_env``: the ratios multiply ``recommendedMaxWorkingSetSize`` and are
+read with ``strtod`` once, at the first MPS allocation).
 
 Three places are looked at: this shell's environment (what a script or a hand-run
 ``uvicorn`` started from here would get), the settings (what ``mpsctl start`` applies) and
@@ -23,44 +21,33 @@ import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlsplit
 
 from mpsctl.errors import ConfigError
 from mpsctl.observe.probe import ProbeResult
 from mpsctl.render.units import fmt_bytes, utc_now_iso
-from mpsctl.settings import (
+from mpsctl.settings import Settings
+from mpsctl.torch_env import (
+    DEFAULT_HIGH_RATIO,
+    FALLBACK_ENV,
+    HIGH_ENV,
+    LOW_ENV,
     MAX_RATIO,
-    TORCH_DEFAULT_HIGH_RATIO,
-    TORCH_DEFAULT_LOW_RATIO,
-    Settings,
+    Check,
+    Level,
+    command_checks,
+    env_checks,
+    pytorch_vars,
+    strtod,
+    torch_env,
 )
 
 SCHEMA = "mpsctl.doctor/1"
-Level = Literal["ok", "info", "warning", "error"]
 LEVELS: tuple[Level, ...] = ("ok", "info", "warning", "error")
 
-HIGH = "PYTORCH_MPS_HIGH_WATERMARK_RATIO"
-LOW = "PYTORCH_MPS_LOW_WATERMARK_RATIO"
-FALLBACK = "PYTORCH_ENABLE_MPS_FALLBACK"
-NOT_A_VARIABLE = "PYTORCH_ENABLE_MPS"
 #: torch.mps.recommended_max_memory() appeared in torch 2.5
 RECOMMENDED_MAX_SINCE = (2, 5)
-# what strtod accepts at the start of a string (decimal forms; enough for ratios)
-_STRTOD = re.compile(
-    r"^\s*([+-]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|inf(?:inity)?|nan))", re.IGNORECASE
-)
-
-
-@dataclass(frozen=True)
-class Check:
-    id: str
-    level: Level
-    message: str
-    fix: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "level": self.level, "message": self.message, "fix": self.fix}
 
 
 @dataclass(frozen=True)
@@ -89,121 +76,6 @@ class DoctorReport:
         }
 
 
-# --------------------------------------------------------------------------- PYTORCH_* variables
-def strtod(text: str) -> tuple[float, str]:
-    """What C's ``strtod`` makes of ``text``: the number and the part it ignored."""
-    match = _STRTOD.match(text)
-    if not match:
-        return 0.0, text
-    return float(match.group(1)), text[match.end() :]
-
-
-def torch_env_checks(prefix: str, env: Mapping[str, str], where: str, fix_hint: str) -> list[Check]:
-    """The PYTORCH_* variables of one environment, read the way PyTorch reads them."""
-    found: list[Check] = []
-    ratios: dict[str, float] = {}
-    for name, label in ((HIGH, "high"), (LOW, "low")):
-        if name not in env:
-            continue
-        raw = env[name]
-        value, rest = strtod(raw)
-        if rest == raw:  # no number at all (empty included)
-            found.append(
-                Check(
-                    f"{prefix}.ratio_not_a_number",
-                    "error",
-                    f"{where}: {name}={raw!r} is not a number: PyTorch reads it with strtod as "
-                    f"0.0, which removes the {label} limit instead of setting one",
-                    f"set a number between 0.0 and {MAX_RATIO:g} {fix_hint}",
-                )
-            )
-        elif rest.strip():
-            found.append(
-                Check(
-                    f"{prefix}.ratio_trailing_text",
-                    "warning",
-                    f"{where}: {name}={raw!r}: PyTorch reads only {value:g} and ignores {rest!r}",
-                    f"write the bare number, e.g. {name}={value:g} {fix_hint}",
-                )
-            )
-        if not 0.0 <= value <= MAX_RATIO:
-            found.append(
-                Check(
-                    f"{prefix}.ratio_out_of_range",
-                    "error",
-                    f"{where}: {name}={raw!r} is outside 0.0-{MAX_RATIO:g}: the service fails with "
-                    f"'RuntimeError: invalid {label} watermark ratio' at its first MPS allocation",
-                    f"use a ratio between 0.0 and {MAX_RATIO:g} {fix_hint}",
-                )
-            )
-        ratios[label] = value
-    high = ratios.get("high")
-    low = ratios.get("low")
-    if high is not None and low is None and 0.0 < high < TORCH_DEFAULT_LOW_RATIO:
-        found.append(
-            Check(
-                f"{prefix}.high_without_low",
-                "error",
-                f"{where}: {HIGH}={env[HIGH]} without {LOW}: PyTorch's default low ratio "
-                f"{TORCH_DEFAULT_LOW_RATIO:g} is above high {high:g}, so the service fails with "
-                f"'invalid low watermark ratio {TORCH_DEFAULT_LOW_RATIO:g}' at its first MPS "
-                "allocation (the plan's 'HIGH=0.5' step does exactly this)",
-                f"also set {LOW} to {high:g} or less (e.g. {LOW}={min(high, 0.5):g}) {fix_hint}",
-            )
-        )
-    elif low is not None and 0.0 <= low <= MAX_RATIO:
-        ceiling = TORCH_DEFAULT_HIGH_RATIO if high is None else (MAX_RATIO if high == 0 else high)
-        if low > ceiling:
-            found.append(
-                Check(
-                    f"{prefix}.low_above_high",
-                    "error",
-                    f"{where}: low ratio {low:g} is above high {ceiling:g}"
-                    + ("" if high is not None else " (PyTorch's default)")
-                    + f": the service fails with 'invalid low watermark ratio {low:g}'",
-                    f"make {LOW} <= {HIGH} {fix_hint}",
-                )
-            )
-    if high == 0.0 and strtod(env[HIGH])[1] != env[HIGH]:  # a real 0, not text read as 0
-        found.append(
-            Check(
-                f"{prefix}.high_zero",
-                "warning",
-                f"{where}: {HIGH} reads as 0.0, which disables the MPS limit: the service can "
-                "take all memory and push macOS into swap instead of failing with an out-of-memory "
-                "error",
-                f"set a limit, e.g. {HIGH}=0.7 with {LOW}=0.5 {fix_hint}",
-            )
-        )
-    if NOT_A_VARIABLE in env:
-        found.append(
-            Check(
-                f"{prefix}.enable_mps",
-                "warning",
-                f"{where}: {NOT_A_VARIABLE}={env[NOT_A_VARIABLE]} does nothing: PyTorch has no "
-                "such variable, so it does not move the service to the CPU",
-                f"unset {NOT_A_VARIABLE}; to run on the CPU choose the device in the service "
-                '(reference service: memory.device = "cpu" or `mpsctl serve --device cpu`)',
-            )
-        )
-    if env.get(FALLBACK, "").strip() == "1":
-        found.append(
-            Check(
-                f"{prefix}.mps_fallback",
-                "info",
-                f"{where}: {FALLBACK}=1 runs operators that MPS does not implement on the CPU; it "
-                "does NOT move work to the CPU after an out-of-memory error",
-                "keep it only if the model needs an unimplemented operator; against OOM set the "
-                "watermarks, limit concurrency or use a smaller model",
-            )
-        )
-    if not found:
-        names = sorted(k for k in env if k.startswith("PYTORCH_MPS_") or k == FALLBACK)
-        shown = ", ".join(f"{k}={env[k]}" for k in names) if names else "no PYTORCH_MPS_* variables"
-        found.append(Check(f"{prefix}.pytorch_vars", "ok", f"{where}: {shown}"))
-    return found
-
-
 # --------------------------------------------------------------------------- settings
 def settings_checks(settings: Settings) -> list[Check]:
     found: list[Check] = []
@@ -219,36 +91,13 @@ def settings_checks(settings: Settings) -> list[Check]:
             Check(
                 "config.mps_fallback",
                 "info",
-                "memory.mps_fallback = true sets PYTORCH_ENABLE_MPS_FALLBACK=1: it covers "
+                f"memory.mps_fallback = true sets {FALLBACK_ENV}=1: it covers "
                 "operators MPS does not implement, not out-of-memory errors",
                 "set memory.mps_fallback = false unless the model needs it",
             )
         )
     argv = settings.service.command
-    if "--reload" in argv:
-        found.append(
-            Check(
-                "service.reload",
-                "warning",
-                "service.command has --reload: uvicorn runs a reloader and a worker and loads the "
-                "model again on every reload (twice the memory during a reload)",
-                "remove --reload from service.command (it is for development)",
-            )
-        )
-    host_args = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a in ("--host", "-h")]
-    host_args += [a.split("=", 1)[1] for a in argv if a.startswith("--host=")]
-    url_host = urlsplit(settings.service.url).hostname
-    if any(h in ("0.0.0.0", "::") for h in [*host_args, url_host or ""]):
-        where = "service.url" if url_host in ("0.0.0.0", "::") else "service.command"
-        found.append(
-            Check(
-                "service.bind_all",
-                "warning",
-                f"{where} uses 0.0.0.0: the service listens on every interface, so anyone on the "
-                "network can reach it (and its admin endpoints)",
-                "bind 127.0.0.1 (`--host 127.0.0.1`) and use http://127.0.0.1:PORT as service.url",
-            )
-        )
+    found += command_checks(argv, urlsplit(settings.service.url).hostname)
     found.append(token_check(settings.service.token_file))
     found += alert_checks(settings)
     return found
@@ -371,9 +220,11 @@ def service_checks(settings: Settings, result: ProbeResult) -> list[Check]:
             )
         )
         return found
-    found += torch_env_checks("service_env", env, where, "in the service's start script")
-    wanted = settings.memory.torch_env()
-    stale = [k for k in (HIGH, LOW) if k in wanted and not _same_ratio(env.get(k), wanted[k])]
+    found += env_checks("service_env", env, where, "in the service's start script")
+    wanted = torch_env(settings.memory)
+    stale = [
+        k for k in (HIGH_ENV, LOW_ENV) if k in wanted and not _same_ratio(env.get(k), wanted[k])
+    ]
     if stale:
         have = ", ".join(f"{k}={env.get(k, 'unset')}" for k in stale)
         want = ", ".join(f"{k}={wanted[k]}" for k in stale)
@@ -403,7 +254,7 @@ def limit_checks(settings: Settings, result: ProbeResult) -> list[Check]:
             Check("limit.above_ram", "ok", f"MPS limit: n/a (the service runs on {acc.device})")
         ]
     configured = settings.memory.high_watermark_ratio
-    high = TORCH_DEFAULT_HIGH_RATIO if configured is None else configured
+    high = DEFAULT_HIGH_RATIO if configured is None else configured
     if acc.device != "mps" or acc.recommended_max_bytes is None:
         why = (
             "the service is not running or does not report its memory"
@@ -585,9 +436,9 @@ def run_doctor(
     probe: Callable[[Settings], ProbeResult] = _probe,
 ) -> DoctorReport:
     env = dict(os.environ if environ is None else environ)
-    checks = torch_env_checks(
+    checks = env_checks(
         "env",
-        {k: v for k, v in env.items() if k.startswith("PYTORCH_")},
+        pytorch_vars(env),
         "this shell's environment",
         "where you export it (mpsctl start uses [memory] settings instead, but a script or a "
         "hand-run uvicorn started from this shell reads these)",

@@ -25,8 +25,14 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-#: PyTorch's default PYTORCH_MPS_HIGH_WATERMARK_RATIO on unified-memory Macs
-TORCH_DEFAULT_HIGH_RATIO = 1.7
+from mpsctl.torch_env import (
+    DEFAULT_HIGH_RATIO,
+    DEFAULT_LOW_RATIO,
+    FALLBACK_ENV,
+    HIGH_ENV,
+    LOW_ENV,
+    MAX_RATIO,
+)
 
 _UNITS = {
     "bytes": 1, "B": 1,
@@ -293,9 +299,9 @@ def short_size(value: int | None) -> str:
 def summary(event: OomEvent) -> str:
     """One line with every number, e.g. ``MPS allocated 20.14 GiB, other 384 KiB, ...``."""
     if event.kind == "invalid_high_watermark":
-        return f"invalid high watermark ratio {event.ratio} (PYTORCH_MPS_HIGH_WATERMARK_RATIO)"
+        return f"invalid high watermark ratio {event.ratio} ({HIGH_ENV})"
     if event.kind == "invalid_low_watermark":
-        return f"invalid low watermark ratio {event.ratio} (PYTORCH_MPS_LOW_WATERMARK_RATIO)"
+        return f"invalid low watermark ratio {event.ratio} ({LOW_ENV})"
     if event.backend == "mps":
         limit = (
             f"max allowed {short_size(event.max_allowed_bytes)}"
@@ -338,19 +344,20 @@ def explain(event: OomEvent, high_ratio_hint: float | None = None) -> list[str]:
     """Plain advice with exact numbers. ``high_ratio_hint``: the ratio the service ran with."""
     if event.kind == "invalid_low_watermark":
         return [
-            f"PyTorch refused PYTORCH_MPS_LOW_WATERMARK_RATIO={event.ratio}: the low ratio must "
-            "be <= the high ratio (or <= 2.0 when high is 0.0). The service fails at its first "
-            "MPS allocation.",
-            "The usual cause: PYTORCH_MPS_HIGH_WATERMARK_RATIO set below 1.4 without also "
-            "setting LOW (its default is 1.4 on unified memory). Set both, e.g. HIGH=0.7 "
+            f"PyTorch refused {LOW_ENV}={event.ratio}: the low ratio must "
+            f"be <= the high ratio (or <= {MAX_RATIO:.1f} when high is 0.0). The service fails at "
+            "its first MPS allocation.",
+            f"The usual cause: {HIGH_ENV} set below {DEFAULT_LOW_RATIO:g} without also "
+            f"setting LOW (its default is {DEFAULT_LOW_RATIO:g} on unified memory). Set both, "
+            "e.g. HIGH=0.7 "
             "LOW=0.5 (mpsctl.toml [memory] high_watermark_ratio / low_watermark_ratio); "
             "`mpsctl config show` checks the pair before anything starts.",
         ]
     if event.kind == "invalid_high_watermark":
         return [
-            f"PyTorch refused PYTORCH_MPS_HIGH_WATERMARK_RATIO={event.ratio}: it must be a "
-            "number in 0.0-2.0 (older builds on discrete-GPU Macs: 0.0-1.0). The service "
-            "fails at its first MPS allocation.",
+            f"PyTorch refused {HIGH_ENV}={event.ratio}: it must be a "
+            f"number in 0.0-{MAX_RATIO:.1f} (older builds on discrete-GPU Macs: 0.0-1.0). The "
+            "service fails at its first MPS allocation.",
             "Note PyTorch reads it with strtod: a non-numeric value silently becomes 0.0 "
             "(no limit) instead of failing. Set it through mpsctl.toml [memory], which "
             "validates it.",
@@ -367,7 +374,7 @@ def _explain_mps(event: OomEvent, hint: float | None) -> list[str]:
     requested = event.requested_bytes
     if limit is None:
         advice.append(
-            "No limit was set (PYTORCH_MPS_HIGH_WATERMARK_RATIO=0.0): Metal itself refused "
+            f"No limit was set ({HIGH_ENV}=0.0): Metal itself refused "
             f"the allocation with {short_size(allocated)} in use. The Mac is out of memory "
             "and was probably swapping hard before this; set a limit (below) so PyTorch "
             "fails before macOS does."
@@ -377,7 +384,7 @@ def _explain_mps(event: OomEvent, hint: float | None) -> list[str]:
         if hint is not None and hint > 0:
             ratio, how = hint, f"the service's high ratio {hint:g}"
         else:
-            ratio = TORCH_DEFAULT_HIGH_RATIO
+            ratio = DEFAULT_HIGH_RATIO
             how = (
                 f"ratio {ratio:g} assumed: PyTorch's default; "
                 "pass --high-ratio if the service ran with another"
@@ -422,8 +429,8 @@ def _explain_mps(event: OomEvent, hint: float | None) -> list[str]:
         advice.append(
             f"To keep macOS out of swap set both ratios (low <= high): high {high:g} -> "
             f"{short_size(round(working_set * high))}, low {low:g} -> "
-            f"{short_size(round(working_set * low))} (PYTORCH_MPS_HIGH_WATERMARK_RATIO={high:g} "
-            f"PYTORCH_MPS_LOW_WATERMARK_RATIO={low:g}, or [memory] in mpsctl.toml). A lower "
+            f"{short_size(round(working_set * low))} ({HIGH_ENV}={high:g} "
+            f"{LOW_ENV}={low:g}, or [memory] in mpsctl.toml). A lower "
             "limit makes PyTorch fail sooner, it does not make the model fit."
         )
     advice += [
@@ -431,7 +438,7 @@ def _explain_mps(event: OomEvent, hint: float | None) -> list[str]:
         "limit) and fewer max_new_tokens per query.",
         "Use a smaller or lower-precision model (e.g. Qwen2.5-0.5B instead of 1.5B, float16 "
         "instead of float32, or a quantized build).",
-        "PYTORCH_ENABLE_MPS_FALLBACK=1 does not catch out-of-memory errors: it only runs "
+        f"{FALLBACK_ENV}=1 does not catch out-of-memory errors: it only runs "
         "operators MPS lacks on the CPU. Running on the CPU is the service's own device choice.",
     ]
     return advice

@@ -35,6 +35,7 @@ import psutil
 
 from mpsctl.errors import ConfigError
 from mpsctl.settings import Settings
+from mpsctl.torch_env import pytorch_vars
 
 Clock = Callable[[], float]
 FoundBy = Literal["pidfile", "match"]
@@ -280,11 +281,7 @@ def proc_info(proc: psutil.Process, *, clock: Clock = time.time) -> ProcInfo | N
                 num_threads=_safe(proc.num_threads),
                 create_time=created,
                 uptime_s=max(0.0, clock() - created),
-                pytorch_env=(
-                    {k: v for k, v in environ.items() if k.startswith("PYTORCH_")}
-                    if environ is not None
-                    else None
-                ),
+                pytorch_env=pytorch_vars(environ) if environ is not None else None,
                 status=status,
             )
     except _GONE:

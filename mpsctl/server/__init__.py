@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mpsctl.errors import ConfigError
-from mpsctl.settings import MemorySettings, resolve_watermarks
+from mpsctl.settings import MemorySettings
+from mpsctl.torch_env import HIGH_ENV, LOW_ENV, NOT_A_VARIABLE, resolve_watermarks, watermark_ratios
 
 
 @dataclass(frozen=True)
@@ -121,12 +122,12 @@ def resolve_token(
 
 
 def environment_warnings(environ: MutableMapping[str, str] | None = None) -> list[str]:
-    """Variables from the seed's plan that PyTorch does not read."""
+    """Variables often set for PyTorch that PyTorch does not read."""
     env = os.environ if environ is None else environ
     warnings = []
-    if "PYTORCH_ENABLE_MPS" in env:
+    if NOT_A_VARIABLE in env:
         warnings.append(
-            "PYTORCH_ENABLE_MPS is set, but PyTorch has no such variable: it changes nothing; "
+            f"{NOT_A_VARIABLE} is set, but PyTorch has no such variable: it changes nothing; "
             "use --device cpu to run on the CPU"
         )
     return warnings
@@ -135,15 +136,13 @@ def environment_warnings(environ: MutableMapping[str, str] | None = None) -> lis
 def apply_mps_environment(
     memory: MemorySettings, environ: MutableMapping[str, str] | None = None
 ) -> list[str]:
-    """Put the configured ``PYTORCH_MPS_*`` ratios into this process's environment.
+    """Put the configured MPS watermark ratios into this process's environment.
 
     PyTorch reads them once, at the first MPS allocation, so setting them here, before the
     model loads, still works. Ratios already in the environment win (that is what
     ``mpsctl start`` passes), but a pair PyTorch would reject is refused now rather than
     at the first allocation. Returns notes for stderr.
     """
-    from mpsctl.server.memory import HIGH_ENV, LOW_ENV, watermark_ratios
-
     env = os.environ if environ is None else environ
     if HIGH_ENV in env or LOW_ENV in env:
         high, _, low, _ = watermark_ratios(env)

@@ -16,24 +16,30 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
-import platform
-import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+# Re-exported: services and their tests import these from here (a public path).
+from mpsctl.torch_env import DEFAULT_HIGH_RATIO as TORCH_DEFAULT_HIGH_RATIO
+from mpsctl.torch_env import DEFAULT_LOW_RATIO as TORCH_DEFAULT_LOW_RATIO_UNIFIED
+from mpsctl.torch_env import DEFAULT_LOW_RATIO_DISCRETE as TORCH_DEFAULT_LOW_RATIO_DISCRETE
+from mpsctl.torch_env import HIGH_ENV, LOW_ENV, strtod_ratio, watermark_ratios
+
+__all__ = [
+    "HIGH_ENV",
+    "LOW_ENV",
+    "TORCH_DEFAULT_HIGH_RATIO",
+    "TORCH_DEFAULT_LOW_RATIO_DISCRETE",
+    "TORCH_DEFAULT_LOW_RATIO_UNIFIED",
+    "memory_report",
+    "release",
+    "strtod_ratio",
+]
+
 SCHEMA = "mpsctl.memory/1"
 RELEASE_SCHEMA = "mpsctl.release/1"
-#: PyTorch's defaults (aten/src/ATen/mps/MPSAllocator.h). The low default is 1.4 on
-#: unified-memory devices (Apple Silicon) and 1.0 on discrete GPUs (Intel Macs with AMD).
-TORCH_DEFAULT_HIGH_RATIO = 1.7
-TORCH_DEFAULT_LOW_RATIO_UNIFIED = 1.4
-TORCH_DEFAULT_LOW_RATIO_DISCRETE = 1.0
-HIGH_ENV = "PYTORCH_MPS_HIGH_WATERMARK_RATIO"
-LOW_ENV = "PYTORCH_MPS_LOW_WATERMARK_RATIO"
-
-_STRTOD_PREFIX = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
 class LimiterLike(Protocol):
@@ -107,29 +113,6 @@ def _measure(func: Callable[[], Any] | None) -> int | None:
         return int(func())
     except Exception:  # a backend that cannot answer: unknown, not zero
         return None
-
-
-def strtod_ratio(text: str) -> float:
-    """The number PyTorch reads from a ratio variable (``strtod``: junk becomes 0.0)."""
-    match = _STRTOD_PREFIX.match(text)
-    return float(match.group(0)) if match else 0.0
-
-
-def watermark_ratios(
-    environ: Mapping[str, str], machine: str | None = None
-) -> tuple[float, str, float, str]:
-    """(high, high_source, low, low_source) as PyTorch's MPS allocator will read them."""
-    machine = machine if machine is not None else platform.machine()
-    default_low = (
-        TORCH_DEFAULT_LOW_RATIO_UNIFIED if machine == "arm64" else TORCH_DEFAULT_LOW_RATIO_DISCRETE
-    )
-    high, high_src = TORCH_DEFAULT_HIGH_RATIO, "default"
-    low, low_src = default_low, "default"
-    if environ.get(HIGH_ENV) is not None:
-        high, high_src = strtod_ratio(environ[HIGH_ENV]), "env"
-    if environ.get(LOW_ENV) is not None:
-        low, low_src = strtod_ratio(environ[LOW_ENV]), "env"
-    return high, high_src, low, low_src
 
 
 def _mps_section(

@@ -207,6 +207,27 @@ def test_reload_and_all_interfaces_warn(fake_service: Make) -> None:
     assert any("0.0.0.0" in w for w in warnings)
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("uvicorn", "app.main:app", "--host=0.0.0.0"),
+        ("uvicorn", "app.main:app", "-h", "0.0.0.0"),
+        ("uvicorn", "app.main:app", "--host=::"),
+    ],
+)
+def test_all_interfaces_warn_in_every_spelling(fake_service: Make, argv: tuple[str, ...]) -> None:
+    settings = fake_service().settings()
+    warnings = lifecycle.preflight_warnings(settings, argv, lifecycle.memory_limit(settings))
+    assert any("every interface" in w for w in warnings)
+
+
+def test_loopback_host_does_not_warn(fake_service: Make) -> None:
+    settings = fake_service().settings()
+    argv = ("uvicorn", "app.main:app", "--host=127.0.0.1")
+    warnings = lifecycle.preflight_warnings(settings, argv, lifecycle.memory_limit(settings))
+    assert not any("every interface" in w for w in warnings)
+
+
 def test_limit_in_bytes_from_last_health(fake_service: Make, isolated_home: Path) -> None:
     settings = fake_service().settings(memory__high_watermark_ratio="0.7")
     isolated_home.mkdir(parents=True, exist_ok=True)

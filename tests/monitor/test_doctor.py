@@ -12,7 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 from mpsctl.cli import main
-from mpsctl.monitor.doctor import strtod, torch_env_checks, torch_version_in
+from mpsctl.monitor.doctor import torch_version_in
+from mpsctl.torch_env import env_checks, strtod
 from tests.conftest import free_port
 from tests.monitor import mps_report, stub_service
 
@@ -225,7 +226,7 @@ def test_text_output_lists_findings_with_fixes(monkeypatch: pytest.MonkeyPatch) 
     ],
 )  # fmt: skip
 def test_pytorch_readings(env: dict[str, str], expected: str) -> None:
-    assert expected in {c.id for c in torch_env_checks("x", env, "here", "")}
+    assert expected in {c.id for c in env_checks("x", env, "here", "")}
 
 
 def test_strtod_reads_like_c() -> None:
