@@ -31,8 +31,8 @@ from typing import Any
 
 from mpsctl.client import KeepAliveConnection, ServiceClient, encode_query
 from mpsctl.errors import ClientError, ConfigError
-from mpsctl.render.units import utc_now_iso
 from mpsctl.settings import ServiceSettings, Settings
+from mpsctl.units import utc_now_iso
 
 
 class AskExit(IntEnum):

@@ -13,8 +13,8 @@ from mpsctl.errors import ExitCode, MpsctlError
 from mpsctl.observe.logfiles import resolve_logs
 from mpsctl.observe.oom import explain, iso, scan_file
 from mpsctl.render.console import write_json
-from mpsctl.render.units import utc_now_iso
 from mpsctl.torch_env import DEFAULT_HIGH_RATIO, HIGH_ENV, MAX_RATIO
+from mpsctl.units import utc_now_iso
 
 
 @click.command()

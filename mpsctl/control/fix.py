@@ -28,8 +28,8 @@ from mpsctl.control.lifecycle import (
 )
 from mpsctl.control.lock import service_lock
 from mpsctl.errors import ClientError, LockedError, ServiceError
-from mpsctl.render.units import fmt_bytes, utc_now_iso
 from mpsctl.settings import Settings
+from mpsctl.units import fmt_bytes, utc_now_iso
 
 if TYPE_CHECKING:
     from mpsctl.observe.probe import ProbeResult

@@ -41,7 +41,6 @@ from mpsctl.control.pidfile import (
 )
 from mpsctl.errors import ConfigError, ServiceError, StatusExit
 from mpsctl.observe import procs
-from mpsctl.render.units import fmt_bytes, iso_utc, utc_now_iso
 from mpsctl.settings import Settings
 from mpsctl.torch_env import (
     DEFAULT_HIGH_RATIO,
@@ -50,6 +49,7 @@ from mpsctl.torch_env import (
     service_env,
     torch_env,
 )
+from mpsctl.units import fmt_bytes, iso_utc, utc_now_iso
 
 LAST_HEALTH = "last_health.json"
 RECOMMENDED_MAX = "recommended_max.json"

@@ -26,7 +26,6 @@ from urllib.parse import urlsplit
 
 from mpsctl.errors import ConfigError
 from mpsctl.observe.probe import ProbeResult
-from mpsctl.render.units import fmt_bytes, utc_now_iso
 from mpsctl.settings import Settings
 from mpsctl.torch_env import (
     DEFAULT_HIGH_RATIO,
@@ -42,6 +41,7 @@ from mpsctl.torch_env import (
     strtod,
     torch_env,
 )
+from mpsctl.units import fmt_bytes, utc_now_iso
 
 SCHEMA = "mpsctl.doctor/1"
 LEVELS: tuple[Level, ...] = ("ok", "info", "warning", "error")

@@ -22,7 +22,7 @@ from typing import Any
 from mpsctl.control.history import fix_history_path
 from mpsctl.errors import MpsctlError
 from mpsctl.monitor.history import parse_time, read_history, read_jsonl
-from mpsctl.render.units import GIB, iso_utc
+from mpsctl.units import GIB, iso_utc
 
 SCHEMA = "mpsctl.report/1"
 PLOT_MISSING = "--plot needs matplotlib: pip install 'mpsctl[plot]'"

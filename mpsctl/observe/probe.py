@@ -17,8 +17,8 @@ from mpsctl.errors import ProbeExit
 from mpsctl.observe.accelerator import AcceleratorFigures, accelerator_figures
 from mpsctl.observe.host import HostMemory, host_memory
 from mpsctl.observe.procs import ServiceSnapshot, find_service
-from mpsctl.render.units import GIB, fmt_bytes, utc_now_iso
 from mpsctl.settings import Settings, Thresholds
+from mpsctl.units import GIB, fmt_bytes, utc_now_iso
 
 SCHEMA = "mpsctl.probe/1"
 OOM_WINDOW_S = 3600.0

@@ -25,7 +25,7 @@ from mpsctl.load import (
     SweepResult,
 )
 from mpsctl.render.console import printable
-from mpsctl.render.units import fmt_bytes
+from mpsctl.units import fmt_bytes
 
 _MEMORY_LABELS = {
     "tree_rss_bytes": "service tree RSS",

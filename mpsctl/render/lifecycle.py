@@ -18,7 +18,7 @@ from mpsctl.control.lifecycle import (
     StatusResult,
     StopResult,
 )
-from mpsctl.render.units import fmt_bytes, fmt_percent, fmt_seconds
+from mpsctl.units import fmt_bytes, fmt_percent, fmt_seconds
 
 
 class ConsoleEvents:

@@ -21,7 +21,7 @@ from mpsctl.render.probe import (
     service_table,
     verdict_text,
 )
-from mpsctl.render.units import fmt_bytes, fmt_percent
+from mpsctl.units import fmt_bytes, fmt_percent
 
 BLOCKS = "▁▂▃▄▅▆▇█"
 WINDOW = 60

@@ -15,7 +15,7 @@ from mpsctl.observe.probe import (
     service_memory_bytes,
     service_rss_bytes,
 )
-from mpsctl.render.units import GIB, fmt_bytes, fmt_percent, fmt_seconds
+from mpsctl.units import GIB, fmt_bytes, fmt_percent, fmt_seconds
 
 STYLES = {
     ProbeExit.OK: "bold green",

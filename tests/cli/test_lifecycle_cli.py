@@ -18,7 +18,7 @@ from mpsctl.control import history
 from mpsctl.control.lock import service_lock
 from mpsctl.control.pidfile import write_pidfile
 from mpsctl.observe.procs import PidRecord, create_time_of
-from mpsctl.render.units import iso_utc
+from mpsctl.units import iso_utc
 from tests.conftest import free_port
 from tests.control.fakes import FakeService, fake_command, fake_service, spawned, wait_for
 

@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from mpsctl.control import history
-from mpsctl.render.units import iso_utc
+from mpsctl.units import iso_utc
 
 
 def test_append_and_count_recent_restarts(tmp_path: Path) -> None:

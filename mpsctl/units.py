@@ -1,4 +1,4 @@
-"""Human units. JSON carries integers named ``*_bytes``; people read GiB and MiB."""
+"""Sizes, percentages, durations and UTC timestamps as text: shared by the library and render/."""
 
 from __future__ import annotations
 
