@@ -9,7 +9,8 @@ from typing import Any
 import click
 
 from mpsctl.cli.app import App, json_option
-from mpsctl.control import lifecycle
+from mpsctl.control.start import StartFailed, StartOptions, start_service
+from mpsctl.control.stop import restart_service, stop_service
 from mpsctl.errors import ServiceError
 from mpsctl.render import lifecycle as render
 from mpsctl.render.console import write_json
@@ -76,8 +77,8 @@ def start_settings(app: App, opts: dict[str, Any]) -> Any:
     )
 
 
-def start_opts(opts: dict[str, Any], foreground: bool = False) -> lifecycle.StartOptions:
-    return lifecycle.StartOptions(opts["timeout"], opts["device"], opts["model"], foreground)
+def start_opts(opts: dict[str, Any], foreground: bool = False) -> StartOptions:
+    return StartOptions(opts["timeout"], opts["device"], opts["model"], foreground)
 
 
 def events(app: App) -> render.ConsoleEvents:
@@ -87,7 +88,7 @@ def events(app: App) -> render.ConsoleEvents:
 def run_start(app: App, call: Callable[[], Any]) -> Any:
     try:
         return call()
-    except lifecycle.StartFailed as exc:
+    except StartFailed as exc:
         render.render_start_failure(app.err, exc)
         raise
 
@@ -113,7 +114,7 @@ def start(app: App, foreground: bool, wait: float, as_json: bool, **opts: Any) -
     settings = start_settings(app, opts)
     ev = events(app)
     options = start_opts(opts, foreground)
-    result = run_start(app, lambda: lifecycle.start_service(settings, options, events=ev,
+    result = run_start(app, lambda: start_service(settings, options, events=ev,
                                                             lock_wait=wait))  # fmt: skip
     if as_json:
         write_json(result.to_json())
@@ -153,7 +154,7 @@ def stop(app: App, timeout: float | None, use_match: bool, dry_run: bool, wait: 
       mpsctl stop --match --timeout 30   # a service started by hand
     """
     settings = app.settings()
-    result = lifecycle.stop_service(settings, timeout=timeout, use_match=use_match,
+    result = stop_service(settings, timeout=timeout, use_match=use_match,
                                     dry_run=dry_run, lock_wait=wait)  # fmt: skip
     if as_json:
         write_json(result.to_json())
@@ -181,7 +182,7 @@ def restart(app: App, stop_timeout: float | None, use_match: bool, wait: float, 
     """
     settings = start_settings(app, opts)
     ev = events(app)
-    result = run_start(app, lambda: lifecycle.restart_service(
+    result = run_start(app, lambda: restart_service(
         settings, start_opts(opts), stop_timeout=stop_timeout, use_match=use_match, events=ev,
         lock_wait=wait))  # fmt: skip
     if as_json:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from mpsctl.cli.app import App, json_option
-from mpsctl.control.lifecycle import service_status
+from mpsctl.control.status import service_status
 from mpsctl.errors import MpsctlError, StatusExit
 from mpsctl.render.console import write_json
 from mpsctl.render.lifecycle import status_line

@@ -3,7 +3,8 @@
 Lock, probe, stop, clean the Python caches, start with the configured limits, verify health,
 optionally ask a test question, probe again; the whole run is one line in
 ``MPSCTL_HOME/history/fix.jsonl`` (the audit trail the restart-loop guard reads back).
-Stop and start are ``mpsctl.control.lifecycle``'s, run under this function's lock.
+Stop and start are ``mpsctl.control.stop``'s and ``mpsctl.control.start``'s, run under
+this function's lock.
 """
 
 from __future__ import annotations
@@ -17,16 +18,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from mpsctl.client import ServiceClient, read_token
 from mpsctl.control import cache, history
-from mpsctl.control.lifecycle import (
-    Events,
-    SilentEvents,
-    StartFailed,
-    StartOptions,
-    StartResult,
-    start_while_locked,
-    stop_while_locked,
-)
+from mpsctl.control.events import Events, SilentEvents
 from mpsctl.control.lock import service_lock
+from mpsctl.control.start import StartFailed, StartOptions, StartResult, start_while_locked
+from mpsctl.control.stop import stop_while_locked
 from mpsctl.errors import ClientError, LockedError, ServiceError
 from mpsctl.settings import Settings
 from mpsctl.units import fmt_bytes, utc_now_iso

@@ -9,10 +9,14 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mpsctl.errors import ServiceError
+from mpsctl.observe import procs
 from mpsctl.observe.procs import PidRecord, default_pidfile_path, read_pidfile
+
+if TYPE_CHECKING:
+    from mpsctl.settings import Settings
 
 __all__ = [
     "PidRecord",
@@ -72,3 +76,38 @@ def remove_pidfile(path: Path, *, pid: int | None = None) -> bool:
     except OSError as exc:  # a directory in its place, a read-only MPSCTL_HOME
         raise ServiceError(f"cannot remove the pidfile {path}: {exc.strerror}") from None
     return True
+
+
+def foreign_pidfile(settings: Settings, snapshot: procs.ServiceSnapshot) -> str | None:
+    """Why the live service in the pidfile is another configuration's, or None.
+
+    Two configurations sharing one MPSCTL_HOME share its pidfile: the pidfile records the
+    URL its service was started for, and a run for another URL must not stop (or take as
+    its own) that service.
+    """
+    record = snapshot.pidfile
+    if snapshot.found_by != "pidfile" or record is None or record.url is None:
+        return None
+    if record.url.rstrip("/") == settings.service.url.rstrip("/"):
+        return None
+    return (
+        f"the pidfile {snapshot.pidfile_path} names pid {record.pid}, started for "
+        f"{record.url}, but this configuration's service.url is {settings.service.url} "
+        "(another service shares this MPSCTL_HOME: give each configuration its own "
+        "MPSCTL_HOME, or use the configuration that started it)"
+    )
+
+
+def remove_bad_pidfile(path: Path, state: str) -> bool:
+    """Remove a stale, reused or unparseable pidfile; one we cannot read is an error."""
+    if state == "invalid":
+        try:
+            path.read_bytes()
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise ServiceError(
+                f"cannot read the pidfile {path}: {exc.strerror}; it may name a running "
+                "service: check it, then fix its permissions or remove it"
+            ) from None
+    return remove_pidfile(path)

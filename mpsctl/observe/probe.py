@@ -247,7 +247,7 @@ def judge(
     return sorted(found, key=lambda f: order[f.level])
 
 
-def check_health(client: ServiceClient, timeout: float) -> HealthFigures:
+def health_figures(client: ServiceClient, timeout: float) -> HealthFigures:
     check = client.health(timeout=timeout)
     body = check.body if isinstance(check.body, dict) else {}
     status = body.get("status")
@@ -310,7 +310,7 @@ def take_probe(
     client = ServiceClient(settings.service)
     try:
         if check_health_endpoint:
-            health = check_health(client, health_timeout)
+            health = health_figures(client, health_timeout)
         else:
             health = HealthFigures(False, False, None, None, None, None)
     finally:

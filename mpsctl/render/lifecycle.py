@@ -12,12 +12,9 @@ from rich.table import Table
 
 from mpsctl.control.cache import CleanCacheResult
 from mpsctl.control.fix import FixResult
-from mpsctl.control.lifecycle import (
-    StartFailed,
-    StartResult,
-    StatusResult,
-    StopResult,
-)
+from mpsctl.control.start import StartFailed, StartResult
+from mpsctl.control.status import StatusResult
+from mpsctl.control.stop import StopResult
 from mpsctl.units import fmt_bytes, fmt_percent, fmt_seconds
 
 

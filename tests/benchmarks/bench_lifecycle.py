@@ -30,7 +30,8 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from mpsctl.client import ServiceClient  # noqa: E402
-from mpsctl.control import lifecycle  # noqa: E402
+from mpsctl.control.start import start_service  # noqa: E402
+from mpsctl.control.stop import stop_service  # noqa: E402
 from mpsctl.settings import load_settings  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 from tests.control.fakes import config_text, fake_command, write_fake_service  # noqa: E402
@@ -70,12 +71,12 @@ def main() -> int:
         for _ in range(args.runs):
             own.append(own_exit_time(script, port))
             healthy_file.unlink(missing_ok=True)
-            result = lifecycle.start_service(settings)
+            result = start_service(settings)
             returned = time.time()
             lags.append(returned - float(healthy_file.read_text()))
             startups.append(result.startup_s or 0.0)
             began = time.perf_counter()
-            stopped = lifecycle.stop_service(settings)
+            stopped = stop_service(settings)
             stops.append(time.perf_counter() - began)
             assert stopped.status == "stopped", stopped
 

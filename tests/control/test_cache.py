@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from mpsctl.control import cache, lifecycle
+from mpsctl.control import cache
+from mpsctl.control.start import start_service
+from mpsctl.control.stop import stop_service
 from mpsctl.errors import ServiceError
 from tests.control.fakes import FakeService, fake_service
 
@@ -62,11 +64,11 @@ def test_release_when_the_service_is_up(fake_service: Callable[..., FakeService]
     settings = fake_service().settings()
     down = cache.clean_cache(settings)
     assert (down.service_running, down.release) == (False, None)
-    lifecycle.start_service(settings)
+    start_service(settings)
     try:
         up = cache.clean_cache(settings)
     finally:
-        lifecycle.stop_service(settings)
+        stop_service(settings)
     assert up.service_running
     assert up.release is not None
     assert up.release.ok

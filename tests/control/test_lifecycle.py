@@ -13,10 +13,20 @@ from pathlib import Path
 import psutil
 import pytest
 
-from mpsctl.control import lifecycle
-from mpsctl.control.lifecycle import StartFailed, StartOptions
+from mpsctl.control.memlimit import memory_limit
+from mpsctl.control.start import (
+    StartFailed,
+    StartOptions,
+    health_now,
+    preflight_warnings,
+    service_argv,
+    start_service,
+)
+from mpsctl.control.status import service_status
+from mpsctl.control.stop import stop_service
 from mpsctl.errors import ServiceError, StatusExit
 from mpsctl.observe import procs
+from mpsctl.torch_env import service_env
 from tests.control.fakes import (
     PYTHON,
     FakeService,
@@ -36,7 +46,7 @@ def test_start_healthy_status_stop(fake_service: Make, isolated_home: Path) -> N
     fake = fake_service()
     settings = fake.settings(memory__high_watermark_ratio="0.7")
 
-    started = lifecycle.start_service(settings)
+    started = start_service(settings)
 
     assert started.status == "started"
     record = json.loads((isolated_home / "service.pid").read_text())
@@ -44,29 +54,29 @@ def test_start_healthy_status_stop(fake_service: Make, isolated_home: Path) -> N
     assert record["create_time"] == pytest.approx(psutil.Process(started.pid).create_time())
     assert record["url"] == fake.url
     assert "env HIGH=0.7 LOW=0.7" in fake.log.read_text()  # low derived: min(high, 1.4)
-    assert lifecycle.service_status(settings).exit_code == StatusExit.RUNNING
-    assert lifecycle.start_service(settings).status == "already-running"
+    assert service_status(settings).exit_code == StatusExit.RUNNING
+    assert start_service(settings).status == "already-running"
 
-    stopped = lifecycle.stop_service(settings)
+    stopped = stop_service(settings)
 
     assert stopped.status == "stopped"
     assert stopped.processes[0].outcome == "SIGTERM"
     assert stopped.freed_rss_bytes > 0
     assert not alive(started.pid)
     assert not (isolated_home / "service.pid").exists()
-    assert lifecycle.service_status(settings).exit_code == StatusExit.NOT_RUNNING
-    assert lifecycle.stop_service(settings).status == "already-stopped"
+    assert service_status(settings).exit_code == StatusExit.NOT_RUNNING
+    assert stop_service(settings).status == "already-stopped"
 
 
 def test_sigterm_ignoring_tree_is_gone_within_timeout(fake_service: Make) -> None:
     fake = fake_service("--fake-ignore-term", "--fake-tree")
     settings = fake.settings()
-    started = lifecycle.start_service(settings)
+    started = start_service(settings)
     assert wait_for(lambda: len(psutil.Process(started.pid).children(recursive=True)) == 2)
     tree = [started.pid] + [p.pid for p in psutil.Process(started.pid).children(recursive=True)]
     began = time.monotonic()
 
-    stopped = lifecycle.stop_service(settings, timeout=1.0)
+    stopped = stop_service(settings, timeout=1.0)
 
     elapsed = time.monotonic() - began
     assert not any(alive(pid) for pid in tree)
@@ -77,11 +87,11 @@ def test_sigterm_ignoring_tree_is_gone_within_timeout(fake_service: Make) -> Non
 def test_decoys_mentioning_the_pattern_survive(fake_service: Make, spawned: list) -> None:
     fake = fake_service(match="uvicorn app.main:app --port {port}")
     settings = fake.settings()
-    lifecycle.start_service(settings)
+    start_service(settings)
     decoy = sleeper("uvicorn", "app.main:app", "--port", str(fake.port))
     spawned.append(decoy)
 
-    stopped = lifecycle.stop_service(settings)
+    stopped = stop_service(settings)
 
     assert stopped.status == "stopped"
     assert decoy.pid not in {p.pid for p in stopped.processes}
@@ -101,8 +111,8 @@ def test_reused_pid_in_a_stale_pidfile_survives(
         json.dumps({"pid": other.pid, "create_time": created - 500, "pgid": other.pid})
     )
 
-    assert lifecycle.service_status(settings).exit_code == StatusExit.DEAD_PIDFILE
-    stopped = lifecycle.stop_service(settings)
+    assert service_status(settings).exit_code == StatusExit.DEAD_PIDFILE
+    stopped = stop_service(settings)
 
     assert stopped.status == "already-stopped"
     assert "another process" in stopped.message
@@ -114,14 +124,14 @@ def test_match_only_processes_need_the_flag(fake_service: Make, spawned: list) -
     hand_started = sleeper("mpsctl-test-svc-4242")
     spawned.append(hand_started)
 
-    refused = lifecycle.stop_service(settings)
+    refused = stop_service(settings)
     assert refused.status == "refused"
     assert "--match" in refused.message
     assert alive(hand_started.pid)
-    assert lifecycle.stop_service(settings, dry_run=True, use_match=True).status == "dry-run"
+    assert stop_service(settings, dry_run=True, use_match=True).status == "dry-run"
     assert alive(hand_started.pid)
 
-    stopped = lifecycle.stop_service(settings, use_match=True)
+    stopped = stop_service(settings, use_match=True)
     assert stopped.status == "stopped"
     assert wait_for(lambda: hand_started.poll() is not None, 2)
 
@@ -140,7 +150,7 @@ def test_port_taken_names_the_holder(
     assert wait_for(listening)
 
     with pytest.raises(ServiceError, match=rf"port {fake.port} .* pid {holder.pid} .*http\.server"):
-        lifecycle.start_service(fake.settings())
+        start_service(fake.settings())
     assert not (isolated_home / "service.pid").exists()
     assert not fake.log.exists()  # nothing was started
 
@@ -149,7 +159,7 @@ def test_command_dying_at_start_gives_log_tail(fake_service: Make, isolated_home
     fake = fake_service("--fake-die")
 
     with pytest.raises(StartFailed, match="exited with status 3") as info:
-        lifecycle.start_service(fake.settings())
+        start_service(fake.settings())
 
     assert any("fatal: cannot load the model" in line for line in info.value.log_tail)
     assert len(info.value.log_tail) <= 20
@@ -160,7 +170,7 @@ def test_start_timeout_kills_what_it_started(fake_service: Make, isolated_home: 
     fake = fake_service("--fake-delay", "30")
 
     with pytest.raises(StartFailed, match=r"not healthy within 0\.5 s"):
-        lifecycle.start_service(fake.settings(), StartOptions(timeout=0.5))
+        start_service(fake.settings(), StartOptions(timeout=0.5))
 
     assert not (isolated_home / "service.pid").exists()
     assert not procs.match_candidates(fake.settings(), pattern=str(fake.script))
@@ -171,8 +181,8 @@ def test_log_keeps_earlier_runs(fake_service: Make) -> None:
     settings = fake.settings()
     pids = []
     for _ in range(2):
-        pids.append(lifecycle.start_service(settings).pid)
-        lifecycle.stop_service(settings)
+        pids.append(start_service(settings).pid)
+        stop_service(settings)
 
     text = fake.log.read_text()
     assert text.count("--- mpsctl") == 2
@@ -188,10 +198,8 @@ def test_env_comes_from_settings_not_the_shell(
     fake = fake_service(venv="venv")
     settings = fake.settings(memory__high_watermark_ratio="0.6", memory__low_watermark_ratio="0.4")
 
-    env = lifecycle.service_env(settings)
-    warnings = lifecycle.preflight_warnings(
-        settings, settings.service.command, lifecycle.memory_limit(settings)
-    )
+    env = service_env(settings)
+    warnings = preflight_warnings(settings, settings.service.command, memory_limit(settings))
 
     assert env["PYTORCH_MPS_LOW_WATERMARK_RATIO"] == "0.4"
     assert env["VIRTUAL_ENV"] == str(venv)
@@ -202,7 +210,7 @@ def test_env_comes_from_settings_not_the_shell(
 def test_reload_and_all_interfaces_warn(fake_service: Make) -> None:
     settings = fake_service().settings()
     argv = ("uvicorn", "app.main:app", "--host", "0.0.0.0", "--reload")
-    warnings = lifecycle.preflight_warnings(settings, argv, lifecycle.memory_limit(settings))
+    warnings = preflight_warnings(settings, argv, memory_limit(settings))
     assert any("--reload" in w for w in warnings)
     assert any("0.0.0.0" in w for w in warnings)
 
@@ -217,14 +225,14 @@ def test_reload_and_all_interfaces_warn(fake_service: Make) -> None:
 )
 def test_all_interfaces_warn_in_every_spelling(fake_service: Make, argv: tuple[str, ...]) -> None:
     settings = fake_service().settings()
-    warnings = lifecycle.preflight_warnings(settings, argv, lifecycle.memory_limit(settings))
+    warnings = preflight_warnings(settings, argv, memory_limit(settings))
     assert any("every interface" in w for w in warnings)
 
 
 def test_loopback_host_does_not_warn(fake_service: Make) -> None:
     settings = fake_service().settings()
     argv = ("uvicorn", "app.main:app", "--host=127.0.0.1")
-    warnings = lifecycle.preflight_warnings(settings, argv, lifecycle.memory_limit(settings))
+    warnings = preflight_warnings(settings, argv, memory_limit(settings))
     assert not any("every interface" in w for w in warnings)
 
 
@@ -234,7 +242,7 @@ def test_limit_in_bytes_from_last_health(fake_service: Make, isolated_home: Path
     report = {"memory": {"mps": {"recommended_max_bytes": 11453251584}}}
     (isolated_home / "last_health.json").write_text(json.dumps(report))
 
-    limit = lifecycle.memory_limit(settings, query_torch=False)
+    limit = memory_limit(settings, query_torch=False)
 
     assert limit.describe() == "high 0.70 x 10.67 GiB = 7.47 GiB"
     assert limit.limit_bytes == int(0.7 * 11453251584)
@@ -245,7 +253,7 @@ def test_foreground_becomes_the_service(fake_service: Make, isolated_home: Path)
     env = {**os.environ, "MPSCTL_CONFIG": str(fake.config)}
     proc = subprocess.Popen([PYTHON, "-m", "mpsctl", "start", "--foreground"], env=env)
     try:
-        assert wait_for(lambda: lifecycle.check_health(fake.settings(), 0.5).ok)
+        assert wait_for(lambda: health_now(fake.settings(), 0.5).ok)
         assert str(fake.script) in psutil.Process(proc.pid).cmdline()  # exec'd, same pid
         assert not (isolated_home / "service.pid").exists()  # launchd/systemd track it
     finally:
@@ -257,7 +265,7 @@ def test_device_and_model_apply_to_the_reference_service_only(
     fake_service: Make, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     own = fake_service().settings()
-    argv, warnings = lifecycle.service_argv(own, device="cpu", model="m")
+    argv, warnings = service_argv(own, device="cpu", model="m")
     assert argv == own.service.command
     assert len(warnings) == 2
 
@@ -267,7 +275,7 @@ def test_device_and_model_apply_to_the_reference_service_only(
     from mpsctl.settings import load_settings
 
     reference = load_settings()
-    argv, warnings = lifecycle.service_argv(reference, device="cpu", model="./qwen")
+    argv, warnings = service_argv(reference, device="cpu", model="./qwen")
     assert argv[-4:] == ("--model", "./qwen", "--device", "cpu")
     assert "--demo" not in argv
     assert warnings == []

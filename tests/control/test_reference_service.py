@@ -9,7 +9,9 @@ from pathlib import Path
 
 import psutil
 
-from mpsctl.control import cache, fix, lifecycle
+from mpsctl.control import cache, fix
+from mpsctl.control.start import start_service
+from mpsctl.control.stop import stop_service
 from mpsctl.observe import procs
 from mpsctl.settings import load_settings
 from tests.conftest import free_port
@@ -31,7 +33,7 @@ def test_reference_service_lifecycle(
     )
     settings = load_settings()
 
-    started = lifecycle.start_service(settings)
+    started = start_service(settings)
     created = psutil.Process(started.pid).create_time()
     try:
         assert started.status == "started"
@@ -45,6 +47,6 @@ def test_reference_service_lifecycle(
         assert released.release is not None
         assert released.release.ok, released.release.error
     finally:
-        stopped = lifecycle.stop_service(settings)
+        stopped = stop_service(settings)
     assert stopped.status == "stopped"
     assert not procs.is_alive(started.pid, created)

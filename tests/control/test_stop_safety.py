@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -11,8 +12,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from mpsctl.control import lifecycle
-from mpsctl.control.lifecycle import StartFailed
+from mpsctl.control.signals import send
+from mpsctl.control.start import StartFailed, start_service
+from mpsctl.control.status import service_status
+from mpsctl.control.stop import stop_service
 from mpsctl.errors import ConfigError, ServiceError, StatusExit
 from tests.control.fakes import FakeService, alive, fake_service, sleeper, spawned, wait_for
 
@@ -34,7 +37,7 @@ def test_pidfile_naming_mpsctls_own_process_signals_nothing(
     record = {"pid": me.pid, "create_time": me.create_time(), "pgid": os.getpgrp()}
     (isolated_home / "service.pid").write_text(json.dumps(record))
 
-    stopped = lifecycle.stop_service(settings, timeout=0.5)
+    stopped = stop_service(settings, timeout=0.5)
 
     assert stopped.status == "refused"
     assert "mpsctl itself or its parent" in stopped.message
@@ -60,7 +63,7 @@ def test_a_root_that_exits_early_leaves_no_children(
     )
 
     with pytest.raises(StartFailed, match="exited with status 0"):
-        lifecycle.start_service(fake.settings())
+        start_service(fake.settings())
 
     def workers() -> list[int]:
         return [
@@ -80,18 +83,18 @@ def test_pidfile_that_is_a_directory_is_an_error_not_a_crash(
     settings = fake_service().settings()
     (isolated_home / "service.pid").mkdir(parents=True)
 
-    status = lifecycle.service_status(settings)
+    status = service_status(settings)
     assert status.exit_code == StatusExit.UNKNOWN
     assert "service.pid" in (status.error or "")
     with pytest.raises(ServiceError, match=r"cannot read the pidfile .*service\.pid"):
-        lifecycle.stop_service(settings)
+        stop_service(settings)
     assert (isolated_home / "service.pid").is_dir()  # not removed behind the operator's back
 
 
 def test_invalid_match_pattern_is_a_config_error(fake_service: Make) -> None:
     settings = fake_service(match="((").settings()
     with pytest.raises(ConfigError, match=r"service\.match: invalid regular expression"):
-        lifecycle.stop_service(settings)
+        stop_service(settings)
 
 
 @pytest.mark.parametrize("timeout", [-1.0, float("nan"), float("inf")])
@@ -102,7 +105,7 @@ def test_bad_stop_timeouts_are_refused_before_any_signal(
     target = sleeper("mpsctl-test-bad-timeout-77")
     spawned.append(target)
     with pytest.raises(ConfigError, match="stop timeout"):
-        lifecycle.stop_service(settings, timeout=timeout, use_match=True)
+        stop_service(settings, timeout=timeout, use_match=True)
     assert alive(target.pid)
 
 
@@ -110,9 +113,9 @@ def test_a_reused_pid_is_never_signalled(spawned: list) -> None:
     other = subprocess.Popen(["sleep", "60"])
     spawned.append(other)
     created = psutil.Process(other.pid).create_time()
-    assert not lifecycle._send(other.pid, created - 100, lifecycle.signal.SIGTERM)
+    assert not send(other.pid, created - 100, signal.SIGTERM)
     assert alive(other.pid)
-    assert lifecycle._send(other.pid, created, lifecycle.signal.SIGTERM)
+    assert send(other.pid, created, signal.SIGTERM)
     assert wait_for(lambda: other.poll() is not None, 5)
 
 
@@ -121,18 +124,18 @@ def test_another_configurations_service_in_a_shared_home_is_left_alone(
 ) -> None:
     first = fake_service()
     first_settings = first.settings()  # read now: the fixture reuses the config file
-    started = lifecycle.start_service(first_settings)
+    started = start_service(first_settings)
     other = fake_service()  # same MPSCTL_HOME, another service.url
 
-    status = lifecycle.service_status(other.settings())
+    status = service_status(other.settings())
     assert (status.exit_code, status.pid) == (StatusExit.UNKNOWN, None)
-    stopped = lifecycle.stop_service(other.settings())
+    stopped = stop_service(other.settings())
     assert stopped.status == "refused"
     assert f"started for {first.url}" in stopped.message
     assert alive(started.pid)
     with pytest.raises(ServiceError, match="another service shares this MPSCTL_HOME"):
-        lifecycle.start_service(other.settings())
+        start_service(other.settings())
     assert alive(started.pid)
 
-    assert lifecycle.stop_service(first_settings).status == "stopped"
+    assert stop_service(first_settings).status == "stopped"
     assert not alive(started.pid)

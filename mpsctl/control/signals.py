@@ -1,0 +1,157 @@
+"""Signalling a process tree safely: pidfd where the kernel has it, process groups, waiting.
+
+Each pid's create_time is checked right before it is signalled, so a process that reused
+a pid is never hit."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from typing import Literal
+
+from mpsctl.observe import procs
+
+#: how long to wait for processes to vanish after SIGKILL (a process in uninterruptible
+#: sleep cannot die sooner; beyond this it is reported as a survivor)
+KILL_GRACE_S = 2.0
+#: how often stop looks for children born after the snapshot (a full process-table scan)
+RESCAN_INTERVAL_S = 0.1
+
+Outcome = Literal["SIGTERM", "SIGKILL", "exited", "survived", "would-signal", "not-signalled"]
+
+
+def reap(pids: Iterator[int] | list[int]) -> None:
+    """Collect our own exited children so they do not linger as zombies."""
+    for pid in pids:
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitpid(pid, os.WNOHANG)
+
+
+def open_pidfd(pid: int) -> int | None:
+    """A pidfd for ``pid`` (Linux >= 5.3); None where there is none (macOS, old kernels).
+
+    Raises ProcessLookupError when ``pid`` is gone.
+    """
+    pidfd_open = getattr(os, "pidfd_open", None)
+    if pidfd_open is None:
+        return None
+    try:
+        return int(pidfd_open(pid))
+    except ProcessLookupError:
+        raise
+    except OSError:  # ENOSYS, EPERM under a seccomp profile, ...
+        return None
+
+
+def send(pid: int, created: float, sig: signal.Signals) -> bool:
+    """Signal ``pid`` only if it is still the process started at ``created``.
+
+    With a pidfd the identity check and the signal name the same process, so a pid reused
+    between the check and the kill cannot be hit; without one (macOS) the window between
+    the check and ``kill`` is a few microseconds.
+    """
+    try:
+        pidfd = open_pidfd(pid)
+    except ProcessLookupError:
+        return False
+    try:
+        if not procs.is_alive(pid, created):
+            return False
+        try:
+            if pidfd is not None:
+                signal.pidfd_send_signal(pidfd, sig)
+            else:
+                os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+
+
+def group_alive(pgid: int, targets: dict[int, float]) -> bool:
+    """True while one of our own live targets is in ``pgid``: then the group id is ours.
+
+    (The kernel does not hand out a pid that is still some group's id, so while a member
+    lives, ``killpg(pgid)`` cannot reach a stranger.)
+    """
+    for pid, created in targets.items():
+        if procs.is_alive(pid, created):
+            with contextlib.suppress(OSError):
+                if os.getpgid(pid) == pgid:
+                    return True
+    return False
+
+
+def killpg(pgid: int | None, targets: dict[int, float], sig: signal.Signals) -> None:
+    """Signal the service's group at once (children forked after the snapshot included),
+    only while it is provably the service's and holds nobody else's process."""
+    if pgid is None or pgid <= 1 or pgid == os.getpgrp():
+        return
+    if group_alive(pgid, targets) and procs.group_is_mine(pgid):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, sig)
+
+
+def signal_and_wait(
+    targets: dict[int, float],
+    *,
+    pgid: int | None,
+    timeout: float,
+    clock: Callable[[], float] = time.monotonic,
+) -> dict[int, Outcome]:
+    """SIGTERM the tree (and its group), wait, SIGKILL survivors; pid -> how it ended.
+
+    ``targets`` was snapshotted before any signal: a grandchild that left the group, or
+    whose parent died and was re-parented to init, is still in it. Children born during
+    the wait are found by re-scanning the live targets.
+    """
+    outcome: dict[int, Outcome] = {
+        pid: "SIGTERM" if procs.is_alive(pid, created) else "exited"
+        for pid, created in targets.items()
+    }
+    killpg(pgid, targets, signal.SIGTERM)
+    for pid, created in list(targets.items()):
+        send(pid, created, signal.SIGTERM)  # also those outside the group (setsid children)
+    deadline = clock() + timeout
+    delay = 0.005
+    next_scan = clock() + RESCAN_INTERVAL_S
+    protected = procs.protected_pids()
+    while True:
+        reap(list(targets))
+        alive = [pid for pid, created in targets.items() if procs.is_alive(pid, created)]
+        if not alive:
+            return outcome
+        if clock() >= next_scan or clock() >= deadline:
+            # children forked during shutdown (a worker respawned by its supervisor)
+            live = {pid: targets[pid] for pid in alive}
+            for child, created in procs.descendants(live).items():
+                if child not in targets and child not in protected and procs.owned_by_me(child):
+                    targets[child] = created
+                    sent = send(child, created, signal.SIGTERM)
+                    outcome[child] = "SIGTERM" if sent else "exited"
+                    alive.append(child)
+            next_scan = clock() + RESCAN_INTERVAL_S
+        if clock() >= deadline:
+            break
+        time.sleep(min(delay, max(0.0, deadline - clock())))
+        delay = min(delay * 2, 0.1)
+
+    killpg(pgid, targets, signal.SIGKILL)
+    for pid in alive:
+        send(pid, targets[pid], signal.SIGKILL)
+        outcome[pid] = "SIGKILL"  # alive at the deadline: the group kill or this one ended it
+    grace = clock() + KILL_GRACE_S
+    while clock() < grace:
+        reap(list(targets))
+        if not any(procs.is_alive(pid, c) for pid, c in targets.items()):
+            break
+        time.sleep(0.01)
+    for pid, created in targets.items():
+        if procs.is_alive(pid, created):
+            outcome[pid] = "survived"
+    return outcome

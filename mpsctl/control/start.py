@@ -1,0 +1,459 @@
+"""``mpsctl start``: spawn the service with the settings' environment, wait until it is healthy.
+
+Takes the lock (``control.lock``) first, looks at the machine through ``observe.procs`` and
+returns a frozen result that ``mpsctl.render`` shows. Failures are ``mpsctl.errors``
+exceptions."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import shlex
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from mpsctl import __version__
+from mpsctl.client import HealthCheck, ServiceClient
+from mpsctl.control import logfile
+from mpsctl.control.events import Events, SilentEvents
+from mpsctl.control.lock import service_lock
+from mpsctl.control.memlimit import LAST_HEALTH, MemoryLimit, memory_limit, physical_memory_bytes
+from mpsctl.control.pidfile import (
+    PidRecord,
+    atomic_write_json,
+    default_pidfile_path,
+    foreign_pidfile,
+    remove_bad_pidfile,
+    remove_pidfile,
+    write_pidfile,
+)
+from mpsctl.control.signals import KILL_GRACE_S, signal_and_wait
+from mpsctl.errors import ConfigError, ServiceError
+from mpsctl.observe import procs
+from mpsctl.settings import Settings
+from mpsctl.torch_env import (
+    command_checks,
+    inherited_env_checks,
+    service_env,
+    torch_env,
+)
+from mpsctl.units import fmt_bytes, iso_utc, utc_now_iso
+
+LOG_TAIL_LINES = 20
+
+
+# --------------------------------------------------------------------------- command and env
+def service_argv(
+    settings: Settings, *, device: str | None = None, model: str | None = None
+) -> tuple[tuple[str, ...], list[str]]:
+    """The argv to run, and warnings about flags that do not apply to it."""
+    argv = list(settings.service.command)
+    warnings: list[str] = []
+    if not settings.reference_service:
+        for flag, value in (("--device", device), ("--model", model)):
+            if value is not None:
+                warnings.append(
+                    f"{flag} is ignored: it applies to the reference service only; "
+                    "change service.command to pass it to your own service"
+                )
+        return tuple(argv), warnings
+    if model is not None:
+        argv = [a for a in argv if a != "--demo"]  # serve refuses --demo with --model
+        argv += ["--model", model]
+    if device is not None:
+        argv += ["--device", device]
+    return tuple(argv), warnings
+
+
+def preflight_warnings(settings: Settings, argv: tuple[str, ...], limit: MemoryLimit) -> list[str]:
+    checks = command_checks(argv, settings.service.host)
+    checks += inherited_env_checks(settings, os.environ)
+    warnings = [c.line() for c in checks]
+    ram = physical_memory_bytes()
+    if limit.limit_bytes is not None and ram is not None and limit.limit_bytes > ram:
+        warnings.append(
+            f"the MPS limit ({limit.describe()}) is above physical memory ({fmt_bytes(ram)}): "
+            "macOS will swap instead of PyTorch raising an out-of-memory error"
+        )
+    return warnings
+
+
+# --------------------------------------------------------------------------- health
+def health_now(settings: Settings, timeout: float = 3.0) -> HealthCheck:
+    client = ServiceClient(settings.service)
+    try:
+        return client.health(timeout=timeout)
+    finally:
+        client.close()
+
+
+def _save_health(settings: Settings, check: HealthCheck) -> None:
+    if isinstance(check.body, dict):
+        with contextlib.suppress(OSError):
+            atomic_write_json(
+                settings.home / LAST_HEALTH, {**check.body, "saved_at": utc_now_iso()}
+            )
+
+
+# --------------------------------------------------------------------------- start
+@dataclass(frozen=True)
+class StartOptions:
+    timeout: float | None = None  # default: service.start_timeout
+    device: str | None = None
+    model: str | None = None
+    foreground: bool = False
+
+
+@dataclass(frozen=True)
+class StartResult:
+    status: Literal["started", "already-running"]
+    name: str
+    pid: int
+    argv: tuple[str, ...]
+    url: str
+    found_by: str | None
+    log_file: Path
+    pidfile: Path | None
+    started_at: str
+    #: seconds from spawn to the first healthy answer (None when already running)
+    startup_s: float | None
+    health_latency_ms: float | None
+    torch_env: dict[str, str]
+    limit: MemoryLimit
+    warnings: tuple[str, ...] = ()
+    log_rotated: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema": "mpsctl.start/1",
+            "status": self.status,
+            "name": self.name,
+            "pid": self.pid,
+            "argv": list(self.argv),
+            "url": self.url,
+            "found_by": self.found_by,
+            "log_file": str(self.log_file),
+            "log_rotated": self.log_rotated,
+            "pidfile": str(self.pidfile) if self.pidfile else None,
+            "started_at": self.started_at,
+            "startup_s": None if self.startup_s is None else round(self.startup_s, 3),
+            "health_latency_ms": self.health_latency_ms,
+            "env": self.torch_env,
+            "memory": self.limit.to_json(),
+            "warnings": list(self.warnings),
+        }
+
+
+class StartFailed(ServiceError):
+    """The service did not become healthy; carries the last lines of its log."""
+
+    def __init__(self, message: str, *, log_file: Path, log_tail: list[str]) -> None:
+        super().__init__(message)
+        self.log_file = log_file
+        self.log_tail = log_tail
+
+
+def _describe_holder(holder: procs.ProcInfo | int | None) -> str:
+    if holder is None:
+        return "a process this user may not inspect (try `sudo lsof -i`)"
+    if isinstance(holder, int):
+        return f"pid {holder}"
+    command = shlex.join(holder.cmdline) if holder.cmdline else "?"
+    if len(command) > 120:
+        command = command[:117] + "..."
+    return f"pid {holder.pid} ({holder.username or 'unknown user'}): {command}"
+
+
+def check_port_free(settings: Settings) -> None:
+    """Refuse to start when something already listens on the service's port."""
+    host, port = settings.service.host, settings.service.port
+    target = "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)
+    try:
+        with socket.create_connection((target, port), timeout=0.5):
+            pass
+    except OSError:
+        return  # refused or unreachable: nothing listens there
+    holder = procs.port_holder(host, port)
+    raise ServiceError(
+        f"port {port} on {host} is taken by {_describe_holder(holder)}; nothing started "
+        "(stop it, or change service.url)"
+    )
+
+
+def start_service(
+    settings: Settings,
+    options: StartOptions | None = None,
+    *,
+    events: Events | None = None,
+    lock_wait: float = 0.0,
+) -> StartResult:
+    """Start the service detached and wait for a healthy answer (takes the lock)."""
+    with service_lock(settings.home, wait=lock_wait, purpose="start"):
+        return start_while_locked(settings, options or StartOptions(), events or SilentEvents())
+
+
+def _already_running(
+    settings: Settings, snapshot: procs.ServiceSnapshot, argv: tuple[str, ...], limit: MemoryLimit
+) -> StartResult:
+    check = health_now(settings)
+    root = snapshot.roots[0]
+    how = "pidfile" if snapshot.found_by == "pidfile" else f"match {settings.service.match!r}"
+    if not check.ok:
+        raise ServiceError(
+            f"{settings.service.name} is running (pid {root}, found by {how}) but not healthy: "
+            f"{check.error}; try `mpsctl restart` or `mpsctl fix`"
+        )
+    _save_health(settings, check)
+    info = next((p for p in snapshot.processes if p.pid == root), None)
+    record = snapshot.pidfile
+    return StartResult(
+        status="already-running",
+        name=settings.service.name,
+        pid=root,
+        argv=info.cmdline if info else argv,
+        url=settings.service.url,
+        found_by=snapshot.found_by,
+        log_file=settings.service.log_file,
+        pidfile=snapshot.pidfile_path if snapshot.found_by == "pidfile" else None,
+        started_at=(record.started_at if record and record.started_at else None)
+        or (iso_utc(info.create_time) if info else ""),
+        startup_s=None,
+        health_latency_ms=check.latency_ms,
+        torch_env=(info.pytorch_env or {}) if info else {},
+        limit=limit,
+    )
+
+
+def seconds_setting(value: float, what: str, *, allow_zero: bool) -> float:
+    """A duration flag or setting: finite, and > 0 (or >= 0 where 0 means "at once")."""
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"{what}: expected a finite number of seconds {bound}, got {value:g}")
+    return value
+
+
+def start_while_locked(settings: Settings, options: StartOptions, events: Events) -> StartResult:
+    """start_service's body, for a caller that already holds the lock (restart, fix)."""
+    service = settings.service
+    timeout = seconds_setting(
+        service.start_timeout if options.timeout is None else options.timeout,
+        "start timeout (--timeout / service.start_timeout)",
+        allow_zero=False,
+    )
+    argv, warnings = service_argv(settings, device=options.device, model=options.model)
+    limit = memory_limit(settings)
+    # the derived low watermark and a 0.0 high (no limit) are said where they are applied
+    # (not when both ratios are mpsctl's defaults: a cron job would warn on every run)
+    chosen = settings.sources.get("memory.high_watermark_ratio", "default") != "default"
+    notes = list(settings.notes) if chosen else []
+    warnings = notes + warnings + preflight_warnings(settings, argv, limit)
+    for warning in warnings:
+        events.warn(warning)
+    if limit.recommended_max_bytes is not None or (
+        sys.platform == "darwin" and settings.memory.device in ("auto", "mps")
+    ):
+        events.info(f"MPS memory limit: {limit.describe()}")
+
+    snapshot = procs.find_service(settings)
+    foreign = foreign_pidfile(settings, snapshot)
+    if foreign:
+        raise ServiceError(f"{foreign}; nothing started")
+    if snapshot.running:
+        return _already_running(settings, snapshot, argv, limit)
+    pidfile = snapshot.pidfile_path or default_pidfile_path(settings)
+    if snapshot.pidfile_state in ("stale", "reused", "invalid") and remove_bad_pidfile(
+        pidfile, snapshot.pidfile_state
+    ):
+        events.info(f"removed a {snapshot.pidfile_state} pidfile {pidfile}")
+    check_port_free(settings)
+    if not service.workdir.is_dir():
+        raise ServiceError(f"service.workdir {service.workdir} is not a directory; nothing started")
+    if service.venv is not None and not (service.venv / "bin").is_dir():
+        raise ServiceError(
+            f"service.venv {service.venv} has no bin/ directory; nothing started "
+            "(create the venv, or fix service.venv: it is relative to service.workdir)"
+        )
+    env = service_env(settings)
+
+    if options.foreground:
+        # launchd / systemd supervise the process themselves: become the service
+        os.chdir(service.workdir)
+        try:
+            os.execvpe(argv[0], list(argv), env)
+        except OSError as exc:
+            raise ServiceError(f"cannot run {argv[0]}: {exc.strerror}") from None
+
+    try:
+        rotated = logfile.rotate_if_needed(
+            service.log_file, service.log_max_bytes, service.log_backups
+        )
+    except OSError as exc:
+        raise ServiceError(
+            f"cannot rotate service.log_file {service.log_file}: {exc.strerror}; nothing started"
+        ) from None
+    try:
+        fd = logfile.open_append(service.log_file)
+    except OSError as exc:
+        raise ServiceError(
+            f"cannot open service.log_file {service.log_file}: {exc.strerror}; nothing started"
+        ) from None
+    started_at = utc_now_iso()
+    try:
+        offset = os.fstat(fd).st_size
+        logfile.append_line(fd, f"--- mpsctl {__version__} start {started_at}: {shlex.join(argv)}")
+    except OSError as exc:
+        os.close(fd)
+        raise ServiceError(
+            f"cannot write to service.log_file {service.log_file}: {exc.strerror}; nothing started"
+        ) from None
+    spawned_at = time.monotonic()
+    try:
+        proc = subprocess.Popen(
+            list(argv),
+            cwd=service.workdir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=fd,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # own session and group: our terminal's ^C never reaches it
+            close_fds=True,
+        )
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            logfile.append_line(fd, f"--- mpsctl: cannot run {argv[0]}: {exc.strerror}")
+        where = f"in {service.workdir}"
+        if isinstance(exc, FileNotFoundError):
+            where = (
+                f"on PATH (with {service.venv / 'bin'} first)"
+                if service.venv is not None
+                else "on PATH (set service.venv to use a virtualenv's bin/)"
+            )
+        raise StartFailed(
+            f"cannot run {argv[0]}: {exc.strerror} {where}; nothing started",
+            log_file=service.log_file,
+            log_tail=[],
+        ) from None
+    finally:
+        os.close(fd)
+
+    created = procs.create_time_of(proc.pid)
+    record = PidRecord(
+        pid=proc.pid,
+        create_time=created if created is not None else time.time(),
+        argv=argv,
+        url=service.url,
+        started_at=started_at,
+        version=__version__,
+        pgid=proc.pid,
+    )
+    try:
+        write_pidfile(pidfile, record)
+        with events.waiting(f"waiting for {service.health_url} (up to {timeout:g} s)"):
+            check = _wait_healthy(proc, settings, timeout)
+    except BaseException as exc:
+        # a timeout, a crash, an unwritable pidfile or ^C: leave nothing behind that claims
+        # to be the service
+        _terminate_started(proc, record, settings)
+        with contextlib.suppress(OSError, ServiceError):
+            remove_pidfile(pidfile, pid=proc.pid)
+        if isinstance(exc, _NotHealthy):
+            tail = logfile.tail_lines(service.log_file, LOG_TAIL_LINES, offset=offset)
+            raise StartFailed(str(exc), log_file=service.log_file, log_tail=tail) from None
+        if isinstance(exc, OSError):
+            raise ServiceError(
+                f"cannot write the pidfile {pidfile}: {exc.strerror}; stopped what was started"
+            ) from None
+        raise
+    startup = time.monotonic() - spawned_at
+    _save_health(settings, check)
+    return StartResult(
+        status="started",
+        name=service.name,
+        pid=proc.pid,
+        argv=argv,
+        url=service.url,
+        found_by="pidfile",
+        log_file=service.log_file,
+        pidfile=pidfile,
+        started_at=started_at,
+        startup_s=startup,
+        health_latency_ms=check.latency_ms,
+        torch_env=torch_env(settings.memory),
+        limit=memory_limit(settings, query_torch=False),
+        warnings=tuple(warnings),
+        log_rotated=rotated,
+    )
+
+
+class _NotHealthy(Exception):
+    pass
+
+
+def _wait_healthy(proc: subprocess.Popen[bytes], settings: Settings, timeout: float) -> HealthCheck:
+    """Poll health: 50 ms at first (a fast service answers at once), growing to 500 ms."""
+    deadline = time.monotonic() + timeout
+    delay = 0.05
+    last_error = "no answer yet"
+    client = ServiceClient(settings.service)
+
+    def exited(code: int, when: str) -> _NotHealthy:
+        how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
+        return _NotHealthy(f"{settings.service.name} {how} {when} {settings.service.health_url}")
+
+    try:
+        while True:
+            code = proc.poll()
+            if code is not None:
+                raise exited(code, "before answering")
+            remaining = deadline - time.monotonic()
+            check = client.health(timeout=max(0.2, min(2.0, remaining)))
+            if check.ok:
+                # a process that daemonised (exited, leaving a child to answer) would leave
+                # a pidfile naming a dead pid: the service must be the process we started
+                code = proc.poll()
+                if code is not None:
+                    raise exited(
+                        code,
+                        "while a child answered (a command that daemonises cannot be tracked: "
+                        "run it in the foreground) at",
+                    )
+                return check
+            # the client's hint ("try `mpsctl start`") is wrong while start itself waits
+            last_error = (check.error or last_error).split(" — try `mpsctl start`")[0]
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise _NotHealthy(
+                    f"{settings.service.name} was not healthy within {timeout:g} s "
+                    f"({last_error}); stopped it"
+                )
+            time.sleep(min(delay, remaining))
+            delay = min(delay * 1.5, 0.5)
+    finally:
+        client.close()
+
+
+def _terminate_started(
+    proc: subprocess.Popen[bytes], record: PidRecord, settings: Settings
+) -> None:
+    """Stop what this start spawned: its tree while it lives, else what it left in its session.
+
+    start_new_session made the service a session leader (sid == pgid == pid): a first
+    process that exited early can leave workers behind that still hold the port.
+    """
+    if proc.poll() is None:
+        targets = dict(procs.tree_identities(record.pid, record.create_time))
+        pgid = record.pgid
+    else:
+        targets = procs.session_members(proc.pid, record.create_time)
+        pgid = None
+    if targets:
+        timeout = max(0.0, min(settings.service.stop_timeout, 60.0))
+        signal_and_wait(targets, pgid=pgid, timeout=timeout)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=KILL_GRACE_S)
