@@ -429,9 +429,9 @@ class MemorySampler:
         return [(holder.pid, holder.create_time)] if isinstance(holder, procs.ProcInfo) else []
 
     def sample(self) -> MemorySample:
-        from mpsctl.observe import procs
+        from mpsctl.observe import procs, proctree
 
-        ids = [i for root in self._roots for i in procs.tree_identities(*root)]
+        ids = [i for root in self._roots for i in proctree.tree_identities(*root)]
         infos = procs.processes_info(ids)
         rss = [p.rss_bytes for p in infos if p.rss_bytes is not None]
         foot = [p.footprint_bytes for p in infos if p.footprint_bytes is not None]

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Literal
 
-from mpsctl.observe import procs
+from mpsctl.observe import proctree
 
 #: how long to wait for processes to vanish after SIGKILL (a process in uninterruptible
 #: sleep cannot die sooner; beyond this it is reported as a survivor)
@@ -58,7 +58,7 @@ def send(pid: int, created: float, sig: signal.Signals) -> bool:
     except ProcessLookupError:
         return False
     try:
-        if not procs.is_alive(pid, created):
+        if not proctree.is_alive(pid, created):
             return False
         try:
             if pidfd is not None:
@@ -80,7 +80,7 @@ def group_alive(pgid: int, targets: dict[int, float]) -> bool:
     lives, ``killpg(pgid)`` cannot reach a stranger.)
     """
     for pid, created in targets.items():
-        if procs.is_alive(pid, created):
+        if proctree.is_alive(pid, created):
             with contextlib.suppress(OSError):
                 if os.getpgid(pid) == pgid:
                     return True
@@ -92,7 +92,7 @@ def killpg(pgid: int | None, targets: dict[int, float], sig: signal.Signals) -> 
     only while it is provably the service's and holds nobody else's process."""
     if pgid is None or pgid <= 1 or pgid == os.getpgrp():
         return
-    if group_alive(pgid, targets) and procs.group_is_mine(pgid):
+    if group_alive(pgid, targets) and proctree.group_is_mine(pgid):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, sig)
 
@@ -111,7 +111,7 @@ def signal_and_wait(
     the wait are found by re-scanning the live targets.
     """
     outcome: dict[int, Outcome] = {
-        pid: "SIGTERM" if procs.is_alive(pid, created) else "exited"
+        pid: "SIGTERM" if proctree.is_alive(pid, created) else "exited"
         for pid, created in targets.items()
     }
     killpg(pgid, targets, signal.SIGTERM)
@@ -120,17 +120,17 @@ def signal_and_wait(
     deadline = clock() + timeout
     delay = 0.005
     next_scan = clock() + RESCAN_INTERVAL_S
-    protected = procs.protected_pids()
+    protected = proctree.protected_pids()
     while True:
         reap(list(targets))
-        alive = [pid for pid, created in targets.items() if procs.is_alive(pid, created)]
+        alive = [pid for pid, created in targets.items() if proctree.is_alive(pid, created)]
         if not alive:
             return outcome
         if clock() >= next_scan or clock() >= deadline:
             # children forked during shutdown (a worker respawned by its supervisor)
             live = {pid: targets[pid] for pid in alive}
-            for child, created in procs.descendants(live).items():
-                if child not in targets and child not in protected and procs.owned_by_me(child):
+            for child, created in proctree.descendants(live).items():
+                if child not in targets and child not in protected and proctree.owned_by_me(child):
                     targets[child] = created
                     sent = send(child, created, signal.SIGTERM)
                     outcome[child] = "SIGTERM" if sent else "exited"
@@ -148,10 +148,10 @@ def signal_and_wait(
     grace = clock() + KILL_GRACE_S
     while clock() < grace:
         reap(list(targets))
-        if not any(procs.is_alive(pid, c) for pid, c in targets.items()):
+        if not any(proctree.is_alive(pid, c) for pid, c in targets.items()):
             break
         time.sleep(0.01)
     for pid, created in targets.items():
-        if procs.is_alive(pid, created):
+        if proctree.is_alive(pid, created):
             outcome[pid] = "survived"
     return outcome

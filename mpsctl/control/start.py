@@ -35,7 +35,7 @@ from mpsctl.control.pidfile import (
 )
 from mpsctl.control.signals import KILL_GRACE_S, signal_and_wait
 from mpsctl.errors import ConfigError, ServiceError
-from mpsctl.observe import procs
+from mpsctl.observe import procs, proctree
 from mpsctl.settings import Settings
 from mpsctl.torch_env import (
     command_checks,
@@ -342,7 +342,7 @@ def start_while_locked(settings: Settings, options: StartOptions, events: Events
     finally:
         os.close(fd)
 
-    created = procs.create_time_of(proc.pid)
+    created = proctree.create_time_of(proc.pid)
     record = PidRecord(
         pid=proc.pid,
         create_time=created if created is not None else time.time(),
@@ -447,10 +447,10 @@ def _terminate_started(
     process that exited early can leave workers behind that still hold the port.
     """
     if proc.poll() is None:
-        targets = dict(procs.tree_identities(record.pid, record.create_time))
+        targets = dict(proctree.tree_identities(record.pid, record.create_time))
         pgid = record.pgid
     else:
-        targets = procs.session_members(proc.pid, record.create_time)
+        targets = proctree.session_members(proc.pid, record.create_time)
         pgid = None
     if targets:
         timeout = max(0.0, min(settings.service.stop_timeout, 60.0))

@@ -20,7 +20,7 @@ from mpsctl.control.pidfile import (
 from mpsctl.control.signals import Outcome, signal_and_wait
 from mpsctl.control.start import StartOptions, StartResult, seconds_setting, start_while_locked
 from mpsctl.errors import ServiceError
-from mpsctl.observe import procs
+from mpsctl.observe import procs, proctree
 from mpsctl.settings import Settings
 
 
@@ -82,12 +82,12 @@ class StopResult:
 def _stoppable(
     infos: tuple[procs.ProcInfo, ...],
 ) -> tuple[list[procs.ProcInfo], list[StoppedProcess]]:
-    protected = procs.protected_pids()
+    protected = proctree.protected_pids()
     allowed, refused = [], []
     for info in infos:
         if info.pid in protected:
             note = "mpsctl itself or its parent"
-        elif not procs.owned_by_me(info.pid):
+        elif not proctree.owned_by_me(info.pid):
             note = f"belongs to {info.username or 'another user'}"
         else:
             allowed.append(info)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import json
-import os
 import re
 import sys
 import time
@@ -34,6 +33,14 @@ from typing import Any, Literal
 import psutil
 
 from mpsctl.errors import ConfigError
+from mpsctl.observe.proctree import (
+    GONE,
+    live_other,
+    own_user,
+    protected_pids,
+    same_process,
+    tree,
+)
 from mpsctl.settings import Settings
 from mpsctl.torch_env import pytorch_vars
 
@@ -42,13 +49,6 @@ FoundBy = Literal["pidfile", "match"]
 PidfileState = Literal["ok", "missing", "stale", "reused", "invalid"]
 
 PIDFILE_NAME = "service.pid"
-
-#: psutil derives create_time on Linux from the boot time in /proc/stat, which can move by up
-#: to a second between two runs (clock adjustments); a reused pid within one second of the
-#: original's start time is not a realistic case, a false "reused" after an NTP step is.
-CREATE_TIME_TOLERANCE_S = 1.0
-
-_GONE = (psutil.NoSuchProcess, psutil.ZombieProcess)
 
 
 # --------------------------------------------------------------------------- pidfile (read side)
@@ -284,36 +284,24 @@ def proc_info(proc: psutil.Process, *, clock: Clock = time.time) -> ProcInfo | N
                 pytorch_env=pytorch_vars(environ) if environ is not None else None,
                 status=status,
             )
-    except _GONE:
+    except GONE:
         return None
     except psutil.AccessDenied:
         return None  # even status/create_time refused: nothing we could act on
-
-
-def _tree(roots: Iterable[psutil.Process]) -> list[psutil.Process]:
-    seen: dict[int, psutil.Process] = {}
-    for root in roots:
-        seen.setdefault(root.pid, root)
-        try:
-            for child in root.children(recursive=True):
-                seen.setdefault(child.pid, child)
-        except (*_GONE, psutil.AccessDenied):
-            continue
-    return list(seen.values())
 
 
 def _sample_cpu(procs: list[psutil.Process], interval: float) -> dict[int, float]:
     for proc in procs:
         try:
             proc.cpu_percent(None)
-        except (*_GONE, psutil.AccessDenied):
+        except (*GONE, psutil.AccessDenied):
             pass
     time.sleep(interval)
     result: dict[int, float] = {}
     for proc in procs:
         try:
             result[proc.pid] = proc.cpu_percent(None)
-        except (*_GONE, psutil.AccessDenied):
+        except (*GONE, psutil.AccessDenied):
             pass
     return result
 
@@ -321,7 +309,7 @@ def _sample_cpu(procs: list[psutil.Process], interval: float) -> dict[int, float
 def _snapshot_tree(
     roots: list[psutil.Process], *, clock: Clock, cpu_interval: float
 ) -> tuple[ProcInfo, ...]:
-    procs = _tree(roots)
+    procs = tree(roots)
     cpu = _sample_cpu(procs, cpu_interval) if cpu_interval > 0 else {}
     infos: list[ProcInfo] = []
     for proc in procs:
@@ -332,113 +320,6 @@ def _snapshot_tree(
             info = replace(info, cpu_percent=cpu[proc.pid])
         infos.append(info)
     return tuple(infos)
-
-
-def same_process(pid: int, create_time: float) -> psutil.Process | None:
-    """The live, non-zombie process ``pid`` if it is the one started at ``create_time``."""
-    try:
-        proc = psutil.Process(pid)
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return None
-        if abs(proc.create_time() - create_time) > CREATE_TIME_TOLERANCE_S:
-            return None
-        return proc
-    except (*_GONE, psutil.AccessDenied):
-        return None
-
-
-def _live_other(pid: int) -> bool:
-    """A live, non-zombie process holds ``pid`` (called once the create_time did not match)."""
-    try:
-        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
-    except (*_GONE, psutil.AccessDenied):
-        return False
-
-
-def is_alive(pid: int, create_time: float) -> bool:
-    """True while ``pid`` is still the process started at ``create_time`` (zombies are gone)."""
-    return same_process(pid, create_time) is not None
-
-
-def tree_identities(pid: int, create_time: float) -> list[tuple[int, float]]:
-    """``(pid, create_time)`` of the process and all its descendants, for signalling.
-
-    Control code signals by pid and checks create_time again right before each signal, so a
-    pid reused in between is never hit.
-    """
-    root = same_process(pid, create_time)
-    if root is None:
-        return []
-    result: list[tuple[int, float]] = []
-    for proc in _tree([root]):
-        try:
-            if proc.status() != psutil.STATUS_ZOMBIE:
-                result.append((proc.pid, proc.create_time()))
-        except (*_GONE, psutil.AccessDenied):
-            continue
-    return result
-
-
-def descendants(roots: dict[int, float]) -> dict[int, float]:
-    """``pid -> create_time`` of every live descendant of the live ``roots`` (one scan)."""
-    children: dict[int, list[tuple[int, float]]] = {}
-    for proc in psutil.process_iter(["ppid", "create_time", "status"]):
-        info = proc.info
-        if info.get("status") == psutil.STATUS_ZOMBIE or info.get("create_time") is None:
-            continue
-        children.setdefault(info.get("ppid") or 0, []).append((proc.pid, info["create_time"]))
-    found: dict[int, float] = {}
-    stack = [pid for pid, created in roots.items() if is_alive(pid, created)]
-    while stack:
-        for pid, created in children.get(stack.pop(), []):
-            if pid not in found and pid not in roots:
-                found[pid] = created
-                stack.append(pid)
-    return found
-
-
-def session_members(sid: int, since: float) -> dict[int, float]:
-    """``pid -> create_time`` of this user's live processes in session ``sid`` born at or
-    after ``since`` (what a service started with ``setsid`` left behind when its first
-    process exited: daemonised workers, ``sh -c "... &"`` children). Never mpsctl itself.
-
-    While such a process lives, the kernel does not hand ``sid`` out as a new pid, so the
-    session cannot be a stranger's.
-    """
-    protected = protected_pids()
-    found: dict[int, float] = {}
-    for proc in psutil.process_iter(["create_time", "status"]):
-        info = proc.info
-        created = info.get("create_time")
-        if proc.pid in protected or info.get("status") == psutil.STATUS_ZOMBIE or created is None:
-            continue
-        if created < since - CREATE_TIME_TOLERANCE_S:
-            continue
-        try:
-            if os.getsid(proc.pid) != sid:
-                continue
-        except OSError:
-            continue
-        if _own_user(proc):
-            found[proc.pid] = float(created)
-    return found
-
-
-def group_is_mine(pgid: int) -> bool:
-    """Every live member of process group ``pgid`` is this user's and none is mpsctl or one
-    of its ancestors: only then may the whole group be signalled at once."""
-    protected = protected_pids()
-    for proc in psutil.process_iter(["status"]):
-        if proc.info.get("status") == psutil.STATUS_ZOMBIE:
-            continue
-        try:
-            if os.getpgid(proc.pid) != pgid:
-                continue
-        except OSError:
-            continue
-        if proc.pid in protected or not _own_user(proc):
-            return False
-    return True
 
 
 def processes_info(
@@ -452,39 +333,6 @@ def processes_info(
         if info is not None:
             infos.append(info)
     return tuple(infos)
-
-
-def protected_pids() -> set[int]:
-    """mpsctl itself and its ancestors: never the service, never signalled."""
-    pids = {os.getpid()}
-    try:
-        pids.update(p.pid for p in psutil.Process().parents())
-    except (*_GONE, psutil.AccessDenied):
-        pids.add(os.getppid())
-    return pids
-
-
-def create_time_of(pid: int) -> float | None:
-    """The create_time psutil reports for ``pid`` (what the pidfile records); None when gone."""
-    try:
-        return float(psutil.Process(pid).create_time())
-    except (*_GONE, psutil.AccessDenied):
-        return None
-
-
-def owned_by_me(pid: int) -> bool:
-    """``pid`` runs as the current (real) user: the only processes mpsctl may signal."""
-    try:
-        return _own_user(psutil.Process(pid))
-    except (*_GONE, psutil.AccessDenied):
-        return False
-
-
-def _own_user(proc: psutil.Process) -> bool:
-    try:
-        return bool(proc.uids().real == os.getuid())
-    except (*_GONE, psutil.AccessDenied):
-        return False
 
 
 def _compile(pattern: str) -> re.Pattern[str]:
@@ -504,23 +352,9 @@ def _matching(pattern: str) -> list[psutil.Process]:
         cmdline = proc.info.get("cmdline")
         if not cmdline or not regex.search(" ".join(cmdline)):
             continue
-        if _own_user(proc):
+        if own_user(proc):
             found.append(proc)
     return found
-
-
-def match_candidates(
-    settings: Settings, *, pattern: str | None = None, clock: Clock = time.time
-) -> tuple[ProcInfo, ...]:
-    """Processes of the current user whose command line matches ``service.match``.
-
-    This is what ``stop`` shows (and signals only when asked) when no pidfile names the service.
-    """
-    regex = pattern if pattern is not None else settings.service.match
-    if not regex:
-        return ()
-    infos = (proc_info(p, clock=clock) for p in _matching(regex))
-    return tuple(i for i in infos if i is not None)
 
 
 def _roots_of(procs: list[psutil.Process]) -> list[psutil.Process]:
@@ -531,7 +365,7 @@ def _roots_of(procs: list[psutil.Process]) -> list[psutil.Process]:
         try:
             if not any(parent.pid in pids for parent in proc.parents()):
                 roots.append(proc)
-        except (*_GONE, psutil.AccessDenied):
+        except (*GONE, psutil.AccessDenied):
             continue
     return roots
 
@@ -557,7 +391,7 @@ def find_service(
         if root is not None:
             procs = _snapshot_tree([root], clock=clock, cpu_interval=cpu_interval)
             return ServiceSnapshot("pidfile", "ok", record, (root.pid,), procs, path)
-        state = "reused" if _live_other(record.pid) else "stale"
+        state = "reused" if live_other(record.pid) else "stale"
     pidrecord = record if isinstance(record, PidRecord) else None
 
     regex = pattern if pattern is not None else settings.service.match
@@ -596,18 +430,18 @@ def port_holder(host: str, port: int, *, clock: Clock = time.time) -> ProcInfo |
         if conn is not None and conn.pid:
             try:
                 return proc_info(psutil.Process(conn.pid), clock=clock) or int(conn.pid)
-            except (*_GONE, psutil.AccessDenied):
+            except (*GONE, psutil.AccessDenied):
                 return int(conn.pid)
         if conn is not None:
             return None
     except psutil.AccessDenied:
         pass
     for proc in psutil.process_iter():
-        if not _own_user(proc):
+        if not own_user(proc):
             continue
         try:
             if listening(proc.net_connections(kind="inet")) is not None:
                 return proc_info(proc, clock=clock) or proc.pid
-        except (*_GONE, psutil.AccessDenied):
+        except (*GONE, psutil.AccessDenied):
             continue
     return None

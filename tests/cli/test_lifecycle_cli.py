@@ -17,7 +17,8 @@ from mpsctl.cli import main
 from mpsctl.control import history
 from mpsctl.control.lock import service_lock
 from mpsctl.control.pidfile import write_pidfile
-from mpsctl.observe.procs import PidRecord, create_time_of
+from mpsctl.observe.procs import PidRecord
+from mpsctl.observe.proctree import create_time_of
 from mpsctl.units import iso_utc
 from tests.conftest import free_port
 from tests.control.fakes import FakeService, fake_command, fake_service, spawned, wait_for

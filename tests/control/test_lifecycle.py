@@ -173,7 +173,7 @@ def test_start_timeout_kills_what_it_started(fake_service: Make, isolated_home: 
         start_service(fake.settings(), StartOptions(timeout=0.5))
 
     assert not (isolated_home / "service.pid").exists()
-    assert not procs.match_candidates(fake.settings(), pattern=str(fake.script))
+    assert not procs.find_service(fake.settings(), pattern=str(fake.script)).processes
 
 
 def test_log_keeps_earlier_runs(fake_service: Make) -> None:

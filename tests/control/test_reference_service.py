@@ -12,7 +12,7 @@ import psutil
 from mpsctl.control import cache, fix
 from mpsctl.control.start import start_service
 from mpsctl.control.stop import stop_service
-from mpsctl.observe import procs
+from mpsctl.observe import proctree
 from mpsctl.settings import load_settings
 from tests.conftest import free_port
 
@@ -49,4 +49,4 @@ def test_reference_service_lifecycle(
     finally:
         stopped = stop_service(settings)
     assert stopped.status == "stopped"
-    assert not procs.is_alive(started.pid, created)
+    assert not proctree.is_alive(started.pid, created)

@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from mpsctl.observe import procs
+from mpsctl.observe import procs, proctree
 from mpsctl.settings import Settings, load_settings
 from tests.control.fakes import PYTHON, sleeper, spawned, wait_for
 
@@ -67,8 +67,8 @@ def test_reused_pid_is_not_the_service(spawned: list, isolated_home: Path) -> No
     snap = procs.find_service(settings())
 
     assert (snap.pidfile_state, snap.running, snap.found_by) == ("reused", False, None)
-    assert not procs.is_alive(other.pid, created - 3600)
-    assert procs.is_alive(other.pid, created)
+    assert not proctree.is_alive(other.pid, created - 3600)
+    assert proctree.is_alive(other.pid, created)
 
 
 def test_stale_and_invalid_pidfiles(isolated_home: Path) -> None:
@@ -92,7 +92,6 @@ def test_match_groups_a_reloader_and_its_worker(spawned: list) -> None:
     assert snap.found_by == "match"
     assert snap.roots == (parent.pid,)  # the worker matches too, but descends from the root
     assert len(snap.processes) == 2
-    assert len(procs.match_candidates(settings(r"uvicorn mvp-fake-7"))) == 2
     for child in psutil.Process(parent.pid).children():
         child.kill()
 
@@ -115,17 +114,17 @@ def test_pidfile_wins_over_decoys_that_mention_the_pattern(
 
 def test_never_matches_itself_or_its_ancestors() -> None:
     own = " ".join(psutil.Process().cmdline())
-    found = procs.match_candidates(settings(re.escape(own)))
+    found = procs.find_service(settings(re.escape(own))).processes
     assert os.getpid() not in {p.pid for p in found}
     assert os.getppid() not in {p.pid for p in found}
-    assert os.getpid() in procs.protected_pids()
+    assert os.getpid() in proctree.protected_pids()
 
 
 def test_zombie_counts_as_gone() -> None:
     child = subprocess.Popen([PYTHON, "-c", "pass"])
     created = psutil.Process(child.pid).create_time()
     assert wait_for(lambda: psutil.Process(child.pid).status() == psutil.STATUS_ZOMBIE)
-    assert not procs.is_alive(child.pid, created)
+    assert not proctree.is_alive(child.pid, created)
     assert procs.proc_info(psutil.Process(child.pid)) is None
     child.wait()
 
@@ -159,8 +158,8 @@ def test_group_is_mine_only_without_mpsctl_in_it(spawned: list) -> None:
     own_session = subprocess.Popen([PYTHON, "-c", "import time; time.sleep(60)"],
                                    start_new_session=True)  # fmt: skip
     spawned.append(own_session)
-    assert procs.group_is_mine(own_session.pid)
-    assert not procs.group_is_mine(os.getpgrp())  # this process (mpsctl in the test) is in it
+    assert proctree.group_is_mine(own_session.pid)
+    assert not proctree.group_is_mine(os.getpgrp())  # this process (mpsctl in the test) is in it
 
 
 def test_session_members_finds_what_an_exited_leader_left(spawned: list) -> None:
@@ -174,8 +173,8 @@ def test_session_members_finds_what_an_exited_leader_left(spawned: list) -> None
     created = psutil.Process(leader.pid).create_time()
     leader.wait()
     try:
-        found = procs.session_members(leader.pid, created)
+        found = proctree.session_members(leader.pid, created)
         assert list(found) == [orphan]
-        assert procs.session_members(leader.pid, created + 3600) == {}  # born before: not it
+        assert proctree.session_members(leader.pid, created + 3600) == {}  # born before: not it
     finally:
         psutil.Process(orphan).kill()
