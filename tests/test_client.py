@@ -1,6 +1,6 @@
 """ServiceClient against a real HTTP server on 127.0.0.1 that records what arrived.
 
-``LocalService`` is also used by tests/test_load.py and tests/cli/test_ask_cli.py: a
+``LocalService`` is also used by tests/test_stress.py and tests/cli/test_ask_cli.py: a
 threaded ``http.server`` whose behaviour (sleep, status, body, token) each test sets.
 """
 

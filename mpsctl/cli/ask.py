@@ -7,7 +7,8 @@ from typing import Any
 
 import click
 
-from mpsctl import load
+from mpsctl import ask as ask_lib
+from mpsctl import stress
 from mpsctl.cli.app import App, json_option
 from mpsctl.client import read_token
 from mpsctl.durations import parse_duration
@@ -32,13 +33,13 @@ def _parsed(parse: Any) -> Any:
 @click.option(
     "-n",
     "--requests",
-    type=click.IntRange(1, load.MAX_REQUESTS),
+    type=click.IntRange(1, stress.MAX_REQUESTS),
     help="Stress: requests in all (default 100).",
 )
 @click.option(
     "-c",
     "--concurrency",
-    type=click.IntRange(1, load.MAX_CONCURRENCY),
+    type=click.IntRange(1, stress.MAX_CONCURRENCY),
     help="Stress: requests in flight.",
 )
 @click.option(
@@ -55,7 +56,7 @@ def _parsed(parse: Any) -> Any:
 @click.option(
     "--sweep",
     metavar="LIST",
-    callback=_parsed(load.parse_levels),
+    callback=_parsed(stress.parse_levels),
     help="Stress at each concurrency: 1,2,4,8.",
 )
 @click.option("--token-env", metavar="NAME", help="Variable holding the token.")
@@ -88,12 +89,12 @@ def ask(app: App, question: str | None, **opts: Any) -> None:
         settings.service, token_env=opts["token_env"], token_file=opts["token_file"]
     )
     if question == "-":
-        question = load.decode_question(sys.stdin.buffer.read())
+        question = ask_lib.decode_question(sys.stdin.buffer.read())
     stress_flags = ("requests", "concurrency", "duration", "questions", "sweep")
     if all(opts[name] is None for name in stress_flags):
         if not question:
             raise click.UsageError("give a QUESTION, - to read stdin, or --questions FILE")
-        answer = load.ask_once(
+        answer = ask_lib.ask_once(
             settings.service, question, token=token, max_new_tokens=opts["max_new_tokens"]
         )
         if opts["as_json"]:
@@ -101,8 +102,8 @@ def ask(app: App, question: str | None, **opts: Any) -> None:
         else:
             app.out.print(render.ask_panel(answer))
         return
-    questions = load.read_questions(opts["questions"]) if opts["questions"] else None
-    plan = load.make_plan(
+    questions = ask_lib.read_questions(opts["questions"]) if opts["questions"] else None
+    plan = stress.make_plan(
         question or None,
         questions,
         requests=opts["requests"],
@@ -113,17 +114,17 @@ def ask(app: App, question: str | None, **opts: Any) -> None:
     )
     if opts["sweep"]:
         with render.sweep_progress(app.err, plan) as on_level:
-            sweep = load.run_sweep(settings, plan, opts["sweep"], token=token, on_level=on_level)
+            sweep = stress.run_sweep(settings, plan, opts["sweep"], token=token, on_level=on_level)
         if opts["as_json"]:
             write_json(render.sweep_json(sweep))
         else:
             app.out.print(render.sweep_table(sweep))
-        raise click.exceptions.Exit(load.stress_exit(sweep.levels, partial_is_failure=False))
+        raise click.exceptions.Exit(stress.stress_exit(sweep.levels, partial_is_failure=False))
     with render.stress_progress(app.err, plan) as progress:
-        result = load.run_stress(settings, plan, token=token, on_progress=progress)
+        result = stress.run_stress(settings, plan, token=token, on_progress=progress)
     if opts["as_json"]:
         write_json(render.stress_json(result))
     else:
         for table in render.stress_tables(result):
             app.out.print(table)
-    raise click.exceptions.Exit(load.stress_exit([result]))
+    raise click.exceptions.Exit(stress.stress_exit([result]))

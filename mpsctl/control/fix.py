@@ -16,7 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from mpsctl.client import ServiceClient, read_token
+from mpsctl.ask import ask_once
+from mpsctl.client import read_token
 from mpsctl.control import cache, history
 from mpsctl.control.events import Events, SilentEvents
 from mpsctl.control.lock import service_lock
@@ -253,21 +254,11 @@ def _fix_locked(
 
 
 def ask_question(settings: Settings, question: str) -> str:
-    """One test query, as a client would send it; the answer text (or the reply excerpt)."""
-    client = ServiceClient(settings.service, token=read_token(settings.service))
+    """One test query, as ``mpsctl ask`` sends it; the answer text (or the reply excerpt)."""
     try:
-        reply = client.request(
-            "POST", settings.service.query_path, json_body={"question": question}
-        )
+        result = ask_once(settings.service, question, token=read_token(settings.service))
     except ClientError as exc:
         raise ServiceError(f"test query failed: {exc}") from None
-    finally:
-        client.close()
-    if reply.status != 200:
-        raise ServiceError(
-            f"test query answered HTTP {reply.status}: {reply.text_excerpt or reply.body}"
-        )
-    body = reply.body
-    if isinstance(body, dict) and isinstance(body.get("answer"), str):
-        return str(body["answer"])
-    return json.dumps(body, ensure_ascii=False)[:200]
+    if result.answer is not None:
+        return result.answer
+    return json.dumps(dict(result.body), ensure_ascii=False)[:200]

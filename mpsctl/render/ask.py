@@ -14,9 +14,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from mpsctl.load import (
+from mpsctl.ask import AskResult
+from mpsctl.render.console import printable
+from mpsctl.stress import (
     MEMORY_FIELDS,
-    AskResult,
     LatencyStats,
     MemoryStats,
     ProgressCallback,
@@ -24,7 +25,6 @@ from mpsctl.load import (
     StressResult,
     SweepResult,
 )
-from mpsctl.render.console import printable
 from mpsctl.units import fmt_bytes
 
 _MEMORY_LABELS = {

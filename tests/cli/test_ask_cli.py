@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
+from mpsctl.ask import AskExit
 from mpsctl.cli import main
-from mpsctl.load import AskExit
 from tests.conftest import free_port
 from tests.service_fixtures import RunningService
 from tests.test_client import LocalService, local_service_fixture  # noqa: F401 - the fixture

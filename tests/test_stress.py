@@ -8,12 +8,12 @@ import threading
 
 import pytest
 
+from mpsctl.ask import AskExit, ask_once
 from mpsctl.errors import ClientError, ConfigError
-from mpsctl.load import (
-    AskExit,
+from mpsctl.settings import Settings, load_settings
+from mpsctl.stress import (
     LatencyStats,
     StressPlan,
-    ask_once,
     make_plan,
     parse_levels,
     percentile,
@@ -21,7 +21,6 @@ from mpsctl.load import (
     run_sweep,
     stress_exit,
 )
-from mpsctl.settings import Settings, load_settings
 from tests.conftest import free_port
 from tests.test_client import LocalService, local_service_fixture  # noqa: F401 - the fixture
 
