@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
@@ -29,3 +31,25 @@ def parse_duration(text: str) -> float:
     if not 0 <= seconds < math.inf:  # also refuses NaN, "inf" and "1e999"
         raise ValueError(f"invalid duration {text!r}")
     return seconds
+
+
+@dataclass(frozen=True)
+class Period:
+    """A duration as typed (``24h``) and in seconds."""
+
+    text: str
+    seconds: float
+
+    def before(self, moment: datetime | None = None) -> datetime:
+        """``moment`` (default: now, UTC) minus this period; OverflowError before year 1."""
+        return (moment or datetime.now(timezone.utc)) - timedelta(seconds=self.seconds)
+
+
+def parse_period(text: str) -> Period:
+    """A Period that reaches back no further than year 1. ValueError with a reason otherwise."""
+    period = Period(text, parse_duration(text))
+    try:
+        period.before()
+    except OverflowError:  # "1e12": 31,000 years
+        raise ValueError(f"{text} is too long (it reaches back before the year 1)") from None
+    return period

@@ -10,8 +10,8 @@ import click
 from mpsctl import ask as ask_lib
 from mpsctl import stress
 from mpsctl.cli.app import App, json_option
+from mpsctl.cli.params import DURATION
 from mpsctl.client import read_token
-from mpsctl.durations import parse_duration
 from mpsctl.render import ask as render
 from mpsctl.render.console import write_json
 
@@ -44,8 +44,8 @@ def _parsed(parse: Any) -> Any:
 )
 @click.option(
     "--duration",
+    type=DURATION,
     metavar="DURATION",
-    callback=_parsed(parse_duration),
     help="Stress: run this long (<= 1h).",
 )
 @click.option(
@@ -108,7 +108,7 @@ def ask(app: App, question: str | None, **opts: Any) -> None:
         questions,
         requests=opts["requests"],
         concurrency=opts["concurrency"],
-        duration_s=opts["duration"],
+        duration_s=opts["duration"].seconds if opts["duration"] else None,
         max_new_tokens=opts["max_new_tokens"],
         timeout=None,
     )

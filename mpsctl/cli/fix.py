@@ -8,9 +8,10 @@ import click
 
 from mpsctl.cli.app import App, json_option
 from mpsctl.cli.lifecycle import SECONDS, events, start_options, start_opts, start_settings
+from mpsctl.cli.params import DURATION
 from mpsctl.control.fix import FixOptions, fix_service
-from mpsctl.durations import parse_duration
-from mpsctl.errors import ConfigError, ServiceError
+from mpsctl.durations import Period
+from mpsctl.errors import ServiceError
 from mpsctl.render.console import write_json
 from mpsctl.render.lifecycle import render_fix
 
@@ -24,7 +25,9 @@ from mpsctl.render.lifecycle import render_fix
     metavar="N",
     help="Refuse after N restarts within --within (default fix.max_restarts).",
 )
-@click.option("--within", metavar="DURATION", help="Restart-loop window (default fix.within).")
+@click.option(
+    "--within", type=DURATION, metavar="DURATION", help="Restart-loop window (default fix.within)."
+)
 @click.option("--match", "use_match", is_flag=True, help="Stop processes found by match too.")
 @start_options
 @click.option(
@@ -37,7 +40,7 @@ from mpsctl.render.lifecycle import render_fix
 @json_option
 @click.pass_obj
 def fix(app: App, if_unhealthy: bool, question: str | None, max_restarts: int | None,
-        within: str | None, use_match: bool, wait: float, as_json: bool,
+        within: Period | None, use_match: bool, wait: float, as_json: bool,
         **opts: Any) -> None:  # fmt: skip
     """Probe, stop, clean caches, start with the configured limits, verify, probe again.
 
@@ -51,10 +54,7 @@ def fix(app: App, if_unhealthy: bool, question: str | None, max_restarts: int | 
       mpsctl fix --ask "工商银行"
       */5 * * * * mpsctl fix --if-unhealthy --json >>/var/log/mpsctl-fix.log 2>&1
     """
-    try:
-        window = parse_duration(within) if within is not None else None
-    except ValueError as exc:
-        raise ConfigError(f"--within: {exc}") from None
+    window = within.seconds if within is not None else None
     settings = start_settings(app, opts)
     options = FixOptions(if_unhealthy, max_restarts, window, question, use_match,
                          None, start_opts(opts))  # fmt: skip

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import click
 from rich.text import Text
 
 from mpsctl.cli.app import App
-from mpsctl.durations import parse_duration
+from mpsctl.cli.params import DURATION
+from mpsctl.durations import Period
 from mpsctl.errors import ExitCode, MpsctlError
 from mpsctl.observe.logfiles import (
     LogLine,
@@ -53,13 +53,15 @@ _COLOURS = ("cyan", "magenta", "green", "yellow", "blue", "red")
     metavar="GLOB",
     help="Another file or glob (relative to here; the newest match). Repeatable.",
 )
-@click.option("--since", metavar="DURATION", help="Only lines newer than this (1h, 30m).")
+@click.option(
+    "--since", type=DURATION, metavar="DURATION", help="Only lines newer than this (1h, 30m)."
+)
 @click.option("--grep", "pattern", metavar="REGEX", help="Only lines matching REGEX.")
 @click.option("--oom", "only_oom", is_flag=True, help="Only out-of-memory / watermark errors.")
 @click.pass_obj
 def logs(
     app: App, *, count: int, following: bool, pick_error: bool, pick_app: bool,
-    pick_backend: bool, globs: tuple[str, ...], since: str | None, pattern: str | None,
+    pick_backend: bool, globs: tuple[str, ...], since: Period | None, pattern: str | None,
     only_oom: bool,
 ) -> None:  # fmt: skip
     """Print the last lines of service.log_file and service.log_globs (newest dated files).
@@ -85,7 +87,7 @@ def logs(
                 f"no configured log matches --{'/--'.join(picks)}", exit_code=ExitCode.USAGE
             )
         sources = configured + sources
-    view = LogView(sources, keep=_keep(pattern, only_oom), since=_cutoff(since))
+    view = LogView(sources, keep=_keep(pattern, only_oom), since=since.before() if since else None)
     width = max(len(s.label) for s in sources)
     styles = {s.label: _COLOURS[i % len(_COLOURS)] for i, s in enumerate(sources)}
 
@@ -126,12 +128,3 @@ def _keep(pattern: str | None, only_oom: bool) -> Callable[[str], bool] | None:
     if not tests:
         return None
     return lambda text: all(test(text) for test in tests)
-
-
-def _cutoff(since: str | None) -> datetime | None:
-    if since is None:
-        return None
-    try:
-        return datetime.now(timezone.utc) - timedelta(seconds=parse_duration(since))
-    except ValueError as exc:
-        raise MpsctlError(f"--since: {exc}", exit_code=ExitCode.USAGE) from None

@@ -2,31 +2,31 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import click
 
 from mpsctl.cli.app import App, json_option
-from mpsctl.durations import parse_duration
-from mpsctl.errors import ExitCode, MpsctlError
+from mpsctl.cli.params import DURATION
+from mpsctl.durations import Period
+from mpsctl.errors import MpsctlError
 from mpsctl.observe.logfiles import resolve_logs
-from mpsctl.observe.oom import explain, iso, scan_file
+from mpsctl.observe.oom_scan import find_events
 from mpsctl.render.console import write_json
 from mpsctl.torch_env import DEFAULT_HIGH_RATIO, HIGH_ENV, MAX_RATIO
-from mpsctl.units import utc_now_iso
 
 
 @click.command()
 @click.argument("files", nargs=-1, type=click.Path(path_type=Path))
-@click.option("--since", metavar="DURATION", help="Only events newer than this (24h, 7d).")
+@click.option("--since", type=DURATION, metavar="DURATION",
+              help="Only events newer than this (24h, 7d).")  # fmt: skip
 @click.option("--high-ratio", type=click.FloatRange(0.0, MAX_RATIO), metavar="R",
               help=f"{HIGH_ENV} the service ran with (default: memory.high_watermark_ratio "
                    f"when configured, else {DEFAULT_HIGH_RATIO:g}).")  # fmt: skip
 @json_option
 @click.pass_obj
 def oom(
-    app: App, files: tuple[Path, ...], since: str | None, high_ratio: float | None, as_json: bool
+    app: App, files: tuple[Path, ...], since: Period | None, high_ratio: float | None, as_json: bool
 ) -> None:
     """Find out-of-memory events in the service's logs (or FILES) and explain each.
 
@@ -40,12 +40,6 @@ def oom(
       mpsctl oom mvp/logs/error_2026-01-21.log
       mpsctl oom --json | jq '.events[] | .max_allowed_bytes'
     """
-    cutoff = None
-    if since is not None:
-        try:
-            cutoff = datetime.now(timezone.utc) - timedelta(seconds=parse_duration(since))
-        except ValueError as exc:
-            raise MpsctlError(f"--since: {exc}", exit_code=ExitCode.USAGE) from None
     targets: list[tuple[str, Path]] = []
     for path in files:
         if path.is_dir():
@@ -65,24 +59,14 @@ def oom(
                     app.warn(f"{source.path or source.pattern}: no such file")
                 else:
                     targets.append((str(source.path), source.path))
-    found = []
-    for name, path in targets:
-        try:
-            found += [(e, explain(e, high_ratio)) for e in scan_file(path, cutoff, label=name)]
-        except OSError as exc:
-            raise MpsctlError(f"{path}: {exc.strerror or exc}") from None
+    try:
+        report = find_events(targets, since.before() if since else None, high_ratio=high_ratio)
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        raise MpsctlError(f"{where}{exc.strerror or exc}") from None
     if as_json:
-        write_json(
-            {
-                "schema": "mpsctl.oom/1",
-                "generated_at": utc_now_iso(),
-                "since": iso(cutoff) if cutoff else None,
-                "files": [name for name, _ in targets],
-                "count": len(found),
-                "events": [dict(e.as_dict(), advice=advice) for e, advice in found],
-            }
-        )
+        write_json(report.to_json())
         return
     from mpsctl.render.oom import print_events
 
-    print_events(app.out, found, len(targets), since)
+    print_events(app.out, list(report.events), len(targets), since.text if since else None)

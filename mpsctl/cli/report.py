@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 
 import click
 
 from mpsctl.cli.app import App, json_option
-from mpsctl.durations import parse_duration
-from mpsctl.errors import ExitCode, MpsctlError
+from mpsctl.cli.params import DURATION
+from mpsctl.durations import Period
 from mpsctl.monitor.report import build_report, plot_report
 from mpsctl.render.console import write_json
 
@@ -17,6 +17,7 @@ from mpsctl.render.console import write_json
 @click.command()
 @click.option(
     "--since",
+    type=DURATION,
     default="24h",
     show_default=True,
     metavar="DURATION",
@@ -31,7 +32,7 @@ from mpsctl.render.console import write_json
 )
 @json_option
 @click.pass_obj
-def report(app: App, since: str, plot_path: Path | None, as_json: bool) -> None:
+def report(app: App, since: Period, plot_path: Path | None, as_json: bool) -> None:
     """Min/avg/p95/max of each recorded figure, verdicts, OOM events and restarts.
 
     Reads the history that `mpsctl probe --record` and `mpsctl watch --record` append to
@@ -46,18 +47,9 @@ def report(app: App, since: str, plot_path: Path | None, as_json: bool) -> None:
       mpsctl report --since 7d --plot memory.png
       mpsctl report --json | jq .figures.service_memory_bytes
     """
-    try:
-        period = parse_duration(since)
-    except ValueError as exc:
-        raise MpsctlError(f"--since: {exc}", exit_code=ExitCode.USAGE) from None
     settings = app.settings()
     until = datetime.now(timezone.utc)
-    try:
-        start = until - timedelta(seconds=period)
-    except OverflowError:  # before year 1: "--since 1e12"
-        raise MpsctlError(
-            f"--since: {since} reaches back too far", exit_code=ExitCode.USAGE
-        ) from None
+    start = since.before(until)
     result = build_report(settings.home, start, until)
     if result.samples == 0:
         app.warn(

@@ -279,7 +279,7 @@ def recent_oom_events(settings: Settings, window_s: float = OOM_WINDOW_S) -> lis
         except OSError:
             pass  # unreadable: let the scan report it
     from mpsctl.observe.logfiles import resolve_logs
-    from mpsctl.observe.oom import recent_events
+    from mpsctl.observe.oom_scan import recent_events
 
     paths = [path for _label, path in resolve_logs(settings)]
     return recent_events(paths, since=since)

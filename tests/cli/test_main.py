@@ -158,6 +158,22 @@ def test_bad_values_are_one_line_usage_errors(args: list[str]) -> None:
     assert "Traceback" not in result.output
 
 
+@pytest.mark.parametrize(
+    "args",
+    [["logs", "--since", "1e12"], ["oom", "--since", "1e12"], ["report", "--since", "1e12"],
+     ["fix", "--within", "1e12"], ["ask", "q", "--duration", "1e12"]],
+)  # fmt: skip
+def test_overflowing_durations_are_one_usage_line(args: list[str]) -> None:
+    # 1e12 s is 31,000 years: "now minus that" is before year 1, which datetime cannot hold
+    result = CliRunner().invoke(main, args, prog_name="mpsctl")
+    assert result.exit_code == 2, result.output
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"mpsctl: error: {args[-2]}: 1e12 is too long (it reaches back before the year 1) "
+        f"(see 'mpsctl {args[0]} --help')"
+    ]
+
+
 @pytest.mark.parametrize("args", [["probe", "--json"], ["probe"], ["config", "show"]])
 def test_a_reader_that_leaves_causes_no_traceback(args: list[str], tmp_path: Path) -> None:
     # `mpsctl probe --json | head -c 10` with the reader gone before the first write

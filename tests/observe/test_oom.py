@@ -10,8 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from mpsctl.observe import oom
-from mpsctl.observe.oom import explain, line_time, parse_oom, scan_file, summary
+from mpsctl.observe import oom, oom_scan
+from mpsctl.observe.logtime import line_time
+from mpsctl.observe.oom import parse_oom, summary
+from mpsctl.observe.oom_advice import explain
+from mpsctl.observe.oom_scan import scan_file
 from tests.conftest import FIXTURES, read_fixture
 
 KIB, MIB, GIB = 1024, 1024**2, 1024**3
@@ -318,7 +321,7 @@ def test_scan_file_keeps_a_cut_message_as_incomplete(tmp_path: Path) -> None:
 
 
 def test_scan_file_across_chunk_boundaries(tmp_path: Path) -> None:
-    chunk = oom.CHUNK_BYTES
+    chunk = oom_scan.CHUNK_BYTES
     filler = "2026-01-21T10:00:00Z INFO nothing to see here\n"
     one = read_fixture("torch-mps-oom-6-gib.txt").strip()
     parts: list[str] = []
@@ -386,7 +389,7 @@ def test_tiny_chunks_find_every_message_exactly_once(
 ) -> None:
     # Chunk sizes below the needle length and odd ones: every needle is cut by a boundary at
     # some offset; each message must still be found once, on its own line.
-    monkeypatch.setattr(oom, "CHUNK_BYTES", chunk)
+    monkeypatch.setattr(oom_scan, "CHUNK_BYTES", chunk)
     lines = ["2026-01-21T09:00:00Z INFO fine"]
     for n, name in enumerate(["torch-mps-oom-2.txt", "torch-cuda-oom-old-1.txt"] * 3):
         lines += ["x" * n, "2026-01-21T10:00:00Z " + read_fixture(name).strip()]
@@ -419,10 +422,10 @@ def test_parallel_scan_equals_the_single_pass(
     serial = list(scan_file(log))
     assert len(serial) == 40
     with log.open("rb") as handle:
-        single = oom._find_in_range(handle, 0, size)[1]
-    monkeypatch.setattr(oom, "PARALLEL_MIN_BYTES", 1)
+        single = oom_scan._find_in_range(handle, 0, size)[1]
+    monkeypatch.setattr(oom_scan, "PARALLEL_MIN_BYTES", 1)
     for workers in (2, 3, 7):
-        assert oom._parallel_hits(log, log.stat(), size, workers=workers) == single
+        assert oom_scan._parallel_hits(log, log.stat(), size, workers=workers) == single
     assert list(scan_file(log)) == serial
 
 
@@ -446,7 +449,9 @@ def test_recent_events_reads_the_tail_and_needs_a_time(tmp_path: Path) -> None:
         f"{old} {oom_line}{filler}{new} ERROR failed\n{oom_line}{oom_line.strip()} again\n",
     )
     untimed = write(tmp_path / "u.log", oom_line)
-    events = oom.recent_events([log, untimed, tmp_path / "missing.log", None], time.time() - 3600)
+    events = oom_scan.recent_events(
+        [log, untimed, tmp_path / "missing.log", None], time.time() - 3600
+    )
     assert [(e["file"], e["line"], e["time"]) for e in events] == [
         (str(log), None, new),
         (str(log), None, new),
