@@ -44,7 +44,7 @@ COMMANDS: dict[str, str] = {
 def error_exit_code(command: click.Command | None, default: int) -> int:
     """The exit code of a failed run: ``default``, unless the command follows a status
     convention where every failure has one code (``probe``: 3 UNKNOWN for monitoring
-    plugins; ``status``: 4 unknown for LSB), set as its ``failure_exit_code`` attribute.
+    plugins; ``status``: 4 unknown for LSB), a ``ConventionCommand`` (cli/app.py).
     A bad config or option must never read as CRITICAL or "dead"."""
     code = getattr(command, "failure_exit_code", None)
     return code if isinstance(code, int) else default

@@ -50,3 +50,16 @@ class App:
 
 def json_option(func: Any) -> Any:
     return click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")(func)
+
+
+class ConventionCommand(click.Command):
+    """A command whose failures all exit with one code of its own convention.
+
+    ``probe`` follows the monitoring-plugin convention (a bad option or config is UNKNOWN, 3,
+    never CRITICAL) and ``status`` the LSB one (1-3 are states of the service, so a bad
+    config is "unknown", 4): ``@click.command(cls=ConventionCommand, failure_exit_code=3)``.
+    """
+
+    def __init__(self, *args: Any, failure_exit_code: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.failure_exit_code = failure_exit_code

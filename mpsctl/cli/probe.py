@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from mpsctl.cli.app import App, json_option
+from mpsctl.cli.app import App, ConventionCommand, json_option
 from mpsctl.errors import MpsctlError, ProbeExit
 from mpsctl.observe.probe import take_probe
 from mpsctl.render.console import write_json
@@ -14,7 +14,8 @@ from mpsctl.render.console import write_json
 PAIR = "WARN,CRIT"
 
 
-@click.command()
+# monitoring-plugin convention: a bad option or config is UNKNOWN (3), never CRITICAL (2)
+@click.command(cls=ConventionCommand, failure_exit_code=int(ProbeExit.UNKNOWN))
 @json_option
 @click.option("--nagios", is_flag=True, help="One monitoring-plugin line with perfdata.")
 @click.option("--host-used", metavar=PAIR, help="Host memory used % thresholds.")
@@ -97,7 +98,3 @@ def probe(
         after_probe(settings, result, record_history=record_history, alert_url=alert_url,
                     alert_cmd=alert_cmd, prometheus=prometheus, warn=app.warn)  # fmt: skip
     raise click.exceptions.Exit(int(result.verdict))
-
-
-# monitoring-plugin convention: a bad option or config is UNKNOWN (3), never CRITICAL (2)
-probe.failure_exit_code = int(ProbeExit.UNKNOWN)  # type: ignore[attr-defined]

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import click
 
-from mpsctl.cli.app import App, json_option
+from mpsctl.cli.app import App, ConventionCommand, json_option
 from mpsctl.control.status import service_status
 from mpsctl.errors import MpsctlError, StatusExit
 from mpsctl.render.console import write_json
 from mpsctl.render.lifecycle import status_line
 
 
-@click.command()
+# LSB reserves 1-3 for states of the service: a bad config or option is "unknown" (4)
+@click.command(cls=ConventionCommand, failure_exit_code=int(StatusExit.UNKNOWN))
 @json_option
 @click.pass_obj
 def status(app: App, as_json: bool) -> None:
@@ -39,7 +40,3 @@ def status(app: App, as_json: bool) -> None:
     else:
         app.out.print(status_line(result), soft_wrap=True)
     raise click.exceptions.Exit(int(result.exit_code))
-
-
-# LSB reserves 1-3 for states of the service: a bad config or option is "unknown" (4)
-status.failure_exit_code = int(StatusExit.UNKNOWN)  # type: ignore[attr-defined]
