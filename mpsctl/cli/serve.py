@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import logging
-import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
 from mpsctl.cli.app import App
-from mpsctl.errors import ConfigError
 from mpsctl.settings import DEVICES, DTYPES
-
-DEMO_DIR_NAME = "demo-model"
 
 
 @click.command()
@@ -61,111 +56,20 @@ def serve(app: App, **opts: Any) -> None:
     }
     settings = app.settings(overrides)
 
-    from mpsctl.server import apply_mps_environment, environment_warnings, resolve_token
+    from mpsctl.server.serve import ServeOptions, run
 
-    for warning in environment_warnings():
-        app.warn(warning)
-    token_file = (
-        Path(opts["token_file"]).expanduser() if opts["token_file"] else settings.service.token_file
-    )
-    token = resolve_token(
-        token_env=settings.service.token_env,
-        token_file=token_file,
-        create_if_missing=settings.reference_service and not opts["token_file"],
-        no_auth=opts["no_auth"],
-    )
-    for warning in token.warnings:
-        app.warn(warning)
-    if token.created is not None:
-        app.info(f"created a token for this service: {token.created} (mode 0600)")
-    if token.token is None:
-        app.warn("authentication is off (--no-auth): anyone who can connect can query")
-
-    host = opts["host"] or settings.service.host
-    port = opts["port"] if opts["port"] is not None else settings.service.port
-    if not 0 <= port <= 65535:
-        raise ConfigError(f"--port: must be 0-65535, got {port}")
-    if host in ("0.0.0.0", "::", ""):
-        app.warn(f"binding {host or '0.0.0.0'}: the service is reachable from other machines")
-
-    model_id = settings.serve.model
-    if opts["demo"]:
-        if opts["model"]:
-            raise ConfigError("--demo and --model are exclusive")
-        model_id = None
-    elif model_id is None:
-        raise ConfigError("no model: pass --model PATH_OR_ID (or set [serve] model), or --demo")
-
-    for note in apply_mps_environment(settings.memory):
-        app.info(f"MPS allocator setting: {note}")
-
-    _configure_logging()
-    from mpsctl.server.demo import DEMO_LABEL, ensure_demo_checkpoint
-
-    if model_id is None:
-        demo_dir, built = ensure_demo_checkpoint(settings.home / DEMO_DIR_NAME)
-        model_id = str(demo_dir)
-        app.warn(f"{'built and ' if built else ''}serving the {DEMO_LABEL} from {demo_dir}")
-
-    import uvicorn
-
-    from mpsctl.server.app import ServiceConfig, create_service
-    from mpsctl.server.model import ModelHolder
-
-    holder = ModelHolder(
-        device=settings.memory.device,
-        dtype=settings.serve.dtype,
-        max_new_tokens=settings.serve.max_new_tokens,
-    )
-    holder.load(model_id)
-    service = create_service(
-        holder,
-        ServiceConfig(
-            token=token.token,
-            max_concurrent=settings.serve.max_concurrent,
-            max_queue=settings.serve.max_queue,
-            queue_timeout=settings.serve.queue_timeout,
-            cleanup_interval=settings.serve.cleanup_interval,
-            max_question_bytes=settings.serve.max_question_bytes,
-            max_new_tokens_limit=settings.serve.max_new_tokens_limit,
+    run(
+        settings,
+        ServeOptions(
+            host=opts["host"],
+            port=opts["port"],
+            demo=opts["demo"],
+            model_given=bool(opts["model"]),
+            token_file=Path(opts["token_file"]).expanduser() if opts["token_file"] else None,
+            no_auth=opts["no_auth"],
         ),
+        app,
     )
-    app.info(
-        f"serving {holder.label} on {holder.device} at http://{host}:{port} "
-        f"(token: {token.source}; max {settings.serve.max_concurrent} in flight, "
-        f"{settings.serve.max_queue} queued)"
-    )
-    config = uvicorn.Config(
-        service.asgi,
-        host=host,
-        port=port,
-        log_config=None,  # keep the one logging setup below; uvicorn's loggers propagate
-        timeout_graceful_shutdown=10,
-        lifespan="on",
-    )
-    uvicorn.Server(config).run()
-
-
-class _QuietProbes(logging.Filter):
-    """Drop successful access lines for /health and /metrics: a cron probe every minute
-    would otherwise write 1,440 lines a day that bury the ones an operator looks for."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        args = record.args
-        if isinstance(args, tuple) and len(args) >= 5:  # uvicorn: client, method, path, ver, status
-            path, status = str(args[2]), args[4]
-            if path in ("/health", "/metrics") and status == 200:
-                return False
-        return True
-
-
-def _configure_logging() -> None:
-    logging.basicConfig(
-        level=logging.INFO,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("uvicorn.access").addFilter(_QuietProbes())
 
 
 @click.command("demo-model")

@@ -1,0 +1,144 @@
+"""Run the reference service in the foreground: token, model, limiter, uvicorn.
+
+``mpsctl serve`` parses its flags into settings and ``ServeOptions`` and calls ``run``.
+torch, transformers and uvicorn are imported only here, when the service really starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from mpsctl.errors import ConfigError
+from mpsctl.server import apply_mps_environment, environment_warnings, resolve_token
+from mpsctl.settings import Settings
+
+DEMO_DIR_NAME = "demo-model"
+
+
+class Notes(Protocol):
+    """Where the service's start-up warnings and notes go (stderr in the CLI)."""
+
+    def warn(self, message: str) -> None: ...
+
+    def info(self, message: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """What ``mpsctl serve`` takes besides the settings."""
+
+    host: str | None = None  # default: host of service.url
+    port: int | None = None  # default: port of service.url
+    demo: bool = False
+    model_given: bool = False  # --model was passed (exclusive with --demo)
+    token_file: Path | None = None  # --token-file (never created when missing)
+    no_auth: bool = False
+
+
+def run(settings: Settings, options: ServeOptions, notes: Notes) -> None:
+    """Load the model and serve until Ctrl-C or SIGTERM."""
+    for warning in environment_warnings():
+        notes.warn(warning)
+    token_file = options.token_file or settings.service.token_file
+    token = resolve_token(
+        token_env=settings.service.token_env,
+        token_file=token_file,
+        create_if_missing=settings.reference_service and options.token_file is None,
+        no_auth=options.no_auth,
+    )
+    for warning in token.warnings:
+        notes.warn(warning)
+    if token.created is not None:
+        notes.info(f"created a token for this service: {token.created} (mode 0600)")
+    if token.token is None:
+        notes.warn("authentication is off (--no-auth): anyone who can connect can query")
+
+    host = options.host or settings.service.host
+    port = options.port if options.port is not None else settings.service.port
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"--port: must be 0-65535, got {port}")
+    if host in ("0.0.0.0", "::", ""):
+        notes.warn(f"binding {host or '0.0.0.0'}: the service is reachable from other machines")
+
+    model_id = settings.serve.model
+    if options.demo:
+        if options.model_given:
+            raise ConfigError("--demo and --model are exclusive")
+        model_id = None
+    elif model_id is None:
+        raise ConfigError("no model: pass --model PATH_OR_ID (or set [serve] model), or --demo")
+
+    for note in apply_mps_environment(settings.memory):
+        notes.info(f"MPS allocator setting: {note}")
+
+    _configure_logging()
+    from mpsctl.server.demo import DEMO_LABEL, ensure_demo_checkpoint
+
+    if model_id is None:
+        demo_dir, built = ensure_demo_checkpoint(settings.home / DEMO_DIR_NAME)
+        model_id = str(demo_dir)
+        notes.warn(f"{'built and ' if built else ''}serving the {DEMO_LABEL} from {demo_dir}")
+
+    import uvicorn
+
+    from mpsctl.server.app import ServiceConfig, create_service
+    from mpsctl.server.model import ModelHolder
+
+    holder = ModelHolder(
+        device=settings.memory.device,
+        dtype=settings.serve.dtype,
+        max_new_tokens=settings.serve.max_new_tokens,
+    )
+    holder.load(model_id)
+    service = create_service(
+        holder,
+        ServiceConfig(
+            token=token.token,
+            max_concurrent=settings.serve.max_concurrent,
+            max_queue=settings.serve.max_queue,
+            queue_timeout=settings.serve.queue_timeout,
+            cleanup_interval=settings.serve.cleanup_interval,
+            max_question_bytes=settings.serve.max_question_bytes,
+            max_new_tokens_limit=settings.serve.max_new_tokens_limit,
+        ),
+    )
+    notes.info(
+        f"serving {holder.label} on {holder.device} at http://{host}:{port} "
+        f"(token: {token.source}; max {settings.serve.max_concurrent} in flight, "
+        f"{settings.serve.max_queue} queued)"
+    )
+    config = uvicorn.Config(
+        service.asgi,
+        host=host,
+        port=port,
+        log_config=None,  # keep the one logging setup below; uvicorn's loggers propagate
+        timeout_graceful_shutdown=10,
+        lifespan="on",
+    )
+    uvicorn.Server(config).run()
+
+
+class _QuietProbes(logging.Filter):
+    """Drop successful access lines for /health and /metrics: a cron probe every minute
+    would otherwise write 1,440 lines a day that bury the ones an operator looks for."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) >= 5:  # uvicorn: client, method, path, ver, status
+            path, status = str(args[2]), args[4]
+            if path in ("/health", "/metrics") and status == 200:
+                return False
+        return True
+
+
+def _configure_logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("uvicorn.access").addFilter(_QuietProbes())
