@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 
-def atomic_write(path: Path, text: str, *, mode: int = 0o644) -> None:
-    """Write ``text`` to ``path`` so readers see the old or the new file, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def atomic_write(path: Path, text: str, *, mode: int = 0o644, dir_mode: int = 0o777) -> None:
+    """Write ``text`` to ``path`` so readers see the old or the new file, never half of one.
+
+    tmp + fsync + rename, then the directory is flushed: the rename itself is durable only
+    once the directory entry is on disk. ``dir_mode`` applies to directories it creates.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True, mode=dir_mode)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
@@ -24,6 +30,17 @@ def atomic_write(path: Path, text: str, *, mode: int = 0o644) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def atomic_write_json(path: Path, document: Any, *, mode: int = 0o600) -> None:
+    """``atomic_write`` of a JSON document, private (0600, in a 0700 directory) by default."""
+    text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+    atomic_write(path, text, mode=mode, dir_mode=0o700)
 
 
 def write_new_file(path: Path, text: str, *, force: bool = False) -> Path | None:
@@ -41,9 +58,9 @@ def write_new_file(path: Path, text: str, *, force: bool = False) -> Path | None
     return backup
 
 
-def append_line(path: Path, line: str) -> None:
+def append_line(path: Path, line: str, *, dir_mode: int = 0o777) -> None:
     """Append one line with a single O_APPEND write, so concurrent writers never interleave."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=dir_mode)
     data = (line.rstrip("\n") + "\n").encode("utf-8")
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from mpsctl.ask import ask_once
 from mpsctl.client import read_token
-from mpsctl.control import cache, history
+from mpsctl.control import audit, cache
 from mpsctl.control.events import Events, SilentEvents
 from mpsctl.control.lock import service_lock
 from mpsctl.control.start import StartFailed, StartOptions, StartResult, start_while_locked
@@ -127,16 +127,16 @@ def fix_service(
     """
     opts = options or FixOptions()
     trigger = "if-unhealthy" if opts.if_unhealthy else "manual"
-    path = history.fix_history_path(settings.home)
+    path = audit.fix_history_path(settings.home)
     now = utc_now_iso()
     try:
         with service_lock(settings.home, wait=lock_wait, purpose="fix"):
             result = _fix_locked(settings, opts, events or SilentEvents(), probe, trigger)
     except LockedError as exc:
         locked = {"time": now, "pid": os.getpid(), "trigger": trigger, "result": "locked"}
-        history.append_record(path, {**locked, "restarted": False, "message": str(exc)})
+        audit.append_record(path, {**locked, "restarted": False, "message": str(exc)})
         raise
-    history.append_record(
+    audit.append_record(
         path,
         {
             "time": result.time,
@@ -176,7 +176,7 @@ def _fix_locked(
 
     max_restarts = settings.fix.max_restarts if opts.max_restarts is None else opts.max_restarts
     within = settings.fix.within if opts.within is None else opts.within
-    recent = history.restarts_within(history.fix_history_path(settings.home), within, time.time())
+    recent = audit.restarts_within(audit.fix_history_path(settings.home), within, time.time())
     if opts.if_unhealthy:
         # The guard stops an automatic restart loop: a person's own `mpsctl fix` runs
         # (trigger "manual") do not use up the watchdog's budget.

@@ -14,10 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mpsctl.control.pidfile import (
-    atomic_write_json,
-)
 from mpsctl.settings import Settings
+from mpsctl.storage import atomic_write_json
 from mpsctl.torch_env import (
     DEFAULT_HIGH_RATIO,
 )

@@ -6,53 +6,24 @@ finding the service is an observation; only writing and removing it live here.
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from mpsctl.errors import ServiceError
 from mpsctl.observe import procs
 from mpsctl.observe.procs import PidRecord, default_pidfile_path, read_pidfile
+from mpsctl.storage import atomic_write_json
 
 if TYPE_CHECKING:
     from mpsctl.settings import Settings
 
 __all__ = [
     "PidRecord",
-    "atomic_write_json",
     "default_pidfile_path",
     "read_pidfile",
     "remove_pidfile",
     "write_pidfile",
 ]
-
-
-def atomic_write_json(path: Path, document: Any, *, mode: int = 0o600) -> None:
-    """tmp + fsync + rename: a reader sees the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    data = (json.dumps(document, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
-    # O_TRUNC only on our own temporary file (pid in its name), never on the real one
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        try:
-            view = memoryview(data)
-            while view:  # os.write may write less than asked
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    # the rename itself is durable only once the directory entry is flushed
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def write_pidfile(path: Path, record: PidRecord) -> None:

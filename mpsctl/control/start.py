@@ -26,7 +26,6 @@ from mpsctl.control.lock import service_lock
 from mpsctl.control.memlimit import LAST_HEALTH, MemoryLimit, memory_limit, physical_memory_bytes
 from mpsctl.control.pidfile import (
     PidRecord,
-    atomic_write_json,
     default_pidfile_path,
     foreign_pidfile,
     remove_bad_pidfile,
@@ -37,6 +36,7 @@ from mpsctl.control.signals import KILL_GRACE_S, signal_and_wait
 from mpsctl.errors import ConfigError, ServiceError
 from mpsctl.observe import procs, proctree
 from mpsctl.settings import Settings
+from mpsctl.storage import atomic_write_json
 from mpsctl.torch_env import (
     command_checks,
     inherited_env_checks,

@@ -2,7 +2,7 @@
 
 Figures: min / avg / p95 / max of each recorded figure (unknown readings are skipped, not
 counted as 0), samples per verdict, OOM events and the restarts ``fix`` made (read from its
-audit trail ``history/fix.jsonl``, written by :mod:`mpsctl.control.history`, tolerantly: a
+audit trail ``history/fix.jsonl``, written by :mod:`mpsctl.control.audit`, tolerantly: a
 torn or foreign line is skipped). The plot is optional (``matplotlib``, the ``plot`` extra).
 """
 
@@ -19,7 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from mpsctl.control.history import fix_history_path
+from mpsctl.control.audit import fix_history_path
 from mpsctl.errors import MpsctlError
 from mpsctl.monitor.history import parse_time, read_history, read_jsonl
 from mpsctl.units import GIB, iso_utc

@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from mpsctl.cli import main
-from mpsctl.control import history
+from mpsctl.control import audit
 from mpsctl.control.lock import service_lock
 from mpsctl.control.pidfile import write_pidfile
 from mpsctl.observe.procs import PidRecord
@@ -189,7 +189,7 @@ def test_fix_restarts_asks_and_records(fake_service: Make, isolated_home: Path) 
         assert "nothing to do" in healthy.stdout
     finally:
         run("stop")
-    records = history.read_records(history.fix_history_path(isolated_home))
+    records = audit.read_records(audit.fix_history_path(isolated_home))
     assert [r["result"] for r in records] == ["fixed", "healthy"]
     assert records[0]["before"]["verdict"] == "CRITICAL"
     assert records[0]["after"]["verdict"] == "OK"
@@ -197,29 +197,29 @@ def test_fix_restarts_asks_and_records(fake_service: Make, isolated_home: Path) 
 
 def test_fix_refuses_a_restart_loop(fake_service: Make, isolated_home: Path) -> None:
     fake_service()
-    path = history.fix_history_path(isolated_home)
+    path = audit.fix_history_path(isolated_home)
     for _ in range(2):
-        history.append_record(path, {"time": iso_utc(time.time() - 60), "restarted": True})
+        audit.append_record(path, {"time": iso_utc(time.time() - 60), "restarted": True})
     result = run("fix", "--max-restarts", "2", "--within", "1h")
     assert result.exit_code == 1
     assert "refusing to restart: 2 restart(s)" in result.stderr
-    assert history.read_records(path)[-1]["result"] == "refused"
+    assert audit.read_records(path)[-1]["result"] == "refused"
 
 
 def test_manual_fixes_do_not_use_up_the_watchdogs_budget(
     fake_service: Make, isolated_home: Path
 ) -> None:
     fake_service()
-    path = history.fix_history_path(isolated_home)
+    path = audit.fix_history_path(isolated_home)
     for _ in range(3):  # a person ran `mpsctl fix` three times in the last minutes
         record = {"time": iso_utc(time.time() - 60), "restarted": True, "trigger": "manual"}
-        history.append_record(path, record)
-    history.append_record(path, {"time": iso_utc(time.time() - 30), "restarted": True,
+        audit.append_record(path, record)
+    audit.append_record(path, {"time": iso_utc(time.time() - 30), "restarted": True,
                                  "trigger": "if-unhealthy"})  # fmt: skip
     try:
         result = run("fix", "--if-unhealthy", "--max-restarts", "2")
         assert result.exit_code == 0, result.stderr  # 1 watchdog restart < 2
-        assert history.read_records(path)[-1]["result"] == "fixed"
+        assert audit.read_records(path)[-1]["result"] == "fixed"
         assert run("stop").exit_code == 0
         refused = run("fix", "--if-unhealthy", "--max-restarts", "2")
         assert refused.exit_code == 1  # now 2 watchdog restarts: the loop guard holds
@@ -241,7 +241,7 @@ def test_parallel_fix_restarts_exactly_once(fake_service: Make, isolated_home: P
     finally:
         run("stop")
     assert set(codes) <= {0, 75}, [p.stderr.read() for p in runs if p.stderr]
-    records = history.read_records(history.fix_history_path(isolated_home))
+    records = audit.read_records(audit.fix_history_path(isolated_home))
     assert len(records) == 5
     assert sum(r["restarted"] is True for r in records) == 1
     assert {r["result"] for r in records} <= {"fixed", "healthy", "locked"}

@@ -7,10 +7,11 @@ overlapping runs never interleave. The restart-loop guard reads it back.
 from __future__ import annotations
 
 import json
-import os
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+from mpsctl.storage import append_line
 
 FIX_HISTORY = Path("history") / "fix.jsonl"
 
@@ -20,13 +21,7 @@ def fix_history_path(home: Path) -> Path:
 
 
 def append_record(path: Path, record: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    data = (json.dumps(record, ensure_ascii=False, default=str) + "\n").encode("utf-8")
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
+    append_line(path, json.dumps(record, ensure_ascii=False, default=str), dir_mode=0o700)
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
