@@ -7,7 +7,13 @@ from typing import Any
 import click
 
 from mpsctl.cli.app import App, json_option
-from mpsctl.cli.lifecycle import SECONDS, events, start_options, start_opts, start_settings
+from mpsctl.cli.lifecycle import (
+    SECONDS,
+    events,
+    settings_from_flags,
+    start_flags,
+    start_options_from_flags,
+)
 from mpsctl.cli.params import DURATION
 from mpsctl.control.fix import FixOptions, fix_service
 from mpsctl.durations import Period
@@ -29,7 +35,7 @@ from mpsctl.render.lifecycle import render_fix
     "--within", type=DURATION, metavar="DURATION", help="Restart-loop window (default fix.within)."
 )
 @click.option("--match", "use_match", is_flag=True, help="Stop processes found by match too.")
-@start_options
+@start_flags
 @click.option(
     "--wait",
     type=SECONDS,
@@ -55,9 +61,9 @@ def fix(app: App, if_unhealthy: bool, question: str | None, max_restarts: int | 
       */5 * * * * mpsctl fix --if-unhealthy --json >>/var/log/mpsctl-fix.log 2>&1
     """
     window = within.seconds if within is not None else None
-    settings = start_settings(app, opts)
+    settings = settings_from_flags(app, opts)
     options = FixOptions(if_unhealthy, max_restarts, window, question, use_match,
-                         None, start_opts(opts))  # fmt: skip
+                         None, start_options_from_flags(opts))  # fmt: skip
     result = fix_service(settings, options, events=events(app), lock_wait=wait)
     if as_json:
         write_json(result.to_json())

@@ -48,7 +48,7 @@ _WAIT = click.option(
 )  # fmt: skip
 
 
-def start_options(func: Callable[..., Any]) -> Callable[..., Any]:
+def start_flags(func: Callable[..., Any]) -> Callable[..., Any]:
     """Flags that override the memory settings (shared with restart and fix)."""
     options = [
         click.option("--timeout", type=POSITIVE_SECONDS, metavar="SECONDS",
@@ -65,7 +65,7 @@ def start_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
-def start_settings(app: App, opts: dict[str, Any]) -> Any:
+def settings_from_flags(app: App, opts: dict[str, Any]) -> Any:
     """Settings with the flags applied: validated (watermarks included) before anything runs."""
     return app.settings(
         {
@@ -77,7 +77,7 @@ def start_settings(app: App, opts: dict[str, Any]) -> Any:
     )
 
 
-def start_opts(opts: dict[str, Any], foreground: bool = False) -> StartOptions:
+def start_options_from_flags(opts: dict[str, Any], foreground: bool = False) -> StartOptions:
     return StartOptions(opts["timeout"], opts["device"], opts["model"], foreground)
 
 
@@ -94,7 +94,7 @@ def run_start(app: App, call: Callable[[], Any]) -> Any:
 
 
 @click.command()
-@start_options
+@start_flags
 @click.option("--foreground", is_flag=True, help="Become the service (for launchd/systemd).")
 @_WAIT
 @json_option
@@ -111,9 +111,9 @@ def start(app: App, foreground: bool, wait: float, as_json: bool, **opts: Any) -
       mpsctl start --device cpu --model ./qwen2.5-0.5b   # the reference service
       mpsctl start --foreground                          # under launchd/systemd
     """
-    settings = start_settings(app, opts)
+    settings = settings_from_flags(app, opts)
     ev = events(app)
-    options = start_opts(opts, foreground)
+    options = start_options_from_flags(opts, foreground)
     result = run_start(app, lambda: start_service(settings, options, events=ev,
                                                             lock_wait=wait))  # fmt: skip
     if as_json:
@@ -165,7 +165,7 @@ def stop(app: App, timeout: float | None, use_match: bool, dry_run: bool, wait: 
 
 
 @click.command()
-@start_options
+@start_flags
 @click.option("--stop-timeout", type=SECONDS, metavar="SECONDS", help="SIGTERM-to-SIGKILL delay.")
 @click.option("--match", "use_match", is_flag=True, help="Stop processes found by match too.")
 @_WAIT
@@ -180,11 +180,11 @@ def restart(app: App, stop_timeout: float | None, use_match: bool, wait: float, 
       mpsctl restart
       mpsctl restart --high 0.6 --low 0.4
     """
-    settings = start_settings(app, opts)
+    settings = settings_from_flags(app, opts)
     ev = events(app)
     result = run_start(app, lambda: restart_service(
-        settings, start_opts(opts), stop_timeout=stop_timeout, use_match=use_match, events=ev,
-        lock_wait=wait))  # fmt: skip
+        settings, start_options_from_flags(opts), stop_timeout=stop_timeout,
+        use_match=use_match, events=ev, lock_wait=wait))  # fmt: skip
     if as_json:
         write_json(result.to_json())
     else:

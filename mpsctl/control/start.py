@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from mpsctl import __version__
 from mpsctl.client import HealthCheck, ServiceClient
-from mpsctl.control import logfile
+from mpsctl.control import service_log
 from mpsctl.control.events import Events, SilentEvents
 from mpsctl.control.lock import service_lock
 from mpsctl.control.memlimit import LAST_HEALTH, MemoryLimit, memory_limit, physical_memory_bytes
@@ -290,7 +290,7 @@ def start_while_locked(settings: Settings, options: StartOptions, events: Events
             raise ServiceError(f"cannot run {argv[0]}: {exc.strerror}") from None
 
     try:
-        rotated = logfile.rotate_if_needed(
+        rotated = service_log.rotate_if_needed(
             service.log_file, service.log_max_bytes, service.log_backups
         )
     except OSError as exc:
@@ -298,7 +298,7 @@ def start_while_locked(settings: Settings, options: StartOptions, events: Events
             f"cannot rotate service.log_file {service.log_file}: {exc.strerror}; nothing started"
         ) from None
     try:
-        fd = logfile.open_append(service.log_file)
+        fd = service_log.open_append(service.log_file)
     except OSError as exc:
         raise ServiceError(
             f"cannot open service.log_file {service.log_file}: {exc.strerror}; nothing started"
@@ -306,7 +306,9 @@ def start_while_locked(settings: Settings, options: StartOptions, events: Events
     started_at = utc_now_iso()
     try:
         offset = os.fstat(fd).st_size
-        logfile.append_line(fd, f"--- mpsctl {__version__} start {started_at}: {shlex.join(argv)}")
+        service_log.append_line(
+            fd, f"--- mpsctl {__version__} start {started_at}: {shlex.join(argv)}"
+        )
     except OSError as exc:
         os.close(fd)
         raise ServiceError(
@@ -326,7 +328,7 @@ def start_while_locked(settings: Settings, options: StartOptions, events: Events
         )
     except OSError as exc:
         with contextlib.suppress(OSError):
-            logfile.append_line(fd, f"--- mpsctl: cannot run {argv[0]}: {exc.strerror}")
+            service_log.append_line(fd, f"--- mpsctl: cannot run {argv[0]}: {exc.strerror}")
         where = f"in {service.workdir}"
         if isinstance(exc, FileNotFoundError):
             where = (
@@ -363,7 +365,7 @@ def start_while_locked(settings: Settings, options: StartOptions, events: Events
         with contextlib.suppress(OSError, ServiceError):
             remove_pidfile(pidfile, pid=proc.pid)
         if isinstance(exc, _NotHealthy):
-            tail = logfile.tail_lines(service.log_file, LOG_TAIL_LINES, offset=offset)
+            tail = service_log.tail_lines(service.log_file, LOG_TAIL_LINES, offset=offset)
             raise StartFailed(str(exc), log_file=service.log_file, log_tail=tail) from None
         if isinstance(exc, OSError):
             raise ServiceError(
