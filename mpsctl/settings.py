@@ -7,9 +7,7 @@ Validation is strict: an unknown key, a wrong type or a ratio PyTorch would misr
 
 from __future__ import annotations
 
-import math
 import os
-import shlex
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -19,12 +17,27 @@ from urllib.parse import urlsplit
 
 from mpsctl.errors import ConfigError
 from mpsctl.paths import CONFIG_NAME, home_dir, user_config_file
+from mpsctl.setting_values import (
+    parse_bool,
+    parse_choice,
+    parse_command,
+    parse_http_path,
+    parse_int_min,
+    parse_non_negative,
+    parse_opt_ratio,
+    parse_opt_str,
+    parse_pair,
+    parse_path_str,
+    parse_positive,
+    parse_str,
+    parse_str_list,
+    parse_url,
+)
 from mpsctl.torch_env import (
     DEFAULT_LOW_RATIO,
     FALLBACK_ENV,
     HIGH_ENV,
     LOW_ENV,
-    check_ratio_range,
     resolve_watermarks,
     torch_env,
 )
@@ -36,171 +49,6 @@ else:  # pragma: no cover - exercised only on 3.10
 
 DEVICES = ("auto", "mps", "cuda", "cpu")
 DTYPES = ("auto", "float16", "bfloat16", "float32")
-
-
-# --------------------------------------------------------------------------- parsers
-# Each parser takes a TOML value or an environment string and returns the typed value,
-# raising ValueError with a short reason.
-
-
-def _kind(value: Any) -> str:
-    """TOML's name for what was given, for messages: ``expected a string, got a table``."""
-    for kind, name in ((bool, "a boolean"), (dict, "a table"), (list, "an array"),
-                       (str, "a string"), (int, "an integer"), (float, "a float")):  # fmt: skip
-        if isinstance(value, kind):
-            return name
-    return type(value).__name__
-
-
-def _parse_str(value: Any) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"expected a string, got {_kind(value)}")
-    return value
-
-
-def _parse_opt_str(value: Any) -> str | None:
-    text = _parse_str(value)
-    return text or None
-
-
-def _parse_bool(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str):
-        lowered = value.strip().lower()
-        if lowered in ("1", "true", "yes", "on"):
-            return True
-        if lowered in ("0", "false", "no", "off"):
-            return False
-    got = repr(value) if isinstance(value, str) else _kind(value)
-    raise ValueError(f"expected true or false, got {got}")
-
-
-def _parse_number(value: Any) -> float:
-    # bool is an int in Python; `high = true` must not become 1.0
-    if isinstance(value, bool):
-        raise ValueError(f"expected a number, got {_kind(value)}")
-    if isinstance(value, (int, float)):
-        number = float(value)
-    elif isinstance(value, str):
-        try:
-            number = float(value.strip())
-        except ValueError:
-            raise ValueError(f"expected a number, got {value!r}") from None
-    else:
-        raise ValueError(f"expected a number, got {_kind(value)}")
-    if not math.isfinite(number):
-        raise ValueError(f"expected a finite number, got {value!r}")
-    return number
-
-
-def _parse_positive(value: Any) -> float:
-    number = _parse_number(value)
-    if number <= 0:
-        raise ValueError(f"must be greater than 0, got {number:g}")
-    return number
-
-
-def _parse_non_negative(value: Any) -> float:
-    number = _parse_number(value)
-    if number < 0:
-        raise ValueError(f"must be 0 or more, got {number:g}")
-    return number
-
-
-def _parse_int_min(minimum: int) -> Callable[[Any], int]:
-    def parse(value: Any) -> int:
-        number = _parse_number(value)
-        if number != int(number):
-            raise ValueError(f"expected a whole number, got {value!r}")
-        if number < minimum:
-            raise ValueError(f"must be {minimum} or more, got {int(number)}")
-        return int(number)
-
-    return parse
-
-
-def parse_ratio(value: Any) -> float:
-    """A watermark ratio: a real number in 0.0-2.0.
-
-    PyTorch reads these with ``strtod``, which turns ``"abc"`` into 0.0 (= no limit), so a
-    typo would silently remove the limit; we refuse it instead.
-    """
-    number = _parse_number(value)
-    check_ratio_range(number)
-    return number
-
-
-def _parse_opt_ratio(value: Any) -> float | None:
-    if isinstance(value, str) and value.strip().lower() in ("", "auto"):
-        return None
-    return parse_ratio(value)
-
-
-def _parse_choice(choices: tuple[str, ...]) -> Callable[[Any], str]:
-    def parse(value: Any) -> str:
-        text = _parse_str(value).strip().lower()
-        if text not in choices:
-            raise ValueError(f"expected one of {', '.join(choices)}, got {value!r}")
-        return text
-
-    return parse
-
-
-def _parse_command(value: Any) -> tuple[str, ...]:
-    if isinstance(value, str):
-        parts = shlex.split(value)
-    elif isinstance(value, list) and all(isinstance(p, str) for p in value):
-        parts = list(value)
-    else:
-        raise ValueError(f"expected a list of strings, got {_kind(value)}")
-    if not parts:
-        raise ValueError("must not be empty")
-    return tuple(parts)
-
-
-def _parse_str_list(value: Any) -> tuple[str, ...]:
-    if isinstance(value, str):
-        return tuple(p.strip() for p in value.split(",") if p.strip())
-    if isinstance(value, list) and all(isinstance(p, str) for p in value):
-        return tuple(value)
-    raise ValueError("expected a list of strings")
-
-
-def _parse_pair(value: Any) -> tuple[float, float]:
-    items = value.split(",") if isinstance(value, str) else value
-    if not isinstance(items, (list, tuple)) or len(items) != 2:
-        raise ValueError("expected [warning, critical]")
-    warn, crit = (_parse_non_negative(v) for v in items)
-    if warn > crit:
-        raise ValueError(f"warning {warn:g} is above critical {crit:g}")
-    return warn, crit
-
-
-def _parse_url(value: Any) -> str:
-    text = _parse_str(value).strip().rstrip("/")
-    parts = urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
-    try:
-        parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError:
-        raise ValueError(f"bad port in {value!r}") from None
-    return text
-
-
-def _parse_path_str(value: Any) -> str:
-    text = _parse_str(value)
-    if not text:
-        raise ValueError("must not be empty")
-    return text
-
-
-def _parse_http_path(value: Any) -> str:
-    text = _parse_str(value).strip()
-    if not text.startswith("/"):
-        raise ValueError(f"must start with '/', got {value!r}")
-    return text
 
 
 # --------------------------------------------------------------------------- schema
@@ -215,64 +63,64 @@ _NO_DEFAULT = object()  # computed from other settings in _finish()
 
 SCHEMA: dict[str, dict[str, Key]] = {
     "service": {
-        "name": Key(_parse_str, "mpsctl-serve", "shown in output"),
-        "workdir": Key(_parse_path_str, ".", "cwd of the service; relative to the config file"),
-        "command": Key(_parse_command, _NO_DEFAULT, "argv of the service (list or shell words)"),
-        "venv": Key(_parse_opt_str, None, "virtualenv whose bin/ goes first on PATH"),
-        "url": Key(_parse_url, "http://127.0.0.1:8000", "base URL of the service"),
-        "health_path": Key(_parse_http_path, "/health", "GET, no auth, 200 when healthy"),
-        "query_path": Key(_parse_http_path, "/api/v1/query", "POST {question}"),
-        "release_path": Key(_parse_http_path, "/admin/release", "POST: free cached memory"),
-        "token_env": Key(_parse_opt_str, "MPSCTL_TOKEN", "variable holding the bearer token"),
-        "token_file": Key(_parse_opt_str, _NO_DEFAULT, "file holding the bearer token"),
-        "log_file": Key(_parse_path_str, _NO_DEFAULT, "where start appends the service output"),
-        "log_globs": Key(_parse_str_list, (), "the service's own logs (dated names allowed)"),
+        "name": Key(parse_str, "mpsctl-serve", "shown in output"),
+        "workdir": Key(parse_path_str, ".", "cwd of the service; relative to the config file"),
+        "command": Key(parse_command, _NO_DEFAULT, "argv of the service (list or shell words)"),
+        "venv": Key(parse_opt_str, None, "virtualenv whose bin/ goes first on PATH"),
+        "url": Key(parse_url, "http://127.0.0.1:8000", "base URL of the service"),
+        "health_path": Key(parse_http_path, "/health", "GET, no auth, 200 when healthy"),
+        "query_path": Key(parse_http_path, "/api/v1/query", "POST {question}"),
+        "release_path": Key(parse_http_path, "/admin/release", "POST: free cached memory"),
+        "token_env": Key(parse_opt_str, "MPSCTL_TOKEN", "variable holding the bearer token"),
+        "token_file": Key(parse_opt_str, _NO_DEFAULT, "file holding the bearer token"),
+        "log_file": Key(parse_path_str, _NO_DEFAULT, "where start appends the service output"),
+        "log_globs": Key(parse_str_list, (), "the service's own logs (dated names allowed)"),
         "log_max_bytes": Key(
-            _parse_int_min(0), 50 * 1024**2, "rotate log_file above this (0: never)"
+            parse_int_min(0), 50 * 1024**2, "rotate log_file above this (0: never)"
         ),
-        "log_backups": Key(_parse_int_min(0), 3, "rotated copies kept"),
-        "match": Key(_parse_opt_str, None, "regex over cmdlines, for a service started by hand"),
-        "stop_timeout": Key(_parse_positive, 10.0, "seconds between SIGTERM and SIGKILL"),
-        "start_timeout": Key(_parse_positive, 120.0, "seconds to wait for a healthy answer"),
-        "request_timeout": Key(_parse_positive, 60.0, "seconds for one query"),
+        "log_backups": Key(parse_int_min(0), 3, "rotated copies kept"),
+        "match": Key(parse_opt_str, None, "regex over cmdlines, for a service started by hand"),
+        "stop_timeout": Key(parse_positive, 10.0, "seconds between SIGTERM and SIGKILL"),
+        "start_timeout": Key(parse_positive, 120.0, "seconds to wait for a healthy answer"),
+        "request_timeout": Key(parse_positive, 60.0, "seconds for one query"),
     },
     "memory": {
-        "high_watermark_ratio": Key(_parse_opt_ratio, 1.0, f"{HIGH_ENV} (x recommended max)"),
+        "high_watermark_ratio": Key(parse_opt_ratio, 1.0, f"{HIGH_ENV} (x recommended max)"),
         "low_watermark_ratio": Key(
-            _parse_opt_ratio, None, f"{LOW_ENV} (auto: min(high, {DEFAULT_LOW_RATIO:g}))"
+            parse_opt_ratio, None, f"{LOW_ENV} (auto: min(high, {DEFAULT_LOW_RATIO:g}))"
         ),
-        "mps_fallback": Key(_parse_bool, False, f"{FALLBACK_ENV} (missing ops only)"),
-        "device": Key(_parse_choice(DEVICES), "auto", "auto | mps | cuda | cpu"),
+        "mps_fallback": Key(parse_bool, False, f"{FALLBACK_ENV} (missing ops only)"),
+        "device": Key(parse_choice(DEVICES), "auto", "auto | mps | cuda | cpu"),
     },
     "thresholds": {
-        "host_used_percent": Key(_parse_pair, (85.0, 95.0), "host memory used, %"),
-        "service_memory_gib": Key(_parse_pair, (12.0, 14.0), "service tree footprint, GiB"),
+        "host_used_percent": Key(parse_pair, (85.0, 95.0), "host memory used, %"),
+        "service_memory_gib": Key(parse_pair, (12.0, 14.0), "service tree footprint, GiB"),
         "accelerator_limit_percent": Key(
-            _parse_pair, (80.0, 95.0), "accelerator allocated, % of the limit"
+            parse_pair, (80.0, 95.0), "accelerator allocated, % of the limit"
         ),
-        "swap_used_percent": Key(_parse_pair, (50.0, 80.0), "swap used, %"),
+        "swap_used_percent": Key(parse_pair, (50.0, 80.0), "swap used, %"),
     },
     "serve": {
-        "model": Key(_parse_opt_str, None, "local directory or hub id (--demo builds one)"),
-        "dtype": Key(_parse_choice(DTYPES), "auto", "auto | float16 | bfloat16 | float32"),
-        "max_new_tokens": Key(_parse_int_min(1), 128, "default tokens generated per query"),
-        "max_new_tokens_limit": Key(_parse_int_min(1), 1024, "largest max_new_tokens accepted"),
-        "max_concurrent": Key(_parse_int_min(1), 3, "queries in flight"),
-        "max_queue": Key(_parse_int_min(0), 16, "queries waiting for a slot"),
-        "queue_timeout": Key(_parse_non_negative, 30.0, "seconds a query may wait"),
-        "cleanup_interval": Key(_parse_non_negative, 1800.0, "seconds between releases (0: off)"),
-        "max_question_bytes": Key(_parse_int_min(1), 4096, "largest question accepted"),
+        "model": Key(parse_opt_str, None, "local directory or hub id (--demo builds one)"),
+        "dtype": Key(parse_choice(DTYPES), "auto", "auto | float16 | bfloat16 | float32"),
+        "max_new_tokens": Key(parse_int_min(1), 128, "default tokens generated per query"),
+        "max_new_tokens_limit": Key(parse_int_min(1), 1024, "largest max_new_tokens accepted"),
+        "max_concurrent": Key(parse_int_min(1), 3, "queries in flight"),
+        "max_queue": Key(parse_int_min(0), 16, "queries waiting for a slot"),
+        "queue_timeout": Key(parse_non_negative, 30.0, "seconds a query may wait"),
+        "cleanup_interval": Key(parse_non_negative, 1800.0, "seconds between releases (0: off)"),
+        "max_question_bytes": Key(parse_int_min(1), 4096, "largest question accepted"),
     },
     "fix": {
-        "max_restarts": Key(_parse_int_min(1), 3, "restarts allowed within `within`"),
-        "within": Key(_parse_positive, 3600.0, "seconds of the restart-loop window"),
+        "max_restarts": Key(parse_int_min(1), 3, "restarts allowed within `within`"),
+        "within": Key(parse_positive, 3600.0, "seconds of the restart-loop window"),
     },
     "history": {
-        "retention_days": Key(_parse_int_min(1), 30, "days of probe history kept"),
+        "retention_days": Key(parse_int_min(1), 30, "days of probe history kept"),
     },
     "alerts": {
-        "url": Key(_parse_opt_str, None, "POST a JSON alert here on verdict change"),
-        "command": Key(_parse_opt_str, None, "or run this command (alert JSON on stdin)"),
+        "url": Key(parse_opt_str, None, "POST a JSON alert here on verdict change"),
+        "command": Key(parse_opt_str, None, "or run this command (alert JSON on stdin)"),
     },
 }
 

@@ -1,0 +1,172 @@
+"""The value parsers of the settings schema: a TOML value or an environment string in,
+the typed value out, or ValueError with a short reason."""
+
+from __future__ import annotations
+
+import math
+import shlex
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+from mpsctl.torch_env import check_ratio_range
+
+
+def kind(value: Any) -> str:
+    """TOML's name for what was given, for messages: ``expected a string, got a table``."""
+    for kind, name in ((bool, "a boolean"), (dict, "a table"), (list, "an array"),
+                       (str, "a string"), (int, "an integer"), (float, "a float")):  # fmt: skip
+        if isinstance(value, kind):
+            return name
+    return type(value).__name__
+
+
+def parse_str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {kind(value)}")
+    return value
+
+
+def parse_opt_str(value: Any) -> str | None:
+    text = parse_str(value)
+    return text or None
+
+
+def parse_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        lowered = value.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+    got = repr(value) if isinstance(value, str) else kind(value)
+    raise ValueError(f"expected true or false, got {got}")
+
+
+def parse_number(value: Any) -> float:
+    # bool is an int in Python; `high = true` must not become 1.0
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, got {kind(value)}")
+    if isinstance(value, (int, float)):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            raise ValueError(f"expected a number, got {value!r}") from None
+    else:
+        raise ValueError(f"expected a number, got {kind(value)}")
+    if not math.isfinite(number):
+        raise ValueError(f"expected a finite number, got {value!r}")
+    return number
+
+
+def parse_positive(value: Any) -> float:
+    number = parse_number(value)
+    if number <= 0:
+        raise ValueError(f"must be greater than 0, got {number:g}")
+    return number
+
+
+def parse_non_negative(value: Any) -> float:
+    number = parse_number(value)
+    if number < 0:
+        raise ValueError(f"must be 0 or more, got {number:g}")
+    return number
+
+
+def parse_int_min(minimum: int) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        number = parse_number(value)
+        if number != int(number):
+            raise ValueError(f"expected a whole number, got {value!r}")
+        if number < minimum:
+            raise ValueError(f"must be {minimum} or more, got {int(number)}")
+        return int(number)
+
+    return parse
+
+
+def parse_ratio(value: Any) -> float:
+    """A watermark ratio: a real number in 0.0-2.0.
+
+    PyTorch reads these with ``strtod``, which turns ``"abc"`` into 0.0 (= no limit), so a
+    typo would silently remove the limit; we refuse it instead.
+    """
+    number = parse_number(value)
+    check_ratio_range(number)
+    return number
+
+
+def parse_opt_ratio(value: Any) -> float | None:
+    if isinstance(value, str) and value.strip().lower() in ("", "auto"):
+        return None
+    return parse_ratio(value)
+
+
+def parse_choice(choices: tuple[str, ...]) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        text = parse_str(value).strip().lower()
+        if text not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {value!r}")
+        return text
+
+    return parse
+
+
+def parse_command(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        parts = shlex.split(value)
+    elif isinstance(value, list) and all(isinstance(p, str) for p in value):
+        parts = list(value)
+    else:
+        raise ValueError(f"expected a list of strings, got {kind(value)}")
+    if not parts:
+        raise ValueError("must not be empty")
+    return tuple(parts)
+
+
+def parse_str_list(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return tuple(p.strip() for p in value.split(",") if p.strip())
+    if isinstance(value, list) and all(isinstance(p, str) for p in value):
+        return tuple(value)
+    raise ValueError("expected a list of strings")
+
+
+def parse_pair(value: Any) -> tuple[float, float]:
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or len(items) != 2:
+        raise ValueError("expected [warning, critical]")
+    warn, crit = (parse_non_negative(v) for v in items)
+    if warn > crit:
+        raise ValueError(f"warning {warn:g} is above critical {crit:g}")
+    return warn, crit
+
+
+def parse_url(value: Any) -> str:
+    text = parse_str(value).strip().rstrip("/")
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise ValueError(f"bad port in {value!r}") from None
+    return text
+
+
+def parse_path_str(value: Any) -> str:
+    text = parse_str(value)
+    if not text:
+        raise ValueError("must not be empty")
+    return text
+
+
+def parse_http_path(value: Any) -> str:
+    text = parse_str(value).strip()
+    if not text.startswith("/"):
+        raise ValueError(f"must start with '/', got {value!r}")
+    return text
