@@ -1,4 +1,4 @@
-"""``mpsctl fix``: the seed's fix_mps_memory.sh, done right."""
+"""``mpsctl fix``: probe, stop, clean caches, start with the configured limits, verify."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """clean-cache: Python bytecode caches under the workdir, and the service's own cache release.
 
-The seed's fix script ran ``find . -name __pycache__ -exec rm -rf``; this one never follows
+Unlike ``find . -name __pycache__ -exec rm -rf``, this never follows
 a symlink, never leaves the workdir, skips virtualenvs unless asked, and reports bytes.
 Removing ``.pyc`` files frees disk, not memory: the accelerator part is the service's
 ``POST service.release_path`` (``gc.collect()`` + ``empty_cache()`` inside the process that

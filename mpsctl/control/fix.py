@@ -1,4 +1,4 @@
-"""fix: the operator's ``fix_mps_memory.sh`` done right, as one plain function.
+"""fix: stop, clean and restart a service in trouble, safely, as one plain function.
 
 Lock, probe, stop, clean the Python caches, start with the configured limits, verify health,
 optionally ask a test question, probe again; the whole run is one line in

@@ -222,7 +222,7 @@ def judge(
             add(ProbeExit.WARNING, "macOS memory pressure is elevated (warn)")
 
     if service is not None and service.running:
-        # phys_footprint includes Metal memory; RSS does not (see MEMORY-FACTS.md)
+        # phys_footprint includes the Metal (GPU) memory of a process on Apple Silicon; RSS does not
         size, label = service_memory_bytes(service)
         if size is not None:
             add(

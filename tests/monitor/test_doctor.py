@@ -47,8 +47,8 @@ def test_clean_setup_has_no_problem() -> None:
     assert doc["ok"] is True
 
 
-def test_seed_high_alone_in_the_environment_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PYTORCH_MPS_HIGH_WATERMARK_RATIO", "0.5")  # the seed's fallback step
+def test_high_alone_in_the_environment_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYTORCH_MPS_HIGH_WATERMARK_RATIO", "0.5")  # a common "lower it" recipe
     code, doc = doctor()
     assert code == 1
     (check,) = [c for c in doc["checks"] if c["id"] == "env.high_without_low"]
@@ -57,7 +57,7 @@ def test_seed_high_alone_in_the_environment_is_an_error(monkeypatch: pytest.Monk
     assert "PYTORCH_MPS_LOW_WATERMARK_RATIO" in check["fix"]
 
 
-def test_seed_enable_mps_0_is_flagged(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_enable_mps_0_is_flagged(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PYTORCH_ENABLE_MPS", "0")
     code, doc = doctor()
     assert code == 1

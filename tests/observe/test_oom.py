@@ -37,7 +37,7 @@ def test_exact_is_the_hand_computed_value() -> None:
     assert exact("20.14 GiB") == 21_625_160_335
 
 
-# The seed's message (SEED.md), wrapped over two lines as the operator pasted it.
+# An operator's MPS out-of-memory message, wrapped over two lines as pasted from a log.
 SEED = (
     "MPS backend out of memory (MPS allocated: 20.14 GiB, other allocations: 384.00 KiB, "
     "max allowed: 20.13 GiB).\n    Tried to allocate 6.00 KiB on private pool."
@@ -181,7 +181,7 @@ def test_invalid_watermark_is_its_own_kind(name: str, kind: str, ratio: str) -> 
     assert any("<= the high ratio" in a or "0.0-2.0" in a for a in explain(event))
 
 
-def test_seed_message_gives_the_exact_summary() -> None:
+def test_pasted_message_gives_the_exact_summary() -> None:
     event = parse_oom(SEED)
     assert event is not None
     assert summary(event) == (
@@ -212,7 +212,7 @@ def test_mps_variant_without_max_allowed_synthetic() -> None:
     assert "No limit was set" in explain(event)[0]
 
 
-def test_explain_seed_gives_working_set_pair_and_fallback_truth() -> None:
+def test_explain_pasted_message_gives_working_set_pair_and_fallback_truth() -> None:
     event = parse_oom(SEED)
     assert event is not None
     text = "\n".join(explain(event))
