@@ -30,7 +30,7 @@ from typing import Any
 from mpsctl.ask import KIND_EXIT, AskExit, generated_tokens
 from mpsctl.client import KeepAliveConnection, ServiceClient, encode_query
 from mpsctl.errors import ClientError, ConfigError
-from mpsctl.observe.accelerator import from_memory_report
+from mpsctl.observe.accelerator import from_memory_report, json_int
 from mpsctl.settings import Settings
 from mpsctl.units import utc_now_iso
 
@@ -308,7 +308,7 @@ class MemorySampler:
             at_s=time.perf_counter() - self._origin,
             tree_rss_bytes=sum(rss) if rss else None,
             tree_footprint_bytes=sum(foot) if foot else None,
-            reported_rss_bytes=_int(report.get("rss_bytes")),
+            reported_rss_bytes=json_int(report.get("rss_bytes")),
             accel_allocated_bytes=accel.allocated_bytes,
             # Metal's memory for the whole process (MPS), the caching allocator's (CUDA)
             accel_held_bytes=(
@@ -317,8 +317,8 @@ class MemorySampler:
                 else accel.reserved_bytes
             ),
             device=report.get("device") if isinstance(report.get("device"), str) else None,
-            in_flight=_int(limiter.get("in_flight")),
-            queued=_int(limiter.get("queued")),
+            in_flight=json_int(limiter.get("in_flight")),
+            queued=json_int(limiter.get("queued")),
         )
 
     def _report(self) -> Mapping[str, Any]:
@@ -353,10 +353,6 @@ class MemorySampler:
         self.samples.append(self.sample())  # "after"
         self._client.close()
         return MemoryStats.of(list(self.samples), self.interval_s)
-
-
-def _int(value: Any) -> int | None:
-    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 # --------------------------------------------------------------------------- the runner

@@ -63,7 +63,8 @@ class AcceleratorFigures:
 UNKNOWN = AcceleratorFigures(None, None, None, None, None, None)
 
 
-def _int(value: Any) -> int | None:
+def json_int(value: Any) -> int | None:
+    """A JSON number as an int; None for anything else (booleans included)."""
     return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
@@ -80,11 +81,11 @@ def from_memory_report(report: dict[str, Any]) -> AcceleratorFigures:
         return AcceleratorFigures(
             source="service",
             device=device or "mps",
-            allocated_bytes=_int(mps.get("current_allocated_bytes")),
-            driver_allocated_bytes=_int(mps.get("driver_allocated_bytes")),
+            allocated_bytes=json_int(mps.get("current_allocated_bytes")),
+            driver_allocated_bytes=json_int(mps.get("driver_allocated_bytes")),
             reserved_bytes=None,
-            limit_bytes=_int(mps.get("limit_bytes")),
-            recommended_max_bytes=_int(mps.get("recommended_max_bytes")),
+            limit_bytes=json_int(mps.get("limit_bytes")),
+            recommended_max_bytes=json_int(mps.get("recommended_max_bytes")),
             high_watermark_ratio=_float(mps.get("high_watermark_ratio")),
             low_watermark_ratio=_float(mps.get("low_watermark_ratio")),
         )
@@ -92,12 +93,12 @@ def from_memory_report(report: dict[str, Any]) -> AcceleratorFigures:
         return AcceleratorFigures(
             source="service",
             device=device or "cuda",
-            allocated_bytes=_int(cuda.get("allocated_bytes")),
+            allocated_bytes=json_int(cuda.get("allocated_bytes")),
             driver_allocated_bytes=None,
-            reserved_bytes=_int(cuda.get("reserved_bytes")),
-            limit_bytes=_int(cuda.get("limit_bytes")),
-            total_bytes=_int(cuda.get("total_bytes")),
-            free_bytes=_int(cuda.get("free_bytes")),
+            reserved_bytes=json_int(cuda.get("reserved_bytes")),
+            limit_bytes=json_int(cuda.get("limit_bytes")),
+            total_bytes=json_int(cuda.get("total_bytes")),
+            free_bytes=json_int(cuda.get("free_bytes")),
         )
     return AcceleratorFigures("service", device, None, None, None, None)
 
