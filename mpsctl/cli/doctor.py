@@ -17,11 +17,11 @@ def doctor(app: App, as_json: bool) -> None:
 
     Looks at this shell's PYTORCH_* variables, the settings, and the running service's own
     environment and memory report: a high watermark without a low one (fails at the first
-    MPS allocation), ratios PyTorch would read as 0 (no limit), PYTORCH_ENABLE_MPS (does not
-    exist), the MPS fallback (not an OOM fallback), --reload, 0.0.0.0, a readable token file,
-    a service started with other limits than configured, a limit above physical memory,
-    missing logs, a torch without recommended_max_memory. Exit 1 when a warning or an error
-    is found, else 0. Reads only; never imports torch.
+    MPS allocation), ratios PyTorch would read as 0 (no limit), an "enable MPS" variable
+    (PyTorch has none), the MPS fallback (not an OOM fallback), --reload, 0.0.0.0, a
+    readable token file, a service started with other limits than configured, a limit above
+    physical memory, missing logs, a torch without recommended_max_memory. Exit 1 when a
+    warning or an error is found, else 0. Reads only; never imports torch.
 
     \b
     Examples:

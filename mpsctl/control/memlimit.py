@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mpsctl.observe.accelerator import from_memory_report
 from mpsctl.settings import Settings
 from mpsctl.storage import atomic_write_json
 from mpsctl.torch_env import (
@@ -75,11 +76,11 @@ def _read_json(path: Path) -> Any:
 
 def _recommended_from_health(home: Path) -> int | None:
     body = _read_json(home / LAST_HEALTH)
-    with contextlib.suppress(LookupError, TypeError):
-        value = body["memory"]["mps"]["recommended_max_bytes"]
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
+    report = body.get("memory") if isinstance(body, dict) else None
+    if not isinstance(report, dict):
+        return None
+    value = from_memory_report(report).recommended_max_bytes
+    return value if value is not None and value > 0 else None
 
 
 def _venv_python(settings: Settings) -> str:
