@@ -6,10 +6,7 @@ A stress run is a fixed pool of worker threads, each with its own kept-alive con
 numbers from one shared counter until the count, the duration or Ctrl-C stops them. Every
 request records its own latency; statistics are computed afterwards from all of them.
 
-Percentiles are exact and use the **nearest-rank** method over the latencies of the requests
-that succeeded: the p-th percentile is the ``ceil(p/100 * N)``-th smallest latency, so it is
-always a latency that was measured (no interpolation). Failed requests (a 503 from the limiter
-returns in microseconds) are counted by status and kind but kept out of the latency figures.
+Percentiles and the other results are ``mpsctl.stress_results``.
 
 While the load runs, a background thread samples memory every ``SAMPLE_INTERVAL_S``: the
 service's process tree (RSS, and macOS footprint) through ``mpsctl.observe.procs``, and the
@@ -19,19 +16,26 @@ accelerator counters the service reports in its health answer (README.md, "The m
 from __future__ import annotations
 
 import itertools
-import math
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from mpsctl.ask import KIND_EXIT, AskExit, generated_tokens
+from mpsctl.ask import generated_tokens
 from mpsctl.client import KeepAliveConnection, ServiceClient, encode_query
 from mpsctl.errors import ClientError, ConfigError
 from mpsctl.observe.accelerator import from_memory_report, json_int
 from mpsctl.settings import Settings
+from mpsctl.stress_results import (
+    LatencyStats,
+    MemorySample,
+    MemoryStats,
+    RequestRecord,
+    StressResult,
+    SweepResult,
+)
 from mpsctl.units import utc_now_iso
 
 # Hard caps: a stress run must end on its own even when a flag is mistyped.
@@ -42,7 +46,6 @@ MAX_SWEEP_LEVELS = 16  # a sweep runs the whole plan once per level
 DEFAULT_STRESS_REQUESTS = 100
 SAMPLE_INTERVAL_S = 0.3
 HEALTH_SAMPLE_TIMEOUT_S = 1.0
-PERCENTILES = (50, 90, 95, 99)
 
 
 def parse_levels(text: str) -> tuple[int, ...]:
@@ -95,177 +98,6 @@ def make_plan(
     if requests is None and duration_s is None:
         requests = len(questions) if questions else DEFAULT_STRESS_REQUESTS
     return StressPlan(pool, concurrency or 1, requests, duration_s, max_new_tokens, timeout)
-
-
-# --------------------------------------------------------------------------- statistics
-def percentile(sorted_values: Sequence[float], p: float) -> float:
-    """Nearest-rank percentile of already-sorted values (p in 0-100]."""
-    if not sorted_values:
-        raise ValueError("no values")
-    # p * n / 100, not p / 100 * n: 0.07 * 100 is 7.000000000000001, whose ceil is 8
-    rank = max(1, math.ceil(p * len(sorted_values) / 100))
-    return sorted_values[min(rank, len(sorted_values)) - 1]
-
-
-@dataclass(frozen=True)
-class LatencyStats:
-    count: int
-    min_s: float
-    mean_s: float
-    max_s: float
-    #: percentile (50, 90, 95, 99) -> seconds, nearest-rank
-    percentiles_s: Mapping[int, float]
-
-    @classmethod
-    def of(cls, latencies: Sequence[float]) -> LatencyStats | None:
-        if not latencies:
-            return None
-        ordered = sorted(latencies)
-        return cls(
-            count=len(ordered),
-            min_s=ordered[0],
-            mean_s=math.fsum(ordered) / len(ordered),
-            max_s=ordered[-1],
-            percentiles_s={p: percentile(ordered, p) for p in PERCENTILES},
-        )
-
-
-@dataclass(frozen=True)
-class RequestRecord:
-    """One request of a stress run, as a worker saw it."""
-
-    started_s: float  # since the run began
-    latency_s: float
-    status: int | None  # None when no HTTP answer came back
-    kind: str | None  # ClientError kind; None when it succeeded
-    tokens: int | None
-
-
-@dataclass(frozen=True)
-class MemorySample:
-    at_s: float  # since the run began (negative: before)
-    tree_rss_bytes: int | None
-    tree_footprint_bytes: int | None  # macOS phys_footprint of the tree (Metal included)
-    reported_rss_bytes: int | None  # the service's own report: its process RSS
-    accel_allocated_bytes: int | None  # MPS current_allocated / CUDA allocated
-    accel_held_bytes: int | None  # MPS driver_allocated / CUDA reserved (cache included)
-    device: str | None
-    in_flight: int | None  # the limiter's own counts, when it reports them
-    queued: int | None
-
-
-MEMORY_FIELDS = (
-    "tree_rss_bytes",
-    "tree_footprint_bytes",
-    "reported_rss_bytes",
-    "accel_allocated_bytes",
-    "accel_held_bytes",
-)
-
-
-@dataclass(frozen=True)
-class Span:
-    before: int | None
-    peak: int | None  # highest of every sample, before and after included
-    after: int | None
-
-
-@dataclass(frozen=True)
-class MemoryStats:
-    samples: int
-    interval_s: float
-    device: str | None
-    spans: Mapping[str, Span]  # MEMORY_FIELDS -> Span
-    peak_in_flight: int | None
-    peak_queued: int | None
-
-    @classmethod
-    def of(cls, samples: Sequence[MemorySample], interval_s: float) -> MemoryStats:
-        spans = {}
-        for name in MEMORY_FIELDS:
-            values = [getattr(s, name) for s in samples if getattr(s, name) is not None]
-            first = getattr(samples[0], name) if samples else None
-            last = getattr(samples[-1], name) if len(samples) > 1 else None
-            spans[name] = Span(first, max(values) if values else None, last)
-        devices = [s.device for s in samples if s.device]
-        flights = [s.in_flight for s in samples if s.in_flight is not None]
-        queues = [s.queued for s in samples if s.queued is not None]
-        return cls(
-            samples=len(samples),
-            interval_s=interval_s,
-            device=devices[-1] if devices else None,
-            spans=spans,
-            peak_in_flight=max(flights) if flights else None,
-            peak_queued=max(queues) if queues else None,
-        )
-
-    @property
-    def peak_bytes(self) -> int | None:
-        """The one figure a sweep table shows: footprint where known (macOS), else RSS."""
-        for name in ("tree_footprint_bytes", "tree_rss_bytes", "reported_rss_bytes"):
-            if self.spans[name].peak is not None:
-                return self.spans[name].peak
-        return None
-
-
-@dataclass(frozen=True)
-class StressResult:
-    url: str
-    started_at: str
-    concurrency: int
-    requests_limit: int | None
-    duration_limit_s: float | None
-    stopped_by: str  # "count" | "duration" | "interrupt"
-    elapsed_s: float
-    total: int
-    ok: int
-    by_status: Mapping[str, int]  # "200" -> n; requests with no HTTP answer are not here
-    errors: Mapping[str, int]  # ClientError kind -> n
-    error_examples: Mapping[str, str]  # kind -> the first message of that kind
-    latency: LatencyStats | None  # successful requests only
-    tokens_total: int | None
-    memory: MemoryStats
-    records: tuple[RequestRecord, ...] = field(repr=False, default=())
-
-    @property
-    def interrupted(self) -> bool:
-        return self.stopped_by == "interrupt"
-
-    @property
-    def requests_per_s(self) -> float:
-        return self.total / self.elapsed_s if self.elapsed_s > 0 else 0.0
-
-    @property
-    def ok_per_s(self) -> float:
-        return self.ok / self.elapsed_s if self.elapsed_s > 0 else 0.0
-
-    @property
-    def tokens_per_s(self) -> float | None:
-        if self.tokens_total is None or self.elapsed_s <= 0:
-            return None
-        return self.tokens_total / self.elapsed_s
-
-
-@dataclass(frozen=True)
-class SweepResult:
-    levels: tuple[StressResult, ...]
-    interrupted: bool
-
-
-def stress_exit(results: Sequence[StressResult], *, partial_is_failure: bool = True) -> int:
-    """0 all answered; the kind's own code when every request failed the same way (a stopped
-    service exits 3 as a single ask would); otherwise 1 (stress) or 0 (sweep, whose point is
-    to push past the limit); 130 after Ctrl-C."""
-    if any(r.interrupted for r in results):
-        return AskExit.INTERRUPTED
-    errors: Counter[str] = Counter()
-    for result in results:
-        errors.update(result.errors)
-    if not errors:
-        return AskExit.OK
-    if not any(r.ok for r in results) and len(errors) == 1:
-        return KIND_EXIT.get(next(iter(errors)), AskExit.FAILURE)
-    return AskExit.FAILURE if partial_is_failure else AskExit.OK
 
 
 # --------------------------------------------------------------------------- memory sampling

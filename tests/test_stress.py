@@ -11,16 +11,8 @@ import pytest
 from mpsctl.ask import AskExit, ask_once
 from mpsctl.errors import ClientError, ConfigError
 from mpsctl.settings import Settings, load_settings
-from mpsctl.stress import (
-    LatencyStats,
-    StressPlan,
-    make_plan,
-    parse_levels,
-    percentile,
-    run_stress,
-    run_sweep,
-    stress_exit,
-)
+from mpsctl.stress import StressPlan, make_plan, parse_levels, run_stress, run_sweep
+from mpsctl.stress_results import LatencyStats, percentile, stress_exit
 from tests.conftest import free_port
 from tests.test_client import LocalService, local_service_fixture  # noqa: F401 - the fixture
 

@@ -14,6 +14,7 @@ from mpsctl.cli.params import DURATION
 from mpsctl.client import read_token
 from mpsctl.render import ask as render
 from mpsctl.render.console import write_json
+from mpsctl.stress_results import stress_exit
 
 
 def _parsed(parse: Any) -> Any:
@@ -119,7 +120,7 @@ def ask(app: App, question: str | None, **opts: Any) -> None:
             write_json(render.sweep_json(sweep))
         else:
             app.out.print(render.sweep_table(sweep))
-        raise click.exceptions.Exit(stress.stress_exit(sweep.levels, partial_is_failure=False))
+        raise click.exceptions.Exit(stress_exit(sweep.levels, partial_is_failure=False))
     with render.stress_progress(app.err, plan) as progress:
         result = stress.run_stress(settings, plan, token=token, on_progress=progress)
     if opts["as_json"]:
@@ -127,4 +128,4 @@ def ask(app: App, question: str | None, **opts: Any) -> None:
     else:
         for table in render.stress_tables(result):
             app.out.print(table)
-    raise click.exceptions.Exit(stress.stress_exit([result]))
+    raise click.exceptions.Exit(stress_exit([result]))

@@ -16,12 +16,11 @@ from rich.text import Text
 
 from mpsctl.ask import AskResult
 from mpsctl.render.console import printable
-from mpsctl.stress import (
+from mpsctl.stress import ProgressCallback, StressPlan
+from mpsctl.stress_results import (
     MEMORY_FIELDS,
     LatencyStats,
     MemoryStats,
-    ProgressCallback,
-    StressPlan,
     StressResult,
     SweepResult,
 )
