@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import math
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -120,13 +121,15 @@ def _mps_section(
 ) -> dict[str, Any]:
     recommended = _measure(getattr(mps, "recommended_max_memory", None))  # torch >= 2.5
     high, high_src, low, low_src = watermark_ratios(environ, machine)
-    limit = int(high * recommended) if recommended is not None and high > 0.0 else None
+    # strtod reads "inf" and "nan" too (PyTorch then refuses them): JSON has no such numbers
+    high_ok, low_ok = math.isfinite(high), math.isfinite(low)
+    limit = int(high * recommended) if recommended is not None and high_ok and high > 0 else None
     return {
         "current_allocated_bytes": _measure(getattr(mps, "current_allocated_memory", None)),
         "driver_allocated_bytes": _measure(getattr(mps, "driver_allocated_memory", None)),
         "recommended_max_bytes": recommended,
-        "high_watermark_ratio": high,
-        "low_watermark_ratio": low,
+        "high_watermark_ratio": high if high_ok else None,
+        "low_watermark_ratio": low if low_ok else None,
         "high_watermark_source": high_src,
         "low_watermark_source": low_src,
         "limit_bytes": limit,

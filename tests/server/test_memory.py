@@ -297,3 +297,14 @@ def test_cuda_index_unknown_when_the_current_device_cannot_be_read() -> None:
     cuda.current_device = no_device
 
     assert _cuda_section(cuda)["device_index"] is None
+
+
+@pytest.mark.parametrize("text", ["inf", "-inf", "nan", "1e999"])
+def test_ratio_strtod_reads_as_non_finite_stays_valid_json(text: str) -> None:
+    environ = {"PYTORCH_MPS_HIGH_WATERMARK_RATIO": text, "PYTORCH_MPS_LOW_WATERMARK_RATIO": text}
+    section = _mps_section(FakeMps(), environ=environ)
+
+    json.dumps(section, allow_nan=False)  # raises on inf/nan
+    assert section["high_watermark_ratio"] is None
+    assert section["low_watermark_ratio"] is None
+    assert section["limit_bytes"] is None
