@@ -42,12 +42,14 @@ def assert_error(result: HttpResult, status: int, kind: str) -> None:
 
 
 def test_query_answers_icbc(shared: InProcessService) -> None:
+    from mpsctl.server.demo import DEMO_LABEL
+
     result = shared.request("POST", QUERY, {"question": "工商银行", "max_new_tokens": 4})
 
     assert result.status == 200
     body = result.json
     assert body["device"] == "cpu"
-    assert body["model"] == "demo (random weights: answers are noise)"
+    assert body["model"] == DEMO_LABEL
     assert 1 <= body["tokens"] <= 4
     assert isinstance(body["answer"], str)
 
