@@ -181,7 +181,7 @@ def _configure_logging() -> None:
 @click.option("--force", is_flag=True, help="Write into a non-empty directory.")
 @click.pass_obj
 def demo_model(app: App, directory: Path, size: str, force: bool) -> None:
-    """Write a demo Qwen2 checkpoint (offline; tiny answers built-in questions, 0.5b is noise).
+    """Write a demo Qwen2 checkpoint offline (tiny: trained on built-in questions; 0.5b: noise).
 
     It loads with transformers' from_pretrained like any checkpoint, so it can stand in
     for a real model when testing an operator's service, memory limits or mpsctl itself.
