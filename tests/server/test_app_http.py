@@ -570,10 +570,10 @@ def test_failed_load_frees_the_half_loaded_model_before_releasing(
     assert svc.service.holder.model is None
 
 
-def test_health_memory_keys_match_the_readme_contract(shared: InProcessService) -> None:
-    from tests.server.test_memory import readme_memory_contract
+def test_health_memory_keys_match_the_documented_contract(shared: InProcessService) -> None:
+    from tests.server.test_memory import documented_memory_contract
 
-    contract = readme_memory_contract()
+    contract = documented_memory_contract()
     memory = shared.request("GET", "/health").json["memory"]
 
     assert set(memory) == set(contract)
