@@ -1,6 +1,6 @@
 """Fixtures that build the tiny checkpoint and start real services.
 
-- ``tiny_model`` (session): Path of a tiny random-weight Qwen2 checkpoint (built offline).
+- ``tiny_model`` (session): Path of the tiny demo Qwen2 checkpoint (built offline).
 - ``service_factory``: ``start(**options) -> RunningService``; a real ``mpsctl serve``
   subprocess on 127.0.0.1 and a free port, healthy when returned, stopped at teardown.
 - ``reference_service``: ``service_factory()`` with the defaults.
@@ -200,7 +200,7 @@ def start_service(
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random-weight Qwen2 checkpoint (a few hundred KB, seconds to build)."""
+    """The tiny demo Qwen2 checkpoint (about 450 KB; a few seconds to build and train)."""
     from mpsctl.server.demo import build_demo_checkpoint
 
     return build_demo_checkpoint(tmp_path_factory.mktemp("tiny-model") / "model", "tiny")

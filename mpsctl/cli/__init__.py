@@ -40,6 +40,50 @@ COMMANDS: dict[str, str] = {
     "cron": "cron:cron",
 }
 
+#: ``mpsctl --help``'s command list: groups and order as a newcomer meets them (README's
+#: command table follows it). The short texts live here so that printing the list imports
+#: no command module; a test keeps every command of COMMANDS in exactly one group.
+COMMAND_GROUPS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
+    (
+        "Service",
+        (
+            ("start", "Start the service detached, with validated memory limits."),
+            ("ask", "Ask the service a question, or stress-test it."),
+            ("status", "Is the service running and healthy? (LSB exit codes)"),
+            ("stop", "Stop the service's process tree: SIGTERM, then SIGKILL."),
+            ("restart", "Stop, then start, under one lock."),
+            ("fix", "Stop, clean, start with safe limits, verify: the watchdog."),
+            ("logs", "The service's logs in one place; -f follows them."),
+            ("serve", "Run the reference service in the foreground."),
+        ),
+    ),
+    (
+        "Memory",
+        (
+            ("probe", "Host memory, the service, its accelerator: a verdict."),
+            ("oom", "Out-of-memory events in the logs, explained."),
+            ("clean-cache", "Remove bytecode caches; ask the service to free memory."),
+        ),
+    ),
+    (
+        "Monitoring",
+        (
+            ("watch", "A live dashboard of probes (JSON lines when piped)."),
+            ("report", "The recorded history: min/avg/p95/max, OOMs, restarts."),
+            ("exporter", "The probe's figures as Prometheus gauges over HTTP."),
+            ("cron", "Print crontab lines (or launchd plists) for the watchdog."),
+        ),
+    ),
+    (
+        "Setup",
+        (
+            ("config", "Show or create the settings file."),
+            ("doctor", "Check the setup against what PyTorch really does."),
+            ("demo-model", "Write a demo checkpoint (offline)."),
+        ),
+    ),
+)
+
 
 def error_exit_code(command: click.Command | None, default: int) -> int:
     """The exit code of a failed run: ``default``, unless the command follows a status
@@ -66,6 +110,17 @@ class LazyGroup(click.Group):
         command = getattr(module, spec.split(":", 1)[1])
         assert isinstance(command, click.Command)
         return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The commands by group (:data:`COMMAND_GROUPS`), without importing any of them."""
+        available = set(self.list_commands(ctx))
+        width = max(len(name) for _, entries in COMMAND_GROUPS for name, _ in entries)
+        for title, entries in COMMAND_GROUPS:
+            # names padded to one width so the texts line up from one section to the next
+            rows = [(name.ljust(width), text) for name, text in entries if name in available]
+            if rows:
+                with formatter.section(f"{title} commands"):
+                    formatter.write_dl(rows)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:

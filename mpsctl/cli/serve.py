@@ -15,7 +15,7 @@ from mpsctl.settings import DEVICES, DTYPES
 @click.option("--host", default=None, help="Address to bind (default: host of service.url).")
 @click.option("--port", type=int, default=None, help="Port (default: port of service.url).")
 @click.option("--model", "model", default=None, help="Local checkpoint dir or hub id.")
-@click.option("--demo", is_flag=True, help="Serve a random-weight demo model (answers are noise).")
+@click.option("--demo", is_flag=True, help="Serve the built-in tiny demo model (offline).")
 @click.option("--device", type=click.Choice(DEVICES), default=None, help="Default: auto.")
 @click.option("--dtype", type=click.Choice(DTYPES), default=None, help="Default: auto.")
 @click.option("--max-new-tokens", type=int, default=None, help="Default tokens per answer.")
@@ -38,7 +38,7 @@ def serve(app: App, **opts: Any) -> None:
 
     \b
     Examples:
-      mpsctl serve --demo                         # tiny random model, token in MPSCTL_HOME/token
+      mpsctl serve --demo                         # tiny demo model, token in MPSCTL_HOME/token
       mpsctl serve --model Qwen/Qwen2.5-0.5B-Instruct --device mps --max-concurrent 2
       MPSCTL_TOKEN=s3cret mpsctl serve --model ./qwen --device cpu --port 8001
     """
@@ -79,12 +79,13 @@ def serve(app: App, **opts: Any) -> None:
     type=click.Choice(["tiny", "0.5b"]),
     default="tiny",
     show_default=True,
-    help="tiny: ~200 KB; 0.5b: Qwen2.5-0.5B's layer shapes (~1 GB, real memory pressure).",
+    help="tiny: ~500 KB, trained for a few seconds on built-in questions; "
+    "0.5b: Qwen2.5-0.5B's layer shapes, random weights (~1 GB, real memory pressure).",
 )
 @click.option("--force", is_flag=True, help="Write into a non-empty directory.")
 @click.pass_obj
 def demo_model(app: App, directory: Path, size: str, force: bool) -> None:
-    """Write a random-weight Qwen2 checkpoint (offline; answers from it are noise).
+    """Write a demo Qwen2 checkpoint offline (tiny: trained on built-in questions; 0.5b: noise).
 
     It loads with transformers' from_pretrained like any checkpoint, so it can stand in
     for a real model when testing an operator's service, memory limits or mpsctl itself.
@@ -95,8 +96,8 @@ def demo_model(app: App, directory: Path, size: str, force: bool) -> None:
       mpsctl demo-model ./qwen-0.5b-shaped --size 0.5b
       mpsctl serve --model ./tiny-qwen --device cpu --no-auth
     """
-    from mpsctl.server.demo import build_demo_checkpoint
+    from mpsctl.server.demo import build_demo_checkpoint, demo_label
 
     path = build_demo_checkpoint(directory, size, force=force)
     click.echo(str(path))
-    app.info(f"wrote a {size} random-weight checkpoint (answers are noise)")
+    app.info(f"wrote a {size} checkpoint: {demo_label(path)}")

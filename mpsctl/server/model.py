@@ -18,7 +18,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, 
 from transformers.utils import logging as hf_logging
 
 from mpsctl.errors import ConfigError, MpsctlError
-from mpsctl.server.demo import DEMO_LABEL, is_demo_checkpoint
+from mpsctl.server.demo import demo_label
+from mpsctl.server.detokenize import decode_text
 from mpsctl.server.memory import ReleaseResult, release
 
 log = logging.getLogger("mpsctl.server")
@@ -224,7 +225,7 @@ class ModelHolder:
                 log.info("released memory after the failed load: %s", _figures_line(failed))
                 raise ModelLoadError(f"loading model {model_id!r} failed: {error}")
             self.model_id = model_id
-            self.label = label or (DEMO_LABEL if is_demo_checkpoint(Path(model_id)) else model_id)
+            self.label = label or demo_label(Path(model_id)) or model_id
             self.last_error = None
             after = release(self.device)
             log.info("loaded %s on %s: %s", model_id, self.device, _figures_line(after))
@@ -348,7 +349,8 @@ class ModelHolder:
                 pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
             )
         new_tokens = output[0, prompt_len:]
-        text = tokenizer.decode(new_tokens, skip_special_tokens=True)
+        # not tokenizer.decode: an answer cut off inside a character would end in U+FFFD
+        text = decode_text(tokenizer, new_tokens.tolist())
         return text, int(new_tokens.shape[0])
 
 

@@ -115,7 +115,7 @@ def stub_service(
 
 
 def mps_report(recommended_max: int, high: float, low: float = 0.5) -> dict[str, Any]:
-    """A ``mpsctl.memory/1`` report as a service on MPS sends it (README: the memory report)."""
+    """A ``mpsctl.memory/1`` report as a service on MPS sends it (docs/memory-report.md)."""
     return {
         "schema": "mpsctl.memory/1",
         "device": "mps",

@@ -42,12 +42,14 @@ def assert_error(result: HttpResult, status: int, kind: str) -> None:
 
 
 def test_query_answers_icbc(shared: InProcessService) -> None:
+    from mpsctl.server.demo import DEMO_LABEL
+
     result = shared.request("POST", QUERY, {"question": "工商银行", "max_new_tokens": 4})
 
     assert result.status == 200
     body = result.json
     assert body["device"] == "cpu"
-    assert body["model"] == "demo (random weights: answers are noise)"
+    assert body["model"] == DEMO_LABEL
     assert 1 <= body["tokens"] <= 4
     assert isinstance(body["answer"], str)
 
@@ -568,10 +570,10 @@ def test_failed_load_frees_the_half_loaded_model_before_releasing(
     assert svc.service.holder.model is None
 
 
-def test_health_memory_keys_match_the_readme_contract(shared: InProcessService) -> None:
-    from tests.server.test_memory import readme_memory_contract
+def test_health_memory_keys_match_the_documented_contract(shared: InProcessService) -> None:
+    from tests.server.test_memory import documented_memory_contract
 
-    contract = readme_memory_contract()
+    contract = documented_memory_contract()
     memory = shared.request("GET", "/health").json["memory"]
 
     assert set(memory) == set(contract)

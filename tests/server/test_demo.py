@@ -1,14 +1,19 @@
-"""The offline demo checkpoint: small, deterministic, loadable, honest about being noise."""
+"""The offline demo checkpoint: small, deterministic, loadable, answering its questions in words."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from mpsctl.errors import ConfigError
 from mpsctl.server.demo import (
+    BUILD,
+    DEMO_LABEL,
     MARKER,
+    QA,
     build_demo_checkpoint,
     build_tokenizer,
     demo_config,
@@ -35,6 +40,43 @@ def test_tiny_checkpoint_is_small_complete_and_loads(tiny_model: Path) -> None:
         [{"role": "user", "content": "工商银行"}], add_generation_prompt=True, tokenize=False
     )
     assert prompt == "<|im_start|>user\n工商银行<|im_end|>\n<|im_start|>assistant\n"
+
+
+@pytest.fixture(scope="module")
+def holder(tiny_model: Path) -> Any:
+    from mpsctl.server.model import ModelHolder
+
+    loaded = ModelHolder(device="cpu", max_new_tokens=64)
+    loaded.load(str(tiny_model))
+    return loaded
+
+
+def test_the_demo_answers_icbc_in_words(holder: Any) -> None:
+    answer = holder.generate("工商银行")
+
+    assert "\ufffd" not in answer.text
+    assert "工商银行是中国最大的商业银行之一" in answer.text
+    assert holder.label == DEMO_LABEL
+
+
+@pytest.mark.parametrize("question", ["ICBC", "What is my balance?", "转账", "内存不足", "hello"])
+def test_the_demo_answers_its_questions_from_its_list(holder: Any, question: str) -> None:
+    expected = dict(QA)[question]
+
+    answer = holder.generate(question)
+
+    assert answer.text == expected
+    assert answer.tokens < 64  # it stopped by itself, at the end of the answer
+
+
+def test_a_demo_built_by_an_older_mpsctl_is_rebuilt(tmp_path: Path) -> None:
+    target = tmp_path / "demo"
+    target.mkdir()
+    marker = target / MARKER  # as the random-weight demo of an earlier version left it
+    marker.write_text(json.dumps({"mpsctl_demo": True, "size": "tiny"}), encoding="utf-8")
+
+    assert ensure_demo_checkpoint(target) == (target, True)
+    assert json.loads(marker.read_text(encoding="utf-8"))["build"] == BUILD
 
 
 def test_build_is_deterministic(tiny_model: Path, tmp_path: Path) -> None:

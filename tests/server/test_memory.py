@@ -206,19 +206,19 @@ def test_report_detects_the_device_the_service_would_choose() -> None:
         assert (report[backend] is None) == (report["device"] != backend)
 
 
-def readme_memory_contract() -> dict[str, Any]:
-    """The ``memory`` object of README's health-answer example, comments stripped."""
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
-    section = readme.split("## The memory report", 1)[1]
-    block = section.split("```json\n", 1)[1].split("```", 1)[0]
+def documented_memory_contract() -> dict[str, Any]:
+    """The ``memory`` object of the health-answer example in docs/memory-report.md,
+    comments stripped."""
+    doc = Path(__file__).resolve().parents[2] / "docs" / "memory-report.md"
+    block = doc.read_text(encoding="utf-8").split("```json\n", 1)[1].split("```", 1)[0]
     # "//" comments run to the end of the line and never occur inside the example's strings
     text = re.sub(r"\s*//[^\n]*", "", block)
     contract: dict[str, Any] = json.loads(text)["memory"]
     return contract
 
 
-def test_report_keys_match_the_readme_contract_exactly() -> None:
-    contract = readme_memory_contract()
+def test_report_keys_match_the_documented_contract_exactly() -> None:
+    contract = documented_memory_contract()
     limiter = ConcurrencyLimit(lambda *a: None, max_concurrent=2, max_queue=4)  # type: ignore[arg-type]
 
     cpu = memory_report("cpu", limiter=limiter)

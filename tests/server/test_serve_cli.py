@@ -135,7 +135,7 @@ def test_demo_model_command_writes_and_refuses_to_overwrite(tmp_path: Path) -> N
 
     assert written.exit_code == 0, written.output
     assert written.stdout.strip() == str(target)
-    assert "noise" in written.stderr
+    assert "trained on a built-in list of questions" in written.stderr
     assert again.exit_code == 2
     assert "not empty" in again.stderr
     assert os.listdir(target)

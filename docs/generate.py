@@ -1,0 +1,89 @@
+"""Regenerate the key table of docs/configuration.md from the settings schema.
+
+python docs/generate.py          # rewrite the generated part of docs/configuration.md
+python docs/generate.py --check  # exit 1 when it is stale (the tests run this)
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+TARGET = HERE / "configuration.md"
+BEGIN = "<!-- BEGIN GENERATED: settings keys (python docs/generate.py) -->"
+END = "<!-- END GENERATED -->"
+
+#: keys whose default is worked out from other settings when mpsctl starts
+DERIVED = {
+    "service.command": "the reference service: `python -m mpsctl serve --demo` on the host "
+    "and port of `service.url`",
+    "service.log_file": "`$MPSCTL_HOME/service.log` for the reference service, else "
+    '`"backend.log"` (relative to `workdir`)',
+    "service.token_file": "`$MPSCTL_HOME/token` for the reference service (created on first "
+    "start), else unset",
+}
+
+
+def toml_value(value: Any) -> str:
+    """A default as it would be written in mpsctl.toml."""
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    if isinstance(value, float) and value.is_integer():
+        return f"`{int(value)}`"
+    if isinstance(value, (int, float)):
+        return f"`{value}`"
+    if isinstance(value, str):
+        return f'`"{value}"`'
+    if isinstance(value, tuple):
+        return "`[" + ", ".join(toml_value(v).strip("`") for v in value) + "]`"
+    raise TypeError(f"no TOML form for {value!r}")
+
+
+def table() -> str:
+    """The generated Markdown: one table per section of the schema."""
+    sys.path.insert(0, str(HERE.parent))
+    from mpsctl.settings import SCHEMA, env_name
+
+    out: list[str] = []
+    for section, keys in SCHEMA.items():
+        out += [f"### `[{section}]`", "", "| key | environment | default | meaning |"]
+        out.append("|---|---|---|---|")
+        for name, key in keys.items():
+            dotted = f"{section}.{name}"
+            # a bare object() is the schema's marker for a derived default; a new derived
+            # key needs its sentence in DERIVED (a KeyError here says which)
+            derived = type(key.default) is object
+            default = DERIVED[dotted] if derived else toml_value(key.default)
+            meaning = key.help.replace("|", "\\|")
+            out.append(f"| `{name}` | `{env_name(dotted)}` | {default} | {meaning} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def render(current: str) -> str:
+    """``current`` with the text between the markers replaced by :func:`table`."""
+    head, found, rest = current.partition(BEGIN)
+    if not found or END not in rest:
+        raise SystemExit(f"{TARGET}: the markers {BEGIN!r} and {END!r} are missing")
+    tail = rest.split(END, 1)[1]
+    return f"{head}{BEGIN}\n{table()}{END}{tail}"
+
+
+def main(argv: list[str]) -> int:
+    current = TARGET.read_text(encoding="utf-8")
+    wanted = render(current)
+    if "--check" in argv:
+        if current != wanted:
+            print(f"stale: {TARGET.name}; run: python docs/generate.py", file=sys.stderr)
+            return 1
+        return 0
+    TARGET.write_text(wanted, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
