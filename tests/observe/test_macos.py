@@ -6,6 +6,7 @@ Expected figures are worked out by hand from the fixture text: ``1938M`` is
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -175,26 +176,65 @@ def test_pressure_level(text: str, expected: str) -> None:
 
 # --------------------------------------------------------------------------- malformed
 @pytest.mark.parametrize(
-    ("parse", "text"),
+    ("parse", "text", "message"),
     [
-        (parse_top_physmem, ""),
-        (parse_top_physmem, "PhysMem: lots used (some wired), 1M unused."),
-        (parse_top_physmem, "PhysMem: 15G used (4814M compressor), 438M unused."),
-        (parse_top_physmem, "PhysMem: 15G used (1938M wired, 4814X compressor), 438M unused."),
-        (parse_vm_stat, "Pages free: 15160.\n"),
+        (parse_top_physmem, "", "no 'PhysMem: <n> used (...), <n> unused' line"),
+        (
+            parse_top_physmem,
+            "PhysMem: lots used (some wired), 1M unused.",
+            "no 'PhysMem: <n> used (...), <n> unused' line",
+        ),
+        (
+            parse_top_physmem,
+            "PhysMem: 15G used (4814M compressor), 438M unused.",
+            "PhysMem line has no wired figure",
+        ),
+        (
+            parse_top_physmem,
+            "PhysMem: 15G used (1938M wired, 4814X compressor), 438M unused.",
+            "unrecognised PhysMem part: '4814X compressor'",
+        ),
+        (parse_vm_stat, "Pages free: 15160.\n", "no '(page size of N bytes)' header"),
         (
             parse_vm_stat,
             "Mach Virtual Memory Statistics: (page size of 16384 bytes)\nPages free: many.\n",
+            "unrecognised vm_stat line: 'Pages free: many.'",
         ),
-        (parse_vm_stat, "Mach Virtual Memory Statistics: (page size of 0 bytes)\n"),
-        (parse_swapusage, "vm.swapusage: total = 4096.00M  used = 2743.50M"),
-        (parse_swapusage, "sysctl: unknown oid 'vm.swapusage'"),
-        (parse_pressure_level, ""),
-        (parse_pressure_level, "kern.memorystatus_vm_pressure_level: 3\n"),
-        (parse_pressure_level, "kern.memorystatus_vm_pressure_level: high\n"),
-        (parse_pressure_level, "vm.memory_pressure: 0\nvm.page_free_wanted: 0\n"),
+        (
+            parse_vm_stat,
+            "Mach Virtual Memory Statistics: (page size of 0 bytes)\n",
+            "page size 0 is not positive",
+        ),
+        (
+            parse_swapusage,
+            "vm.swapusage: total = 4096.00M  used = 2743.50M",
+            "vm.swapusage without free",
+        ),
+        (
+            parse_swapusage,
+            "sysctl: unknown oid 'vm.swapusage'",
+            "vm.swapusage without total, used, free",
+        ),
+        (parse_pressure_level, "", "no kern.memorystatus_vm_pressure_level value"),
+        (
+            parse_pressure_level,
+            "kern.memorystatus_vm_pressure_level: 3\n",
+            "unknown memory pressure level 3 (expected 1, 2 or 4)",
+        ),
+        (
+            parse_pressure_level,
+            "kern.memorystatus_vm_pressure_level: high\n",
+            "unrecognised pressure level line: 'kern.memorystatus_vm_pressure_level: high'",
+        ),
+        (
+            parse_pressure_level,
+            "vm.memory_pressure: 0\nvm.page_free_wanted: 0\n",
+            "no kern.memorystatus_vm_pressure_level value",
+        ),
     ],
 )
-def test_malformed_input_raises_value_error(parse: Callable[[str], Any], text: str) -> None:
-    with pytest.raises(ValueError, match=r"\S"):
+def test_malformed_input_raises_value_error(
+    parse: Callable[[str], Any], text: str, message: str
+) -> None:
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         parse(text)
