@@ -5,8 +5,13 @@ text over, so every parser is tested on Linux against the recorded outputs in
 ``tests/fixtures/``. Figures come back as integer bytes; malformed input raises
 ``ValueError`` with a short reason.
 
-Units: ``top``, ``sysctl vm.swapusage`` and ``footprint`` print K/M/G/T (or KB/MB/GB)
-meaning powers of 1024 -- ``footprint`` shows one 16384-byte page as ``16 KB``.
+Units: ``top`` and ``sysctl vm.swapusage`` print K/M/G/T meaning powers of 1024.
+
+Only the commands ``host.py`` runs have parsers here. The rest of what a Mac can tell comes
+from better sources: the total from psutil (``hw.memsize``), a process's phys_footprint from
+``proc_pid_rusage`` in ``procs.py`` (exact, no subprocess, unlike ``footprint``), its RSS
+from psutil (unlike ``ps``), and the pressure level from sysctl (``memory_pressure`` only
+adds a free percentage).
 """
 
 from __future__ import annotations
@@ -16,19 +21,12 @@ from dataclasses import asdict, dataclass, field
 
 _UNIT_POWER = {"": 0, "K": 1, "M": 2, "G": 3, "T": 4, "P": 5}
 
-# A size as these tools print it: ``438M``, ``1024,00M`` (comma locale), ``42 MB``, ``0 B``.
+# A size as these tools print it: ``438M``, ``1024,00M`` (comma locale), ``0.00M``.
 _SIZE = r"(\d+(?:[.,]\d+)?)\s*([KMGTP]?)B?"
 
 
 def _to_bytes(number: str, unit: str) -> int:
     return round(float(number.replace(",", ".")) * 1024 ** _UNIT_POWER[unit.upper()])
-
-
-def _size(text: str) -> int:
-    match = re.fullmatch(_SIZE, text.strip(), flags=re.IGNORECASE)
-    if match is None:
-        raise ValueError(f"not a size: {text.strip()!r}")
-    return _to_bytes(match[1], match[2])
 
 
 # --------------------------------------------------------------------------- top
@@ -197,177 +195,3 @@ def parse_pressure_level(text: str) -> str:
     if level not in PRESSURE_LEVELS:
         raise ValueError(f"unknown memory pressure level {level} (expected 1, 2 or 4)")
     return PRESSURE_LEVELS[level]
-
-
-_MEMSIZE = re.compile(r"^(?:hw\.memsize\s*[:=]\s*)?(\d+)$")
-
-
-def parse_hw_memsize(text: str) -> int:
-    """``hw.memsize: 17179869184`` or ``sysctl -n hw.memsize``'s bare number -> bytes."""
-    match = _MEMSIZE.match(text.strip())
-    if match is None:
-        raise ValueError(f"unrecognised hw.memsize output: {text.strip()[:60]!r}")
-    return int(match[1])
-
-
-# --------------------------------------------------------------------------- memory_pressure
-@dataclass(frozen=True)
-class MemoryPressure:
-    """``memory_pressure`` (or ``-Q``) output.
-
-    ``free_percent`` is macOS's "System-wide memory free percentage". ``counts`` holds
-    every ``Name: N`` line of the full form (pages, or events for Swapins/Pageins), label
-    as printed; ``-Q`` prints none. ``page_size`` is what the tool reports, which may be
-    4096 even on a 16 KiB-page Apple Silicon Mac (the recorded -Q sample does).
-    """
-
-    free_percent: int
-    total_bytes: int | None
-    total_pages: int | None
-    page_size: int | None
-    counts: dict[str, int] = field(default_factory=dict)
-
-
-_MP_TOTAL = re.compile(r"The system has (\d+) \((\d+) pages with a page size of (\d+)\)")
-_MP_FREE = re.compile(r"System-wide memory free percentage:\s*(\d+)\s*%")
-_MP_COUNT = re.compile(r"^([A-Za-z][A-Za-z ]*?):\s*(\d+)\s*$")
-
-
-def parse_memory_pressure(text: str) -> MemoryPressure:
-    """Parse ``memory_pressure`` or ``memory_pressure -Q``; the free percentage is required."""
-    free = _MP_FREE.search(text)
-    if free is None:
-        raise ValueError("no 'System-wide memory free percentage' line")
-    total = _MP_TOTAL.search(text)
-    counts: dict[str, int] = {}
-    for line in text.splitlines():
-        match = _MP_COUNT.match(line.strip())
-        if match is not None:
-            counts[match[1]] = int(match[2])
-    return MemoryPressure(
-        free_percent=int(free[1]),
-        total_bytes=int(total[1]) if total else None,
-        total_pages=int(total[2]) if total else None,
-        page_size=int(total[3]) if total else None,
-        counts=counts,
-    )
-
-
-# --------------------------------------------------------------------------- footprint
-@dataclass(frozen=True)
-class FootprintRow:
-    """One category row of ``footprint``'s table (sizes as footprint rounds them)."""
-
-    category: str
-    dirty_bytes: int
-    clean_bytes: int
-    reclaimable_bytes: int
-    regions: int
-
-
-@dataclass(frozen=True)
-class Footprint:
-    """``footprint -p PID`` for one process.
-
-    ``footprint_bytes`` is the header's ``Footprint:`` figure: the process's
-    phys_footprint, which -- unlike ps RSS -- includes Metal (GPU) memory on Apple
-    Silicon, seen in the ``IOAccelerator (graphics)`` row when the process has any.
-    A ``TOTAL`` row, when the output has one, is kept as a row named ``TOTAL``.
-    """
-
-    pid: int
-    process: str
-    footprint_bytes: int
-    page_size: int | None
-    rows: tuple[FootprintRow, ...] = ()
-
-    def dirty_by_category(self) -> dict[str, int]:
-        return {row.category: row.dirty_bytes for row in self.rows}
-
-
-_FP_HEADER = re.compile(
-    rf"^(?P<name>.+?) \[(?P<pid>\d+)\]:.*?Footprint:\s*{_SIZE}"
-    r"(?:\s*\((?P<page>\d+) bytes per page\))?",
-    re.IGNORECASE,
-)
-_FP_ROW = re.compile(rf"^{_SIZE}\s+{_SIZE}\s+{_SIZE}\s+(\d+)\s+(\S.*)$", re.IGNORECASE)
-
-
-def parse_footprint(text: str) -> Footprint:
-    """Parse the header and whatever category rows are present (output may be cut)."""
-    lines = [line.strip() for line in text.splitlines()]
-    found = [(n, m) for n, m in ((n, _FP_HEADER.match(line)) for n, line in enumerate(lines)) if m]
-    if not found:
-        raise ValueError("no '<name> [<pid>]: ... Footprint: <size>' header")
-    start, header = found[0]
-    rows = []
-    for line in lines[start + 1 :]:
-        match = _FP_ROW.match(line)
-        if match is not None:
-            rows.append(
-                FootprintRow(
-                    category=match[8].strip(),
-                    dirty_bytes=_to_bytes(match[1], match[2]),
-                    clean_bytes=_to_bytes(match[3], match[4]),
-                    reclaimable_bytes=_to_bytes(match[5], match[6]),
-                    regions=int(match[7]),
-                )
-            )
-    return Footprint(
-        pid=int(header["pid"]),
-        process=header["name"].strip(),
-        footprint_bytes=_to_bytes(header[3], header[4]),
-        page_size=int(header["page"]) if header["page"] else None,
-        rows=tuple(rows),
-    )
-
-
-# --------------------------------------------------------------------------- ps
-@dataclass(frozen=True)
-class PsRow:
-    """A row of ``ps ax -o pid,ppid,pgid,pcpu,time,vsz,rss,etime,command``.
-
-    ps reports vsz and rss in KiB. RSS misses Metal memory on Apple Silicon: use
-    ``footprint`` for a model-serving process.
-    """
-
-    pid: int
-    ppid: int
-    pgid: int
-    pcpu: float
-    time: str
-    vsz_bytes: int
-    rss_bytes: int
-    etime: str
-    command: str
-
-
-_PS_ROW = re.compile(
-    r"^(\d+)\s+(\d+)\s+(\d+)\s+(\d+(?:[.,]\d+)?)\s+(\S+)\s+(\d+)\s+(\d+)\s+(\S+)\s+(.*)$"
-)
-
-
-def parse_ps_rss(text: str) -> list[PsRow]:
-    """Parse ps rows; a ``PID ...`` header line is skipped, blank input gives ``[]``."""
-    rows = []
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line.upper().startswith("PID"):
-            continue
-        match = _PS_ROW.match(line)
-        if match is None:
-            raise ValueError(f"unrecognised ps row: {line[:60]!r}")
-        rows.append(
-            PsRow(
-                pid=int(match[1]),
-                ppid=int(match[2]),
-                pgid=int(match[3]),
-                pcpu=float(match[4].replace(",", ".")),
-                time=match[5],
-                vsz_bytes=int(match[6]) * 1024,
-                rss_bytes=int(match[7]) * 1024,
-                etime=match[8],
-                command=match[9],
-            )
-        )
-    return rows

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mpsctl.errors import ConfigError
+from mpsctl.server.auth import token_problem
 from mpsctl.settings import MemorySettings
 from mpsctl.torch_env import HIGH_ENV, LOW_ENV, NOT_A_VARIABLE, resolve_watermarks, watermark_ratios
 
@@ -51,6 +52,9 @@ def read_token_file(path: Path) -> tuple[str, tuple[str, ...]]:
         raise ConfigError(f"token file {path} is empty")
     if not token.isprintable():
         raise ConfigError(f"token file {path} must hold the token on one line")
+    problem = token_problem(token)
+    if problem is not None:
+        raise ConfigError(f"token file {path}: the token {problem}")
     warnings: tuple[str, ...] = ()
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         warnings = (
@@ -105,7 +109,11 @@ def resolve_token(
     if no_auth:
         return TokenSource(None, "--no-auth")
     if token_env and env.get(token_env, "").strip():
-        return TokenSource(env[token_env].strip(), f"env {token_env}")
+        token = env[token_env].strip()
+        problem = token_problem(token)
+        if problem is not None:
+            raise ConfigError(f"environment variable {token_env}: the token {problem}")
+        return TokenSource(token, f"env {token_env}")
     if token_file is not None:
         if token_file.exists():
             token, warnings = read_token_file(token_file)

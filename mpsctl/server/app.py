@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import logging
 import threading
@@ -23,7 +22,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from mpsctl.server.limiter import ConcurrencyLimit
+from mpsctl.server.auth import BearerAuth
+from mpsctl.server.limiter import ASGIApp, ConcurrencyLimit
 from mpsctl.server.memory import memory_report, release
 from mpsctl.server.metrics import CONTENT_TYPE, ServiceMetrics
 from mpsctl.server.model import (
@@ -40,6 +40,12 @@ log = logging.getLogger("mpsctl.server")
 
 #: not queries: never queued behind them nor refused when the queue is full
 EXEMPT_PATHS = ("/health", "/metrics", "/admin/release", "/admin/reload")
+#: paths that need the bearer token; checked before the limiter, so a client without the
+#: token never takes a query slot or a queue place
+PROTECTED_PATHS = ("/api/v1/query", "/admin/release", "/admin/reload")
+#: seconds a client has to send a whole request body once its request runs: a body that
+#: never finishes must not hold a query slot
+BODY_TIMEOUT_S = 30.0
 FAILED_RELOAD_NOTE = (
     "the previous model was released before loading (two models at once is what exhausts "
     "accelerator memory), so the service now serves no model: /health answers 503 "
@@ -62,6 +68,8 @@ class ServiceConfig:
     oom_retry_after: int = 5
     #: seconds a client is told to wait while no model is loaded (reloading, or failed)
     unavailable_retry_after: int = 10
+    #: seconds to receive a whole request body (408 and the slot freed after that)
+    body_timeout: float = BODY_TIMEOUT_S
 
 
 @dataclass
@@ -69,7 +77,9 @@ class Service:
     """What ``create_service`` built: serve ``asgi``; the rest is for inspection."""
 
     app: FastAPI
-    asgi: ConcurrencyLimit
+    #: the outermost ASGI app: authentication, then the limiter, then ``app``
+    asgi: ASGIApp
+    limiter: ConcurrencyLimit
     holder: ModelHolder
     config: ServiceConfig
     metrics: ServiceMetrics
@@ -85,9 +95,11 @@ def error_response(
 
 
 class _BadRequest(Exception):
-    def __init__(self, status: int, kind: str, message: str) -> None:
+    def __init__(
+        self, status: int, kind: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
-        self.response = error_response(status, kind, message)
+        self.response = error_response(status, kind, message, headers)
 
 
 def create_service(holder: ModelHolder, config: ServiceConfig) -> Service:
@@ -139,23 +151,18 @@ def create_service(holder: ModelHolder, config: ServiceConfig) -> Service:
         }
 
     metrics = ServiceMetrics(snapshot)
-    service = Service(app=app, asgi=limiter, holder=holder, config=config, metrics=metrics)
-    _install_error_handlers(app)
 
-    def unauthorized(request: Request) -> JSONResponse | None:
-        if config.token is None:
-            return None
-        header = request.headers.get("authorization", "")
-        scheme, _, supplied = header.partition(" ")
-        # Starlette decodes header bytes as latin-1: encoding back gives the bytes the
-        # client sent, compared in constant time with the token's UTF-8 bytes
-        if scheme.lower() == "bearer" and hmac.compare_digest(
-            supplied.strip().encode("latin-1"), config.token.encode("utf-8")
-        ):
-            return None
-        # never echo what was supplied: it may be a real token for something else
-        message = "missing bearer token" if not header else "wrong bearer token"
-        return error_response(401, "unauthorized", message, {"WWW-Authenticate": "Bearer"})
+    def denied(path: str) -> None:
+        if path == "/api/v1/query":
+            metrics.queries.labels("unauthorized").inc()
+
+    asgi: ASGIApp = limiter
+    if config.token is not None:
+        asgi = BearerAuth(limiter, config.token, PROTECTED_PATHS, on_denied=denied)
+    service = Service(
+        app=app, asgi=asgi, limiter=limiter, holder=holder, config=config, metrics=metrics
+    )
+    _install_error_handlers(app)
 
     @app.get("/health")
     async def health() -> JSONResponse:
@@ -179,12 +186,10 @@ def create_service(holder: ModelHolder, config: ServiceConfig) -> Service:
 
     @app.post("/api/v1/query")
     async def query(request: Request) -> Response:
-        denied = unauthorized(request)
-        if denied is not None:
-            metrics.queries.labels("unauthorized").inc()
-            return denied
         try:
-            payload = await _read_json(request, config.max_question_bytes * 4 + 4096)
+            payload = await _read_json(
+                request, config.max_question_bytes * 4 + 4096, config.body_timeout
+            )
             question, max_new_tokens = _validate_query(payload, config)
         except _BadRequest as bad:
             metrics.queries.labels("bad_request").inc()
@@ -230,10 +235,7 @@ def create_service(holder: ModelHolder, config: ServiceConfig) -> Service:
         )
 
     @app.post("/admin/release")
-    async def admin_release(request: Request) -> Response:
-        denied = unauthorized(request)
-        if denied is not None:
-            return denied
+    async def admin_release() -> Response:
         # safe while queries run: PyTorch's caching allocators are thread-safe, and only
         # blocks no live tensor uses are given back
         result = await run_in_threadpool(release, holder.device)
@@ -243,11 +245,8 @@ def create_service(holder: ModelHolder, config: ServiceConfig) -> Service:
 
     @app.post("/admin/reload")
     async def admin_reload(request: Request) -> Response:
-        denied = unauthorized(request)
-        if denied is not None:
-            return denied
         try:
-            payload = await _read_json(request, 64 * 1024)
+            payload = await _read_json(request, 64 * 1024, config.body_timeout)
             model = payload.get("model")
             if not isinstance(model, str) or not model.strip():
                 raise _BadRequest(422, "invalid_model", "'model' must be a non-empty string")
@@ -277,7 +276,8 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
         kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return error_response(exc.status_code, kind, str(exc.detail))
+        # keeps the Allow header of a 405, which RFC 9110 (section 15.5.6) requires
+        return error_response(exc.status_code, kind, str(exc.detail), dict(exc.headers or {}))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -289,28 +289,41 @@ def _install_error_handlers(app: FastAPI) -> None:
         return error_response(500, "internal_error", f"unexpected {type(exc).__name__}")
 
 
-async def _read_json(request: Request, max_bytes: int) -> dict[str, Any]:
-    """The body as a JSON object, read with a size cap.
+async def _read_json(request: Request, max_bytes: int, timeout: float) -> dict[str, Any]:
+    """The body as a JSON object, read with a size cap and a time limit.
 
     A body labelled ``application/json`` (or ``*+json``) that does not parse is 400
     ``invalid_json``. Any other label (none, or curl's default for ``-d``,
-    ``application/x-www-form-urlencoded``) is accepted when the body is valid JSON: the
-    seed's own ``curl -d '{...}'`` works. Only a body that is not JSON and not labelled
-    JSON is 415.
+    ``application/x-www-form-urlencoded``) is accepted when the body is valid JSON: a plain
+    ``curl -d '{...}'`` works. Only a body that is not JSON and not labelled JSON is 415.
+    A body not complete within ``timeout`` seconds (all of it, so a trickle cannot stretch
+    it) is 408: the request holds a query slot while it is read.
     """
     media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     labelled_json = media_type == "application/json" or media_type.endswith("+json")
     # read in chunks with a cap: request.body() would buffer any size a client sends
     chunks: list[bytes] = []
-    size = 0
-    try:
+
+    async def read_all() -> None:
+        size = 0
         async for chunk in request.stream():
             size += len(chunk)
             if size > max_bytes:
                 raise _BadRequest(413, "body_too_large", f"request body over {max_bytes} bytes")
             chunks.append(chunk)
+
+    try:
+        await asyncio.wait_for(read_all(), timeout)
     except ClientDisconnect:
         raise _BadRequest(400, "client_disconnected", "the client went away") from None
+    except asyncio.TimeoutError:
+        raise _BadRequest(
+            408,
+            "body_timeout",
+            f"the request body did not arrive within {timeout:g} s",
+            # the rest of the body may still come: this connection cannot carry another request
+            {"Connection": "close"},
+        ) from None
     try:
         payload = json.loads(b"".join(chunks))
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
@@ -347,8 +360,11 @@ def _validate_query(payload: dict[str, Any], config: ServiceConfig) -> tuple[str
             "question_too_large",
             f"'question' is {size} bytes (UTF-8); the limit is {config.max_question_bytes}",
         )
-    max_new_tokens = payload.get("max_new_tokens")
-    if max_new_tokens is not None and (
+    if "max_new_tokens" not in payload:
+        return question, None
+    max_new_tokens = payload["max_new_tokens"]
+    # null is refused, not read as "the default": leave the key out for the default
+    if (
         isinstance(max_new_tokens, bool)
         or not isinstance(max_new_tokens, int)
         or not 1 <= max_new_tokens <= config.max_new_tokens_limit
@@ -356,7 +372,8 @@ def _validate_query(payload: dict[str, Any], config: ServiceConfig) -> tuple[str
         raise _BadRequest(
             422,
             "invalid_max_new_tokens",
-            f"'max_new_tokens' must be a whole number from 1 to {config.max_new_tokens_limit}",
+            f"'max_new_tokens' must be a whole number from 1 to {config.max_new_tokens_limit} "
+            "(leave it out for the service's default)",
         )
     return question, max_new_tokens
 
@@ -397,7 +414,7 @@ async def _cleanup_loop(service: Service) -> None:
     interval = service.config.cleanup_interval
     while True:
         await asyncio.sleep(interval)
-        busy = service.asgi.in_flight + service.holder.active
+        busy = service.limiter.in_flight + service.holder.active
         if busy:
             log.info("periodic cleanup skipped: %d queries in flight", busy)
             continue

@@ -23,7 +23,6 @@ import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
-from dataclasses import dataclass
 from typing import Any
 
 Scope = MutableMapping[str, Any]
@@ -38,29 +37,6 @@ DEFAULT_EXEMPT_PATHS = ("/health", "/metrics")
 DEFAULT_MAX_QUEUED_BODY = 64 * 1024
 #: weight of the newest request in the moving average of service times
 _EWMA_WEIGHT = 0.2
-
-
-@dataclass(frozen=True)
-class LimiterSnapshot:
-    in_flight: int
-    queued: int
-    max_concurrent: int
-    max_queue: int
-    #: the most requests ever in flight at once since start (proves the limit held)
-    max_in_flight_seen: int
-    admitted: int
-    rejected_queue_full: int
-    rejected_queue_timeout: int
-    abandoned_in_queue: int
-
-    def report(self) -> dict[str, int]:
-        """The ``limiter`` object of the memory report (README.md, "The memory report")."""
-        return {
-            "in_flight": self.in_flight,
-            "queued": self.queued,
-            "max_concurrent": self.max_concurrent,
-            "max_queue": self.max_queue,
-        }
 
 
 class _Disconnected(Exception):
@@ -132,19 +108,6 @@ class ConcurrencyLimit:
         backlog = self.in_flight + self.queued
         estimate = math.ceil(self.mean_service_time * backlog / self.max_concurrent)
         return min(ceiling, max(1, estimate))
-
-    def snapshot(self) -> LimiterSnapshot:
-        return LimiterSnapshot(
-            in_flight=self.in_flight,
-            queued=self.queued,
-            max_concurrent=self.max_concurrent,
-            max_queue=self.max_queue,
-            max_in_flight_seen=self.max_in_flight_seen,
-            admitted=self.admitted,
-            rejected_queue_full=self.rejected_queue_full,
-            rejected_queue_timeout=self.rejected_queue_timeout,
-            abandoned_in_queue=self.abandoned_in_queue,
-        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self.exempt_paths:
@@ -270,8 +233,8 @@ class _BufferedReceive:
         self._buffer: deque[Message] = deque()
         self._pending: asyncio.Future[Message] | None = None
 
-    async def watch_for_disconnect(self) -> bool:
-        """Return True when the client disconnects; runs until cancelled otherwise.
+    async def watch_for_disconnect(self) -> None:
+        """Return when the client disconnects; runs until cancelled otherwise.
 
         Past ``max_body`` buffered bytes it stops reading (the server's flow control then
         holds the rest of the upload back) and so stops noticing a disconnect: the app
@@ -289,7 +252,7 @@ class _BufferedReceive:
             self._buffer.append(message)
             self._buffered_body += len(message.get("body", b""))
             if message["type"] == "http.disconnect":
-                return True
+                return
 
     async def __call__(self) -> Message:
         if self._buffer:

@@ -141,4 +141,8 @@ def _configure_logging() -> None:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    logging.getLogger("uvicorn.access").addFilter(_QuietProbes())
+    from mpsctl.server.auth import RedactQueryTokens
+
+    access = logging.getLogger("uvicorn.access")
+    access.addFilter(_QuietProbes())
+    access.addFilter(RedactQueryTokens())

@@ -6,17 +6,14 @@ Expected figures are worked out by hand from the fixture text: ``1938M`` is
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from mpsctl.observe.macos import (
-    parse_footprint,
-    parse_hw_memsize,
-    parse_memory_pressure,
     parse_pressure_level,
-    parse_ps_rss,
     parse_swapusage,
     parse_top_physmem,
     parse_vm_stat,
@@ -127,58 +124,13 @@ def test_vm_stat_page_size_changes_bytes_not_counts() -> None:
     assert (large.wired_bytes, large.compressed_bytes) == (10 * 16384, 3 * 16384)
 
 
-# top's "compressor" is vm_stat's "Pages occupied by compressor" (memory_pressure: "Pages used
-# by compressor"), rounded to MiB. Each pair comes from one report (SOURCES.md refs).
+# top's "compressor" is vm_stat's "Pages occupied by compressor", rounded to MiB. The pair
+# comes from one report (SOURCES.md refs).
 def test_top_compressor_matches_vm_stat_same_mac() -> None:
     vm_stat = parse_vm_stat(read_fixture("macos-vm_stat-1-apple-silicon-32gb.txt"))
     top = parse_top_physmem(read_fixture("macos-top-header-1-apple-silicon-32gb.txt"))
     assert vm_stat.compressed_bytes is not None
     assert round(vm_stat.compressed_bytes / MIB) * MIB == top.compressor_bytes
-
-
-def test_top_compressor_matches_memory_pressure_same_mac() -> None:
-    pressure = parse_memory_pressure(read_fixture("macos-memory_pressure-2-apple-silicon-16gb.txt"))
-    top = parse_top_physmem(read_fixture("macos-top-header-2-apple-silicon-16gb.txt"))
-    compressed = pressure.counts["Pages used by compressor"] * 16384
-    assert pressure.page_size == 16384
-    assert round(compressed / MIB) * MIB == top.compressor_bytes
-
-
-# --------------------------------------------------------------------------- memory_pressure
-@pytest.mark.parametrize(
-    ("name", "figures", "some_counts"),
-    [
-        (
-            "macos-memory_pressure-1-apple-silicon-32gb.txt",
-            (87, 34359738368, 2097152, 16384),
-            {"Pages free": 15123, "Pages used by compressor": 120555, "Pageouts": 1289523},
-        ),
-        (
-            "macos-memory_pressure-2-apple-silicon-16gb.txt",
-            (57, 17179869184, 1048576, 16384),
-            {"Pages wired down": 123956, "Pages used by compressor": 308084, "Swapouts": 0},
-        ),
-        # 16 GiB counted in 4096-byte pages although Apple Silicon pages are 16 KiB.
-        ("macos-memory_pressure-Q-1.txt", (60, 17179869184, 4194304, 4096), {}),
-    ],
-)
-def test_memory_pressure_fixtures(
-    name: str, figures: tuple[int, int, int, int], some_counts: dict[str, int]
-) -> None:
-    pressure = parse_memory_pressure(read_fixture(name))
-    assert (
-        pressure.free_percent,
-        pressure.total_bytes,
-        pressure.total_pages,
-        pressure.page_size,
-    ) == figures
-    assert pressure.counts.items() >= some_counts.items()
-    assert bool(pressure.counts) == bool(some_counts)
-
-
-def test_memory_pressure_full_output_has_all_fifteen_counts() -> None:
-    pressure = parse_memory_pressure(read_fixture("macos-memory_pressure-1-apple-silicon-32gb.txt"))
-    assert len(pressure.counts) == 15
 
 
 # --------------------------------------------------------------------------- sysctl
@@ -222,83 +174,67 @@ def test_pressure_level(text: str, expected: str) -> None:
     assert parse_pressure_level(text) == expected
 
 
-@pytest.mark.parametrize("text", ["hw.memsize: 17179869184\n", "17179869184\n"])
-def test_hw_memsize(text: str) -> None:
-    assert parse_hw_memsize(text) == 16 * GIB
-
-
-# --------------------------------------------------------------------------- footprint, ps
-def test_footprint_partial_fixture() -> None:
-    footprint = parse_footprint(read_fixture("macos-footprint-1-partial.txt"))
-    assert (footprint.pid, footprint.process) == (3644, "ruby")
-    assert (footprint.footprint_bytes, footprint.page_size) == (42 * MIB, 16384)
-    assert len(footprint.rows) == 11
-    dirty = footprint.dirty_by_category()
-    assert dirty["MALLOC_LARGE"] == 16 * MIB
-    assert dirty['untagged ("VM_ALLOCATE")'] == 6288 * KIB
-    assert dirty["__DATA_DIRTY"] == 168 * KIB
-    assert "IOAccelerator (graphics)" not in dirty  # a ruby process holds no Metal memory
-
-
-def test_footprint_row_columns_and_kb_is_1024_based() -> None:
-    footprint = parse_footprint(read_fixture("macos-footprint-1-partial.txt"))
-    data_const = next(row for row in footprint.rows if row.category == "__DATA_CONST")
-    # One clean 16384-byte page is printed as "16 KB": footprint's KB is KiB.
-    assert data_const.clean_bytes == footprint.page_size
-    assert (data_const.dirty_bytes, data_const.reclaimable_bytes, data_const.regions) == (
-        752 * KIB,
-        0,
-        171,
-    )
-
-
-def test_ps_rss_fixture() -> None:
-    rows = parse_ps_rss(read_fixture("macos-ps-rss-1.txt"))
-    assert [(r.pid, r.ppid, r.pgid, r.rss_bytes) for r in rows] == [
-        (3644, 3608, 3644, 9120 * KIB),
-        (3662, 3644, 3644, 6320 * KIB),
-    ]
-    first = rows[0]
-    assert (first.pcpu, first.time, first.etime) == (0.0, "0:00.37", "43:49")
-    assert (first.vsz_bytes, first.command) == (411105984 * KIB, "ruby bin/falcon serve -n 1")
-
-
-def test_ps_rss_skips_header_and_blank_input() -> None:
-    header = "  PID  PPID  PGID  %CPU      TIME      VSZ    RSS     ELAPSED COMMAND\n"
-    assert parse_ps_rss(header) == []
-    assert parse_ps_rss("") == []
-
-
 # --------------------------------------------------------------------------- malformed
 @pytest.mark.parametrize(
-    ("parse", "text"),
+    ("parse", "text", "message"),
     [
-        (parse_top_physmem, ""),
-        (parse_top_physmem, "PhysMem: lots used (some wired), 1M unused."),
-        (parse_top_physmem, "PhysMem: 15G used (4814M compressor), 438M unused."),
-        (parse_top_physmem, "PhysMem: 15G used (1938M wired, 4814X compressor), 438M unused."),
-        (parse_vm_stat, "Pages free: 15160.\n"),
+        (parse_top_physmem, "", "no 'PhysMem: <n> used (...), <n> unused' line"),
+        (
+            parse_top_physmem,
+            "PhysMem: lots used (some wired), 1M unused.",
+            "no 'PhysMem: <n> used (...), <n> unused' line",
+        ),
+        (
+            parse_top_physmem,
+            "PhysMem: 15G used (4814M compressor), 438M unused.",
+            "PhysMem line has no wired figure",
+        ),
+        (
+            parse_top_physmem,
+            "PhysMem: 15G used (1938M wired, 4814X compressor), 438M unused.",
+            "unrecognised PhysMem part: '4814X compressor'",
+        ),
+        (parse_vm_stat, "Pages free: 15160.\n", "no '(page size of N bytes)' header"),
         (
             parse_vm_stat,
             "Mach Virtual Memory Statistics: (page size of 16384 bytes)\nPages free: many.\n",
+            "unrecognised vm_stat line: 'Pages free: many.'",
         ),
-        (parse_vm_stat, "Mach Virtual Memory Statistics: (page size of 0 bytes)\n"),
-        (parse_swapusage, "vm.swapusage: total = 4096.00M  used = 2743.50M"),
-        (parse_swapusage, "sysctl: unknown oid 'vm.swapusage'"),
         (
-            parse_memory_pressure,
-            "The system has 17179869184 (4194304 pages with a page size of 4096).\n",
+            parse_vm_stat,
+            "Mach Virtual Memory Statistics: (page size of 0 bytes)\n",
+            "page size 0 is not positive",
         ),
-        (parse_pressure_level, ""),
-        (parse_pressure_level, "kern.memorystatus_vm_pressure_level: 3\n"),
-        (parse_pressure_level, "kern.memorystatus_vm_pressure_level: high\n"),
-        (parse_pressure_level, "vm.memory_pressure: 0\nvm.page_free_wanted: 0\n"),
-        (parse_footprint, "footprint: process 3644 not found\n"),
-        (parse_ps_rss, " 3644  3608  ruby\n"),
-        (parse_hw_memsize, "hw.memsize: 16 GB\n"),
-        (parse_hw_memsize, ""),
+        (
+            parse_swapusage,
+            "vm.swapusage: total = 4096.00M  used = 2743.50M",
+            "vm.swapusage without free",
+        ),
+        (
+            parse_swapusage,
+            "sysctl: unknown oid 'vm.swapusage'",
+            "vm.swapusage without total, used, free",
+        ),
+        (parse_pressure_level, "", "no kern.memorystatus_vm_pressure_level value"),
+        (
+            parse_pressure_level,
+            "kern.memorystatus_vm_pressure_level: 3\n",
+            "unknown memory pressure level 3 (expected 1, 2 or 4)",
+        ),
+        (
+            parse_pressure_level,
+            "kern.memorystatus_vm_pressure_level: high\n",
+            "unrecognised pressure level line: 'kern.memorystatus_vm_pressure_level: high'",
+        ),
+        (
+            parse_pressure_level,
+            "vm.memory_pressure: 0\nvm.page_free_wanted: 0\n",
+            "no kern.memorystatus_vm_pressure_level value",
+        ),
     ],
 )
-def test_malformed_input_raises_value_error(parse: Callable[[str], Any], text: str) -> None:
-    with pytest.raises(ValueError, match=r"\S"):
+def test_malformed_input_raises_value_error(
+    parse: Callable[[str], Any], text: str, message: str
+) -> None:
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         parse(text)

@@ -346,7 +346,7 @@ def test_client_that_disconnects_while_queued_frees_its_slot(
         return real_generate(*args, **kwargs)
 
     monkeypatch.setattr(model, "generate", slow_generate)
-    limiter = svc.service.asgi
+    limiter = svc.service.limiter
     first = threading.Thread(target=svc.request, args=("POST", QUERY, {"question": "a"}))
     first.start()
     wait_until(lambda: limiter.in_flight == 1)
@@ -602,7 +602,7 @@ def test_client_that_disconnects_mid_generation_frees_its_slot_at_once(
         f"POST {QUERY} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer test-token\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
     ).encode() + body
-    limiter = svc.service.asgi
+    limiter = svc.service.limiter
     with socket.create_connection(("127.0.0.1", int(svc.url.rsplit(":", 1)[1]))) as sock:
         sock.sendall(request)
         assert started.wait(10)

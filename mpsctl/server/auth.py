@@ -1,0 +1,124 @@
+"""Bearer-token authentication as an ASGI layer, the token rule, and log redaction.
+
+Light on purpose (no FastAPI, no torch): ``mpsctl serve`` and ``mpsctl ask`` can import the
+token rule without the service's heavy dependencies.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import re
+from collections.abc import Callable, Iterable
+
+from mpsctl.server.limiter import ASGIApp, Receive, Scope, Send
+
+#: what a token may contain: visible ASCII, no whitespace (RFC 6750's b64token is a subset).
+#: HTTP header values are bytes and clients encode other characters differently (curl
+#: sends UTF-8, others latin-1), so a non-ASCII token would work with one client only.
+_TOKEN_CHARS = re.compile(r"[\x21-\x7e]+")
+
+
+def token_problem(token: str) -> str | None:
+    """Why ``token`` cannot be used as a bearer token, or None when it can.
+
+    The reason never quotes the token (it is a secret).
+    """
+    if not token:
+        return "is empty"
+    if _TOKEN_CHARS.fullmatch(token):
+        return None
+    if any(ch in "\r\n" for ch in token):
+        return "must be one line"
+    if not token.isascii():
+        return (
+            "contains non-ASCII characters; use visible ASCII only "
+            "(clients encode other characters differently in the Authorization header)"
+        )
+    return "contains spaces or control characters; use visible ASCII only"
+
+
+def bearer_ok(authorization: bytes, token: str) -> bool:
+    """Whether an ``Authorization`` header value carries ``token``, compared in constant time."""
+    scheme, _, supplied = authorization.partition(b" ")
+    return scheme.lower() == b"bearer" and hmac.compare_digest(
+        supplied.strip(), token.encode("ascii")
+    )
+
+
+class BearerAuth:
+    """Answer 401 to a request for one of ``paths`` without the bearer token, before the
+    wrapped app (the concurrency limit) sees it: an unauthenticated client never takes a
+    query slot or a queue place. Other paths pass through."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        token: str,
+        paths: Iterable[str],
+        *,
+        on_denied: Callable[[str], None] | None = None,
+    ) -> None:
+        problem = token_problem(token)
+        if problem is not None:
+            raise ValueError(f"the token {problem}")
+        self.app = app
+        self.token = token
+        self.paths = frozenset(paths)
+        self.on_denied = on_denied
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] not in self.paths:
+            await self.app(scope, receive, send)
+            return
+        headers = [value for name, value in scope["headers"] if name.lower() == b"authorization"]
+        if len(headers) == 1 and bearer_ok(headers[0], self.token):
+            await self.app(scope, receive, send)
+            return
+        if self.on_denied is not None:
+            self.on_denied(scope["path"])
+        # never echo what was supplied: it may be a real token for something else
+        message = "missing bearer token" if not headers else "wrong bearer token"
+        body = json.dumps({"error": {"kind": "unauthorized", "message": message}}).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 401,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"www-authenticate", b"Bearer"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+#: query parameter names whose values are credentials (any part of the name, any case)
+_SECRET_NAME = re.compile(r"(?i)token|key|secret|passw|auth|sig")
+
+
+def redact_query(target: str) -> str:
+    """``target`` (a path with its query string) with credential-like parameter values
+    replaced by ``REDACTED``; the path and the other parameters are kept."""
+    path, sep, query = target.partition("?")
+    if not sep:
+        return target
+    params = []
+    for param in query.split("&"):
+        name, eq, _value = param.partition("=")
+        params.append(f"{name}=REDACTED" if eq and _SECRET_NAME.search(name) else param)
+    return f"{path}?{'&'.join(params)}"
+
+
+class RedactQueryTokens(logging.Filter):
+    """Rewrite uvicorn's access lines so a token sent as ``?token=...`` (refused, but
+    still a secret) never reaches the log file."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        # uvicorn's access record: (client, method, path with query, http version, status)
+        if isinstance(args, tuple) and len(args) >= 5 and isinstance(args[2], str):
+            record.args = (*args[:2], redact_query(args[2]), *args[3:])
+        return True
