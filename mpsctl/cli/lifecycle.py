@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
+from mpsctl import __version__
 from mpsctl.cli.app import App, json_option
 from mpsctl.control import lifecycle
+from mpsctl.control.lock import service_lock
+from mpsctl.control.pidfile import write_pidfile
 from mpsctl.errors import ServiceError
+from mpsctl.observe import procs
+from mpsctl.paths import ensure_home
 from mpsctl.render import lifecycle as render
 from mpsctl.render.console import write_json
+from mpsctl.render.units import utc_now_iso
 from mpsctl.settings import DEVICES
 
 
@@ -112,12 +120,62 @@ def start(app: App, foreground: bool, wait: float, as_json: bool, **opts: Any) -
     settings = start_settings(app, opts)
     ev = events(app)
     options = start_opts(opts, foreground)
+    if foreground:
+        start_foreground(settings, options, ev, wait)
     result = run_start(app, lambda: lifecycle.start_service(settings, options, events=ev,
                                                             lock_wait=wait))  # fmt: skip
     if as_json:
         write_json(result.to_json())
     else:
         render.render_start(app.out, result)
+
+
+def start_foreground(
+    settings: Any, options: lifecycle.StartOptions, ev: render.ConsoleEvents, wait: float
+) -> NoReturn:
+    """``start --foreground``: become the service, for a unit that supervises it.
+
+    The same checks as a detached start, then a pidfile naming this process and ``exec``:
+    exec keeps the pid and the start time, so the pidfile then names the service itself
+    (``status``, ``probe`` and the watchdog find it), systemd's or launchd's main process
+    is the service (their SIGTERM reaches it directly) and its exit status is the unit's.
+    The lock's descriptor is close-on-exec: exec releases it.
+    """
+    service = settings.service
+    argv, warnings = lifecycle.service_argv(settings, device=options.device, model=options.model)
+    limit = lifecycle.memory_limit(settings, query_torch=False)
+    for warning in warnings + lifecycle.preflight_warnings(settings, argv, limit):
+        ev.warn(warning)
+    with service_lock(settings.home, wait=wait, purpose="start"):
+        snapshot = procs.find_service(settings)
+        if snapshot.running:
+            raise ServiceError(
+                f"{service.name} is already running (pid {snapshot.roots[0]}, found by "
+                f"{snapshot.found_by}); a second copy would fight it for the port: stop it "
+                "first (mpsctl stop), then let the unit start it"
+            )
+        lifecycle.check_port_free(settings)
+        if not service.workdir.is_dir():
+            raise ServiceError(f"service.workdir {service.workdir} is not a directory")
+        env = lifecycle.service_env(settings)
+        me = os.getpid()
+        created = procs.create_time_of(me)
+        if created is None:
+            raise ServiceError("cannot read this process's start time for the pidfile")
+        ensure_home({"MPSCTL_HOME": str(settings.home)})
+        pidfile = snapshot.pidfile_path or procs.default_pidfile_path(settings)
+        record = procs.PidRecord(me, created, argv, service.url, utc_now_iso(), __version__)
+        try:
+            write_pidfile(pidfile, record)
+        except OSError as exc:
+            raise ServiceError(f"cannot write the pidfile {pidfile}: {exc.strerror}") from None
+        try:
+            os.chdir(service.workdir)
+            os.execvpe(argv[0], list(argv), env)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                pidfile.unlink()
+            raise ServiceError(f"cannot run {argv[0]}: {exc.strerror}") from None
 
 
 @click.command()

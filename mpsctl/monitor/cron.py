@@ -279,6 +279,9 @@ def systemd_units(schedule: Schedule) -> dict[str, str]:
         _exec(unit.argv),
         f"WorkingDirectory={_systemd_word(str(unit.workdir))}",
         *_systemd_env(unit.env),
+        # the log file, not only the journal: `mpsctl logs` and the probe's OOM scan read it
+        "StandardOutput=append:" + str(unit.log).replace("%", "%%"),
+        "StandardError=inherit",
         "Restart=on-failure",
         f"RestartSec={RESTART_SEC}",
         f"TimeoutStopSec={max(1, round(unit.stop_timeout))}",

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -19,6 +20,7 @@ from click.testing import CliRunner
 
 from mpsctl.cli import main
 from mpsctl.control.lifecycle import service_env
+from mpsctl.observe import procs
 from mpsctl.settings import load_settings
 from tests.conftest import free_port
 from tests.monitor.external import require_tool
@@ -173,16 +175,25 @@ def test_launchd_plist_for_the_service(
     assert "# save as ~/Library/LaunchAgents/io.github.mpsctl.mvp.plist" in every
 
 
-def run_like_the_unit(unit: str) -> subprocess.Popen[bytes]:
-    """ExecStart= with only the unit's Environment= (plus this checkout on PYTHONPATH)."""
+def status_of() -> Any:
+    return CliRunner().invoke(main, ["status"])
+
+
+def run_like_the_unit(unit: str) -> tuple[subprocess.Popen[bytes], Path]:
+    """ExecStart= with only the unit's Environment= (plus this checkout on PYTHONPATH), in
+    its WorkingDirectory=, output appended to its StandardOutput=append: file."""
     argv = shlex.split(unit_values(unit, "ExecStart")[0])
     env = {**unit_env(unit), "PYTHONPATH": os.environ.get("PYTHONPATH", os.getcwd())}
     env["OMP_NUM_THREADS"] = "1"
     workdir = unit_values(unit, "WorkingDirectory")[0]
-    return subprocess.Popen(
-        argv, cwd=workdir, env=env, stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+    log = Path(unit_values(unit, "StandardOutput")[0].removeprefix("append:"))
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            argv, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=out,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    return proc, log
 
 
 def test_start_foreground_runs_and_stops_like_a_systemd_main_process(
@@ -190,22 +201,23 @@ def test_start_foreground_runs_and_stops_like_a_systemd_main_process(
 ) -> None:
     port = reference_config(write_config, tmp_path, tiny_model)
     _, units = systemd_units()
-    proc = run_like_the_unit(units["mpsctl-mvp.service"])
-    log = tmp_path / "foreground.log"
+    proc, log = run_like_the_unit(units["mpsctl-mvp.service"])
+    assert log == load_settings().service.log_file
     try:
-        # stdout is a pipe: drain it into the log in the background as the journal would
-        drain = subprocess.Popen(["cat"], stdin=proc.stdout, stdout=log.open("wb"))
         wait_healthy(f"http://127.0.0.1:{port}", proc, log, 120)
         # exec'd: the unit's main PID is the service itself, with the memory settings
         service = psutil.Process(proc.pid)
         assert "serve" in service.cmdline()
+        # its pidfile names it (exec keeps pid and start time): status and probe find it
+        snapshot = procs.find_service(load_settings())
+        assert (snapshot.found_by, snapshot.roots) == ("pidfile", (proc.pid,))
+        assert status_of().exit_code == 0
         assert service.environ()["PYTORCH_MPS_HIGH_WATERMARK_RATIO"] == "0.7"
         assert service.environ()["PYTORCH_MPS_LOW_WATERMARK_RATIO"] == "0.5"
         proc.send_signal(signal.SIGTERM)  # what `systemctl --user stop` sends first
         code = proc.wait(30)
     finally:
         stop_process(proc)
-        drain.wait(10)
     # uvicorn shuts down gracefully, then re-raises SIGTERM: systemd counts an exit by
     # SIGTERM as clean (like 0), so Restart=on-failure leaves a stopped unit stopped
     assert code in (0, -signal.SIGTERM)
@@ -223,8 +235,7 @@ def test_start_foreground_exit_status_is_the_services(
         f'url = "http://127.0.0.1:{port}"\nworkdir = {json.dumps(str(tmp_path))}\n'
     )
     _, units = systemd_units()
-    proc = run_like_the_unit(units["mpsctl-mvp.service"])
-    out, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 3, out
+    proc, log = run_like_the_unit(units["mpsctl-mvp.service"])
+    assert proc.wait(60) == 3, log.read_text(encoding="utf-8")
     with pytest.raises(psutil.NoSuchProcess):
         psutil.Process(proc.pid)
