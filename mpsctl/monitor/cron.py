@@ -325,17 +325,12 @@ def systemd_units(schedule: Schedule) -> dict[str, str]:
 
 
 def systemd_install_commands(units: dict[str, str]) -> list[str]:
+    """The shell lines that install ``units`` (the timers, and the service's own unit)."""
     enable = [n for n in units if n.endswith(".timer")]
     enable += [n for n in units if n.endswith(".service") and f"{n[:-8]}.timer" not in units]
-    enable = [n for n in enable if not _job_service(n, units)]
     return [
         "mkdir -p ~/.config/systemd/user",
-        "# save each unit below under ~/.config/systemd/user/ with the name on its '# file:' line",
+        "# save each unit below as ~/.config/systemd/user/NAME (NAME: its '# file:' line)",
         "systemctl --user daemon-reload && systemctl --user enable --now " + " ".join(enable),
-        "# keep the units running after logout: loginctl enable-linger $USER",
+        'loginctl enable-linger "$USER"  # keep them running after logout',
     ]
-
-
-def _job_service(name: str, units: dict[str, str]) -> bool:
-    # a job's oneshot service is started by its timer, never enabled itself
-    return name.endswith(".service") and f"{name.removesuffix('.service')}.timer" in units
