@@ -265,6 +265,13 @@ def start_while_locked(settings: Settings, options: StartOptions, events: Events
     if foreign:
         raise ServiceError(f"{foreign}; nothing started")
     if snapshot.running:
+        if options.foreground:
+            # a unit is about to supervise this process: a second copy would fight the
+            # first for the port, and "already running" would make the unit think it ran
+            raise ServiceError(
+                f"{service.name} is already running (pid {snapshot.roots[0]}, found by "
+                f"{snapshot.found_by}); stop it first (mpsctl stop), then let the unit start it"
+            )
         return _already_running(settings, snapshot, argv, limit)
     pidfile = snapshot.pidfile_path or default_pidfile_path(settings)
     if snapshot.pidfile_state in ("stale", "reused", "invalid") and remove_bad_pidfile(
@@ -282,12 +289,7 @@ def start_while_locked(settings: Settings, options: StartOptions, events: Events
     env = service_env(settings)
 
     if options.foreground:
-        # launchd / systemd supervise the process themselves: become the service
-        os.chdir(service.workdir)
-        try:
-            os.execvpe(argv[0], list(argv), env)
-        except OSError as exc:
-            raise ServiceError(f"cannot run {argv[0]}: {exc.strerror}") from None
+        _become_service(settings, argv, env, pidfile)
 
     try:
         rotated = service_log.rotate_if_needed(
@@ -395,6 +397,34 @@ def start_while_locked(settings: Settings, options: StartOptions, events: Events
 
 class _NotHealthy(Exception):
     pass
+
+
+def _become_service(
+    settings: Settings, argv: tuple[str, ...], env: dict[str, str], pidfile: Path
+) -> None:
+    """``start --foreground``: launchd or systemd supervises the process, so become it.
+
+    exec keeps this pid and its start time, so a pidfile written just before names the
+    service itself: ``status``, ``probe`` and the watchdog find it, the unit's SIGTERM reaches
+    it directly and its exit status is the unit's. The lock's descriptor is close-on-exec, so
+    exec releases it.
+    """
+    me = os.getpid()
+    created = proctree.create_time_of(me)
+    if created is None:
+        raise ServiceError("cannot read this process's start time for the pidfile")
+    record = PidRecord(me, created, argv, settings.service.url, utc_now_iso(), __version__)
+    try:
+        write_pidfile(pidfile, record)
+    except OSError as exc:
+        raise ServiceError(f"cannot write the pidfile {pidfile}: {exc.strerror}") from None
+    try:
+        os.chdir(settings.service.workdir)
+        os.execvpe(argv[0], list(argv), env)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            pidfile.unlink()
+        raise ServiceError(f"cannot run {argv[0]}: {exc.strerror}") from None
 
 
 def _wait_healthy(proc: subprocess.Popen[bytes], settings: Settings, timeout: float) -> HealthCheck:

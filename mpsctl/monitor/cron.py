@@ -1,10 +1,12 @@
-"""``mpsctl cron``: the crontab block (or launchd plists) that runs mpsctl unattended.
+"""``mpsctl cron``: the crontab block, launchd plists or systemd user units that run mpsctl.
 
 Printed, never installed: the operator reads it, then pastes it into ``crontab -e`` or saves
-it under ``~/Library/LaunchAgents``. Everything is absolute (cron starts in ``$HOME`` with a
-bare PATH): this interpreter with ``-m mpsctl``, the settings file, ``MPSCTL_HOME``, and the
-``MPSCTL_*`` settings of this shell, which cron would not see otherwise. The bearer token
-never goes into the block.
+it under ``~/Library/LaunchAgents`` or ``~/.config/systemd/user``. The plist and the unit
+for the service itself run ``mpsctl start --foreground`` and bring a crashed service back
+within seconds; the probe and watchdog jobs handle a hung or unhealthy one. Everything is
+absolute (cron starts in ``$HOME`` with a bare PATH): this interpreter with ``-m mpsctl``,
+the settings file, ``MPSCTL_HOME``, and the ``MPSCTL_*`` settings of this shell, which cron
+would not see otherwise. The bearer token never goes into the block.
 """
 
 from __future__ import annotations
@@ -17,10 +19,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from mpsctl.control.supervisor import (
+    LABEL_PREFIX,
+    launchd_label,
+    systemd_unit_name,
+)
 from mpsctl.paths import ensure_home, home_dir
 from mpsctl.settings import Settings, env_name
+from mpsctl.torch_env import service_env
 
-LABEL_PREFIX = "io.github.mpsctl"
+#: seconds before the service manager starts a crashed service again
+RESTART_SEC = 5
 #: settings carried from this shell; secrets (the token) never are
 _SECRET_ENV = {"MPSCTL_TOKEN"}
 
@@ -35,12 +44,30 @@ class Job:
 
 
 @dataclass(frozen=True)
+class ServiceUnit:
+    """How a service manager runs the service itself: ``mpsctl start --foreground``."""
+
+    argv: tuple[str, ...]  # absolute mpsctl (or this python -m mpsctl), then its own argv
+    env: dict[str, str]  # the jobs' env and the memory settings the service starts with
+    workdir: Path
+    log: Path
+    stop_timeout: float
+    systemd_name: str
+    launchd_label: str
+
+
+@dataclass(frozen=True)
 class Schedule:
     python: str
     env: dict[str, str]
     jobs: tuple[Job, ...]
     log: Path
     notes: tuple[str, ...]
+    service: ServiceUnit | None = None
+    mpsctl: tuple[str, ...] = ()  # how a unit runs mpsctl: its script, or python -m mpsctl
+
+    def mpsctl_argv(self, *argv: str) -> list[str]:
+        return [*(self.mpsctl or (self.python, "-m", "mpsctl")), *argv]
 
 
 def carried_env(settings: Settings, environ: Mapping[str, str]) -> dict[str, str]:
@@ -113,7 +140,28 @@ def build_schedule(
         ),
     )
     log = home_dir(env) / "cron.log"
-    return Schedule(sys.executable, env, jobs, log, tuple(notes))
+    mpsctl = mpsctl_command()
+    # the memory settings exactly as `start` applies them (inherited values dropped), so
+    # the unit shows what the service gets; PATH and MPSCTL_HOME are the jobs'
+    unit_env = {**service_env(settings, base={}), **env}
+    service = ServiceUnit(
+        argv=(*mpsctl, *base, "start", "--foreground"),
+        env=unit_env,
+        workdir=settings.service.workdir,
+        log=settings.service.log_file,
+        stop_timeout=settings.service.stop_timeout,
+        systemd_name=systemd_unit_name(settings),
+        launchd_label=launchd_label(settings),
+    )
+    return Schedule(sys.executable, env, jobs, log, tuple(notes), service, mpsctl)
+
+
+def mpsctl_command() -> tuple[str, ...]:
+    """The absolute ``mpsctl`` script beside this interpreter, else ``python -m mpsctl``."""
+    script = Path(sys.executable).parent / "mpsctl"
+    if script.is_file() and os.access(script, os.X_OK):
+        return (str(script),)
+    return (sys.executable, "-m", "mpsctl")
 
 
 def _minutes(every: int) -> str:
@@ -165,3 +213,124 @@ def launchd_plist(schedule: Schedule, job: Job) -> str:
 
 def launchd_path(job: Job) -> str:
     return f"~/Library/LaunchAgents/{LABEL_PREFIX}.{job.name}.plist"
+
+
+def launchd_service_plist(schedule: Schedule) -> str:
+    """The agent for the service itself: launchd restarts it when it exits unsuccessfully."""
+    unit = _service(schedule)
+    document = {
+        "Label": unit.launchd_label,
+        "ProgramArguments": list(unit.argv),
+        "EnvironmentVariables": unit.env,
+        "WorkingDirectory": str(unit.workdir),
+        "RunAtLoad": True,
+        # a crash (or an OOM kill) brings it back; `launchctl bootout` or a clean exit does not
+        "KeepAlive": {"SuccessfulExit": False},
+        "ThrottleInterval": RESTART_SEC * 2,
+        "ExitTimeOut": max(1, round(unit.stop_timeout)),
+        "StandardOutPath": str(unit.log),
+        "StandardErrorPath": str(unit.log),
+        "ProcessType": "Interactive",
+    }
+    return plistlib.dumps(document, sort_keys=False).decode("utf-8").rstrip("\n") + "\n"
+
+
+def _service(schedule: Schedule) -> ServiceUnit:
+    if schedule.service is None:
+        raise ValueError("this schedule has no service unit")
+    return schedule.service
+
+
+# --------------------------------------------------------------------------- systemd
+def _systemd_word(word: str) -> str:
+    """One ExecStart= word: quoted when needed, ``%`` and ``$`` doubled (no expansion)."""
+    text = word.replace("%", "%%").replace("$", "$$")
+    if text and not any(c in text for c in " \t\"'\\;"):
+        return text
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _systemd_env(env: dict[str, str]) -> list[str]:
+    # one assignment a line: a value may hold spaces; specifiers (%) are expanded here too
+    lines = []
+    for key, value in env.items():
+        text = f"{key}={value}".replace("%", "%%").replace("\\", "\\\\").replace('"', '\\"')
+        lines.append(f'Environment="{text}"')
+    return lines
+
+
+def _exec(argv: list[str] | tuple[str, ...]) -> str:
+    return "ExecStart=" + " ".join(_systemd_word(w) for w in argv)
+
+
+def systemd_units(schedule: Schedule) -> dict[str, str]:
+    """File name -> text: the service's unit, and a timer + oneshot service per job."""
+    unit = _service(schedule)
+    base = unit.systemd_name.removesuffix(".service")
+    units: dict[str, str] = {}
+    service_lines = [
+        "[Unit]",
+        f"Description=mpsctl: model-serving service ({base})",
+        "",
+        "[Service]",
+        # --foreground execs the service: systemd's main PID is the service itself, its
+        # SIGTERM reaches it directly and its exit status is the unit's
+        "Type=exec",
+        _exec(unit.argv),
+        f"WorkingDirectory={_systemd_word(str(unit.workdir))}",
+        *_systemd_env(unit.env),
+        # the log file, not only the journal: `mpsctl logs` and the probe's OOM scan read it
+        "StandardOutput=append:" + str(unit.log).replace("%", "%%"),
+        "StandardError=inherit",
+        "Restart=on-failure",
+        f"RestartSec={RESTART_SEC}",
+        f"TimeoutStopSec={max(1, round(unit.stop_timeout))}",
+        "",
+        "[Install]",
+        "WantedBy=default.target",
+    ]
+    units[unit.systemd_name] = "\n".join(service_lines) + "\n"
+    for job in schedule.jobs:
+        name = f"{base}-{job.name}"
+        lines = [
+            "[Unit]",
+            f"Description=mpsctl {job.comment}",
+            "",
+            "[Service]",
+            "Type=oneshot",
+            _exec(schedule.mpsctl_argv(*job.argv)),
+            *_systemd_env(schedule.env),
+        ]
+        if job.name == "probe":
+            # the probe's exit status is its verdict (1 WARNING, 2 CRITICAL, 3 UNKNOWN),
+            # not a failure of the job
+            lines.append("SuccessExitStatus=1 2 3")
+        elif job.ok_codes:
+            lines.append("SuccessExitStatus=" + " ".join(str(c) for c in job.ok_codes))
+        units[f"{name}.service"] = "\n".join(lines) + "\n"
+        timer = [
+            "[Unit]",
+            f"Description=mpsctl {job.name} every {job.minutes} min ({base})",
+            "",
+            "[Timer]",
+            f"OnCalendar=*:0/{job.minutes}",
+            "AccuracySec=1s",
+            f"Unit={name}.service",
+            "",
+            "[Install]",
+            "WantedBy=timers.target",
+        ]
+        units[f"{name}.timer"] = "\n".join(timer) + "\n"
+    return units
+
+
+def systemd_install_commands(units: dict[str, str]) -> list[str]:
+    """The shell lines that install ``units`` (the timers, and the service's own unit)."""
+    enable = [n for n in units if n.endswith(".timer")]
+    enable += [n for n in units if n.endswith(".service") and f"{n[:-8]}.timer" not in units]
+    return [
+        "mkdir -p ~/.config/systemd/user",
+        "# save each unit below as ~/.config/systemd/user/NAME (NAME: its '# file:' line)",
+        "systemctl --user daemon-reload && systemctl --user enable --now " + " ".join(enable),
+        'loginctl enable-linger "$USER"  # keep them running after logout',
+    ]

@@ -15,11 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mpsctl.control.audit import fix_history_path, read_records
 from mpsctl.errors import MpsctlError
 from mpsctl.monitor.history import oom_count, parse_time
 from mpsctl.observe.probe import ProbeResult, service_footprint_bytes, service_rss_bytes
 
 MISSING = "Prometheus output needs prometheus_client: pip install 'mpsctl[metrics]'"
+
+#: macOS's memory pressure level as a number an alert rule can compare
+PRESSURE_VALUES = {"normal": 0, "warn": 1, "critical": 2}
 
 
 @dataclass(frozen=True)
@@ -28,6 +32,8 @@ class Sample:
     help: str
     value: float
     labels: dict[str, str] = field(default_factory=dict)
+    #: "gauge" or "counter" (a counter's name has no ``_total``: prometheus_client adds it)
+    kind: str = "gauge"
 
 
 def probe_samples(result: ProbeResult) -> list[Sample]:
@@ -54,6 +60,11 @@ def probe_samples(result: ProbeResult) -> list[Sample]:
         )
         add("host_swap_total_bytes", "Swap size.", host.swap_total_bytes)
         add("host_swap_used_bytes", "Swap used.", host.swap_used_bytes)
+        add(
+            "host_memory_pressure_level",
+            "macOS memory pressure: 0 normal, 1 warn, 2 critical.",
+            PRESSURE_VALUES.get(host.pressure or ""),
+        )
     snap = result.service
     if snap is not None:
         add("service_up", "1 when the service's processes were found.", int(snap.running))
@@ -113,20 +124,53 @@ def probe_samples(result: ProbeResult) -> list[Sample]:
     return out
 
 
+def watchdog_samples(home: Path, service: str) -> list[Sample]:
+    """Counters read back from ``fix``'s audit trail (``history/fix.jsonl``, never pruned).
+
+    Restarts the watchdog (``fix --if-unhealthy``) made, and the runs where it gave up
+    because its restart budget was spent. Both are present from the first scrape (0
+    before any run) so that ``increase()`` sees the first event too.
+    """
+    restarts = refusals = 0
+    for record in read_records(fix_history_path(home)):
+        if record.get("trigger") != "if-unhealthy":
+            continue
+        restarts += record.get("restarted") is True
+        refusals += record.get("result") == "refused"
+    labels = {"service": service}
+    return [
+        Sample(
+            "mpsctl_watchdog_restarts",
+            "Restarts made by fix --if-unhealthy.",
+            restarts,
+            labels,
+            "counter",
+        ),
+        Sample(
+            "mpsctl_watchdog_refusals",
+            "fix --if-unhealthy runs that refused to restart: the restart budget was spent.",
+            refusals,
+            labels,
+            "counter",
+        ),
+    ]
+
+
 def _epoch(text: str) -> float | None:
     moment = parse_time(text)
     return None if moment is None else moment.timestamp()
 
 
 def _metric_families(samples: list[Sample]) -> Iterator[Any]:
-    from prometheus_client.core import GaugeMetricFamily
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
     families: dict[str, Any] = {}
     label_names: dict[str, list[str]] = {}
     for sample in samples:
         if sample.name not in families:
             label_names[sample.name] = sorted(sample.labels)
-            families[sample.name] = GaugeMetricFamily(
+            family = CounterMetricFamily if sample.kind == "counter" else GaugeMetricFamily
+            families[sample.name] = family(
                 sample.name, sample.help, labels=label_names[sample.name]
             )
         names = label_names[sample.name]
@@ -186,8 +230,10 @@ class CachedProbe:
         probe: Callable[[], ProbeResult],
         min_interval: float,
         clock: Callable[[], float] = time.monotonic,
+        home: Path | None = None,
     ) -> None:
         self._probe = probe
+        self._home = home
         self._min_interval = min_interval
         self._clock = clock
         self._lock = threading.Lock()
@@ -200,7 +246,10 @@ class CachedProbe:
             if self._last is not None and now - self._last[0] < self._min_interval:
                 return self._last[1]
             started = time.perf_counter()
-            samples = probe_samples(self._probe())
+            result = self._probe()
+            samples = probe_samples(result)
+            if self._home is not None:
+                samples += watchdog_samples(self._home, result.service_name)
             self.probes += 1
             samples.append(
                 Sample(
@@ -228,13 +277,21 @@ class Exporter:
 
 
 def start_exporter(
-    probe: Callable[[], ProbeResult], host: str, port: int, *, min_interval: float = 1.0
+    probe: Callable[[], ProbeResult],
+    host: str,
+    port: int,
+    *,
+    min_interval: float = 1.0,
+    home: Path | None = None,
 ) -> Exporter:
-    """Serve ``/metrics`` in a background thread; every scrape takes a (cached) probe."""
+    """Serve ``/metrics`` in a background thread; every scrape takes a (cached) probe.
+
+    With ``home``, the watchdog's counters from that MPSCTL_HOME's fix history are served too.
+    """
     _require_client()
     from prometheus_client import CollectorRegistry, start_http_server
 
-    cache = CachedProbe(probe, min_interval)
+    cache = CachedProbe(probe, min_interval, home=home)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ProbeCollector(cache.samples))
     try:

@@ -255,7 +255,10 @@ def test_foreground_becomes_the_service(fake_service: Make, isolated_home: Path)
     try:
         assert wait_for(lambda: health_now(fake.settings(), 0.5).ok)
         assert str(fake.script) in psutil.Process(proc.pid).cmdline()  # exec'd, same pid
-        assert not (isolated_home / "service.pid").exists()  # launchd/systemd track it
+        # a pidfile names it (exec keeps pid and start time): without it probe and the
+        # watchdog would call a healthy unit-run service "not running"
+        snapshot = procs.find_service(fake.settings())
+        assert (snapshot.found_by, snapshot.roots) == ("pidfile", (proc.pid,))
     finally:
         proc.kill()
         proc.wait()

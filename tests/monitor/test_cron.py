@@ -115,6 +115,6 @@ def test_launchd_plist_for_one_job(isolated_home: Path) -> None:
 
 def test_launchd_both_jobs_and_job_needs_launchd() -> None:
     result = CliRunner().invoke(main, ["cron", "--launchd", "--fix-every", "10"])
-    assert result.stdout.count("<plist") == 2
+    assert result.stdout.count("<plist") == 3  # the service, probe and fix
     assert "<integer>600</integer>" in result.stdout
     assert CliRunner().invoke(main, ["cron", "--job", "fix"]).exit_code == 2

@@ -1,0 +1,232 @@
+"""The shipped alert rules: printed by the CLI, accepted by promtool, and firing on the
+input series each alert is for (``promtool test rules``), and not on their neighbours."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from mpsctl import contrib
+from mpsctl.cli import main
+from tests.monitor.external import require_tool
+
+EXPORTER = {"instance": "mac1:9808", "job": "mpsctl-exporter", "service": "mpsctl-mvp"}
+SERVICE = {"instance": "mac1:8000", "job": "mpsctl-service"}
+MIB = 1024 * 1024
+
+
+def series(name: str, values: str, **labels: str) -> dict[str, str]:
+    label_text = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    return {"series": f"{name}{{{label_text}}}", "values": values}
+
+
+def alert(
+    eval_time: str, name: str, labels: dict[str, str] | None = None, **annotations: str
+) -> dict[str, Any]:
+    expected = [] if labels is None else [{"exp_labels": labels, "exp_annotations": annotations}]
+    return {"eval_time": eval_time, "alertname": name, "exp_alerts": expected}
+
+
+def promtool(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    tool = require_tool("promtool", "prometheus")
+    return subprocess.run([tool, *args], cwd=cwd, capture_output=True, text=True, timeout=60)
+
+
+def test_exporter_rules_prints_the_shipped_file() -> None:
+    result = CliRunner().invoke(main, ["exporter", "--rules"])
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == contrib.read_text(contrib.RULES)
+    assert "MpsctlWatchdogGaveUp" in result.stdout
+
+
+def test_promtool_check_rules(tmp_path: Path) -> None:
+    (tmp_path / "rules.yml").write_text(contrib.read_text(contrib.RULES), encoding="utf-8")
+    done = promtool("check", "rules", "rules.yml", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "SUCCESS: 9 rules found" in done.stdout
+
+
+def test_promtool_test_rules_on_input_series(tmp_path: Path) -> None:
+    mvp = "mpsctl-mvp on mac1:9808"
+    crit = {**EXPORTER, "severity": "critical"}
+    warn = {**EXPORTER, "severity": "warning"}
+    other = {**EXPORTER, "service": "other"}
+    tests = [
+        {  # down for 4 minutes: fires; down for 1 minute: still pending
+            "interval": "1m",
+            "input_series": [series("mpsctl_service_up", "1 1 0 0 0 0", **EXPORTER)],
+            "alert_rule_test": [
+                alert("2m", "MpsctlServiceDown"),
+                alert(
+                    "5m",
+                    "MpsctlServiceDown",
+                    crit,
+                    summary=f"{mvp} is not running",
+                    description="No process of the service was found for 1 minute.",
+                ),
+            ],
+        },
+        {  # CRITICAL while running fires after 10 minutes; CRITICAL because down does not
+            "interval": "1m",
+            "input_series": [
+                series("mpsctl_verdict", "2x12", **EXPORTER),
+                series("mpsctl_service_up", "1x12", **EXPORTER),
+                series("mpsctl_verdict", "2x12", **other),
+                series("mpsctl_service_up", "0x12", **other),
+                series("mpsctl_up_unrelated", "1x12", **EXPORTER),
+            ],
+            "alert_rule_test": [
+                alert("9m", "MpsctlServiceUnhealthy"),
+                alert(
+                    "11m",
+                    "MpsctlServiceUnhealthy",
+                    crit,
+                    summary=f"{mvp} has been CRITICAL for 10 minutes",
+                    description="Run `mpsctl probe` on the host for the reasons; the watchdog "
+                    "(fix --if-unhealthy) should have restarted it.",
+                ),
+            ],
+        },
+        {  # 95% of the limit (MPS driver memory) fires after 5 minutes; 50% (CUDA) does not
+            "interval": "1m",
+            "input_series": [
+                series(
+                    "mpsctl_accelerator_driver_allocated_bytes", "95x8", device="mps", **EXPORTER
+                ),
+                series("mpsctl_accelerator_allocated_bytes", "40x8", device="mps", **EXPORTER),
+                series("mpsctl_accelerator_limit_bytes", "100x8", device="mps", **EXPORTER),
+                series("mpsctl_accelerator_allocated_bytes", "50x8", device="cuda:0", **other),
+                series("mpsctl_accelerator_limit_bytes", "100x8", device="cuda:0", **other),
+            ],
+            "alert_rule_test": [
+                alert("4m", "MpsctlAcceleratorMemoryHigh"),
+                alert(
+                    "6m",
+                    "MpsctlAcceleratorMemoryHigh",
+                    {**warn, "device": "mps"},
+                    summary=f"{mvp} uses 95% of its accelerator memory limit",
+                    description="Above 90% of the allocator limit for 5 minutes: the next "
+                    "large request may fail with out-of-memory.",
+                ),
+            ],
+        },
+        {  # one new OOM from the service's counter, and one new event in the logs
+            "interval": "1m",
+            "input_series": [
+                series("mpsctl_out_of_memory_total", "0 0 0 1 1 1", **SERVICE),
+                series("mpsctl_oom_events", "0x12 1x4", **EXPORTER),
+            ],
+            "alert_rule_test": [
+                alert("2m", "MpsctlOutOfMemory"),
+                alert(
+                    "4m",
+                    "MpsctlOutOfMemory",
+                    {**SERVICE, "severity": "warning"},
+                    summary="mac1:8000: a query ran out of memory",
+                    description="About 1 out-of-memory error(s) in 10 minutes (increase() "
+                    "extrapolates); see `mpsctl oom`.",
+                ),
+                alert("12m", "MpsctlOutOfMemoryInLogs"),
+                alert(
+                    "14m",
+                    "MpsctlOutOfMemoryInLogs",
+                    warn,
+                    summary=f"{mvp}: a new out-of-memory event in the logs",
+                    description="See `mpsctl oom` on the host.",
+                ),
+            ],
+        },
+        {  # swap grows 64 MiB a minute on one host; a constant (large) swap on another
+            "interval": "1m",
+            "input_series": [
+                series("mpsctl_host_swap_used_bytes", f"0+{64 * MIB}x20", **EXPORTER),
+                series("mpsctl_host_swap_used_bytes", f"{8192 * MIB}x20", **other),
+            ],
+            "alert_rule_test": [
+                alert(
+                    "15m",
+                    "MpsctlHostSwapping",
+                    warn,
+                    summary="mac1:9808 is swapping",
+                    description="Swap use grew by more than 256 MiB in 10 minutes: model "
+                    "memory is being paged out.",
+                ),
+            ],
+        },
+        {  # pressure critical for 3 minutes fires; warn does not
+            "interval": "1m",
+            "input_series": [
+                series("mpsctl_host_memory_pressure_level", "0 0 2 2 2 2", **EXPORTER),
+                series("mpsctl_host_memory_pressure_level", "1x6", **other),
+            ],
+            "alert_rule_test": [
+                alert(
+                    "5m",
+                    "MpsctlMemoryPressureCritical",
+                    crit,
+                    summary="mac1:9808: macOS memory pressure is critical",
+                    description="The kernel is compressing and swapping hard; the watchdog "
+                    "restarts the service on CRITICAL.",
+                ),
+            ],
+        },
+        {  # the watchdog refuses once; its restarts alone do not fire
+            "interval": "1m",
+            "input_series": [
+                series("mpsctl_watchdog_refusals_total", "0 0 0 1 1", **EXPORTER),
+                series("mpsctl_watchdog_refusals_total", "0x5", **other),
+                series("mpsctl_watchdog_restarts_total", "0 1 2 3 3", **other),
+            ],
+            "alert_rule_test": [
+                alert("2m", "MpsctlWatchdogGaveUp"),
+                alert(
+                    "4m",
+                    "MpsctlWatchdogGaveUp",
+                    crit,
+                    summary=f"{mvp}: the watchdog gave up restarting",
+                    description="fix --if-unhealthy spent its restart budget "
+                    "(fix.max_restarts): a person has to look (`mpsctl logs`, `mpsctl oom`).",
+                ),
+            ],
+        },
+        {  # the exporter does not answer for 3 minutes
+            "interval": "1m",
+            "input_series": [
+                series("up", "1 0 0 0 0", instance="mac1:9808", job="mpsctl-exporter")
+            ],
+            "alert_rule_test": [
+                alert(
+                    "4m",
+                    "MpsctlExporterDown",
+                    {"instance": "mac1:9808", "job": "mpsctl-exporter", "severity": "critical"},
+                    summary="mpsctl exporter on mac1:9808 does not answer",
+                    description="No figures from this host: the other mpsctl alerts cannot "
+                    "fire for it.",
+                ),
+            ],
+        },
+    ]
+    (tmp_path / "rules.yml").write_text(contrib.read_text(contrib.RULES), encoding="utf-8")
+    document = {"rule_files": ["rules.yml"], "evaluation_interval": "1m", "tests": tests}
+    # JSON is YAML: promtool reads it as is
+    (tmp_path / "tests.yml").write_text(json.dumps(document, indent=1), encoding="utf-8")
+    done = promtool("test", "rules", "tests.yml", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "SUCCESS" in done.stdout + done.stderr
+
+
+def test_a_missing_tool_fails_in_ci_and_skips_elsewhere(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty directory: no promtool on it
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="promtool is not installed"):
+        require_tool("promtool", "prometheus")
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception):
+        require_tool("promtool", "prometheus")
