@@ -103,24 +103,24 @@ class _Pending:
         return self.start, KernelOomKill(raw="\n".join(self.raw), complete=complete, **self.values)
 
 
-def _records(lines: list[str]) -> list[tuple[int, str]]:
-    """``(index, kernel text)`` per line, a hard-wrapped kernel line rejoined to its start.
+def _records(lines: list[str]) -> list[tuple[int, str, str]]:
+    """``(index, kernel text, lines as logged)``, a hard-wrapped kernel line rejoined.
 
     Logs pasted or captured at a fixed width break ``Killed process`` mid-word onto lines with
     no stamp: such a line continues the previous stamped one when that one filled a width.
     """
-    records: list[tuple[int, str]] = []
+    records: list[tuple[int, str, str]] = []
     previous_len = 0
     joinable = False
     for index, line in enumerate(lines):
         stamped = has_time_prefix(line)
         if not stamped and joinable and previous_len >= _WRAP_MIN and line.strip():
-            start, text = records[-1]
-            records[-1] = (start, text + line.rstrip("\n"))
+            start, text, logged = records[-1]
+            records[-1] = (start, text + line, f"{logged}\n{line.rstrip()}")
             previous_len = len(line)
             continue
         prefix = _PREFIX.match(line)
-        records.append((index, line[prefix.end() :] if prefix else line))
+        records.append((index, line[prefix.end() :] if prefix else line, line.rstrip()))
         joinable = stamped
         previous_len = len(line)
     return records
@@ -146,19 +146,19 @@ def find_kernel_kills(lines: list[str]) -> list[tuple[int, KernelOomKill]]:
             pending = _Pending(start=index)
         return pending
 
-    for index, text in _records(lines):
+    for index, text, logged in _records(lines):
         invoked = _INVOKED.match(text)
         if invoked:
             flush()
             current = open_or_continue(index)
             current.values["trigger"] = invoked.group(1)
-            current.raw.append(text)
+            current.raw.append(logged)
             continue
         killed = _KILLED.search(text) if "Killed process" in text else None
         if killed:
             current = open_or_continue(index)
             _read_killed(current, killed)
-            current.raw.append(text)
+            current.raw.append(logged)
             found.append(current.build(complete=True))
             pending = None
             continue
@@ -171,25 +171,25 @@ def find_kernel_kills(lines: list[str]) -> list[tuple[int, KernelOomKill]]:
             cpuset = _CPUSET.match(text)
             if cpuset and "trigger" in pending.values:
                 pending.values["cpuset"] = cpuset.group(2)
-                pending.raw.append(text)
+                pending.raw.append(logged)
                 continue
         oom_kill = _OOM_KILL.search(text) if "oom-kill:" in text else None
         if oom_kill:
             current = open_or_continue(index, clash="constraint")
             _read_oom_kill(current, oom_kill.group(1))
-            current.raw.append(text)
+            current.raw.append(logged)
             continue
         task_in = _TASK_IN.match(text)
         if task_in:
             current = open_or_continue(index, clash="task_memcg")
             current.values.update(task_memcg=task_in.group(1), memcg=task_in.group(2), cgroup=True)
-            current.raw.append(text)
+            current.raw.append(logged)
             continue
         usage = _MEMCG_USAGE.match(text)
         if usage and pending is not None and "memcg_limit_bytes" not in pending.values:
             pending.values["memcg_usage_bytes"] = to_int(usage.group(1), _KB)
             pending.values["memcg_limit_bytes"] = to_int(usage.group(2), _KB)
-            pending.raw.append(text)
+            pending.raw.append(logged)
             continue
         sacrifice = _SACRIFICE.search(text) if "sacrifice child" in text else None
         if sacrifice:
@@ -197,7 +197,7 @@ def find_kernel_kills(lines: list[str]) -> list[tuple[int, KernelOomKill]]:
             current.values["score"] = to_int(sacrifice.group(4))
             if sacrifice.group(1):
                 current.values["cgroup"] = True
-            current.raw.append(text)
+            current.raw.append(logged)
     flush()
     return found
 
