@@ -7,8 +7,9 @@
   (its limit belongs to the kill of the same pid).
 * ``JetsamEvent-*.ips``: a one-line JSON header, then a JSON body whose ``processes`` entries
   carry ``"reason"`` for the ones jetsam killed; sizes are pages (``rpages``) of the report's
-  ``pageSize``. Reports are read as text, not with ``json``: copies are often cut, wrapped or
-  elided, and a killed entry must still be found in what is left.
+  ``pageSize``; only entries with ``rpages`` count, so other JSON logs with a "reason" key
+  are not mistaken for one. Reports are read as text, not with ``json``: copies are often
+  cut, wrapped or elided, and a killed entry must still be found in what is left.
 
 ``zone_map_exhaustion: ... Waking up memorystatus thread`` is the kernel asking jetsam to act,
 not a kill, so it is no event.
@@ -80,7 +81,7 @@ class JetsamKill:
 def find_jetsam(text: str, lines: list[str]) -> list[tuple[int, JetsamKill]]:
     """``(0-based line index, event)`` for every jetsam kill in ``text`` (split into ``lines``)."""
     found: list[tuple[int, JetsamKill]] = []
-    if '"reason"' in text:
+    if '"reason"' in text and '"rpages"' in text:
         found.extend(_find_ips(text))
     limits: dict[str, tuple[int, str, re.Match[str]]] = {}
     for index, line in enumerate(lines):
@@ -154,7 +155,8 @@ def _find_ips(text: str) -> list[tuple[int, JetsamKill]]:
         start, end = _enclosing_object(text, reason.start())
         entry = text[start:end]
         pid = re.search(_JSON_INT.format("pid"), entry)
-        if pid is None:  # not a process entry
+        # a process entry of a jetsam report, not some other JSON with a "reason"
+        if pid is None or '"rpages"' not in entry:
             continue
         name = re.search(_JSON_STR.format("name"), entry)
         rpages = re.search(_JSON_INT.format("rpages"), entry)

@@ -147,7 +147,7 @@ def find_kernel_kills(lines: list[str]) -> list[tuple[int, KernelOomKill]]:
         return pending
 
     for index, text, logged in _records(lines):
-        invoked = _INVOKED.match(text)
+        invoked = _INVOKED.match(text) if "invoked oom-killer" in text else None
         if invoked:
             flush()
             current = open_or_continue(index)

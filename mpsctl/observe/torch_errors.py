@@ -34,11 +34,13 @@ _CPU = re.compile(
 )
 _MEMALIGN = re.compile(r"posix_memalign\(&data, gAlignment, nbytes\) == 0\. 12 vs 0")
 _DEVICE = re.compile(
-    r"(?:(?P<exc>[\w.]*(?:Error|Exception)):\s+)?"
     r"(?:CUDA error:\s+(?P<err>out of memory|CUBLAS_STATUS_ALLOC_FAILED)"
     r"(?:\s+when calling\s+`(?P<call>[^`]+)`)?"
     r"|cuda runtime error \((?P<code>2)\) : (?P<legacy>out of memory))"
 )
+#: the exception class just before the message; looked for only there (a bounded look-back,
+#: so a huge run of word characters cannot make the search quadratic)
+_EXCEPTION = re.compile(r"([\w.]{1,80}(?:Error|Exception)):\s+$")
 _NDARRAY = re.compile(
     r"\[(?P<cls>MPS\w*NDArray) (?P<sel>initWithDevice:[\w:]*)\] Error: "
     r"(?:(?P<bytes>total bytes of NDArray)|(?P<dims>product of dimension sizes))"
@@ -148,10 +150,11 @@ def parse_torch_error(line: str) -> TorchError | None:
     if "CUDA error" in line or "cuda runtime error" in line:
         match = _DEVICE.search(line)
         if match:
+            exception = _EXCEPTION.search(line, max(0, match.start() - 100), match.start())
             return DeviceError(
                 raw=line.rstrip(),
                 error=match.group("err") or match.group("legacy"),
-                exception=match.group("exc"),
+                exception=None if exception is None else exception.group(1),
                 call=match.group("call"),
                 legacy_code=2 if match.group("code") else None,
             )

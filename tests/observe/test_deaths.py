@@ -522,3 +522,15 @@ def test_to_json_shape() -> None:
     oomd = find_deaths(read_fixture("linux-systemd-oomd-3-journal-truncated-service.txt"))[0]
     assert oomd.to_json()["pids"] == [63, 66]
     assert "backend" not in oomd.to_json()
+
+
+def test_structured_json_with_a_reason_is_not_a_jetsam_report() -> None:
+    line = '{"event": "shutdown", "reason": "per-process-limit", "pid": 4624, "name": "api"}'
+    assert find_deaths(line) == []
+
+
+def test_exception_name_is_read_only_just_before_the_message() -> None:
+    line = read_fixture("torch-cuda-error-oom-4-acceleratorerror.txt").splitlines()[6]
+    event = parse_death("x" * 100_000 + " " + line)
+    assert event is not None
+    assert event.to_json()["exception"] == "torch.AcceleratorError"
