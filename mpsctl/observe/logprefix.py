@@ -28,6 +28,9 @@ _SHORT_FULL = re.compile(
     r"(UTC|GMT|[+-]\d{4}|[A-Z]{2,5})\b"
 )
 _ISO_START = re.compile(r"^\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d")
+_ISO_WITH_OFFSET = re.compile(
+    r"^\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:[.,]\d+)?\s?(?:Z|[+-]\d\d:?\d\d)(?!\d)"
+)
 #: how far into the line a syslog-style stamp may sit before an uptime stamp (host + program)
 _UPTIME_WITHIN = 96
 
@@ -119,8 +122,8 @@ def prefix_time(
             moment = _build(now.year - 1, _MONTHS[month], day, hour, minute, second, fraction, zone)
         return moment
     if _ISO_START.match(line):
-        stamp = line_time(line)
-        if stamp is not None and zone is not None and _naive_iso(line):
+        stamp = line_time(line)  # a naive stamp comes back read as this machine's local time
+        if stamp is not None and zone is not None and not _ISO_WITH_OFFSET.match(line):
             stamp = _local(stamp.astimezone().replace(tzinfo=None), zone)
         return stamp
     match = _UPTIME.search(line, 0, _UPTIME_WITHIN)
@@ -136,12 +139,6 @@ def uptime_seconds(line: str) -> float | None:
     """dmesg's seconds-since-boot stamp of ``line`` (also after a syslog prefix), or None."""
     match = _UPTIME.search(line, 0, _UPTIME_WITHIN)
     return None if match is None else float(f"{match.group(1)}.{match.group(2)}")
-
-
-def _naive_iso(line: str) -> bool:
-    return re.match(r"^\S+(?:Z|[+-]\d\d:?\d\d)(?!\d)", line) is None and not re.match(
-        r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:[.,]\d+)?\s?(?:Z|[+-]\d\d:?\d\d)(?!\d)", line
-    )
 
 
 def _naive(

@@ -428,6 +428,8 @@ STAMP = datetime(2026, 11, 28, 3, 16, 52, tzinfo=UTC)
          STAMP.replace(microsecond=136582)),
         ("Sat 2026-11-28 03:16:52 UTC host kernel: x", STAMP),
         ("Sat 2026-11-28 04:16:52 +0100 host kernel: x", STAMP),
+        ("2026-11-28 03:16:52,250 app ERROR x", STAMP.replace(microsecond=250000)),
+        ("2026-11-28T03:16:52Z host kernel: x", STAMP),
         ("[Sat Feb 30 03:16:52 2026] impossible date", None),
         ("no stamp at all", None),
     ],
