@@ -27,6 +27,7 @@ from mpsctl.observe.torch_errors import (
 )
 
 __all__ = [
+    "KINDS",
     "CpuAllocFailure",
     "DeathEvent",
     "DeviceError",
@@ -36,7 +37,9 @@ __all__ = [
     "OomdKill",
     "WorkerKilled",
     "find_deaths",
+    "is_memory_death",
     "parse_death",
+    "pids_of",
 ]
 
 _OOMD_KILL = re.compile(
@@ -58,7 +61,8 @@ _GUNICORN_SIGKILL = re.compile(r"Worker \(pid:(\d+)\) was sent SIGKILL!")
 _GUNICORN_SIGNAL = re.compile(r"Worker with pid (\d+) was terminated due to signal (\d+)")
 _GUNICORN_TIMEOUT = re.compile(r"WORKER TIMEOUT \(pid:(\d+)\)")
 
-#: cheap substring tests before any regex, per line
+#: cheap substring tests over the whole text before any line is parsed ("Killed" and
+#: "Out of memory" also catch a kill line hard-wrapped inside "Killed process")
 _NEEDLES = (
     "Killed", "Out of memory", "invoked oom-killer", "oom-kill:", "sacrifice child",
     "killed as a result",
@@ -125,6 +129,30 @@ DeathEvent = (
     | DeviceError
     | NdarrayLimit
 )
+
+
+#: every ``kind`` this module reports, in the order the kinds are documented
+KINDS = (
+    KernelOomKill.kind, OomdKill.kind, JetsamKill.kind, WorkerKilled.kind,
+    CpuAllocFailure.kind, DeviceError.kind, NdarrayLimit.kind,
+)  # fmt: skip
+
+
+def is_memory_death(event: DeathEvent) -> bool:
+    """Whether the event shows memory ran out (to count it as an OOM).
+
+    False only for a gunicorn SIGKILL that followed gunicorn's own WORKER TIMEOUT of that
+    worker: a hang, which may or may not have had memory behind it.
+    """
+    return not (isinstance(event, WorkerKilled) and event.after_timeout)
+
+
+def pids_of(event: DeathEvent) -> tuple[int, ...]:
+    """The pids the event names as killed (to tie it to a service's pidfile); may be empty."""
+    if isinstance(event, OomdKill):
+        return event.pids
+    pid = getattr(event, "pid", None)
+    return () if pid is None else (pid,)
 
 
 def parse_death(text: str) -> DeathEvent | None:

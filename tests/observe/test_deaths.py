@@ -16,13 +16,16 @@ from hypothesis import strategies as st
 
 from mpsctl.observe.death_advice import explain, summary
 from mpsctl.observe.deaths import (
+    KINDS,
     CpuAllocFailure,
     JetsamKill,
     KernelOomKill,
     NdarrayLimit,
     WorkerKilled,
     find_deaths,
+    is_memory_death,
     parse_death,
+    pids_of,
 )
 from mpsctl.observe.logprefix import prefix_time, size_value, to_int
 from tests.conftest import FIXTURES, read_fixture
@@ -536,3 +539,17 @@ def test_exception_name_is_read_only_just_before_the_message() -> None:
     event = parse_death("x" * 100_000 + " " + line)
     assert event is not None
     assert event.to_json()["exception"] == "torch.AcceleratorError"
+
+
+def test_counting_helpers() -> None:
+    timeouts = find_deaths(read_fixture("gunicorn-sigkill-4-rich-console-wrapped.txt"))
+    assert [is_memory_death(e) for e in timeouts] == [True, False, False, False]
+    assert [pids_of(e) for e in timeouts] == [(40,), (47,), (67,), (79,)]
+    oomd = find_deaths(read_fixture("linux-systemd-oomd-3-journal-truncated-service.txt"))[0]
+    assert pids_of(oomd) == (63, 66)
+    cuda = parse_death(read_fixture("torch-cuda-error-oom-1-comma-so.txt"))
+    assert cuda is not None
+    assert pids_of(cuda) == ()
+    assert is_memory_death(cuda)
+    kinds = {e.kind for name in EXPECTED for e in find_deaths(read_fixture(name))}
+    assert kinds == set(KINDS)
