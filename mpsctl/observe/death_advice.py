@@ -152,10 +152,20 @@ def _explain_kernel(event: KernelOomKill, ram_bytes: int | None) -> list[str]:
             "its limit ran out, not the machine's RAM. Raise that limit (systemd MemoryMax=, "
             "docker --memory, Kubernetes resources.limits.memory) or use less memory."
         )
-    else:
+    elif event.constraint not in (None, "CONSTRAINT_NONE"):
+        advice.append(
+            f"The kill was confined by {event.constraint}: the memory of a cpuset or memory "
+            "policy ran out, not the whole machine's."
+        )
+    elif event.complete or event.constraint is not None:
         advice.append(
             "The whole machine ran out of RAM and swap: the service and everything else "
             "running needed more than there is."
+        )
+    else:
+        advice.append(
+            "The lines found do not say whether a memory cgroup's limit or the machine's RAM "
+            "ran out; the rest of the kernel log does."
         )
     return [*advice, _SMALLER, _LIMIT_ADVICE]
 

@@ -477,6 +477,18 @@ def test_kernel_summary_and_advice_use_exact_figures() -> None:
     assert "concurrency" in text
 
 
+def test_cut_report_does_not_guess_what_ran_out() -> None:
+    name = "linux-oomkill-20-dmesg-T-kernel616-invoked-oom-killer-calltrace.txt"
+    (event,) = find_deaths(read_fixture(name))
+    assert summary(event) == (
+        "the kernel OOM killer ran (invoked by postgres, pid 1073875); "
+        "the kill itself is not in the log"
+    )
+    words = " ".join(explain(event))
+    assert "do not say whether" in words
+    assert "whole machine" not in words
+
+
 def test_memcg_advice_names_the_limit() -> None:
     name = "linux-oomkill-18-syslog-cgroupv1-task-killed-as-result-of-limit.txt"
     (event,) = find_deaths(read_fixture(name))
