@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 from mpsctl.observe.jetsam import JetsamKill, find_jetsam
 from mpsctl.observe.kernel_oom import KernelOomKill, find_kernel_kills
 from mpsctl.observe.logprefix import prefix_time, to_int
-from mpsctl.observe.oom import line_time
+from mpsctl.observe.logtime import line_time
 from mpsctl.observe.torch_errors import (
     CpuAllocFailure,
     DeviceError,

@@ -23,7 +23,7 @@ from datetime import datetime
 from typing import Any, ClassVar
 
 from mpsctl.observe.logprefix import size_value, to_int
-from mpsctl.observe.oom import line_time
+from mpsctl.observe.logtime import line_time
 from mpsctl.observe.torch_errors import json_doc
 
 _KILLING = re.compile(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from datetime import datetime, timedelta, timezone, tzinfo
 
-from mpsctl.observe.oom import line_time
+from mpsctl.observe.logtime import line_time
 
 #: the largest value a ``*_bytes`` field may hold: JSON readers and Prometheus choke beyond it
 MAX_INT = 2**63 - 1
