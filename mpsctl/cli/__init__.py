@@ -38,6 +38,7 @@ COMMANDS: dict[str, str] = {
     "report": "report:report",
     "exporter": "exporter:exporter",
     "cron": "cron:cron",
+    "plan": "plan:plan",
 }
 
 
