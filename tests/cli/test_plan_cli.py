@@ -41,7 +41,8 @@ def test_7b_on_16gb_answers_without_torch(tmp_path: Path) -> None:
     assert doc["schema"] == "mpsctl.plan/1"
     for key in ("weights_bytes", "kv_cache_per_query_bytes", "peak_per_query_bytes",
                 "total_bytes", "limit_bytes", "ram_bytes"):  # fmt: skip
-        assert isinstance(doc[key], int) and doc[key] > 0, key
+        assert isinstance(doc[key], int), key
+        assert doc[key] > 0, key
     assert doc["ram_bytes"] == 16 * 2**30
     assert (doc["fits"], doc["max_concurrent_that_fits"]) == (False, 0)
     assert doc["smaller_preset_that_fits"] == "qwen2.5-3b"
@@ -102,6 +103,8 @@ def write_model(tmp_path: Path, config: str, safetensors: bytes | None = None) -
     return model
 
 
+TRUNCATED = struct.pack("<Q", 4096) + b'{"a":'
+NOT_JSON = struct.pack("<Q", 4) + b"\xff\xfe{}"
 GOOD_CONFIG = json.dumps({"model_type": "qwen2", "hidden_size": 32, "intermediate_size": 64,
                           "num_hidden_layers": 2, "num_attention_heads": 4,
                           "num_key_value_heads": 2, "vocab_size": 384})  # fmt: skip
@@ -113,9 +116,9 @@ GOOD_CONFIG = json.dumps({"model_type": "qwen2", "hidden_size": 32, "intermediat
         ("{not json", None, "config.json: not valid JSON"),
         ("[1, 2]", None, "config.json: not a JSON object"),
         ('{"hidden_size": 32}', None, "intermediate_size must be a positive integer (missing)"),
-        (GOOD_CONFIG, struct.pack("<Q", 4096) + b'{"a":', "truncated or corrupt safetensors header"),
+        (GOOD_CONFIG, TRUNCATED, "truncated or corrupt safetensors header"),
         (GOOD_CONFIG, b"\x01\x02", "truncated safetensors file"),
-        (GOOD_CONFIG, struct.pack("<Q", 4) + b"\xff\xfe{}", "corrupt safetensors header (not JSON)"),
+        (GOOD_CONFIG, NOT_JSON, "corrupt safetensors header (not JSON)"),
         (GOOD_CONFIG, struct.pack("<Q", 11) + b'{"w": 1234}', "corrupt safetensors header (tensor"),
     ],
 )  # fmt: skip
@@ -126,7 +129,8 @@ def test_bad_model_directory_is_one_line_exit_2(
     code, out, err = run("plan", "--model", str(model), "--ram", "16GiB")
     assert code == 2
     assert out == ""
-    assert err.count("\n") == 1 and err.startswith("mpsctl: error: "), err
+    assert err.count("\n") == 1, err
+    assert err.startswith("mpsctl: error: "), err
     assert expected in err
 
 
@@ -146,5 +150,6 @@ def test_bad_model_directory_is_one_line_exit_2(
 def test_bad_options_are_one_line_exit_2(args: list[str], expected: str) -> None:
     code, _, err = run("plan", *args, *(["--ram", "16GiB"] if "--ram" not in args else []))
     assert code == 2, err
-    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.count("\n") == 1, err
+    assert "Traceback" not in err
     assert expected in err
