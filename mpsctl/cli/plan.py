@@ -8,6 +8,7 @@ import click
 
 from mpsctl.cli.app import App, json_option
 from mpsctl.errors import ExitCode, MpsctlError
+from mpsctl.plan.plan import DEFAULT_PROMPT_TOKENS
 from mpsctl.plan.presets import PRESETS
 from mpsctl.render.console import write_json
 
@@ -42,7 +43,7 @@ DTYPES = ("float16", "bfloat16", "float32")
 @click.option(
     "--prompt-tokens",
     type=click.IntRange(1),
-    default=256,
+    default=DEFAULT_PROMPT_TOKENS,
     show_default=True,
     metavar="N",
     help="Prompt length in tokens, chat template included.",

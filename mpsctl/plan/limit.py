@@ -90,11 +90,13 @@ def cuda_limit(ram: int, ram_source: str, report: dict[str, Any] | None) -> Limi
                  "fraction)", ram, ram_source)  # fmt: skip
 
 
-def cpu_limit(ram: int, ram_source: str, available: int | None) -> Limit:
+def cpu_limit(
+    ram: int, ram_source: str, available: int | None, source: str = "RAM available now"
+) -> Limit:
     if available is None:
         return Limit("cpu", ram, f"RAM ({ram_source}): all of it, as available is unknown",
                      ram, ram_source)  # fmt: skip
-    return Limit("cpu", available, "RAM available on this machine now", ram, ram_source)
+    return Limit("cpu", min(available, ram), source, ram, ram_source)
 
 
 def ram_ceiling_ratio(limit: Limit) -> float | None:

@@ -295,6 +295,11 @@ def machine_limit(
         return mps_limit(ram, ram_source, high, low, report)
     if device == "cuda":
         return cuda_limit(ram, ram_source, report)
+    rss = report.get("rss_bytes") if report else None
+    if available is not None and isinstance(rss, int) and not isinstance(rss, bool):
+        # a running service's memory is not available now, but the planned one replaces it
+        return cpu_limit(ram, ram_source, available + rss, "RAM available now + the running "
+                         "service's RSS (the planned service replaces it)")  # fmt: skip
     return cpu_limit(ram, ram_source, available)
 
 

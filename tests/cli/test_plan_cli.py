@@ -91,6 +91,7 @@ def test_a_running_service_supplies_its_report(reference_service: RunningService
     assert doc["device"] == "cpu"
     assert doc["device_source"] == "the service's memory report"
     assert doc["ram_source"] == "this machine"
+    assert "the running service's RSS" in doc["limit_source"]
     assert code in (0, 1), err
 
 
