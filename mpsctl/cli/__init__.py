@@ -38,6 +38,7 @@ COMMANDS: dict[str, str] = {
     "report": "report:report",
     "exporter": "exporter:exporter",
     "cron": "cron:cron",
+    "plan": "plan:plan",
 }
 
 #: ``mpsctl --help``'s command list: groups and order as a newcomer meets them (README's
@@ -62,6 +63,7 @@ COMMAND_GROUPS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
         (
             ("probe", "Host memory, the service, its accelerator: a verdict."),
             ("oom", "Out-of-memory events in the logs, explained."),
+            ("plan", "Will the model fit at this concurrency? Before it crashes."),
             ("clean-cache", "Remove bytecode caches; ask the service to free memory."),
         ),
     ),
@@ -71,7 +73,7 @@ COMMAND_GROUPS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
             ("watch", "A live dashboard of probes (JSON lines when piped)."),
             ("report", "The recorded history: min/avg/p95/max, OOMs, restarts."),
             ("exporter", "The probe's figures as Prometheus gauges over HTTP."),
-            ("cron", "Print crontab lines (or launchd plists) for the watchdog."),
+            ("cron", "Crontab lines, systemd units or launchd plists: the watchdog."),
         ),
     ),
     (

@@ -1,0 +1,115 @@
+"""The memory model: what one loaded model and each query in flight hold, in bytes.
+
+Every figure is explained in :func:`explain` and in docs/plan.md. The model assumes the
+way the reference service generates: one ``model.generate`` per query (batch of one),
+greedy, with transformers' dynamic KV cache, queries running side by side in threads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mpsctl.plan.arch import DTYPE_BYTES, Architecture
+
+#: RSS of the reference service's process before any model is loaded (python 3.11 with
+#: torch 2.13, transformers 5.24, fastapi and uvicorn imported), measured on Linux: the
+#: framework's own memory when no running service reports a better figure.
+OVERHEAD_ESTIMATE_BYTES = 397_541_376
+#: bytes of the float32 copy generate() makes of the last position's logits
+#: (``outputs.logits[:, -1].to(copy=True, dtype=torch.float32)`` in transformers 5.x)
+FLOAT32_BYTES = 4
+
+
+@dataclass(frozen=True)
+class Figures:
+    dtype: str
+    dtype_bytes: int
+    prompt_tokens: int
+    max_new_tokens: int
+    weights_bytes: int
+    kv_bytes_per_token: int
+    kv_cache_per_query_bytes: int
+    logits_bytes: int
+    activation_bytes: int
+    overhead_bytes: int
+    overhead_source: str
+
+    @property
+    def peak_per_query_bytes(self) -> int:
+        """The transient part of one query: prefill activations and the logits."""
+        return self.logits_bytes + self.activation_bytes
+
+    @property
+    def per_query_bytes(self) -> int:
+        return self.kv_cache_per_query_bytes + self.peak_per_query_bytes
+
+    @property
+    def fixed_bytes(self) -> int:
+        return self.weights_bytes + self.overhead_bytes
+
+    def total_bytes(self, concurrent: int) -> int:
+        return self.fixed_bytes + concurrent * self.per_query_bytes
+
+
+def kv_bytes_per_token(arch: Architecture, dtype_bytes: int) -> int:
+    """Keys and values (2) of every layer, for every KV head, per position."""
+    return 2 * arch.num_hidden_layers * arch.num_key_value_heads * arch.head_dim * dtype_bytes
+
+
+def logits_bytes(arch: Architecture, dtype_bytes: int) -> int:
+    """transformers' generate() passes ``logits_to_keep=1`` to models that accept it (Qwen2,
+    Llama, ...): every forward pass, the prefill included, computes the logits of the last
+    position only, then copies them to float32 for the logits processors."""
+    return arch.vocab_size * dtype_bytes + arch.vocab_size * FLOAT32_BYTES
+
+
+def activation_bytes(arch: Architecture, dtype_bytes: int, prompt_tokens: int) -> int:
+    """The largest set of intermediate tensors alive at once, during the prefill of the
+    prompt (every later step computes one position): the residual stream and its normed
+    copy, plus the larger of the MLP's three intermediate-size tensors (act(gate), up and
+    their product) and attention's q/k/v/output with the heads x positions x positions
+    score matrix (materialised when attention runs in plain math, as on MPS and CPU)."""
+    h, p = arch.hidden_size, prompt_tokens
+    q_dim = arch.num_attention_heads * arch.head_dim
+    kv_dim = arch.num_key_value_heads * arch.head_dim
+    mlp = 3 * p * arch.intermediate_size
+    attention = p * (2 * q_dim + 2 * kv_dim) + arch.num_attention_heads * p * p
+    return dtype_bytes * (2 * p * h + max(mlp, attention))
+
+
+def weights_bytes(arch: Architecture, dtype_bytes: int) -> int:
+    """Every parameter once (a tied lm_head shares the embedding matrix), in the dtype
+    ``from_pretrained(dtype=...)`` casts it to."""
+    return arch.parameters * dtype_bytes
+
+
+def compute_figures(
+    arch: Architecture,
+    dtype: str,
+    *,
+    prompt_tokens: int,
+    max_new_tokens: int,
+    overhead_bytes: int | None = None,
+    overhead_source: str | None = None,
+) -> Figures:
+    size = DTYPE_BYTES[dtype]
+    per_token = kv_bytes_per_token(arch, size)
+    if overhead_bytes is None:
+        overhead_bytes = OVERHEAD_ESTIMATE_BYTES
+        overhead_source = (
+            "estimate: RSS of python + torch + transformers + fastapi before a model loads "
+            "(measured on Linux, torch 2.13)"
+        )
+    return Figures(
+        dtype=dtype,
+        dtype_bytes=size,
+        prompt_tokens=prompt_tokens,
+        max_new_tokens=max_new_tokens,
+        weights_bytes=weights_bytes(arch, size),
+        kv_bytes_per_token=per_token,
+        kv_cache_per_query_bytes=per_token * (prompt_tokens + max_new_tokens),
+        logits_bytes=logits_bytes(arch, size),
+        activation_bytes=activation_bytes(arch, size, prompt_tokens),
+        overhead_bytes=overhead_bytes,
+        overhead_source=overhead_source or "the service's memory report",
+    )

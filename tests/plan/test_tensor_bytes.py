@@ -1,0 +1,75 @@
+"""The plan's weights and KV-cache figures equal the real tensors' bytes.
+
+Weights: the sum of parameter nbytes after ``from_pretrained``. KV cache: the sum of the
+``past_key_values`` tensors' nbytes after a ``generate`` with a known prompt length and
+``min_new_tokens = max_new_tokens`` (a random model would otherwise stop at any token).
+The cache holds prompt + new - 1 positions (the last token is never fed back), so the
+plan's prompt + new is within 2% for these lengths, and exact one position on.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mpsctl.plan.arch import read_model_dir
+from mpsctl.plan.memory import compute_figures
+
+
+@pytest.fixture(scope="session")
+def demo_05b(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The 0.5b demo checkpoint (Qwen2.5-0.5B's layer shapes, 384-token vocabulary):
+    ~22 s and ~1.8 GB peak to build on one core, 716 MB on disk, so a child process
+    builds it and gives its memory back when it exits."""
+    target = tmp_path_factory.mktemp("demo-05b") / "model"
+    subprocess.run([sys.executable, "-m", "mpsctl", "demo-model", str(target), "--size", "0.5b"],
+                   check=True, capture_output=True, timeout=600)  # fmt: skip
+    return target
+
+
+def real_bytes(model_dir: Path, dtype_name: str, prompt: int, new: int) -> tuple[int, int]:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    dtype = getattr(torch, dtype_name)
+    model: Any = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+    model.eval()
+    weights = sum(p.nbytes for p in model.parameters())
+    ids = torch.randint(
+        3, model.config.vocab_size, (1, prompt), generator=torch.Generator().manual_seed(1)
+    )
+    with torch.inference_mode():
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                             max_new_tokens=new, min_new_tokens=new, do_sample=False,
+                             return_dict_in_generate=True)  # fmt: skip
+    assert out.sequences.shape[1] == prompt + new
+    cache = out.past_key_values
+    kv = sum(t.nbytes for layer in cache.layers for t in (layer.keys, layer.values))
+    return weights, kv
+
+
+def check(model_dir: Path, dtype: str, prompt: int, new: int) -> None:
+    arch = read_model_dir(model_dir)
+    # the formula over config.json alone gives the checkpoint's own count
+    assert arch.formula_parameters == arch.header_parameters
+    figures = compute_figures(arch, dtype, prompt_tokens=prompt, max_new_tokens=new)
+    weights, kv = real_bytes(model_dir, dtype, prompt, new)
+    assert figures.weights_bytes == weights
+    assert figures.kv_cache_per_query_bytes == pytest.approx(kv, rel=0.02)
+    assert figures.kv_bytes_per_token * (prompt + new - 1) == kv
+
+
+def test_tiny_checkpoint_float32(tiny_model: Path) -> None:
+    check(tiny_model, "float32", prompt=40, new=30)
+
+
+def test_tiny_checkpoint_cast_to_bfloat16(tiny_model: Path) -> None:
+    check(tiny_model, "bfloat16", prompt=40, new=30)
+
+
+def test_05b_demo_checkpoint_bfloat16(demo_05b: Path) -> None:
+    check(demo_05b, "bfloat16", prompt=40, new=20)
