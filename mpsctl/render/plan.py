@@ -6,7 +6,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mpsctl.plan import Plan
-from mpsctl.render.units import fmt_bytes
+from mpsctl.units import fmt_bytes
 
 
 def _bytes(value: int) -> str:
