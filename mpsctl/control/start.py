@@ -26,6 +26,7 @@ from mpsctl.control.lock import service_lock
 from mpsctl.control.memlimit import LAST_HEALTH, MemoryLimit, memory_limit, physical_memory_bytes
 from mpsctl.control.pidfile import (
     PidRecord,
+    corrupt_path,
     default_pidfile_path,
     foreign_pidfile,
     remove_bad_pidfile,
@@ -277,7 +278,10 @@ def start_while_locked(settings: Settings, options: StartOptions, events: Events
     if snapshot.pidfile_state in ("stale", "reused", "invalid") and remove_bad_pidfile(
         pidfile, snapshot.pidfile_state
     ):
-        events.info(f"removed a {snapshot.pidfile_state} pidfile {pidfile}")
+        if snapshot.pidfile_state == "invalid":
+            events.info(f"the pidfile {pidfile} was corrupt: moved it to {corrupt_path(pidfile)}")
+        else:
+            events.info(f"removed a {snapshot.pidfile_state} pidfile {pidfile}")
     check_port_free(settings)
     if not service.workdir.is_dir():
         raise ServiceError(f"service.workdir {service.workdir} is not a directory; nothing started")
