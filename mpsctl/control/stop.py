@@ -247,5 +247,10 @@ def restart_service(
     """stop + start under one lock, so no other run can slip in between."""
     with service_lock(settings.home, wait=lock_wait, purpose="restart"):
         stopped = stop_while_locked(settings, timeout=stop_timeout, use_match=use_match)
-        started = start_while_locked(settings, options or StartOptions(), events or SilentEvents())
+        started = start_while_locked(
+            settings,
+            options or StartOptions(),
+            events or SilentEvents(),
+            just_stopped={p.pid for p in stopped.processes},
+        )
         return RestartResult(stopped, started)

@@ -374,7 +374,8 @@ def find_service(
     if regex:
         matches = matching(regex)
         if matches:
-            roots, strangers = [], []
+            roots: list[psutil.Process] = []
+            strangers: list[psutil.Process] = []
             for root in roots_of(matches):
                 (roots if is_the_service(root, settings, clock) else strangers).append(root)
             others = _snapshot_tree(strangers, clock=clock, cpu_interval=0.0)
