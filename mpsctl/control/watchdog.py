@@ -146,9 +146,11 @@ def decide(
     else:
         memory = _memory_critical(settings, result)
         if memory is None:
-            level = result.verdict.name
-            rest = "" if result.verdict is ProbeExit.OK else " (alerts only)"
-            return Decision(None, f"no restart: healthy, verdict {level}{rest}")
+            if result.verdict is ProbeExit.OK:
+                return Decision(None, "probe verdict OK: nothing to do")
+            return Decision(
+                None, f"no restart: healthy, verdict {result.verdict.name} (WARNINGs only alert)"
+            )
         fired, why = "memory-critical", memory
     if fired not in settings.fix.restart_on:
         return Decision(None, f"no restart: {why} (not in fix.restart_on)", fired)
