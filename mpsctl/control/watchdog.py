@@ -42,6 +42,11 @@ from mpsctl.units import GIB, utc_now_iso
 if TYPE_CHECKING:
     from mpsctl.observe.probe import ProbeResult
 
+#: CPU use of the service's tree (sampled by the probe) that reads as "generating": a
+#: process whose event loop runs a model step answers /health late but is not hung
+BUSY_CPU_PERCENT = 50.0
+#: consecutive watchdog runs that may excuse a silent service as busy
+BUSY_RUNS = 2
 #: bytes a preflight writes to each state directory: room for a pidfile, an audit line, a lock
 PREFLIGHT_BYTES = 16 * 1024
 
@@ -90,11 +95,37 @@ def _health_rule(
         if isinstance(answer.body, dict):
             memory = answer.body.get("memory")
             in_flight = max(in_flight, _in_flight(memory if isinstance(memory, dict) else None))
-    if in_flight and not _stopped(result):
-        return False, (
-            f"busy, not dead: {tries} slow health checks while {in_flight} queries are in flight"
-        )
+    cpu = _tree_cpu(result)
+    if not _stopped(result) and not excused_before(settings):
+        if in_flight:
+            return False, (
+                f"busy, not dead: {tries} slow health checks while {in_flight} "
+                "queries are in flight"
+            )
+        if cpu is not None and cpu >= BUSY_CPU_PERCENT:
+            return False, (
+                f"busy, not dead: {tries} slow health checks while the service uses "
+                f"{cpu:.0f}% CPU (generating)"
+            )
     return True, f"unhealthy: {tries} consecutive failed health checks ({last})"
+
+
+def _tree_cpu(result: ProbeResult) -> float | None:
+    snap = result.service
+    values = [p.cpu_percent for p in snap.processes if p.cpu_percent is not None] if snap else []
+    return sum(values) if values else None
+
+
+def excused_before(settings: Settings) -> bool:
+    """The last BUSY_RUNS watchdog runs all called the service busy: a service that has
+    not answered for that long is hung, whatever its CPU or in-flight count says."""
+    records = [
+        r for r in audit.read_records(audit.fix_history_path(settings.home))
+        if r.get("trigger") == "if-unhealthy"
+    ][-BUSY_RUNS:]  # fmt: skip
+    return len(records) == BUSY_RUNS and all(
+        "busy, not dead" in str(r.get("rule_detail") or "") for r in records
+    )
 
 
 def _memory_critical(settings: Settings, result: ProbeResult) -> str | None:
