@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from mpsctl.ask import ask_once
 from mpsctl.client import read_token
-from mpsctl.control import audit, cache, watchdog
+from mpsctl.control import audit, cache, supervisor, watchdog
 from mpsctl.control.events import Events, SilentEvents
 from mpsctl.control.lock import service_lock
 from mpsctl.control.start import (
@@ -29,7 +29,7 @@ from mpsctl.control.start import (
     start_while_locked,
 )
 from mpsctl.control.stop import stop_while_locked
-from mpsctl.control.supervisor import Runner, Supervision, find_supervisor, run_command
+from mpsctl.control.supervisor import Runner, Supervision
 from mpsctl.errors import ClientError, LockedError, ServiceError
 from mpsctl.settings import Settings
 from mpsctl.units import fmt_bytes, utc_now_iso
@@ -150,8 +150,8 @@ def fix_service(
     events: Events | None = None,
     lock_wait: float = 0.0,
     probe: Callable[[Settings], ProbeResult] = _probe,
-    supervise: Callable[[Settings], Supervision | None] = find_supervisor,
-    run_unit: Runner = run_command,
+    supervise: Callable[[Settings], Supervision | None] | None = None,
+    run_unit: Runner | None = None,
 ) -> FixResult:
     """Lock, probe, stop, clean the cache, start with the configured limits, verify, probe.
 
@@ -171,7 +171,10 @@ def fix_service(
                 audit.append_record(path, {"time": now, "pid": os.getpid(), "trigger": trigger,
                                            "result": "budget-reset", "restarted": False,
                                            "rearm": True})  # fmt: skip
-            unit = _Unit(supervise, run_unit)
+            # looked up at call time: the seam through which tests answer for the manager
+            unit = _Unit(
+                supervise or supervisor.find_supervisor, run_unit or supervisor.run_command
+            )
             result = _fix_locked(settings, opts, events, probe, trigger, unit)
     except LockedError as exc:
         locked = {"time": now, "pid": os.getpid(), "trigger": trigger, "result": "locked"}
