@@ -96,12 +96,16 @@ def demo_notice(app: App, settings: Settings) -> None:
     )
 
 
-def not_under_unit(app: App, settings: Settings, action: Action) -> None:
+def not_under_unit(app: App, settings: Settings, action: Action) -> bool:
     """Refuse to act around a systemd unit / launchd agent that runs the service; say what
-    to run instead."""
+    to run instead. True when ``start`` has nothing to do: the unit runs the service."""
     managed = find_supervisor(settings)
-    if managed is not None:
-        raise ServiceError(managed.advice(action))
+    if managed is None:
+        return False
+    if action == "start" and managed.active:
+        app.info(managed.advice(action))
+        return True
+    raise ServiceError(managed.advice(action))
 
 
 def events(app: App) -> render.ConsoleEvents:
@@ -136,8 +140,8 @@ def start(app: App, foreground: bool, wait: float, as_json: bool, **opts: Any) -
     """
     settings = settings_from_flags(app, opts)
     demo_notice(app, settings)
-    if not foreground:  # --foreground is what the unit itself runs
-        not_under_unit(app, settings, "start")
+    if not foreground and not_under_unit(app, settings, "start"):
+        return  # --foreground is what the unit itself runs
     ev = events(app)
     options = start_options_from_flags(opts, foreground)
     result = run_start(app, lambda: start_service(settings, options, events=ev,
