@@ -41,6 +41,7 @@ from mpsctl.torch_env import (
     HIGH_ENV,
     LOW_ENV,
     MPS_ENV_PREFIX,
+    masked,
     resolve_watermarks,
     torch_env,
 )
@@ -316,9 +317,12 @@ class Settings:
         return getattr(getattr(self, section), key)
 
     def as_dict(self) -> dict[str, dict[str, Any]]:
-        return {
+        """Every value, for display: secret-looking ``service.env`` values masked."""
+        values = {
             s: {k: _jsonable(self.value(f"{s}.{k}")) for k in keys} for s, keys in SCHEMA.items()
         }
+        values["service"]["env"] = masked(self.service.env)
+        return values
 
 
 def _jsonable(value: Any) -> Any:

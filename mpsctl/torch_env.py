@@ -220,6 +220,24 @@ def service_env(settings: Settings, base: Mapping[str, str] | None = None) -> di
     return env
 
 
+_SECRET_WORDS = re.compile(r"TOKEN|SECRET|PASSW|KEY|CREDENTIAL|AUTH|COOKIE|SESSION", re.I)
+
+
+def masked(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` for display: the values of names that look like secrets replaced by ****."""
+    return {k: "****" if _SECRET_WORDS.search(k) else v for k, v in sorted(env.items())}
+
+
+def shown_service_env(settings: Settings) -> tuple[dict[str, str], str | None]:
+    """What ``start`` would give the service, for ``config show``: values of names that look
+    like secrets masked; and why it cannot be built (an unreadable env_file), or None."""
+    try:
+        env = service_env(settings)
+    except ConfigError as exc:
+        return {}, str(exc)
+    return masked(env), None
+
+
 # --------------------------------------------------------------------------- checks
 @dataclass(frozen=True)
 class Check:

@@ -164,3 +164,22 @@ def test_an_env_file_setting_a_memory_variable_is_refused_before_anything_stops(
     finally:
         (fake.workdir / ".env").write_text("")
         CliRunner().invoke(main, ["stop"])
+
+
+def test_config_show_lists_the_service_environment_with_secrets_masked(
+    write_config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / ".env").write_text("API_TOKEN=abc123\nHF_HOME=/data/hf\n")
+    write_config('[service]\ncommand = ["uvicorn", "app.main:app"]\nenv_file = ".env"\n'
+                 'env = { DB_PASSWORD = "hunter2", REGION = "eu-1" }\n')  # fmt: skip
+    monkeypatch.setenv("ONLY_IN_MY_SHELL", "1")
+
+    shown = CliRunner().invoke(main, ["config", "show", "--json"])
+
+    assert shown.exit_code == 0, shown.output
+    env = json.loads(shown.stdout)["service_env"]
+    assert (env["API_TOKEN"], env["DB_PASSWORD"]) == ("****", "****")
+    assert (env["HF_HOME"], env["REGION"]) == ("/data/hf", "eu-1")
+    assert "ONLY_IN_MY_SHELL" not in env
+    assert "abc123" not in shown.stdout
+    assert "hunter2" not in shown.stdout
