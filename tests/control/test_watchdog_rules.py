@@ -183,3 +183,21 @@ def test_config_show_lists_the_service_environment_with_secrets_masked(
     assert "ONLY_IN_MY_SHELL" not in env
     assert "abc123" not in shown.stdout
     assert "hunter2" not in shown.stdout
+
+
+def test_a_stopped_process_is_woken_to_take_its_sigterm(
+    fake_service: Make, isolated_home: Path
+) -> None:
+    """A SIGSTOPped service holds SIGTERM pending: stop sends SIGCONT after it, so the
+    service shuts down on SIGTERM instead of waiting out stop_timeout for SIGKILL."""
+    from mpsctl.control.stop import stop_service
+
+    fake = fake_service("--fake-exit-term", stop_timeout=20)
+    started = start_service(fake.settings())
+    os.kill(started.pid, signal.SIGSTOP)
+
+    stopped = stop_service(fake.settings())
+
+    assert stopped.status == "stopped"
+    assert [p.outcome for p in stopped.processes] == ["SIGTERM"]
+    assert stopped.elapsed_s < 10
