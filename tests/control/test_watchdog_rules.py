@@ -192,7 +192,8 @@ def test_a_stopped_process_is_woken_to_take_its_sigterm(
     service shuts down on SIGTERM instead of waiting out stop_timeout for SIGKILL."""
     from mpsctl.control.stop import stop_service
 
-    fake = fake_service("--fake-exit-term", stop_timeout=20)
+    fake = fake_service("--fake-exit-term")
+    fake.config.write_text(fake.config.read_text().replace("stop_timeout = 2", "stop_timeout = 20"))
     started = start_service(fake.settings())
     os.kill(started.pid, signal.SIGSTOP)
 
