@@ -228,3 +228,37 @@ def test_root_is_never_told_to_use_sudo() -> None:
     else:
         assert "sudo lsof" in text
     assert "stopped a moment ago" in _describe_holder(4242, {4242})
+
+
+def test_clean_cache_and_status_read_a_corrupt_pidfile_without_a_traceback(
+    fake_service, isolated_home: Path
+) -> None:
+    """#13 item 8, the read-only commands: no UnicodeDecodeError, one clear line."""
+    fake_service()
+    isolated_home.mkdir(parents=True, exist_ok=True)
+    (isolated_home / "service.pid").write_bytes(b"\xff\xfe\x00")
+
+    cleaned = run("clean-cache")
+    status = run("status")
+
+    assert cleaned.exit_code == 0, cleaned.output
+    assert status.exit_code == StatusExit.UNKNOWN
+    assert "cannot be read" in status.output
+    for result in (cleaned, status):
+        assert "Traceback" not in result.output
+        assert not isinstance(result.exception, UnicodeDecodeError)
+
+
+def test_a_lifecycle_command_without_a_settings_file_says_it_manages_the_demo(
+    isolated_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From cron's cwd no mpsctl.toml is found: say so instead of silently managing the
+    built-in demo service."""
+    monkeypatch.setenv("MPSCTL_SERVICE_URL", f"http://127.0.0.1:{free_port()}")
+    result = run("status")
+
+    assert result.exit_code == StatusExit.NOT_RUNNING
+    lines = [line for line in result.stderr.splitlines() if "built-in demo service" in line]
+    assert len(lines) == 1
+    assert "no settings file" in lines[0]
+    assert "mpsctl.toml" in lines[0]

@@ -17,6 +17,7 @@ import psutil
 import pytest
 
 from mpsctl.errors import ExitCode, StatusExit
+from mpsctl.monitor.prometheus import watchdog_samples
 from tests.scenarios.conftest import Site, gone, kill, wait_until
 from tests.service_fixtures import http_request
 
@@ -191,6 +192,10 @@ def test_f_a_service_that_keeps_dying_exhausts_the_budget_then_gives_up(make_sit
     alerts = site.alert_documents()
     assert [a["kind"] for a in alerts] == ["gave-up"]
     assert "gave up after 3 restart(s)" in alerts[0]["text"]
+
+    # the exporter reads the same trail: 3 restarts, 3 give-ups
+    counters = {c.name: c.value for c in watchdog_samples(site.home, "mvp")}
+    assert counters == {"mpsctl_watchdog_restarts": 3, "mpsctl_watchdog_refusals": 3}
 
     rearmed = site.mpsctl("fix", "--if-unhealthy", "--reset-budget")
     assert rearmed.returncode in (0, 1), rearmed.stderr  # it restarts again (and it dies)
