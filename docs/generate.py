@@ -40,6 +40,9 @@ def toml_value(value: Any) -> str:
         return f'`"{value}"`'
     if isinstance(value, tuple):
         return "`[" + ", ".join(toml_value(v).strip("`") for v in value) + "]`"
+    if isinstance(value, dict):  # an inline table
+        pairs = (f"{k} = {toml_value(v).strip('`')}" for k, v in value.items())
+        return "`{" + ", ".join(pairs) + "}`"
     raise TypeError(f"no TOML form for {value!r}")
 
 

@@ -17,6 +17,8 @@ class ExitCode(IntEnum):
     USAGE = 2
     #: another mpsctl run holds the lock (start/stop/restart/fix)
     LOCKED = 75  # EX_TEMPFAIL from sysexits.h: "try again later" is what cron should read
+    #: ``fix --if-unhealthy`` gave up: the service is down and the restart budget is spent
+    GAVE_UP = 69  # EX_UNAVAILABLE from sysexits.h: a person must look before it runs again
     INTERRUPTED = 130
 
 

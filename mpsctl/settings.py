@@ -8,6 +8,7 @@ Validation is strict: an unknown key, a wrong type or a ratio PyTorch would misr
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from urllib.parse import urlsplit
 from mpsctl.errors import ConfigError
 from mpsctl.paths import CONFIG_NAME, home_dir, user_config_file
 from mpsctl.setting_values import (
+    kind,
     parse_bool,
     parse_choice,
     parse_command,
@@ -38,6 +40,8 @@ from mpsctl.torch_env import (
     FALLBACK_ENV,
     HIGH_ENV,
     LOW_ENV,
+    MPS_ENV_PREFIX,
+    masked,
     resolve_watermarks,
     torch_env,
 )
@@ -61,6 +65,45 @@ class Key:
 
 _NO_DEFAULT = object()  # computed from other settings in _finish()
 
+#: the reasons ``fix --if-unhealthy`` may restart for (``[fix] restart_on``); WARNING
+#: findings (an old OOM line, host memory, swap) are never among them: they alert
+RESTART_RULES = ("not-running", "dead-pidfile", "unhealthy", "memory-critical")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _parse_restart_on(value: Any) -> tuple[str, ...]:
+    rules = parse_str_list(value)
+    for rule in rules:
+        if rule not in RESTART_RULES:
+            raise ValueError(f"unknown rule {rule!r}; expected some of {', '.join(RESTART_RULES)}")
+    return tuple(dict.fromkeys(rules))
+
+
+def _parse_env_table(value: Any) -> dict[str, str]:
+    """``{ NAME = "value" }``: names as the shell spells them, string values; the
+    ``PYTORCH_MPS_*`` variables come from [memory] only."""
+    if not isinstance(value, dict):
+        raise ValueError(f'expected a table of NAME = "value", got {kind(value)}')
+    env: dict[str, str] = {}
+    for name, raw in value.items():
+        if not _ENV_NAME.fullmatch(name):
+            raise ValueError(f"{name!r} is not a variable name")
+        reserved_env_reason(name)
+        if not isinstance(raw, str):
+            raise ValueError(f"{name}: expected a string, got {kind(raw)} (quote it)")
+        env[name] = raw
+    return env
+
+
+def reserved_env_reason(name: str) -> None:
+    """ValueError when ``name`` is one of the variables [memory] sets."""
+    if name.startswith(MPS_ENV_PREFIX) or name == FALLBACK_ENV:
+        raise ValueError(
+            f"{name} is set from [memory] (validated the way PyTorch reads it); "
+            "set the [memory] key instead"
+        )
+
+
 SCHEMA: dict[str, dict[str, Key]] = {
     "service": {
         "name": Key(parse_str, "mpsctl-serve", "shown in output"),
@@ -83,6 +126,19 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "stop_timeout": Key(parse_positive, 10.0, "seconds between SIGTERM and SIGKILL"),
         "start_timeout": Key(parse_positive, 120.0, "seconds to wait for a healthy answer"),
         "request_timeout": Key(parse_positive, 60.0, "seconds for one query"),
+        "health_timeout": Key(parse_positive, 5.0, "seconds one health check may take (fix)"),
+        "health_retries": Key(
+            parse_int_min(1), 3, "consecutive failed checks before fix calls it unhealthy"
+        ),
+        "health_interval": Key(parse_non_negative, 2.0, "seconds between those checks"),
+        "env": Key(
+            _parse_env_table,
+            {},
+            'variables the service gets, e.g. { HF_HOME = "/data/hf" } (over env_file)',
+        ),
+        "env_file": Key(
+            parse_opt_str, None, "dotenv file (KEY=value) read at each start; relative to workdir"
+        ),
     },
     "memory": {
         "high_watermark_ratio": Key(parse_opt_ratio, 1.0, f"{HIGH_ENV} (x recommended max)"),
@@ -114,6 +170,11 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "fix": {
         "max_restarts": Key(parse_int_min(1), 3, "restarts allowed within `within`"),
         "within": Key(parse_positive, 3600.0, "seconds of the restart-loop window"),
+        "restart_on": Key(
+            _parse_restart_on,
+            RESTART_RULES,
+            "what fix --if-unhealthy restarts for: " + " | ".join(RESTART_RULES),
+        ),
     },
     "history": {
         "retention_days": Key(parse_int_min(1), 30, "days of probe history kept"),
@@ -158,6 +219,11 @@ class ServiceSettings:
     stop_timeout: float
     start_timeout: float
     request_timeout: float
+    health_timeout: float = 5.0
+    health_retries: int = 3
+    health_interval: float = 2.0
+    env: dict[str, str] = field(default_factory=dict)
+    env_file: Path | None = None
 
     @property
     def health_url(self) -> str:
@@ -214,6 +280,7 @@ class ServeSettings:
 class FixSettings:
     max_restarts: int
     within: float
+    restart_on: tuple[str, ...] = RESTART_RULES
 
 
 @dataclass(frozen=True)
@@ -250,9 +317,12 @@ class Settings:
         return getattr(getattr(self, section), key)
 
     def as_dict(self) -> dict[str, dict[str, Any]]:
-        return {
+        """Every value, for display: secret-looking ``service.env`` values masked."""
+        values = {
             s: {k: _jsonable(self.value(f"{s}.{k}")) for k in keys} for s, keys in SCHEMA.items()
         }
+        values["service"]["env"] = masked(self.service.env)
+        return values
 
 
 def _jsonable(value: Any) -> Any:
@@ -445,6 +515,11 @@ def _finish(
         stop_timeout=values["service.stop_timeout"],
         start_timeout=values["service.start_timeout"],
         request_timeout=values["service.request_timeout"],
+        health_timeout=values["service.health_timeout"],
+        health_retries=values["service.health_retries"],
+        health_interval=values["service.health_interval"],
+        env=dict(values["service.env"]),
+        env_file=under_workdir(values["service.env_file"]),
     )
     memory = MemorySettings(
         high_watermark_ratio=marks.high,

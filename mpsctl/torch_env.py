@@ -17,6 +17,7 @@ preflight and ``doctor`` all read these facts from this module.
 
 from __future__ import annotations
 
+import io
 import os
 import platform
 import re
@@ -161,9 +162,54 @@ def pytorch_vars(environ: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in environ.items() if k.startswith(ENV_PREFIX)}
 
 
+#: what the service inherits from mpsctl's own environment: the same few variables whether
+#: start runs from a shell or from cron (``env -i``), so a cron restart is not a different
+#: service; everything else comes from ``[service] env`` and ``env_file``
+BASE_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "TZ", "TMPDIR")
+#: the reference service is mpsctl itself: it reads these to find its home, token and code
+REFERENCE_ENV_PREFIXES = ("MPSCTL_", "PYTHONPATH")
+
+
+def env_file_values(settings: Settings) -> dict[str, str]:
+    """``[service] env_file`` read as a dotenv file (``KEY=value``, quotes, comments).
+
+    ConfigError when it is missing, unreadable or sets a variable [memory] owns.
+    """
+    path = settings.service.env_file
+    if path is None:
+        return {}
+    from dotenv import dotenv_values  # only for services that use an env file
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ConfigError(f"service.env_file {path}: cannot read: {why}") from None
+    values = dotenv_values(stream=io.StringIO(text), interpolate=False)
+    env: dict[str, str] = {}
+    for name, value in values.items():
+        if name.startswith(MPS_ENV_PREFIX) or name == FALLBACK_ENV:
+            raise ConfigError(
+                f"service.env_file {path}: {name} is set from [memory] (validated the way "
+                "PyTorch reads it); set the [memory] key instead"
+            )
+        env[name] = value or ""
+    return env
+
+
 def service_env(settings: Settings, base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment ``mpsctl start`` gives the service: the settings' ratios, its venv."""
-    env = dict(os.environ if base is None else base)
+    """The environment ``mpsctl start`` gives the service.
+
+    A documented base taken from ``base`` (default: this process's environment): PATH (the
+    venv's bin/ first), HOME, USER, LOGNAME, LANG, LC_*, TZ, TMPDIR; then ``env_file``,
+    then ``[service] env``, then the PYTORCH_* variables of [memory].
+    """
+    source = dict(os.environ if base is None else base)
+    env = {k: v for k, v in source.items() if k in BASE_ENV or k.startswith("LC_")}
+    if settings.reference_service:
+        env.update({k: v for k, v in source.items() if k.startswith(REFERENCE_ENV_PREFIXES)})
+    env.update(env_file_values(settings))
+    env.update(settings.service.env)
     for key in TORCH_KEYS:
         env.pop(key, None)
     env.update(torch_env(settings.memory))
@@ -171,8 +217,25 @@ def service_env(settings: Settings, base: Mapping[str, str] | None = None) -> di
     if venv is not None:
         env["VIRTUAL_ENV"] = str(venv)
         env["PATH"] = str(venv / "bin") + os.pathsep + env.get("PATH", os.defpath)
-        env.pop("PYTHONHOME", None)  # would point the venv's python at another prefix
     return env
+
+
+_SECRET_WORDS = re.compile(r"TOKEN|SECRET|PASSW|KEY|CREDENTIAL|AUTH|COOKIE|SESSION", re.I)
+
+
+def masked(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` for display: the values of names that look like secrets replaced by ****."""
+    return {k: "****" if _SECRET_WORDS.search(k) else v for k, v in sorted(env.items())}
+
+
+def shown_service_env(settings: Settings) -> tuple[dict[str, str], str | None]:
+    """What ``start`` would give the service, for ``config show``: values of names that look
+    like secrets masked; and why it cannot be built (an unreadable env_file), or None."""
+    try:
+        env = service_env(settings)
+    except ConfigError as exc:
+        return {}, str(exc)
+    return masked(env), None
 
 
 # --------------------------------------------------------------------------- checks

@@ -14,6 +14,7 @@ from mpsctl.errors import MpsctlError
 from mpsctl.render.console import write_json
 from mpsctl.settings import SCHEMA, TEMPLATE, Settings
 from mpsctl.storage import write_new_file
+from mpsctl.torch_env import shown_service_env
 
 
 @click.group()
@@ -43,6 +44,7 @@ def show(app: App, as_json: bool) -> None:
       MPSCTL_MEMORY_HIGH_WATERMARK_RATIO=0.6 mpsctl config show --json
     """
     settings = app.settings()
+    env, env_error = shown_service_env(settings)  # what the service will get from start
     if as_json:
         write_json(
             {
@@ -52,11 +54,25 @@ def show(app: App, as_json: bool) -> None:
                 "reference_service": settings.reference_service,
                 "values": settings.as_dict(),
                 "sources": settings.sources,
+                "service_env": env,
+                "service_env_error": env_error,
             }
         )
         return
     where = str(settings.config_file) if settings.config_file else "none (built-in defaults)"
     app.out.print(_settings_table(settings, where))
+    started = Table(
+        title="The service's environment (what start gives it; secrets masked)",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+    )
+    started.add_column("variable", no_wrap=True)
+    started.add_column("value", overflow="fold")
+    if env_error:
+        started.add_row("(cannot build)", env_error)
+    for name, value in env.items():
+        started.add_row(name, value)
+    app.out.print(started)
 
 
 def _short_source(source: str) -> str:

@@ -9,6 +9,7 @@ import click
 from mpsctl.cli.app import App, json_option
 from mpsctl.cli.lifecycle import (
     SECONDS,
+    demo_notice,
     events,
     settings_from_flags,
     start_flags,
@@ -17,7 +18,7 @@ from mpsctl.cli.lifecycle import (
 from mpsctl.cli.params import DURATION
 from mpsctl.control.fix import FixOptions, fix_service
 from mpsctl.durations import Period
-from mpsctl.errors import ServiceError
+from mpsctl.errors import ExitCode, ServiceError
 from mpsctl.render.console import write_json
 from mpsctl.render.lifecycle import render_fix
 
@@ -35,6 +36,11 @@ from mpsctl.render.lifecycle import render_fix
     "--within", type=DURATION, metavar="DURATION", help="Restart-loop window (default fix.within)."
 )
 @click.option("--match", "use_match", is_flag=True, help="Stop processes found by match too.")
+@click.option(
+    "--reset-budget",
+    is_flag=True,
+    help="Forget the watchdog's past restarts (re-arm it after it gave up).",
+)
 @start_flags
 @click.option(
     "--wait",
@@ -46,28 +52,41 @@ from mpsctl.render.lifecycle import render_fix
 @json_option
 @click.pass_obj
 def fix(app: App, if_unhealthy: bool, question: str | None, max_restarts: int | None,
-        within: Period | None, use_match: bool, wait: float, as_json: bool,
-        **opts: Any) -> None:  # fmt: skip
+        within: Period | None, use_match: bool, reset_budget: bool, wait: float,
+        as_json: bool, **opts: Any) -> None:  # fmt: skip
     """Probe, stop, clean caches, start with the configured limits, verify, probe again.
 
     Exit 0 only when the service is healthy at the end. Every run appends one JSON line
-    to MPSCTL_HOME/history/fix.jsonl. More than --max-restarts restarts within --within
-    and fix refuses (exit 1): a restart loop hides its cause.
+    to MPSCTL_HOME/history/fix.jsonl.
+
+    --if-unhealthy is the watchdog: it restarts only for the rules in fix.restart_on (not
+    running, dead pidfile, service.health_retries failed health checks, memory CRITICAL);
+    WARNING findings only alert (exit 0). When fix.max_restarts restarts within fix.within
+    did not help and the service is down, it gives up: exit 69 and one alert. Re-arm with
+    a `mpsctl fix` by hand or --reset-budget.
 
     \b
     Examples:
       mpsctl fix
       mpsctl fix --ask "工商银行"
-      */5 * * * * mpsctl fix --if-unhealthy --json >>/var/log/mpsctl-fix.log 2>&1
+      mpsctl cron    # prints the watchdog's crontab line: absolute paths, --config, MPSCTL_HOME
+      */5 * * * * MPSCTL_HOME=/home/op/.local/state/mpsctl PATH=/home/op/venv/bin:/usr/bin:/bin
+        /home/op/venv/bin/python -m mpsctl --config /home/op/mvp/mpsctl.toml fix
+        --if-unhealthy >/dev/null 2>>/home/op/.local/state/mpsctl/cron.log || [ $? -eq 75 ]
     """
     window = within.seconds if within is not None else None
     settings = settings_from_flags(app, opts)
+    demo_notice(app, settings)
     options = FixOptions(if_unhealthy, max_restarts, window, question, use_match,
-                         None, start_options_from_flags(opts))  # fmt: skip
+                         None, start_options_from_flags(opts), reset_budget)  # fmt: skip
     result = fix_service(settings, options, events=events(app), lock_wait=wait)
     if as_json:
         write_json(result.to_json())
     else:
         render_fix(app.out, result)
+    if result.gave_up:
+        raise ServiceError(result.message, exit_code=ExitCode.GAVE_UP)
+    if result.status == "skipped":
+        return  # the watchdog chose not to restart (busy, or a WARNING): nothing failed
     if not result.healthy or result.status in ("failed", "refused"):
         raise ServiceError(result.message)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
@@ -11,10 +12,12 @@ import click
 from mpsctl.cli.app import App, json_option
 from mpsctl.control.start import StartFailed, StartOptions, start_service
 from mpsctl.control.stop import restart_service, stop_service
+from mpsctl.control.supervisor import Action, find_supervisor
 from mpsctl.errors import ServiceError
+from mpsctl.paths import CONFIG_NAME, user_config_file
 from mpsctl.render import lifecycle as render
 from mpsctl.render.console import write_json
-from mpsctl.settings import DEVICES
+from mpsctl.settings import DEVICES, Settings
 from mpsctl.torch_env import FALLBACK_ENV, HIGH_ENV, LOW_ENV, MAX_RATIO
 
 
@@ -81,6 +84,30 @@ def start_options_from_flags(opts: dict[str, Any], foreground: bool = False) -> 
     return StartOptions(opts["timeout"], opts["device"], opts["model"], foreground)
 
 
+def demo_notice(app: App, settings: Settings) -> None:
+    """One stderr line when no settings file was found: from cron's cwd a missing
+    ``--config`` silently means "the built-in demo service", not the operator's."""
+    if settings.config_file is not None:
+        return
+    looked = f"{Path.cwd() / CONFIG_NAME}, {user_config_file()}"
+    app.info(
+        f"no settings file (no --config or MPSCTL_CONFIG; looked for {looked}): managing "
+        f"the built-in demo service at {settings.service.url}"
+    )
+
+
+def not_under_unit(app: App, settings: Settings, action: Action) -> bool:
+    """Refuse to act around a systemd unit / launchd agent that runs the service; say what
+    to run instead. True when ``start`` has nothing to do: the unit runs the service."""
+    managed = find_supervisor(settings)
+    if managed is None:
+        return False
+    if action == "start" and managed.active:
+        app.info(managed.advice(action))
+        return True
+    raise ServiceError(managed.advice(action))
+
+
 def events(app: App) -> render.ConsoleEvents:
     return render.ConsoleEvents(app.err, app.warn, app.info)
 
@@ -112,6 +139,9 @@ def start(app: App, foreground: bool, wait: float, as_json: bool, **opts: Any) -
       mpsctl start --foreground                          # under launchd/systemd
     """
     settings = settings_from_flags(app, opts)
+    demo_notice(app, settings)
+    if not foreground and not_under_unit(app, settings, "start"):
+        return  # --foreground is what the unit itself runs
     ev = events(app)
     options = start_options_from_flags(opts, foreground)
     result = run_start(app, lambda: start_service(settings, options, events=ev,
@@ -154,6 +184,9 @@ def stop(app: App, timeout: float | None, use_match: bool, dry_run: bool, wait: 
       mpsctl stop --match --timeout 30   # a service started by hand
     """
     settings = app.settings()
+    demo_notice(app, settings)
+    if not dry_run:
+        not_under_unit(app, settings, "stop")
     result = stop_service(settings, timeout=timeout, use_match=use_match,
                                     dry_run=dry_run, lock_wait=wait)  # fmt: skip
     if as_json:
@@ -181,6 +214,8 @@ def restart(app: App, stop_timeout: float | None, use_match: bool, wait: float, 
       mpsctl restart --high 0.6 --low 0.4
     """
     settings = settings_from_flags(app, opts)
+    demo_notice(app, settings)
+    not_under_unit(app, settings, "restart")
     ev = events(app)
     result = run_start(app, lambda: restart_service(
         settings, start_options_from_flags(opts), stop_timeout=stop_timeout,

@@ -5,7 +5,9 @@ from __future__ import annotations
 import click
 
 from mpsctl.cli.app import App, ConventionCommand, json_option
+from mpsctl.cli.lifecycle import demo_notice
 from mpsctl.control.status import service_status
+from mpsctl.control.supervisor import find_supervisor
 from mpsctl.errors import MpsctlError, StatusExit
 from mpsctl.render.console import write_json
 from mpsctl.render.lifecycle import status_line
@@ -34,9 +36,18 @@ def status(app: App, as_json: bool) -> None:
             write_json({"schema": "mpsctl.status/1", "state": "unknown", "error": str(exc),
                         "exit_code": int(StatusExit.UNKNOWN)})  # fmt: skip
         raise
+    demo_notice(app, settings)
     result = service_status(settings)
+    managed = find_supervisor(settings)
     if as_json:
-        write_json(result.to_json())
+        document = result.to_json()
+        document["managed_by"] = None if managed is None else {
+            "manager": managed.manager, "unit": managed.unit, "state": managed.state,
+            "active": managed.active, "main_pid": managed.main_pid,
+        }  # fmt: skip
+        write_json(document)
     else:
         app.out.print(status_line(result), soft_wrap=True)
+        if managed is not None:
+            app.info(managed.advice("status"))
     raise click.exceptions.Exit(int(result.exit_code))

@@ -41,7 +41,8 @@ def read_records(path: Path) -> list[dict[str, Any]]:
     return records
 
 
-def _timestamp(record: dict[str, Any]) -> float | None:
+def record_time(record: dict[str, Any]) -> float | None:
+    """The record's time as a Unix timestamp; None when it has none."""
     raw = record.get("time")
     if not isinstance(raw, str):
         return None
@@ -55,7 +56,7 @@ def restarts_within(path: Path, within_s: float, now: float) -> list[dict[str, A
     """The records of runs that restarted the service in the last ``within_s`` seconds."""
     found = []
     for record in read_records(path):
-        when = _timestamp(record)
+        when = record_time(record)
         if record.get("restarted") is True and when is not None and now - when <= within_s:
             found.append(record)
     return found

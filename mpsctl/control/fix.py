@@ -18,11 +18,18 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from mpsctl.ask import ask_once
 from mpsctl.client import read_token
-from mpsctl.control import audit, cache
+from mpsctl.control import audit, cache, supervisor, watchdog
 from mpsctl.control.events import Events, SilentEvents
 from mpsctl.control.lock import service_lock
-from mpsctl.control.start import StartFailed, StartOptions, StartResult, start_while_locked
+from mpsctl.control.start import (
+    StartFailed,
+    StartOptions,
+    StartResult,
+    health_now,
+    start_while_locked,
+)
 from mpsctl.control.stop import stop_while_locked
+from mpsctl.control.supervisor import Runner, Supervision
 from mpsctl.errors import ClientError, LockedError, ServiceError
 from mpsctl.settings import Settings
 from mpsctl.units import fmt_bytes, utc_now_iso
@@ -49,7 +56,10 @@ class FixAction:
 
 @dataclass(frozen=True)
 class FixResult:
-    status: Literal["fixed", "healthy", "failed", "refused"]
+    #: skipped: the watchdog found no restart rule (busy, a WARNING, a rule left out of
+    #: fix.restart_on); refused: the restart budget is spent (``gave_up`` when the service
+    #: is down, the watchdog's own exit code)
+    status: Literal["fixed", "healthy", "skipped", "failed", "refused"]
     trigger: str
     before: dict[str, Any]
     after: dict[str, Any] | None
@@ -59,6 +69,12 @@ class FixResult:
     message: str
     time: str
     answer: str | None = None
+    #: the restart rule that fired (``not-running``, ``dead-pidfile``, ``unhealthy``,
+    #: ``memory-critical``) and the rule in words
+    rule: str | None = None
+    rule_detail: str | None = None
+    gave_up: bool = False
+    alerted: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -69,6 +85,10 @@ class FixResult:
             "healthy": self.healthy,
             "restarted": self.restarted,
             "message": self.message,
+            "rule": self.rule,
+            "rule_detail": self.rule_detail,
+            "gave_up": self.gave_up,
+            "alerted": self.alerted,
             "before": self.before,
             "after": self.after,
             "actions": [a.to_json() for a in self.actions],
@@ -85,6 +105,8 @@ class FixOptions:
     use_match: bool = False
     stop_timeout: float | None = None
     start: StartOptions = field(default_factory=StartOptions)
+    #: forget the watchdog's past restarts before this run (re-arm after a give-up)
+    reset_budget: bool = False
 
 
 def probe_figures(result: ProbeResult | None) -> dict[str, Any]:
@@ -110,7 +132,15 @@ def probe_figures(result: ProbeResult | None) -> dict[str, Any]:
 def _probe(settings: Settings) -> ProbeResult:
     from mpsctl.observe.probe import take_probe
 
-    return take_probe(settings)
+    return take_probe(settings, health_timeout=settings.service.health_timeout)
+
+
+def _window(seconds: float) -> str:
+    if seconds % 3600 == 0:
+        return f"{seconds / 3600:g} h"
+    if seconds % 60 == 0:
+        return f"{seconds / 60:g} min"
+    return f"{seconds:g} s"
 
 
 def fix_service(
@@ -120,38 +150,65 @@ def fix_service(
     events: Events | None = None,
     lock_wait: float = 0.0,
     probe: Callable[[Settings], ProbeResult] = _probe,
+    supervise: Callable[[Settings], Supervision | None] | None = None,
+    run_unit: Runner | None = None,
 ) -> FixResult:
     """Lock, probe, stop, clean the cache, start with the configured limits, verify, probe.
 
-    Every run, refused or not, leaves one line in ``history/fix.jsonl``.
+    Under a systemd unit or launchd agent (``supervise``) the restart goes through the
+    manager (``run_unit``): a copy started outside it would live in the fix job's own
+    cgroup, which systemd kills when the job ends. Every run, refused or not, leaves one
+    line in ``history/fix.jsonl``.
     """
     opts = options or FixOptions()
+    events = events or SilentEvents()
     trigger = "if-unhealthy" if opts.if_unhealthy else "manual"
     path = audit.fix_history_path(settings.home)
     now = utc_now_iso()
     try:
         with service_lock(settings.home, wait=lock_wait, purpose="fix"):
-            result = _fix_locked(settings, opts, events or SilentEvents(), probe, trigger)
+            if opts.reset_budget:
+                audit.append_record(path, {"time": now, "pid": os.getpid(), "trigger": trigger,
+                                           "result": "budget-reset", "restarted": False,
+                                           "rearm": True})  # fmt: skip
+            # looked up at call time: the seam through which tests answer for the manager
+            unit = _Unit(
+                supervise or supervisor.find_supervisor, run_unit or supervisor.run_command
+            )
+            result = _fix_locked(settings, opts, events, probe, trigger, unit)
     except LockedError as exc:
         locked = {"time": now, "pid": os.getpid(), "trigger": trigger, "result": "locked"}
         audit.append_record(path, {**locked, "restarted": False, "message": str(exc)})
         raise
-    audit.append_record(
-        path,
-        {
-            "time": result.time,
-            "pid": os.getpid(),
-            "trigger": trigger,
-            "result": result.status,
-            "restarted": result.restarted,
-            "healthy": result.healthy,
-            "message": result.message,
-            "before": result.before,
-            "after": result.after,
-            "actions": [a.to_json() for a in result.actions],
-        },
-    )
+    record = {
+        "time": result.time,
+        "pid": os.getpid(),
+        "trigger": trigger,
+        "result": result.status,
+        "restarted": result.restarted,
+        "healthy": result.healthy,
+        "message": result.message,
+        "rule": result.rule,
+        "rule_detail": result.rule_detail,
+        "gave_up": result.gave_up,
+        "alerted": result.alerted,
+        # a person's successful fix re-arms the watchdog's budget
+        "rearm": trigger == "manual" and result.healthy,
+        "before": result.before,
+        "after": result.after,
+        "actions": [a.to_json() for a in result.actions],
+    }
+    try:
+        audit.append_record(path, record)
+    except OSError as exc:  # a full or read-only MPSCTL_HOME: the result still stands
+        events.warn(f"cannot append to the audit trail {path}: {exc.strerror}")
     return result
+
+
+@dataclass(frozen=True)
+class _Unit:
+    detect: Callable[[Settings], Supervision | None]
+    run: Runner
 
 
 def _fix_locked(
@@ -160,42 +217,76 @@ def _fix_locked(
     events: Events,
     probe: Callable[[Settings], ProbeResult],
     trigger: str,
+    unit: _Unit,
 ) -> FixResult:
     when = utc_now_iso()
     before_probe = probe(settings)
     before = probe_figures(before_probe)
     actions: list[FixAction] = []
+    facts: dict[str, Any] = {"rule": None, "rule_detail": None}
 
     def done(status: Any, healthy: bool, msg: str, *, after: dict[str, Any] | None = None,
-             restarted: bool = False, answer: str | None = None) -> FixResult:  # fmt: skip
+             restarted: bool = False, answer: str | None = None, gave_up: bool = False,
+             alerted: bool = False) -> FixResult:  # fmt: skip
         return FixResult(status, trigger, before, after, tuple(actions), restarted, healthy, msg,
-                         when, answer)  # fmt: skip
-
-    if opts.if_unhealthy and before["verdict"] == "OK":
-        return done("healthy", True, "probe verdict OK: nothing to do")
+                         when, answer, facts["rule"], facts["rule_detail"], gave_up,
+                         alerted)  # fmt: skip
 
     max_restarts = settings.fix.max_restarts if opts.max_restarts is None else opts.max_restarts
     within = settings.fix.within if opts.within is None else opts.within
-    recent = audit.restarts_within(audit.fix_history_path(settings.home), within, time.time())
+    history = audit.fix_history_path(settings.home)
     if opts.if_unhealthy:
-        # The guard stops an automatic restart loop: a person's own `mpsctl fix` runs
-        # (trigger "manual") do not use up the watchdog's budget.
-        recent = [r for r in recent if r.get("trigger") != "manual"]
-    guarded = opts.if_unhealthy or opts.max_restarts is not None or opts.within is not None
-    if guarded and len(recent) >= max_restarts:
-        return done(
-            "refused",
-            bool(before.get("healthy")),
-            f"refusing to restart: {len(recent)} restart(s) in the last {within:g} s "
-            f"(fix.max_restarts = {max_restarts}); a restart loop hides the cause: "
-            "see `mpsctl logs` and `mpsctl oom`",
-        )
+        decision = watchdog.decide(settings, before_probe, check=health_now)
+        facts["rule"], facts["rule_detail"] = decision.fired, decision.why
+        if decision.rule is None:
+            # WARNING findings alert (once per verdict change), they never restart
+            watchdog.warning_alert(settings, before_probe)
+            healthy = bool(before.get("healthy"))
+            return done("healthy" if healthy else "skipped", healthy, decision.why)
+        used = watchdog.budget_used(history, within, time.time())
+        if len(used) >= max_restarts:
+            text = (
+                f"gave up after {len(used)} restart(s) in {_window(within)}; last death: "
+                f"{watchdog.last_death(used, decision.why)}"
+            )
+            rearm = (
+                "re-arm: run `mpsctl fix` by hand, or `mpsctl fix --if-unhealthy --reset-budget`"
+            )
+            if decision.rule == "memory-critical":  # the service is up: refuse, do not give up
+                return done("refused", True, f"refusing to restart: {text}; {rearm}")
+            alerted = False
+            if not watchdog.gave_up_alerted(history):
+                alerted, detail = watchdog.give_up_alert(settings, text, before["verdict"])
+                events.info(f"give-up alert: {detail}")
+            return done("refused", False, f"{text}; {rearm}", gave_up=True, alerted=alerted)
+    elif opts.max_restarts is not None or opts.within is not None:
+        recent = audit.restarts_within(history, within, time.time())
+        if len(recent) >= max_restarts:
+            return done(
+                "refused",
+                bool(before.get("healthy")),
+                f"refusing to restart: {len(recent)} restart(s) in the last {within:g} s "
+                f"(--max-restarts {max_restarts}); a restart loop hides the cause: "
+                "see `mpsctl logs` and `mpsctl oom`",
+            )
+
+    if before.get("running"):
+        problem = watchdog.preflight(settings)
+        if problem is not None:
+            return done(
+                "failed",
+                bool(before.get("healthy")),
+                f"nothing stopped: {problem}; a restart could not bring the service back",
+            )
+
+    failures: list[Exception] = []
 
     def step(name: str, func: Callable[[], str]) -> bool:
         began = time.monotonic()
         try:
             detail = func()
         except Exception as exc:  # each step reports; the run ends with a verdict, not a trace
+            failures.append(exc)
             detail = str(exc)
             if isinstance(exc, StartFailed) and exc.log_tail:
                 # the audit trail should say why without a trip to the log
@@ -205,8 +296,19 @@ def _fix_locked(
         actions.append(FixAction(name, True, detail, time.monotonic() - began))
         return True
 
+    why = f" ({facts['rule_detail']})" if facts["rule_detail"] else ""
+    managed = unit.detect(settings)
+    if managed is not None:
+        if not step("restart", lambda: _restart_through(settings, managed, unit.run)):
+            msg = f"restart through {managed.unit} failed: {actions[-1].detail}"
+            return done("failed", False, msg, restarted=True)
+        return _verified(settings, probe, actions, done, f"restarted through {managed.unit}{why}")
+
+    stopped_pids: set[int] = set()
+
     def do_stop() -> str:
         stopped = stop_while_locked(settings, timeout=opts.stop_timeout, use_match=opts.use_match)
+        stopped_pids.update(p.pid for p in stopped.processes)
         if stopped.status == "already-stopped":
             return "was not running"
         return (
@@ -220,7 +322,7 @@ def _fix_locked(
     started: list[StartResult] = []
 
     def do_start() -> str:
-        started.append(start_while_locked(settings, opts.start, events))
+        started.append(start_while_locked(settings, opts.start, events, just_stopped=stopped_pids))
         res = started[0]
         limit = f"; MPS {res.limit.describe()}" if res.limit.recommended_max_bytes else ""
         return f"pid {res.pid}, healthy after {res.startup_s or 0:.1f} s{limit}"
@@ -229,7 +331,9 @@ def _fix_locked(
         return done("failed", False, f"stop failed: {actions[-1].detail}")
     step("clean-cache", do_clean)  # a failed cache clean does not block the restart
     if not step("start", do_start):
-        return done("failed", False, f"start failed: {actions[-1].detail}", restarted=True)
+        # only a start that spawned a process is a restart (the budget counts those)
+        spawned = isinstance(failures[-1], StartFailed) and failures[-1].spawned
+        return done("failed", False, f"start failed: {actions[-1].detail}", restarted=spawned)
 
     answer: str | None = None
     if opts.ask is not None:
@@ -241,16 +345,45 @@ def _fix_locked(
 
         step("ask", do_ask)
         answer = answers[0] if answers else None
+    return _verified(settings, probe, actions, done, f"restarted{why}", answer=answer)
 
-    after_probe = probe(settings)
-    after = probe_figures(after_probe)
+
+def _verified(
+    settings: Settings,
+    probe: Callable[[Settings], ProbeResult],
+    actions: list[FixAction],
+    done: Callable[..., FixResult],
+    what: str,
+    *,
+    answer: str | None = None,
+) -> FixResult:
+    after = probe_figures(probe(settings))
     healthy = bool(after.get("healthy")) and all(a.ok for a in actions if a.name != "clean-cache")
     if healthy:
-        msg = f"restarted; verdict {after['verdict']}"
+        msg = f"{what}; verdict {after['verdict']}"
         return done("fixed", True, msg, after=after, restarted=True, answer=answer)
     why = next((a.detail for a in actions if not a.ok and a.name != "clean-cache"), None)
     msg = f"not healthy after the restart: {why or '; '.join(after.get('reasons', []))}"
     return done("failed", False, msg, after=after, restarted=True, answer=answer)
+
+
+def _restart_through(settings: Settings, managed: Supervision, run: Runner) -> str:
+    """Restart through the service manager, then wait for a healthy answer."""
+    argv = managed.command("restart")
+    code, _out = run(argv)
+    if code != 0:
+        raise ServiceError(f"`{' '.join(argv)}` exited with status {code}")
+    deadline = time.monotonic() + settings.service.start_timeout
+    while True:
+        check = health_now(settings, timeout=min(settings.service.health_timeout, 5.0))
+        if check.ok:
+            return f"{' '.join(argv)}; healthy"
+        if time.monotonic() >= deadline:
+            raise ServiceError(
+                f"`{' '.join(argv)}` ran, but {settings.service.name} was not healthy within "
+                f"{settings.service.start_timeout:g} s: {check.error}"
+            )
+        time.sleep(0.5)
 
 
 def ask_question(settings: Settings, question: str) -> str:

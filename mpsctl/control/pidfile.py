@@ -69,8 +69,14 @@ def foreign_pidfile(settings: Settings, snapshot: procs.ServiceSnapshot) -> str 
     )
 
 
+def corrupt_path(path: Path) -> Path:
+    """Where a corrupt pidfile is moved: kept for a look, out of every later run's way."""
+    return path.with_name(path.name + ".corrupt")
+
+
 def remove_bad_pidfile(path: Path, state: str) -> bool:
-    """Remove a stale, reused or unparseable pidfile; one we cannot read is an error."""
+    """Remove a stale or reused pidfile; move a corrupt one (not JSON, not UTF-8) aside to
+    :func:`corrupt_path`. One we cannot read at all is an error: it may name a live service."""
     if state == "invalid":
         try:
             path.read_bytes()
@@ -81,4 +87,13 @@ def remove_bad_pidfile(path: Path, state: str) -> bool:
                 f"cannot read the pidfile {path}: {exc.strerror}; it may name a running "
                 "service: check it, then fix its permissions or remove it"
             ) from None
+        try:
+            path.replace(corrupt_path(path))
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise ServiceError(
+                f"cannot move the corrupt pidfile {path} aside: {exc.strerror}"
+            ) from None
+        return True
     return remove_pidfile(path)

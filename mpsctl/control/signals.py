@@ -117,6 +117,12 @@ def signal_and_wait(
     killpg(pgid, targets, signal.SIGTERM)
     for pid, created in list(targets.items()):
         send(pid, created, signal.SIGTERM)  # also those outside the group (setsid children)
+    # a stopped process (kill -STOP, a hung debugger) holds SIGTERM pending until it runs
+    # again: wake it so it can shut down cleanly instead of waiting out the timeout (as
+    # systemd does)
+    killpg(pgid, targets, signal.SIGCONT)
+    for pid, created in list(targets.items()):
+        send(pid, created, signal.SIGCONT)
     deadline = clock() + timeout
     delay = 0.005
     next_scan = clock() + RESCAN_INTERVAL_S

@@ -26,6 +26,7 @@ from mpsctl.control.lock import service_lock
 from mpsctl.control.memlimit import LAST_HEALTH, MemoryLimit, memory_limit, physical_memory_bytes
 from mpsctl.control.pidfile import (
     PidRecord,
+    corrupt_path,
     default_pidfile_path,
     foreign_pidfile,
     remove_bad_pidfile,
@@ -153,15 +154,24 @@ class StartResult:
 class StartFailed(ServiceError):
     """The service did not become healthy; carries the last lines of its log."""
 
-    def __init__(self, message: str, *, log_file: Path, log_tail: list[str]) -> None:
+    def __init__(
+        self, message: str, *, log_file: Path, log_tail: list[str], spawned: bool = True
+    ) -> None:
         super().__init__(message)
         self.log_file = log_file
         self.log_tail = log_tail
+        #: a process was started (and stopped again): the watchdog's budget counts it
+        self.spawned = spawned
 
 
-def _describe_holder(holder: procs.ProcInfo | int | None) -> str:
+def _describe_holder(holder: procs.ProcInfo | int | None, just_stopped: set[int]) -> str:
     if holder is None:
+        if os.geteuid() == 0:  # root sees every process: no process holds it any more
+            return "a socket that no live process holds (the kernel is still closing it)"
         return "a process this user may not inspect (try `sudo lsof -i`)"
+    pid = holder if isinstance(holder, int) else holder.pid
+    if pid in just_stopped:
+        return f"pid {pid}, stopped a moment ago and not gone yet"
     if isinstance(holder, int):
         return f"pid {holder}"
     command = shlex.join(holder.cmdline) if holder.cmdline else "?"
@@ -170,20 +180,34 @@ def _describe_holder(holder: procs.ProcInfo | int | None) -> str:
     return f"pid {holder.pid} ({holder.username or 'unknown user'}): {command}"
 
 
-def check_port_free(settings: Settings) -> None:
-    """Refuse to start when something already listens on the service's port."""
-    host, port = settings.service.host, settings.service.port
+def _port_answers(host: str, port: int) -> bool:
     target = "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)
     try:
         with socket.create_connection((target, port), timeout=0.5):
-            pass
+            return True
     except OSError:
-        return  # refused or unreachable: nothing listens there
-    holder = procs.port_holder(host, port)
-    raise ServiceError(
-        f"port {port} on {host} is taken by {_describe_holder(holder)}; nothing started "
-        "(stop it, or change service.url)"
-    )
+        return False  # refused or unreachable: nothing listens there
+
+
+def check_port_free(
+    settings: Settings, *, wait: float = 0.0, just_stopped: set[int] | None = None
+) -> None:
+    """Refuse to start when something listens on the service's port.
+
+    ``wait``: after a stop, the killed process's socket can outlive it by a moment (its
+    exit is still being handled); wait up to this long for the port before refusing.
+    """
+    host, port = settings.service.host, settings.service.port
+    deadline = time.monotonic() + wait
+    while _port_answers(host, port):
+        if time.monotonic() >= deadline:
+            holder = procs.port_holder(host, port)
+            raise ServiceError(
+                f"port {port} on {host} is taken by "
+                f"{_describe_holder(holder, just_stopped or set())}; nothing started "
+                "(stop it, or change service.url)"
+            )
+        time.sleep(0.1)
 
 
 def start_service(
@@ -238,8 +262,18 @@ def seconds_setting(value: float, what: str, *, allow_zero: bool) -> float:
     return value
 
 
-def start_while_locked(settings: Settings, options: StartOptions, events: Events) -> StartResult:
-    """start_service's body, for a caller that already holds the lock (restart, fix)."""
+def start_while_locked(
+    settings: Settings,
+    options: StartOptions,
+    events: Events,
+    *,
+    just_stopped: set[int] | None = None,
+) -> StartResult:
+    """start_service's body, for a caller that already holds the lock (restart, fix).
+
+    ``just_stopped``: the pids a stop under the same lock has just ended; their port is
+    waited for (up to service.stop_timeout) instead of refused.
+    """
     service = settings.service
     timeout = seconds_setting(
         service.start_timeout if options.timeout is None else options.timeout,
@@ -277,8 +311,15 @@ def start_while_locked(settings: Settings, options: StartOptions, events: Events
     if snapshot.pidfile_state in ("stale", "reused", "invalid") and remove_bad_pidfile(
         pidfile, snapshot.pidfile_state
     ):
-        events.info(f"removed a {snapshot.pidfile_state} pidfile {pidfile}")
-    check_port_free(settings)
+        if snapshot.pidfile_state == "invalid":
+            events.info(f"the pidfile {pidfile} was corrupt: moved it to {corrupt_path(pidfile)}")
+        else:
+            events.info(f"removed a {snapshot.pidfile_state} pidfile {pidfile}")
+    check_port_free(
+        settings,
+        wait=service.stop_timeout if just_stopped is not None else 0.0,
+        just_stopped=just_stopped,
+    )
     if not service.workdir.is_dir():
         raise ServiceError(f"service.workdir {service.workdir} is not a directory; nothing started")
     if service.venv is not None and not (service.venv / "bin").is_dir():
@@ -342,6 +383,7 @@ def start_while_locked(settings: Settings, options: StartOptions, events: Events
             f"cannot run {argv[0]}: {exc.strerror} {where}; nothing started",
             log_file=service.log_file,
             log_tail=[],
+            spawned=False,
         ) from None
     finally:
         os.close(fd)

@@ -12,6 +12,7 @@ from typing import Any, Literal
 from mpsctl.control.events import Events, SilentEvents
 from mpsctl.control.lock import service_lock
 from mpsctl.control.pidfile import (
+    corrupt_path,
     default_pidfile_path,
     foreign_pidfile,
     remove_bad_pidfile,
@@ -142,7 +143,8 @@ def _stop_locked(
             "stale": f"; {verb} its stale pidfile {pidfile}",
             "reused": f"; pid {record.pid if record else '?'} in the pidfile belongs to another "
             f"process now (not signalled); {verb} the pidfile {pidfile}",
-            "invalid": f"; {verb} the unparseable pidfile {pidfile}",
+            "invalid": f"; the pidfile {pidfile} was corrupt: "
+            + (f"moved it to {corrupt_path(pidfile)}" if removed else f"{verb} it"),
         }.get(snapshot.pidfile_state, "")
         return result("already-stopped", [], removed, f"{name} is not running{detail}")
 
@@ -245,5 +247,10 @@ def restart_service(
     """stop + start under one lock, so no other run can slip in between."""
     with service_lock(settings.home, wait=lock_wait, purpose="restart"):
         stopped = stop_while_locked(settings, timeout=stop_timeout, use_match=use_match)
-        started = start_while_locked(settings, options or StartOptions(), events or SilentEvents())
+        started = start_while_locked(
+            settings,
+            options or StartOptions(),
+            events or SilentEvents(),
+            just_stopped={p.pid for p in stopped.processes},
+        )
         return RestartResult(stopped, started)

@@ -18,6 +18,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from mpsctl.settings import Settings
@@ -178,3 +179,28 @@ def _positive_int(text: str | None) -> int | None:
     except ValueError:
         return None
     return value if value > 0 else None
+
+
+def unit_file_candidates(settings: Settings, platform: str = sys.platform) -> list[Path]:
+    """Where the manager loads the service's unit from (user units / agents only)."""
+    home = Path(os.environ.get("HOME") or Path.home())
+    if platform == "darwin":
+        return [home / "Library" / "LaunchAgents" / f"{launchd_label(settings)}.plist"]
+    config = Path(os.environ.get("XDG_CONFIG_HOME") or home / ".config")
+    data = Path(os.environ.get("XDG_DATA_HOME") or home / ".local" / "share")
+    unit = systemd_unit_name(settings)
+    dirs = [config / "systemd" / "user", data / "systemd" / "user", Path("/etc/systemd/user"),
+            Path("/usr/lib/systemd/user"), Path("/usr/local/lib/systemd/user")]  # fmt: skip
+    return [d / unit for d in dirs]
+
+
+def find_supervisor(settings: Settings) -> Supervision | None:
+    """:func:`detect_supervisor`, asked only when a unit file for the service is installed.
+
+    Most services run without a unit: then no ``systemctl`` / ``launchctl`` process is run
+    at all, so ``status`` and the cron watchdog stay fast.
+    """
+    if not any(path.exists() for path in unit_file_candidates(settings)):
+        return None
+    # looked up at call time: the one seam through which tests answer for the manager
+    return detect_supervisor(settings, runner=run_command)

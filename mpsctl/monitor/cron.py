@@ -135,7 +135,8 @@ def build_schedule(
             "fix",
             fix_minutes,
             (*base, "fix", "--if-unhealthy"),
-            "watchdog: restart only when unhealthy; 75 = another mpsctl run holds the lock",
+            "watchdog: restarts only for fix.restart_on; 75 = another mpsctl run holds the "
+            "lock; 69 = gave up (restart budget spent, alert sent)",
             ok_codes=(75,),
         ),
     )

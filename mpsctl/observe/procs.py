@@ -9,9 +9,16 @@ How the service is found, in order:
 1. the pidfile ``start`` wrote: the pid *and* its create_time must match, otherwise the pid
    was reused by an unrelated process (``pidfile_state == "reused"``) and that process is not
    the service;
+   A live pid whose command line is not the one recorded (a pidfile written by hand, or a
+   pid reused by a process started in the same second) is "reused" too, and PID 1 and
+   mpsctl's own ancestors are never the service;
 2. otherwise ``service.match``, a regex over command lines, limited to the current user's
    processes and never mpsctl itself or its ancestors (``mpsctl stop`` run from a shell whose
-   command line mentions the pattern must not find its own shell).
+   command line mentions the pattern must not find its own shell). A relative program path
+   (``venv/bin/uvicorn``) is also tried made absolute against the process's cwd. A match is
+   the service only if it (or a descendant) listens on the service's port, or it listens on
+   no port and is younger than ``start_timeout`` (still loading): a staging copy of the same
+   app on another port matches the pattern too, and is listed as ``others``, never used.
 
 When the pidfile names a live service the pattern is not used at all, so a process whose
 command line merely mentions the pattern (``grep uvicorn``, an editor) is never taken for it.
@@ -22,7 +29,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import json
-import re
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -32,7 +38,7 @@ from typing import Any, Literal
 
 import psutil
 
-from mpsctl.errors import ConfigError
+from mpsctl.observe.procs_match import argv_matches, is_the_service, matching, roots_of
 from mpsctl.observe.proctree import (
     GONE,
     live_other,
@@ -113,7 +119,7 @@ def read_pidfile(path: Path) -> PidRecord | Literal["invalid"] | None:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return None
-    except OSError:
+    except (OSError, UnicodeDecodeError):  # unreadable, or bytes that are not text at all
         return "invalid"
     try:
         return PidRecord.from_json(json.loads(text))
@@ -170,6 +176,9 @@ class ServiceSnapshot:
     #: the whole tree under the roots: a uvicorn reloader and its worker, multiprocessing children
     processes: tuple[ProcInfo, ...]
     pidfile_path: Path | None = None
+    #: processes that match ``service.match`` but are not the service (they listen on
+    #: another port, or on none long after start_timeout): shown, never signalled
+    others: tuple[ProcInfo, ...] = ()
 
     @property
     def running(self) -> bool:
@@ -199,6 +208,7 @@ class ServiceSnapshot:
             "total_rss_bytes": self.total_rss_bytes,
             "total_footprint_bytes": self.total_footprint_bytes,
             "processes": [p.to_json() for p in self.processes],
+            "others": [p.to_json() for p in self.others],
         }
 
 
@@ -335,41 +345,6 @@ def processes_info(
     return tuple(infos)
 
 
-def _compile(pattern: str) -> re.Pattern[str]:
-    try:
-        return re.compile(pattern)
-    except re.error as exc:
-        raise ConfigError(f"service.match: invalid regular expression {pattern!r}: {exc}") from None
-
-
-def _matching(pattern: str) -> list[psutil.Process]:
-    regex = _compile(pattern)
-    protected = protected_pids()
-    found = []
-    for proc in psutil.process_iter(["cmdline", "status"]):
-        if proc.pid in protected or proc.info.get("status") == psutil.STATUS_ZOMBIE:
-            continue
-        cmdline = proc.info.get("cmdline")
-        if not cmdline or not regex.search(" ".join(cmdline)):
-            continue
-        if own_user(proc):
-            found.append(proc)
-    return found
-
-
-def _roots_of(procs: list[psutil.Process]) -> list[psutil.Process]:
-    """Drop the matches that descend from another match (a reloader's worker)."""
-    pids = {p.pid for p in procs}
-    roots = []
-    for proc in procs:
-        try:
-            if not any(parent.pid in pids for parent in proc.parents()):
-                roots.append(proc)
-        except (*GONE, psutil.AccessDenied):
-            continue
-    return roots
-
-
 def find_service(
     settings: Settings,
     *,
@@ -388,22 +363,39 @@ def find_service(
         state = "invalid"
     else:
         root = same_process(record.pid, record.create_time)
-        if root is not None:
+        if root is not None and not _impostor(root, record):
             procs = _snapshot_tree([root], clock=clock, cpu_interval=cpu_interval)
             return ServiceSnapshot("pidfile", "ok", record, (root.pid,), procs, path)
-        state = "reused" if live_other(record.pid) else "stale"
+        state = "reused" if root is not None or live_other(record.pid) else "stale"
     pidrecord = record if isinstance(record, PidRecord) else None
 
     regex = pattern if pattern is not None else settings.service.match
+    others: tuple[ProcInfo, ...] = ()
     if regex:
-        matches = _matching(regex)
+        matches = matching(regex)
         if matches:
-            roots = _roots_of(matches)
+            roots: list[psutil.Process] = []
+            strangers: list[psutil.Process] = []
+            for root in roots_of(matches):
+                (roots if is_the_service(root, settings, clock) else strangers).append(root)
+            others = _snapshot_tree(strangers, clock=clock, cpu_interval=0.0)
             procs = _snapshot_tree(roots, clock=clock, cpu_interval=cpu_interval)
             root_pids = tuple(p.pid for p in roots if any(i.pid == p.pid for i in procs))
             if root_pids:
-                return ServiceSnapshot("match", state, pidrecord, root_pids, procs, path)
-    return ServiceSnapshot(None, state, pidrecord, (), (), path)
+                return ServiceSnapshot("match", state, pidrecord, root_pids, procs, path, others)
+    return ServiceSnapshot(None, state, pidrecord, (), (), path, others)
+
+
+def _impostor(root: psutil.Process, record: PidRecord) -> bool:
+    """PID 1, mpsctl's own ancestors, or a process whose command line is not the recorded
+    one: never the service, whatever the pidfile says."""
+    if root.pid == 1 or root.pid in protected_pids():
+        return True
+    try:
+        cmdline = tuple(root.cmdline())
+    except (*GONE, psutil.AccessDenied):
+        return False
+    return not argv_matches(record.argv, cmdline)
 
 
 # --------------------------------------------------------------------------- ports

@@ -17,6 +17,7 @@ from mpsctl.cli import main
 from mpsctl.control import audit
 from mpsctl.control.lock import service_lock
 from mpsctl.control.pidfile import write_pidfile
+from mpsctl.errors import ExitCode
 from mpsctl.observe.procs import PidRecord
 from mpsctl.observe.proctree import create_time_of
 from mpsctl.units import iso_utc
@@ -222,8 +223,9 @@ def test_manual_fixes_do_not_use_up_the_watchdogs_budget(
         assert audit.read_records(path)[-1]["result"] == "fixed"
         assert run("stop").exit_code == 0
         refused = run("fix", "--if-unhealthy", "--max-restarts", "2")
-        assert refused.exit_code == 1  # now 2 watchdog restarts: the loop guard holds
-        assert "refusing to restart: 2 restart(s)" in refused.stderr
+        # now 2 watchdog restarts and the service is down: the watchdog gives up
+        assert refused.exit_code == ExitCode.GAVE_UP
+        assert "gave up after 2 restart(s) in 1 h" in refused.stderr
     finally:
         run("stop")
 

@@ -1,0 +1,307 @@
+"""The watchdog's rules: when ``fix --if-unhealthy`` restarts, when it gives up, what it checks
+before it stops anything.
+
+- **Restart policy.** A restart happens only for the rules in ``[fix] restart_on``: the
+  service is not running (``not-running``), its pidfile names a dead process
+  (``dead-pidfile``), it failed ``health_retries`` consecutive health checks
+  (``unhealthy``), or its memory is CRITICAL by the thresholds (``memory-critical``).
+  WARNING findings (an OOM the service survived, host memory, swap) never restart a
+  healthy service: they alert.
+- **Health rule**, like a liveness probe: one failed check is not a death. A check that
+  times out while the service's own memory report shows queries in flight is a busy
+  service, not a dead one. A stopped process (SIGSTOP, a debugger) is never busy.
+- **Budget.** Only restarts that happened count, only the watchdog's own, only since the
+  last re-arm (a person's ``mpsctl fix`` or ``--reset-budget``). When it is spent and the
+  service is down, the watchdog gives up: its own exit code, one alert.
+- **Preflight.** The pidfile, the lock and the log must be writable (space and permission)
+  before a running service is stopped: a full or read-only disk must not turn a running
+  service into a dead one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import psutil
+
+from mpsctl import __version__
+from mpsctl.client import HealthCheck
+from mpsctl.control import audit
+from mpsctl.errors import ConfigError, ProbeExit
+from mpsctl.settings import Settings
+from mpsctl.units import GIB, utc_now_iso
+
+if TYPE_CHECKING:
+    from mpsctl.observe.probe import ProbeResult
+
+#: CPU use of the service's tree (sampled by the probe) that reads as "generating": a
+#: process whose event loop runs a model step answers /health late but is not hung
+BUSY_CPU_PERCENT = 50.0
+#: consecutive watchdog runs that may excuse a silent service as busy
+BUSY_RUNS = 2
+#: bytes a preflight writes to each state directory: room for a pidfile, an audit line, a lock
+PREFLIGHT_BYTES = 16 * 1024
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Whether the watchdog restarts, and the rule (or the reason it does not) in words."""
+
+    rule: str | None  # the restart rule that fired and is enabled, else None
+    why: str
+    fired: str | None = None  # a rule that fired, even one left out of restart_on
+
+
+def _in_flight(report: dict[str, Any] | None) -> int:
+    if not isinstance(report, dict):
+        return 0
+    value = report.get("in_flight")
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _stopped(result: ProbeResult) -> bool:
+    """A root process stopped by a signal (SIGSTOP, SIGTSTP) answers nothing, ever."""
+    snap = result.service
+    if snap is None:
+        return False
+    return any(p.status == psutil.STATUS_STOPPED for p in snap.processes if p.pid in snap.roots)
+
+
+def _health_rule(
+    settings: Settings,
+    result: ProbeResult,
+    check: Callable[[Settings, float], HealthCheck],
+    sleep: Callable[[float], None],
+) -> tuple[bool, str]:
+    """(dead, why) for a running service whose first health check failed."""
+    service = settings.service
+    tries = service.health_retries
+    last = result.health.error or "no answer"
+    in_flight = _in_flight(result.health.memory_report)
+    for attempt in range(2, tries + 1):
+        sleep(service.health_interval)
+        answer = check(settings, service.health_timeout)
+        if answer.ok:
+            return False, f"health recovered on check {attempt} of {tries}"
+        last = answer.error or last
+        if isinstance(answer.body, dict):
+            memory = answer.body.get("memory")
+            in_flight = max(in_flight, _in_flight(memory if isinstance(memory, dict) else None))
+    cpu = _tree_cpu(result)
+    if not _stopped(result) and not excused_before(settings):
+        if in_flight:
+            return False, (
+                f"busy, not dead: {tries} slow health checks while {in_flight} "
+                "queries are in flight"
+            )
+        if cpu is not None and cpu >= BUSY_CPU_PERCENT:
+            return False, (
+                f"busy, not dead: {tries} slow health checks while the service uses "
+                f"{cpu:.0f}% CPU (generating)"
+            )
+    return True, f"unhealthy: {tries} consecutive failed health checks ({last})"
+
+
+def _tree_cpu(result: ProbeResult) -> float | None:
+    snap = result.service
+    values = [p.cpu_percent for p in snap.processes if p.cpu_percent is not None] if snap else []
+    return sum(values) if values else None
+
+
+def excused_before(settings: Settings) -> bool:
+    """The last BUSY_RUNS watchdog runs all called the service busy: a service that has
+    not answered for that long is hung, whatever its CPU or in-flight count says."""
+    records = [
+        r for r in audit.read_records(audit.fix_history_path(settings.home))
+        if r.get("trigger") == "if-unhealthy"
+    ][-BUSY_RUNS:]  # fmt: skip
+    return len(records) == BUSY_RUNS and all(
+        "busy, not dead" in str(r.get("rule_detail") or "") for r in records
+    )
+
+
+def _memory_critical(settings: Settings, result: ProbeResult) -> str | None:
+    from mpsctl.observe.probe import service_memory_bytes
+
+    limits = settings.thresholds
+    size, label = service_memory_bytes(result.service)
+    if size is not None and size / GIB >= limits.service_memory_gib[1]:
+        return (
+            f"memory-critical: service {label} {size / GIB:.1f} GiB >= "
+            f"{limits.service_memory_gib[1]:g} GiB"
+        )
+    used = result.accelerator.limit_percent
+    if used is not None and used >= limits.accelerator_limit_percent[1]:
+        return (
+            f"memory-critical: {result.accelerator.device} at {used:.1f}% of its limit >= "
+            f"{limits.accelerator_limit_percent[1]:g}%"
+        )
+    return None
+
+
+def decide(
+    settings: Settings,
+    result: ProbeResult,
+    *,
+    check: Callable[[Settings, float], HealthCheck],
+    sleep: Callable[[float], None] = time.sleep,
+) -> Decision:
+    """Which restart rule fires for this probe; WARNING findings never make one."""
+    snap = result.service
+    fired: str | None = None
+    why = ""
+    if snap is None:
+        return Decision(None, "no restart: the service's processes could not be inspected")
+    if not snap.running:
+        if result.health.ok:
+            return Decision(None, "no restart: the service answers (its process is unknown)")
+        if snap.pidfile_state in ("stale", "reused"):
+            fired, why = "dead-pidfile", "dead-pidfile: the pidfile names a dead process"
+        else:
+            fired, why = "not-running", "not-running: no service process found"
+        if result.health.error:
+            why += f"; {result.health.error}"
+    elif result.health.checked and not result.health.ok:
+        dead, why = _health_rule(settings, result, check, sleep)
+        if not dead:
+            return Decision(None, f"no restart: {why}")
+        fired = "unhealthy"
+    else:
+        memory = _memory_critical(settings, result)
+        if memory is None:
+            if result.verdict is ProbeExit.OK:
+                return Decision(None, "probe verdict OK: nothing to do")
+            return Decision(
+                None, f"no restart: healthy, verdict {result.verdict.name} (WARNINGs only alert)"
+            )
+        fired, why = "memory-critical", memory
+    if fired not in settings.fix.restart_on:
+        return Decision(None, f"no restart: {why} (not in fix.restart_on)", fired)
+    return Decision(fired, why, fired)
+
+
+# --------------------------------------------------------------------------- budget
+def _ts(record: dict[str, Any]) -> float:
+    return audit.record_time(record) or 0.0
+
+
+def budget_used(path: Path, within: float, now: float) -> list[dict[str, Any]]:
+    """The watchdog's restarts within ``within`` seconds since the last re-arm."""
+    records = audit.read_records(path)
+    rearmed = max((_ts(r) for r in records if r.get("rearm") is True), default=0.0)
+    return [
+        r
+        for r in audit.restarts_within(path, within, now)
+        if r.get("trigger") != "manual" and _ts(r) > rearmed
+    ]
+
+
+def gave_up_alerted(path: Path) -> bool:
+    """An alert for giving up was sent after the last restart or re-arm: do not repeat it."""
+    records = audit.read_records(path)
+    last = max(
+        (_ts(r) for r in records if r.get("restarted") is True or r.get("rearm") is True),
+        default=0.0,
+    )
+    return any(r.get("gave_up") is True and r.get("alerted") is True and _ts(r) >= last
+               for r in records)  # fmt: skip
+
+
+def last_death(records: list[dict[str, Any]], now_why: str) -> str:
+    """How the service last died: the reason of the latest restart, else this run's."""
+    for record in reversed(records):
+        rule = record.get("rule_detail")
+        if isinstance(rule, str) and rule:
+            return rule
+    return now_why
+
+
+def give_up_alert(settings: Settings, text: str, verdict: str) -> tuple[bool, str]:
+    """Send the give-up alert to every ``[alerts]`` target; (any delivered, details)."""
+    from mpsctl.monitor import alerts
+
+    targets = alerts.targets_from(settings.alerts.url, settings.alerts.command)
+    if not targets:
+        return False, "no [alerts] target"
+    document = {
+        "schema": alerts.SCHEMA,
+        "kind": "gave-up",
+        "time": utc_now_iso(),
+        "hostname": socket.gethostname(),
+        "service": settings.service.name,
+        "url": settings.service.url,
+        "verdict": verdict,
+        "previous_verdict": None,
+        "reasons": [text],
+        "text": f"{verdict}: {settings.service.name} on {socket.gethostname()}: {text}",
+        "mpsctl_version": __version__,
+    }
+    sent = [alerts.deliver(t, document) for t in targets]
+    details = "; ".join(f"{t.shown}: {d}" for t, (_ok, d) in zip(targets, sent, strict=True))
+    return any(ok for ok, _d in sent), details
+
+
+def warning_alert(settings: Settings, result: ProbeResult) -> int:
+    """Alert on a verdict change (the probe's own rule: once per change); alerts sent."""
+    from mpsctl.monitor import alerts
+
+    targets = alerts.targets_from(settings.alerts.url, settings.alerts.command)
+    try:
+        sent = alerts.notify_on_change(settings.home, result, targets)
+    except OSError:
+        return 0  # a full or read-only home: the audit line still says what was seen
+    return sum(1 for d in sent if d.ok)
+
+
+# --------------------------------------------------------------------------- preflight
+def _writable_dir(directory: Path, what: str) -> str | None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=".mpsctl-preflight-", dir=directory)
+    except OSError as exc:
+        return f"cannot write {what} in {directory}: {exc.strerror}"
+    try:
+        try:
+            os.write(fd, b"\0" * PREFLIGHT_BYTES)
+            os.fsync(fd)
+        except OSError as exc:
+            return f"cannot write {what} in {directory}: {exc.strerror}"
+    finally:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(name)
+    return None
+
+
+def preflight(settings: Settings) -> str | None:
+    """Why a restart would fail where the service is now running, or None.
+
+    Checked before stopping anything: the pidfile and the lock (MPSCTL_HOME), the log
+    (service.log_file) with room to write, the workdir, the venv, the service environment.
+    """
+    from mpsctl.torch_env import service_env
+
+    service = settings.service
+    problem = _writable_dir(settings.home, "the pidfile and the lock")
+    if problem is None:
+        problem = _writable_dir(service.log_file.parent, "the service log")
+    if problem is None and service.log_file.exists() and not os.access(service.log_file, os.W_OK):
+        problem = f"cannot write the service log {service.log_file}: permission denied"
+    if problem is None and not service.workdir.is_dir():
+        problem = f"service.workdir {service.workdir} is not a directory"
+    if problem is None and service.venv is not None and not (service.venv / "bin").is_dir():
+        problem = f"service.venv {service.venv} has no bin/ directory"
+    if problem is None:
+        try:
+            service_env(settings)
+        except ConfigError as exc:
+            problem = str(exc)
+    return problem
