@@ -1,0 +1,163 @@
+"""The plan of the model the configured service serves, for commands that cite it.
+
+``start`` warns with it, ``doctor`` and ``oom`` cite its figures, ``ask --sweep`` sets its
+predicted peak beside the measured one. Each of them must go on when no plan can be made
+(a hub id, a directory without ``config.json``, a demo checkpoint not built yet), so this
+returns the reason instead of raising.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mpsctl.control.memlimit import LAST_HEALTH
+from mpsctl.errors import MpsctlError
+from mpsctl.plan.plan import DEFAULT_PROMPT_TOKENS, Plan, plan_for_settings
+from mpsctl.plan.presets import PRESETS
+from mpsctl.server.serve import DEMO_DIR_NAME
+from mpsctl.units import fmt_bytes
+
+if TYPE_CHECKING:
+    from mpsctl.settings import Settings
+
+
+@dataclass(frozen=True)
+class ConfiguredPlan:
+    """A plan, or why none could be made (exactly one of the two is set)."""
+
+    plan: Plan | None
+    reason: str | None = None
+    #: the reference service's demo checkpoint does not exist yet: its first start builds it
+    demo_not_built: bool = False
+
+
+def served_model(settings: Settings, model: str | None = None) -> str | None:
+    """What the configured service loads: ``model`` (start --model), the demo checkpoint of
+    the reference service's ``--demo``, the command's ``--model``, else ``serve.model``."""
+    if model is not None:
+        return model
+    argv = list(settings.service.command)
+    if "--model" in argv[:-1]:
+        return argv[argv.index("--model") + 1]
+    if "--demo" in argv:
+        return str(settings.home / DEMO_DIR_NAME)
+    return settings.serve.model
+
+
+def saved_report(settings: Settings) -> dict[str, Any] | None:
+    """The memory report of the last healthy answer, without its RSS: the process it
+    describes is gone or about to be replaced, so its RSS is not memory in use."""
+    try:
+        body = json.loads((settings.home / LAST_HEALTH).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    report = body.get("memory") if isinstance(body, dict) else None
+    if not isinstance(report, dict):
+        return None
+    return {k: v for k, v in report.items() if k != "rss_bytes"}
+
+
+def configured_plan(
+    settings: Settings,
+    report: dict[str, Any] | None = None,
+    *,
+    model: str | None = None,
+    max_new_tokens: int | None = None,
+    prompt_tokens: int = DEFAULT_PROMPT_TOKENS,
+) -> ConfiguredPlan:
+    """Plan the served model on this machine; never raises for a model it cannot read."""
+    target = served_model(settings, model)
+    if target is None:
+        return ConfiguredPlan(None, "no model configured (serve.model)")
+    preset = target if target.lower() in PRESETS else None
+    path = Path(target).expanduser()
+    if preset is None and not (path / "config.json").is_file():
+        if path == settings.home / DEMO_DIR_NAME:
+            why = "the demo checkpoint is not built yet (the first start builds it)"
+            return ConfiguredPlan(None, why, demo_not_built=True)
+        if path.is_dir():
+            return ConfiguredPlan(None, f"{target} has no config.json")
+        return ConfiguredPlan(None, f"{target} is not a local model directory")
+    if max_new_tokens is not None:
+        settings = replace(settings, serve=replace(settings.serve, max_new_tokens=max_new_tokens))
+    try:
+        plan = plan_for_settings(
+            settings,
+            report,
+            model_dir=None if preset else str(path),
+            preset=preset,
+            prompt_tokens=prompt_tokens,
+        )
+    except (MpsctlError, OSError, ValueError) as exc:
+        return ConfiguredPlan(None, f"{target}: {exc}")
+    return ConfiguredPlan(plan)
+
+
+_LIMIT_NAMES = {"mps": "MPS limit", "cuda": "CUDA limit", "cpu": "RAM available"}
+
+
+def limit_phrase(plan: Plan) -> str:
+    """``1234 bytes usable (1.1 GiB: the MPS limit 1.3 GiB less the 10% margin)``."""
+    name = _LIMIT_NAMES.get(plan.device, "limit")
+    return (
+        f"{plan.usable_bytes} bytes usable ({fmt_bytes(plan.usable_bytes)}: the {name} "
+        f"{fmt_bytes(plan.limit.limit_bytes)} less the {plan.margin:.0%} margin)"
+    )
+
+
+def figures_line(plan: Plan) -> str:
+    """The plan's figures in one line, each in bytes: what oom and doctor cite."""
+    f = plan.figures
+    n = plan.max_concurrent
+    return (
+        f"plan for {plan.model} ({f.dtype} on {plan.device}): weights {f.weights_bytes} bytes "
+        f"({fmt_bytes(f.weights_bytes)}), KV cache {f.kv_cache_per_query_bytes} bytes per "
+        f"query ({f.prompt_tokens} prompt + {f.max_new_tokens} new tokens), peak "
+        f"{f.peak_per_query_bytes} bytes per query, overhead {f.overhead_bytes} bytes; "
+        f"{n} at once need {plan.total_bytes} bytes ({fmt_bytes(plan.total_bytes)}) of "
+        f"{limit_phrase(plan)}; max_concurrent that fits: {plan.max_concurrent_that_fits}"
+    )
+
+
+def advice_line(plan: Plan) -> str:
+    """What to change so the configured service fits, by the plan's numbers."""
+    fit = plan.max_concurrent_that_fits
+    if fit == 0:
+        smaller = ""
+        if plan.smaller_preset:
+            smaller = f" (the largest preset that fits: {plan.smaller_preset})"
+        return (
+            "it does not fit even at 1 query: use a smaller model or dtype"
+            f"{smaller}; mpsctl plan shows the figures"
+        )
+    if not plan.fits:
+        more = plan.max_new_tokens_for_one_more
+        tokens = f", or max_new_tokens {more} for {fit + 1} at once" if more is not None else ""
+        return f"set serve.max_concurrent = {fit}{tokens}; mpsctl plan shows the figures"
+    return f"serve.max_concurrent = {plan.max_concurrent} fits (up to {fit} would)"
+
+
+def start_notes(settings: Settings, model: str | None = None) -> tuple[list[str], list[str]]:
+    """(warnings, infos) for ``start``: a warning when the configured plan does not fit,
+    one info line when the model cannot be planned, nothing when it fits or when the demo
+    checkpoint is not built yet (the tiny demo fits anywhere)."""
+    try:
+        found = configured_plan(settings, saved_report(settings), model=model)
+    except Exception as exc:  # advice only: a plan that breaks must never stop a start
+        return [], [f"no memory plan: {type(exc).__name__}: {exc}"]
+    plan = found.plan
+    if plan is None:
+        if found.demo_not_built:
+            return [], []
+        return [], [f"no memory plan: {found.reason} (mpsctl plan --preset NAME plans a "
+                    "published size)"]  # fmt: skip
+    if plan.fits:
+        return [], []
+    return [
+        f"the memory plan does not fit: {plan.model} ({plan.figures.dtype} on {plan.device}) "
+        f"at serve.max_concurrent = {plan.max_concurrent} needs {plan.total_bytes} bytes "
+        f"({fmt_bytes(plan.total_bytes)}) of {limit_phrase(plan)}; {advice_line(plan)}"
+    ], []
