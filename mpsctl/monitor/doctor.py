@@ -425,7 +425,8 @@ def torch_checks(settings: Settings, result: ProbeResult) -> list[Check]:
 # --------------------------------------------------------------------------- the plan
 def plan_checks(settings: Settings, result: ProbeResult) -> list[Check]:
     """Does the served model fit at serve.max_concurrent, by ``mpsctl plan``'s figures."""
-    from mpsctl.plan.configured import advice_line, configured_plan, figures_line
+    from mpsctl.plan.configured import configured_plan
+    from mpsctl.plan.lines import advice_line, figures_line
 
     try:
         found = configured_plan(settings, result.health.memory_report)

@@ -9,13 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mpsctl.plan import plan_for_settings
-from mpsctl.plan.configured import (
-    configured_plan,
-    figures_line,
-    saved_report,
-    served_model,
-    start_notes,
-)
+from mpsctl.plan.configured import configured_plan, saved_report, served_model, start_notes
+from mpsctl.plan.lines import figures_line
 from mpsctl.settings import load_settings
 
 
