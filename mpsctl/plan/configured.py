@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 from mpsctl.control.memlimit import LAST_HEALTH
 from mpsctl.errors import MpsctlError
+from mpsctl.paths import DEMO_DIR_NAME
 from mpsctl.plan.lines import advice_line, limit_phrase
 from mpsctl.plan.plan import DEFAULT_PROMPT_TOKENS, Plan, plan_for_settings
 from mpsctl.plan.presets import PRESETS
-from mpsctl.server.serve import DEMO_DIR_NAME
 from mpsctl.units import fmt_bytes
 
 if TYPE_CHECKING:

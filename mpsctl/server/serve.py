@@ -14,10 +14,9 @@ from pathlib import Path
 from typing import Protocol
 
 from mpsctl.errors import ConfigError
+from mpsctl.paths import DEMO_DIR_NAME
 from mpsctl.server import apply_mps_environment, environment_warnings, resolve_token
 from mpsctl.settings import Settings
-
-DEMO_DIR_NAME = "demo-model"
 
 
 class Notes(Protocol):
