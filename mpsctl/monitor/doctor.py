@@ -439,9 +439,7 @@ def plan_checks(settings: Settings, result: ProbeResult) -> list[Check]:
                 "plan.fits",
                 "info",
                 f"no memory plan: {found.reason}",
-                None
-                if found.demo_not_built
-                else "mpsctl plan --preset NAME plans a published size",
+                None if found.expected else "mpsctl plan --preset NAME plans a published size",
             )
         ]
     if plan.fits:

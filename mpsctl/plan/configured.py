@@ -31,8 +31,9 @@ class ConfiguredPlan:
 
     plan: Plan | None
     reason: str | None = None
-    #: the reference service's demo checkpoint does not exist yet: its first start builds it
-    demo_not_built: bool = False
+    #: nothing worth a line at start: the demo's checkpoint is not built yet (its first
+    #: start builds it; the tiny demo fits anywhere), or a service of one's own names no model
+    expected: bool = False
 
 
 def served_model(settings: Settings, model: str | None = None) -> str | None:
@@ -72,13 +73,13 @@ def configured_plan(
     """Plan the served model on this machine; never raises for a model it cannot read."""
     target = served_model(settings, model)
     if target is None:
-        return ConfiguredPlan(None, "no model configured (serve.model)")
+        return ConfiguredPlan(None, "no model configured (serve.model)", expected=True)
     preset = target if target.lower() in PRESETS else None
     path = Path(target).expanduser()
     if preset is None and not (path / "config.json").is_file():
         if path == settings.home / DEMO_DIR_NAME:
             why = "the demo checkpoint is not built yet (the first start builds it)"
-            return ConfiguredPlan(None, why, demo_not_built=True)
+            return ConfiguredPlan(None, why, expected=True)
         if path.is_dir():
             return ConfiguredPlan(None, f"{target} has no config.json")
         return ConfiguredPlan(None, f"{target} is not a local model directory")
@@ -99,15 +100,15 @@ def configured_plan(
 
 def start_notes(settings: Settings, model: str | None = None) -> tuple[list[str], list[str]]:
     """(warnings, infos) for ``start``: a warning when the configured plan does not fit,
-    one info line when the model cannot be planned, nothing when it fits or when the demo
-    checkpoint is not built yet (the tiny demo fits anywhere)."""
+    one info line when the model cannot be planned, nothing when it fits or when no plan
+    is expected (``ConfiguredPlan.expected``)."""
     try:
         found = configured_plan(settings, saved_report(settings), model=model)
     except Exception as exc:  # advice only: a plan that breaks must never stop a start
         return [], [f"no memory plan: {type(exc).__name__}: {exc}"]
     plan = found.plan
     if plan is None:
-        if found.demo_not_built:
+        if found.expected:
             return [], []
         return [], [f"no memory plan: {found.reason} (mpsctl plan --preset NAME plans a "
                     "published size)"]  # fmt: skip

@@ -27,7 +27,7 @@ def test_the_demo_command_plans_the_demo_checkpoint_once_it_is_built(
     assert served_model(settings) == str(demo)
     before = configured_plan(settings)
     assert before.plan is None
-    assert before.demo_not_built
+    assert before.expected
     assert start_notes(settings) == ([], [])  # the first start says nothing about a plan
 
     shutil.copytree(tiny_model, demo)
@@ -138,3 +138,17 @@ def test_saved_report_drops_the_rss_of_a_service_that_is_gone(isolated_home: Pat
     assert saved_report(settings) == {"schema": "mpsctl.memory/1", "device": "cpu"}
     (isolated_home / "last_health.json").write_text("[1, 2", encoding="utf-8")
     assert saved_report(settings) is None
+
+
+def test_a_service_of_ones_own_with_no_model_configured_says_nothing_at_start(
+    write_config: Callable[..., Path],
+) -> None:
+    write_config('[service]\ncommand = ["my-service"]\n')
+    settings = load_settings()
+    found = configured_plan(settings)
+    assert (found.plan, found.reason, found.expected) == (
+        None,
+        "no model configured (serve.model)",
+        True,
+    )
+    assert start_notes(settings) == ([], [])
