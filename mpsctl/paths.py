@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 
 CONFIG_NAME = "mpsctl.toml"
+#: where the reference service builds its demo checkpoint (`mpsctl serve --demo`), under the home
+DEMO_DIR_NAME = "demo-model"
 
 
 def home_dir(environ: dict[str, str] | None = None) -> Path:

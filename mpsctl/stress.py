@@ -21,7 +21,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mpsctl.ask import generated_tokens
 from mpsctl.client import KeepAliveConnection, ServiceClient, encode_query
@@ -37,6 +37,9 @@ from mpsctl.stress_results import (
     SweepResult,
 )
 from mpsctl.units import utc_now_iso
+
+if TYPE_CHECKING:
+    from mpsctl.plan.plan import Plan
 
 # Hard caps: a stress run must end on its own even when a flag is mistyped.
 MAX_REQUESTS = 100_000
@@ -345,7 +348,11 @@ def run_sweep(
     on_level: Callable[[int], ProgressCallback | None] | None = None,
     sample_interval_s: float = SAMPLE_INTERVAL_S,
 ) -> SweepResult:
-    """The same plan at each concurrency in turn; Ctrl-C ends the sweep after that level."""
+    """The same plan at each concurrency in turn; Ctrl-C ends the sweep after that level.
+
+    The served model's memory plan (``mpsctl plan``) comes with it: its predicted peak at
+    each level is shown beside the measured one."""
+    memory_plan, plan_note = sweep_memory_plan(settings, plan)
     results: list[StressResult] = []
     for level in levels:
         level_plan = StressPlan(
@@ -366,5 +373,30 @@ def run_sweep(
         )
         results.append(result)
         if result.interrupted:
-            return SweepResult(tuple(results), interrupted=True)
-    return SweepResult(tuple(results), interrupted=False)
+            return SweepResult(tuple(results), True, memory_plan, plan_note)
+    return SweepResult(tuple(results), False, memory_plan, plan_note)
+
+
+def sweep_memory_plan(settings: Settings, stress: StressPlan) -> tuple[Plan | None, str | None]:
+    """The plan of the served model for this run's questions: one token per UTF-8 byte of
+    the longest question (the plan's upper bound; the chat template's own tokens are not
+    counted), the run's max_new_tokens, and the service's memory report when it answers."""
+    from mpsctl.plan.configured import configured_plan
+
+    client = ServiceClient(settings.service)
+    try:
+        body = client.health(timeout=HEALTH_SAMPLE_TIMEOUT_S * 3).body
+    finally:
+        client.close()
+    report = body.get("memory") if isinstance(body, dict) else None
+    longest = max((len(q.encode("utf-8")) for q in stress.questions), default=1)
+    try:
+        found = configured_plan(
+            settings,
+            report if isinstance(report, dict) else None,
+            max_new_tokens=stress.max_new_tokens,
+            prompt_tokens=max(1, longest),
+        )
+    except Exception as exc:  # the prediction is a comment on the sweep, never its failure
+        return None, f"no memory plan: {type(exc).__name__}: {exc}"
+    return found.plan, None if found.plan else f"no memory plan: {found.reason}"

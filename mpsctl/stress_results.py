@@ -12,8 +12,12 @@ import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from mpsctl.ask import KIND_EXIT, AskExit
+
+if TYPE_CHECKING:
+    from mpsctl.plan.plan import Plan
 
 PERCENTILES = (50, 90, 95, 99)
 
@@ -170,6 +174,14 @@ class StressResult:
 class SweepResult:
     levels: tuple[StressResult, ...]
     interrupted: bool
+    #: the served model's memory plan for these questions (``mpsctl plan``), or None
+    plan: Plan | None = None
+    #: why there is no plan (a hub id, a model without config.json)
+    plan_note: str | None = None
+
+    def predicted_peak_bytes(self, concurrency: int) -> int | None:
+        """The plan's total at ``concurrency``: weights + overhead + n x (KV cache + peak)."""
+        return None if self.plan is None else self.plan.figures.total_bytes(concurrency)
 
 
 def stress_exit(results: Sequence[StressResult], *, partial_is_failure: bool = True) -> int:

@@ -49,6 +49,7 @@ def oom(
                 f"{path}: " + ("not a regular file" if path.exists() else "no such file")
             )
         targets.append((str(path), path))
+    plan = None
     if high_ratio is None or not files:
         settings = app.settings()
         if high_ratio is None and settings.sources["memory.high_watermark_ratio"] != "default":
@@ -59,8 +60,14 @@ def oom(
                     app.warn(f"{source.path or source.pattern}: no such file")
                 else:
                     targets.append((str(source.path), source.path))
+            # the configured service's own logs: its memory plan explains its events
+            from mpsctl.plan.configured import configured_plan, saved_report
+
+            plan = configured_plan(settings, saved_report(settings)).plan
     try:
-        report = find_events(targets, since.before() if since else None, high_ratio=high_ratio)
+        report = find_events(
+            targets, since.before() if since else None, high_ratio=high_ratio, plan=plan
+        )
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""
         raise MpsctlError(f"{where}{exc.strerror or exc}") from None

@@ -15,6 +15,10 @@ class Events(Protocol):
 
     def waiting(self, message: str) -> contextlib.AbstractContextManager[object]: ...
 
+    def phase(self, message: str) -> None:
+        """What the awaited process is doing now (read from its log), inside ``waiting``;
+        may be called from another thread."""
+
 
 class SilentEvents:
     def warn(self, message: str) -> None:
@@ -25,3 +29,6 @@ class SilentEvents:
 
     def waiting(self, message: str) -> contextlib.AbstractContextManager[object]:
         return contextlib.nullcontext()
+
+    def phase(self, message: str) -> None:
+        pass

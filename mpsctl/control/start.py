@@ -34,6 +34,7 @@ from mpsctl.control.pidfile import (
     write_pidfile,
 )
 from mpsctl.control.signals import KILL_GRACE_S, signal_and_wait
+from mpsctl.control.startup_log import follow_phases
 from mpsctl.errors import ConfigError, ServiceError
 from mpsctl.observe import procs, proctree
 from mpsctl.settings import Settings
@@ -287,8 +288,14 @@ def start_while_locked(
     chosen = settings.sources.get("memory.high_watermark_ratio", "default") != "default"
     notes = list(settings.notes) if chosen else []
     warnings = notes + warnings + preflight_warnings(settings, argv, limit)
+    from mpsctl.plan.configured import start_notes  # stop and status need no plan
+
+    plan_warnings, plan_infos = start_notes(settings, options.model)
+    warnings += plan_warnings
     for warning in warnings:
         events.warn(warning)
+    for info in plan_infos:
+        events.info(info)
     if limit.recommended_max_bytes is not None or (
         sys.platform == "darwin" and settings.memory.device in ("auto", "mps")
     ):
@@ -400,7 +407,10 @@ def start_while_locked(
     )
     try:
         write_pidfile(pidfile, record)
-        with events.waiting(f"waiting for {service.health_url} (up to {timeout:g} s)"):
+        with (
+            events.waiting(f"waiting for {service.health_url} (up to {timeout:g} s)"),
+            follow_phases(service.log_file, offset, events.phase),
+        ):
             check = _wait_healthy(proc, settings, timeout)
     except BaseException as exc:
         # a timeout, a crash, an unwritable pidfile or ^C: leave nothing behind that claims

@@ -422,6 +422,31 @@ def torch_checks(settings: Settings, result: ProbeResult) -> list[Check]:
     return [Check("torch.version", "ok", f"torch {version} {origin}")]
 
 
+# --------------------------------------------------------------------------- the plan
+def plan_checks(settings: Settings, result: ProbeResult) -> list[Check]:
+    """Does the served model fit at serve.max_concurrent, by ``mpsctl plan``'s figures."""
+    from mpsctl.plan.configured import configured_plan
+    from mpsctl.plan.lines import advice_line, figures_line
+
+    try:
+        found = configured_plan(settings, result.health.memory_report)
+    except Exception as exc:  # a finding, never a crash of the whole report
+        return [Check("plan.fits", "info", f"no memory plan: {type(exc).__name__}: {exc}")]
+    plan = found.plan
+    if plan is None:
+        return [
+            Check(
+                "plan.fits",
+                "info",
+                f"no memory plan: {found.reason}",
+                None if found.expected else "mpsctl plan --preset NAME plans a published size",
+            )
+        ]
+    if plan.fits:
+        return [Check("plan.fits", "ok", figures_line(plan))]
+    return [Check("plan.fits", "warning", f"does not fit: {figures_line(plan)}", advice_line(plan))]
+
+
 # --------------------------------------------------------------------------- all together
 def _probe(settings: Settings) -> ProbeResult:
     from mpsctl.observe.probe import take_probe
@@ -462,4 +487,5 @@ def run_doctor(
     snap = result.service
     checks += log_checks(settings, bool(snap and snap.running))
     checks += torch_checks(settings, result)
+    checks += plan_checks(settings, result)
     return DoctorReport(utc_now_iso(), tuple(checks))

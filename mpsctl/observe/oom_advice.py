@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from mpsctl.observe.oom import OomEvent, short_size
+from mpsctl.plan.lines import advice_line, figures_line
 from mpsctl.torch_env import (
     DEFAULT_HIGH_RATIO,
     DEFAULT_LOW_RATIO,
@@ -12,13 +15,26 @@ from mpsctl.torch_env import (
     MAX_RATIO,
 )
 
+if TYPE_CHECKING:
+    from mpsctl.plan.plan import Plan
+
 #: the high/low ratio pair suggested to keep macOS out of swap (low <= high, as PyTorch demands)
 SUGGESTED_HIGH, SUGGESTED_LOW = 0.7, 0.5
 _KNOWN_WORKING_SETS = ((5.33, 8), (10.67, 16), (16.0, 24), (21.33, 32), (37.44, 48))
 
 
-def explain(event: OomEvent, high_ratio_hint: float | None = None) -> list[str]:
-    """Plain advice with exact numbers. ``high_ratio_hint``: the ratio the service ran with."""
+def explain(
+    event: OomEvent, high_ratio_hint: float | None = None, plan: Plan | None = None
+) -> list[str]:
+    """Plain advice with exact numbers. ``high_ratio_hint``: the ratio the service ran with;
+    ``plan``: the configured service's memory plan, whose figures the advice then cites."""
+    advice = _explain(event, high_ratio_hint)
+    if plan is not None and event.kind == "oom":
+        advice.append(f"By mpsctl plan, the {figures_line(plan)}: {advice_line(plan)}.")
+    return advice
+
+
+def _explain(event: OomEvent, high_ratio_hint: float | None) -> list[str]:
     if event.kind == "invalid_low_watermark":
         return [
             f"PyTorch refused {LOW_ENV}={event.ratio}: the low ratio must "

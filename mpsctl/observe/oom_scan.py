@@ -13,12 +13,15 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mpsctl.observe.logtime import iso, line_time
 from mpsctl.observe.oom import NEEDLES, OomEvent, parse_oom
 from mpsctl.observe.oom_advice import explain
 from mpsctl.units import utc_now_iso
+
+if TYPE_CHECKING:
+    from mpsctl.plan.plan import Plan
 
 #: read size of the first pass (one reused buffer; 64 KiB-4 MiB measured the same)
 CHUNK_BYTES = 256 * 1024
@@ -344,13 +347,15 @@ def find_events(
     since: datetime | None = None,
     *,
     high_ratio: float | None = None,
+    plan: Plan | None = None,
 ) -> OomReport:
-    """Scan each ``(label, path)`` and explain every event (``high_ratio``: the service's).
+    """Scan each ``(label, path)`` and explain every event (``high_ratio``: the service's;
+    ``plan``: the configured service's memory plan, cited in the advice).
 
     OSError names the file that could not be read.
     """
     files = tuple(targets)
     found: list[tuple[OomEvent, list[str]]] = []
     for label, path in files:
-        found += [(e, explain(e, high_ratio)) for e in scan_file(path, since, label=label)]
+        found += [(e, explain(e, high_ratio, plan)) for e in scan_file(path, since, label=label)]
     return OomReport(utc_now_iso(), since, tuple(label for label, _ in files), tuple(found))

@@ -209,18 +209,33 @@ def stress_tables(result: StressResult) -> list[Table]:
 
 # --------------------------------------------------------------------------- sweep
 def sweep_json(result: SweepResult) -> dict[str, Any]:
+    levels = []
+    for level in result.levels:
+        doc = stress_json(level)
+        doc["memory"]["predicted_peak_bytes"] = result.predicted_peak_bytes(level.concurrency)
+        levels.append(doc)
     return {
         "schema": "mpsctl.sweep/1",
         "interrupted": result.interrupted,
-        "levels": [stress_json(level) for level in result.levels],
+        "levels": levels,
+        "plan": None if result.plan is None else result.plan.to_json(),
+        "plan_note": result.plan_note,
     }
+
+
+def _ratio(measured: int | None, predicted: int | None) -> str:
+    if measured is None or not predicted:
+        return "-"
+    return f"{measured / predicted:.2f}"
 
 
 def sweep_table(result: SweepResult) -> Table:
     title = "concurrency sweep" + (" (interrupted)" if result.interrupted else "")
     table = Table(title=title)
     with_accel = any(lv.memory.spans["accel_allocated_bytes"].peak for lv in result.levels)
+    planned = result.plan is not None
     columns = ["concurrency", "ok/total", "p50", "p99", "req/s", "peak memory"]
+    columns += ["predicted", "measured/predicted"] if planned else []
     columns += ["peak accel"] if with_accel else []
     for column in columns:  # numbers never wrap; the errors column takes what is left
         table.add_column(column, justify="right", no_wrap=True)
@@ -235,7 +250,20 @@ def sweep_table(result: SweepResult) -> Table:
             f"{level.requests_per_s:.1f}",
             fmt_bytes(level.memory.peak_bytes),
         ]
+        if planned:
+            predicted = result.predicted_peak_bytes(level.concurrency)
+            row += [fmt_bytes(predicted), _ratio(level.memory.peak_bytes, predicted)]
         if with_accel:
             row.append(fmt_bytes(level.memory.spans["accel_allocated_bytes"].peak))
         table.add_row(*row, _counts(level.errors))
+    if result.plan is not None:
+        plan, f = result.plan, result.plan.figures
+        table.caption = (
+            f"predicted by mpsctl plan for {plan.model} ({f.dtype} on {plan.device}): weights "
+            f"{fmt_bytes(f.weights_bytes)} + overhead {fmt_bytes(f.overhead_bytes)} + n x "
+            f"{fmt_bytes(f.per_query_bytes)} (KV cache and peak of one query: "
+            f"{f.prompt_tokens} prompt + {f.max_new_tokens} new tokens)"
+        )
+    elif result.plan_note:
+        table.caption = result.plan_note
     return table

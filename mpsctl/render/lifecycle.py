@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from rich import box
 from rich.console import Console
+from rich.status import Status
 from rich.table import Table
+from rich.text import Text
 
 from mpsctl.control.cache import CleanCacheResult
 from mpsctl.control.fix import FixResult
@@ -19,7 +21,9 @@ from mpsctl.units import fmt_bytes, fmt_percent, fmt_seconds
 
 
 class ConsoleEvents:
-    """Progress on stderr: warnings, notes, and a spinner only when stderr is a terminal."""
+    """Progress on stderr: warnings, notes, and a spinner only when stderr is a terminal,
+    whose text says what the service is doing (the phases read from its log). Off a
+    terminal the phases are not printed: a cron job's mail gets the result, not the steps."""
 
     def __init__(
         self, err: Console, warn: Callable[[str], None], info: Callable[[str], None]
@@ -27,6 +31,7 @@ class ConsoleEvents:
         self.err = err
         self._warn = warn
         self._info = info
+        self._status: Status | None = None
 
     def warn(self, message: str) -> None:
         self._warn(message)
@@ -36,8 +41,25 @@ class ConsoleEvents:
 
     def waiting(self, message: str) -> contextlib.AbstractContextManager[object]:
         if self.err.is_terminal:
-            return self.err.status(message)
+            return self._spinner(message)
         return contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def _spinner(self, message: str) -> Iterator[Status]:
+        with self.err.status(message) as status:
+            self._status = status
+            try:
+                yield status
+            finally:
+                self._status = None
+
+    def phase(self, message: str) -> None:
+        status = self._status
+        if status is not None:
+            # Text, not markup: a path in the message may hold brackets
+            text = Text.assemble(message, ("  (still waiting for health)", "dim"))
+            text.no_wrap, text.overflow = True, "ellipsis"
+            status.update(text)
 
 
 def _short(command: str, width: int = 70) -> str:

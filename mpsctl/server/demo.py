@@ -11,9 +11,11 @@ footprint. Everything that shows a demo model's answers says which it is.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,8 @@ from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 from transformers.utils import logging as hf_logging
 
 from mpsctl.errors import ConfigError
+
+log = logging.getLogger("mpsctl.server")
 
 SIZES = ("tiny", "0.5b")
 #: written last, so its presence means the checkpoint is complete
@@ -226,6 +230,8 @@ def build_demo_checkpoint(path: Path | str, size: str = "tiny", *, force: bool =
     if target.is_dir() and any(target.iterdir()) and not force:
         raise ConfigError(f"{target} is not empty (use --force to overwrite its files)")
     target.parent.mkdir(parents=True, exist_ok=True)
+    log.info("building the demo checkpoint (%s) in %s", size, target)
+    began = time.perf_counter()
 
     hf_logging.disable_progress_bar()
     tokenizer = build_tokenizer()
@@ -253,6 +259,7 @@ def build_demo_checkpoint(path: Path | str, size: str = "tiny", *, force: bool =
         _move_into(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    log.info("built the demo checkpoint in %.1f s", time.perf_counter() - began)
     return target
 
 

@@ -205,6 +205,7 @@ class ModelHolder:
                 log.info("released the previous model: %s", _figures_line(released))
             before = release(self.device)
             log.info("memory before loading %s: %s", model_id, _figures_line(before, after=False))
+            log.info("loading model %s on %s", model_id, self.device)
             error: str | None = None
             try:
                 self._from_pretrained(model_id)
@@ -228,7 +229,9 @@ class ModelHolder:
             self.label = label or demo_label(Path(model_id)) or model_id
             self.last_error = None
             after = release(self.device)
-            log.info("loaded %s on %s: %s", model_id, self.device, _figures_line(after))
+            took = time.perf_counter() - started
+            log.info("model loaded in %.1f s: %s on %s: %s", took, model_id, self.device,
+                     _figures_line(after))  # fmt: skip
             return LoadResult(
                 model=model_id,
                 label=self.label,
@@ -236,7 +239,7 @@ class ModelHolder:
                 dtype=str(self.model.dtype).replace("torch.", ""),
                 released=released,
                 after=after,
-                duration_ms=(time.perf_counter() - started) * 1000.0,
+                duration_ms=took * 1000.0,
             )
         finally:
             with self._cond:

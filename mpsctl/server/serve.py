@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from mpsctl.errors import ConfigError
+from mpsctl.paths import DEMO_DIR_NAME
 from mpsctl.server import apply_mps_environment, environment_warnings, resolve_token
 from mpsctl.settings import Settings
-
-DEMO_DIR_NAME = "demo-model"
 
 
 class Notes(Protocol):
@@ -76,7 +76,13 @@ def run(settings: Settings, options: ServeOptions, notes: Notes) -> None:
         notes.info(f"MPS allocator setting: {note}")
 
     _configure_logging()
+    # these lines are what `mpsctl start` shows while it waits (control/startup_log.py)
+    log = logging.getLogger("mpsctl.server")
+    log.info("importing torch and transformers")
+    began = time.perf_counter()
     from mpsctl.server.demo import DEMO_LABEL, ensure_demo_checkpoint
+
+    log.info("imported torch and transformers in %.1f s", time.perf_counter() - began)
 
     if model_id is None:
         demo_dir, built = ensure_demo_checkpoint(settings.home / DEMO_DIR_NAME)

@@ -120,3 +120,32 @@ def test_help_has_examples() -> None:
     assert code == 0
     assert "Examples:" in out
     assert "mpsctl oom --since 24h" in out
+
+
+def test_the_configured_services_events_cite_its_memory_plan(
+    tmp_path: Path, write_config: Callable[[str], Path]
+) -> None:
+    (tmp_path / "logs").mkdir()
+    log = tmp_path / "logs/error_2026-01-21.log"
+    log.write_text(read_fixture("torch-mps-oom-6-gib.txt"))
+    write_config(
+        '[service]\ncommand = ["x"]\nlog_globs = ["logs/error_*.log"]\n'
+        '[serve]\nmodel = "qwen2.5-7b"\ndtype = "float16"\nmax_concurrent = 4\n'
+        '[memory]\ndevice = "mps"\nhigh_watermark_ratio = 1.0\nlow_watermark_ratio = 0.8\n'
+    )
+    code, out, _ = run("oom", "--json")
+    assert code == 0
+    [event] = json.loads(out)["events"]
+    planned = json.loads(run("plan", "--json")[1])
+    cited = event["advice"][-1]
+    # Qwen2.5-7B: 7,615,616,512 parameters x 2 bytes (float16)
+    assert cited.startswith(
+        "By mpsctl plan, the plan for qwen2.5-7b (float16 on mps): weights 15231233024 bytes"
+    )
+    # KV: 2 x 28 layers x 4 KV heads x 128 head dim x 2 bytes x (256 + 128) positions
+    assert f"KV cache {2 * 28 * 4 * 128 * 2 * 384} bytes per query" in cited
+    assert f"4 at once need {planned['total_bytes']} bytes" in cited
+    assert f"max_concurrent that fits: {planned['max_concurrent_that_fits']}:" in cited
+    # a file given by hand may come from another service: no plan is cited for it
+    code, out, _ = run("oom", str(log), "--json")
+    assert not any("mpsctl plan" in a for a in json.loads(out)["events"][0]["advice"])

@@ -243,3 +243,57 @@ def test_alert_targets_that_cannot_work(monkeypatch: pytest.MonkeyPatch) -> None
     ids = [c["id"] for c in doc["checks"] if c["level"] == "warning"]
     assert ids.count("alerts.url") == 1
     assert ids.count("alerts.command") == 1
+
+
+def _data_bytes(checkpoint: Path) -> int:
+    """The tensor bytes of a safetensors file: its size less the length and the header."""
+    data = (checkpoint / "model.safetensors").read_bytes()
+    return len(data) - 8 - int.from_bytes(data[:8], "little")
+
+
+def test_doctor_cites_the_plan_of_the_served_model(tiny_model: Path, write_config) -> None:  # type: ignore[no-untyped-def]
+    command = ["python", "-m", "mpsctl", "serve", "--model", str(tiny_model)]
+    write_config(f'[service]\ncommand = {json.dumps(command)}\n[memory]\ndevice = "cpu"\n')
+    _code, doc = doctor()
+    (check,) = [c for c in doc["checks"] if c["id"] == "plan.fits"]
+    assert check["level"] == "ok", check
+    assert check["message"].startswith("plan for model (float32 on cpu): weights ")
+    assert f"weights {_data_bytes(tiny_model)} bytes" in check["message"]
+    assert "max_concurrent that fits: " in check["message"]
+
+
+def test_doctor_warns_when_the_plan_does_not_fit(write_config) -> None:  # type: ignore[no-untyped-def]
+    write_config(
+        '[service]\ncommand = ["my-service"]\n'
+        '[serve]\nmodel = "qwen2.5-72b"\ndtype = "float32"\nmax_concurrent = 2\n'
+        '[memory]\ndevice = "cpu"\n'
+    )
+    code, doc = doctor()
+    assert code == 1
+    (check,) = [c for c in doc["checks"] if c["id"] == "plan.fits"]
+    assert check["level"] == "warning"
+    planned = json.loads(
+        CliRunner().invoke(main, ["plan", "--preset", "qwen2.5-72b", "--json"]).stdout
+    )
+    # 72.7 billion float32 parameters: 290 GB, on no test machine's RAM
+    assert planned["weights_bytes"] == 72_706_203_648 * 4
+    assert check["message"].startswith(
+        f"does not fit: plan for qwen2.5-72b (float32 on cpu): weights {planned['weights_bytes']} "
+        # KV: 2 x 80 layers x 8 KV heads x 128 head dim x 4 bytes x (256 + 128) positions
+        f"bytes (270.85 GiB), KV cache {2 * 80 * 8 * 128 * 4 * 384} bytes per query "
+        "(256 prompt + 128 new tokens)"
+    )
+    assert check["message"].endswith("max_concurrent that fits: 0")
+    assert check["fix"].startswith("it does not fit even at 1 query: use a smaller model or dtype")
+
+
+def test_doctor_says_why_a_hub_model_has_no_plan(write_config) -> None:  # type: ignore[no-untyped-def]
+    write_config('[service]\ncommand = ["my-service"]\n[serve]\nmodel = "Qwen/Qwen2.5-7B"\n')
+    _code, doc = doctor()
+    (check,) = [c for c in doc["checks"] if c["id"] == "plan.fits"]
+    assert check == {
+        "id": "plan.fits",
+        "level": "info",
+        "message": "no memory plan: Qwen/Qwen2.5-7B is not a local model directory",
+        "fix": "mpsctl plan --preset NAME plans a published size",
+    }
