@@ -215,7 +215,7 @@ def _fix_locked(
 
     def do_clean() -> str:
         cleaned = cache.clean_python_cache(settings.service.workdir, venv=settings.service.venv)
-        return f"{cleaned.files_removed} file(s), {fmt_bytes(cleaned.bytes_freed)}"
+        return f"{cleaned.files_removed} file(s), {fmt_bytes(cleaned.freed_bytes)}"
 
     started: list[StartResult] = []
 

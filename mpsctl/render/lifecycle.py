@@ -152,10 +152,12 @@ def render_clean_cache(out: Console, result: CleanCacheResult) -> None:
     verb = "would free" if py.dry_run else "freed"
     out.print(
         f"Python caches under {py.workdir}: {py.dirs_removed} __pycache__ dir(s), "
-        f"{py.files_removed} file(s), {verb} {fmt_bytes(py.bytes_freed)}"
+        f"{py.files_removed} file(s), {verb} {fmt_bytes(py.freed_bytes)}"
     )
     if py.skipped_venvs:
         out.print(f"  skipped {len(py.skipped_venvs)} virtualenv(s) (--include-venv to clean)")
+    for mount in py.skipped_mounts:
+        out.print(f"  left alone {mount}: another file system (a mount inside the workdir)")
     for error in py.errors:
         out.print(f"  could not remove {error}")
     if not result.service_running:
