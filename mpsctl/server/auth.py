@@ -17,6 +17,7 @@ from mpsctl.tokens import token_problem
 
 __all__ = ["BearerAuth", "RedactQueryTokens", "bearer_ok", "redact_query", "token_problem"]
 
+
 def bearer_ok(authorization: bytes, token: str) -> bool:
     """Whether an ``Authorization`` header value carries ``token``, compared in constant time."""
     scheme, _, supplied = authorization.partition(b" ")
