@@ -43,10 +43,11 @@ from mpsctl.render.lifecycle import render_fix
     metavar="SECONDS",
     help="Wait for another run's lock (default 0: exit 75 at once).",
 )
+@click.option("--raw", is_flag=True, help="Show the test answer's control characters as they are.")
 @json_option
 @click.pass_obj
 def fix(app: App, if_unhealthy: bool, question: str | None, max_restarts: int | None,
-        within: Period | None, use_match: bool, wait: float, as_json: bool,
+        within: Period | None, use_match: bool, wait: float, raw: bool, as_json: bool,
         **opts: Any) -> None:  # fmt: skip
     """Probe, stop, clean caches, start with the configured limits, verify, probe again.
 
@@ -68,6 +69,6 @@ def fix(app: App, if_unhealthy: bool, question: str | None, max_restarts: int | 
     if as_json:
         write_json(result.to_json())
     else:
-        render_fix(app.out, result)
+        render_fix(app.out, result, raw=raw)
     if not result.healthy or result.status in ("failed", "refused"):
         raise ServiceError(result.message)

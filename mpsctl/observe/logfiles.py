@@ -319,13 +319,13 @@ class LogView:
                     self._read(tracked, out, drain=True)
                     tracked.handle.close()
                     tracked.handle = None
-                    out.append(Notice(f"{tracked.source.label}: now following {found[0]}"))
+                    out.append(Notice(f"{tracked.source.label} log: now following {found[0]}"))
                 tracked.path = found[0]
         if tracked.handle is None:
             if not self._open(tracked, out.append, at_end=False):
                 return
             if tracked.reported_missing:
-                out.append(Notice(f"{tracked.source.label}: {tracked.path} appeared"))
+                out.append(Notice(f"{tracked.source.label} log: {tracked.path} appeared"))
                 tracked.reported_missing = False
         assert tracked.path is not None
         try:
@@ -339,7 +339,7 @@ class LogView:
             assert tracked.handle is not None
             tracked.handle.close()
             tracked.handle = None
-            out.append(Notice(f"{tracked.source.label}: {tracked.path} was replaced (rotated)"))
+            out.append(Notice(f"{tracked.source.label} log: {tracked.path} was replaced (rotated)"))
             if self._open(tracked, out.append, at_end=False):
                 self._read(tracked, out, drain=False)
             return
@@ -358,14 +358,18 @@ class LogView:
         except FileNotFoundError:
             if not tracked.reported_missing:
                 report(
-                    Notice(f"{tracked.source.label}: {tracked.path}: no such file", warning=True)
+                    Notice(
+                        f"{tracked.source.label} log: {tracked.path}: no such file", warning=True
+                    )
                 )
                 tracked.reported_missing = True
             return False
         except OSError as exc:
             if not tracked.reported_missing:
                 report(
-                    Notice(f"{tracked.source.label}: {tracked.path}: {exc.strerror}", warning=True)
+                    Notice(
+                        f"{tracked.source.label} log: {tracked.path}: {exc.strerror}", warning=True
+                    )
                 )
                 tracked.reported_missing = True
             return False
@@ -382,7 +386,7 @@ class LogView:
             return
         size = os.fstat(handle.fileno()).st_size
         if size < tracked.pos:
-            out.append(Notice(f"{tracked.source.label}: {tracked.path} was truncated"))
+            out.append(Notice(f"{tracked.source.label} log: {tracked.path} was truncated"))
             tracked.pos = 0
             tracked.partial = b""
         if size == tracked.pos and not (drain and tracked.partial):

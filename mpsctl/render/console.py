@@ -44,3 +44,10 @@ _CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0)) if c n
 def printable(text: str) -> str:
     """``text`` with terminal control characters made visible (``\\x1b``), safe to print."""
     return text.translate(_CONTROLS)
+
+
+def for_terminal(text: str, console: Console, *, raw: bool = False) -> str:
+    """``text`` escaped with :func:`printable` when ``console`` is a terminal and ``raw`` is
+    off: a log line or an answer written by anyone must not drive the operator's terminal
+    (a pipe or a file gets the text as it is, for grep and the like)."""
+    return text if raw or not console.is_terminal else printable(text)

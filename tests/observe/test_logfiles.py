@@ -162,7 +162,7 @@ def test_follow_switches_to_a_newer_dated_file(tmp_path: Path) -> None:
     view.close()
     assert texts(items) == [
         "last of the day",
-        f"! error: now following {logs / 'error_2026-01-22.log'}",
+        f"! error log: now following {logs / 'error_2026-01-22.log'}",
         "after midnight",
     ]
 
@@ -177,9 +177,9 @@ def test_follow_survives_rename_rotation_and_truncation(tmp_path: Path) -> None:
     assert texts(view.poll()) == ["before rotation"]  # drained from the renamed file
     put(log, "fresh file\n")
     items = texts(view.poll())
-    assert items == [f"! backend: {log} was replaced (rotated)", "fresh file"]
+    assert items == [f"! backend log: {log} was replaced (rotated)", "fresh file"]
     put(log, "t\n")  # same inode, shorter: truncated
-    assert texts(view.poll()) == [f"! backend: {log} was truncated", "t"]
+    assert texts(view.poll()) == [f"! backend log: {log} was truncated", "t"]
     view.close()
 
 
@@ -195,7 +195,7 @@ def test_rotation_between_two_polls_loses_no_line(tmp_path: Path) -> None:
     assert texts(view.poll()) == [
         "old 1",
         "old 2 no newline",
-        f"! backend: {log} was replaced (rotated)",
+        f"! backend log: {log} was replaced (rotated)",
         "new 1",
     ]
     view.close()
@@ -206,11 +206,11 @@ def test_missing_file_is_reported_once_then_followed_when_it_appears(tmp_path: P
     view = LogView([LogSource("later", log)])
     lines, notices = view.tail(5)
     assert lines == []
-    assert [n.message for n in notices] == [f"later: {log}: no such file"]
+    assert [n.message for n in notices] == [f"later log: {log}: no such file"]
     assert notices[0].warning
     assert view.poll() == []  # not reported again
     put(log, "hello\n")
-    assert texts(view.poll()) == [f"! later: {log} appeared", "hello"]
+    assert texts(view.poll()) == [f"! later log: {log} appeared", "hello"]
     view.close()
 
 

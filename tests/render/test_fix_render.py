@@ -1,0 +1,38 @@
+"""fix's rendering: a test answer is shown, escaped on a terminal."""
+
+from __future__ import annotations
+
+import io
+
+from rich.console import Console
+
+from mpsctl.control.fix import FixAction, FixResult
+from mpsctl.render.lifecycle import render_fix
+
+ANSWER = "ok \x1b]0;pwned\x07 \x1b[31mred"
+
+
+def result() -> FixResult:
+    action = FixAction("ask", True, ANSWER, 0.1)
+    return FixResult("fixed", "manual", {"verdict": "OK"}, {"verdict": "OK"}, (action,), True,
+                     True, "fixed", "2026-01-01T00:00:00Z", ANSWER)  # fmt: skip
+
+
+def shown(*, terminal: bool, raw: bool = False) -> str:
+    buffer = io.StringIO()
+    console = Console(
+        file=buffer, force_terminal=terminal, width=200, markup=False, highlight=False
+    )
+    render_fix(console, result(), raw=raw)
+    return buffer.getvalue()
+
+
+def test_fix_ask_answer_is_escaped_on_a_terminal() -> None:
+    """#13 item 7: `fix --ask` shows the answer's control characters escaped, as `ask` does;
+    --raw (or a pipe) shows them as they are."""
+    text = shown(terminal=True)
+    assert "test answer: ok \\x1b]0;pwned\\x07 \\x1b[31mred" in text
+    assert "\x1b]0;" not in text
+    assert "\x1b[31mred" not in text
+    assert "\x1b[31mred" in shown(terminal=True, raw=True)
+    assert "\x1b[31mred" in shown(terminal=False)
