@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -245,3 +247,33 @@ def test_watermark_conflict_names_where_each_ratio_was_set(
     message = str(info.value)
     assert message.startswith("MPSCTL_MEMORY_LOW_WATERMARK_RATIO: low watermark ratio 1.5 ")
     assert message.endswith(f"(high from {path.resolve()}: memory.high_watermark_ratio)")
+
+
+@pytest.mark.parametrize(
+    "nested", ["x = " + "[" * 1000 + "]" * 1000, "x = " + "{a=" * 1000 + "}" * 1000]
+)
+def test_deeply_nested_toml_is_a_settings_error_with_each_commands_code(
+    write_config, nested: str
+) -> None:  # type: ignore[no-untyped-def]
+    """#13 item 9: arrays or inline tables nested 1000 deep: one clear line, no traceback;
+    status exits 4 (LSB: unknown), probe 3 (UNKNOWN), other commands 2 (usage)."""
+    path = write_config(nested + "\n")
+    with pytest.raises(ConfigError, match="nested too deep for a settings file"):
+        load_settings()
+    env = dict(os.environ)
+    for args, code in (
+        (["status"], 4),
+        (["probe"], 3),
+        (["probe", "--nagios"], 3),
+        (["config", "show"], 2),
+    ):
+        proc = subprocess.run(
+            [sys.executable, "-m", "mpsctl", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+        assert proc.returncode == code, (args, proc.stderr)
+        assert "Traceback" not in proc.stderr
+        assert f"{path}: invalid TOML: arrays or tables nested too deep" in proc.stderr
