@@ -71,13 +71,12 @@ def probe(
             }
         )
     except MpsctlError as exc:
-        # A monitoring system still gets its line or document: UNKNOWN, with the reason.
+        # A monitoring system still gets its document: UNKNOWN, with the reason (under
+        # --nagios the CLI's failure path prints the UNKNOWN line, for click's errors too).
         if as_json:
             reasons = [f"UNKNOWN: {exc}"]
             write_json({"schema": "mpsctl.probe/1", "verdict": "UNKNOWN",
                         "exit_code": int(ProbeExit.UNKNOWN), "reasons": reasons})  # fmt: skip
-        elif nagios:
-            click.echo(f"MPSCTL UNKNOWN - {str(exc).replace('|', '/')}")
         raise
     result = take_probe(settings, health_timeout=timeout)
     # a cron probe runs every minute: import tables and the monitoring code only when used

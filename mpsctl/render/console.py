@@ -24,10 +24,28 @@ def make_console(*, stderr: bool) -> Console:
     return console
 
 
+#: JSON documents this process wrote to stdout: a failing ``--json`` run prints an error
+#: document only when the command has not printed its own
+documents_written = 0
+
+
 def write_json(document: Any) -> None:
     """Exactly one JSON document on stdout."""
+    global documents_written  # noqa: PLW0603 - one counter per process, reset by the CLI
     sys.stdout.write(json.dumps(document, ensure_ascii=False, indent=2, default=str) + "\n")
     sys.stdout.flush()
+    documents_written += 1
+
+
+ERROR_SCHEMA = "mpsctl.error/1"
+
+
+def write_json_error(message: str, exit_code: int, command: str | None) -> None:
+    """The one document a ``--json`` run that failed before printing its own writes:
+    ``{"schema": "mpsctl.error/1", "command": ..., "error": ..., "exit_code": ...}``."""
+    write_json(
+        {"schema": ERROR_SCHEMA, "command": command, "error": message, "exit_code": exit_code}
+    )
 
 
 def write_json_line(document: Any) -> None:

@@ -99,9 +99,13 @@ def test_each_failure_is_one_line_and_its_exit_code(
 ) -> None:
     for name, value in setup.items():
         setattr(pointed.behaviour, name, value)
+    """#13 item 11 too: under --json the failure is also one JSON document on stdout."""
     result = run("q", "--json")
     assert result.exit_code == code
-    assert result.stdout == ""
+    document = json.loads(result.stdout)
+    assert document["schema"] == "mpsctl.error/1"
+    assert message in document["error"]
+    assert (document["command"], document["exit_code"]) == ("ask", code)
     assert result.stderr.count("\n") == 1
     assert message in result.stderr
 
