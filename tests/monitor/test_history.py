@@ -56,7 +56,9 @@ def test_record_appends_to_the_utc_day_file(critical: ProbeResult, isolated_home
     assert [json.loads(line)["verdict"] for line in lines] == ["CRITICAL", "CRITICAL"]
 
 
-def test_a_record_after_a_truncated_line_is_kept(critical: ProbeResult, isolated_home: Path) -> None:
+def test_a_record_after_a_truncated_line_is_kept(
+    critical: ProbeResult, isolated_home: Path
+) -> None:
     """#13 item 12: a day file ending in a torn line (a writer killed mid-write): the next
     record starts a new line and is read back; only the torn line is lost."""
     first = record_probe(isolated_home, critical, retention_days=30)
