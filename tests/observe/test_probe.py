@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -20,8 +21,9 @@ from mpsctl.cli import main
 from mpsctl.errors import ProbeExit
 from mpsctl.observe.accelerator import UNKNOWN, from_memory_report
 from mpsctl.observe.host import HostMemory
-from mpsctl.observe.probe import HealthFigures, judge
+from mpsctl.observe.probe import HealthFigures, ProbeResult, judge
 from mpsctl.observe.procs import ProcInfo, ServiceSnapshot
+from mpsctl.render.probe import nagios_line
 from mpsctl.settings import load_settings
 from tests.conftest import free_port
 
@@ -74,6 +76,49 @@ def test_thresholds(parts: dict[str, Any], level: ProbeExit, words: str) -> None
     worst, messages = verdict(**parts)
     assert worst == level
     assert any(words in m for m in messages), messages
+
+
+def plugin_range_level(perfdata: str, label: str) -> ProbeExit:
+    """The monitoring-plugins reading of ``label=value;warn;crit`` (as nagiosplugin and
+    Monitoring::Plugin read it): a bare threshold N is the range 0..N, alert outside it."""
+    for item in perfdata.split():
+        name, _, rest = item.partition("=")
+        if name == label:
+            value, warn, crit = (re.match(r"[-0-9.]+", f)[0] for f in rest.split(";")[:3])  # type: ignore[index]
+            if float(value) > float(crit):
+                return ProbeExit.CRITICAL
+            return ProbeExit.WARNING if float(value) > float(warn) else ProbeExit.OK
+    raise AssertionError(f"no {label} in {perfdata!r}")
+
+
+@pytest.mark.parametrize(
+    ("parts", "label", "level"),
+    [
+        ({"host": host(percent=85.0)}, "host_used", ProbeExit.OK),
+        ({"host": host(percent=85.04)}, "host_used", ProbeExit.OK),  # printed as 85.0
+        ({"host": host(percent=85.06)}, "host_used", ProbeExit.WARNING),  # printed as 85.1
+        ({"host": host(percent=95.0)}, "host_used", ProbeExit.WARNING),
+        ({"service": snapshot(rss=12 * GIB)}, "service_memory", ProbeExit.OK),
+        ({"service": snapshot(rss=12 * GIB + 1)}, "service_memory", ProbeExit.WARNING),
+        ({"service": snapshot(rss=14 * GIB)}, "service_memory", ProbeExit.WARNING),
+        ({"service": snapshot(rss=14 * GIB + 1)}, "service_memory", ProbeExit.CRITICAL),
+    ],
+)  # fmt: skip
+def test_verdict_and_perfdata_agree_at_the_threshold(
+    parts: dict[str, Any], label: str, level: ProbeExit
+) -> None:
+    """#13 item 13: a value exactly at a threshold is OK, as the perfdata range says (alert
+    when value > warn); the verdict is judged on the figure the perfdata prints."""
+    args = {"host": host(), "service": snapshot(), "health": OK_HEALTH,
+            "accelerator": UNKNOWN, "oom_events": (),
+            "thresholds": load_settings().thresholds, **parts}  # fmt: skip
+    findings = tuple(judge(**args))
+    result = ProbeResult("2026-01-01T00:00:00Z", "svc", "http://x", args["host"],
+                         args["service"], OK_HEALTH, UNKNOWN, (), findings,
+                         args["thresholds"])  # fmt: skip
+    perfdata = nagios_line(result).split(" | ", 1)[1]
+    assert result.verdict == level
+    assert plugin_range_level(perfdata, label) == level
 
 
 def test_stopped_service_is_critical_with_reason() -> None:
