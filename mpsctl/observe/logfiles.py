@@ -170,23 +170,30 @@ def _last_lines(
     found: list[str] = []
     first_offset = end
     pos = end
-    rest = b""  # the start of the text read so far: maybe an incomplete line
+    # the start of the text read so far (maybe an incomplete line), as the blocks read, the
+    # last block first: joined only once a newline before it is found, so a line of any
+    # length costs O(length), not a re-copy per block
+    rest: list[bytes] = []
     first = True
     while pos > 0 and len(found) < count:
         step = min(BACK_BLOCK, pos)
         pos -= step
         handle.seek(pos)
-        data = handle.read(step) + rest
+        block = handle.read(step)
+        if pos > 0 and b"\n" not in block:
+            rest.append(block)
+            continue
+        data = block + b"".join(reversed(rest))
         parts = data.split(b"\n")
-        rest = parts[0]
+        rest = [parts[0]]
         body = parts[1:]
-        start = len(rest) + 1  # offset of body[0] in data
+        start = len(parts[0]) + 1  # offset of body[0] in data
         if first and body and body[-1] == b"":
             body.pop()  # the file's final newline
         first = False
         if pos == 0:
-            body.insert(0, rest)
-            rest = b""
+            body.insert(0, parts[0])
+            rest = []
             start = 0
         starts = []
         for raw in body:

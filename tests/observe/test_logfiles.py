@@ -8,7 +8,10 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from mpsctl.observe import logfiles
 from mpsctl.observe.logfiles import (
     LogLine,
     LogSource,
@@ -234,3 +237,46 @@ def test_follow_loop_uses_the_injected_sleep_and_stop(tmp_path: Path) -> None:
 def test_a_source_unpacks_as_label_and_path(mvp: Path) -> None:
     pairs = [(label, path) for label, path in resolve_logs(load_settings())]
     assert pairs[0] == ("backend", mvp / "backend.log")
+
+
+def _best_time(data: bytes, repeat: int = 3) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        began = time.perf_counter()
+        lines = read_last_lines(io.BytesIO(data), len(data), 2)
+        best = min(best, time.perf_counter() - began)
+        assert lines[0] == "first"
+        assert len(lines[1]) == len(data) - len(b"first\n") - 1
+    return best
+
+
+def test_a_long_last_line_costs_time_linear_in_its_length() -> None:
+    """#13 item 14: a line 8x longer takes about 8x longer, not 64x (it was re-copied once
+    per 64 KiB block read backwards: 50 MB took 25 s). The bound leaves a wide margin."""
+    short = b"first\n" + b"x" * (2 * 1024 * 1024) + b"\n"
+    long = b"first\n" + b"x" * (16 * 1024 * 1024) + b"\n"
+    ratio = _best_time(long) / max(_best_time(short), 1e-4)
+    assert ratio < 24, ratio
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    lines=st.lists(st.text(alphabet="ab\r工", max_size=40), max_size=12),
+    final_newline=st.booleans(),
+    block=st.integers(min_value=1, max_value=9),
+    count=st.integers(min_value=0, max_value=15),
+)
+def test_last_lines_match_splitlines_for_any_block_size(
+    lines: list[str], final_newline: bool, block: int, count: int
+) -> None:
+    """#13 item 14: the rewritten backwards reader returns what splitting the whole file does,
+    whatever the block size (lines much longer than a block included)."""
+    text = "\n".join(lines) + ("\n" if final_newline and lines else "")
+    data = text.encode()
+    expected = [line.rstrip("\r") for line in text.split("\n")]
+    if text.endswith("\n") or not text:
+        expected.pop()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(logfiles, "BACK_BLOCK", block)
+        got = read_last_lines(io.BytesIO(data), len(data), count)
+    assert got == (expected[-count:] if count else [])
