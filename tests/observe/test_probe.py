@@ -353,3 +353,28 @@ def test_mac_figures_a_mac_could_not_read_are_unknown_not_na() -> None:
         rows = {line.split()[0]: line.split(None, 1)[1].strip()
                 for line in console.export_text().splitlines()[1:] if line.strip()}  # fmt: skip
         assert (rows["wired"], rows["compressed"], rows["pressure"]) == (shown, shown, shown)
+
+
+def _values(document: Any, key: str) -> list[Any]:
+    if isinstance(document, dict):
+        found = [document[key]] if key in document else []
+        return found + [v for item in document.values() for v in _values(item, key)]
+    if isinstance(document, list):
+        return [v for item in document for v in _values(item, key)]
+    return []
+
+
+def test_unknown_is_null_everywhere_in_probe_and_clean_cache_json(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """#13 item 17: a stopped service has no RSS: every rss figure is null, never 0; and
+    clean-cache --json names its figure freed_bytes like every other byte count."""
+    monkeypatch.setenv("MPSCTL_SERVICE_URL", f"http://127.0.0.1:{free_port()}")
+    document = json.loads(CliRunner().invoke(main, ["probe", "--json"]).stdout)
+    for key in ("rss_bytes", "total_rss_bytes", "footprint_bytes", "total_footprint_bytes"):
+        assert set(map(repr, _values(document["service"], key))) <= {"None"}, key
+    assert _values(document["service"], "total_rss_bytes") == [None]
+    monkeypatch.setenv("MPSCTL_SERVICE_WORKDIR", os.getcwd())
+    cleaned = json.loads(CliRunner().invoke(main, ["clean-cache", "--json"]).stdout)
+    assert cleaned["python"]["freed_bytes"] == 0
+    assert "bytes_freed" not in cleaned["python"]
