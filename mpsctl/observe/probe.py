@@ -244,8 +244,8 @@ def judge(
     if used_pct is not None:
         add(
             _level(round(used_pct, 1), thresholds.accelerator_limit_percent),
-            f"{accelerator.device} allocated {used_pct:.1f}% of its limit "
-            f"{fmt_bytes(accelerator.limit_bytes)}",
+            f"{accelerator.device} {accelerator.held_name} {fmt_bytes(accelerator.held_bytes)}"
+            f" = {used_pct:.1f}% of its limit {fmt_bytes(accelerator.limit_bytes)}",
         )
     if oom_events:
         add(

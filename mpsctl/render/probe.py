@@ -138,7 +138,8 @@ def accelerator_table(result: ProbeResult) -> Table:
     else:
         rows.append(("figures", "unknown: the service's report names no device"))
     if acc.limit_percent is not None:
-        rows.append(("of limit", fmt_percent(acc.limit_percent)))
+        # the one figure the verdict and the thresholds use, named
+        rows.append(("of limit", f"{acc.held_name} {fmt_percent(acc.limit_percent)}"))
     return _kv_table("Accelerator", rows)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -16,6 +17,7 @@ from typing import Any
 import psutil
 import pytest
 from click.testing import CliRunner, Result
+from rich.console import Console
 
 from mpsctl.cli import main
 from mpsctl.errors import ProbeExit
@@ -147,7 +149,33 @@ def test_accelerator_percent_of_limit_from_the_memory_report() -> None:
     assert figures.limit_percent == pytest.approx(100 * 17 / 18.13, rel=1e-3)
     worst, messages = verdict(accelerator=figures)
     assert worst == ProbeExit.WARNING
-    assert messages == ["mps allocated 93.8% of its limit 18.13 GiB"]
+    assert messages == ["mps driver allocated 17.00 GiB = 93.8% of its limit 18.13 GiB"]
+
+
+def test_one_accelerator_figure_named_in_verdict_table_and_json() -> None:
+    """#13 item 19: the verdict's percent, the table's "of limit" row and the JSON all use one
+    figure (MPS: driver allocated; CUDA: reserved) and name it; the tensors' figure (15 GiB,
+    83 %) never appears as the percent."""
+    report = {"device": "mps", "mps": {
+        "current_allocated_bytes": 15 * GIB, "driver_allocated_bytes": 17 * GIB,
+        "recommended_max_bytes": int(10.67 * GIB), "high_watermark_ratio": 1.7,
+        "low_watermark_ratio": 1.4, "limit_bytes": int(18.13 * GIB)}}  # fmt: skip
+    figures = from_memory_report(report)
+    _worst, messages = verdict(accelerator=figures)
+    assert "driver allocated 17.00 GiB = 93.8%" in messages[0]
+    document = figures.to_json()
+    assert (document["held_name"], document["held_bytes"]) == ("driver allocated", 17 * GIB)
+    assert document["limit_percent"] == 93.8
+    from mpsctl.render.probe import accelerator_table
+
+    result = ProbeResult("t", "svc", "u", host(), snapshot(), OK_HEALTH, figures, (), (),
+                         load_settings().thresholds)  # fmt: skip
+    buffer = io.StringIO()
+    Console(file=buffer, width=200).print(accelerator_table(result))
+    assert "driver allocated 93.8%" in buffer.getvalue()
+    cuda = from_memory_report({"device": "cuda", "cuda": {
+        "allocated_bytes": GIB, "reserved_bytes": 2 * GIB, "limit_bytes": 4 * GIB}})  # fmt: skip
+    assert (cuda.held_name, cuda.limit_percent) == ("reserved", 50.0)
 
 
 def test_unmeasured_accelerator_is_null_not_zero() -> None:
