@@ -110,6 +110,7 @@ class Trends:
         service = list(self.service_bytes)
         row(f"service memory (of {fmt_bytes(ram)} RAM)", service, _bar(service, ram), fmt_bytes)
         accel = list(self.accel_bytes)
+        whole: int | None
         if self.accel_limit:
             whole, label = (
                 self.accel_limit,
