@@ -101,6 +101,7 @@ def probe_figures(result: ProbeResult | None) -> dict[str, Any]:
         "pid": snap.roots[0] if snap and snap.roots else None,
         "service_rss_bytes": snap.total_rss_bytes if snap and snap.running else None,
         "service_footprint_bytes": snap.total_footprint_bytes if snap else None,
+        "accelerator_device": result.accelerator.device,
         "accelerator_held_bytes": held,
         "accelerator_limit_bytes": result.accelerator.limit_bytes,
         "host_used_percent": result.host.percent if result.host else None,

@@ -16,6 +16,7 @@ from mpsctl.control.start import StartFailed, StartResult
 from mpsctl.control.status import StatusResult
 from mpsctl.control.stop import StopResult
 from mpsctl.render.console import for_terminal
+from mpsctl.render.probe import CPU_ACCELERATOR
 from mpsctl.units import fmt_bytes, fmt_percent, fmt_seconds
 
 
@@ -192,6 +193,12 @@ def _cell(figures: dict[str, Any] | None, key: str) -> str:
     if figures is None:
         return "-"
     value = figures.get(key)
+    if (
+        key.startswith("accelerator_")
+        and value is None
+        and figures.get("accelerator_device") == "cpu"
+    ):
+        return CPU_ACCELERATOR
     if key.endswith("_bytes"):
         return fmt_bytes(value)
     if key.endswith("_percent"):
