@@ -209,7 +209,12 @@ def _fail(message: str, code: int, command: click.Command | None = None) -> None
     args = _ARGV[: _ARGV.index("--")] if "--" in _ARGV else _ARGV
     name = command.name if command is not None else None
     if "--json" in args and console.documents_written == 0:
-        console.write_json_error(message, code, name)
+        if name == "probe":  # a monitoring system parses probe's own schema
+            from mpsctl.cli.probe import unknown_document
+
+            console.write_json(unknown_document(message))
+        else:
+            console.write_json_error(message, code, name)
     elif name == "probe" and "--nagios" in args and console.documents_written == 0:
         click.echo(f"MPSCTL UNKNOWN - {message.replace('|', '/')}")
     raise click.exceptions.Exit(code)

@@ -50,8 +50,10 @@ def write_json_error(message: str, exit_code: int, command: str | None) -> None:
 
 def write_json_line(document: Any) -> None:
     """One JSON line on stdout (streaming commands), flushed so a pipe sees it now."""
+    global documents_written  # noqa: PLW0603 - one counter per process, reset by the CLI
     sys.stdout.write(json.dumps(document, ensure_ascii=False, default=str) + "\n")
     sys.stdout.flush()
+    documents_written += 1
 
 
 # C0 and C1 control characters except newline and tab, shown as \xNN: text that came from

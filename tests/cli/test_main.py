@@ -251,7 +251,7 @@ def test_probe_nagios_prints_one_status_line_on_every_failure(args: tuple[str, .
 @pytest.mark.parametrize(
     ("args", "code", "schema"),
     [
-        (("probe", "--json", "--no-such-option"), 3, "mpsctl.error/1"),
+        (("probe", "--json", "--no-such-option"), 3, "mpsctl.probe/1"),
         (("probe", "--json", "--host-used", "90,80"), 3, "mpsctl.probe/1"),
         (("status", "--json", "--no-such-option"), 4, "mpsctl.error/1"),
         (("ask", "hi", "--json"), 3, "mpsctl.error/1"),
@@ -270,6 +270,8 @@ def test_every_json_command_prints_one_document_when_it_fails(
     assert proc.returncode == code, proc.stderr
     document = json.loads(proc.stdout)  # exactly one document: json.loads refuses a second
     assert document["schema"] == schema
+    assert document["exit_code"] == code
     if schema == "mpsctl.error/1":
-        assert document["exit_code"] == code
         assert proc.stderr == f"mpsctl: error: {document['error']}\n"
+    else:
+        assert document["verdict"] == "UNKNOWN"
