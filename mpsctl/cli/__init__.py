@@ -205,7 +205,8 @@ def _fail(message: str, code: int, command: click.Command | None = None) -> None
     """One ``mpsctl: error:`` line on stderr, and on stdout what the caller's parser expects:
     under ``--json`` one JSON document (``mpsctl.error/1``) unless the command printed its
     own, under ``probe --nagios`` one ``MPSCTL UNKNOWN`` status line (plugin guidelines)."""
-    click.echo(f"mpsctl: error: {message}", err=True)
+    # the message may quote a service's answer or a file name: never a control sequence
+    click.echo(f"mpsctl: error: {console.printable(message)}", err=True)
     args = _ARGV[: _ARGV.index("--")] if "--" in _ARGV else _ARGV
     name = command.name if command is not None else None
     if "--json" in args and console.documents_written == 0:

@@ -337,3 +337,15 @@ def test_etc_passwd_as_a_token_file_is_not_printed(
     assert result.exit_code == 2
     expected = "mpsctl: error: token file /etc/passwd: the token must be one line"
     assert result.stderr.strip() == expected
+
+
+def test_escape_sequences_in_an_error_excerpt_never_reach_the_terminal(
+    pointed: LocalService,
+) -> None:
+    """#13 item 7: an error body quoted in the one-line error is escaped too."""
+    pointed.behaviour.status = 502
+    pointed.behaviour.raw_body = b"Bad \x1b]0;pwned\x07 gateway \x1b[2J"
+    result = run("q")
+    assert result.exit_code == AskExit.SERVER_ERROR
+    assert "\x1b" not in result.stderr
+    assert "Bad \\x1b]0;pwned\\x07 gateway \\x1b[2J" in result.stderr
