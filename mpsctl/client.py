@@ -27,6 +27,7 @@ import urllib3
 
 from mpsctl.errors import ClientError, ConfigError
 from mpsctl.settings import ServiceSettings
+from mpsctl.tokens import token_problem
 
 HEALTH_TIMEOUT = 5.0
 
@@ -55,17 +56,36 @@ class HealthCheck:
 def read_token(
     service: ServiceSettings, *, token_env: str | None = None, token_file: str | Path | None = None
 ) -> str | None:
-    """Bearer token: the variable if set, else the file; never printed anywhere."""
+    """Bearer token: the variable if set, else the file; never printed anywhere.
+
+    The token must be one line of visible ASCII, the rule the service applies at load
+    (``mpsctl.tokens``): anything else is refused here, with a message that never quotes it,
+    instead of reaching an HTTP library that would echo the header value in its error.
+    """
     env_name = token_env or service.token_env
     if env_name and os.environ.get(env_name):
-        return os.environ[env_name].strip()
+        return checked_token(os.environ[env_name].strip(), f"${env_name}")
     path = Path(token_file) if token_file else service.token_file
     if path is not None and path.is_file():
         try:
-            return path.read_text(encoding="utf-8").strip() or None
+            data = path.read_bytes()
         except OSError as exc:
             raise ConfigError(f"token file {path}: {exc.strerror}") from None
+        try:
+            text = data.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise ConfigError(f"token file {path} is not UTF-8 text") from None
+        return checked_token(text, f"token file {path}") if text else None
     return None
+
+
+def checked_token(token: str, source: str) -> str:
+    """``token`` when it is one line of visible ASCII; else ConfigError naming ``source``
+    (``$MPSCTL_TOKEN``, ``token file /p``, ``--token``) and the reason, never the token."""
+    problem = token_problem(token)
+    if problem is not None:
+        raise ConfigError(f"{source}: the token {problem}")
+    return token
 
 
 class ServiceClient:

@@ -78,15 +78,33 @@ def parse_non_negative(value: Any) -> float:
 
 
 def parse_int_min(minimum: int) -> Callable[[Any], int]:
+    """A whole number, read as an integer (never through a float, which would turn
+    ``99999999999999999999999`` into ``...91611392``); ``3.0`` and ``"3"`` are 3."""
+
     def parse(value: Any) -> int:
-        number = parse_number(value)
-        if number != int(number):
-            raise ValueError(f"expected a whole number, got {value!r}")
+        number = _whole(value)
         if number < minimum:
-            raise ValueError(f"must be {minimum} or more, got {int(number)}")
-        return int(number)
+            raise ValueError(f"must be {minimum} or more, got {number}")
+        return number
 
     return parse
+
+
+def _whole(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError(f"expected a whole number, got {kind(value)}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            pass
+    number = parse_number(value)
+    # a float is exact up to 2**53; above it "whole" says nothing about the digits typed
+    if number != int(number) or abs(number) > 2**53:
+        raise ValueError(f"expected a whole number, got {value!r}")
+    return int(number)
 
 
 def parse_ratio(value: Any) -> float:

@@ -368,6 +368,10 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: is a directory, not a settings file") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except RecursionError:  # tomllib parses nested arrays and tables recursively
+        raise ConfigError(
+            f"{path}: invalid TOML: arrays or tables nested too deep for a settings file"
+        ) from None
 
 
 def _did_you_mean(word: str, choices: list[str]) -> str:

@@ -59,11 +59,19 @@ def write_new_file(path: Path, text: str, *, force: bool = False) -> Path | None
 
 
 def append_line(path: Path, line: str, *, dir_mode: int = 0o777) -> None:
-    """Append one line with a single O_APPEND write, so concurrent writers never interleave."""
+    """Append one line with a single O_APPEND write, so concurrent writers never interleave.
+
+    A file that ends in a truncated line (a writer killed mid-write, a full disk) gets a
+    newline first: the new line starts a line of its own instead of being glued onto the
+    broken one, where a reader would drop both.
+    """
     path.parent.mkdir(parents=True, exist_ok=True, mode=dir_mode)
     data = (line.rstrip("\n") + "\n").encode("utf-8")
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
     try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            data = b"\n" + data
         os.write(fd, data)
     finally:
         os.close(fd)

@@ -154,6 +154,7 @@ class MemorySampler:
             device=report.get("device") if isinstance(report.get("device"), str) else None,
             in_flight=json_int(limiter.get("in_flight")),
             queued=json_int(limiter.get("queued")),
+            max_in_flight_seen=json_int(limiter.get("max_in_flight_seen")),
         )
 
     def _report(self) -> Mapping[str, Any]:

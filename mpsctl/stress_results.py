@@ -76,6 +76,8 @@ class MemorySample:
     device: str | None
     in_flight: int | None  # the limiter's own counts, when it reports them
     queued: int | None
+    #: the limiter's high-water mark since the service started, when it reports one
+    max_in_flight_seen: int | None = None
 
 
 MEMORY_FIELDS = (
@@ -85,6 +87,26 @@ MEMORY_FIELDS = (
     "accel_allocated_bytes",
     "accel_held_bytes",
 )
+
+
+def peak_in_flight(samples: Sequence[MemorySample]) -> int | None:
+    """The most queries in flight at once during the run, or None when it is not known.
+
+    Sampling ``in_flight`` misses a peak between two samples, and a short run may have no
+    sample during the load at all (the before and after samples both read 0). The service's
+    high-water mark settles it: risen during the run, the new mark is the run's peak; not
+    risen, the peak is the old mark only if a sample saw it, and unknown otherwise. Without
+    that counter, only samples taken during the load count (never the idle before/after).
+    """
+    if len(samples) < 2:
+        return None
+    first, last = samples[0].max_in_flight_seen, samples[-1].max_in_flight_seen
+    during = [s.in_flight for s in samples[1:-1] if s.in_flight is not None]
+    if first is not None and last is not None:
+        if last > first:
+            return last
+        return last if last in during else None
+    return max(during) if during else None
 
 
 @dataclass(frozen=True)
@@ -112,14 +134,13 @@ class MemoryStats:
             last = getattr(samples[-1], name) if len(samples) > 1 else None
             spans[name] = Span(first, max(values) if values else None, last)
         devices = [s.device for s in samples if s.device]
-        flights = [s.in_flight for s in samples if s.in_flight is not None]
         queues = [s.queued for s in samples if s.queued is not None]
         return cls(
             samples=len(samples),
             interval_s=interval_s,
             device=devices[-1] if devices else None,
             spans=spans,
-            peak_in_flight=max(flights) if flights else None,
+            peak_in_flight=peak_in_flight(samples),
             peak_queued=max(queues) if queues else None,
         )
 

@@ -48,6 +48,11 @@ DEFAULT_LOW_RATIO = 1.4
 DEFAULT_LOW_RATIO_DISCRETE = 1.0
 #: the valid range is 0.0-MAX_RATIO (older builds on discrete GPUs: 0.0-1.0)
 MAX_RATIO = 2.0
+#: the smallest ratio other than 0.0 mpsctl accepts. PyTorch takes any positive double, but
+#: the limit is ratio x the recommended working set (some GiB): below 1 % it is a few dozen
+#: MiB, less than any model's weights, and a value like 1e-320 is a limit of 0 bytes that
+#: makes every allocation fail. 0.0 stays valid: it is PyTorch's "no limit".
+MIN_RATIO = 0.01
 
 # what strtod accepts at the start of a string (decimal forms; enough for ratios)
 _STRTOD = re.compile(
@@ -88,9 +93,16 @@ def watermark_ratios(
 
 
 def check_ratio_range(value: float) -> None:
-    """Raise ValueError for a ratio PyTorch refuses."""
+    """Raise ValueError for a ratio PyTorch refuses, or one so small (not 0.0, below
+    ``MIN_RATIO``) that the limit would be next to 0 bytes."""
     if not 0.0 <= value <= MAX_RATIO:
         raise ValueError(f"must be between 0.0 and {MAX_RATIO}, got {value:g}")
+    if 0.0 < value < MIN_RATIO:
+        raise ValueError(
+            f"{value:g} is below {MIN_RATIO:g}: the limit would be {value:g} x the recommended "
+            "working set, next to 0 bytes, and every allocation would fail; use 0.0 for no "
+            f"limit or a ratio of {MIN_RATIO:g} or more"
+        )
 
 
 def low_ceiling(high: float | None) -> float:
@@ -121,6 +133,11 @@ def resolve_watermarks(high: float | None, low: float | None) -> Watermarks:
     for label, ratio in (("high", high), ("low", low)):
         if ratio is not None and not 0.0 <= ratio <= MAX_RATIO:
             raise ConfigError(f"{label} watermark ratio {ratio:g} is outside 0.0-{MAX_RATIO:g}")
+        if ratio is not None:
+            try:
+                check_ratio_range(ratio)
+            except ValueError as exc:
+                raise ConfigError(f"{label} watermark ratio {exc}") from None
     if high is not None and low is None:
         low = min(high, DEFAULT_LOW_RATIO) if high > 0 else None
         if low is not None and low < DEFAULT_LOW_RATIO:

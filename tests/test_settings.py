@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -75,6 +77,9 @@ def test_unknown_section_and_bad_toml(write_config) -> None:  # type: ignore[no-
         ("high_watermark_ratio = true", "expected a number"),
         ("high_watermark_ratio = 0.7\nlow_watermark_ratio = 0.9", "invalid low watermark ratio"),
         ("high_watermark_ratio = nan", "finite"),
+        # #13 item 15: not 0 but below the floor: a limit of ~0 bytes
+        ("high_watermark_ratio = 1e-320", "is below 0.01: the limit would be"),
+        ("high_watermark_ratio = 0.5\nlow_watermark_ratio = 0.001", "is below 0.01"),
     ],
 )
 def test_bad_ratios_name_file_and_key(write_config, text: str, reason: str) -> None:  # type: ignore[no-untyped-def]
@@ -245,3 +250,64 @@ def test_watermark_conflict_names_where_each_ratio_was_set(
     message = str(info.value)
     assert message.startswith("MPSCTL_MEMORY_LOW_WATERMARK_RATIO: low watermark ratio 1.5 ")
     assert message.endswith(f"(high from {path.resolve()}: memory.high_watermark_ratio)")
+
+
+@pytest.mark.parametrize(
+    "nested", ["x = " + "[" * 1000 + "]" * 1000, "x = " + "{a=" * 1000 + "}" * 1000]
+)
+def test_deeply_nested_toml_is_a_settings_error_with_each_commands_code(
+    write_config, nested: str
+) -> None:  # type: ignore[no-untyped-def]
+    """#13 item 9: arrays or inline tables nested 1000 deep: one clear line, no traceback;
+    status exits 4 (LSB: unknown), probe 3 (UNKNOWN), other commands 2 (usage)."""
+    path = write_config(nested + "\n")
+    with pytest.raises(ConfigError, match="nested too deep for a settings file"):
+        load_settings()
+    env = dict(os.environ)
+    for args, code in (
+        (["status"], 4),
+        (["probe"], 3),
+        (["probe", "--nagios"], 3),
+        (["config", "show"], 2),
+    ):
+        proc = subprocess.run(
+            [sys.executable, "-m", "mpsctl", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+        assert proc.returncode == code, (args, proc.stderr)
+        assert "Traceback" not in proc.stderr
+        assert f"{path}: invalid TOML: arrays or tables nested too deep" in proc.stderr
+
+
+def test_integers_are_read_as_integers_and_tiny_ratios_refused(
+    write_config, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """#13 item 15: whole numbers keep every digit (no trip through float); 3.0 is 3; a
+    fraction or a float too big to be exact is refused; 0.0 stays "no limit"; a ratio below
+    the floor is refused with the reason, from the file, the environment and a flag."""
+    big = 99999999999999999999999
+    monkeypatch.setenv("MPSCTL_SERVE_MAX_QUEUE", str(big))
+    assert load_settings().serve.max_queue == big
+    monkeypatch.setenv("MPSCTL_SERVE_MAX_QUEUE", " 7 ")
+    assert load_settings().serve.max_queue == 7
+    write_config(f"[serve]\nmax_queue = {big}\nmax_concurrent = 3.0\n")
+    monkeypatch.delenv("MPSCTL_SERVE_MAX_QUEUE")
+    settings = load_settings()
+    assert (settings.serve.max_queue, settings.serve.max_concurrent) == (big, 3)
+    assert isinstance(settings.serve.max_concurrent, int)
+    for text in ("max_concurrent = 2.5", "max_concurrent = 1e300"):
+        write_config(f"[serve]\n{text}\n")
+        with pytest.raises(ConfigError, match="expected a whole number"):
+            load_settings()
+    write_config("[memory]\nhigh_watermark_ratio = 0.0\n")
+    assert load_settings().memory.high_watermark_ratio == 0.0
+    write_config("")
+    monkeypatch.setenv("MPSCTL_MEMORY_HIGH_WATERMARK_RATIO", "1e-320")
+    with pytest.raises(ConfigError, match=r"MPSCTL_MEMORY_HIGH_WATERMARK_RATIO: .* below 0\.01"):
+        load_settings()
+    monkeypatch.delenv("MPSCTL_MEMORY_HIGH_WATERMARK_RATIO")
+    with pytest.raises(ConfigError, match=r"high watermark ratio .* is below 0\.01"):
+        resolve_watermarks(1e-320, None)

@@ -12,7 +12,13 @@ from mpsctl.ask import AskExit, ask_once
 from mpsctl.errors import ClientError, ConfigError
 from mpsctl.settings import Settings, load_settings
 from mpsctl.stress import StressPlan, make_plan, parse_levels, run_stress, run_sweep
-from mpsctl.stress_results import LatencyStats, percentile, stress_exit
+from mpsctl.stress_results import (
+    LatencyStats,
+    MemorySample,
+    peak_in_flight,
+    percentile,
+    stress_exit,
+)
 from tests.conftest import free_port
 from tests.test_client import LocalService, local_service_fixture  # noqa: F401 - the fixture
 
@@ -179,3 +185,20 @@ def test_ask_once_maps_failures_to_exit_codes(local_service: LocalService) -> No
     with pytest.raises(ClientError) as info:
         ask_once(service, "q", token="wrong")
     assert info.value.exit_code == AskExit.AUTH
+
+
+def _sample(in_flight: int | None, seen: int | None) -> MemorySample:
+    return MemorySample(0.0, None, None, None, None, None, "cpu", in_flight, 0, seen)
+
+
+def test_peak_in_flight_from_the_services_counter_or_unknown() -> None:
+    """#13 item 16: a short run with no sample during the load (before and after read 0):
+    the service's high-water mark, risen from 0 to 2, is the peak; a mark that did not rise
+    is the peak only if a sample saw it; without the counter, idle before/after samples
+    never count and no sample during the load is unknown, not 0."""
+    assert peak_in_flight([_sample(0, 0), _sample(0, 2)]) == 2
+    assert peak_in_flight([_sample(0, 3), _sample(1, 3), _sample(0, 3)]) is None
+    assert peak_in_flight([_sample(0, 3), _sample(3, 3), _sample(0, 3)]) == 3
+    assert peak_in_flight([_sample(0, None), _sample(0, None)]) is None
+    assert peak_in_flight([_sample(0, None), _sample(2, None), _sample(0, None)]) == 2
+    assert peak_in_flight([_sample(0, 0)]) is None

@@ -17,6 +17,7 @@ import click
 from mpsctl import __version__
 from mpsctl.cli.app import App
 from mpsctl.errors import ExitCode, MpsctlError
+from mpsctl.render import console
 
 #: command name -> "module:attribute" under mpsctl.cli
 COMMANDS: dict[str, str] = {
@@ -130,7 +131,7 @@ class LazyGroup(click.Group):
         except MpsctlError as exc:
             name = ctx.invoked_subcommand
             command = self.get_command(ctx, name) if name else None
-            _fail(str(exc), error_exit_code(command, exc.exit_code))
+            _fail(str(exc), error_exit_code(command, exc.exit_code), command)
         except KeyboardInterrupt:
             click.echo("mpsctl: interrupted", err=True)
             raise click.exceptions.Exit(ExitCode.INTERRUPTED) from None
@@ -158,13 +159,16 @@ class LazyGroup(click.Group):
         """
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        _ARGV[:] = list(args) if args is not None else sys.argv[1:]
+        console.documents_written = 0  # one run per process, except under click's CliRunner
         try:
             try:
                 code = super().main(args, prog_name, complete_var, False, **extra)
             except click.UsageError as exc:
                 hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
                 command = exc.ctx.command if exc.ctx is not None else None
-                _fail(exc.format_message() + hint, error_exit_code(command, exc.exit_code))
+                code = error_exit_code(command, exc.exit_code)
+                _fail(exc.format_message() + hint, code, command)
             except click.ClickException as exc:
                 _fail(exc.format_message(), exc.exit_code)
             except click.Abort:  # KeyboardInterrupt / EOF outside a command's own handler
@@ -193,8 +197,27 @@ def _reader_left() -> None:
     raise click.exceptions.Exit(ExitCode.FAILURE)
 
 
-def _fail(message: str, code: int) -> None:
-    click.echo(f"mpsctl: error: {message}", err=True)
+#: the command line of this run, for the failure path (``--json``, ``--nagios``)
+_ARGV: list[str] = []
+
+
+def _fail(message: str, code: int, command: click.Command | None = None) -> None:
+    """One ``mpsctl: error:`` line on stderr, and on stdout what the caller's parser expects:
+    under ``--json`` one JSON document (``mpsctl.error/1``) unless the command printed its
+    own, under ``probe --nagios`` one ``MPSCTL UNKNOWN`` status line (plugin guidelines)."""
+    # the message may quote a service's answer or a file name: never a control sequence
+    click.echo(f"mpsctl: error: {console.printable(message)}", err=True)
+    args = _ARGV[: _ARGV.index("--")] if "--" in _ARGV else _ARGV
+    name = command.name if command is not None else None
+    if "--json" in args and console.documents_written == 0:
+        if name == "probe":  # a monitoring system parses probe's own schema
+            from mpsctl.cli.probe import unknown_document
+
+            console.write_json(unknown_document(message))
+        else:
+            console.write_json_error(message, code, name)
+    elif name == "probe" and "--nagios" in args and console.documents_written == 0:
+        click.echo(f"MPSCTL UNKNOWN - {message.replace('|', '/')}")
     raise click.exceptions.Exit(code)
 
 

@@ -11,7 +11,7 @@ from mpsctl import ask as ask_lib
 from mpsctl import stress
 from mpsctl.cli.app import App, json_option
 from mpsctl.cli.params import DURATION
-from mpsctl.client import read_token
+from mpsctl.client import checked_token, read_token
 from mpsctl.render import ask as render
 from mpsctl.render.console import write_json
 from mpsctl.stress_results import stress_exit
@@ -86,7 +86,8 @@ def ask(app: App, question: str | None, **opts: Any) -> None:
     settings = app.settings({"service.request_timeout": (opts["timeout"], "--timeout")})
     if opts["token_flag"]:
         app.warn("--token is visible to other users in `ps`; prefer $MPSCTL_TOKEN or --token-file")
-    token = opts["token_flag"] or read_token(
+    token = checked_token(opts["token_flag"], "--token") if opts["token_flag"] else None
+    token = token or read_token(
         settings.service, token_env=opts["token_env"], token_file=opts["token_file"]
     )
     if question == "-":

@@ -49,10 +49,11 @@ from mpsctl.render.lifecycle import render_fix
     metavar="SECONDS",
     help="Wait for another run's lock (default 0: exit 75 at once).",
 )
+@click.option("--raw", is_flag=True, help="Show the test answer's control characters as they are.")
 @json_option
 @click.pass_obj
 def fix(app: App, if_unhealthy: bool, question: str | None, max_restarts: int | None,
-        within: Period | None, use_match: bool, reset_budget: bool, wait: float,
+        within: Period | None, use_match: bool, reset_budget: bool, wait: float, raw: bool,
         as_json: bool, **opts: Any) -> None:  # fmt: skip
     """Probe, stop, clean caches, start with the configured limits, verify, probe again.
 
@@ -83,7 +84,7 @@ def fix(app: App, if_unhealthy: bool, question: str | None, max_restarts: int | 
     if as_json:
         write_json(result.to_json())
     else:
-        render_fix(app.out, result)
+        render_fix(app.out, result, raw=raw)
     if result.gave_up:
         raise ServiceError(result.message, exit_code=ExitCode.GAVE_UP)
     if result.status == "skipped":

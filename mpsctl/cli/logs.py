@@ -22,6 +22,7 @@ from mpsctl.observe.logfiles import (
     sources_from_globs,
 )
 from mpsctl.observe.oom import mentions_oom
+from mpsctl.render.console import for_terminal
 
 _COLOURS = ("cyan", "magenta", "green", "yellow", "blue", "red")
 
@@ -58,16 +59,23 @@ _COLOURS = ("cyan", "magenta", "green", "yellow", "blue", "red")
 )
 @click.option("--grep", "pattern", metavar="REGEX", help="Only lines matching REGEX.")
 @click.option("--oom", "only_oom", is_flag=True, help="Only out-of-memory / watermark errors.")
+@click.option(
+    "--raw",
+    is_flag=True,
+    help="Print control characters as they are (on a terminal they are shown as \\x1b etc.).",
+)
 @click.pass_obj
 def logs(
     app: App, *, count: int, following: bool, pick_error: bool, pick_app: bool,
     pick_backend: bool, globs: tuple[str, ...], since: Period | None, pattern: str | None,
-    only_oom: bool,
+    only_oom: bool, raw: bool,
 ) -> None:  # fmt: skip
     """Print the last lines of service.log_file and service.log_globs (newest dated files).
 
     Lines are prefixed by a short source name and merged in time order where they carry a
     timestamp. Missing files are reported once on stderr. Ctrl-C ends -f (exit 130).
+    On a terminal, control characters in log lines (escape sequences that could recolour,
+    retitle or rewrite the screen) are shown escaped (\\x1b); --raw prints them as they are.
 
     \b
     Examples:
@@ -95,7 +103,8 @@ def logs(
         if isinstance(item, Notice):
             (app.warn if item.warning else app.info)(item.message)
             return
-        line = Text.assemble((item.label.ljust(width), styles[item.label]), " | ", item.text)
+        text = for_terminal(item.text, app.out, raw=raw)
+        line = Text.assemble((item.label.ljust(width), styles[item.label]), " | ", text)
         app.out.print(line, soft_wrap=True)
 
     try:

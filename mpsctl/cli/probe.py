@@ -14,6 +14,12 @@ from mpsctl.render.console import write_json
 PAIR = "WARN,CRIT"
 
 
+def unknown_document(message: str) -> dict[str, object]:
+    """The ``mpsctl.probe/1`` document of a probe that could not run: UNKNOWN, with why."""
+    return {"schema": "mpsctl.probe/1", "verdict": "UNKNOWN",
+            "exit_code": int(ProbeExit.UNKNOWN), "reasons": [f"UNKNOWN: {message}"]}  # fmt: skip
+
+
 # monitoring-plugin convention: a bad option or config is UNKNOWN (3), never CRITICAL (2)
 @click.command(cls=ConventionCommand, failure_exit_code=int(ProbeExit.UNKNOWN))
 @json_option
@@ -71,13 +77,10 @@ def probe(
             }
         )
     except MpsctlError as exc:
-        # A monitoring system still gets its line or document: UNKNOWN, with the reason.
+        # A monitoring system still gets its document: UNKNOWN, with the reason (under
+        # --nagios the CLI's failure path prints the UNKNOWN line, for click's errors too).
         if as_json:
-            reasons = [f"UNKNOWN: {exc}"]
-            write_json({"schema": "mpsctl.probe/1", "verdict": "UNKNOWN",
-                        "exit_code": int(ProbeExit.UNKNOWN), "reasons": reasons})  # fmt: skip
-        elif nagios:
-            click.echo(f"MPSCTL UNKNOWN - {str(exc).replace('|', '/')}")
+            write_json(unknown_document(str(exc)))
         raise
     result = take_probe(settings, health_timeout=timeout)
     # a cron probe runs every minute: import tables and the monitoring code only when used

@@ -1,7 +1,9 @@
 """clean-cache: Python bytecode caches under the workdir, and the service's own cache release.
 
 Unlike ``find . -name __pycache__ -exec rm -rf``, this never follows
-a symlink, never leaves the workdir, skips virtualenvs unless asked, and reports bytes.
+a symlink, never crosses into another file system (a bind mount inside the workdir can show
+any directory of the host there), never leaves the workdir, skips virtualenvs unless asked,
+and reports bytes.
 Removing ``.pyc`` files frees disk, not memory: the accelerator part is the service's
 ``POST service.release_path`` (``gc.collect()`` + ``empty_cache()`` inside the process that
 owns the memory; another process cannot do it).
@@ -10,6 +12,7 @@ owns the memory; another process cannot do it).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import stat
 from dataclasses import dataclass
@@ -28,9 +31,11 @@ class PythonCacheResult:
     dry_run: bool
     dirs_removed: int
     files_removed: int
-    bytes_freed: int
+    freed_bytes: int
     skipped_venvs: tuple[Path, ...]
     errors: tuple[str, ...]
+    #: directories and files on another file system (a mount or bind mount inside the workdir)
+    skipped_mounts: tuple[Path, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -38,8 +43,9 @@ class PythonCacheResult:
             "dry_run": self.dry_run,
             "dirs_removed": self.dirs_removed,
             "files_removed": self.files_removed,
-            "bytes_freed": self.bytes_freed,
+            "freed_bytes": self.freed_bytes,
             "skipped_venvs": [str(p) for p in self.skipped_venvs],
+            "skipped_mounts": [str(p) for p in self.skipped_mounts],
             "errors": list(self.errors),
         }
 
@@ -91,19 +97,46 @@ def _is_venv(path: Path) -> bool:
     return (path / "pyvenv.cfg").is_file()
 
 
-def _tree_size(path: Path) -> tuple[int, int]:
-    """(files, bytes) of regular files under ``path``, symlinks neither followed nor counted."""
+MOUNTINFO = Path("/proc/self/mountinfo")
+
+
+def mount_points(mountinfo: Path = MOUNTINFO) -> frozenset[str]:
+    """Every mount point Linux lists for this process; empty elsewhere.
+
+    Needed besides ``st_dev``: a bind mount of a directory of the same file system keeps its
+    ``st_dev`` (and ``os.path.ismount`` says False), yet shows a directory from outside the
+    workdir.
+    """
+    try:
+        text = mountinfo.read_text(encoding="utf-8", errors="surrogateescape")
+    except OSError:
+        return frozenset()
+    points = set()
+    for line in text.splitlines():
+        fields = line.split(" ")
+        if len(fields) > 4:
+            # the kernel writes space, tab, newline and backslash as octal escapes
+            points.add(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), fields[4]))
+    return frozenset(points)
+
+
+def _tree_scan(path: Path, dev: int, mounts: frozenset[str]) -> tuple[int, int, Path | None]:
+    """(files, bytes) of regular files under ``path``, symlinks neither followed nor counted,
+    and the first entry found on another file system than ``dev`` or mounted (or None)."""
     files = size = 0
-    for root, _dirs, names in os.walk(path, followlinks=False):
-        for name in names:
+    for root, dirs, names in os.walk(path, followlinks=False):
+        for name in (*dirs, *names):
+            entry = os.path.join(root, name)
             try:
-                info = os.lstat(os.path.join(root, name))
+                info = os.lstat(entry)
             except OSError:
                 continue
+            if info.st_dev != dev or entry in mounts:
+                return files, size, Path(entry)
             if stat.S_ISREG(info.st_mode):
                 files += 1
                 size += info.st_size
-    return files, size
+    return files, size, None
 
 
 def clean_python_cache(
@@ -116,23 +149,38 @@ def clean_python_cache(
     if not root.is_dir():
         raise ServiceError(f"service.workdir {root} is not a directory")
     venv_dir = venv.resolve() if venv is not None else None
+    root_dev = root.stat().st_dev
+    mounted = mount_points()
     dirs = files = freed = 0
     skipped: list[Path] = []
+    mounts: list[Path] = []
     errors: list[str] = []
     # os.walk does not descend into symlinked directories (followlinks=False), so the walk
-    # cannot leave the workdir; symlinks named __pycache__ or *.pyc are left alone too.
+    # cannot leave the workdir through a link; symlinks named __pycache__ or *.pyc are left
+    # alone too. A mount point (bind mounts included) has another st_dev: never entered.
     for current, subdirs, names in os.walk(root, followlinks=False):
         here = Path(current)
         keep = []
         for name in subdirs:
             path = here / name
-            if path.is_symlink():
+            try:
+                info = path.lstat()
+            except OSError as exc:
+                errors.append(f"{path}: {exc.strerror}")
+                continue
+            if stat.S_ISLNK(info.st_mode):
+                continue
+            if info.st_dev != root_dev or str(path) in mounted:
+                mounts.append(path)
                 continue
             if not include_venv and (path == venv_dir or _is_venv(path)):
                 skipped.append(path)
                 continue
             if name == "__pycache__":
-                count, size = _tree_size(path)
+                count, size, mount = _tree_scan(path, root_dev, mounted)
+                if mount is not None:  # rmtree would delete what the mount shows
+                    mounts.append(mount)
+                    continue
                 if not dry_run:
                     try:
                         shutil.rmtree(path)
@@ -153,6 +201,9 @@ def clean_python_cache(
                 info = path.lstat()
                 if not stat.S_ISREG(info.st_mode):
                     continue
+                if info.st_dev != root_dev or str(path) in mounted:  # a file mounted over it
+                    mounts.append(path)
+                    continue
                 if not dry_run:
                     path.unlink()
             except OSError as exc:
@@ -160,7 +211,9 @@ def clean_python_cache(
                 continue
             files += 1
             freed += info.st_size
-    return PythonCacheResult(root, dry_run, dirs, files, freed, tuple(skipped), tuple(errors))
+    return PythonCacheResult(
+        root, dry_run, dirs, files, freed, tuple(skipped), tuple(errors), tuple(mounts)
+    )
 
 
 def _figure(body: Any, when: str, key: str) -> int | None:

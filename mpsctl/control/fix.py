@@ -123,6 +123,7 @@ def probe_figures(result: ProbeResult | None) -> dict[str, Any]:
         "pid": snap.roots[0] if snap and snap.roots else None,
         "service_rss_bytes": snap.total_rss_bytes if snap and snap.running else None,
         "service_footprint_bytes": snap.total_footprint_bytes if snap else None,
+        "accelerator_device": result.accelerator.device,
         "accelerator_held_bytes": held,
         "accelerator_limit_bytes": result.accelerator.limit_bytes,
         "host_used_percent": result.host.percent if result.host else None,
@@ -317,7 +318,7 @@ def _fix_locked(
 
     def do_clean() -> str:
         cleaned = cache.clean_python_cache(settings.service.workdir, venv=settings.service.venv)
-        return f"{cleaned.files_removed} file(s), {fmt_bytes(cleaned.bytes_freed)}"
+        return f"{cleaned.files_removed} file(s), {fmt_bytes(cleaned.freed_bytes)}"
 
     started: list[StartResult] = []
 

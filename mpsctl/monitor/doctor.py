@@ -316,12 +316,25 @@ def log_checks(settings: Settings, running: bool) -> list[Check]:
     found: list[Check] = []
     for source in resolve_logs(settings):
         if source.path is None:
+            pattern = source.pattern or ""
+            if Path(pattern).parent.is_dir():
+                # a dated error log (logs/error_*.log) appears with the first error: its
+                # directory being there is all that can be checked before then
+                found.append(
+                    Check(
+                        "logs.missing",
+                        "info",
+                        f"service.log_globs: {pattern} matches no file yet (normal until the "
+                        "service writes that log, e.g. before its first error)",
+                    )
+                )
+                continue
             found.append(
                 Check(
                     "logs.missing",
                     "warning",
-                    f"service.log_globs: {source.pattern} matches no file: `mpsctl oom` and the "
-                    "probe's OOM scan cannot see that log",
+                    f"service.log_globs: {pattern} matches no file and its directory does not "
+                    "exist: `mpsctl oom` and the probe's OOM scan cannot see that log",
                     f"fix the pattern (relative to service.workdir {settings.service.workdir})",
                 )
             )
@@ -348,7 +361,13 @@ def log_checks(settings: Settings, running: bool) -> list[Check]:
 
 # --------------------------------------------------------------------------- torch version
 def torch_version_in(venv: Path) -> str | None:
-    """torch's version from ``<venv>/lib/python*/site-packages/torch-*.dist-info/METADATA``."""
+    """torch's version as the venv's interpreter sees it, without importing torch.
+
+    First ``<venv>/lib/python*/site-packages/torch-*.dist-info/METADATA``; when that is not
+    there, the venv's own python reads the metadata (``importlib.metadata``), which also finds
+    a torch from the system site-packages (``venv --system-site-packages``), a ``.pth`` path
+    or a Debian ``dist-packages``.
+    """
     patterns = (
         "lib/python*/site-packages/torch-*.dist-info/METADATA",
         "Lib/site-packages/torch-*.dist-info/METADATA",
@@ -358,6 +377,35 @@ def torch_version_in(venv: Path) -> str | None:
             version = _metadata_version(Path(metadata))
             if version:
                 return version
+    return _version_from_interpreter(venv)
+
+
+_ASK_VERSION = (
+    "import importlib.metadata as m\n"
+    "try:\n    print(m.version('torch'))\n"
+    "except m.PackageNotFoundError:\n    pass\n"
+)
+
+
+def _version_from_interpreter(venv: Path) -> str | None:
+    """torch's version from the venv's python (metadata only: about 50 ms), or None."""
+    import subprocess
+
+    for python in (venv / "bin" / "python", venv / "Scripts" / "python.exe"):
+        if not python.is_file():
+            continue
+        try:
+            done = subprocess.run(
+                [str(python), "-I", "-c", _ASK_VERSION],
+                capture_output=True,
+                text=True,
+                timeout=20,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        version = done.stdout.strip()
+        return version if done.returncode == 0 and re.fullmatch(r"\S{1,64}", version) else None
     return None
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import math
 import os
 import tempfile
@@ -29,8 +30,8 @@ PLOT_MISSING = "--plot needs matplotlib: pip install 'mpsctl[plot]'"
 
 #: record key -> (label, unit); unit "bytes" | "%" | "ms"
 FIGURES: dict[str, tuple[str, str]] = {
-    "host_used_percent": ("host memory used", "%"),
-    "host_used_bytes": ("host memory used", "bytes"),
+    "host_used_percent": ("host memory used, % of RAM", "%"),
+    "host_used_bytes": ("host memory used, bytes", "bytes"),
     "host_available_bytes": ("host memory available", "bytes"),
     "swap_used_bytes": ("swap used", "bytes"),
     "service_memory_bytes": ("service memory (footprint, else RSS)", "bytes"),
@@ -240,69 +241,109 @@ def plot_report(report: Report, path: Path, *, title: str = "mpsctl: memory") ->
     except ImportError:
         raise MpsctlError(PLOT_MISSING) from None
     matplotlib.use("Agg")  # no display: this runs from cron and over ssh
-    import matplotlib.dates as mdates
     import matplotlib.pyplot as plt
 
-    # matplotlib's date numbers: what its typed API takes for a datetime axis
-    times = [float(mdates.date2num(when)) for when, _ in report.series]
-
-    def gib(key: str) -> list[float]:
-        values = [_number(figures.get(key)) for _, figures in report.series]
-        return [math.nan if v is None else v / GIB for v in values]
-
-    fig, ax = plt.subplots(figsize=(10, 5), dpi=100)
+    fig = report_figure(report, title=title)
     try:
-        # markers: a reading between two unknown ones has no line to sit on
-        style: dict[str, Any] = {"marker": ".", "markersize": 4, "linewidth": 1.5}
-        ax.plot(times, gib("host_used_bytes"), label="host used", color="tab:blue", **style)
-        ax.plot(times, gib("service_memory_bytes"), label="service", color="tab:green", **style)
-        ax.plot(
-            times,
-            gib("accelerator_held_bytes"),
-            label="accelerator held",
-            color="tab:orange",
-            **style,
-        )
-        limits = gib("limit_bytes")
-        if any(not math.isnan(v) for v in limits):
-            ax.step(
-                times,
-                limits,
-                where="post",
-                linestyle="--",
-                color="tab:red",
-                label="accelerator limit",
-            )
-        for number, restart in enumerate(report.restarts):
-            when = parse_time(restart.time)
-            if when is not None:
-                ax.axvline(
-                    float(mdates.date2num(when)),
-                    color="black",
-                    linestyle=":",
-                    linewidth=1,
-                    label="restart (fix)" if number == 0 else None,
-                )
-        ax.set_title(f"{title} ({report.since} to {report.until})")
-        ax.set_ylabel("GiB")
-        ax.set_ylim(bottom=0)
-        ax.set_xlabel("time (UTC)")
-        ax.grid(True, alpha=0.3)
-        if times:
-            ax.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M"))
-        else:
-            ax.text(
-                0.5, 0.5, "no samples recorded in this period", ha="center", transform=ax.transAxes
-            )
-        handles, _labels = ax.get_legend_handles_labels()
-        if handles:
-            ax.legend(loc="upper left")
-        fig.autofmt_xdate()
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png")
     finally:
         plt.close(fig)
     _write_bytes_atomically(path, buffer.getvalue())
+
+
+#: a pause longer than this many median sampling intervals is a gap: no line is drawn across
+GAP_FACTOR = 3.0
+
+
+def break_gaps(
+    times: list[float], columns: list[list[float]]
+) -> tuple[list[float], list[list[float]]]:
+    """``times`` and each column with a NaN point inserted inside every gap (a pause longer
+    than ``GAP_FACTOR`` x the median interval), so a line stops where sampling stopped
+    instead of drawing a straight line across hours nobody measured."""
+    if len(times) < 3:
+        return times, columns
+    steps = sorted(b - a for a, b in itertools.pairwise(times))
+    limit = GAP_FACTOR * steps[len(steps) // 2]
+    if limit <= 0:
+        return times, columns
+    out_times: list[float] = [times[0]]
+    out_columns: list[list[float]] = [[column[0]] for column in columns]
+    for i in range(1, len(times)):
+        if times[i] - times[i - 1] > limit:
+            out_times.append((times[i] + times[i - 1]) / 2)
+            for out in out_columns:
+                out.append(math.nan)
+        out_times.append(times[i])
+        for out, column in zip(out_columns, columns, strict=True):
+            out.append(column[i])
+    return out_times, out_columns
+
+
+def report_figure(report: Report, *, title: str = "mpsctl: memory") -> Any:
+    """The plot as a matplotlib Figure (matplotlib imported by the caller, Agg backend)."""
+    import matplotlib.dates as mdates
+    import matplotlib.pyplot as plt
+
+    # matplotlib's date numbers: what its typed API takes for a datetime axis
+    raw_times = [float(mdates.date2num(when)) for when, _ in report.series]
+
+    def gib(key: str) -> list[float]:
+        values = [_number(figures.get(key)) for _, figures in report.series]
+        return [math.nan if v is None else v / GIB for v in values]
+
+    keys = ("host_used_bytes", "service_memory_bytes", "accelerator_held_bytes", "limit_bytes")
+    times, columns = break_gaps(raw_times, [gib(key) for key in keys])
+    host, service, held, limits = columns
+    fig, ax = plt.subplots(figsize=(10, 5), dpi=100)
+    # markers: a reading between two unknown ones has no line to sit on
+    style: dict[str, Any] = {"marker": ".", "markersize": 4, "linewidth": 1.5}
+    for values, label, colour in (
+        (host, "host used", "tab:blue"),
+        (service, "service", "tab:green"),
+        (held, "accelerator held", "tab:orange"),
+    ):
+        # a figure never measured in the period gets no line and no (empty) legend entry
+        if any(not math.isnan(v) for v in values):
+            ax.plot(times, values, label=label, color=colour, **style)
+    if any(not math.isnan(v) for v in limits):
+        ax.step(times, limits, where="post", linestyle="--", color="tab:red",
+                label="accelerator limit")  # fmt: skip
+    for number, restart in enumerate(report.restarts):
+        when = parse_time(restart.time)
+        if when is not None:
+            ax.axvline(float(mdates.date2num(when)), color="black", linestyle=":", linewidth=1,
+                       label="restart (fix)" if number == 0 else None)  # fmt: skip
+    ax.set_title(f"{title} ({report.since} to {report.until})")
+    ax.set_ylabel("GiB")
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("time (UTC)")
+    ax.grid(True, alpha=0.3)
+    if times:
+        # each label at a resolution no coarser than the tick spacing (seconds when ticks
+        # are seconds apart, the day when they are days apart): no two labels read the same
+        locator = mdates.AutoDateLocator()
+        formatter = mdates.AutoDateFormatter(locator)
+        formatter.scaled = {
+            365.0: "%Y",
+            30.0: "%Y-%m",
+            1.0: "%Y-%m-%d",
+            1 / 24: "%m-%d %H:%M",
+            1 / (24 * 60): "%m-%d %H:%M",
+            1 / (24 * 3600): "%H:%M:%S",
+            1 / (24 * 3600 * 1000): "%H:%M:%S.%f",
+        }
+        ax.xaxis.set_major_locator(locator)
+        ax.xaxis.set_major_formatter(formatter)
+    else:
+        ax.text(0.5, 0.5, "no samples recorded in this period", ha="center",
+                transform=ax.transAxes)  # fmt: skip
+    handles, _labels = ax.get_legend_handles_labels()
+    if handles:
+        ax.legend(loc="upper left")
+    fig.autofmt_xdate()
+    return fig
 
 
 def _write_bytes_atomically(path: Path, data: bytes) -> None:

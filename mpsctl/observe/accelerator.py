@@ -37,7 +37,20 @@ class AcceleratorFigures:
         return None
 
     @property
+    def held_name(self) -> str | None:
+        """Which figure ``held_bytes`` is, for every message that shows it or its percent:
+        one figure, named the same everywhere (a verdict quoting the driver's figure next to
+        a table of the tensors' figure reads as a contradiction)."""
+        names = ("driver allocated", "reserved", "allocated")
+        values = (self.driver_allocated_bytes, self.reserved_bytes, self.allocated_bytes)
+        for name, value in zip(names, values, strict=True):
+            if value is not None:
+                return name
+        return None
+
+    @property
     def limit_percent(self) -> float | None:
+        """``held_bytes`` as a percentage of ``limit_bytes``."""
         held = self.held_bytes
         if held is None or not self.limit_bytes:
             return None
@@ -51,6 +64,8 @@ class AcceleratorFigures:
             "driver_allocated_bytes": self.driver_allocated_bytes,
             "reserved_bytes": self.reserved_bytes,
             "limit_bytes": self.limit_bytes,
+            "held_bytes": self.held_bytes,
+            "held_name": self.held_name,
             "limit_percent": None if self.limit_percent is None else round(self.limit_percent, 1),
             "recommended_max_bytes": self.recommended_max_bytes,
             "high_watermark_ratio": self.high_watermark_ratio,

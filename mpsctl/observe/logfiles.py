@@ -170,23 +170,30 @@ def _last_lines(
     found: list[str] = []
     first_offset = end
     pos = end
-    rest = b""  # the start of the text read so far: maybe an incomplete line
+    # the start of the text read so far (maybe an incomplete line), as the blocks read, the
+    # last block first: joined only once a newline before it is found, so a line of any
+    # length costs O(length), not a re-copy per block
+    rest: list[bytes] = []
     first = True
     while pos > 0 and len(found) < count:
         step = min(BACK_BLOCK, pos)
         pos -= step
         handle.seek(pos)
-        data = handle.read(step) + rest
+        block = handle.read(step)
+        if pos > 0 and b"\n" not in block:
+            rest.append(block)
+            continue
+        data = block + b"".join(reversed(rest))
         parts = data.split(b"\n")
-        rest = parts[0]
+        rest = [parts[0]]
         body = parts[1:]
-        start = len(rest) + 1  # offset of body[0] in data
+        start = len(parts[0]) + 1  # offset of body[0] in data
         if first and body and body[-1] == b"":
             body.pop()  # the file's final newline
         first = False
         if pos == 0:
-            body.insert(0, rest)
-            rest = b""
+            body.insert(0, parts[0])
+            rest = []
             start = 0
         starts = []
         for raw in body:
@@ -319,13 +326,13 @@ class LogView:
                     self._read(tracked, out, drain=True)
                     tracked.handle.close()
                     tracked.handle = None
-                    out.append(Notice(f"{tracked.source.label}: now following {found[0]}"))
+                    out.append(Notice(f"{tracked.source.label} log: now following {found[0]}"))
                 tracked.path = found[0]
         if tracked.handle is None:
             if not self._open(tracked, out.append, at_end=False):
                 return
             if tracked.reported_missing:
-                out.append(Notice(f"{tracked.source.label}: {tracked.path} appeared"))
+                out.append(Notice(f"{tracked.source.label} log: {tracked.path} appeared"))
                 tracked.reported_missing = False
         assert tracked.path is not None
         try:
@@ -339,7 +346,7 @@ class LogView:
             assert tracked.handle is not None
             tracked.handle.close()
             tracked.handle = None
-            out.append(Notice(f"{tracked.source.label}: {tracked.path} was replaced (rotated)"))
+            out.append(Notice(f"{tracked.source.label} log: {tracked.path} was replaced (rotated)"))
             if self._open(tracked, out.append, at_end=False):
                 self._read(tracked, out, drain=False)
             return
@@ -358,14 +365,18 @@ class LogView:
         except FileNotFoundError:
             if not tracked.reported_missing:
                 report(
-                    Notice(f"{tracked.source.label}: {tracked.path}: no such file", warning=True)
+                    Notice(
+                        f"{tracked.source.label} log: {tracked.path}: no such file", warning=True
+                    )
                 )
                 tracked.reported_missing = True
             return False
         except OSError as exc:
             if not tracked.reported_missing:
                 report(
-                    Notice(f"{tracked.source.label}: {tracked.path}: {exc.strerror}", warning=True)
+                    Notice(
+                        f"{tracked.source.label} log: {tracked.path}: {exc.strerror}", warning=True
+                    )
                 )
                 tracked.reported_missing = True
             return False
@@ -382,7 +393,7 @@ class LogView:
             return
         size = os.fstat(handle.fileno()).st_size
         if size < tracked.pos:
-            out.append(Notice(f"{tracked.source.label}: {tracked.path} was truncated"))
+            out.append(Notice(f"{tracked.source.label} log: {tracked.path} was truncated"))
             tracked.pos = 0
             tracked.partial = b""
         if size == tracked.pos and not (drain and tracked.partial):

@@ -156,12 +156,20 @@ def _service_env(snapshot: ServiceSnapshot | None) -> dict[str, str] | None:
 
 
 def _level(value: float, pair: tuple[float, float]) -> ProbeExit | None:
+    """The monitoring-plugin range rule the perfdata's ``warn;crit`` fields state: alert when
+    the value is *above* the threshold; a value exactly at it is OK. Callers pass the value
+    as the perfdata prints it (percentages to 0.1, bytes exact), so both always agree."""
     warn, crit = pair
-    if value >= crit:
+    if value > crit:
         return ProbeExit.CRITICAL
-    if value >= warn:
+    if value > warn:
         return ProbeExit.WARNING
     return None
+
+
+def _gib_pair(pair: tuple[float, float]) -> tuple[float, float]:
+    """GiB thresholds in whole bytes, as the perfdata prints them."""
+    return float(int(pair[0] * GIB)), float(int(pair[1] * GIB))
 
 
 def judge(
@@ -209,12 +217,13 @@ def judge(
         add(ProbeExit.UNKNOWN, "host memory unreadable")
     else:
         add(
-            _level(host.percent, thresholds.host_used_percent),
+            _level(round(host.percent, 1), thresholds.host_used_percent),
             f"host memory {host.percent:.1f}% used (thresholds "
             f"{thresholds.host_used_percent[0]:g}/{thresholds.host_used_percent[1]:g}%)",
         )
         if host.swap_total_bytes:
             swap_pct = 100.0 * host.swap_used_bytes / host.swap_total_bytes
+            swap_pct = round(swap_pct, 1)
             add(_level(swap_pct, thresholds.swap_used_percent), f"swap {swap_pct:.1f}% used")
         if host.pressure == "critical":
             add(ProbeExit.CRITICAL, "macOS memory pressure is critical")
@@ -226,7 +235,7 @@ def judge(
         size, label = service_memory_bytes(service)
         if size is not None:
             add(
-                _level(size / GIB, thresholds.service_memory_gib),
+                _level(size, _gib_pair(thresholds.service_memory_gib)),
                 f"service {label} {fmt_bytes(size)} (thresholds "
                 f"{thresholds.service_memory_gib[0]:g}/{thresholds.service_memory_gib[1]:g} GiB)",
             )
@@ -234,9 +243,9 @@ def judge(
     used_pct = accelerator.limit_percent
     if used_pct is not None:
         add(
-            _level(used_pct, thresholds.accelerator_limit_percent),
-            f"{accelerator.device} allocated {used_pct:.1f}% of its limit "
-            f"{fmt_bytes(accelerator.limit_bytes)}",
+            _level(round(used_pct, 1), thresholds.accelerator_limit_percent),
+            f"{accelerator.device} {accelerator.held_name} {fmt_bytes(accelerator.held_bytes)}"
+            f" = {used_pct:.1f}% of its limit {fmt_bytes(accelerator.limit_bytes)}",
         )
     if oom_events:
         add(

@@ -185,8 +185,10 @@ class ServiceSnapshot:
         return bool(self.roots) and bool(self.processes)
 
     @property
-    def total_rss_bytes(self) -> int:
-        return sum(p.rss_bytes or 0 for p in self.processes)
+    def total_rss_bytes(self) -> int | None:
+        """RSS of the tree; None (unknown) when no process's RSS was readable, never 0."""
+        values = [p.rss_bytes for p in self.processes if p.rss_bytes is not None]
+        return sum(values) if values else None
 
     @property
     def total_footprint_bytes(self) -> int | None:

@@ -17,6 +17,8 @@ from mpsctl.control.fix import FixResult
 from mpsctl.control.start import StartFailed, StartResult
 from mpsctl.control.status import StatusResult
 from mpsctl.control.stop import StopResult
+from mpsctl.render.console import for_terminal
+from mpsctl.render.probe import CPU_ACCELERATOR
 from mpsctl.units import fmt_bytes, fmt_percent, fmt_seconds
 
 
@@ -174,10 +176,12 @@ def render_clean_cache(out: Console, result: CleanCacheResult) -> None:
     verb = "would free" if py.dry_run else "freed"
     out.print(
         f"Python caches under {py.workdir}: {py.dirs_removed} __pycache__ dir(s), "
-        f"{py.files_removed} file(s), {verb} {fmt_bytes(py.bytes_freed)}"
+        f"{py.files_removed} file(s), {verb} {fmt_bytes(py.freed_bytes)}"
     )
     if py.skipped_venvs:
         out.print(f"  skipped {len(py.skipped_venvs)} virtualenv(s) (--include-venv to clean)")
+    for mount in py.skipped_mounts:
+        out.print(f"  left alone {mount}: another file system (a mount inside the workdir)")
     for error in py.errors:
         out.print(f"  could not remove {error}")
     if not result.service_running:
@@ -211,6 +215,12 @@ def _cell(figures: dict[str, Any] | None, key: str) -> str:
     if figures is None:
         return "-"
     value = figures.get(key)
+    if (
+        key.startswith("accelerator_")
+        and value is None
+        and figures.get("accelerator_device") == "cpu"
+    ):
+        return CPU_ACCELERATOR
     if key.endswith("_bytes"):
         return fmt_bytes(value)
     if key.endswith("_percent"):
@@ -220,14 +230,17 @@ def _cell(figures: dict[str, Any] | None, key: str) -> str:
     return "unknown" if value is None else str(value)
 
 
-def render_fix(out: Console, result: FixResult) -> None:
+def render_fix(out: Console, result: FixResult, *, raw: bool = False) -> None:
+    """The actions and the before/after table; the test answer (and the ask step's detail,
+    which quotes it) escaped on a terminal unless ``raw``, as ``ask`` shows answers."""
     if result.actions:
         table = Table(title="actions", title_justify="left")
         for column in ("step", "ok", "took", "detail"):
             table.add_column(column)
         for action in result.actions:
             ok = "yes" if action.ok else "FAILED"
-            table.add_row(action.name, ok, fmt_seconds(action.elapsed_s), action.detail)
+            detail = for_terminal(action.detail, out, raw=raw)
+            table.add_row(action.name, ok, fmt_seconds(action.elapsed_s), detail)
         out.print(table)
     table = Table(title=f"fix: {result.status}", title_justify="left")
     for column in ("", "before", "after"):
@@ -247,5 +260,6 @@ def render_fix(out: Console, result: FixResult) -> None:
         table.add_row(label, _cell(result.before, key), _cell(result.after, key))
     out.print(table)
     if result.answer is not None:
-        out.print(f"test answer: {_short(result.answer, 200)}", soft_wrap=True)
+        answer = for_terminal(_short(result.answer, 200), out, raw=raw)
+        out.print(f"test answer: {answer}", soft_wrap=True)
     out.print(result.message, soft_wrap=True)

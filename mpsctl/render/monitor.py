@@ -60,6 +60,7 @@ class Trends:
         self.service_bytes: deque[float | None] = deque(maxlen=window)
         self.accel_bytes: deque[float | None] = deque(maxlen=window)
         self.accel_limit: int | None = None
+        self.ram_bytes: int | None = None
 
     def add(self, result: ProbeResult) -> None:
         self.host_percent.append(result.host.percent if result.host else None)
@@ -67,10 +68,12 @@ class Trends:
         self.accel_bytes.append(result.accelerator.held_bytes)
         if result.accelerator.limit_bytes:
             self.accel_limit = result.accelerator.limit_bytes
+        if result.host is not None and result.host.total_bytes:
+            self.ram_bytes = result.host.total_bytes
 
     def table(self) -> Table:
         table = Table(
-            title=f"Last {len(self.host_percent)} samples",
+            title=f"Last {len(self.host_percent)} samples (bars: 0 to the whole in brackets)",
             title_justify="left",
             box=None,
             pad_edge=False,
@@ -97,16 +100,33 @@ class Trends:
                 show(max(known)) if known else "-",
             )
 
+        # One scale rule for every bar: 0 to a whole that bounds the figure, named in the
+        # label: RAM for host and service memory, the limit for the accelerator (RAM when
+        # the limit is unknown). A bar never scales to its own range, where a flat 19 MiB
+        # would draw full next to a limit 92 % used.
+        ram = self.ram_bytes
         host = list(self.host_percent)
-        row("host used", host, sparkline(host, 0, 100), fmt_percent)
+        row("host used (of RAM)", host, sparkline(host, 0, 100), fmt_percent)
         service = list(self.service_bytes)
-        row("service memory", service, sparkline(service, 0), fmt_bytes)
+        row(f"service memory (of {fmt_bytes(ram)} RAM)", service, _bar(service, ram), fmt_bytes)
         accel = list(self.accel_bytes)
-        label = "accelerator held"
+        whole: int | None
         if self.accel_limit:
-            label += f" (of {fmt_bytes(self.accel_limit)})"
-        row(label, accel, sparkline(accel, 0, self.accel_limit), fmt_bytes)
+            whole, label = (
+                self.accel_limit,
+                f"accelerator held (of {fmt_bytes(self.accel_limit)} limit)",
+            )
+        else:
+            whole, label = ram, f"accelerator held (of {fmt_bytes(ram)} RAM)"
+        row(label, accel, _bar(accel, whole), fmt_bytes)
         return table
+
+
+def _bar(values: Sequence[float | None], whole: float | None) -> str:
+    """``values`` as a share of ``whole``; without a whole, no bar (blanks), never a guess."""
+    if not whole:
+        return " " * len(values)
+    return sparkline(values, 0, whole)
 
 
 def watch_view(result: ProbeResult, trends: Trends, interval: float) -> RenderableType:

@@ -101,6 +101,10 @@ def service_table(result: ProbeResult) -> Table:
     return table
 
 
+#: what the Accelerator table (and fix's before/after table) says for a service on the CPU
+CPU_ACCELERATOR = "none: the service runs on the CPU"
+
+
 def accelerator_table(result: ProbeResult) -> Table:
     acc = result.accelerator
     if acc.source is None:
@@ -134,11 +138,12 @@ def accelerator_table(result: ProbeResult) -> Table:
             ("limit", fmt_bytes(acc.limit_bytes)),
         ]
     elif acc.device == "cpu":
-        rows.append(("figures", "none: the service runs on the CPU (see the RSS above)"))
+        rows.append(("figures", f"{CPU_ACCELERATOR} (see the RSS above)"))
     else:
         rows.append(("figures", "unknown: the service's report names no device"))
     if acc.limit_percent is not None:
-        rows.append(("of limit", fmt_percent(acc.limit_percent)))
+        # the one figure the verdict and the thresholds use, named
+        rows.append(("of limit", f"{acc.held_name} {fmt_percent(acc.limit_percent)}"))
     return _kv_table("Accelerator", rows)
 
 

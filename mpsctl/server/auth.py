@@ -13,30 +13,9 @@ import re
 from collections.abc import Callable, Iterable
 
 from mpsctl.server.limiter import ASGIApp, Receive, Scope, Send
+from mpsctl.tokens import token_problem
 
-#: what a token may contain: visible ASCII, no whitespace (RFC 6750's b64token is a subset).
-#: HTTP header values are bytes and clients encode other characters differently (curl
-#: sends UTF-8, others latin-1), so a non-ASCII token would work with one client only.
-_TOKEN_CHARS = re.compile(r"[\x21-\x7e]+")
-
-
-def token_problem(token: str) -> str | None:
-    """Why ``token`` cannot be used as a bearer token, or None when it can.
-
-    The reason never quotes the token (it is a secret).
-    """
-    if not token:
-        return "is empty"
-    if _TOKEN_CHARS.fullmatch(token):
-        return None
-    if any(ch in "\r\n" for ch in token):
-        return "must be one line"
-    if not token.isascii():
-        return (
-            "contains non-ASCII characters; use visible ASCII only "
-            "(clients encode other characters differently in the Authorization header)"
-        )
-    return "contains spaces or control characters; use visible ASCII only"
+__all__ = ["BearerAuth", "RedactQueryTokens", "bearer_ok", "redact_query", "token_problem"]
 
 
 def bearer_ok(authorization: bytes, token: str) -> bool:

@@ -96,15 +96,20 @@ def process_rss_bytes() -> int | None:
         return None
 
 
-def _limiter_section(limiter: LimiterLike | None) -> dict[str, int] | None:
+def _limiter_section(limiter: LimiterLike | None) -> dict[str, int | None] | None:
     if limiter is None:
         return None
-    return {
+    section: dict[str, int | None] = {
         "in_flight": int(limiter.in_flight),
         "queued": int(limiter.queued),
         "max_concurrent": int(limiter.max_concurrent),
         "max_queue": int(limiter.max_queue),
     }
+    # the high-water mark since the service started: a client comparing it before and after
+    # a run knows the run's peak exactly, which sampling in_flight misses in a short run
+    seen = getattr(limiter, "max_in_flight_seen", None)
+    section["max_in_flight_seen"] = int(seen) if isinstance(seen, int) else None
+    return section
 
 
 def _measure(func: Callable[[], Any] | None) -> int | None:

@@ -99,9 +99,13 @@ def test_each_failure_is_one_line_and_its_exit_code(
 ) -> None:
     for name, value in setup.items():
         setattr(pointed.behaviour, name, value)
+    """#13 item 11 too: under --json the failure is also one JSON document on stdout."""
     result = run("q", "--json")
     assert result.exit_code == code
-    assert result.stdout == ""
+    document = json.loads(result.stdout)
+    assert document["schema"] == "mpsctl.error/1"
+    assert message in document["error"]
+    assert (document["command"], document["exit_code"]) == ("ask", code)
     assert result.stderr.count("\n") == 1
     assert message in result.stderr
 
@@ -274,4 +278,74 @@ def test_reference_limiter_503_and_memory_under_load(
     assert rss["before"] > 0
     assert rss["peak"] >= rss["before"]
     assert memory["reported_rss_bytes"]["peak"] >= memory["reported_rss_bytes"]["before"]
-    assert memory["peak_in_flight"] is None or memory["peak_in_flight"] <= 1
+    # #13 item 16: from the service's own high-water mark (0 before, 1 after), not sampling
+    assert memory["peak_in_flight"] == 1
+
+
+SECRET = "MySecretToken42"
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (f"{SECRET}\n# rotated 2026-01-01\n".encode(), "the token must be one line"),
+        (f"{SECRET} extra\n".encode(), "the token contains spaces or control characters"),
+        ("MySecrétToken42\n".encode(), "the token contains non-ASCII characters"),
+    ],
+)
+def test_a_token_file_that_is_not_one_ascii_line_is_refused_without_echoing_it(
+    pointed: LocalService,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    content: bytes,
+    reason: str,
+) -> None:
+    """#13 items 1 and 5: the client applies the service's token rule and never prints the
+    token; nothing is sent."""
+    monkeypatch.delenv("MPSCTL_TOKEN")
+    (tmp_path / "tok2").write_bytes(content)
+    result = run("hi", "--token-file", str(tmp_path / "tok2"))
+    assert result.exit_code == 2
+    assert f"token file {tmp_path / 'tok2'}: {reason}" in result.stderr.replace("\n", " ")
+    assert "Secr" not in result.stdout + result.stderr
+    assert pointed.behaviour.received == []
+
+
+def test_a_multi_line_token_variable_or_flag_is_refused_without_echoing_it(
+    pointed: LocalService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """#13 item 1: $MPSCTL_TOKEN and --token follow the same rule."""
+    monkeypatch.setenv("MPSCTL_TOKEN", f"{SECRET}\nB")
+    result = run("hi")
+    assert result.exit_code == 2
+    assert "$MPSCTL_TOKEN: the token must be one line" in result.stderr
+    assert SECRET not in result.stdout + result.stderr
+    monkeypatch.delenv("MPSCTL_TOKEN")
+    result = run("hi", "--token", f"{SECRET}\tx")
+    assert result.exit_code == 2
+    assert "--token: the token contains spaces or control characters" in result.stderr
+    assert SECRET not in result.stdout + result.stderr
+    assert pointed.behaviour.received == []
+
+
+def test_etc_passwd_as_a_token_file_is_not_printed(
+    pointed: LocalService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """#13 item 1: a file of many lines is refused by name, its contents never shown."""
+    monkeypatch.delenv("MPSCTL_TOKEN")
+    result = run("hi", "--token-file", "/etc/passwd")
+    assert result.exit_code == 2
+    expected = "mpsctl: error: token file /etc/passwd: the token must be one line"
+    assert result.stderr.strip() == expected
+
+
+def test_escape_sequences_in_an_error_excerpt_never_reach_the_terminal(
+    pointed: LocalService,
+) -> None:
+    """#13 item 7: an error body quoted in the one-line error is escaped too."""
+    pointed.behaviour.status = 502
+    pointed.behaviour.raw_body = b"Bad \x1b]0;pwned\x07 gateway \x1b[2J"
+    result = run("q")
+    assert result.exit_code == AskExit.SERVER_ERROR
+    assert "\x1b" not in result.stderr
+    assert "Bad \\x1b]0;pwned\\x07 gateway \\x1b[2J" in result.stderr

@@ -173,7 +173,7 @@ def test_clean_cache_json(fake_service: Make, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.stderr
     document = json.loads(result.stdout)
     assert document["schema"] == "mpsctl.clean-cache/1"
-    assert document["python"]["bytes_freed"] == 64
+    assert document["python"]["freed_bytes"] == 64
     assert document["service_running"] is False
 
 

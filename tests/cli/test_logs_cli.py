@@ -15,6 +15,7 @@ from click.testing import CliRunner
 
 from mpsctl.cli import main
 from tests.conftest import read_fixture
+from tests.terminal import run_on_tty
 
 CONFIG = (
     '[service]\ncommand = ["x"]\nlog_file = "backend.log"\n'
@@ -144,3 +145,49 @@ def test_follow_prints_appended_lines_and_ctrl_c_exits_130(service_logs: Path) -
     assert proc.returncode == 130
     assert "Traceback" not in err
     assert err.strip().endswith("mpsctl: interrupted")
+
+
+def test_escape_sequences_in_log_lines_are_escaped_on_a_terminal(service_logs: Path) -> None:
+    """#13 item 7: a log line's OSC/CSI sequences never reach the terminal; --raw and a pipe
+    get the line as written."""
+    (service_logs / "backend.log").write_bytes(
+        b"2026-01-21 10:00:01 INFO \x1b]0;pwned\x07title \x1b[2Jcleared\n"
+    )
+    shown = run_on_tty("logs", "-n", "1", "--backend").decode()
+    assert "\\x1b]0;pwned\\x07title \\x1b[2Jcleared" in shown
+    assert "\x1b]0;" not in shown
+    assert "\x1b[2J" not in shown
+    raw = run_on_tty("logs", "-n", "1", "--backend", "--raw").decode()
+    assert "\x1b[2Jcleared" in raw
+    code, out, _ = run("-n", "1", "--backend")  # not a terminal: as written
+    assert code == 0
+    assert "\x1b[2Jcleared" in out
+
+
+def test_follow_reports_the_switch_to_a_newer_file_as_information(
+    service_logs: Path, tmp_path: Path
+) -> None:
+    """#13 item 21: the rollover notice names the log and never reads as `mpsctl: error:`."""
+    errfile = (tmp_path / "stderr.txt").open("w+")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mpsctl", "logs", "-f", "-n", "1", "--error"],
+        stdout=subprocess.PIPE,
+        stderr=errfile,
+        text=True,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
+    try:
+        deadline = time.monotonic() + 30
+        read_until(proc, "bad", deadline)
+        newer = service_logs / "logs/error_2026-01-22.log"
+        newer.write_text("2026-01-22 00:00:01 ERROR after midnight\n")
+        assert "after midnight" in read_until(proc, "after midnight", deadline)
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    errfile.seek(0)
+    err = errfile.read()
+    assert f"mpsctl: error log: now following {newer}\n" in err
+    assert "mpsctl: error:" not in err

@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from mpsctl.cli import COMMANDS, main
+from tests.conftest import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -218,3 +219,59 @@ def test_config_init_into_an_unwritable_place_is_one_line(tmp_path: Path) -> Non
     assert result.stderr.splitlines() == [
         f"mpsctl: error: cannot write {blocker / 'mpsctl.toml'}: {blocker} is not a directory"
     ]
+
+
+def _mpsctl(*args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, MPSCTL_SERVICE_URL=f"http://127.0.0.1:{free_port()}")
+    return subprocess.run(
+        [sys.executable, "-m", "mpsctl", *args], capture_output=True, text=True, env=env, timeout=60
+    )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("probe", "--nagios", "--timeout", "999"),
+        ("probe", "--nagios", "--no-such-option"),
+        ("probe", "--nagios", "--host-used", "90,80"),
+        ("probe", "--host-used", "x", "--nagios"),
+    ],
+)
+def test_probe_nagios_prints_one_status_line_on_every_failure(args: tuple[str, ...]) -> None:
+    """#13 item 11: the plugin guidelines want one status line on stdout, also when click
+    refuses an option: UNKNOWN (3)."""
+    proc = _mpsctl(*args)
+    assert proc.returncode == 3
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("MPSCTL UNKNOWN - ")
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "schema"),
+    [
+        (("probe", "--json", "--no-such-option"), 3, "mpsctl.probe/1"),
+        (("probe", "--json", "--host-used", "90,80"), 3, "mpsctl.probe/1"),
+        (("status", "--json", "--no-such-option"), 4, "mpsctl.error/1"),
+        (("ask", "hi", "--json"), 3, "mpsctl.error/1"),
+        (("start", "--json", "--high", "5"), 2, "mpsctl.error/1"),
+        (("stop", "--json", "--timeout", "x"), 2, "mpsctl.error/1"),
+        (("oom", "--json", "/nonexistent.log"), 1, "mpsctl.error/1"),
+        (("config", "show", "--json", "--no-such-option"), 2, "mpsctl.error/1"),
+    ],
+)
+def test_every_json_command_prints_one_document_when_it_fails(
+    args: tuple[str, ...], code: int, schema: str
+) -> None:
+    """#13 item 11: a failing --json run prints exactly one JSON document on stdout, the
+    command's own or ``mpsctl.error/1`` with the message and exit code."""
+    proc = _mpsctl(*args)
+    assert proc.returncode == code, proc.stderr
+    document = json.loads(proc.stdout)  # exactly one document: json.loads refuses a second
+    assert document["schema"] == schema
+    assert document["exit_code"] == code
+    if schema == "mpsctl.error/1":
+        assert proc.stderr == f"mpsctl: error: {document['error']}\n"
+    else:
+        assert document["verdict"] == "UNKNOWN"

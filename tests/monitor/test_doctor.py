@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -181,6 +184,40 @@ def test_missing_log_files(write_config) -> None:  # type: ignore[no-untyped-def
     code, doc = doctor()
     assert code == 1
     assert levels(doc)["logs.missing"] == "warning"
+
+
+def test_a_dated_error_log_not_written_yet_is_normal(tmp_path: Path, write_config) -> None:  # type: ignore[no-untyped-def]
+    """#13 item 22: logs/error_*.log matching no file while logs/ exists is the normal state
+    before the first error: information, exit 0; a pattern whose directory is missing still
+    warns."""
+    (tmp_path / "logs").mkdir()
+    write_config('[service]\nlog_globs = ["logs/error_*.log"]\n')
+    code, doc = doctor()
+    (check,) = [c for c in doc["checks"] if "log_globs" in c["message"]]
+    assert check["level"] == "info"
+    assert "matches no file yet" in check["message"]
+    assert code == 0, [c for c in doc["checks"] if c["level"] != "ok"]
+
+
+def test_torch_from_the_system_site_packages_is_found(tmp_path: Path, write_config) -> None:  # type: ignore[no-untyped-def]
+    """#13 item 22: a venv made with --system-site-packages (here: torch reached through a
+    path outside the venv's own site-packages) imports torch; doctor says which version
+    instead of "torch is not installed"."""
+    import torch  # the test environment's real torch: its metadata is what must be found
+
+    venv = tmp_path / "svc-venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", "--system-site-packages",
+                    str(venv)], check=True, timeout=120)  # fmt: skip
+    (site,) = venv.glob("lib/python*/site-packages")
+    torch_site = Path(torch.__file__).resolve().parent.parent
+    (site / "outside.pth").write_text(f"{torch_site}\n")
+    assert not list(venv.glob("lib/python*/site-packages/torch-*.dist-info"))
+    assert torch_version_in(venv) == importlib.metadata.version("torch")
+    write_config('[service]\ncommand = ["uvicorn", "app.main:app"]\nvenv = "svc-venv"\n')
+    _code, doc = doctor()
+    (check,) = [c for c in doc["checks"] if c["id"] == "torch.version"]
+    assert "not installed" not in check["message"]
+    assert torch_version_in(tmp_path) is None  # not a venv: unknown, no error
 
 
 def test_torch_without_recommended_max_memory(tmp_path: Path, write_config) -> None:  # type: ignore[no-untyped-def]

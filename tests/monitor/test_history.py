@@ -56,6 +56,21 @@ def test_record_appends_to_the_utc_day_file(critical: ProbeResult, isolated_home
     assert [json.loads(line)["verdict"] for line in lines] == ["CRITICAL", "CRITICAL"]
 
 
+def test_a_record_after_a_truncated_line_is_kept(
+    critical: ProbeResult, isolated_home: Path
+) -> None:
+    """#13 item 12: a day file ending in a torn line (a writer killed mid-write): the next
+    record starts a new line and is read back; only the torn line is lost."""
+    first = record_probe(isolated_home, critical, retention_days=30)
+    whole = first.path.read_bytes()
+    first.path.write_bytes(whole + whole[: len(whole) // 2])  # the second record, torn
+    record_probe(isolated_home, critical, retention_days=30)
+    lines = first.path.read_bytes().split(b"\n")
+    assert lines[-1] == b""
+    assert json.loads(lines[-2])["verdict"] == "CRITICAL"
+    assert len(read_history(isolated_home, datetime.now(timezone.utc) - timedelta(days=1))) == 2
+
+
 def test_retention_deletes_only_old_day_files(isolated_home: Path) -> None:
     today = date(2026, 3, 10)
     keep = day_file(isolated_home, today - timedelta(days=6))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -157,3 +158,54 @@ def test_oom_count_an_unknown_scan_is_not_a_reset() -> None:
     counts = [{"oom_events": n} for n in (1, None, 1)]
     assert count_oom_events(counts) == 1
     assert count_oom_events([{"oom_events": None}]) == 0
+
+
+def test_report_rows_have_distinct_labels() -> None:
+    """#13 item 23: no two rows of the report read the same (host memory used % and bytes)."""
+    from mpsctl.monitor.report import FIGURES
+
+    labels = [label for label, _unit in FIGURES.values()]
+    assert len(labels) == len(set(labels))
+
+
+def _session(home: Path, start: datetime, count: int, step_s: int) -> None:
+    for i in range(count):
+        when = start + timedelta(seconds=i * step_s)
+        record = sample(NOW - when, "OK", 40.0 + i % 3)  # no accelerator figure at all
+        write_lines(day_file(home, when.date()), [json.dumps(record)])
+
+
+def test_plot_labels_legend_and_gaps(isolated_home: Path) -> None:
+    """#13 item 23: the PNG's x labels are distinct over a few minutes, a figure never
+    measured has no (empty) legend entry, and no line is drawn across a gap in sampling."""
+    pytest.importorskip("matplotlib")  # the plot extra; installed with the test extra
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from mpsctl.monitor.report import build_report, report_figure
+
+    start = NOW - timedelta(hours=3)
+    _session(isolated_home, start, 13, 10)  # two minutes, every 10 s
+    short = build_report(isolated_home, start - timedelta(minutes=1), NOW)
+    fig = report_figure(short)
+    fig.canvas.draw()
+    (ax,) = fig.axes
+    labels = [t.get_text() for t in ax.get_xticklabels() if t.get_text()]
+    assert len(labels) >= 3
+    assert len(labels) == len(set(labels)), labels
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "accelerator held" not in legend
+    assert "host used" in legend
+    plt.close(fig)
+
+    _session(isolated_home, start + timedelta(hours=1), 7, 10)  # an hour later
+    gapped = build_report(isolated_home, start - timedelta(minutes=1), NOW)
+    fig = report_figure(gapped)
+    (ax,) = fig.axes
+    (host,) = [line for line in ax.get_lines() if line.get_label() == "host used"]
+    ys = list(host.get_ydata())
+    nans = [i for i, y in enumerate(ys) if math.isnan(y)]
+    assert nans == [13]  # one break, between the two sessions
+    plt.close(fig)

@@ -79,3 +79,38 @@ def test_live_view_shows_trends_and_the_probe_tables(critical: ProbeResult) -> N
     assert "Verdict: CRITICAL" in text
     assert "Host memory" in text
     assert "Accelerator" in text
+
+
+def test_every_sparkline_uses_one_stated_scale(critical: ProbeResult) -> None:
+    """#13 item 20: bars are 0 to a stated whole (RAM; the accelerator's limit): a flat
+    19 MiB service is the lowest block, not a full bar next to a limit 92 % used."""
+    from dataclasses import replace
+
+    from mpsctl.observe.accelerator import from_memory_report
+    from mpsctl.observe.procs import ProcInfo, ServiceSnapshot
+
+    mib, gib = 1024**2, 1024**3
+    proc = ProcInfo(4242, 1, ("uvicorn", "app:app"), "me", 19 * mib, None, None, 4,
+                    0.0, 10.0, {}, "sleeping")  # fmt: skip
+    snapshot = ServiceSnapshot("pidfile", "ok", None, (4242,), (proc,))
+    accelerator = from_memory_report({"device": "mps", "mps": {
+        "current_allocated_bytes": 6 * gib, "driver_allocated_bytes": int(0.92 * 10 * gib),
+        "recommended_max_bytes": 10 * gib, "high_watermark_ratio": 1.0,
+        "low_watermark_ratio": 1.0, "limit_bytes": 10 * gib}})  # fmt: skip
+    result = replace(critical, service=snapshot, accelerator=accelerator)
+    trends = Trends(window=60)
+    for _ in range(5):
+        trends.add(result)
+    buffer = io.StringIO()
+    Console(file=buffer, width=160, color_system=None).print(trends.table())
+    lines = buffer.getvalue().splitlines()
+    assert critical.host is not None
+    ram = critical.host.total_bytes
+    (service,) = [line for line in lines if line.startswith("service memory")]
+    (accel,) = [line for line in lines if line.startswith("accelerator held")]
+    assert "(of 10.00 GiB limit)" in accel
+    assert "RAM)" in service
+    assert BLOCKS[0] * 5 in service  # 19 MiB of RAM
+    assert BLOCKS[6] * 5 in accel  # 92 % of the limit
+    assert ram > 0
+    assert "0 to the whole in brackets" in buffer.getvalue()

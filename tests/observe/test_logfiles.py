@@ -8,7 +8,10 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from mpsctl.observe import logfiles
 from mpsctl.observe.logfiles import (
     LogLine,
     LogSource,
@@ -162,7 +165,7 @@ def test_follow_switches_to_a_newer_dated_file(tmp_path: Path) -> None:
     view.close()
     assert texts(items) == [
         "last of the day",
-        f"! error: now following {logs / 'error_2026-01-22.log'}",
+        f"! error log: now following {logs / 'error_2026-01-22.log'}",
         "after midnight",
     ]
 
@@ -177,9 +180,9 @@ def test_follow_survives_rename_rotation_and_truncation(tmp_path: Path) -> None:
     assert texts(view.poll()) == ["before rotation"]  # drained from the renamed file
     put(log, "fresh file\n")
     items = texts(view.poll())
-    assert items == [f"! backend: {log} was replaced (rotated)", "fresh file"]
+    assert items == [f"! backend log: {log} was replaced (rotated)", "fresh file"]
     put(log, "t\n")  # same inode, shorter: truncated
-    assert texts(view.poll()) == [f"! backend: {log} was truncated", "t"]
+    assert texts(view.poll()) == [f"! backend log: {log} was truncated", "t"]
     view.close()
 
 
@@ -195,7 +198,7 @@ def test_rotation_between_two_polls_loses_no_line(tmp_path: Path) -> None:
     assert texts(view.poll()) == [
         "old 1",
         "old 2 no newline",
-        f"! backend: {log} was replaced (rotated)",
+        f"! backend log: {log} was replaced (rotated)",
         "new 1",
     ]
     view.close()
@@ -206,11 +209,11 @@ def test_missing_file_is_reported_once_then_followed_when_it_appears(tmp_path: P
     view = LogView([LogSource("later", log)])
     lines, notices = view.tail(5)
     assert lines == []
-    assert [n.message for n in notices] == [f"later: {log}: no such file"]
+    assert [n.message for n in notices] == [f"later log: {log}: no such file"]
     assert notices[0].warning
     assert view.poll() == []  # not reported again
     put(log, "hello\n")
-    assert texts(view.poll()) == [f"! later: {log} appeared", "hello"]
+    assert texts(view.poll()) == [f"! later log: {log} appeared", "hello"]
     view.close()
 
 
@@ -234,3 +237,46 @@ def test_follow_loop_uses_the_injected_sleep_and_stop(tmp_path: Path) -> None:
 def test_a_source_unpacks_as_label_and_path(mvp: Path) -> None:
     pairs = [(label, path) for label, path in resolve_logs(load_settings())]
     assert pairs[0] == ("backend", mvp / "backend.log")
+
+
+def _best_time(data: bytes, repeat: int = 3) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        began = time.perf_counter()
+        lines = read_last_lines(io.BytesIO(data), len(data), 2)
+        best = min(best, time.perf_counter() - began)
+        assert lines[0] == "first"
+        assert len(lines[1]) == len(data) - len(b"first\n") - 1
+    return best
+
+
+def test_a_long_last_line_costs_time_linear_in_its_length() -> None:
+    """#13 item 14: a line 8x longer takes about 8x longer, not 64x (it was re-copied once
+    per 64 KiB block read backwards: 50 MB took 25 s). The bound leaves a wide margin."""
+    short = b"first\n" + b"x" * (2 * 1024 * 1024) + b"\n"
+    long = b"first\n" + b"x" * (16 * 1024 * 1024) + b"\n"
+    ratio = _best_time(long) / max(_best_time(short), 1e-4)
+    assert ratio < 24, ratio
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    lines=st.lists(st.text(alphabet="ab\r工", max_size=40), max_size=12),
+    final_newline=st.booleans(),
+    block=st.integers(min_value=1, max_value=9),
+    count=st.integers(min_value=0, max_value=15),
+)
+def test_last_lines_match_splitlines_for_any_block_size(
+    lines: list[str], final_newline: bool, block: int, count: int
+) -> None:
+    """#13 item 14: the rewritten backwards reader returns what splitting the whole file does,
+    whatever the block size (lines much longer than a block included)."""
+    text = "\n".join(lines) + ("\n" if final_newline and lines else "")
+    data = text.encode()
+    expected = [line.rstrip("\r") for line in text.split("\n")]
+    if text.endswith("\n") or not text:
+        expected.pop()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(logfiles, "BACK_BLOCK", block)
+        got = read_last_lines(io.BytesIO(data), len(data), count)
+    assert got == (expected[-count:] if count else [])

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -15,13 +17,15 @@ from typing import Any
 import psutil
 import pytest
 from click.testing import CliRunner, Result
+from rich.console import Console
 
 from mpsctl.cli import main
 from mpsctl.errors import ProbeExit
 from mpsctl.observe.accelerator import UNKNOWN, from_memory_report
 from mpsctl.observe.host import HostMemory
-from mpsctl.observe.probe import HealthFigures, judge
+from mpsctl.observe.probe import HealthFigures, ProbeResult, judge
 from mpsctl.observe.procs import ProcInfo, ServiceSnapshot
+from mpsctl.render.probe import nagios_line
 from mpsctl.settings import load_settings
 from tests.conftest import free_port
 
@@ -76,6 +80,49 @@ def test_thresholds(parts: dict[str, Any], level: ProbeExit, words: str) -> None
     assert any(words in m for m in messages), messages
 
 
+def plugin_range_level(perfdata: str, label: str) -> ProbeExit:
+    """The monitoring-plugins reading of ``label=value;warn;crit`` (as nagiosplugin and
+    Monitoring::Plugin read it): a bare threshold N is the range 0..N, alert outside it."""
+    for item in perfdata.split():
+        name, _, rest = item.partition("=")
+        if name == label:
+            value, warn, crit = (re.match(r"[-0-9.]+", f)[0] for f in rest.split(";")[:3])  # type: ignore[index]
+            if float(value) > float(crit):
+                return ProbeExit.CRITICAL
+            return ProbeExit.WARNING if float(value) > float(warn) else ProbeExit.OK
+    raise AssertionError(f"no {label} in {perfdata!r}")
+
+
+@pytest.mark.parametrize(
+    ("parts", "label", "level"),
+    [
+        ({"host": host(percent=85.0)}, "host_used", ProbeExit.OK),
+        ({"host": host(percent=85.04)}, "host_used", ProbeExit.OK),  # printed as 85.0
+        ({"host": host(percent=85.06)}, "host_used", ProbeExit.WARNING),  # printed as 85.1
+        ({"host": host(percent=95.0)}, "host_used", ProbeExit.WARNING),
+        ({"service": snapshot(rss=12 * GIB)}, "service_memory", ProbeExit.OK),
+        ({"service": snapshot(rss=12 * GIB + 1)}, "service_memory", ProbeExit.WARNING),
+        ({"service": snapshot(rss=14 * GIB)}, "service_memory", ProbeExit.WARNING),
+        ({"service": snapshot(rss=14 * GIB + 1)}, "service_memory", ProbeExit.CRITICAL),
+    ],
+)  # fmt: skip
+def test_verdict_and_perfdata_agree_at_the_threshold(
+    parts: dict[str, Any], label: str, level: ProbeExit
+) -> None:
+    """#13 item 13: a value exactly at a threshold is OK, as the perfdata range says (alert
+    when value > warn); the verdict is judged on the figure the perfdata prints."""
+    args = {"host": host(), "service": snapshot(), "health": OK_HEALTH,
+            "accelerator": UNKNOWN, "oom_events": (),
+            "thresholds": load_settings().thresholds, **parts}  # fmt: skip
+    findings = tuple(judge(**args))
+    result = ProbeResult("2026-01-01T00:00:00Z", "svc", "http://x", args["host"],
+                         args["service"], OK_HEALTH, UNKNOWN, (), findings,
+                         args["thresholds"])  # fmt: skip
+    perfdata = nagios_line(result).split(" | ", 1)[1]
+    assert result.verdict == level
+    assert plugin_range_level(perfdata, label) == level
+
+
 def test_stopped_service_is_critical_with_reason() -> None:
     stopped = ServiceSnapshot(None, "stale", None, (), ())
     failed = HealthFigures(True, False, None, None, "no service at http://127.0.0.1:9", None)
@@ -102,7 +149,33 @@ def test_accelerator_percent_of_limit_from_the_memory_report() -> None:
     assert figures.limit_percent == pytest.approx(100 * 17 / 18.13, rel=1e-3)
     worst, messages = verdict(accelerator=figures)
     assert worst == ProbeExit.WARNING
-    assert messages == ["mps allocated 93.8% of its limit 18.13 GiB"]
+    assert messages == ["mps driver allocated 17.00 GiB = 93.8% of its limit 18.13 GiB"]
+
+
+def test_one_accelerator_figure_named_in_verdict_table_and_json() -> None:
+    """#13 item 19: the verdict's percent, the table's "of limit" row and the JSON all use one
+    figure (MPS: driver allocated; CUDA: reserved) and name it; the tensors' figure (15 GiB,
+    83 %) never appears as the percent."""
+    report = {"device": "mps", "mps": {
+        "current_allocated_bytes": 15 * GIB, "driver_allocated_bytes": 17 * GIB,
+        "recommended_max_bytes": int(10.67 * GIB), "high_watermark_ratio": 1.7,
+        "low_watermark_ratio": 1.4, "limit_bytes": int(18.13 * GIB)}}  # fmt: skip
+    figures = from_memory_report(report)
+    _worst, messages = verdict(accelerator=figures)
+    assert "driver allocated 17.00 GiB = 93.8%" in messages[0]
+    document = figures.to_json()
+    assert (document["held_name"], document["held_bytes"]) == ("driver allocated", 17 * GIB)
+    assert document["limit_percent"] == 93.8
+    from mpsctl.render.probe import accelerator_table
+
+    result = ProbeResult("t", "svc", "u", host(), snapshot(), OK_HEALTH, figures, (), (),
+                         load_settings().thresholds)  # fmt: skip
+    buffer = io.StringIO()
+    Console(file=buffer, width=200).print(accelerator_table(result))
+    assert "driver allocated 93.8%" in buffer.getvalue()
+    cuda = from_memory_report({"device": "cuda", "cuda": {
+        "allocated_bytes": GIB, "reserved_bytes": 2 * GIB, "limit_bytes": 4 * GIB}})  # fmt: skip
+    assert (cuda.held_name, cuda.limit_percent) == ("reserved", 50.0)
 
 
 def test_unmeasured_accelerator_is_null_not_zero() -> None:
@@ -308,3 +381,28 @@ def test_mac_figures_a_mac_could_not_read_are_unknown_not_na() -> None:
         rows = {line.split()[0]: line.split(None, 1)[1].strip()
                 for line in console.export_text().splitlines()[1:] if line.strip()}  # fmt: skip
         assert (rows["wired"], rows["compressed"], rows["pressure"]) == (shown, shown, shown)
+
+
+def _values(document: Any, key: str) -> list[Any]:
+    if isinstance(document, dict):
+        found = [document[key]] if key in document else []
+        return found + [v for item in document.values() for v in _values(item, key)]
+    if isinstance(document, list):
+        return [v for item in document for v in _values(item, key)]
+    return []
+
+
+def test_unknown_is_null_everywhere_in_probe_and_clean_cache_json(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """#13 item 17: a stopped service has no RSS: every rss figure is null, never 0; and
+    clean-cache --json names its figure freed_bytes like every other byte count."""
+    monkeypatch.setenv("MPSCTL_SERVICE_URL", f"http://127.0.0.1:{free_port()}")
+    document = json.loads(CliRunner().invoke(main, ["probe", "--json"]).stdout)
+    for key in ("rss_bytes", "total_rss_bytes", "footprint_bytes", "total_footprint_bytes"):
+        assert set(map(repr, _values(document["service"], key))) <= {"None"}, key
+    assert _values(document["service"], "total_rss_bytes") == [None]
+    monkeypatch.setenv("MPSCTL_SERVICE_WORKDIR", os.getcwd())
+    cleaned = json.loads(CliRunner().invoke(main, ["clean-cache", "--json"]).stdout)
+    assert cleaned["python"]["freed_bytes"] == 0
+    assert "bytes_freed" not in cleaned["python"]

@@ -69,7 +69,10 @@ def test_health_matches_the_memory_report_contract(shared: InProcessService) -> 
     assert memory["mps"] is None
     assert memory["cuda"] is None
     assert memory["rss_bytes"] > 0
-    assert memory["limiter"] == {"in_flight": 0, "queued": 0, "max_concurrent": 3, "max_queue": 16}
+    limiter = dict(memory["limiter"])
+    # the high-water mark depends on what other tests sent to this shared service
+    assert isinstance(limiter.pop("max_in_flight_seen"), int)
+    assert limiter == {"in_flight": 0, "queued": 0, "max_concurrent": 3, "max_queue": 16}
 
 
 @pytest.mark.parametrize(
