@@ -40,7 +40,7 @@ DEATH_NEEDLES = (
     b"Out of memory", b"Killed process", b"oom-kill", b"systemd-oomd", b"by the OOM killer",
     b"memorystatus", b"jetsam", b"exceeded mem limit", b"SIGKILL", b"due to signal 9",
     b"WORKER TIMEOUT", b"CPUAllocator", b"posix_memalign", b"CUBLAS_STATUS_ALLOC", b"NDArray",
-    b'"rpages"',
+    b'"rpages"', b"killed as a result",
 )  # fmt: skip
 ALL_NEEDLES = NEEDLES + DEATH_NEEDLES
 _MAX_NEEDLE = max(len(n) for n in ALL_NEEDLES)
