@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
@@ -442,8 +443,11 @@ def _join_continuation(data: bytes, text: str, end: int, event: OomEvent) -> tup
 
 def _record_time(data: bytes, start: int, text: str, floor: int) -> datetime | None:
     """The line's own timestamp, else that of the record it continues (a traceback):
-    the nearest stamped line above it, within the window. ``floor``: 1 when ``data[0]``
-    may be in the middle of a line (so the first partial line is not trusted)."""
+    the nearest stamped line above it, within the window, when that line reports a failure
+    (``log.exception``'s ERROR record). A stamped line that reports none (an INFO line hours
+    before uvicorn's untimed stderr) says nothing about when this line was written: None.
+    ``floor``: 1 when ``data[0]`` may be in the middle of a line (so the first partial line
+    is not trusted)."""
     when = line_time(text)
     if when is not None:
         return when
@@ -454,11 +458,16 @@ def _record_time(data: bytes, start: int, text: str, floor: int) -> datetime | N
         prev_start = data.rfind(b"\n", 0, pos - 1) + 1
         if prev_start == 0 and floor:
             return None
-        when = line_time(data[prev_start : pos - 1].decode("utf-8", errors="replace"))
+        previous = data[prev_start : pos - 1].decode("utf-8", errors="replace")
+        when = line_time(previous)
         if when is not None:
-            return when
+            return when if _FAILURE_RECORD.search(previous) else None
         pos = prev_start
     return None
+
+
+#: words of a log record that announces the traceback below it (level names, logger text)
+_FAILURE_RECORD = re.compile(r"(?i)error|exception|critical|fatal|traceback|failed|\bERR\b")
 
 
 # --------------------------------------------------------------------------- report

@@ -265,24 +265,36 @@ def health_figures(client: ServiceClient, timeout: float) -> HealthFigures:
 
 
 def recent_oom_events(settings: Settings, window_s: float = OOM_WINDOW_S) -> list[dict[str, Any]]:
-    """OOM events logged in the last ``window_s`` seconds, reading only each log's tail."""
+    """Memory failures of the last ``window_s`` seconds, and, once each, those without a time
+    written since the previous probe; only bytes new since then are read (``oom_cursor``)."""
     since = time.time() - window_s
     log_file = settings.service.log_file
     if not settings.service.log_globs:
-        # One log, untouched within the window (or absent): no event can be in the window,
-        # and a cron probe need not import the log parsers to learn that.
+        # One log, untouched within the window and since the cursor read it (or absent): no
+        # event can be new, and a cron probe need not import the log parsers to learn that.
         try:
-            if log_file.stat().st_mtime < since:
+            written = log_file.stat().st_mtime
+            if written < since and written < _cursor_read_at(settings):
                 return []
         except FileNotFoundError:
             return []
         except OSError:
             pass  # unreadable: let the scan report it
     from mpsctl.observe.logfiles import resolve_logs
-    from mpsctl.observe.oom_scan import recent_events
+    from mpsctl.observe.oom_cursor import new_events
 
-    paths = [path for _label, path in resolve_logs(settings)]
-    return recent_events(paths, since=since)
+    paths = [path for _label, path in resolve_logs(settings) if path is not None]
+    return new_events(settings.home, paths, window_s)
+
+
+def _cursor_read_at(settings: Settings) -> float:
+    """When the probe's cursor was last written (0 when never)."""
+    from mpsctl.observe.oom_cursor import state_path
+
+    try:
+        return state_path(settings.home).stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def take_probe(
