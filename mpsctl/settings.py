@@ -122,6 +122,11 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "url": Key(parse_opt_str, None, "POST a JSON alert here on verdict change"),
         "command": Key(parse_opt_str, None, "or run this command (alert JSON on stdin)"),
     },
+    "oom": {
+        "system_logs": Key(
+            parse_bool, True, "read the kernel log / jetsam reports for kills (when readable)"
+        ),
+    },
 }
 
 #: variables that look like settings but are not (they are read elsewhere)
@@ -228,6 +233,11 @@ class AlertSettings:
 
 
 @dataclass(frozen=True)
+class OomSettings:
+    system_logs: bool
+
+
+@dataclass(frozen=True)
 class Settings:
     service: ServiceSettings
     memory: MemorySettings
@@ -236,6 +246,7 @@ class Settings:
     fix: FixSettings
     history: HistorySettings
     alerts: AlertSettings
+    oom: OomSettings
     home: Path
     config_file: Path | None
     #: dotted key -> where the value came from ("default", "file PATH", "env NAME", "flag --x")
@@ -464,6 +475,7 @@ def _finish(
         fix=section("fix", FixSettings),
         history=section("history", HistorySettings),
         alerts=section("alerts", AlertSettings),
+        oom=section("oom", OomSettings),
         home=home,
         config_file=path,
         sources=sources,

@@ -66,6 +66,8 @@ class ProbeResult:
     findings: tuple[Finding, ...]
     thresholds: Thresholds
     errors: tuple[str, ...] = field(default=())
+    #: how the service died, when its pidfile names a process that is gone (``death``)
+    death: dict[str, Any] | None = None
 
     @property
     def verdict(self) -> ProbeExit:
@@ -115,6 +117,7 @@ class ProbeResult:
                 "accelerator_limit_percent": list(self.thresholds.accelerator_limit_percent),
             },
             "errors": list(self.errors),
+            "death": self.death,
         }
 
 
@@ -338,6 +341,18 @@ def take_probe(
         errors.append(f"log scan: {exc}")
 
     findings = judge(host, service, health, accelerator, oom, settings.thresholds)
+    death: dict[str, Any] | None = None
+    if service is not None and service.pidfile_state in ("stale", "reused"):
+        try:
+            from mpsctl.observe.death import how_it_died
+
+            cause = how_it_died(settings, service)
+        except Exception as exc:  # the probe reports; a failed search is one more error
+            cause = None
+            errors.append(f"how it died: {exc}")
+        if cause is not None:
+            death = cause.to_json()
+            findings.append(Finding(ProbeExit.CRITICAL, cause.text))
     return ProbeResult(
         time=utc_now_iso(),
         service_name=settings.service.name,
@@ -350,4 +365,5 @@ def take_probe(
         findings=tuple(findings),
         thresholds=settings.thresholds,
         errors=tuple(errors),
+        death=death,
     )
