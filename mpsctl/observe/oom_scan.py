@@ -170,6 +170,8 @@ def _parallel_hits(
     """
     if workers is None:
         workers = min(os.cpu_count() or 1, PARALLEL_MAX_WORKERS)
+        if os.environ.get("MPSCTL_OOM_WORKERS", "").isdigit():  # benchmarks compare 0 / n
+            workers = min(workers, int(os.environ["MPSCTL_OOM_WORKERS"]))
     if workers < 2 or size < PARALLEL_MIN_BYTES:
         return None
     import multiprocessing
