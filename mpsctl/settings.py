@@ -25,6 +25,7 @@ from mpsctl.setting_values import (
     parse_int_min,
     parse_non_negative,
     parse_opt_ratio,
+    parse_opt_size,
     parse_opt_str,
     parse_pair,
     parse_path_str,
@@ -110,6 +111,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "queue_timeout": Key(parse_non_negative, 30.0, "seconds a query may wait"),
         "cleanup_interval": Key(parse_non_negative, 1800.0, "seconds between releases (0: off)"),
         "max_question_bytes": Key(parse_int_min(1), 4096, "largest question accepted"),
+        "memory_limit": Key(
+            parse_opt_size, None, "address space (RLIMIT_AS) once the model is loaded, e.g. 8GiB"
+        ),
     },
     "fix": {
         "max_restarts": Key(parse_int_min(1), 3, "restarts allowed within `within`"),
@@ -213,6 +217,7 @@ class ServeSettings:
     queue_timeout: float
     cleanup_interval: float
     max_question_bytes: int
+    memory_limit: int | None
 
 
 @dataclass(frozen=True)
