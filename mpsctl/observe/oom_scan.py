@@ -36,12 +36,15 @@ WINDOW_BYTES = 256 * 1024  # read around a hit at once, so dense hits share one 
 CONTINUATION_LINES = 4
 #: bytes that start (or, for the kernel, head) every memory death ``deaths`` reads; fixed
 #: strings, so grep and ``bytes.find`` agree. "Killed process" and "Out of memory" also catch a
-#: kill line hard-wrapped after them; "oom-kill" catches "invoked oom-killer" and "oom-kill:".
+#: kill line hard-wrapped after them. Long needles on purpose: a multi-string search skips
+#: ahead by up to the shortest needle's length, so one short needle slows every byte.
+#: (A JetsamEvent .ips report is small and read whole: see ``WHOLE_JSON_BYTES``.)
 DEATH_NEEDLES = (
-    b"Out of memory", b"Killed process", b"oom-kill", b"systemd-oomd", b"by the OOM killer",
-    b"memorystatus", b"jetsam", b"exceeded mem limit", b"SIGKILL", b"due to signal 9",
-    b"WORKER TIMEOUT", b"CPUAllocator", b"posix_memalign", b"CUBLAS_STATUS_ALLOC", b"NDArray",
-    b'"rpages"', b"killed as a result",
+    b"Out of memory", b"Killed process", b"invoked oom-killer", b"oom-kill:constraint",
+    b"systemd-oomd", b"by the OOM killer", b"memorystatus", b"killed by jetsam",
+    b"exceeded mem limit", b"was sent SIGKILL", b"due to signal 9", b"WORKER TIMEOUT",
+    b"CPUAllocator", b"posix_memalign", b"CUBLAS_STATUS_ALLOC", b"NDArray initWithDevice",
+    b"killed as a result",
 )  # fmt: skip
 ALL_NEEDLES = NEEDLES + DEATH_NEEDLES
 _MAX_NEEDLE = max(len(n) for n in ALL_NEEDLES)

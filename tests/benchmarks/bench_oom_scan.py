@@ -28,7 +28,7 @@ from pathlib import Path
 
 MIB = 1024 * 1024
 OOM = (
-    "2026-01-21 19:38:40,512 ERROR app.services.query_service: query failed\n"
+    "2026-01-21 {hour:02d}:{minute:02d}:40,512 ERROR app.services.query_service: query failed\n"
     "Traceback (most recent call last):\n"
     '  File "/srv/mvp/app/services/query_service.py", line 88, in answer\n'
     "    output = self.model.generate(**inputs, max_new_tokens=128)\n"
@@ -66,7 +66,10 @@ def generate(path: Path, size_mib: int, every_mib: int) -> int:
         for n in range(size_mib):
             handle.write(block)
             if n % every_mib == every_mib // 2:
-                handle.write(OOM.encode())
+                # each failure at its own time: equal failures seconds apart are one event
+                stamp = {"hour": events // 60 % 24, "minute": events % 60}
+                handle.write(OOM.replace("{hour:02d}:{minute:02d}", "{:02d}:{:02d}".format(
+                    stamp["hour"], stamp["minute"])).encode())  # fmt: skip
                 events += 1
     return events
 
