@@ -19,6 +19,7 @@ from click.testing import CliRunner
 from mpsctl.cli import main
 from mpsctl.control.pidfile import default_pidfile_path, write_pidfile
 from mpsctl.observe import syslogs
+from mpsctl.observe.deaths import find_deaths
 from mpsctl.observe.procs import PidRecord
 from mpsctl.settings import load_settings
 from tests.conftest import free_port, read_fixture
@@ -148,3 +149,48 @@ def test_the_services_own_last_oom_when_no_kill_is_recorded(
     assert death["cause"] == "oom"
     assert "exited after: RuntimeError: MPS backend out of memory" in death["text"]
     assert "system logs (oom.system_logs = false)" in death["looked_in"]
+
+
+def test_macos_places_jetsam_lines_and_reports(tmp_path: Path) -> None:
+    """``log show`` output and JetsamEvent reports, both recorded, through the macOS readers."""
+    reports = tmp_path / "home/Library/Logs/DiagnosticReports"
+    reports.mkdir(parents=True)
+    ips = read_fixture("macos-jetsam-2-ips-full-report-highwater.txt")
+    (reports / "JetsamEvent-2020-10-15-172958.ips").write_text(ips)
+    (reports / "Other-2020-10-15.ips").write_text(ips)  # not a jetsam report: not read
+    unified = read_fixture("macos-jetsam-4-unified-log-killed-by-jetsam-reason.txt")
+    seen: list[list[str]] = []
+
+    def runner(argv: Sequence[str]) -> tuple[int, str, str]:
+        seen.append(list(argv))
+        return 0, unified, ""
+
+    evidence = syslogs.read_system_logs(
+        platform="darwin", runner=runner, root=tmp_path / "root", home=tmp_path / "home"
+    )
+    assert seen[0][:3] == ["log", "show", "--last"]
+    assert "memorystatus" in seen[0][-1]
+    assert evidence.looked_in == [
+        "log show (memorystatus)",
+        f"{tmp_path}/root/Library/Logs/DiagnosticReports/JetsamEvent-*.ips (absent)",
+        f"{reports}/JetsamEvent-*.ips",
+    ]
+    kinds = [(f.kind, getattr(f.event, "process", None)) for f in evidence.found]
+    assert ("jetsam_kill", "Tunnel") in kinds
+    assert sum(1 for f in evidence.found if f.file and f.file.endswith(".ips")) == len(
+        [e for e in find_deaths(ips) if e.kind == "jetsam_kill"]
+    )
+
+
+def test_linux_files_are_scanned_and_absent_ones_not_listed(tmp_path: Path) -> None:
+    log = tmp_path / "var/log/kern.log"
+    log.parent.mkdir(parents=True)
+    log.write_text(read_fixture("linux-oomkill-4-kernlog-sacrifice-child-oom-reaper.txt"))
+    evidence = syslogs.read_system_logs(
+        platform="linux", runner=lambda argv: (127, "", ""), root=tmp_path
+    )
+    assert evidence.looked_in == ["dmesg (not installed)", "/var/log/kern.log"]
+    [kill] = evidence.found
+    assert (kill.kind, kill.file, getattr(kill.event, "pid", None)) == (
+        "kernel_oom_kill", "/var/log/kern.log", 15889,
+    )  # fmt: skip
