@@ -11,6 +11,7 @@ from mpsctl.cli.params import DURATION
 from mpsctl.durations import Period
 from mpsctl.errors import MpsctlError
 from mpsctl.observe.logfiles import resolve_logs
+from mpsctl.observe.oom_events import Found
 from mpsctl.observe.oom_scan import find_events
 from mpsctl.render.console import write_json
 from mpsctl.torch_env import DEFAULT_HIGH_RATIO, HIGH_ENV, MAX_RATIO
@@ -36,6 +37,8 @@ def oom(
     systemd-oomd, macOS jetsam (log lines and JetsamEvent .ips reports), gunicorn workers
     killed by SIGKILL, PyTorch's CPU allocator, CUDA runtime errors and MPS array limits.
     One failure logged several times (message and traceback, several files) is one event.
+    Without FILES it also reads the kernel log / jetsam reports for kills of the service,
+    where readable (oom.system_logs).
     Exit 0 when the scan ran, events or not; 1 when a FILE is missing.
 
     \b
@@ -63,10 +66,17 @@ def oom(
                     app.warn(f"{source.path or source.pattern}: no such file")
                 else:
                     targets.append((str(source.path), source.path))
+    kills: list[Found] = []
+    places: list[str] = []
+    if not files:
+        from mpsctl.observe.death import service_kills
+
+        kills, places = service_kills(settings, since.before() if since else None)
     try:
         report = find_events(
-            targets, since.before() if since else None, high_ratio=high_ratio, ram_bytes=_ram()
-        )
+            targets, since.before() if since else None, high_ratio=high_ratio, ram_bytes=_ram(),
+            extra=kills, system_logs=places,
+        )  # fmt: skip
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""
         raise MpsctlError(f"{where}{exc.strerror or exc}") from None

@@ -67,10 +67,10 @@ def _clock(moment: datetime) -> str:
     return local.strftime("%H:%M:%S" if local.date() == today else "%Y-%m-%d %H:%M:%S")
 
 
-def _names(snapshot: ServiceSnapshot, settings: Settings) -> set[str]:
+def _names(snapshot: ServiceSnapshot | None, settings: Settings) -> set[str]:
     """Process names the kernel would print for the service (comm: the program's name)."""
     names: set[str] = set()
-    argv = snapshot.pidfile.argv if snapshot.pidfile else ()
+    argv = snapshot.pidfile.argv if snapshot and snapshot.pidfile else ()
     for command in (argv, settings.service.command):
         for word in command[:3]:
             base = os.path.basename(word)
@@ -186,6 +186,32 @@ def how_it_died(
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def service_kills(
+    settings: Settings, since: datetime | None = None, *, runner: Runner | None = None
+) -> tuple[list[Found], list[str]]:
+    """The kills the OS recorded of the service (its pidfile's pid, or its process name),
+    newer than ``since``, and where it looked (for ``mpsctl oom``)."""
+    from mpsctl.observe.procs import default_pidfile_path, read_pidfile
+
+    if not settings.oom.system_logs:
+        return [], []
+    record = read_pidfile(default_pidfile_path(settings))
+    pid = record.pid if record is not None and record != "invalid" else None
+    names = _names(None, settings)
+    if record is not None and record != "invalid":
+        names |= {os.path.basename(w)[:COMM_LEN] for w in record.argv[:3] if w}
+    evidence = read_system_logs(runner=runner)
+    kills = []
+    for item in evidence.found:
+        if item.kind not in _KILLS or (since is not None and (item.when or _EPOCH) < since):
+            continue
+        process = getattr(item.event, "process", None)
+        named = isinstance(process, str) and process[:COMM_LEN] in names
+        if named or (pid is not None and pid in pids_of(item.event)):  # type: ignore[arg-type]
+            kills.append(item)
+    return kills, evidence.looked_in
 
 
 def _cause(name: str, pid: int | None, item: Found, what: str, looked: list[str]) -> DeathCause:

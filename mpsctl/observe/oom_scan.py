@@ -484,6 +484,8 @@ class OomReport:
     since: datetime | None
     files: tuple[str, ...]
     events: tuple[tuple[Found, list[str]], ...]
+    #: the OS's logs looked in for kills of the service, each with what came of it
+    system_logs: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -491,6 +493,7 @@ class OomReport:
             "generated_at": self.generated_at,
             "since": iso(self.since) if self.since else None,
             "files": list(self.files),
+            "system_logs": list(self.system_logs),
             "count": len(self.events),
             "events": [dict(e.to_json(), advice=advice) for e, advice in self.events],
         }
@@ -514,17 +517,21 @@ def find_events(
     high_ratio: float | None = None,
     ram_bytes: int | None = None,
     prefilter: bool = True,
+    extra: Iterable[Found] = (),
+    system_logs: Iterable[str] = (),
 ) -> OomReport:
-    """Scan each ``(label, path)``, merge copies of one failure, explain each.
+    """Scan each ``(label, path)``, merge copies of one failure, explain each. ``extra``:
+    failures found elsewhere (the OS's kills of the service), read in ``system_logs``.
 
     OSError names the file that could not be read.
     """
     files = tuple(targets)
-    found: list[Found] = []
+    found: list[Found] = list(extra)
     for label, path in files:
         found += scan_found(path, since, label=label, prefilter=prefilter)
     found.sort(
         key=lambda item: (item.when is None, item.when or datetime.min.replace(tzinfo=timezone.utc))
     )
     events = tuple((item, advice_for(item, high_ratio, ram_bytes)) for item in merge(found))
-    return OomReport(utc_now_iso(), since, tuple(label for label, _ in files), events)
+    labels = tuple(label for label, _ in files)
+    return OomReport(utc_now_iso(), since, labels, events, tuple(system_logs))

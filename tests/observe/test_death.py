@@ -194,3 +194,18 @@ def test_linux_files_are_scanned_and_absent_ones_not_listed(tmp_path: Path) -> N
     assert (kill.kind, kill.file, getattr(kill.event, "pid", None)) == (
         "kernel_oom_kill", "/var/log/kern.log", 15889,
     )  # fmt: skip
+
+
+def test_oom_lists_the_kernels_kills_of_the_service(
+    tmp_path: Path,
+    write_config,
+    monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
+) -> None:
+    killed_service(tmp_path, write_config)
+    recorded_kernel(monkeypatch, DMESG)
+    (tmp_path / "backend.log").write_text("")
+    doc = json.loads(CliRunner().invoke(main, ["oom", "--json"]).stdout)
+    assert doc["system_logs"][0] == "dmesg"
+    kills = [e for e in doc["events"] if e["kind"] == "kernel_oom_kill" and e["file"] == "dmesg"]
+    # the recorded log's kills of a process named python3 (the service's name here), not mount
+    assert [e["pid"] for e in kills] == [140339, 141320]
