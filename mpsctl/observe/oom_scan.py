@@ -143,8 +143,13 @@ def scan_file(
             )
 
 
-#: below this, one process is faster than starting workers (each costs ~0.1 s)
-PARALLEL_MIN_BYTES = 256 * 1024 * 1024
+#: Workers for the Python pass (used only where grep is missing): each costs ~0.1 s to spawn
+#: and the parent's resolve pass stays serial. Measured on 2 busy cores (bench_oom_scan.py
+#: --python): at 256 and 512 MiB the workers were no faster than one process (median wall
+#: 3.92 s vs 4.24 s, 8.11 s vs 7.96 s) and cost 20% more CPU, so they run only on larger
+#: files and machines with cores to spare.
+PARALLEL_MIN_BYTES = 1024 * 1024 * 1024
+PARALLEL_MIN_CPUS = 4
 PARALLEL_MAX_WORKERS = 8
 
 
@@ -172,7 +177,8 @@ def _parallel_hits(
     offset by the ranges before it, so the result equals a single pass.
     """
     if workers is None:
-        workers = min(os.cpu_count() or 1, PARALLEL_MAX_WORKERS)
+        cpus = os.cpu_count() or 1
+        workers = min(cpus, PARALLEL_MAX_WORKERS) if cpus >= PARALLEL_MIN_CPUS else 1
         if os.environ.get("MPSCTL_OOM_WORKERS", "").isdigit():  # benchmarks compare 0 / n
             workers = min(workers, int(os.environ["MPSCTL_OOM_WORKERS"]))
     if workers < 2 or size < PARALLEL_MIN_BYTES:
