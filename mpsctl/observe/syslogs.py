@@ -38,7 +38,6 @@ _PRIVILEGE_WORDS = (
     "Operation not permitted",
     "Permission denied",
     "not seeing messages from other users",
-    "No journal files were found",
     "must be admin",
     "requires root",
 )
@@ -101,6 +100,8 @@ def _from_command(
     code, out, err = runner(argv)
     if code == 127:
         return Place(name, "absent", "not installed"), []
+    if "No journal files were found" in err and out.strip() in ("", "-- No entries --"):
+        return Place(name, "absent", "no journal files"), []
     # journalctl exits 0 with only a hint when the user may not read the system journal
     privileged = any(word in f"{out}\n{err}" for word in _PRIVILEGE_WORDS)
     if code != 0:
