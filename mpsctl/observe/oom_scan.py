@@ -111,11 +111,24 @@ def scan_range(
             handle.seek(0)
             return _whole_text(handle.read(end), now)
     hits = grep_hits(handle, start, end, ALL_NEEDLES) if prefilter else None
+    if hits is not None and not _needles_at(handle, hits):
+        hits = None  # a grep whose output means something else: the Python pass decides
     if hits is None and start == 0:
         hits = _parallel_hits(path, info, end)
     if hits is None:
         hits = _find_in_range(handle, start, end)[1]
     return _resolve(handle, end, hits, now)
+
+
+def _needles_at(handle: io.BufferedReader, hits: list[Hit]) -> bool:
+    """Whether a needle starts at each offset grep gave (a grep that prints its fields in
+    another order, or counts otherwise, must not send the parser to the wrong bytes)."""
+    for pos, _newlines in hits[:64]:
+        handle.seek(pos)
+        head = handle.read(_MAX_NEEDLE)
+        if not any(head.startswith(needle) for needle in ALL_NEEDLES):
+            return False
+    return True
 
 
 def _whole_text(data: bytes, now: datetime) -> list[Found]:

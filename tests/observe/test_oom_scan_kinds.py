@@ -153,3 +153,20 @@ def test_grep_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(scan_grep, "_GREP", [])
     monkeypatch.delenv("MPSCTL_GREP")
     assert (grep_path() is None) == (not os.path.exists("/usr/bin/grep") and not HAS_GREP)
+
+
+def test_a_grep_that_answers_otherwise_is_not_trusted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A grep printing its fields in another order must not send the parser astray."""
+    from mpsctl.observe import scan_grep
+
+    log = copy(tmp_path, "torch-cpu-oom-2-cant-allocate-errcode12-CPUAllocator65.txt")
+    other = tmp_path / "othergrep"
+    other.write_text("#!/bin/sh\ncat >/dev/null\necho '7:1:CPUAllocator'\n")  # offset, line swapped
+    other.chmod(0o755)
+    monkeypatch.setattr(scan_grep, "_GREP", [])
+    monkeypatch.setenv("MPSCTL_GREP", str(other))
+    assert grep_path() == str(other)
+    assert shape(scan_found(log)) == shape(scan_found(log, prefilter=False))
+    assert [f.kind for f in scan_found(log)] == ["cpu_alloc"]
