@@ -188,3 +188,34 @@ def parse_http_path(value: Any) -> str:
     if not text.startswith("/"):
         raise ValueError(f"must start with '/', got {value!r}")
     return text
+
+
+_SIZE_UNITS = {"": 1, "B": 1, "K": 1024, "KIB": 1024, "M": 1024**2, "MIB": 1024**2,
+               "G": 1024**3, "GIB": 1024**3, "T": 1024**4, "TIB": 1024**4}  # fmt: skip
+
+
+def parse_opt_size(value: Any) -> int | None:
+    """Bytes: an integer, or ``"8GiB"`` / ``"512 MiB"`` / ``"8G"`` (1024-based); 0 or
+    ``"none"``: no limit. ``KB``/``MB``/``GB`` are refused: 1000 or 1024 would be a guess."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
+        return None
+    if isinstance(value, bool):
+        raise ValueError(f"expected a size such as 8GiB, got {kind(value)}")
+    if isinstance(value, int):
+        number, unit = float(value), ""
+    elif isinstance(value, str):
+        text = value.strip()
+        digits = text.rstrip("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ ")
+        number_text, unit = digits.strip(), text[len(digits) :].strip().upper()
+        try:
+            number = float(number_text)
+        except ValueError:
+            raise ValueError(f"expected a size such as 8GiB, got {value!r}") from None
+    else:
+        raise ValueError(f"expected a size such as 8GiB, got {kind(value)}")
+    if unit not in _SIZE_UNITS:
+        raise ValueError(f"unknown unit {unit!r} in {value!r} (use KiB, MiB, GiB or TiB)")
+    if not number >= 0 or number * _SIZE_UNITS[unit] > 2**62:
+        raise ValueError(f"expected a size from 0 to 4 EiB, got {value!r}")
+    size = int(number * _SIZE_UNITS[unit])
+    return size or None

@@ -27,6 +27,7 @@ from mpsctl.setting_values import (
     parse_int_min,
     parse_non_negative,
     parse_opt_ratio,
+    parse_opt_size,
     parse_opt_str,
     parse_pair,
     parse_path_str,
@@ -166,6 +167,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "queue_timeout": Key(parse_non_negative, 30.0, "seconds a query may wait"),
         "cleanup_interval": Key(parse_non_negative, 1800.0, "seconds between releases (0: off)"),
         "max_question_bytes": Key(parse_int_min(1), 4096, "largest question accepted"),
+        "memory_limit": Key(
+            parse_opt_size, None, "address space (RLIMIT_AS) once the model is loaded, e.g. 8GiB"
+        ),
     },
     "fix": {
         "max_restarts": Key(parse_int_min(1), 3, "restarts allowed within `within`"),
@@ -183,10 +187,18 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "url": Key(parse_opt_str, None, "POST a JSON alert here on verdict change"),
         "command": Key(parse_opt_str, None, "or run this command (alert JSON on stdin)"),
     },
+    "oom": {
+        "system_logs": Key(
+            parse_bool, True, "read the kernel log / jetsam reports for kills (when readable)"
+        ),
+    },
 }
 
 #: variables that look like settings but are not (they are read elsewhere)
-_RESERVED_ENV = {"MPSCTL_HOME", "MPSCTL_CONFIG", "MPSCTL_TOKEN"}
+_RESERVED_ENV = {
+    "MPSCTL_HOME", "MPSCTL_CONFIG", "MPSCTL_TOKEN",
+    "MPSCTL_GREP", "MPSCTL_OOM_WORKERS",  # the log scanner's first pass (observe/scan_grep.py)
+}  # fmt: skip
 #: set by mpsctl for the commands it runs (an alert command may itself run mpsctl)
 _PASSED_ENV_PREFIXES = ("MPSCTL_ALERT_",)
 
@@ -274,6 +286,7 @@ class ServeSettings:
     queue_timeout: float
     cleanup_interval: float
     max_question_bytes: int
+    memory_limit: int | None
 
 
 @dataclass(frozen=True)
@@ -295,6 +308,11 @@ class AlertSettings:
 
 
 @dataclass(frozen=True)
+class OomSettings:
+    system_logs: bool
+
+
+@dataclass(frozen=True)
 class Settings:
     service: ServiceSettings
     memory: MemorySettings
@@ -303,6 +321,7 @@ class Settings:
     fix: FixSettings
     history: HistorySettings
     alerts: AlertSettings
+    oom: OomSettings
     home: Path
     config_file: Path | None
     #: dotted key -> where the value came from ("default", "file PATH", "env NAME", "flag --x")
@@ -543,6 +562,7 @@ def _finish(
         fix=section("fix", FixSettings),
         history=section("history", HistorySettings),
         alerts=section("alerts", AlertSettings),
+        oom=section("oom", OomSettings),
         home=home,
         config_file=path,
         sources=sources,

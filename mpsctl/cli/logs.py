@@ -58,7 +58,12 @@ _COLOURS = ("cyan", "magenta", "green", "yellow", "blue", "red")
     "--since", type=DURATION, metavar="DURATION", help="Only lines newer than this (1h, 30m)."
 )
 @click.option("--grep", "pattern", metavar="REGEX", help="Only lines matching REGEX.")
-@click.option("--oom", "only_oom", is_flag=True, help="Only out-of-memory / watermark errors.")
+@click.option(
+    "--oom",
+    "only_oom",
+    is_flag=True,
+    help="Only memory failures: OOM, watermark errors, OOM kills.",
+)
 @click.option(
     "--raw",
     is_flag=True,
@@ -133,7 +138,9 @@ def _keep(pattern: str | None, only_oom: bool) -> Callable[[str], bool] | None:
                 f"--grep: invalid regular expression: {exc}", exit_code=ExitCode.USAGE
             ) from None
     if only_oom:
-        tests.append(mentions_oom)
+        from mpsctl.observe.deaths import parse_death
+
+        tests.append(lambda text: mentions_oom(text) or parse_death(text) is not None)
     if not tests:
         return None
     return lambda text: all(test(text) for test in tests)

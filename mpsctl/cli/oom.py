@@ -11,6 +11,7 @@ from mpsctl.cli.params import DURATION
 from mpsctl.durations import Period
 from mpsctl.errors import MpsctlError
 from mpsctl.observe.logfiles import resolve_logs
+from mpsctl.observe.oom_events import Found
 from mpsctl.observe.oom_scan import find_events
 from mpsctl.render.console import write_json
 from mpsctl.torch_env import DEFAULT_HIGH_RATIO, HIGH_ENV, MAX_RATIO
@@ -28,11 +29,17 @@ from mpsctl.torch_env import DEFAULT_HIGH_RATIO, HIGH_ENV, MAX_RATIO
 def oom(
     app: App, files: tuple[Path, ...], since: Period | None, high_ratio: float | None, as_json: bool
 ) -> None:
-    """Find out-of-memory events in the service's logs (or FILES) and explain each.
+    """Find memory failures in the service's logs (or FILES) and explain each.
 
     Scans service.log_file (and its rotated copies) and every file matching
-    service.log_globs, dated names included; recognises every MPS and CUDA wording, exact
-    to the byte. Exit 0 when the scan ran, events or not; 1 when a FILE is missing.
+    service.log_globs, dated names included. Recognises every MPS and CUDA out-of-memory
+    wording exact to the byte, and every other memory death: the kernel OOM killer,
+    systemd-oomd, macOS jetsam (log lines and JetsamEvent .ips reports), gunicorn workers
+    killed by SIGKILL, PyTorch's CPU allocator, CUDA runtime errors and MPS array limits.
+    One failure logged several times (message and traceback, several files) is one event.
+    Without FILES it also reads the kernel log / jetsam reports for kills of the service,
+    where readable (oom.system_logs).
+    Exit 0 when the scan ran, events or not; 1 when a FILE is missing.
 
     \b
     Examples:
@@ -64,10 +71,17 @@ def oom(
             from mpsctl.plan.configured import configured_plan, saved_report
 
             plan = configured_plan(settings, saved_report(settings)).plan
+    kills: list[Found] = []
+    places: list[str] = []
+    if not files:
+        from mpsctl.observe.death import service_kills
+
+        kills, places = service_kills(settings, since.before() if since else None)
     try:
         report = find_events(
-            targets, since.before() if since else None, high_ratio=high_ratio, plan=plan
-        )
+            targets, since.before() if since else None, high_ratio=high_ratio, ram_bytes=_ram(),
+            extra=kills, system_logs=places, plan=plan,
+        )  # fmt: skip
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""
         raise MpsctlError(f"{where}{exc.strerror or exc}") from None
@@ -77,3 +91,13 @@ def oom(
     from mpsctl.render.oom import print_events
 
     print_events(app.out, list(report.events), len(targets), since.text if since else None)
+
+
+def _ram() -> int | None:
+    """This machine's RAM, for the kernel kills' figures (None when it cannot be read)."""
+    try:
+        from mpsctl.observe.ram import ram_bytes
+
+        return ram_bytes()
+    except Exception:  # advice without the machine's figure is still advice
+        return None

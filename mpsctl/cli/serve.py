@@ -25,6 +25,10 @@ from mpsctl.settings import DEVICES, DTYPES
 @click.option(
     "--cleanup-interval", type=float, default=None, help="Seconds between releases (0: off)."
 )
+@click.option(
+    "--memory-limit", default=None, metavar="SIZE",
+    help="Cap the address space once the model is loaded (8GiB): OOM -> 503, not a kill.",
+)  # fmt: skip
 @click.option("--token-env", default=None, help="Variable holding the bearer token.")
 @click.option("--token-file", default=None, help="File holding the bearer token.")
 @click.option("--no-auth", is_flag=True, help="Serve without a token (loopback testing only).")
@@ -50,6 +54,7 @@ def serve(app: App, **opts: Any) -> None:
         "serve.max_queue": (opts["max_queue"], "--max-queue"),
         "serve.queue_timeout": (opts["queue_timeout"], "--queue-timeout"),
         "serve.cleanup_interval": (opts["cleanup_interval"], "--cleanup-interval"),
+        "serve.memory_limit": (opts["memory_limit"], "--memory-limit"),
         "memory.device": (opts["device"], "--device"),
         "service.token_env": (opts["token_env"], "--token-env"),
         "service.token_file": (opts["token_file"], "--token-file"),

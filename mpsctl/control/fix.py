@@ -127,6 +127,7 @@ def probe_figures(result: ProbeResult | None) -> dict[str, Any]:
         "accelerator_held_bytes": held,
         "accelerator_limit_bytes": result.accelerator.limit_bytes,
         "host_used_percent": result.host.percent if result.host else None,
+        "death": None if result.death is None else result.death.get("text"),
     }
 
 

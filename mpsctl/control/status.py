@@ -13,6 +13,7 @@ from mpsctl.control.pidfile import (
 from mpsctl.control.start import health_now
 from mpsctl.errors import StatusExit
 from mpsctl.observe import procs
+from mpsctl.observe.death import DeathCause, how_it_died
 from mpsctl.settings import Settings
 from mpsctl.units import utc_now_iso
 
@@ -27,6 +28,8 @@ class StatusResult:
     health: HealthCheck | None
     time: str
     error: str | None = None
+    #: how it died, when the pidfile names a process that is gone (``observe.death``)
+    death: DeathCause | None = None
 
     @property
     def pid(self) -> int | None:
@@ -64,6 +67,7 @@ class StatusResult:
                 "error": health.error,
             },
             "error": self.error,
+            "death": None if self.death is None else self.death.to_json(),
         }
 
 
@@ -85,7 +89,10 @@ def service_status(settings: Settings) -> StatusResult:
         msg = "the service answers but its process is unknown (set service.match)"
         return StatusResult(name, "unknown", StatusExit.UNKNOWN, url, snapshot, health, now, msg)
     if snapshot.pidfile_state in ("stale", "reused"):
-        return StatusResult(name, "dead", StatusExit.DEAD_PIDFILE, url, snapshot, health, now)
+        death = how_it_died(settings, snapshot)
+        return StatusResult(
+            name, "dead", StatusExit.DEAD_PIDFILE, url, snapshot, health, now, death=death
+        )
     if snapshot.pidfile_state == "invalid":
         msg = (
             f"the pidfile {snapshot.pidfile_path or default_pidfile_path(settings)} cannot be "

@@ -134,6 +134,7 @@ def alert_document(result: ProbeResult, kind: str, previous: str | None) -> dict
         "verdict": verdict,
         "previous_verdict": previous,
         "reasons": reasons,
+        "death": result.death,
         "text": text,
         "probe": history_record(result, source="alert"),
         "mpsctl_version": __version__,

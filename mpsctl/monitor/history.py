@@ -98,6 +98,7 @@ def history_record(result: ProbeResult, *, source: str = "probe") -> dict[str, A
         # events in the probe's 1 h window: consecutive records see the same events again
         "oom_events": oom_count(result),
         "oom_times": oom_times[-MAX_OOM_TIMES:],
+        "death": None if result.death is None else result.death.get("text"),
     }
 
 

@@ -87,6 +87,8 @@ class Report:
     limit_bytes: int | None
     #: (time, figures) per sample, for the plot; not in JSON
     series: tuple[tuple[datetime, dict[str, Any]], ...] = ()
+    #: how the service died, each cause once, as the probes found it (``observe.death``)
+    deaths: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -109,6 +111,7 @@ class Report:
             "restarts": [asdict(r) for r in self.restarts],
             "fix_runs": self.fix_runs,
             "accelerator_limit_bytes": self.limit_bytes,
+            "deaths": list(self.deaths),
         }
 
 
@@ -230,6 +233,7 @@ def build_report(home: Path, since: datetime, until: datetime) -> Report:
         fix_runs=dict(sorted(runs.items())),
         limit_bytes=limit,
         series=tuple(series),
+        deaths=tuple(dict.fromkeys(r["death"] for r in records if isinstance(r.get("death"), str))),
     )
 
 

@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, ClassVar
 
-from mpsctl.observe.logprefix import has_time_prefix, to_int
+from mpsctl.observe.logprefix import has_time_prefix, prefix_time, to_int, uptime_seconds
 from mpsctl.observe.torch_errors import json_doc
 
 _KB = 1024
@@ -57,6 +57,13 @@ _TASK_IN = re.compile(r"^Task in (\S+) killed as a result of limit of (\S+)")
 _MEMCG_USAGE = re.compile(r"^memory: usage (\d+)kB, limit (\d+)kB")
 #: a hard-wrapped continuation joins its line only when that line was at least this long
 _WRAP_MIN = 64
+#: one kill's lines are printed together: a part further than this from the kill's first
+#: line (in lines, or in seconds between stamps) belongs to another kill, and a header whose
+#: ``Killed process`` line never came is reported alone instead of taking a later kill's
+KILL_MAX_LINES = 2000
+KILL_MAX_SECONDS = 60.0
+#: a fixed "now" to turn yearless syslog stamps into comparable times (only differences count)
+_REFERENCE = datetime(2001, 7, 1, tzinfo=timezone.utc)
 
 
 @dataclass(frozen=True)
@@ -96,6 +103,7 @@ class KernelOomKill:
 @dataclass
 class _Pending:
     start: int
+    stamp: float | None = None
     raw: list[str] = field(default_factory=list)
     values: dict[str, Any] = field(default_factory=dict)
 
@@ -143,10 +151,12 @@ def find_kernel_kills(lines: list[str]) -> list[tuple[int, KernelOomKill]]:
         if pending is not None and clash is not None and clash in pending.values:
             flush()
         if pending is None:
-            pending = _Pending(start=index)
+            pending = _Pending(start=index, stamp=_stamp(lines[index]))
         return pending
 
     for index, text, logged in _records(lines):
+        if pending is not None and _too_far(pending, index, lines[index]):
+            flush()
         invoked = _INVOKED.match(text) if "invoked oom-killer" in text else None
         if invoked:
             flush()
@@ -200,6 +210,24 @@ def find_kernel_kills(lines: list[str]) -> list[tuple[int, KernelOomKill]]:
             current.raw.append(logged)
     flush()
     return found
+
+
+def _stamp(line: str) -> float | None:
+    """The line's time as comparable seconds (dmesg uptime or any wall-clock prefix), or None."""
+    uptime = uptime_seconds(line)
+    if uptime is not None:
+        return uptime
+    moment = prefix_time(line, now=_REFERENCE, zone=timezone.utc)
+    return None if moment is None else moment.timestamp()
+
+
+def _too_far(pending: _Pending, index: int, line: str) -> bool:
+    if index - pending.start > KILL_MAX_LINES:
+        return True
+    if pending.stamp is None:
+        return False
+    stamp = _stamp(line)
+    return stamp is not None and abs(stamp - pending.stamp) > KILL_MAX_SECONDS
 
 
 def _read_killed(current: _Pending, killed: re.Match[str]) -> None:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from mpsctl.observe.logprefix import size_value, to_int
 from mpsctl.torch_env import HIGH_ENV, LOW_ENV
 
 _UNITS = {
@@ -143,9 +144,12 @@ class OomEvent:
 
 
 # --------------------------------------------------------------------------- parsing
-def size_to_bytes(number: str, unit: str) -> int:
-    """``"20.14", "GiB"`` -> 21625160335. PyTorch's ``KB/MB/GB`` are 1024-based too."""
-    return round(float(number) * _UNITS[unit])
+def size_to_bytes(number: str, unit: str) -> int | None:
+    """``"20.14", "GiB"`` -> 21625160335. PyTorch's ``KB/MB/GB`` are 1024-based too.
+
+    None when the figure does not fit in 63 bits (a damaged line): the event is still
+    reported, that size null, its raw text kept."""
+    return size_value(number, _UNITS[unit])
 
 
 def _size(match: re.Match[str], group: int) -> int | None:
@@ -211,7 +215,7 @@ def _parse_cuda(text: str, head: re.Match[str]) -> OomEvent:
             used = size_to_bytes(proc.group(2), proc.group(3))
             if proc.group(1) is None:
                 this_process = used
-            else:
+            elif used is not None and len(proc.group(1)) < 10:
                 others.append(OtherProcess(pid=int(proc.group(1)), bytes=used))
         # group numbers: 1 gpu, 2-3 total, 4-5 free, procs, then allowed, allocated,
         # private pools, unallocated (each a number + unit pair)
@@ -221,7 +225,7 @@ def _parse_cuda(text: str, head: re.Match[str]) -> OomEvent:
             kind="oom",
             raw=_line_span(text, head.start(), new.end()),
             requested_bytes=requested,
-            gpu_index=int(new.group(1)),
+            gpu_index=to_int(new.group(1)),
             total_bytes=_size(new, 2),
             free_bytes=_size(new, 4),
             process_bytes=this_process,
@@ -241,7 +245,7 @@ def _parse_cuda(text: str, head: re.Match[str]) -> OomEvent:
             kind="oom",
             raw=_line_span(text, head.start(), old.end()),
             requested_bytes=requested,
-            gpu_index=int(old.group(1)),
+            gpu_index=to_int(old.group(1)),
             total_bytes=_size(old, 2),
             allocated_bytes=_size(old, 4),
             free_bytes=_size(old, 6),

@@ -66,6 +66,8 @@ class ProbeResult:
     findings: tuple[Finding, ...]
     thresholds: Thresholds
     errors: tuple[str, ...] = field(default=())
+    #: how the service died, when its pidfile names a process that is gone (``death``)
+    death: dict[str, Any] | None = None
 
     @property
     def verdict(self) -> ProbeExit:
@@ -115,6 +117,7 @@ class ProbeResult:
                 "accelerator_limit_percent": list(self.thresholds.accelerator_limit_percent),
             },
             "errors": list(self.errors),
+            "death": self.death,
         }
 
 
@@ -274,24 +277,36 @@ def health_figures(client: ServiceClient, timeout: float) -> HealthFigures:
 
 
 def recent_oom_events(settings: Settings, window_s: float = OOM_WINDOW_S) -> list[dict[str, Any]]:
-    """OOM events logged in the last ``window_s`` seconds, reading only each log's tail."""
+    """Memory failures of the last ``window_s`` seconds, and, once each, those without a time
+    written since the previous probe; only bytes new since then are read (``oom_cursor``)."""
     since = time.time() - window_s
     log_file = settings.service.log_file
     if not settings.service.log_globs:
-        # One log, untouched within the window (or absent): no event can be in the window,
-        # and a cron probe need not import the log parsers to learn that.
+        # One log, untouched within the window and since the cursor read it (or absent): no
+        # event can be new, and a cron probe need not import the log parsers to learn that.
         try:
-            if log_file.stat().st_mtime < since:
+            written = log_file.stat().st_mtime
+            if written < since and written < _cursor_read_at(settings):
                 return []
         except FileNotFoundError:
             return []
         except OSError:
             pass  # unreadable: let the scan report it
     from mpsctl.observe.logfiles import resolve_logs
-    from mpsctl.observe.oom_scan import recent_events
+    from mpsctl.observe.oom_cursor import new_events
 
-    paths = [path for _label, path in resolve_logs(settings)]
-    return recent_events(paths, since=since)
+    paths = [path for _label, path in resolve_logs(settings) if path is not None]
+    return new_events(settings.home, paths, window_s)
+
+
+def _cursor_read_at(settings: Settings) -> float:
+    """When the probe's cursor was last written (0 when never)."""
+    from mpsctl.observe.oom_cursor import state_path
+
+    try:
+        return state_path(settings.home).stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def take_probe(
@@ -335,6 +350,18 @@ def take_probe(
         errors.append(f"log scan: {exc}")
 
     findings = judge(host, service, health, accelerator, oom, settings.thresholds)
+    death: dict[str, Any] | None = None
+    if service is not None and service.pidfile_state in ("stale", "reused"):
+        try:
+            from mpsctl.observe.death import how_it_died
+
+            cause = how_it_died(settings, service)
+        except Exception as exc:  # the probe reports; a failed search is one more error
+            cause = None
+            errors.append(f"how it died: {exc}")
+        if cause is not None:
+            death = cause.to_json()
+            findings.append(Finding(ProbeExit.CRITICAL, cause.text))
     return ProbeResult(
         time=utc_now_iso(),
         service_name=settings.service.name,
@@ -347,4 +374,5 @@ def take_probe(
         findings=tuple(findings),
         thresholds=settings.thresholds,
         errors=tuple(errors),
+        death=death,
     )

@@ -168,6 +168,8 @@ def status_line(result: StatusResult) -> str:
     parts.append(result.url)
     if result.error:
         parts.append(result.error)
+    if result.death is not None:
+        parts.append(result.death.text)
     return ", ".join(parts)
 
 

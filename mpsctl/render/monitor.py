@@ -183,6 +183,8 @@ def print_report(console: Console, report: Report) -> None:
     verdicts = "  ".join(f"{name} {count}" for name, count in report.verdicts.items())
     console.print(Text(f"Verdicts: {verdicts}"))
     console.print(Text(f"OOM events: {report.oom_events}"))
+    for death in report.deaths:
+        console.print(Text(f"  {death}"))
     if report.limit_bytes is not None:
         console.print(Text(f"Accelerator limit (latest): {fmt_bytes(report.limit_bytes)}"))
     runs = ", ".join(f"{k} {v}" for k, v in report.fix_runs.items()) or "none"

@@ -1,4 +1,4 @@
-"""``mpsctl oom`` output: one panel per event (summary line, then advice)."""
+"""``mpsctl oom`` output: one panel per failure (summary line, places, then advice)."""
 
 from __future__ import annotations
 
@@ -6,21 +6,47 @@ from rich.console import Console, Group
 from rich.panel import Panel
 from rich.text import Text
 
-from mpsctl.observe.oom import OomEvent, summary
+from mpsctl.observe.oom import OomEvent
+from mpsctl.observe.oom_events import Found
+
+_TITLES = {
+    "kernel_oom_kill": "KERNEL OOM KILL",
+    "oomd_kill": "SYSTEMD-OOMD KILL",
+    "jetsam_kill": "JETSAM KILL",
+    "worker_killed": "WORKER KILLED",
+    "cpu_alloc": "CPU OOM",
+    "device_error": "CUDA DEVICE OOM",
+    "ndarray_limit": "MPS ARRAY LIMIT",
+}
+
+
+def _title(found: Found) -> str:
+    event = found.event
+    if isinstance(event, OomEvent):
+        return "configuration error" if event.kind != "oom" else f"{event.backend.upper()} OOM"
+    return _TITLES.get(event.kind, event.kind)
 
 
 def print_events(
-    console: Console, events: list[tuple[OomEvent, list[str]]], files: int, since: str | None
+    console: Console, events: list[tuple[Found, list[str]]], files: int, since: str | None
 ) -> None:
-    for event, advice in events:
-        where = f"{event.file}:{event.line}" + (f"  {event.time}" if event.time else "")
-        title = "configuration error" if event.kind != "oom" else f"{event.backend.upper()} OOM"
-        body = [Text(summary(event), style="bold")]
-        if not event.complete:
+    for found, advice in events:
+        when = found.time_text()
+        where = f"{found.file}:{found.line}" + (f"  {when}" if when else "")
+        body = [Text(found.summary(), style="bold")]
+        if not getattr(found.event, "complete", True):
             body.append(Text("(the rest of the message was not found)", style="dim"))
+        if len(found.places) > 1:
+            seen = ", ".join(f"{file}:{line}" for file, line in found.places)
+            body.append(Text(f"one failure, seen in {seen}", style="dim"))
         body += [Text("- " + line) for line in advice]
         console.print(
-            Panel(Group(*body), title=f"{title}  {where}", title_align="left", border_style="red")
+            Panel(
+                Group(*body),
+                title=f"{_title(found)}  {where}",
+                title_align="left",
+                border_style="red",
+            )
         )
     scope = f" since {since}" if since else ""
     noun = "file" if files == 1 else "files"

@@ -25,6 +25,10 @@ from mpsctl.server.memory import ReleaseResult, release
 log = logging.getLogger("mpsctl.server")
 
 MPS_OOM_PREFIX = "MPS backend out of memory"
+CPU_OOM_WORDS = (
+    "DefaultCPUAllocator: can't allocate memory",
+    "DefaultCPUAllocator: not enough memory",
+)
 
 
 class ModelUnavailable(MpsctlError):
@@ -57,7 +61,12 @@ def is_out_of_memory(exc: BaseException) -> bool:
     )
     if oom_types and isinstance(exc, oom_types):
         return True
-    return isinstance(exc, RuntimeError) and str(exc).lstrip().startswith(MPS_OOM_PREFIX)
+    if not isinstance(exc, RuntimeError):
+        return False
+    text = str(exc)
+    # a service on device = "cpu" (or under a memory limit): the CPU allocator's refusal,
+    # "[enforce fail at alloc_cpu.cpp:N] ... DefaultCPUAllocator: can't allocate memory: ..."
+    return text.lstrip().startswith(MPS_OOM_PREFIX) or any(w in text for w in CPU_OOM_WORDS)
 
 
 def forget_frames(exc: BaseException) -> None:

@@ -100,6 +100,8 @@ def run(settings: Settings, options: ServeOptions, notes: Notes) -> None:
         max_new_tokens=settings.serve.max_new_tokens,
     )
     holder.load(model_id)
+    if settings.serve.memory_limit is not None:
+        notes.info(apply_memory_limit(settings.serve.memory_limit))
     service = create_service(
         holder,
         ServiceConfig(
@@ -126,6 +128,49 @@ def run(settings: Settings, options: ServeOptions, notes: Notes) -> None:
         lifespan="on",
     )
     uvicorn.Server(config).run()
+
+
+def _address_space() -> int | None:
+    """This process's address space now (Linux ``VmSize``), or None where unknown."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmSize:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def apply_memory_limit(limit: int) -> str:
+    """Cap this process's address space (RLIMIT_AS) at ``limit`` bytes, once the model is loaded.
+
+    Then an allocation past the limit fails inside PyTorch (``DefaultCPUAllocator: can't
+    allocate memory``), which the service answers with 503 ``out_of_memory`` and recovers
+    from, instead of the kernel's OOM killer ending the whole process. It is applied after
+    loading because loading maps the checkpoint while it copies it, a peak serving never
+    reaches again. RLIMIT_AS counts address space, not RSS: the libraries (about 1 GiB for
+    torch) and the model count too. Returns the line to log.
+    """
+    import resource
+
+    from mpsctl.units import fmt_bytes
+
+    used = _address_space()
+    if used is not None and limit <= used:
+        raise ConfigError(
+            f"serve.memory_limit {fmt_bytes(limit)} is below what the loaded model already "
+            f"uses ({fmt_bytes(used)} of address space): raise it"
+        )
+    _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if hard != resource.RLIM_INFINITY and limit > hard:
+        raise ConfigError(
+            f"serve.memory_limit {fmt_bytes(limit)} is above the hard limit {fmt_bytes(hard)}"
+        )
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    where = "" if used is None else f", {fmt_bytes(limit - used)} above the loaded model"
+    enforced = "" if sys.platform.startswith("linux") else " (macOS does not enforce RLIMIT_AS)"
+    return f"memory limit: address space capped at {fmt_bytes(limit)}{where}{enforced}"
 
 
 class _QuietProbes(logging.Filter):

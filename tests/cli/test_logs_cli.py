@@ -191,3 +191,17 @@ def test_follow_reports_the_switch_to_a_newer_file_as_information(
     err = errfile.read()
     assert f"mpsctl: error log: now following {newer}\n" in err
     assert "mpsctl: error:" not in err
+
+
+def test_oom_filter_shows_every_memory_death_kind(tmp_path: Path, write_config) -> None:  # type: ignore[no-untyped-def]
+    cpu = read_fixture("torch-cpu-oom-2-cant-allocate-errcode12-CPUAllocator65.txt").splitlines()
+    gunicorn = read_fixture("gunicorn-sigkill-1-perhaps-oom-sync-docker.txt").splitlines()
+    lines = ["2026-01-21 10:00:01 INFO started", *cpu, *gunicorn]
+    (tmp_path / "backend.log").write_text("\n".join(lines) + "\n")
+    write_config('[service]\ncommand = ["x"]\nlog_file = "backend.log"\n')
+    code, out, _ = run("--oom", "-n", "1000")
+    assert code == 0
+    shown = out.splitlines()
+    assert any("DefaultCPUAllocator: can't allocate memory" in line for line in shown)
+    assert any("was sent SIGKILL! Perhaps out of memory?" in line for line in shown)
+    assert not any("INFO started" in line for line in shown)

@@ -209,3 +209,19 @@ def test_plot_labels_legend_and_gaps(isolated_home: Path) -> None:
     nans = [i for i, y in enumerate(ys) if math.isnan(y)]
     assert nans == [13]  # one break, between the two sessions
     plt.close(fig)
+
+
+def test_report_says_how_the_service_died_once(isolated_home: Path) -> None:
+    died = "mvp died at 03:16:52: killed by the kernel OOM killer (anon-rss 3.39 GiB)"
+    records = [
+        sample(timedelta(hours=2), "CRITICAL", 60.0, service_running=False, death=died),
+        sample(timedelta(hours=1), "CRITICAL", 60.0, service_running=False, death=died),
+        sample(timedelta(minutes=30), "OK", 50.0, death=None),
+    ]
+    for record in records:
+        when = datetime.fromisoformat(record["time"].replace("Z", "+00:00"))
+        write_lines(day_file(isolated_home, when.date()), [json.dumps(record)])
+    result = CliRunner().invoke(main, ["report", "--since", "24h", "--json"])
+    assert json.loads(result.stdout)["deaths"] == [died]
+    text = CliRunner().invoke(main, ["report", "--since", "24h"], env={"COLUMNS": "200"})
+    assert died in text.stdout

@@ -27,6 +27,7 @@ from mpsctl.observe.deaths import (
     parse_death,
     pids_of,
 )
+from mpsctl.observe.kernel_oom import KILL_MAX_LINES
 from mpsctl.observe.logprefix import prefix_time, size_value, to_int
 from tests.conftest import FIXTURES, read_fixture
 
@@ -335,16 +336,29 @@ def test_legacy_pair_is_one_event_with_both_lines() -> None:
     assert "Killed process 21518" in event.raw
 
 
-def test_header_trace_and_kill_line_are_one_event() -> None:
-    # the recorded header and call trace, then a recorded kill line from another log
+def test_a_header_without_its_kill_line_does_not_take_a_much_later_kill() -> None:
+    # the recorded header and call trace (uptime 7093 s), then a recorded kill line from
+    # another log written three hours of uptime later: two events, not one
     header = read_fixture("linux-oomkill-7-memcg-dmesg-uwsgi-calltrace.txt").splitlines()[2:]
     kill_line = read_fixture("linux-oomkill-8-memcg-dmesg-k8s-negative-adj.txt").splitlines()[0]
-    (event,) = find_deaths("\n".join([*header, kill_line]))
-    assert isinstance(event, KernelOomKill)
-    assert (event.trigger, event.trigger_pid, event.pid, event.complete) == (
-        "uwsgi", 63635, 140339, True,
+    first, second = find_deaths("\n".join([*header, kill_line]))
+    assert isinstance(first, KernelOomKill)
+    assert isinstance(second, KernelOomKill)
+    assert (first.trigger, first.trigger_pid, first.pid, first.complete) == (
+        "uwsgi", 63635, None, False,
     )  # fmt: skip
-    assert event.line == 1
+    assert (second.pid, second.complete, second.line) == (140339, True, len(header) + 1)
+
+
+def test_a_header_without_stamps_is_cut_off_by_distance_in_lines() -> None:
+    text = read_fixture("linux-oomkill-3-dmesg-legacy-sacrifice-child.txt")
+    lines = [line.split("] ", 1)[-1] for line in text.splitlines()]  # the stamps removed
+    kill = next(i for i, line in enumerate(lines) if "Killed process" in line)
+    near = find_deaths("\n".join(lines))
+    assert [e.complete for e in near if isinstance(e, KernelOomKill)] == [True]
+    spread = [*lines[:kill], *["."] * (KILL_MAX_LINES + 1), *lines[kill:]]
+    far = [e for e in find_deaths("\n".join(spread)) if isinstance(e, KernelOomKill)]
+    assert [e.complete for e in far] == [False, True]
 
 
 ANON = "anon-rss:4292kB"
