@@ -52,11 +52,22 @@ DTYPES = ("auto", "float16", "bfloat16", "float32")
 
 
 # --------------------------------------------------------------------------- schema
-@dataclass(frozen=True)
 class Key:
-    parse: Callable[[Any], Any]
-    default: Any
-    help: str
+    """One settings key: how to read it, its default, one line of help.
+
+    A plain class, not a dataclass: settings are imported by every command (every cron
+    probe), and each dataclass costs its code generation at import.
+    """
+
+    __slots__ = ("default", "help", "parse")
+
+    def __init__(self, parse: Callable[[Any], Any], default: Any, help: str) -> None:
+        self.parse = parse
+        self.default = default
+        self.help = help
+
+    def __repr__(self) -> str:
+        return f"Key(default={self.default!r}, help={self.help!r})"
 
 
 _NO_DEFAULT = object()  # computed from other settings in _finish()
@@ -110,6 +121,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "queue_timeout": Key(parse_non_negative, 30.0, "seconds a query may wait"),
         "cleanup_interval": Key(parse_non_negative, 1800.0, "seconds between releases (0: off)"),
         "max_question_bytes": Key(parse_int_min(1), 4096, "largest question accepted"),
+        "threads": Key(
+            parse_int_min(0), 1, "CPU threads torch may use per query (0: torch's default)"
+        ),
     },
     "fix": {
         "max_restarts": Key(parse_int_min(1), 3, "restarts allowed within `within`"),
@@ -208,6 +222,7 @@ class ServeSettings:
     queue_timeout: float
     cleanup_interval: float
     max_question_bytes: int
+    threads: int
 
 
 @dataclass(frozen=True)

@@ -76,6 +76,7 @@ def run(settings: Settings, options: ServeOptions, notes: Notes) -> None:
         notes.info(f"MPS allocator setting: {note}")
 
     _configure_logging()
+    _apply_threads(settings.serve.threads)
     from mpsctl.server.demo import DEMO_LABEL, ensure_demo_checkpoint
 
     if model_id is None:
@@ -120,6 +121,20 @@ def run(settings: Settings, options: ServeOptions, notes: Notes) -> None:
         lifespan="on",
     )
     uvicorn.Server(config).run()
+
+
+def _apply_threads(requested: int) -> int:
+    """``torch.set_num_threads``; logs the number in use (``serve.threads``, 0: torch's own
+    choice, one per core). torch's default spreads every query over all cores: on a machine
+    that also runs other work, that makes each query wait for the busiest core."""
+    import torch
+
+    if requested > 0:
+        torch.set_num_threads(requested)
+    used = torch.get_num_threads()
+    origin = "serve.threads" if requested > 0 else "serve.threads = 0: torch's default"
+    logging.getLogger("mpsctl.server").info("torch CPU threads: %d (%s)", used, origin)
+    return used
 
 
 class _QuietProbes(logging.Filter):
