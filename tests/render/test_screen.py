@@ -5,12 +5,13 @@ from __future__ import annotations
 import io
 import os
 import pty
+import re
 import subprocess
 import sys
 
 from rich.console import Console
 
-from mpsctl.render.screen import CLEAR_TO_END, HIDE_CURSOR, SHOW_CURSOR, LineScreen
+from mpsctl.render.screen import CLEAR_LINE_END, CLEAR_TO_END, HIDE_CURSOR, SHOW_CURSOR, LineScreen
 
 
 def terminal(buffer: io.StringIO, height: int = 20) -> Console:
@@ -71,7 +72,10 @@ def test_watch_on_a_real_terminal_redraws_in_place() -> None:
     os.close(main_fd)
     assert proc.wait(timeout=60) == 0
     out = b"".join(chunks).decode("utf-8", "replace")
-    assert out.count("mpsctl watch - ") == 2
-    # the second draw moved up over the first instead of printing below it
-    first_height = out.split("mpsctl watch - ")[1].count("\n")
-    assert f"\x1b[{first_height}F" in out
+    moved = re.search(r"\x1b\[(\d+)F", out)
+    assert moved is not None  # the second draw moved up over the first, not below it
+    first, second = out[: moved.start()], out[moved.end() :]
+    assert "mpsctl watch - " in first
+    assert int(moved.group(1)) == first.count("\n")  # to the first draw's top line
+    rewritten = [line for line in second.split("\n") if CLEAR_LINE_END in line]
+    assert 0 < len(rewritten) < first.count("\n") // 2  # most lines were unchanged
