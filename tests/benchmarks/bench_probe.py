@@ -61,6 +61,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=15)
     parser.add_argument("--no-service", action="store_true", help="skip the running-service row")
+    parser.add_argument("--before", metavar="DIR",
+                        help="also time another checkout's package (git archive REV mpsctl | "
+                             "tar -x -C DIR): rows marked [before]")  # fmt: skip
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as down_home, tempfile.TemporaryDirectory() as up_home:
         down = {**base_env(down_home), "MPSCTL_SERVICE_URL": "http://127.0.0.1:9"}
@@ -70,6 +73,10 @@ def main() -> int:
             "probe --json, no service": (PROBE, down, down_home),
             "mpsctl --help": (HELP, down, down_home),
         }
+        if args.before:
+            old = {**down, "PYTHONPATH": args.before}
+            rows["probe --json, no service [before]"] = (PROBE, old, down_home)
+            rows["mpsctl --help [before]"] = (HELP, old, down_home)
         if not args.no_service:
             started = subprocess.run([sys.executable, "-m", "mpsctl", "start"], env=up,
                                      cwd=up_home, capture_output=True, text=True)  # fmt: skip
@@ -77,6 +84,9 @@ def main() -> int:
                 print(f"mpsctl start failed: {started.stderr.strip()}", file=sys.stderr)
                 return 1
             rows["probe --json, service up"] = (PROBE, up, up_home)
+            if args.before:
+                old_up = {**up, "PYTHONPATH": args.before}
+                rows["probe --json, service up [before]"] = (PROBE, old_up, up_home)
         try:
             times: dict[str, list[float]] = {name: [] for name in rows}
             peaks: list[int] = []
@@ -86,7 +96,7 @@ def main() -> int:
                 for name, (argv, env, cwd) in rows.items():
                     elapsed, peak = run_once(argv, env, cwd)
                     times[name].append(elapsed)
-                    if argv is PROBE:
+                    if argv is PROBE and "[before]" not in name:
                         peaks.append(peak)
         finally:
             if not args.no_service:
@@ -96,11 +106,11 @@ def main() -> int:
     targets = {"probe --json, no service": 1.0, "mpsctl --help": 1.1,
                "probe --json, service up": 1.3}  # fmt: skip
     print(f"runs each: {args.runs} (interleaved; python {sys.version.split()[0]})")
-    print(f"{'':28} {'min ms':>8} {'median ms':>10} {'ratio':>6}  target")
+    print(f"{'':36} {'min ms':>8} {'median ms':>10} {'ratio':>6}  target")
     for name, values in times.items():
         median = statistics.median(values)
         target = f"<= {targets[name]:.2f}" if name in targets else ""
-        print(f"{name:28} {min(values) * 1000:8.1f} {median * 1000:10.1f} "
+        print(f"{name:36} {min(values) * 1000:8.1f} {median * 1000:10.1f} "
               f"{median / floor:6.2f}  {target}")  # fmt: skip
     print(f"probe peak RSS: {max(peaks) / 1024**2:.1f} MiB  (target <= 45 MiB)")
     return 0
