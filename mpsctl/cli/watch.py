@@ -69,7 +69,7 @@ def watch(
             write_json_line(result.to_json())
         return
 
-    from mpsctl.render.monitor import Trends, watch_view
+    from mpsctl.render.monitor import Trends, watch_sections
     from mpsctl.render.screen import LineScreen
 
     trends = Trends()
@@ -79,4 +79,4 @@ def watch(
             if record_history:
                 record(settings, result, app.warn, source="watch")
             trends.add(result)
-            screen.update(watch_view(result, trends, interval))
+            screen.update_sections(watch_sections(result, trends, interval))

@@ -7,11 +7,15 @@ whole block each time; this writes the changed lines and skips the rest.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
+
+#: (key, make): ``make()`` builds the section; the key is the data it shows
+Section = tuple[Any, Callable[[], "RenderableType"]]
 
 HIDE_CURSOR = "\x1b[?25l"
 SHOW_CURSOR = "\x1b[?25h"
@@ -36,6 +40,8 @@ class LineScreen:
         self.shown: list[str] = []
         self._width: int | None = None
         self.lines_written = 0  # how many lines the last update wrote (the rest were kept)
+        self._sections: list[tuple[Any, list[str]]] = []  # key, rendered lines
+        self.sections_rendered = 0  # how many sections the last update_sections rendered
 
     def __enter__(self) -> LineScreen:
         self._write(HIDE_CURSOR)
@@ -49,17 +55,38 @@ class LineScreen:
     ) -> None:
         self._write(SHOW_CURSOR)
 
-    def render(self, renderable: RenderableType) -> list[str]:
+    def render(self, renderable: RenderableType, *, cut: bool = True) -> list[str]:
         """The renderable as terminal lines (styles as escape codes), cut to the height."""
         with self.console.capture() as capture:
             self.console.print(renderable)
         lines = capture.get().split("\n")
         if lines and lines[-1] == "":
             lines.pop()
-        return lines[: max(1, self.console.height - 1)]
+        return lines[: max(1, self.console.height - 1)] if cut else lines
+
+    def update_sections(self, sections: Sequence[Section]) -> None:
+        """Draw sections one blank line apart, rendering only those whose key changed
+        since the last frame (rendering rich tables is most of a dashboard's CPU)."""
+        if self._width != self.console.width:
+            self._sections = []
+        cached, fresh, lines = self._sections, [], []
+        self.sections_rendered = 0
+        for index, (key, make) in enumerate(sections):
+            if index < len(cached) and cached[index][0] == key:
+                rendered = cached[index][1]
+            else:
+                rendered = self.render(make(), cut=False)
+                self.sections_rendered += 1
+            fresh.append((key, rendered))
+            lines += ([""] if index else []) + rendered
+        self._sections = fresh
+        self._draw(lines)
 
     def update(self, renderable: RenderableType) -> None:
-        lines = self.render(renderable)
+        self._draw(self.render(renderable))
+
+    def _draw(self, lines: list[str]) -> None:
+        lines = lines[: max(1, self.console.height - 1)]
         width = self.console.width
         old = self.shown if width == self._width else []
         parts = [up(len(self.shown)) if self.shown else ""]

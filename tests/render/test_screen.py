@@ -11,7 +11,14 @@ import sys
 
 from rich.console import Console
 
-from mpsctl.render.screen import CLEAR_LINE_END, CLEAR_TO_END, HIDE_CURSOR, SHOW_CURSOR, LineScreen
+from mpsctl.render.screen import (
+    CLEAR_LINE_END,
+    CLEAR_TO_END,
+    HIDE_CURSOR,
+    SHOW_CURSOR,
+    LineScreen,
+    Section,
+)
 
 
 def terminal(buffer: io.StringIO, height: int = 20) -> Console:
@@ -79,3 +86,24 @@ def test_watch_on_a_real_terminal_redraws_in_place() -> None:
     assert int(moved.group(1)) == first.count("\n")  # to the first draw's top line
     rewritten = [line for line in second.split("\n") if CLEAR_LINE_END in line]
     assert 0 < len(rewritten) < first.count("\n") // 2  # most lines were unchanged
+
+
+def test_sections_whose_data_did_not_change_are_not_rendered_again() -> None:
+    buffer = io.StringIO()
+    screen = LineScreen(terminal(buffer))
+    made: list[str] = []
+
+    def section(name: str, text: str) -> Section:
+        def make() -> str:
+            made.append(name)
+            return text
+
+        return (text, make)
+
+    screen.update_sections([section("top", "12:00"), section("table", "a\nb")])
+    assert screen.shown == ["12:00", "", "a", "b"]
+    screen.update_sections([section("top", "12:02"), section("table", "a\nb")])
+    assert made == ["top", "table", "top"]  # the table's data was the same: kept as drawn
+    assert screen.sections_rendered == 1
+    assert screen.shown == ["12:02", "", "a", "b"]
+    assert screen.lines_written == 1
