@@ -19,15 +19,15 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
-
-import requests
-import urllib3
 
 from mpsctl.errors import ClientError, ConfigError
 from mpsctl.settings import ServiceSettings
 from mpsctl.tokens import token_problem
+
+if TYPE_CHECKING:
+    import requests
 
 HEALTH_TIMEOUT = 5.0
 
@@ -95,12 +95,23 @@ class ServiceClient:
         self.service = service
         self.token = token
         self.timeout = service.request_timeout if timeout is None else timeout
-        self.session = requests.Session()
-        # Never pick up proxies from the environment: the service is local.
-        self.session.trust_env = False
+        self._session: requests.Session | None = None
+
+    @property
+    def session(self) -> requests.Session:
+        """requests, imported on first use: a plain-HTTP health check (every probe, every
+        poll of start) goes through ``http.client`` and skips its ~50 ms of imports."""
+        if self._session is None:
+            import requests
+
+            self._session = requests.Session()
+            # Never pick up proxies from the environment: the service is local.
+            self._session.trust_env = False
+        return self._session
 
     def close(self) -> None:
-        self.session.close()
+        if self._session is not None:
+            self._session.close()
 
     def _headers(self) -> dict[str, str]:
         headers = {"Accept": "application/json"}
@@ -130,6 +141,8 @@ class ServiceClient:
         headers = self._headers()
         if data is not None:
             headers["Content-Type"] = "application/json"
+        import requests
+
         url = self.service.url + path
         request = requests.Request(method, url, json=json_body, data=data, headers=headers)
         return self.session.prepare_request(request)
@@ -137,6 +150,9 @@ class ServiceClient:
     def send(self, prepared: requests.PreparedRequest, timeout: float | None = None) -> Reply:
         """Send a prepared request; transport failures become ClientError with their kind."""
         limit = self.timeout if timeout is None else timeout
+        import requests
+        import urllib3
+
         what = f"{prepared.method} {prepared.url}"
         started = time.perf_counter()
         try:
@@ -176,12 +192,57 @@ class ServiceClient:
 
     def health(self, timeout: float = HEALTH_TIMEOUT) -> HealthCheck:
         try:
-            reply = self.request("GET", self.service.health_path, timeout=timeout)
+            if urlsplit(self.service.url).scheme == "http":
+                reply = self._light_get(self.service.health_path, timeout)
+            else:  # TLS: requests' certificate handling
+                reply = self.request("GET", self.service.health_path, timeout=timeout)
         except ClientError as exc:
             return HealthCheck(False, None, None, None, str(exc), exc.kind)
         ok = reply.status == 200
         error = None if ok else f"health answered HTTP {reply.status}"
         return HealthCheck(ok, reply.status, round(reply.latency_s * 1000, 1), reply.body, error)
+
+    def _light_get(self, path: str, timeout: float) -> Reply:
+        """GET over plain HTTP with ``http.client``: the same ``Reply``, the same
+        ``ClientError`` kinds and messages as :meth:`send`, without importing requests."""
+        url = self.service.url + path
+        what = f"GET {url}"
+        conn = http.client.HTTPConnection(self.service.host, self.service.port, timeout=timeout)
+        started = time.perf_counter()
+        try:
+            try:
+                conn.connect()
+            except TimeoutError:
+                raise ClientError(
+                    f"no answer from {self.service.url} (connect timeout)", kind="timeout"
+                ) from None
+            except OSError:  # refused, unreachable, unknown host: nothing to talk to
+                raise ClientError(
+                    f"no service at {self.service.url} — try `mpsctl start`", kind="refused"
+                ) from None
+            prefix = urlsplit(self.service.url).path.rstrip("/")
+            try:
+                conn.request("GET", prefix + path, headers=self._headers())
+                response = conn.getresponse()
+                data = response.read()
+            except TimeoutError:
+                raise ClientError(f"{what} timed out after {timeout:g} s", kind="timeout") from None
+            except (*KeepAliveConnection._STALE, http.client.IncompleteRead):
+                raise ClientError(
+                    f"{what}: connection lost before an answer (did the service exit?)",
+                    kind="disconnected",
+                ) from None
+            except (OSError, http.client.HTTPException) as exc:
+                raise ClientError(f"{what} failed: {exc}", kind="transport") from None
+        finally:
+            conn.close()
+        latency = time.perf_counter() - started
+        try:
+            body = json.loads(data)
+        except ValueError:  # UnicodeDecodeError is a ValueError too
+            body = None
+        excerpt = _excerpt(data.decode("utf-8", "replace"), self.token) if body is None else ""
+        return Reply(response.status, body, latency, response.getheader("Retry-After"), excerpt)
 
     def release(self) -> Reply:
         return self.request("POST", self.service.release_path, timeout=60.0)

@@ -57,11 +57,22 @@ DTYPES = ("auto", "float16", "bfloat16", "float32")
 
 
 # --------------------------------------------------------------------------- schema
-@dataclass(frozen=True)
 class Key:
-    parse: Callable[[Any], Any]
-    default: Any
-    help: str
+    """One settings key: how to read it, its default, one line of help.
+
+    A plain class, not a dataclass: settings are imported by every command (every cron
+    probe), and each dataclass costs its code generation at import.
+    """
+
+    __slots__ = ("default", "help", "parse")
+
+    def __init__(self, parse: Callable[[Any], Any], default: Any, help: str) -> None:
+        self.parse = parse
+        self.default = default
+        self.help = help
+
+    def __repr__(self) -> str:
+        return f"Key(default={self.default!r}, help={self.help!r})"
 
 
 _NO_DEFAULT = object()  # computed from other settings in _finish()
@@ -169,6 +180,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "max_question_bytes": Key(parse_int_min(1), 4096, "largest question accepted"),
         "memory_limit": Key(
             parse_opt_size, None, "address space (RLIMIT_AS) once the model is loaded, e.g. 8GiB"
+        ),
+        "threads": Key(
+            parse_int_min(0), 1, "CPU threads torch may use per query (0: torch's default)"
         ),
     },
     "fix": {
@@ -287,6 +301,7 @@ class ServeSettings:
     cleanup_interval: float
     max_question_bytes: int
     memory_limit: int | None
+    threads: int
 
 
 @dataclass(frozen=True)

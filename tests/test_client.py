@@ -62,6 +62,14 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def do_GET(self) -> None:
+        how = self.server.behaviour
+        if how.drop:
+            self.close_connection = True
+            return
+        time.sleep(how.sleep_s)
+        if how.raw_body is not None:
+            self._send(how.status, how.raw_body)
+            return
         self._send(200, b'{"status": "ok", "model_loaded": true}')
 
     def do_POST(self) -> None:
@@ -279,3 +287,40 @@ def test_a_body_that_stalls_after_the_headers_is_a_timeout(
     with pytest.raises(ClientError, match=r"timed out after 0\.3 s") as info:
         _ = client.query("q") if how == "requests" else conn.post("/api/v1/query", QUESTION)
     assert info.value.kind == "timeout"
+
+
+@pytest.mark.parametrize("case", ["ok", "degraded", "not-json", "drop", "slow", "stall", "refused"])
+def test_plain_http_health_answers_as_the_requests_path_does(
+    local_service: LocalService, case: str
+) -> None:
+    """health() over http.client (no requests import) against the same GET through
+    requests: the same status, body, error text and kind, case by case."""
+    how = local_service.behaviour
+    url = local_service.url
+    if case == "degraded":
+        how.status, how.raw_body = 503, b'{"status": "degraded"}'
+    elif case == "not-json":
+        how.raw_body = b"<html>proxy says hi</html>"
+    elif case == "drop":
+        how.drop = True
+    elif case == "slow":
+        how.sleep_s = 1.0
+    elif case == "stall":
+        how.stall_body_s = 1.0
+    elif case == "refused":
+        url = f"http://127.0.0.1:{free_port()}"
+    client = ServiceClient(service_at(url))
+    check = client.health(timeout=0.3)
+    if case in ("ok", "degraded", "not-json"):
+        reply = client.request("GET", "/health", timeout=0.3)
+        assert (check.ok, check.status, check.body) == (reply.status == 200, reply.status,
+                                                        reply.body)  # fmt: skip
+        assert check.error == (None if reply.status == 200 else "health answered HTTP 503")
+    else:
+        kind = {"drop": "disconnected", "refused": "refused"}.get(case, "timeout")
+        with pytest.raises(ClientError) as info:
+            client.request("GET", "/health", timeout=0.3)
+        assert info.value.kind == kind
+        assert (check.ok, check.status, check.kind) == (False, None, kind)
+        assert check.error == str(info.value)
+    client.close()

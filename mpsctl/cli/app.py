@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from rich.console import Console
 
 from mpsctl.render.console import make_console
-from mpsctl.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from mpsctl.settings import Settings
 
 
 class App:
@@ -35,6 +38,9 @@ class App:
         apply memory settings to print; reading settings stays quiet.
         """
         if overrides or self._settings is None:
+            # imported here: `mpsctl --help` and `--version` read no settings
+            from mpsctl.settings import load_settings
+
             settings = load_settings(config=self.config_path, overrides=overrides)
             if not overrides:
                 self._settings = settings

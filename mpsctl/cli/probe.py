@@ -86,13 +86,14 @@ def probe(
     # a cron probe runs every minute: import tables and the monitoring code only when used
     if as_json:
         write_json(result.to_json())
-    else:
-        from mpsctl.render.probe import nagios_line, print_probe
+    elif nagios:
+        from mpsctl.render.nagios import nagios_line
 
-        if nagios:
-            click.echo(nagios_line(result))
-        else:
-            print_probe(app.out, result)
+        click.echo(nagios_line(result))
+    else:
+        from mpsctl.render.probe import print_probe
+
+        print_probe(app.out, result)
     alerts = alert_url or alert_cmd or settings.alerts.url or settings.alerts.command
     if record_history or prometheus is not None or alerts:
         from mpsctl.monitor import after_probe

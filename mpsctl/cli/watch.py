@@ -69,14 +69,14 @@ def watch(
             write_json_line(result.to_json())
         return
 
-    from rich.live import Live
-
-    from mpsctl.render.monitor import Trends, watch_view
+    from mpsctl.render.monitor import Trends, watch_sections
+    from mpsctl.render.screen import LineScreen
 
     trends = Trends()
-    with Live(console=app.out, auto_refresh=False, vertical_overflow="crop") as live:
+    # redrawn in place, only the lines that changed since the last probe
+    with LineScreen(app.out) as screen:
         for result in samples:
             if record_history:
                 record(settings, result, app.warn, source="watch")
             trends.add(result)
-            live.update(watch_view(result, trends, interval), refresh=True)
+            screen.update_sections(watch_sections(result, trends, interval))

@@ -6,8 +6,11 @@ a pid is never hit."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import select
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Literal
@@ -19,6 +22,8 @@ from mpsctl.observe import proctree
 KILL_GRACE_S = 2.0
 #: how often stop looks for children born after the snapshot (a full process-table scan)
 RESCAN_INTERVAL_S = 0.1
+#: where the kernel cannot say "exited" (no pidfd, no kqueue): the poll interval
+POLL_S = 0.005
 
 Outcome = Literal["SIGTERM", "SIGKILL", "exited", "survived", "would-signal", "not-signalled"]
 
@@ -73,6 +78,67 @@ def send(pid: int, created: float, sig: signal.Signals) -> bool:
             os.close(pidfd)
 
 
+def wait_any_exit(pids: list[int], timeout: float) -> None:
+    """Return when one of ``pids`` exits, or after ``timeout`` seconds, whichever is first.
+
+    Linux: ``poll`` on pidfds (readable when the process exits); macOS/BSD: kqueue's
+    ``NOTE_EXIT``; elsewhere a ``POLL_S`` sleep. The kernel wakes us at the exit itself,
+    where a backing-off poll would add up to its last interval to every stop. A pid
+    already gone returns at once.
+    """
+    if timeout <= 0 or not pids:
+        return
+    if hasattr(os, "pidfd_open"):
+        fds: list[int] = []
+        try:
+            for pid in pids:
+                fd = open_pidfd(pid)
+                if fd is None:
+                    break
+                fds.append(fd)
+            else:
+                poller = select.poll()
+                for fd in fds:
+                    poller.register(fd, select.POLLIN)
+                poller.poll(max(1, int(timeout * 1000)))
+                return
+        except ProcessLookupError:
+            return  # one is gone already
+        finally:
+            for fd in fds:
+                os.close(fd)
+    elif sys.platform == "darwin":
+        try:
+            _kqueue_wait(pids, timeout)
+            return
+        except ProcessLookupError:
+            return
+        except OSError:
+            pass
+    time.sleep(min(POLL_S, timeout))
+
+
+if sys.platform == "darwin":
+
+    def _kqueue_wait(pids: list[int], timeout: float) -> None:
+        kq = select.kqueue()
+        try:
+            add, note_exit = select.KQ_EV_ADD, select.KQ_NOTE_EXIT
+            changes = [
+                select.kevent(pid, filter=select.KQ_FILTER_PROC, flags=add, fflags=note_exit)
+                for pid in pids
+            ]
+            try:
+                kq.control(changes, 0, 0)
+            except OSError as exc:  # ESRCH: exited before the watch was set
+                if exc.errno == errno.ESRCH:
+                    raise ProcessLookupError(exc.errno, "gone") from None
+                raise
+            kq.control(None, 1, timeout)
+        finally:
+            kq.close()
+
+
 def group_alive(pgid: int, targets: dict[int, float]) -> bool:
     """True while one of our own live targets is in ``pgid``: then the group id is ours.
 
@@ -124,7 +190,6 @@ def signal_and_wait(
     for pid, created in list(targets.items()):
         send(pid, created, signal.SIGCONT)
     deadline = clock() + timeout
-    delay = 0.005
     next_scan = clock() + RESCAN_INTERVAL_S
     protected = proctree.protected_pids()
     while True:
@@ -144,8 +209,8 @@ def signal_and_wait(
             next_scan = clock() + RESCAN_INTERVAL_S
         if clock() >= deadline:
             break
-        time.sleep(min(delay, max(0.0, deadline - clock())))
-        delay = min(delay * 2, 0.1)
+        # woken by the first exit; at the latest at the next re-scan for new children
+        wait_any_exit(alive, max(0.0, min(next_scan, deadline) - clock()))
 
     killpg(pgid, targets, signal.SIGKILL)
     for pid in alive:

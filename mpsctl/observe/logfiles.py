@@ -24,6 +24,8 @@ from mpsctl.settings import Settings
 _DATE_IN_NAME = re.compile(r"(?<!\d)(\d{4})[-_.]?(\d{2})[-_.]?(\d{2})(?!\d)")
 _GLOB_CHARS = re.compile(r"[*?\[\]]")
 BACK_BLOCK = 64 * 1024
+#: while following, the longest a glob goes without being re-resolved (``_glob_due``)
+REGLOB_S = 5.0
 MAX_READ_PER_POLL = 8 * 1024 * 1024  # a burst is printed over several polls, not all at once
 
 
@@ -252,6 +254,9 @@ class _Tracked:
     partial: bytes = b""
     last_when: datetime | None = None
     reported_missing: bool = False
+    #: the glob's directory as last seen (mtime_ns) and when the glob is due again anyway
+    dir_stamp: int | None = None
+    next_glob: float = 0.0
 
 
 @dataclass
@@ -317,9 +322,23 @@ class LogView:
             self._poll_one(tracked, out)
         return out
 
+    def _glob_due(self, tracked: _Tracked, pattern: str) -> bool:
+        """Re-glob when the pattern's directory changed (a file created, renamed or removed
+        there: a new dated file, a rotation) and at least every ``REGLOB_S`` seconds (a
+        wildcard directory, a file growing newer in place); a stat, not a listing, per poll."""
+        try:
+            stamp: int | None = os.stat(os.path.dirname(pattern)).st_mtime_ns
+        except OSError:
+            stamp = None
+        now = time.monotonic()
+        if stamp == tracked.dir_stamp and now < tracked.next_glob:
+            return False
+        tracked.dir_stamp, tracked.next_glob = stamp, now + REGLOB_S
+        return True
+
     def _poll_one(self, tracked: _Tracked, out: list[LogLine | Notice]) -> None:
         pattern = tracked.source.pattern
-        if pattern is not None:
+        if pattern is not None and self._glob_due(tracked, pattern):
             found = matches(pattern)
             if found and found[0] != tracked.path:
                 if tracked.handle is not None:

@@ -16,7 +16,7 @@ from mpsctl.client import ServiceClient
 from mpsctl.errors import ProbeExit
 from mpsctl.observe.accelerator import AcceleratorFigures, accelerator_figures
 from mpsctl.observe.host import HostMemory, host_memory
-from mpsctl.observe.procs import ServiceSnapshot, find_service
+from mpsctl.observe.procs import ServiceSnapshot, cpu_seconds, find_service, with_cpu_percent
 from mpsctl.settings import Settings, Thresholds
 from mpsctl.units import GIB, fmt_bytes, utc_now_iso
 
@@ -315,10 +315,11 @@ def take_probe(
     health_timeout: float = 3.0,
     check_health_endpoint: bool = True,
     host_reader: Callable[[], HostMemory] = host_memory,
-    cpu_interval: float = 0.2,
+    sample_cpu: bool = True,
 ) -> ProbeResult:
-    """One probe. ``cpu_interval``: how long to sample the service's CPU% (psutil's first
-    reading of a process is always 0.0, so a figure needs two readings apart; 0 skips it)."""
+    """One probe. The service's CPU% is measured over the probe's own run (from the process
+    snapshot to the end of the log scan, the health request included): two readings the
+    probe makes anyway, no sleep for a sampling window. ``sample_cpu=False`` leaves it None."""
     errors: list[str] = []
     try:
         host: HostMemory | None = host_reader()
@@ -326,10 +327,13 @@ def take_probe(
         host = None
         errors.append(f"host memory: {exc}")
     try:
-        service: ServiceSnapshot | None = find_service(settings, cpu_interval=cpu_interval)
+        service: ServiceSnapshot | None = find_service(settings)
     except Exception as exc:
         service = None
         errors.append(f"service processes: {exc}")
+    pids = [p.pid for p in service.processes] if service is not None else []
+    cpu_before = cpu_seconds(pids) if sample_cpu and pids else {}
+    cpu_began = time.perf_counter()
 
     client = ServiceClient(settings.service)
     try:
@@ -340,7 +344,6 @@ def take_probe(
     finally:
         client.close()
 
-    pids = [p.pid for p in service.processes] if service is not None else []
     accelerator = accelerator_figures(health.memory_report, pids)
 
     try:
@@ -348,6 +351,9 @@ def take_probe(
     except Exception as exc:
         oom = None
         errors.append(f"log scan: {exc}")
+    if cpu_before and service is not None:
+        wall = time.perf_counter() - cpu_began
+        service = with_cpu_percent(service, cpu_before, cpu_seconds(pids), wall)
 
     findings = judge(host, service, health, accelerator, oom, settings.thresholds)
     death: dict[str, Any] | None = None

@@ -318,6 +318,57 @@ def _sample_cpu(procs: list[psutil.Process], interval: float) -> dict[int, float
     return result
 
 
+def _task_cpu_ns(pid: int) -> int | None:
+    """Linux: CPU nanoseconds of all the threads of ``pid`` (``/proc/PID/task/*/schedstat``).
+
+    ``cpu_times()`` counts in clock ticks (10 ms): over a probe's few milliseconds that reads
+    as 0 % or 100 %. schedstat's first field is the run time in nanoseconds.
+    """
+    total = 0
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return None
+    for task in tasks:
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue  # a thread that ended between the listing and the read
+    return total or None
+
+
+def cpu_seconds(pids: Iterable[int]) -> dict[int, float]:
+    """CPU seconds (user + system) used so far by each pid still readable."""
+    result: dict[int, float] = {}
+    for pid in pids:
+        nanos = _task_cpu_ns(pid) if sys.platform.startswith("linux") else None
+        if nanos is not None:
+            result[pid] = nanos / 1e9
+            continue
+        try:
+            times = psutil.Process(pid).cpu_times()
+        except (*GONE, psutil.AccessDenied):
+            continue
+        result[pid] = times.user + times.system
+    return result
+
+
+def with_cpu_percent(
+    snapshot: ServiceSnapshot, before: dict[int, float], after: dict[int, float], wall_s: float
+) -> ServiceSnapshot:
+    """``snapshot`` with each process's CPU% between two :func:`cpu_seconds` readings taken
+    ``wall_s`` apart (100 = one core busy); a process missing from either keeps None."""
+    if wall_s <= 0:
+        return snapshot
+    procs = tuple(
+        replace(p, cpu_percent=round(100.0 * max(0.0, after[p.pid] - before[p.pid]) / wall_s, 1))
+        if p.pid in before and p.pid in after
+        else p
+        for p in snapshot.processes
+    )
+    return replace(snapshot, processes=procs)
+
+
 def _snapshot_tree(
     roots: list[psutil.Process], *, clock: Clock, cpu_interval: float
 ) -> tuple[ProcInfo, ...]:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
+if TYPE_CHECKING:
+    from rich.console import Console
 
 #: width when the stream is not a terminal and COLUMNS is unset: wide enough that piped
 #: output (`mpsctl config show | grep ...`, cron mail) keeps paths and values on one line
@@ -15,6 +16,9 @@ PIPE_WIDTH = 160
 
 
 def make_console(*, stderr: bool) -> Console:
+    # imported here: `probe --json` and `--nagios` print no table and need no console
+    from rich.console import Console
+
     # markup/highlight/emoji off: command lines and model answers contain brackets and
     # colons that rich would otherwise reinterpret. rich itself honours NO_COLOR and
     # turns colour and live displays off when the stream is not a terminal.

@@ -21,6 +21,7 @@ from mpsctl.render.probe import (
     service_table,
     verdict_text,
 )
+from mpsctl.render.screen import Section
 from mpsctl.units import fmt_bytes, fmt_percent
 
 BLOCKS = "▁▂▃▄▅▆▇█"
@@ -129,24 +130,34 @@ def _bar(values: Sequence[float | None], whole: float | None) -> str:
     return sparkline(values, 0, whole)
 
 
+def watch_sections(result: ProbeResult, trends: Trends, interval: float) -> list[Section]:
+    """The dashboard as sections, each with the data it shows as its key: a section whose
+    key equals the previous frame's is not rendered again (:class:`LineScreen`)."""
+
+    def header() -> Text:
+        text = Text(f"mpsctl watch - {result.time} - every {interval:g} s - Ctrl-C to stop  ")
+        text.append(result.verdict.name, style=STYLES[result.verdict])
+        return text
+
+    history = (tuple(trends.host_percent), tuple(trends.service_bytes),
+               tuple(trends.accel_bytes), trends.accel_limit)  # fmt: skip
+    return [
+        ((result.time, result.verdict, interval), header),
+        (history, trends.table),
+        ((result.verdict, tuple(result.reasons), result.errors), lambda: verdict_text(result)),
+        (result.host, lambda: host_table(result)),
+        ((result.service, result.service_name, result.url), lambda: service_table(result)),
+        (result.accelerator, lambda: accelerator_table(result)),
+        ((result.health, result.oom_events), lambda: health_table(result)),
+    ]
+
+
 def watch_view(result: ProbeResult, trends: Trends, interval: float) -> RenderableType:
-    header = Text(f"mpsctl watch - {result.time} - every {interval:g} s - Ctrl-C to stop  ")
-    header.append(result.verdict.name, style=STYLES[result.verdict])
-    return Group(
-        header,
-        "",
-        trends.table(),
-        "",
-        verdict_text(result),
-        "",
-        host_table(result),
-        "",
-        service_table(result),
-        "",
-        accelerator_table(result),
-        "",
-        health_table(result),
-    )
+    """The whole dashboard as one renderable (the sections, a blank line between them)."""
+    parts: list[RenderableType] = []
+    for _key, make in watch_sections(result, trends, interval):
+        parts += [make(), ""]
+    return Group(*parts[:-1])
 
 
 # --------------------------------------------------------------------------- report

@@ -80,6 +80,7 @@ def run(settings: Settings, options: ServeOptions, notes: Notes) -> None:
     log = logging.getLogger("mpsctl.server")
     log.info("importing torch and transformers")
     began = time.perf_counter()
+    _apply_threads(settings.serve.threads)
     from mpsctl.server.demo import DEMO_LABEL, ensure_demo_checkpoint
 
     log.info("imported torch and transformers in %.1f s", time.perf_counter() - began)
@@ -171,6 +172,20 @@ def apply_memory_limit(limit: int) -> str:
     where = "" if used is None else f", {fmt_bytes(limit - used)} above the loaded model"
     enforced = "" if sys.platform.startswith("linux") else " (macOS does not enforce RLIMIT_AS)"
     return f"memory limit: address space capped at {fmt_bytes(limit)}{where}{enforced}"
+
+
+def _apply_threads(requested: int) -> int:
+    """``torch.set_num_threads``; logs the number in use (``serve.threads``, 0: torch's own
+    choice, one per core). torch's default spreads every query over all cores: on a machine
+    that also runs other work, that makes each query wait for the busiest core."""
+    import torch
+
+    if requested > 0:
+        torch.set_num_threads(requested)
+    used = torch.get_num_threads()
+    origin = "serve.threads" if requested > 0 else "serve.threads = 0: torch's default"
+    logging.getLogger("mpsctl.server").info("torch CPU threads: %d (%s)", used, origin)
+    return used
 
 
 class _QuietProbes(logging.Filter):

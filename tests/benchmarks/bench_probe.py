@@ -1,25 +1,31 @@
-"""Start-up cost of `mpsctl probe --json` against the bare interpreter importing the same libraries.
+"""Start-up cost of `mpsctl probe --json` and `mpsctl --help` against the bare interpreter.
 
-    python tests/benchmarks/bench_probe.py [--runs 15]
+    python tests/benchmarks/bench_probe.py [--runs 15] [--no-service]
 
-Runs both commands alternately in one run (so machine noise hits both alike), prints the
-median wall time of each, their ratio (target <= 1.3) and the peak RSS of the probe
-(target <= 45 MiB). The probe talks to a URL where nothing listens, so its health check
-is a refused connection on 127.0.0.1, the quick path a cron probe takes when the service is down.
+The floor is exactly ``python -c "import click, rich, psutil, requests"``: the libraries
+mpsctl is built on, imported and nothing done. Each round runs, alternately (so machine
+noise hits all alike): the floor; ``probe --json`` where nothing listens (a refused
+connection on 127.0.0.1, the quick path a cron probe takes when the service is down);
+``mpsctl --help``; and ``probe --json`` against the reference service (``mpsctl start``
+with the built-in demo model in a temporary MPSCTL_HOME, stopped at the end). Prints
+min/median of each, the median ratios to the floor (targets: probe down <= 1.0, probe up
+<= 1.3, --help <= 1.1) and the probe's peak RSS (target <= 45 MiB).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
-BASELINE = [sys.executable, "-c", "import click, rich.console, rich.table, psutil, requests"]
+FLOOR = [sys.executable, "-c", "import click, rich, psutil, requests"]
 PROBE = [sys.executable, "-m", "mpsctl", "probe", "--json"]
+HELP = [sys.executable, "-m", "mpsctl", "--help"]
 
 
 def run_once(argv: list[str], env: dict[str, str], cwd: str) -> tuple[float, int]:
@@ -35,32 +41,78 @@ def run_once(argv: list[str], env: dict[str, str], cwd: str) -> tuple[float, int
     return elapsed, peak
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def base_env(home: str) -> dict[str, str]:
+    env = {**os.environ, "MPSCTL_HOME": home}
+    env.pop("MPSCTL_CONFIG", None)
+    # as installed: with bytecode. Without it every edited module is compiled on every run,
+    # which measures the compiler, not mpsctl (the warm-up run writes the .pyc files).
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=15)
+    parser.add_argument("--no-service", action="store_true", help="skip the running-service row")
+    parser.add_argument("--before", metavar="DIR",
+                        help="also time another checkout's package (git archive REV mpsctl | "
+                             "tar -x -C DIR): rows marked [before]")  # fmt: skip
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as home:
-        env = {**os.environ, "MPSCTL_HOME": home, "MPSCTL_SERVICE_URL": "http://127.0.0.1:9"}
-        env.pop("MPSCTL_CONFIG", None)
-        # as installed: with bytecode. Without it every edited module is compiled on every run,
-        # which measures the compiler, not mpsctl (the warm-up run writes the .pyc files).
-        env.pop("PYTHONDONTWRITEBYTECODE", None)
-        for argv in (BASELINE, PROBE):  # warm the page cache before measuring
-            run_once(argv, env, home)
-        base_times, probe_times, probe_peaks = [], [], []
-        for _ in range(args.runs):
-            base_times.append(run_once(BASELINE, env, home)[0])
-            elapsed, peak = run_once(PROBE, env, home)
-            probe_times.append(elapsed)
-            probe_peaks.append(peak)
-    base = statistics.median(base_times)
-    probe = statistics.median(probe_times)
-    peak_mib = max(probe_peaks) / 1024**2
-    print(f"runs each:                 {args.runs}")
-    print(f"baseline imports, median:  {base * 1000:.1f} ms")
-    print(f"mpsctl probe --json:       {probe * 1000:.1f} ms")
-    print(f"ratio probe/baseline:      {probe / base:.2f}  (target <= 1.30)")
-    print(f"probe peak RSS:            {peak_mib:.1f} MiB  (target <= 45 MiB)")
+    with tempfile.TemporaryDirectory() as down_home, tempfile.TemporaryDirectory() as up_home:
+        down = {**base_env(down_home), "MPSCTL_SERVICE_URL": "http://127.0.0.1:9"}
+        up = {**base_env(up_home), "MPSCTL_SERVICE_URL": f"http://127.0.0.1:{free_port()}"}
+        rows: dict[str, tuple[list[str], dict[str, str], str]] = {
+            "floor": (FLOOR, down, down_home),
+            "probe --json, no service": (PROBE, down, down_home),
+            "mpsctl --help": (HELP, down, down_home),
+        }
+        if args.before:
+            old = {**down, "PYTHONPATH": args.before}
+            rows["probe --json, no service [before]"] = (PROBE, old, down_home)
+            rows["mpsctl --help [before]"] = (HELP, old, down_home)
+        if not args.no_service:
+            started = subprocess.run([sys.executable, "-m", "mpsctl", "start"], env=up,
+                                     cwd=up_home, capture_output=True, text=True)  # fmt: skip
+            if started.returncode != 0:
+                print(f"mpsctl start failed: {started.stderr.strip()}", file=sys.stderr)
+                return 1
+            rows["probe --json, service up"] = (PROBE, up, up_home)
+            if args.before:
+                old_up = {**up, "PYTHONPATH": args.before}
+                rows["probe --json, service up [before]"] = (PROBE, old_up, up_home)
+        try:
+            times: dict[str, list[float]] = {name: [] for name in rows}
+            peaks: list[int] = []
+            for argv, env, cwd in rows.values():  # warm the page cache, write .pyc files
+                run_once(argv, env, cwd)
+            for _ in range(args.runs):
+                for name, (argv, env, cwd) in rows.items():
+                    elapsed, peak = run_once(argv, env, cwd)
+                    times[name].append(elapsed)
+                    if argv is PROBE and "[before]" not in name:
+                        peaks.append(peak)
+        finally:
+            if not args.no_service:
+                subprocess.run([sys.executable, "-m", "mpsctl", "stop"], env=up, cwd=up_home,
+                               capture_output=True)  # fmt: skip
+    floor = statistics.median(times["floor"])
+    targets = {"probe --json, no service": 1.0, "mpsctl --help": 1.1,
+               "probe --json, service up": 1.3}  # fmt: skip
+    print(f"runs each: {args.runs} (interleaved; python {sys.version.split()[0]})")
+    print(f"{'':36} {'min ms':>8} {'median ms':>10} {'ratio':>6}  target")
+    for name, values in times.items():
+        median = statistics.median(values)
+        target = f"<= {targets[name]:.2f}" if name in targets else ""
+        print(f"{name:36} {min(values) * 1000:8.1f} {median * 1000:10.1f} "
+              f"{median / floor:6.2f}  {target}")  # fmt: skip
+    print(f"probe peak RSS: {max(peaks) / 1024**2:.1f} MiB  (target <= 45 MiB)")
     return 0
 
 

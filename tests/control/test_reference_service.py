@@ -30,6 +30,7 @@ def test_reference_service_lifecycle(
         f"workdir = {json.dumps(str(tmp_path))}\n"
         "start_timeout = 120\n"
         "[memory]\nhigh_watermark_ratio = 0.7\nlow_watermark_ratio = 0.5\n"
+        "[serve]\nthreads = 2\n"  # the default is 1: 2 shows the key reached torch
     )
     settings = load_settings()
 
@@ -42,6 +43,8 @@ def test_reference_service_lifecycle(
         assert env["PYTORCH_MPS_LOW_WATERMARK_RATIO"] == "0.5"
         health = json.loads((isolated_home / "last_health.json").read_text())
         assert health["memory"]["device"] == "cpu"
+        log = settings.service.log_file.read_text(encoding="utf-8")
+        assert "mpsctl.server: torch CPU threads: 2 (serve.threads)" in log
         assert fix.ask_question(settings, "工商银行")
         released = cache.clean_cache(settings)
         assert released.release is not None

@@ -6,13 +6,14 @@ import json
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import psutil
 import pytest
 
-from mpsctl.control.signals import send
+from mpsctl.control.signals import send, wait_any_exit
 from mpsctl.control.start import StartFailed, start_service
 from mpsctl.control.status import service_status
 from mpsctl.control.stop import stop_service
@@ -141,3 +142,18 @@ def test_another_configurations_service_in_a_shared_home_is_left_alone(
 
     assert stop_service(first_settings).status == "stopped"
     assert not alive(started.pid)
+
+
+def test_wait_any_exit_wakes_at_the_exit_not_at_the_timeout(spawned: list) -> None:
+    stays = sleeper()
+    leaves = sleeper(seconds=0.3)
+    spawned.extend([stays, leaves])
+    began = time.monotonic()
+    wait_any_exit([stays.pid, leaves.pid], 20.0)
+    woke = time.monotonic() - began
+    assert leaves.poll() is not None or not alive(leaves.pid)  # it is the exit that woke us
+    assert woke < 10.0  # the kernel's exit notice, not the 20 s timeout
+    began = time.monotonic()
+    wait_any_exit([stays.pid], 0.2)  # nothing exits: back after the timeout
+    assert 0.15 <= time.monotonic() - began < 5.0
+    assert alive(stays.pid)

@@ -280,3 +280,39 @@ def test_last_lines_match_splitlines_for_any_block_size(
         patch.setattr(logfiles, "BACK_BLOCK", block)
         got = read_last_lines(io.BytesIO(data), len(data), count)
     assert got == (expected[-count:] if count else [])
+
+
+def test_follow_lists_the_directory_only_when_it_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import glob
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    for day in range(1, 29):  # a month of dated logs: listing them every 0.25 s adds up
+        put(logs / f"error_2026-02-{day:02d}.log", "old\n")
+    newest = logs / "error_2026-02-28.log"
+    view = LogView([LogSource("error", newest, str(logs / "error_*.log"))])
+    view.tail(1)
+    listings: list[str] = []
+    real_glob = glob.glob
+
+    def counting_glob(pattern: str, *args: object, **kwargs: object) -> list[str]:
+        listings.append(pattern)
+        return real_glob(pattern, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(glob, "glob", counting_glob)
+    seen: list[str] = []
+    for n in range(20):
+        with newest.open("ab") as handle:  # appending changes the file, not the directory
+            handle.write(f"line {n}\n".encode())
+        seen += texts(view.poll())
+    assert seen == [f"line {n}" for n in range(20)]
+    assert len(listings) == 1  # the first poll's; then only a stat of the directory
+    put(logs / "error_2026-03-01.log", "next month\n")
+    assert texts(view.poll()) == [
+        f"! error: now following {logs / 'error_2026-03-01.log'}",
+        "next month",
+    ]
+    assert len(listings) == 2
+    view.close()

@@ -8,6 +8,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psutil
@@ -178,3 +179,27 @@ def test_session_members_finds_what_an_exited_leader_left(spawned: list) -> None
         assert proctree.session_members(leader.pid, created + 3600) == {}  # born before: not it
     finally:
         psutil.Process(orphan).kill()
+
+
+def test_cpu_percent_between_two_readings_tells_busy_from_idle(spawned: list) -> None:
+    busy = subprocess.Popen([PYTHON, "-c", "while True: pass"])
+    idle = sleeper()
+    spawned.extend([busy, idle])
+    infos = procs.processes_info((p.pid, psutil.Process(p.pid).create_time()) for p in (busy, idle))
+    snapshot = procs.ServiceSnapshot("match", "missing", None, (busy.pid,), infos)
+    pids = [busy.pid, idle.pid]
+    time.sleep(0.2)  # past the interpreter's start-up: idle is idle by now
+    before = procs.cpu_seconds(pids)
+    began = time.perf_counter()
+    time.sleep(0.3)
+    after = procs.cpu_seconds(pids)
+    result = procs.with_cpu_percent(snapshot, before, after, time.perf_counter() - began)
+    figures = {p.pid: p.cpu_percent for p in result.processes}
+    # one core's worth of spinning, even sharing 2 cores with other work; the sleeper ~0
+    assert figures[busy.pid] is not None
+    assert figures[busy.pid] > 20
+    assert figures[idle.pid] is not None
+    assert figures[idle.pid] < 5
+    # a pid missing from a reading keeps "unknown", never 0
+    partial = procs.with_cpu_percent(snapshot, {busy.pid: before[busy.pid]}, after, 0.3)
+    assert {p.pid: p.cpu_percent for p in partial.processes}[idle.pid] is None
