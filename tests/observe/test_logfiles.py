@@ -311,7 +311,7 @@ def test_follow_lists_the_directory_only_when_it_changes(
     assert len(listings) == 1  # the first poll's; then only a stat of the directory
     put(logs / "error_2026-03-01.log", "next month\n")
     assert texts(view.poll()) == [
-        f"! error: now following {logs / 'error_2026-03-01.log'}",
+        f"! error log: now following {logs / 'error_2026-03-01.log'}",
         "next month",
     ]
     assert len(listings) == 2
