@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import re
 from typing import Any
 
@@ -37,7 +38,8 @@ def refused(parse: Any, value: Any, message: str) -> None:
 @pytest.mark.parametrize(
     ("value", "name"),
     [(True, "a boolean"), ({}, "a table"), ([], "an array"), ("x", "a string"),
-     (1, "an integer"), (1.5, "a float"), (None, "NoneType")],
+     (1, "an integer"), (1.5, "a float"), (None, "NoneType"),
+     (datetime.date(2026, 1, 21), "date"), (datetime.time(10, 0), "time")],
 )  # fmt: skip
 def test_kind_names_tomls_types(value: Any, name: str) -> None:
     assert kind(value) == name
@@ -177,6 +179,7 @@ def test_pair() -> None:
 def test_url() -> None:
     assert parse_url(" http://127.0.0.1:8000/ ") == "http://127.0.0.1:8000"
     assert parse_url("https://example.org") == "https://example.org"
+    assert parse_url("http://BOX//") == "http://BOX"  # only slashes are trimmed
     refused(parse_url, "ftp://x", "expected an http:// or https:// URL, got 'ftp://x'")
     refused(parse_url, "http://", "expected an http:// or https:// URL, got 'http://'")
     refused(parse_url, "http://h:99999", "bad port in 'http://h:99999'")

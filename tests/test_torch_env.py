@@ -335,6 +335,8 @@ def test_env_checks_low_above_high() -> None:
         "'invalid low watermark ratio 1.8'"
     )
     assert [c.id for c in env_checks("svc", {LOW_ENV: "1.7"}, "here", HINT)] == ["svc.pytorch_vars"]
+    # 2.0 is in range, so it is compared with high (PyTorch's default 1.7 here)
+    assert [c.id for c in env_checks("svc", {LOW_ENV: "2"}, "here", HINT)] == ["svc.low_above_high"]
     # an out-of-range low is reported once, as out of range, not also as above high
     ids = [c.id for c in env_checks("svc", {HIGH_ENV: "0.7", LOW_ENV: "2.5"}, "here", HINT)]
     assert ids == ["svc.ratio_out_of_range"]
@@ -383,6 +385,7 @@ def test_host_args_reads_every_spelling() -> None:
     assert host_args(argv) == ["0.0.0.0", "::", "127.0.0.1"]
     assert host_args(["uvicorn", "--host"]) == []  # a trailing flag has no value
     assert host_args(iter(["--host", "a"])) == ["a"]
+    assert host_args(["--host=a=b"]) == ["a=b"]  # the value after the first "=", verbatim
 
 
 def test_command_checks_reload_and_bind_all() -> None:

@@ -42,32 +42,6 @@ __all__ = ["fake_service", "spawned"]  # fixtures
 Make = Callable[..., FakeService]
 
 
-def test_start_healthy_status_stop(fake_service: Make, isolated_home: Path) -> None:
-    fake = fake_service()
-    settings = fake.settings(memory__high_watermark_ratio="0.7")
-
-    started = start_service(settings)
-
-    assert started.status == "started"
-    record = json.loads((isolated_home / "service.pid").read_text())
-    assert record["pid"] == started.pid
-    assert record["create_time"] == pytest.approx(psutil.Process(started.pid).create_time())
-    assert record["url"] == fake.url
-    assert "env HIGH=0.7 LOW=0.7" in fake.log.read_text()  # low derived: min(high, 1.4)
-    assert service_status(settings).exit_code == StatusExit.RUNNING
-    assert start_service(settings).status == "already-running"
-
-    stopped = stop_service(settings)
-
-    assert stopped.status == "stopped"
-    assert stopped.processes[0].outcome == "SIGTERM"
-    assert stopped.freed_rss_bytes > 0
-    assert not alive(started.pid)
-    assert not (isolated_home / "service.pid").exists()
-    assert service_status(settings).exit_code == StatusExit.NOT_RUNNING
-    assert stop_service(settings).status == "already-stopped"
-
-
 def test_sigterm_ignoring_tree_is_gone_within_timeout(fake_service: Make) -> None:
     fake = fake_service("--fake-ignore-term", "--fake-tree")
     settings = fake.settings()

@@ -213,7 +213,10 @@ def test_mps_variant_without_max_allowed_synthetic() -> None:
     assert event is not None
     assert event.max_allowed_bytes is None
     assert (event.allocated_bytes, event.requested_bytes) == (round(30.5 * GIB), 2 * GIB)
-    assert "no limit" in summary(event)
+    assert summary(event) == (
+        "MPS allocated 30.5 GiB, other 1.25 GiB, no limit (high ratio 0.0), requested 2 GiB, "
+        "private pool"
+    )
     assert "No limit was set" in explain(event)[0]
 
 

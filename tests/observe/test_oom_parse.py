@@ -98,9 +98,15 @@ def test_mps_message_cut_before_the_request_is_incomplete() -> None:
 
 def test_raw_is_the_whole_logged_line_without_trailing_space() -> None:
     text = read_fixture("torch-mps-oom-11-traceback.txt")
-    event = parse_oom("2026-01-21 10:00:00 INFO before\n" + text.rstrip("\n") + "   \nafter")
+    event = parse_oom(
+        "2026-01-21 10:00:00 INFO before\n" + text.rstrip("\n") + "   \nafter\nand more"
+    )
     assert event is not None
     assert event.raw == message("torch-mps-oom-11-traceback.txt").rstrip()
+    # a message on the text's second line, after an empty first one
+    second = parse_oom("\n" + message("torch-mps-oom-2.txt"))
+    assert second is not None
+    assert second.raw == message("torch-mps-oom-2.txt")
     assert event.raw.startswith("RuntimeError: MPS backend out of memory")
 
 
@@ -138,6 +144,7 @@ def test_cuda_new_wording_this_process() -> None:
     event = parse_oom(read_fixture("torch-cuda-oom-new-1.txt"))
     assert event is not None
     assert event.process_bytes == round(23.60 * GIB)
+    assert event.as_dict()["process_bytes"] == round(23.60 * GIB)
     assert event.other_processes == ()
     assert summary(event) == (
         "CUDA GPU 0: requested 22 MiB, total 23.65 GiB, free 11.06 MiB, this process 23.6 GiB, "
@@ -171,6 +178,18 @@ def test_cuda_old_wording_as_json() -> None:
     }
 
 
+@pytest.mark.parametrize(
+    "name",
+    ["torch-cuda-oom-new-2-torch-OutOfMemoryError.txt", "torch-cuda-oom-old-2-max-split.txt"],
+)
+def test_cuda_raw_is_the_message_line_inside_a_traceback(name: str) -> None:
+    line = message(name)
+    event = parse_oom(f'Traceback (most recent call last):\n  File "x.py", line 1\n{line}\nnext')
+    assert event is not None
+    assert event.complete
+    assert event.raw == line
+
+
 def test_cuda_cached_wording_is_reserved_but_unallocated() -> None:
     event = parse_oom(read_fixture("torch-cuda-oom-legacy-cached-1.txt"))
     assert event is not None
@@ -193,6 +212,7 @@ def test_cuda_allowed_bytes_old_wording() -> None:
     assert event is not None
     assert event.complete
     assert event.allowed_bytes == 8 * GIB
+    assert event.as_dict()["allowed_bytes"] == 8 * GIB
     assert (event.free_bytes, event.reserved_bytes) == (round(415.88 * MIB), round(14.80 * GIB))
     assert "allowed 8 GiB, allocated by PyTorch 13.13 GiB" in summary(event)
 
@@ -221,7 +241,7 @@ def test_bare_cuda_head_is_an_incomplete_cuda_event(name: str) -> None:
     # cut right after the requested size: only the head survives
     cut = line[: line.index(" ", line.index(" ", start) + 1)]
     cut = cut.rstrip(".")
-    event = parse_oom(cut + "\nnext")
+    event = parse_oom("Traceback (most recent call last):\n" + cut + "\nnext")
     assert event is not None
     requested = parse_oom(line)
     assert requested is not None

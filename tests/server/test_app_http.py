@@ -154,9 +154,14 @@ def test_unknown_path_and_method_are_json(shared: InProcessService) -> None:
 
 
 def test_question_at_the_byte_limit_is_accepted(shared: InProcessService) -> None:
-    result = shared.request("POST", QUERY, {"question": "工" * 21 + "x", "max_new_tokens": 1})
+    at_limit = "工" * 21 + "x"  # 21 x 3 + 1 = 64 UTF-8 bytes, the limit
+    result = shared.request("POST", QUERY, {"question": at_limit, "max_new_tokens": 1})
 
-    assert result.status == 200
+    assert result.status == 200, result.body
+    assert result.json["tokens"] == 1
+    over = shared.request("POST", QUERY, {"question": at_limit + "y", "max_new_tokens": 1})
+    assert_error(over, 413, "question_too_large")
+    assert over.json["error"]["message"] == ("'question' is 65 bytes (UTF-8); the limit is 64")
 
 
 @pytest.mark.parametrize(
