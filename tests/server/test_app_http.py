@@ -416,7 +416,9 @@ def test_chunked_body_is_read_and_capped(shared: InProcessService) -> None:
         status = int(raw.split(b" ", 2)[1])
         return HttpResult(status, {"content-type": "application/json"}, raw.split(b"\r\n\r\n")[1])
 
-    assert chunked(b'{"question": "x", "max_new_tokens": 1}').status == 200
+    answered = chunked(b'{"question": "x", "max_new_tokens": 1}')
+    assert answered.status == 200, answered.body
+    assert (answered.json["tokens"], answered.json["device"]) == (1, "cpu")
     # just over the query body cap (4 x max_question_bytes + 4096 = 20480 bytes)
     assert_error(chunked(b'{"question": "' + b"x" * 24_000 + b'"}'), 413, "body_too_large")
     assert shared.request("GET", "/health").status == 200
