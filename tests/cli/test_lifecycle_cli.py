@@ -56,22 +56,18 @@ def test_invalid_ratios_are_refused_before_anything_starts(
     assert not (isolated_home / "service.pid").exists()
 
 
-def test_status_exit_codes_follow_lsb(fake_service: Make, isolated_home: Path) -> None:
-    fake_service()
-    assert run("status").exit_code == 3
-    assert run("start").exit_code == 0
-    running = run("status", "--json")
-    assert running.exit_code == 0
-    document = json.loads(running.stdout)
-    assert (document["schema"], document["state"], document["health"]["ok"]) == (
-        "mpsctl.status/1",
-        "running",
-        True,
-    )
-    pidfile = isolated_home / "service.pid"
-    saved = pidfile.read_text()
-    assert run("stop").exit_code == 0
-    pidfile.write_text(saved)  # the service is gone, its pidfile is back: "dead"
+def test_status_exit_codes_follow_lsb(isolated_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # running (0) is checked on the real service in test_reference_lifecycle_cli.py
+    monkeypatch.setenv("MPSCTL_SERVICE_URL", f"http://127.0.0.1:{free_port()}")
+    assert run("status").exit_code == 3  # not running
+    gone = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    started = create_time_of(gone.pid)
+    assert started is not None
+    gone.kill()
+    gone.wait()
+    isolated_home.mkdir(parents=True, exist_ok=True)
+    record = PidRecord(gone.pid, started, url=os.environ["MPSCTL_SERVICE_URL"])
+    write_pidfile(isolated_home / "service.pid", record)  # the service is gone: "dead"
     dead = run("status")
     assert dead.exit_code == 1
     assert "pidfile stale" in dead.stdout
