@@ -7,6 +7,9 @@ short, the way a log rotation or a console cuts it.
 
 from __future__ import annotations
 
+import os
+import time
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -346,6 +349,37 @@ def test_mentions_oom_refuses_other_lines(line: str) -> None:
 )
 def test_line_time_offsets_give_the_right_instant(stamp: str, utc: datetime) -> None:
     assert line_time(f"{stamp} ERROR query failed") == utc
+
+
+def test_a_stamp_may_start_up_to_64_characters_into_the_line() -> None:
+    stamp = "2026-01-21T19:38:40Z"
+    utc = datetime(2026, 1, 21, 19, 38, 40, tzinfo=timezone.utc)
+    assert line_time("x" * 64 + stamp + " boom") == utc
+    assert line_time("x" * 65 + stamp + " boom") is None  # inside the message, not its stamp
+
+
+@pytest.fixture
+def utc_minus_5() -> Iterator[None]:
+    """This machine's local time is UTC-5."""
+    before = os.environ.get("TZ")
+    os.environ["TZ"] = "EST5"  # POSIX form: no tz database needed
+    time.tzset()
+    yield
+    if before is None:
+        del os.environ["TZ"]
+    else:
+        os.environ["TZ"] = before
+    time.tzset()
+
+
+@pytest.mark.usefixtures("utc_minus_5")
+def test_naive_stamps_are_local_time_and_come_back_as_utc() -> None:
+    moment = line_time("2026-01-21 14:38:40,500 ERROR query failed")
+    assert moment == datetime(2026, 1, 21, 19, 38, 40, 500000, tzinfo=timezone.utc)
+    assert moment is not None
+    assert moment.tzinfo == timezone.utc
+    assert iso(moment) == "2026-01-21T19:38:40Z"
+    assert iso(datetime(2026, 1, 21, 19, 38, 40, tzinfo=timezone.utc)) == "2026-01-21T19:38:40Z"
 
 
 def test_scan_file_reports_a_negative_offset_in_utc(tmp_path: Path) -> None:
