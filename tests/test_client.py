@@ -1,7 +1,10 @@
-"""ServiceClient against a real HTTP server on 127.0.0.1 that records what arrived.
+"""ServiceClient against real HTTP servers on 127.0.0.1.
 
-``LocalService`` is also used by tests/test_stress.py and tests/cli/test_ask_cli.py: a
-threaded ``http.server`` whose behaviour (sleep, status, body, token) each test sets.
+Answers and tokens are checked against the real reference service (``mpsctl serve`` on the
+tiny checkpoint, one per module). ``LocalService``, a threaded ``http.server`` whose
+behaviour (sleep, status, body, dropped connections) each test sets, stays for what the
+real service cannot be made to do on demand: stall, drop, send a proxy page, echo a token.
+It is also used by tests/test_stress.py and tests/cli/test_ask_cli.py.
 """
 
 from __future__ import annotations
@@ -13,14 +16,17 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from mpsctl.client import KeepAliveConnection, ServiceClient, reply_error
 from mpsctl.errors import ClientError
+from mpsctl.server.demo import DEMO_LABEL
 from mpsctl.settings import ServiceSettings, load_settings
 from tests.conftest import free_port
+from tests.service_fixtures import RunningService, start_service, stop_process
 
 
 @dataclass
@@ -137,7 +143,65 @@ def service_at(url: str) -> ServiceSettings:
     return load_settings(environ={"MPSCTL_SERVICE_URL": url}).service
 
 
-# --------------------------------------------------------------------------- tests
+@pytest.fixture(scope="module")
+def real_service(
+    tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningService]:
+    """The reference service with auth (token "test-token"), shared by this module."""
+    running = start_service(tiny_model, tmp_path_factory.mktemp("client-service"))
+    yield running
+    stop_process(running.proc)
+
+
+# --------------------------------------------------------------------------- real service
+def test_query_with_the_token_gets_the_services_answer(real_service: RunningService) -> None:
+    client = ServiceClient(service_at(real_service.url), token="test-token")
+    reply = client.query("工商银行", max_new_tokens=2)
+    assert reply.status == 200
+    assert client.query_error(reply) is None
+    assert reply.body is not None
+    assert (reply.body["model"], reply.body["device"]) == (DEMO_LABEL, "cpu")
+    assert 1 <= reply.body["tokens"] <= 2
+    assert isinstance(reply.body["answer"], str)
+
+
+@pytest.mark.parametrize("how", ["requests", "keepalive"])
+def test_a_wrong_token_is_rejected_without_echoing_it(
+    real_service: RunningService, how: str
+) -> None:
+    service = service_at(real_service.url)
+    if how == "requests":
+        client = ServiceClient(service, token="wrong-s3cret")
+        reply = client.query("q")
+        error = client.query_error(reply)
+    else:
+        conn = KeepAliveConnection(service, token="wrong-s3cret")
+        reply = conn.post("/api/v1/query", b'{"question": "q"}')
+        error = conn.query_error(reply)
+        conn.close()
+    assert reply.status == 401
+    assert error is not None
+    assert (error.kind, str(error)) == ("unauthorized", "token rejected (HTTP 401)")
+    assert "wrong-s3cret" not in reply.text_excerpt
+
+
+def test_401_without_a_token_says_where_to_put_one(real_service: RunningService) -> None:
+    reply = ServiceClient(service_at(real_service.url)).query("q")
+    assert reply.status == 401
+    error = reply_error(reply, url=real_service.url, token_sent=False, token_env="MPSCTL_TOKEN")
+    assert error is not None
+    assert (error.kind, str(error)) == (
+        "unauthorized",
+        "the service wants a token: set $MPSCTL_TOKEN or service.token_file (HTTP 401)",
+    )
+    no_env = reply_error(reply, url=real_service.url, token_sent=False, token_env=None)
+    assert no_env is not None
+    assert str(no_env) == (
+        "the service wants a token: set --token-file or service.token_file (HTTP 401)"
+    )
+
+
+# --------------------------------------------------------------------------- stand-in
 def test_query_sends_utf8_json_and_bearer_token(local_service: LocalService) -> None:
     client = ServiceClient(service_at(local_service.url), token="s3cret")
     reply = client.query("工商银行", max_new_tokens=7)
@@ -168,7 +232,6 @@ def test_timeout_names_the_limit(local_service: LocalService) -> None:
 @pytest.mark.parametrize(
     ("status", "body", "kind", "fragment"),
     [
-        (401, b'{"detail": "invalid token"}', "unauthorized", "token rejected (HTTP 401)"),
         (503, b'{"error": {"kind": "queue_full", "message": "q"}}', "busy", "Retry-After: 4"),
         (503, b'{"detail": "MPS backend out of memory"}', "oom", "out of memory"),
         (500, b"Internal Server Error\ntraceback", "server_error", "Internal Server Error trace"),
@@ -198,14 +261,6 @@ def test_error_excerpt_never_shows_the_token(local_service: LocalService) -> Non
     assert error is not None
     assert "s3cret-token" not in str(error)
     assert "Bearer ***" in str(error)
-
-
-def test_401_without_a_token_says_where_to_put_one(local_service: LocalService) -> None:
-    local_service.behaviour.token = "expected"
-    reply = ServiceClient(service_at(local_service.url)).query("q")
-    error = reply_error(reply, url=local_service.url, token_sent=False, token_env="MPSCTL_TOKEN")
-    assert error is not None
-    assert "set $MPSCTL_TOKEN" in str(error)
 
 
 def test_keepalive_connection_resends_once_when_the_server_closed_it(

@@ -317,6 +317,3 @@ def summary(event: OomEvent) -> str:
     parts += [f"{label} {short_size(value)}" for label, value in optional if value is not None]
     parts += [f"process {p.pid} {short_size(p.bytes)}" for p in event.other_processes]
     return ", ".join(parts)
-
-
-#: recommendedMaxWorkingSetSize seen on Apple Silicon (GiB) -> RAM of the Mac (GB)

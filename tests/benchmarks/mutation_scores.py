@@ -31,6 +31,49 @@ ACCEPTED: dict[str, str] = {
     "mpsctl.observe.macos.x_parse_vm_stat__mutmut_25": (
         "the error message quotes 61 instead of 60 characters of the bad line: wording only"
     ),
+    "mpsctl.observe.logtime.x_line_time__mutmut_7": (
+        "no end bound on the stamp search: a stamp found past the bound starts after "
+        "character 64 and is refused anyway; the bound only saves scanning long lines"
+    ),
+    "mpsctl.observe.logtime.x_line_time__mutmut_10": (
+        "the search bound 104 -> 105: the longest stamp (36 characters) starting at 64 ends "
+        "at 100, inside either bound"
+    ),
+    "mpsctl.observe.logtime.x_line_time__mutmut_83": (
+        "offset minutes `digits[2:4]` -> `digits[2:5]`: the regex gives exactly 4 digits"
+    ),
+    "mpsctl.torch_env.x_command_checks__mutmut_30": (
+        "`url_host or ''` -> `or 'XXXX'`: neither string is 0.0.0.0 or ::, so no warning changes"
+    ),
+    "mpsctl.torch_env.x_env_checks__mutmut_84": (
+        "`0.0 <= low` -> `0.0 < low` before the low-above-high check: a low of exactly 0.0 "
+        "is never above any ceiling (all are >= 0), so the check finds nothing either way"
+    ),
+    "mpsctl.torch_env.x_env_checks__mutmut_152": (
+        "the default of an unset PYTORCH_ENABLE_MPS_FALLBACK, '' -> 'XXXX': neither is '1'"
+    ),
+    "mpsctl.observe.oom.x__line_span__mutmut_4": (
+        "`rfind('\\n', 0, start)` -> `rfind('\\n', None, start)`: None means 0 here"
+    ),
+    "mpsctl.observe.oom.x__line_span__mutmut_23": (
+        "`last < 0` -> `last <= 0`: `last` is a newline found at or after the match's end, "
+        "which is > 0, so it is never 0"
+    ),
+    "mpsctl.observe.oom.x__line_span__mutmut_24": "`last < 0` -> `last < 1`: as _23",
+    "mpsctl.observe.oom.x__parse_cuda__mutmut_19": (
+        "`group('procs') or ''` -> `or 'XXXX'`: the group always matches (maybe empty), and "
+        "'XXXX' holds no process line either"
+    ),
+    "mpsctl.observe.oom.x_parse_oom__mutmut_43": (
+        "the ratio's trailing punctuation set gains 'X': PyTorch prints the ratio as a number, "
+        "which never ends in X"
+    ),
+    "mpsctl.observe.oom.x_short_size__mutmut_33": (
+        "rstrip('0') -> rstrip('XX0XX'): a formatted float never ends in X"
+    ),
+    "mpsctl.observe.oom.x_short_size__mutmut_34": (
+        "rstrip('.') -> rstrip('XX.XX'): a formatted float never ends in X"
+    ),
 }
 
 

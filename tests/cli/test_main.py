@@ -89,7 +89,9 @@ def test_config_init_template_is_valid(tmp_path: Path, write_config) -> None:  #
 def test_unknown_command_is_a_usage_error() -> None:
     result = CliRunner().invoke(main, ["prbe"])
     assert result.exit_code == 2
-    assert "No such command" in result.stderr
+    assert result.stdout == ""
+    [line] = result.stderr.splitlines()  # one line, no usage block, no traceback
+    assert line.startswith("mpsctl: error: No such command 'prbe'. (see '")
 
 
 @pytest.mark.parametrize("args", [["probe", "--json"], ["status"], ["stop", "--dry-run"],

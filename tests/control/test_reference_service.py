@@ -8,10 +8,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import psutil
+import pytest
 
 from mpsctl.control import cache, fix
 from mpsctl.control.start import start_service
+from mpsctl.control.status import service_status
 from mpsctl.control.stop import stop_service
+from mpsctl.errors import StatusExit
 from mpsctl.observe import proctree
 from mpsctl.settings import load_settings
 from tests.conftest import free_port
@@ -33,11 +36,18 @@ def test_reference_service_lifecycle(
         "[serve]\nthreads = 2\n"  # the default is 1: 2 shows the key reached torch
     )
     settings = load_settings()
+    assert service_status(settings).exit_code == StatusExit.NOT_RUNNING
 
     started = start_service(settings)
     created = psutil.Process(started.pid).create_time()
     try:
         assert started.status == "started"
+        record = json.loads((isolated_home / "service.pid").read_text())
+        assert record["pid"] == started.pid
+        assert record["create_time"] == pytest.approx(created)
+        assert record["url"] == f"http://127.0.0.1:{port}"
+        assert service_status(settings).exit_code == StatusExit.RUNNING
+        assert start_service(settings).status == "already-running"
         env = psutil.Process(started.pid).environ()
         assert env["PYTORCH_MPS_HIGH_WATERMARK_RATIO"] == "0.7"
         assert env["PYTORCH_MPS_LOW_WATERMARK_RATIO"] == "0.5"
@@ -52,4 +62,9 @@ def test_reference_service_lifecycle(
     finally:
         stopped = stop_service(settings)
     assert stopped.status == "stopped"
+    assert stopped.processes[0].outcome == "SIGTERM"
+    assert stopped.freed_rss_bytes > 0
     assert not proctree.is_alive(started.pid, created)
+    assert not (isolated_home / "service.pid").exists()
+    assert service_status(settings).exit_code == StatusExit.NOT_RUNNING
+    assert stop_service(settings).status == "already-stopped"

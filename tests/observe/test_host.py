@@ -177,14 +177,27 @@ def test_run_command_raises_on_failure_missing_and_timeout() -> None:
 
 
 # --------------------------------------------------------------------------- psutil on macOS
-def test_recorded_psutil_macos_figures_follow_the_documented_formulas() -> None:
-    # psutil-virtual_memory-macos-1.txt: what host.py's docstring says used/available mean.
+def test_recorded_psutil_macos_figures_pass_through_and_give_wired(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # psutil-virtual_memory-macos-1.txt as psutil.virtual_memory() on that Mac; none of the
+    # macOS commands answer, so wired can only come from psutil's own field.
     text = read_fixture("psutil-virtual_memory-macos-1.txt")
-    svmem = {key: float(value) for key, value in re.findall(r"(\w+)=([\d.]+)", text)}
-    assert svmem["total"] == 8589934592
-    assert svmem["used"] == svmem["active"] + svmem["wired"] == 4809887744
-    # available = inactive + free before psutil subtracts speculative pages from free,
-    # so it exceeds inactive + free by the speculative pages (204 x 4 KiB here).
-    assert svmem["available"] - svmem["inactive"] - svmem["free"] == 204 * 4096
-    total, available = svmem["total"], svmem["available"]
-    assert round((total - available) / total * 100, 1) == svmem["percent"] == 74.3
+    fields = dict(re.findall(r"(\w+)=([\d.]+)", text))
+    recorded = type("svmem", (), {k: float(v) if "." in v else int(v) for k, v in fields.items()})
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: recorded)
+
+    def nothing_answers(argv: list[str]) -> str:
+        raise FileNotFoundError(2, "No such file or directory", argv[0])
+
+    memory = host_memory(runner=nothing_answers, platform="darwin")
+    assert (memory.total_bytes, memory.available_bytes, memory.used_bytes) == (
+        8589934592,
+        2204819456,
+        4809887744,
+    )
+    assert (memory.percent, memory.free_bytes) == (74.3, 14966784)
+    assert memory.wired_bytes == 2622050304
+    assert memory.sources["wired_bytes"] == "psutil.virtual_memory"
+    assert (memory.compressed_bytes, memory.pressure, memory.physmem) == (None, None, None)
+    assert len(memory.notes) == 4  # one per macOS command that did not answer

@@ -28,15 +28,6 @@ def exact(text: str) -> int:
     return int((Decimal(number) * _SCALE[unit]).to_integral_value(ROUND_HALF_EVEN))
 
 
-def test_exact_is_the_hand_computed_value() -> None:
-    # 743 x 2**30 / 100 = 7977901752.32; 12921 x 2**20 / 100 = 135486504.96;
-    # 2014 x 2**30 / 100 = 21625160335.36
-    assert exact("7.43 GB") == 7_977_901_752
-    assert exact("129.21 MB") == 135_486_505
-    assert exact("384.00 KiB") == 393_216
-    assert exact("20.14 GiB") == 21_625_160_335
-
-
 # An operator's MPS out-of-memory message, wrapped over two lines as pasted from a log.
 SEED = (
     "MPS backend out of memory (MPS allocated: 20.14 GiB, other allocations: 384.00 KiB, "
@@ -63,14 +54,27 @@ MPS_CASES = {
 }  # fmt: skip
 
 
-def test_every_torch_fixture_has_a_case() -> None:
+@pytest.mark.parametrize(
+    ("pattern", "backend", "kinds"),
+    [
+        ("torch-mps-oom-*.txt", "mps", {"oom"}),
+        ("torch-cuda-oom-*.txt", "cuda", {"oom"}),
+        ("torch-mps-invalid-*.txt", "mps", {"invalid_low_watermark", "invalid_high_watermark"}),
+    ],
+)
+def test_every_recorded_message_parses_and_has_exact_figures_below(
+    pattern: str, backend: str, kinds: set[str]
+) -> None:
     # torch-cpu-oom-*, torch-cuda-error-*, torch-mps-ndarray-* are other failures (test_deaths)
-    names = {
-        p.name
-        for pattern in ("torch-mps-oom-*.txt", "torch-cuda-oom-*.txt", "torch-mps-invalid-*.txt")
-        for p in FIXTURES.glob(pattern)
-    }
-    assert names == set(MPS_CASES) | set(CUDA_CASES) | set(WATERMARK_CASES)
+    paths = sorted(FIXTURES.glob(pattern))
+    assert paths
+    for path in paths:
+        event = parse_oom(path.read_text(encoding="utf-8"))
+        assert event is not None, path.name
+        assert (event.backend, event.complete) == (backend, True), path.name
+        assert event.kind in kinds, path.name
+        # each one's figures are pinned by a case below
+        assert path.name in {**MPS_CASES, **CUDA_CASES, **WATERMARK_CASES}, path.name
 
 
 @pytest.mark.parametrize(("name", "expected"), MPS_CASES.items())
@@ -213,7 +217,10 @@ def test_mps_variant_without_max_allowed_synthetic() -> None:
     assert event is not None
     assert event.max_allowed_bytes is None
     assert (event.allocated_bytes, event.requested_bytes) == (round(30.5 * GIB), 2 * GIB)
-    assert "no limit" in summary(event)
+    assert summary(event) == (
+        "MPS allocated 30.5 GiB, other 1.25 GiB, no limit (high ratio 0.0), requested 2 GiB, "
+        "private pool"
+    )
     assert "No limit was set" in explain(event)[0]
 
 

@@ -157,9 +157,14 @@ def test_unknown_path_and_method_are_json(shared: InProcessService) -> None:
 
 
 def test_question_at_the_byte_limit_is_accepted(shared: InProcessService) -> None:
-    result = shared.request("POST", QUERY, {"question": "工" * 21 + "x", "max_new_tokens": 1})
+    at_limit = "工" * 21 + "x"  # 21 x 3 + 1 = 64 UTF-8 bytes, the limit
+    result = shared.request("POST", QUERY, {"question": at_limit, "max_new_tokens": 1})
 
-    assert result.status == 200
+    assert result.status == 200, result.body
+    assert result.json["tokens"] == 1
+    over = shared.request("POST", QUERY, {"question": at_limit + "y", "max_new_tokens": 1})
+    assert_error(over, 413, "question_too_large")
+    assert over.json["error"]["message"] == ("'question' is 65 bytes (UTF-8); the limit is 64")
 
 
 @pytest.mark.parametrize(
@@ -414,7 +419,9 @@ def test_chunked_body_is_read_and_capped(shared: InProcessService) -> None:
         status = int(raw.split(b" ", 2)[1])
         return HttpResult(status, {"content-type": "application/json"}, raw.split(b"\r\n\r\n")[1])
 
-    assert chunked(b'{"question": "x", "max_new_tokens": 1}').status == 200
+    answered = chunked(b'{"question": "x", "max_new_tokens": 1}')
+    assert answered.status == 200, answered.body
+    assert (answered.json["tokens"], answered.json["device"]) == (1, "cpu")
     # just over the query body cap (4 x max_question_bytes + 4096 = 20480 bytes)
     assert_error(chunked(b'{"question": "' + b"x" * 24_000 + b'"}'), 413, "body_too_large")
     assert shared.request("GET", "/health").status == 200
