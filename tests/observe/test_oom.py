@@ -130,6 +130,11 @@ CUDA_CASES = {
         "other_processes": ((1381433, "47.43 GiB"),), "allocated_bytes": "47.03 GiB",
         "reserved_unallocated_bytes": "83.38 MiB",
     },
+    "torch-cuda-oom-new-4-fraction-allowed-h200.txt": {
+        "requested_bytes": "14.00 MiB", "total_bytes": "139.80 GiB", "free_bytes": "138.32 GiB",
+        "process_bytes": "1.47 GiB", "allowed_bytes": "830.00 MiB",
+        "allocated_bytes": "754.84 MiB", "reserved_unallocated_bytes": "63.16 MiB",
+    },
     "torch-cuda-oom-2.1-capacty-1.txt": {
         "requested_bytes": "32.00 MiB", "total_bytes": "4.00 GiB", "free_bytes": "41.56 MiB",
         "process_bytes": "3.44 GiB", "allocated_bytes": "2.58 GiB",

@@ -204,33 +204,21 @@ def test_cuda_cached_wording_is_reserved_but_unallocated() -> None:
 
 
 # With torch.cuda.set_per_process_memory_fraction, CUDACachingAllocator.cpp inserts
-# `format_size(allowed_memory_maximum) + " allowed; "` before the reserved part (old wording)
-# or before "Of the allocated memory" (new wording). No recorded message has it, so these
-# are recorded messages with exactly that fragment added where the allocator puts it.
-def test_cuda_allowed_bytes_old_wording() -> None:
-    recorded = message("torch-cuda-oom-old-1.txt")
-    with_fraction = recorded.replace("free; ", "free; 8.00 GiB allowed; ")
-    assert with_fraction != recorded
-    event = parse_oom(with_fraction)
+# `format_size(allowed_memory_maximum) + " allowed; "` before "Of the allocated memory": this
+# message was recorded on a real GPU by tests/gpu/run_gpu_checks.sh.
+def test_cuda_allowed_bytes_recorded_with_a_memory_fraction() -> None:
+    event = parse_oom(read_fixture("torch-cuda-oom-new-4-fraction-allowed-h200.txt"))
     assert event is not None
     assert event.complete
-    assert event.allowed_bytes == 8 * GIB
-    assert event.as_dict()["allowed_bytes"] == 8 * GIB
-    assert (event.free_bytes, event.reserved_bytes) == (round(415.88 * MIB), round(14.80 * GIB))
-    assert "allowed 8 GiB, allocated by PyTorch 13.13 GiB" in summary(event)
-
-
-def test_cuda_allowed_bytes_new_wording() -> None:
-    recorded = message("torch-cuda-oom-new-1.txt")
-    with_fraction = recorded.replace(" Of the allocated", " 20.00 GiB allowed; Of the allocated")
-    assert with_fraction != recorded
-    event = parse_oom(with_fraction)
-    assert event is not None
-    assert event.complete
-    assert event.allowed_bytes == 20 * GIB
-    assert event.process_bytes == round(23.60 * GIB)
-    assert event.allocated_bytes == round(22.90 * GIB)
-    assert event.reserved_unallocated_bytes == round(194.87 * MIB)
+    assert event.requested_bytes == 14 * MIB
+    assert event.allowed_bytes == 830 * MIB
+    assert event.as_dict()["allowed_bytes"] == 830 * MIB
+    assert event.total_bytes == round(139.80 * GIB)
+    assert event.free_bytes == round(138.32 * GIB)
+    assert event.process_bytes == round(1.47 * GIB)
+    assert event.allocated_bytes == round(754.84 * MIB)
+    assert event.reserved_unallocated_bytes == round(63.16 * MIB)
+    assert "allowed 830 MiB" in summary(event)
 
 
 @pytest.mark.parametrize(
