@@ -191,14 +191,18 @@ def test_service_env_drops_inherited_ratios_and_puts_the_venv_first(
         "low_watermark_ratio = 0.5\n"
     )
     settings = load_settings()
-    base = {LOW_ENV: "1.9", FALLBACK_ENV: "1", "PATH": "/usr/bin", "PYTHONHOME": "/x", "A": "b"}
+    base = {LOW_ENV: "1.9", FALLBACK_ENV: "1", "PATH": "/usr/bin", "PYTHONHOME": "/x", "A": "b",
+            "LC_ALL": "C.UTF-8", "TZ": "UTC"}  # fmt: skip
     env = service_env(settings, base)
+    # the documented base only: an operator's own service gets the same environment from a
+    # shell and from cron, so an arbitrary export ("A") does not leak into it
     assert env == {
         HIGH_ENV: "0.7",
         LOW_ENV: "0.5",
         "PATH": f"{venv / 'bin'}{os.pathsep}/usr/bin",
         "VIRTUAL_ENV": str(venv),
-        "A": "b",
+        "LC_ALL": "C.UTF-8",
+        "TZ": "UTC",
     }
     assert base[LOW_ENV] == "1.9"  # the caller's mapping is not changed
     assert service_env(settings, {})["PATH"] == f"{venv / 'bin'}{os.pathsep}{os.defpath}"
@@ -208,11 +212,11 @@ def test_service_env_without_venv_keeps_path_and_defaults_to_os_environ(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv(HIGH_ENV, "1.9")
-    monkeypatch.setenv("TORCH_ENV_TEST_MARK", "here")
+    monkeypatch.setenv("HOME", "/home/torch-env-test")
     settings = load_settings()
     env = service_env(settings)
     assert env[HIGH_ENV] == "1"  # the default settings' ratio, not the inherited 1.9
-    assert env["TORCH_ENV_TEST_MARK"] == "here"
+    assert env["HOME"] == "/home/torch-env-test"  # read from this process's environment
     assert env["PATH"] == os.environ["PATH"]
     assert "VIRTUAL_ENV" not in env or env["VIRTUAL_ENV"] == os.environ.get("VIRTUAL_ENV")
 
