@@ -65,6 +65,7 @@ def test_a_an_oom_the_service_survived_alerts_once_and_never_restarts(make_site)
     assert alerts[0]["verdict"] == "WARNING"
     assert any("out-of-memory" in reason for reason in alerts[0]["reasons"])
 
+
 def test_b_a_slow_health_answer_while_queries_run_loses_no_query(make_site) -> None:
     """(b) /health slow while queries run (model work inside ``async def``) -> 0 restarts,
     no query lost."""
