@@ -46,11 +46,13 @@ PREFILTER_NEEDLES = (
 )  # fmt: skip
 
 
-#: Workers for the Python pass (used only where grep is missing): each costs ~0.1 s to spawn
-#: and the parent's resolve pass stays serial. Measured on 2 busy cores (bench_oom_scan.py
-#: --python): at 256 and 512 MiB the workers were no faster than one process (median wall
-#: 3.92 s vs 4.24 s, 8.11 s vs 7.96 s) and cost 20% more CPU, so they run only on larger
-#: files and machines with cores to spare.
+#: Workers for the Python pass (used only where neither rg nor grep works): each costs
+#: 0.1-0.2 s CPU to spawn and the parent's resolve pass stays serial. Measured (minimum of 2
+#: interleaved runs, CPU incl. children): on 2 busy cores at 256 and 512 MiB the workers were
+#: no faster than one process (median wall 3.92 s vs 4.24 s, 8.11 s vs 7.96 s) and cost 20%
+#: more CPU; on 16 cores, 8 workers took a 1 GiB log from 9.5 s to 1.6 s wall (11.0 s vs
+#: 9.5 s CPU) and 512 MiB from 4.8 s to 1.1 s. So they run on machines with cores to spare,
+#: on files large enough that no core count measured made them slower.
 PARALLEL_MIN_BYTES = 1024 * 1024 * 1024
 PARALLEL_MIN_CPUS = 4
 PARALLEL_MAX_WORKERS = 8
