@@ -6,9 +6,9 @@ where GNU grep's multi-string search is ~1.2 s per GiB. The tool looks for a few
 strings and prints each candidate line with its number and byte offset (``-b -n``); the
 exact needles are then located in those lines in Python, so the hits equal the Python
 pass's. The tool is given the already-open file as its stdin (at the scan's start offset),
-so a log rotated while it runs cannot swap the file under it. Where no usable tool exists,
-or it fails, or its output does not match the file's bytes, the caller falls back to the
-Python search, which stays the reference the tests compare with.
+so a log rotated while it runs cannot swap the file under it. Where rg fails, grep is tried;
+where no usable tool exists, or it fails, or its output does not match the file's bytes, the
+caller falls back to the Python search, which stays the reference the tests compare with.
 """
 
 from __future__ import annotations
@@ -66,9 +66,36 @@ def grep_hits(
     with the newlines from ``start`` before it, found via the lines that hold one of
     ``prefilter`` (each needle must contain one of them). None when the tool is missing or
     failed, or printed something other than the file's lines (then the Python search runs)."""
-    tool = grep_path()
-    if tool is None or start >= end:
-        return None if tool is None else []
+    tools = _tools()
+    if not tools or start >= end:
+        return None if not tools else []
+    for tool in tools:
+        hits = _search(tool, handle, start, end, prefilter, needles)
+        if hits is not None:
+            return hits
+    return None
+
+
+def _tools() -> list[str]:
+    """The chosen tool, then grep where rg was chosen by default (an rg too old for an
+    option, or broken, must not leave the slow Python pass as the only way)."""
+    first = grep_path()
+    if first is None:
+        return []
+    if os.environ.get("MPSCTL_GREP") is None and os.path.basename(first).startswith("rg"):
+        grep = shutil.which("grep")
+        return [first, grep] if grep else [first]
+    return [first]
+
+
+def _search(
+    tool: str,
+    handle: IO[bytes],
+    start: int,
+    end: int,
+    prefilter: tuple[bytes, ...],
+    needles: tuple[bytes, ...],
+) -> list[Hit] | None:
     fd = handle.fileno()
     os.lseek(fd, start, os.SEEK_SET)
     try:

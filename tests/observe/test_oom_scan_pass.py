@@ -84,3 +84,22 @@ def test_output_that_is_not_the_files_lines_is_refused(
     liar.write_text(f"#!/bin/sh\ncat >/dev/null\necho '{truth}'\n")
     with log.open("rb") as handle:
         assert grep_hits(handle, 0, log.stat().st_size, PREFILTER_NEEDLES, ALL_NEEDLES) == [(31, 1)]
+
+
+@pytest.mark.skipif(not shutil.which("grep"), reason="needs grep as the second choice")
+def test_grep_answers_when_the_default_rg_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = tmp_path / "a.log"
+    log.write_bytes((FIXTURES / "torch-mps-oom-2.txt").read_bytes() * 3)
+    broken = tmp_path / "rg"
+    broken.write_text("#!/bin/sh\ncat >/dev/null\necho 'rg: unknown option' >&2\nexit 2\n")
+    broken.chmod(0o755)
+    monkeypatch.delenv("MPSCTL_GREP", raising=False)
+    monkeypatch.setattr(scan_grep, "_GREP", [str(broken)])
+    fast, reference = both(log)
+    assert fast == reference
+    assert len(reference) == 3
+    monkeypatch.setenv("MPSCTL_GREP", str(broken))  # named by the user: no second choice
+    fast, reference = both(log)
+    assert fast is None
