@@ -1,8 +1,8 @@
 """Find every memory failure in log files of any size, fast: byte needles, then regexes.
 
-A first pass looks for cheap byte needles: the system's ``grep -F`` where there is one
-(``scan_grep``), else a Python search in big chunks (in parallel for very large files). Only
-the windows around a hit are decoded and parsed: caching-allocator messages by ``oom``, every
+A first pass (``oom_scan_pass``) finds cheap byte needles: the system's ``rg``/``grep -F``
+where there is one (``scan_grep``), else a Python search in big chunks. Only the windows
+around a hit are decoded and parsed: caching-allocator messages by ``oom``, every
 other memory death (kernel OOM killer, systemd-oomd, jetsam, gunicorn, CPU allocator, CUDA
 runtime, MPS array limits) by ``deaths``, whose hits are read in clusters so that one kill
 written over many lines is one event. Each event gets its record's timestamp from the
@@ -24,33 +24,24 @@ from mpsctl.observe.deaths import find_deaths
 from mpsctl.observe.logtime import iso, line_time
 from mpsctl.observe.oom import NEEDLES, OomEvent, parse_oom
 from mpsctl.observe.oom_events import Found, merge
+from mpsctl.observe.oom_scan_pass import (
+    ALL_NEEDLES,
+    PREFILTER_NEEDLES,
+    Hit,
+    find_in_range,
+    parallel_hits,
+)
 from mpsctl.observe.scan_grep import grep_hits
 from mpsctl.units import utc_now_iso
 
 if TYPE_CHECKING:
     from mpsctl.plan.plan import Plan
 
-#: read size of the first pass (one reused buffer; 64 KiB-4 MiB measured the same)
-CHUNK_BYTES = 256 * 1024
 LOOKBACK_BYTES = 64 * 1024  # how far back a traceback line looks for its record's timestamp
 LOOKBACK_LINES = 200
 FORWARD_BYTES = 16 * 1024  # room for a message wrapped over its next lines
 WINDOW_BYTES = 256 * 1024  # read around a hit at once, so dense hits share one read
 CONTINUATION_LINES = 4
-#: bytes that start (or, for the kernel, head) every memory death ``deaths`` reads; fixed
-#: strings, so grep and ``bytes.find`` agree. "Killed process" and "Out of memory" also catch a
-#: kill line hard-wrapped after them. Long needles on purpose: a multi-string search skips
-#: ahead by up to the shortest needle's length, so one short needle slows every byte.
-#: (A JetsamEvent .ips report is small and read whole: see ``WHOLE_JSON_BYTES``.)
-DEATH_NEEDLES = (
-    b"Out of memory", b"Killed process", b"invoked oom-killer", b"oom-kill:constraint",
-    b"systemd-oomd", b"by the OOM killer", b"memorystatus", b"killed by jetsam",
-    b"exceeded mem limit", b"was sent SIGKILL", b"due to signal 9", b"WORKER TIMEOUT",
-    b"CPUAllocator", b"posix_memalign", b"CUBLAS_STATUS_ALLOC", b"NDArray initWithDevice",
-    b"killed as a result",
-)  # fmt: skip
-ALL_NEEDLES = NEEDLES + DEATH_NEEDLES
-_MAX_NEEDLE = max(len(n) for n in ALL_NEEDLES)
 #: hits of deaths closer than this (bytes, lines) are read together: one kill's lines are
 #: near each other; a header whose kill line is missing does not reach a kill much later
 CLUSTER_GAP_BYTES = 64 * 1024
@@ -58,9 +49,6 @@ CLUSTER_GAP_LINES = 400
 CLUSTER_MAX_BYTES = 1024 * 1024
 #: a file this small that starts with "{" is a JSON report (JetsamEvent .ips): read whole
 WHOLE_JSON_BYTES = 8 * 1024 * 1024
-
-#: (absolute offset of a needle, newlines in the file before it)
-Hit = tuple[int, int]
 
 
 def scan_found(
@@ -73,10 +61,8 @@ def scan_found(
     """Every memory failure in a log file, in file order (not yet merged: see ``merge``).
 
     Two passes that never hold the file in memory: (1) the needles' byte offsets and line
-    numbers, from ``grep -F`` (``prefilter``, where the system has it) or, as fallback and
-    reference, ``_find_in_range``: 256 KiB chunks, a ``bytes`` search per needle and a newline
-    count (a needle cut by a chunk boundary is found by ``_edge_hits``; a file of
-    ``PARALLEL_MIN_BYTES`` or more is split in ranges searched by spawned workers);
+    numbers, from ``rg``/``grep -F`` (``prefilter``, where the system has one) or, as fallback
+    and reference, ``oom_scan_pass.find_in_range`` (see there);
     (2) each hit is read back with its surroundings, decoded (``errors="replace"``) and
     parsed, joining a message wrapped over its next lines and taking the timestamp of its
     line or of the record it continues (a traceback).
@@ -113,25 +99,12 @@ def scan_range(
         if head.startswith(b"{"):
             handle.seek(0)
             return _whole_text(handle.read(end), now)
-    hits = grep_hits(handle, start, end, ALL_NEEDLES) if prefilter else None
-    if hits is not None and not _needles_at(handle, hits):
-        hits = None  # a grep whose output means something else: the Python pass decides
+    hits = grep_hits(handle, start, end, PREFILTER_NEEDLES, ALL_NEEDLES) if prefilter else None
     if hits is None and start == 0:
-        hits = _parallel_hits(path, info, end)
+        hits = parallel_hits(path, info, end)
     if hits is None:
-        hits = _find_in_range(handle, start, end)[1]
+        hits = find_in_range(handle, start, end)[1]
     return _resolve(handle, end, hits, now)
-
-
-def _needles_at(handle: io.BufferedReader, hits: list[Hit]) -> bool:
-    """Whether a needle starts at each offset grep gave (a grep that prints its fields in
-    another order, or counts otherwise, must not send the parser to the wrong bytes)."""
-    for pos, _newlines in hits[:64]:
-        handle.seek(pos)
-        head = handle.read(_MAX_NEEDLE)
-        if not any(head.startswith(needle) for needle in ALL_NEEDLES):
-            return False
-    return True
 
 
 def _whole_text(data: bytes, now: datetime) -> list[Found]:
@@ -157,121 +130,6 @@ def scan_file(
                 time=None if when is None else iso(when),
                 when=when,
             )
-
-
-#: Workers for the Python pass (used only where grep is missing): each costs ~0.1 s to spawn
-#: and the parent's resolve pass stays serial. Measured on 2 busy cores (bench_oom_scan.py
-#: --python): at 256 and 512 MiB the workers were no faster than one process (median wall
-#: 3.92 s vs 4.24 s, 8.11 s vs 7.96 s) and cost 20% more CPU, so they run only on larger
-#: files and machines with cores to spare.
-PARALLEL_MIN_BYTES = 1024 * 1024 * 1024
-PARALLEL_MIN_CPUS = 4
-PARALLEL_MAX_WORKERS = 8
-
-
-def _range_hits(
-    path: str, start: int, end: int, identity: tuple[int, int]
-) -> tuple[int, list[Hit]] | None:
-    """A worker's share: ``_find_in_range`` on ``[start, end)`` of the same file (None if the
-    path now names another file: it was rotated after the parent opened it)."""
-    with open(path, "rb") as handle:
-        info = os.fstat(handle.fileno())
-        if (info.st_dev, info.st_ino) != identity:
-            return None
-        return _find_in_range(handle, start, end)
-
-
-def _parallel_hits(
-    path: str | os.PathLike[str], info: os.stat_result, size: int, workers: int | None = None
-) -> list[Hit] | None:
-    """Hits of a large file found by worker processes, one range each; None to scan alone.
-
-    The search is CPU-bound and CPython's ``bytes.find``/``count`` hold the GIL, so threads
-    would not help. Workers are *spawned*, never forked: fork without exec is unsafe on
-    macOS and in a process with threads. A needle across two ranges is found by the range it
-    starts in (``_find_in_range`` looks past its end), and each range's newline count is
-    offset by the ranges before it, so the result equals a single pass.
-    """
-    if workers is None:
-        cpus = os.cpu_count() or 1
-        workers = min(cpus, PARALLEL_MAX_WORKERS) if cpus >= PARALLEL_MIN_CPUS else 1
-        if os.environ.get("MPSCTL_OOM_WORKERS", "").isdigit():  # benchmarks compare 0 / n
-            workers = min(workers, int(os.environ["MPSCTL_OOM_WORKERS"]))
-    if workers < 2 or size < PARALLEL_MIN_BYTES:
-        return None
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-    from concurrent.futures.process import BrokenProcessPool
-
-    bounds = [size * i // workers for i in range(workers + 1)]
-    where = os.path.abspath(os.fspath(path))
-    identity = (info.st_dev, info.st_ino)
-    try:
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(workers, mp_context=context) as pool:
-            parts = list(
-                pool.map(_range_hits, [where] * workers, bounds[:-1], bounds[1:],
-                         [identity] * workers)
-            )  # fmt: skip
-    except (OSError, BrokenProcessPool):
-        return None  # no processes to be had here: the single pass still works
-    hits: list[Hit] = []
-    before = 0
-    for part in parts:
-        if part is None:
-            return None
-        newlines, found = part
-        hits += [(offset, before + count) for offset, count in found]
-        before += newlines
-    return hits
-
-
-def _edge_hits(tail: bytes, head: bytes | bytearray, offset: int, newlines: int) -> list[Hit]:
-    """Needles that start in ``tail`` (ending at ``offset``) and end in ``head``."""
-    hits = []
-    for needle in ALL_NEEDLES:
-        k = len(needle) - 1
-        found = (tail[-k:] + head[:k]).find(needle)
-        if 0 <= found < len(tail[-k:]):
-            # a needle holds no newline, so none lies between it and `offset`
-            hits.append((offset - len(tail[-k:]) + found, newlines))
-    return hits
-
-
-def _find_in_range(handle: io.BufferedReader, start: int, end: int) -> tuple[int, list[Hit]]:
-    """Newlines in ``[start, end)`` and the needles starting there (newlines counted from
-    ``start``). The hot loop: per chunk one search per needle and one newline count."""
-    hits: list[Hit] = []
-    newlines = 0
-    # One reused buffer: a fresh bytes object per read costs an allocation and page faults.
-    buffer = bytearray(max(min(CHUNK_BYTES, end - start), 1))
-    tail = b""  # the last bytes before the chunk, for a needle across the chunk boundary
-    handle.seek(start)
-    pos = start
-    while pos < end:
-        size = min(handle.readinto(buffer), end - pos)
-        if size <= 0:
-            break
-        chunk = buffer if size == len(buffer) else buffer[:size]
-        hits += _edge_hits(tail, chunk[: _MAX_NEEDLE - 1], pos, newlines)
-        found_at = []
-        for needle in ALL_NEEDLES:
-            found = chunk.find(needle)
-            while found >= 0:
-                found_at.append(found)
-                found = chunk.find(needle, found + 1)
-        counted, counted_to = newlines, 0
-        for found in sorted(found_at):  # incremental: a log full of OOMs stays linear
-            counted += chunk.count(b"\n", counted_to, found)
-            counted_to = found
-            hits.append((pos + found, counted))
-        newlines += chunk.count(b"\n")
-        tail = bytes(chunk[-(_MAX_NEEDLE - 1) :])
-        pos += size
-    if pos == end and tail:
-        handle.seek(end)
-        hits += _edge_hits(tail, handle.read(_MAX_NEEDLE - 1), end, newlines)
-    return newlines, sorted(hits)
 
 
 def recent_events(

@@ -1,10 +1,13 @@
-"""The system's ``grep -F`` as the scanner's first pass: byte offsets of candidate needles only.
+"""The system's ``rg`` or ``grep -F`` as the scanner's first pass: candidate lines only.
 
-Searching gigabytes for fixed strings is what grep is built for: it runs at the machine's
-speed, while the same search in CPython costs one pass over the bytes per needle. grep is
-given the already-open file as its stdin (at the scan's start offset), so a log rotated
-while it runs cannot swap the file under it, and it prints only ``line:offset:needle`` per
-match (``-o -b -n``), never the log's text. Where no usable grep exists, or it fails, the
+Searching gigabytes for fixed strings is what these tools are built for. ripgrep is preferred:
+its SIMD search for up to 16 literals costs about what one costs (~0.15 s per GiB here),
+where GNU grep's multi-string search is ~1.2 s per GiB. The tool looks for a few *prefilter*
+strings and prints each candidate line with its number and byte offset (``-b -n``); the
+exact needles are then located in those lines in Python, so the hits equal the Python
+pass's. The tool is given the already-open file as its stdin (at the scan's start offset),
+so a log rotated while it runs cannot swap the file under it. Where rg fails, grep is tried;
+where no usable tool exists, or it fails, or its output does not match the file's bytes, the
 caller falls back to the Python search, which stays the reference the tests compare with.
 """
 
@@ -19,32 +22,85 @@ from typing import IO
 Hit = tuple[int, int]
 
 _GREP: list[str | None] = []
+#: candidate lines compared with the file's bytes before the tool's output is trusted
+_CHECKED_LINES = 64
 
 
 def grep_path() -> str | None:
-    """The grep to use (``MPSCTL_GREP`` names another; ``MPSCTL_GREP=`` disables it)."""
+    """The search tool to use: ``rg``, else ``grep`` (``MPSCTL_GREP`` names another;
+    ``MPSCTL_GREP=`` disables it)."""
     if not _GREP:
         chosen = os.environ.get("MPSCTL_GREP")
-        _GREP.append(shutil.which("grep") if chosen is None else (shutil.which(chosen) or None))
+        if chosen is None:
+            _GREP.append(shutil.which("rg") or shutil.which("grep"))
+        else:
+            _GREP.append(shutil.which(chosen) if chosen else None)
     return _GREP[0]
 
 
-def grep_hits(
-    handle: IO[bytes], start: int, end: int, needles: tuple[bytes, ...]
-) -> list[Hit] | None:
-    """Needle offsets in ``[start, end)`` of the open file, line counts from ``start``; None
-    when grep is missing or failed (then the Python search runs instead)."""
-    grep = grep_path()
-    if grep is None or start >= end:
-        return None if grep is None else []
-    args = [grep, "-a", "-o", "-b", "-n", "-F"]
-    for needle in needles:
+def _command(tool: str, start: int, prefilter: tuple[bytes, ...]) -> list[str]:
+    if os.path.basename(tool).startswith("rg"):
+        # --no-config: a user's ripgreprc may cap columns or add context lines;
+        # --encoding none: a BOM must not make it transcode (the offsets would move)
+        args = [tool, "--no-config", "-a", "-b", "-n", "-F", "--encoding", "none",
+                "--color", "never", "--no-heading"]  # fmt: skip
+    else:
+        args = [tool, "-a", "-b", "-n", "-F"]
+    for needle in prefilter:
         args += ["-e", needle.decode("ascii")]
+    if start == 0 and args[1] == "--no-config" and os.path.exists("/dev/stdin"):
+        # A path lets ripgrep map the file instead of copying it through read() (-25% CPU);
+        # /dev/stdin still names the open file, not whatever the log's path names now.
+        args.append("/dev/stdin")
+    return args
+
+
+def grep_hits(
+    handle: IO[bytes],
+    start: int,
+    end: int,
+    prefilter: tuple[bytes, ...],
+    needles: tuple[bytes, ...],
+) -> list[Hit] | None:
+    """Every offset in ``[start, end)`` of the open file where one of ``needles`` starts,
+    with the newlines from ``start`` before it, found via the lines that hold one of
+    ``prefilter`` (each needle must contain one of them). None when the tool is missing or
+    failed, or printed something other than the file's lines (then the Python search runs)."""
+    tools = _tools()
+    if not tools or start >= end:
+        return None if not tools else []
+    for tool in tools:
+        hits = _search(tool, handle, start, end, prefilter, needles)
+        if hits is not None:
+            return hits
+    return None
+
+
+def _tools() -> list[str]:
+    """The chosen tool, then grep where rg was chosen by default (an rg too old for an
+    option, or broken, must not leave the slow Python pass as the only way)."""
+    first = grep_path()
+    if first is None:
+        return []
+    if os.environ.get("MPSCTL_GREP") is None and os.path.basename(first).startswith("rg"):
+        grep = shutil.which("grep")
+        return [first, grep] if grep else [first]
+    return [first]
+
+
+def _search(
+    tool: str,
+    handle: IO[bytes],
+    start: int,
+    end: int,
+    prefilter: tuple[bytes, ...],
+    needles: tuple[bytes, ...],
+) -> list[Hit] | None:
     fd = handle.fileno()
     os.lseek(fd, start, os.SEEK_SET)
     try:
         proc = subprocess.run(
-            args,
+            _command(tool, start, prefilter),
             stdin=fd,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -58,18 +114,49 @@ def grep_hits(
     if proc.returncode != 0:
         return None
     hits: list[Hit] = []
-    limit = end - start
+    checked = 0
+    previous = -1
     for row in proc.stdout.split(b"\n"):
         if not row:
             continue
         number, _, rest = row.partition(b":")
-        offset, _, _ = rest.partition(b":")
+        offset, _, line = rest.partition(b":")
         try:
-            at = int(offset)
-            line = int(number)
+            at = start + int(offset)
+            newlines = int(number) - 1
         except ValueError:
             return None  # not the output this module asked for: trust the Python search
-        if at < limit:
-            hits.append((start + at, line - 1))
+        if at <= previous or newlines < 0:
+            return None
+        previous = at
+        if at >= end:
+            break
+        if checked < _CHECKED_LINES:
+            checked += 1
+            if not _is_line_at(handle, start, at, line):
+                return None
+        for needle in needles:
+            found = line.find(needle)
+            while found >= 0 and at + found < end:
+                hits.append((at + found, newlines))
+                found = line.find(needle, found + 1)
     hits.sort()
     return hits
+
+
+def _is_line_at(handle: IO[bytes], start: int, at: int, line: bytes) -> bool:
+    """Whether the file holds ``line`` as a whole line at offset ``at`` (a tool that prints
+    other fields, or counts otherwise, must not send the parser to the wrong bytes)."""
+    low = max(at - 1, start)
+    handle.seek(low)
+    data = handle.read(at - low + len(line) + 1)
+    head, body = data[: at - low], data[at - low :]
+    return (
+        head in (b"", b"\n")
+        and body.startswith(line)
+        and body[len(line) : len(line) + 1]
+        in (
+            b"",
+            b"\n",
+        )
+    )

@@ -5,11 +5,15 @@ Generates logs of ordinary lines with a sparse MPS OOM traceback every ``--every
 figure) in a temporary directory (deleted afterwards), warms the page cache, then runs every
 command on every file in interleaved rounds (``--repeat``) and prints min / median wall and
 CPU (user + system, children included) per command, the ratios against grep, and the CPU
-beyond start-up: (512 MiB log - empty log) per GiB (target <= 0.3 s). ``--python`` adds the
-Python first pass (``MPSCTL_GREP=``) with and without workers (``MPSCTL_OOM_WORKERS=0``).
+beyond start-up: (512 MiB log - empty log) per GiB (target <= 0.3 s). The default first pass
+is ``rg`` where installed; ``--grep`` adds a row with GNU grep as the first pass
+(``MPSCTL_GREP=grep``), ``--python`` the Python first pass (``MPSCTL_GREP=``) with and without
+workers (``MPSCTL_OOM_WORKERS=0``), ``--baseline DIR`` the mpsctl found in DIR (another
+checkout, via PYTHONPATH), interleaved with the rest for a before/after comparison.
 
     python tests/benchmarks/bench_oom_scan.py                      # 64, 256, 1024 MiB
-    python tests/benchmarks/bench_oom_scan.py --sizes 64 256 --repeat 5 --python
+    python tests/benchmarks/bench_oom_scan.py --sizes 64 256 --repeat 5 --python --grep
+    python tests/benchmarks/bench_oom_scan.py --baseline /tmp/mpsctl-before
 """
 
 from __future__ import annotations
@@ -101,6 +105,8 @@ def main() -> None:
     parser.add_argument("--every-mib", type=int, default=16, help="one OOM per this many MiB")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--python", action="store_true", help="also time the Python pass")
+    parser.add_argument("--grep", action="store_true", help="also time grep as the first pass")
+    parser.add_argument("--baseline", metavar="DIR", help="also time the mpsctl in DIR")
     args = parser.parse_args()
     mpsctl = shutil.which("mpsctl")
     command = [mpsctl] if mpsctl else [sys.executable, "-m", "mpsctl"]
@@ -110,6 +116,12 @@ def main() -> None:
     if shutil.which("rg"):
         runs["rg -c"] = (["rg", "-c", "out of memory"], None)
     runs["mpsctl oom --json"] = ([*command, "oom", "--json"], None)
+    if args.grep:
+        runs["mpsctl oom (grep pass)"] = ([*command, "oom", "--json"], {"MPSCTL_GREP": "grep"})
+    if args.baseline:
+        runs["mpsctl oom (baseline)"] = (
+            [*command, "oom", "--json"], {"PYTHONPATH": args.baseline},
+        )  # fmt: skip
     if args.python:
         runs["mpsctl oom (python pass)"] = ([*command, "oom", "--json"], {"MPSCTL_GREP": ""})
         runs["mpsctl oom (python, 1 proc)"] = (

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mpsctl.observe import oom, oom_scan
+from mpsctl.observe import oom, oom_scan, oom_scan_pass
 from mpsctl.observe.logtime import line_time
 from mpsctl.observe.oom import parse_oom, summary
 from mpsctl.observe.oom_advice import explain
@@ -338,7 +338,7 @@ def test_scan_file_keeps_a_cut_message_as_incomplete(tmp_path: Path) -> None:
 
 
 def test_scan_file_across_chunk_boundaries(tmp_path: Path) -> None:
-    chunk = oom_scan.CHUNK_BYTES
+    chunk = oom_scan_pass.CHUNK_BYTES
     filler = "2026-01-21T10:00:00Z INFO nothing to see here\n"
     one = read_fixture("torch-mps-oom-6-gib.txt").strip()
     parts: list[str] = []
@@ -407,7 +407,7 @@ def test_tiny_chunks_find_every_message_exactly_once(
 ) -> None:
     # Chunk sizes below the needle length and odd ones: every needle is cut by a boundary at
     # some offset; each message must still be found once, on its own line.
-    monkeypatch.setattr(oom_scan, "CHUNK_BYTES", chunk)
+    monkeypatch.setattr(oom_scan_pass, "CHUNK_BYTES", chunk)
     lines = ["2026-01-21T09:00:00Z INFO fine"]
     for n, name in enumerate(["torch-mps-oom-2.txt", "torch-cuda-oom-old-1.txt"] * 3):
         lines += ["x" * n, "2026-01-21T10:00:00Z " + read_fixture(name).strip()]
@@ -440,10 +440,10 @@ def test_parallel_scan_equals_the_single_pass(
     serial = list(scan_file(log))
     assert len(serial) == 40
     with log.open("rb") as handle:
-        single = oom_scan._find_in_range(handle, 0, size)[1]
-    monkeypatch.setattr(oom_scan, "PARALLEL_MIN_BYTES", 1)
+        single = oom_scan_pass.find_in_range(handle, 0, size)[1]
+    monkeypatch.setattr(oom_scan_pass, "PARALLEL_MIN_BYTES", 1)
     for workers in (2, 3, 7):
-        assert oom_scan._parallel_hits(log, log.stat(), size, workers=workers) == single
+        assert oom_scan_pass.parallel_hits(log, log.stat(), size, workers=workers) == single
     assert list(scan_file(log)) == serial
 
 
