@@ -93,7 +93,7 @@ def _parse_restart_on(value: Any) -> tuple[str, ...]:
 
 def _parse_env_table(value: Any) -> dict[str, str]:
     """``{ NAME = "value" }``: names as the shell spells them, string values; the
-    ``PYTORCH_MPS_*`` variables come from [memory] only."""
+    watermark ratio variables come from [memory] only."""
     if not isinstance(value, dict):
         raise ValueError(f'expected a table of NAME = "value", got {kind(value)}')
     env: dict[str, str] = {}
