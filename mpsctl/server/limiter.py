@@ -1,6 +1,6 @@
 """A pure-ASGI concurrency limit with a bounded, timed queue.
 
-Why not Starlette's ``BaseHTTPMiddleware`` + ``asyncio.Semaphore`` (the seed's plan): that
+Why not Starlette's ``BaseHTTPMiddleware`` + ``asyncio.Semaphore`` (the obvious way): that
 queue is unbounded and untimed, so under load every waiting request holds a connection and
 memory until the client gives up, and ``BaseHTTPMiddleware`` costs a task and a stream per
 request. Here a request either runs, waits in a bounded FIFO for at most ``queue_timeout``
