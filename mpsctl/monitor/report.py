@@ -22,8 +22,8 @@ from typing import Any
 
 from mpsctl.control.audit import fix_history_path
 from mpsctl.errors import MpsctlError
-from mpsctl.monitor.history import parse_time, read_history, read_jsonl
-from mpsctl.units import GIB, iso_utc
+from mpsctl.monitor.history import read_history, read_jsonl
+from mpsctl.units import GIB, iso_utc, parse_time
 
 SCHEMA = "mpsctl.report/1"
 PLOT_MISSING = "--plot needs matplotlib: pip install 'mpsctl[plot]'"
