@@ -224,6 +224,20 @@ def _did_you_mean(word: str, choices: list[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+def _set(
+    values: dict[str, Any], sources: dict[str, str], dotted: str, raw: Any, where: str,
+    source: str,
+) -> None:  # fmt: skip
+    """Parse ``raw`` for the key ``dotted``; a bad value is a ConfigError that starts with
+    ``where`` (the file and key, the variable or the flag)."""
+    section, key = dotted.split(".", 1)
+    try:
+        values[dotted] = SCHEMA[section][key].parse(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    sources[dotted] = source
+
+
 def load_settings(
     *,
     config: str | None = None,
@@ -253,11 +267,8 @@ def load_settings(
                 if key not in SCHEMA[section]:
                     hint = _did_you_mean(key, list(SCHEMA[section]))
                     raise ConfigError(f"{path}: unknown key {section}.{key}{hint}")
-                try:
-                    values[f"{section}.{key}"] = SCHEMA[section][key].parse(raw)
-                except ValueError as exc:
-                    raise ConfigError(f"{path}: {section}.{key}: {exc}") from None
-                sources[f"{section}.{key}"] = f"file {path}"
+                key_name = f"{section}.{key}"
+                _set(values, sources, key_name, raw, f"{path}: {key_name}", f"file {path}")
 
     unknown_env: list[str] = []
     for name, raw in sorted(env.items()):
@@ -268,12 +279,7 @@ def load_settings(
             if not name.startswith(PASSED_ENV_PREFIXES):
                 unknown_env.append(name)
             continue
-        section, key = dotted.split(".", 1)
-        try:
-            values[dotted] = SCHEMA[section][key].parse(raw)
-        except ValueError as exc:
-            raise ConfigError(f"environment: {name}: {exc}") from None
-        sources[dotted] = f"env {name}"
+        _set(values, sources, dotted, raw, f"environment: {name}", f"env {name}")
     # a typo (MPSCTL_SERVCE_URL) must not silently leave the default in place; the token
     # variable is read by the client, under whatever name service.token_env gives it
     for name in unknown_env:
@@ -284,12 +290,7 @@ def load_settings(
     for dotted, (raw, flag) in (overrides or {}).items():
         if raw is None:
             continue
-        section, key = dotted.split(".", 1)
-        try:
-            values[dotted] = SCHEMA[section][key].parse(raw)
-        except ValueError as exc:
-            raise ConfigError(f"{flag}: {exc}") from None
-        sources[dotted] = f"flag {flag}"
+        _set(values, sources, dotted, raw, flag, f"flag {flag}")
 
     return _finish(values, sources, path, env)
 
