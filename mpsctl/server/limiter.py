@@ -31,6 +31,26 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
+
+async def send_json_error(
+    send: Send, status: int, kind: str, message: str, headers: Iterable[tuple[bytes, bytes]] = ()
+) -> None:
+    """Answer with ``{"error": {"kind", "message"}}``, the service's error body, from ASGI."""
+    body = json.dumps({"error": {"kind": kind, "message": message}}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
 DEFAULT_EXEMPT_PATHS = ("/health", "/metrics")
 #: request body bytes read ahead (to notice a disconnect) while a request is queued;
 #: past this the limiter stops reading, so a queued upload cannot grow without bound
@@ -208,19 +228,8 @@ class ConcurrencyLimit:
             self._waiters.remove(waiter)
 
     async def _reject(self, send: Send, kind: str, message: str) -> None:
-        body = json.dumps({"error": {"kind": kind, "message": message}}).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 503,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"retry-after", str(self.retry_after_for()).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        retry_after = (b"retry-after", str(self.retry_after_for()).encode())
+        await send_json_error(send, 503, kind, message, [retry_after])
 
 
 class _BufferedReceive:
