@@ -16,8 +16,8 @@ from mpsctl.errors import ConfigError
 from mpsctl.torch_env import DEFAULT_HIGH_RATIO as TORCH_DEFAULT_HIGH_RATIO
 from mpsctl.torch_env import DEFAULT_LOW_RATIO as TORCH_DEFAULT_LOW_RATIO
 from mpsctl.torch_env import MAX_RATIO
+from mpsctl.units import GIB
 
-GIB = 1024**3
 #: Metal's recommendedMaxWorkingSetSize as published for real Macs:
 #: 2/3 of RAM at 8, 16 and 32 GB (5461.34, 10922.67 and 21845.34 MiB in llama.cpp logs:
 #: mozilla-ai/llamafile#42, abetlen/llama-cpp-python#687, ggml-org/llama.cpp#2011),
