@@ -1,8 +1,8 @@
 """The reference service and the pieces an operator's own service can import.
 
 This module stays light (no torch, FastAPI or uvicorn): ``mpsctl serve`` resolves its token
-and environment here before paying for the heavy imports, and ``mpsctl ask`` reads the same
-token file through :func:`read_token_file`.
+and environment here before paying for the heavy imports. The client (``mpsctl ask``) reads the
+token file the way the service does, through ``mpsctl.tokens.read_token_text``.
 
 Importable pieces: ``mpsctl.server.limiter.ConcurrencyLimit`` (pure ASGI),
 ``mpsctl.server.memory.memory_report`` / ``release`` (torch imported lazily).
