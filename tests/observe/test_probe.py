@@ -25,7 +25,7 @@ from mpsctl.observe.accelerator import UNKNOWN, from_memory_report
 from mpsctl.observe.host import HostMemory
 from mpsctl.observe.probe import HealthFigures, ProbeResult, judge
 from mpsctl.observe.procs import ProcInfo, ServiceSnapshot
-from mpsctl.render.probe import nagios_line
+from mpsctl.render.nagios import nagios_line
 from mpsctl.settings import load_settings
 from tests.conftest import free_port
 
