@@ -49,7 +49,7 @@ def toml_value(value: Any) -> str:
 def table() -> str:
     """The generated Markdown: one table per section of the schema."""
     sys.path.insert(0, str(HERE.parent))
-    from mpsctl.settings import SCHEMA, env_name
+    from mpsctl.settings_schema import SCHEMA, env_name
 
     out: list[str] = []
     for section, keys in SCHEMA.items():

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 from mpsctl.errors import ClientError, ConfigError
 from mpsctl.settings import ServiceSettings
-from mpsctl.tokens import token_problem
+from mpsctl.tokens import read_token_text, token_problem
 
 if TYPE_CHECKING:
     import requests
@@ -67,14 +67,7 @@ def read_token(
         return checked_token(os.environ[env_name].strip(), f"${env_name}")
     path = Path(token_file) if token_file else service.token_file
     if path is not None and path.is_file():
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise ConfigError(f"token file {path}: {exc.strerror}") from None
-        try:
-            text = data.decode("utf-8").strip()
-        except UnicodeDecodeError:
-            raise ConfigError(f"token file {path} is not UTF-8 text") from None
+        text, _mode = read_token_text(path)
         return checked_token(text, f"token file {path}") if text else None
     return None
 

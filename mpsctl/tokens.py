@@ -1,12 +1,18 @@
 """The bearer-token rule both ends share: the service refuses such a token at load and every
-client refuses to send it, with a reason that never quotes the token.
+client refuses to send it, with a reason that never quotes the token; and how both read a
+token file.
 
-Light on purpose (standard library only): ``probe`` and ``status`` import the client.
+Light on purpose (the standard library and mpsctl.errors): ``probe`` and ``status`` import
+the client.
 """
 
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
+
+from mpsctl.errors import ConfigError
 
 #: what a token may contain: visible ASCII, no whitespace (RFC 6750's b64token is a subset).
 #: HTTP header values are bytes and clients encode other characters differently (curl
@@ -31,3 +37,21 @@ def token_problem(token: str) -> str | None:
             "(clients encode other characters differently in the Authorization header)"
         )
     return "contains spaces or control characters; use visible ASCII only"
+
+
+def read_token_text(path: Path) -> tuple[str, int]:
+    """A token file's text, stripped (empty when the file is), and the file's mode.
+
+    ConfigError when it cannot be read or is not UTF-8; the text is never quoted.
+    """
+    try:
+        with path.open("rb") as handle:
+            # the mode of the file actually read, not of whatever the path names later
+            mode = os.fstat(handle.fileno()).st_mode
+            data = handle.read(64 * 1024)
+    except OSError as exc:
+        raise ConfigError(f"cannot read token file {path}: {exc.strerror or exc}") from None
+    try:
+        return data.decode("utf-8").strip(), mode
+    except UnicodeDecodeError:
+        raise ConfigError(f"token file {path} is not UTF-8 text") from None

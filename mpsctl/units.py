@@ -1,9 +1,11 @@
-"""Sizes, percentages, durations and UTC timestamps as text: shared by the library and render/."""
+"""Sizes, percentages, durations and UTC timestamps, to and from text: shared by the library
+and render/."""
 
 from __future__ import annotations
 
 import math
 from datetime import datetime, timezone
+from typing import Any
 
 KIB = 1024
 MIB = 1024**2
@@ -51,3 +53,16 @@ def utc_now_iso() -> str:
 def iso_utc(timestamp: float) -> str:
     moment = datetime.fromtimestamp(timestamp, timezone.utc)
     return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def parse_time(text: Any) -> datetime | None:
+    """An ISO 8601 timestamp (``Z`` or offset) as an aware UTC datetime; None if unreadable."""
+    if not isinstance(text, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from mpsctl.cli import COMMAND_GROUPS, COMMANDS
-from mpsctl.settings import SCHEMA, env_name
+from mpsctl.settings_schema import SCHEMA, env_name
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"

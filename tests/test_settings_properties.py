@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 
 from mpsctl.cli import main
 from mpsctl.errors import ConfigError
-from mpsctl.settings import SCHEMA, load_settings
+from mpsctl.settings import load_settings
+from mpsctl.settings_schema import SCHEMA
 
 PROPERTY = settings(
     max_examples=60,

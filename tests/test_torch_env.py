@@ -213,10 +213,12 @@ def test_service_env_without_venv_keeps_path_and_defaults_to_os_environ(
 ) -> None:
     monkeypatch.setenv(HIGH_ENV, "1.9")
     monkeypatch.setenv("HOME", "/home/torch-env-test")
+    monkeypatch.setenv("TORCH_ENV_TEST_MARK", "here")
     settings = load_settings()
     env = service_env(settings)
     assert env[HIGH_ENV] == "1"  # the default settings' ratio, not the inherited 1.9
     assert env["HOME"] == "/home/torch-env-test"  # read from this process's environment
+    assert "TORCH_ENV_TEST_MARK" not in env  # the shell's other variables stay behind
     assert env["PATH"] == os.environ["PATH"]
     assert "VIRTUAL_ENV" not in env or env["VIRTUAL_ENV"] == os.environ.get("VIRTUAL_ENV")
 

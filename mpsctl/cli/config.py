@@ -12,7 +12,8 @@ from rich.table import Table
 from mpsctl.cli.app import App, json_option
 from mpsctl.errors import MpsctlError
 from mpsctl.render.console import write_json
-from mpsctl.settings import SCHEMA, TEMPLATE, Settings
+from mpsctl.settings import TEMPLATE, Settings
+from mpsctl.settings_schema import SCHEMA
 from mpsctl.storage import write_new_file
 from mpsctl.torch_env import shown_service_env
 

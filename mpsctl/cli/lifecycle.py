@@ -17,7 +17,8 @@ from mpsctl.errors import ServiceError
 from mpsctl.paths import CONFIG_NAME, user_config_file
 from mpsctl.render import lifecycle as render
 from mpsctl.render.console import write_json
-from mpsctl.settings import DEVICES, Settings
+from mpsctl.settings import Settings
+from mpsctl.settings_schema import DEVICES
 from mpsctl.torch_env import FALLBACK_ENV, HIGH_ENV, LOW_ENV, MAX_RATIO
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from mpsctl.cli.app import App
-from mpsctl.settings import DEVICES, DTYPES
+from mpsctl.settings_schema import DEVICES, DTYPES
 
 
 @click.command()

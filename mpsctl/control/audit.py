@@ -7,11 +7,11 @@ overlapping runs never interleave. The restart-loop guard reads it back.
 from __future__ import annotations
 
 import json
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from mpsctl.storage import append_line
+from mpsctl.units import parse_time
 
 FIX_HISTORY = Path("history") / "fix.jsonl"
 
@@ -43,13 +43,8 @@ def read_records(path: Path) -> list[dict[str, Any]]:
 
 def record_time(record: dict[str, Any]) -> float | None:
     """The record's time as a Unix timestamp; None when it has none."""
-    raw = record.get("time")
-    if not isinstance(raw, str):
-        return None
-    try:
-        return datetime.fromisoformat(raw.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
+    moment = parse_time(record.get("time"))
+    return moment.timestamp() if moment is not None else None
 
 
 def restarts_within(path: Path, within_s: float, now: float) -> list[dict[str, Any]]:

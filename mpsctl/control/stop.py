@@ -18,8 +18,9 @@ from mpsctl.control.pidfile import (
     remove_bad_pidfile,
     remove_pidfile,
 )
+from mpsctl.control.preflight import seconds_setting
 from mpsctl.control.signals import Outcome, signal_and_wait
-from mpsctl.control.start import StartOptions, StartResult, seconds_setting, start_while_locked
+from mpsctl.control.start import StartOptions, StartResult, start_while_locked
 from mpsctl.errors import ServiceError
 from mpsctl.observe import procs, proctree
 from mpsctl.settings import Settings

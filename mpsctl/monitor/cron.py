@@ -25,7 +25,8 @@ from mpsctl.control.supervisor import (
     systemd_unit_name,
 )
 from mpsctl.paths import ensure_home, home_dir
-from mpsctl.settings import Settings, env_name
+from mpsctl.settings import Settings
+from mpsctl.settings_schema import env_name
 from mpsctl.torch_env import service_env
 
 #: seconds before the service manager starts a crashed service again

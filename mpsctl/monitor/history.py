@@ -22,6 +22,7 @@ from typing import Any
 
 from mpsctl.observe.probe import ProbeResult, service_footprint_bytes, service_rss_bytes
 from mpsctl.storage import append_line
+from mpsctl.units import parse_time
 
 SCHEMA = "mpsctl.history/1"
 HISTORY_DIR = "history"
@@ -36,19 +37,6 @@ def history_dir(home: Path) -> Path:
 
 def day_file(home: Path, day: date) -> Path:
     return history_dir(home) / f"probe-{day.isoformat()}.jsonl"
-
-
-def parse_time(text: Any) -> datetime | None:
-    """An ISO 8601 timestamp (``Z`` or offset) as an aware UTC datetime; None if unreadable."""
-    if not isinstance(text, str):
-        return None
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc)
 
 
 def oom_count(result: ProbeResult) -> int | None:

@@ -22,8 +22,9 @@ from typing import Any
 
 from mpsctl.control.audit import fix_history_path
 from mpsctl.errors import MpsctlError
-from mpsctl.monitor.history import parse_time, read_history, read_jsonl
-from mpsctl.units import GIB, iso_utc
+from mpsctl.monitor.history import read_history, read_jsonl
+from mpsctl.stress_results import percentile
+from mpsctl.units import GIB, iso_utc, parse_time
 
 SCHEMA = "mpsctl.report/1"
 PLOT_MISSING = "--plot needs matplotlib: pip install 'mpsctl[plot]'"
@@ -115,18 +116,15 @@ class Report:
         }
 
 
-def percentile(values: list[float], pct: float) -> float:
-    """Nearest-rank percentile (a value that was really seen, no interpolation)."""
-    ordered = sorted(values)
-    rank = max(1, math.ceil(pct / 100 * len(ordered)))
-    return ordered[rank - 1]
-
-
 def stats_of(values: list[float]) -> Stats | None:
     if not values:
         return None
     return Stats(
-        len(values), min(values), sum(values) / len(values), percentile(values, 95), max(values)
+        len(values),
+        min(values),
+        sum(values) / len(values),
+        percentile(sorted(values), 95),
+        max(values),
     )
 
 

@@ -18,6 +18,7 @@ from mpsctl.observe.deaths import (
     WorkerKilled,
 )
 from mpsctl.observe.oom import short_size
+from mpsctl.torch_env import HIGH_ENV
 
 _LIMIT_ADVICE = (
     "Give the service a memory limit below what the machine can hold, so PyTorch's allocator "
@@ -209,7 +210,7 @@ def _explain_jetsam(event: JetsamKill, ram_bytes: int | None) -> list[str]:
     ram = f" ({short_size(ram_bytes)} here)" if ram_bytes else ""
     advice.append(
         f"On Apple silicon the GPU uses the same RAM{ram}: MPS tensors count against the "
-        "process's memory. Lower PYTORCH_MPS_HIGH_WATERMARK_RATIO so PyTorch raises a catchable "
+        f"process's memory. Lower {HIGH_ENV} so PyTorch raises a catchable "
         "out-of-memory error first, close other memory-hungry apps, or serve a smaller model."
     )
     return advice

@@ -27,6 +27,7 @@ from typing import Any
 from mpsctl.observe.logtime import iso
 from mpsctl.observe.oom_events import Found, merge
 from mpsctl.storage import atomic_write_json
+from mpsctl.units import parse_time
 
 SCHEMA = "mpsctl.oom_cursor/1"
 STATE_NAME = "oom_cursor.json"
@@ -46,16 +47,6 @@ def read_state(home: Path) -> dict[str, dict[str, Any]]:
         return {}
     files = doc.get("files") if isinstance(doc, dict) else None
     return files if isinstance(files, dict) else {}
-
-
-def _parse(text: Any) -> datetime | None:
-    if not isinstance(text, str):
-        return None
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 def new_events(
@@ -91,13 +82,13 @@ def new_events(
                 kept += [
                     e
                     for e in cursor.get("recent", [])
-                    if (_parse(e.get("time")) or cutoff) > cutoff
+                    if (parse_time(e.get("time")) or cutoff) > cutoff
                 ]
             elif cursor:
                 start = 0  # rotated or truncated: all of it is new
             else:
                 start = _tail_start(handle, info.st_size, cutoff, FIRST_TAIL_BYTES)
-            after = _parse(cursor.get("read_at")) if cursor else None
+            after = parse_time(cursor.get("read_at")) if cursor else None
             items = (
                 scan_range(handle, path, info, start, info.st_size) if start < info.st_size else []
             )

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from mpsctl.errors import ConfigError
+from mpsctl.torch_env import DEFAULT_HIGH_RATIO as TORCH_DEFAULT_HIGH_RATIO
+from mpsctl.torch_env import DEFAULT_LOW_RATIO as TORCH_DEFAULT_LOW_RATIO
+from mpsctl.torch_env import MAX_RATIO
+from mpsctl.units import GIB
 
-TORCH_DEFAULT_HIGH_RATIO = 1.7
-TORCH_DEFAULT_LOW_RATIO = 1.4
-MAX_RATIO = 2.0
-GIB = 1024**3
 #: Metal's recommendedMaxWorkingSetSize as published for real Macs:
 #: 2/3 of RAM at 8, 16 and 32 GB (5461.34, 10922.67 and 21845.34 MiB in llama.cpp logs:
 #: mozilla-ai/llamafile#42, abetlen/llama-cpp-python#687, ggml-org/llama.cpp#2011),
@@ -51,7 +51,7 @@ def estimated_working_set(ram: int) -> tuple[int, str]:
 
 
 def effective_low(high: float, low: float | None) -> float:
-    """PyTorch's low ratio when none is set is 1.4; mpsctl derives min(high, 1.4)."""
+    """PyTorch's default low ratio caps the low one when none is set: min(high, default)."""
     return low if low is not None else min(high, TORCH_DEFAULT_LOW_RATIO)
 
 

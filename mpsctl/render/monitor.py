@@ -6,7 +6,7 @@ import math
 from collections import deque
 from collections.abc import Callable, Sequence
 
-from rich.console import Console, Group, RenderableType
+from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
@@ -150,14 +150,6 @@ def watch_sections(result: ProbeResult, trends: Trends, interval: float) -> list
         (result.accelerator, lambda: accelerator_table(result)),
         ((result.health, result.oom_events), lambda: health_table(result)),
     ]
-
-
-def watch_view(result: ProbeResult, trends: Trends, interval: float) -> RenderableType:
-    """The whole dashboard as one renderable (the sections, a blank line between them)."""
-    parts: list[RenderableType] = []
-    for _key, make in watch_sections(result, trends, interval):
-        parts += [make(), ""]
-    return Group(*parts[:-1])
 
 
 # --------------------------------------------------------------------------- report

@@ -1,8 +1,8 @@
 """The reference service and the pieces an operator's own service can import.
 
 This module stays light (no torch, FastAPI or uvicorn): ``mpsctl serve`` resolves its token
-and environment here before paying for the heavy imports, and ``mpsctl ask`` reads the same
-token file through :func:`read_token_file`.
+and environment here before paying for the heavy imports. The client (``mpsctl ask``) reads the
+token file the way the service does, through ``mpsctl.tokens.read_token_text``.
 
 Importable pieces: ``mpsctl.server.limiter.ConcurrencyLimit`` (pure ASGI),
 ``mpsctl.server.memory.memory_report`` / ``release`` (torch imported lazily).
@@ -21,6 +21,7 @@ from pathlib import Path
 from mpsctl.errors import ConfigError
 from mpsctl.server.auth import token_problem
 from mpsctl.settings import MemorySettings
+from mpsctl.tokens import read_token_text
 from mpsctl.torch_env import HIGH_ENV, LOW_ENV, NOT_A_VARIABLE, resolve_watermarks, watermark_ratios
 
 
@@ -37,17 +38,7 @@ class TokenSource:
 
 def read_token_file(path: Path) -> tuple[str, tuple[str, ...]]:
     """The token in ``path`` (stripped) and warnings about its permissions."""
-    try:
-        with path.open("rb") as handle:
-            # the mode of the file actually read, not of whatever the path names later
-            mode = os.fstat(handle.fileno()).st_mode
-            data = handle.read(64 * 1024)
-    except OSError as exc:
-        raise ConfigError(f"cannot read token file {path}: {exc.strerror or exc}") from None
-    try:
-        token = data.decode("utf-8").strip()
-    except UnicodeDecodeError:
-        raise ConfigError(f"token file {path} is not UTF-8 text") from None
+    token, mode = read_token_text(path)
     if not token:
         raise ConfigError(f"token file {path} is empty")
     if not token.isprintable():

@@ -7,12 +7,11 @@ token rule without the service's heavy dependencies.
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 import re
 from collections.abc import Callable, Iterable
 
-from mpsctl.server.limiter import ASGIApp, Receive, Scope, Send
+from mpsctl.server.limiter import ASGIApp, Receive, Scope, Send, send_json_error
 from mpsctl.tokens import token_problem
 
 __all__ = ["BearerAuth", "RedactQueryTokens", "bearer_ok", "redact_query", "token_problem"]
@@ -59,19 +58,9 @@ class BearerAuth:
             self.on_denied(scope["path"])
         # never echo what was supplied: it may be a real token for something else
         message = "missing bearer token" if not headers else "wrong bearer token"
-        body = json.dumps({"error": {"kind": "unauthorized", "message": message}}).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 401,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"www-authenticate", b"Bearer"),
-                ],
-            }
+        await send_json_error(
+            send, 401, "unauthorized", message, [(b"www-authenticate", b"Bearer")]
         )
-        await send({"type": "http.response.body", "body": body})
 
 
 #: query parameter names whose values are credentials (any part of the name, any case)

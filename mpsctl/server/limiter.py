@@ -1,6 +1,6 @@
 """A pure-ASGI concurrency limit with a bounded, timed queue.
 
-Why not Starlette's ``BaseHTTPMiddleware`` + ``asyncio.Semaphore`` (the seed's plan): that
+Why not Starlette's ``BaseHTTPMiddleware`` + ``asyncio.Semaphore`` (the obvious way): that
 queue is unbounded and untimed, so under load every waiting request holds a connection and
 memory until the client gives up, and ``BaseHTTPMiddleware`` costs a task and a stream per
 request. Here a request either runs, waits in a bounded FIFO for at most ``queue_timeout``
@@ -30,6 +30,26 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+async def send_json_error(
+    send: Send, status: int, kind: str, message: str, headers: Iterable[tuple[bytes, bytes]] = ()
+) -> None:
+    """Answer with ``{"error": {"kind", "message"}}``, the service's error body, from ASGI."""
+    body = json.dumps({"error": {"kind": kind, "message": message}}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
 
 DEFAULT_EXEMPT_PATHS = ("/health", "/metrics")
 #: request body bytes read ahead (to notice a disconnect) while a request is queued;
@@ -208,19 +228,8 @@ class ConcurrencyLimit:
             self._waiters.remove(waiter)
 
     async def _reject(self, send: Send, kind: str, message: str) -> None:
-        body = json.dumps({"error": {"kind": kind, "message": message}}).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 503,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"retry-after", str(self.retry_after_for()).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        retry_after = (b"retry-after", str(self.retry_after_for()).encode())
+        await send_json_error(send, 503, kind, message, [retry_after])
 
 
 class _BufferedReceive:

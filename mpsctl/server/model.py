@@ -158,7 +158,8 @@ class ModelHolder:
     """Holds at most one model; queries run in worker threads, loads wait for them.
 
     A reload releases the current model *before* loading the next one (two models at once
-    is how the seed's service reached its MPS limit), so a failed reload leaves no model.
+    is how a service that reloads in place reaches its MPS limit), so a failed reload leaves
+    no model.
     """
 
     def __init__(

@@ -58,4 +58,14 @@ def test_help_imports_no_command_module_and_no_settings(tmp_path: Path) -> None:
     assert code == 0
     commands = sorted(m for m in modules if m.startswith("mpsctl.cli.") and m != "mpsctl.cli.app")
     assert commands == []
-    assert heavy(modules, "mpsctl.settings", "rich.console", "requests", "psutil") == []
+    assert (
+        heavy(
+            modules,
+            "mpsctl.settings",
+            "mpsctl.settings_schema",
+            "rich.console",
+            "requests",
+            "psutil",
+        )
+        == []
+    )

@@ -195,7 +195,7 @@ def test_config_show_fits_80_columns_and_lists_every_key(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
 ) -> None:
-    from mpsctl.settings import SCHEMA
+    from mpsctl.settings_schema import SCHEMA
 
     deep = tmp_path / "a" / "rather" / "deep" / "directory" / "for" / "the" / "settings"
     deep.mkdir(parents=True)

@@ -14,14 +14,8 @@ import psutil
 import pytest
 
 from mpsctl.control.memlimit import memory_limit
-from mpsctl.control.start import (
-    StartFailed,
-    StartOptions,
-    health_now,
-    preflight_warnings,
-    service_argv,
-    start_service,
-)
+from mpsctl.control.preflight import preflight_warnings, service_argv
+from mpsctl.control.start import StartFailed, StartOptions, health_now, start_service
 from mpsctl.control.status import service_status
 from mpsctl.control.stop import stop_service
 from mpsctl.errors import ServiceError, StatusExit

@@ -1,5 +1,5 @@
-"""The issue's "Done when", second half: an ordinary ``uvicorn app.main:app`` service in its own
-directory and venv, driven start -> status -> fix -> stop through real ``python -m mpsctl`` runs.
+"""An ordinary ``uvicorn app.main:app`` service in its own directory and venv, driven
+start -> status -> fix -> stop through real ``python -m mpsctl`` runs.
 
 The venv is real in the way that matters here: ``mvp/venv/bin`` holds the ``uvicorn`` that
 ``PATH`` must find first (a link to the installed script, so no install is needed) and a

@@ -198,7 +198,7 @@ def test_start_waits_for_a_port_the_stopped_process_still_holds(
 ) -> None:
     """After a stop, a socket can outlive its process for a moment: start waits for it
     (within stop_timeout) and names the process it just stopped, never "another process"."""
-    from mpsctl.control.start import check_port_free
+    from mpsctl.control.preflight import check_port_free
     from mpsctl.errors import ServiceError
 
     fake = fake_service()
@@ -219,7 +219,7 @@ def test_start_waits_for_a_port_the_stopped_process_still_holds(
 
 
 def test_root_is_never_told_to_use_sudo() -> None:
-    from mpsctl.control.start import _describe_holder
+    from mpsctl.control.preflight import _describe_holder
 
     text = _describe_holder(None, set())
     if os.geteuid() == 0:

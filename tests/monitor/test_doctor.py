@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from mpsctl.cli import main
-from mpsctl.monitor.doctor import torch_version_in
+from mpsctl.monitor.torch_version import torch_version_in
 from mpsctl.torch_env import env_checks, strtod
 from tests.conftest import free_port
 from tests.monitor import mps_report, stub_service

@@ -14,7 +14,8 @@ from click.testing import CliRunner
 
 from mpsctl.cli import main
 from mpsctl.monitor.history import day_file
-from mpsctl.monitor.report import count_oom_events, percentile
+from mpsctl.monitor.report import count_oom_events
+from mpsctl.stress_results import percentile
 
 GIB = 1024**3
 NOW = datetime.now(timezone.utc).replace(microsecond=0)

@@ -10,7 +10,7 @@ from rich.console import Console
 
 from mpsctl.monitor import watch_probes
 from mpsctl.observe.probe import ProbeResult, take_probe
-from mpsctl.render.monitor import BLOCKS, Trends, sparkline, watch_view
+from mpsctl.render.monitor import BLOCKS, Trends, sparkline, watch_sections
 from mpsctl.settings import load_settings
 from tests.conftest import free_port
 
@@ -72,7 +72,9 @@ def test_live_view_shows_trends_and_the_probe_tables(critical: ProbeResult) -> N
         trends.add(critical)
     assert len(trends.host_percent) == 60  # bounded window
     buffer = io.StringIO()
-    Console(file=buffer, width=120, color_system=None).print(watch_view(critical, trends, 2.0))
+    console = Console(file=buffer, width=120, color_system=None)
+    for _key, make in watch_sections(critical, trends, 2.0):  # what `mpsctl watch` draws
+        console.print(make())
     text = buffer.getvalue()
     assert "Last 60 samples" in text
     assert any(block in text for block in BLOCKS)  # the host trend

@@ -384,7 +384,7 @@ def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
 
 
 def test_json_body_with_curls_default_content_type_is_accepted(shared: InProcessService) -> None:
-    # the issue's own command: curl -H "Authorization: ..." -d '{"question": "工商银行"}' URL
+    # the documented command: curl -H "Authorization: ..." -d '{"question": "工商银行"}' URL
     # sends the body as application/x-www-form-urlencoded
     body = '{"question": "工商银行", "max_new_tokens": 2}'.encode()
     headers = {"Content-Type": "application/x-www-form-urlencoded", "Accept": "*/*"}

@@ -14,7 +14,7 @@ def test_reference_service_answers_then_stops_on_sigterm(
     result = reference_service.request(
         "POST", "/api/v1/query", {"question": "工商银行", "max_new_tokens": 8}
     )
-    # the "Done when" line, byte for byte what curl sends for
+    # the documented example, byte for byte what curl sends for
     # curl -H "Authorization: Bearer $(cat $MPSCTL_HOME/token)" -d '{"question": "工商银行"}' URL
     as_curl_sends_it = reference_service.request(
         "POST",
