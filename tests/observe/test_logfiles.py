@@ -239,24 +239,25 @@ def test_a_source_unpacks_as_label_and_path(mvp: Path) -> None:
     assert pairs[0] == ("backend", mvp / "backend.log")
 
 
-def _best_time(data: bytes, repeat: int = 3) -> float:
+def _best_time(data: bytes, repeat: int = 5) -> float:
+    # CPU time of this process: a busy neighbour on a shared machine does not count
     best = float("inf")
     for _ in range(repeat):
-        began = time.perf_counter()
+        began = time.process_time()
         lines = read_last_lines(io.BytesIO(data), len(data), 2)
-        best = min(best, time.perf_counter() - began)
+        best = min(best, time.process_time() - began)
         assert lines[0] == "first"
         assert len(lines[1]) == len(data) - len(b"first\n") - 1
     return best
 
 
 def test_a_long_last_line_costs_time_linear_in_its_length() -> None:
-    """#13 item 14: a line 8x longer takes about 8x longer, not 64x (it was re-copied once
+    """#13 item 14: a line 16x longer takes about 16x longer, not 256x (it was re-copied once
     per 64 KiB block read backwards: 50 MB took 25 s). The bound leaves a wide margin."""
-    short = b"first\n" + b"x" * (2 * 1024 * 1024) + b"\n"
+    short = b"first\n" + b"x" * (1024 * 1024) + b"\n"
     long = b"first\n" + b"x" * (16 * 1024 * 1024) + b"\n"
     ratio = _best_time(long) / max(_best_time(short), 1e-4)
-    assert ratio < 24, ratio
+    assert ratio < 80, ratio
 
 
 @settings(max_examples=150, deadline=None)
