@@ -35,7 +35,7 @@ from mpsctl.settings import Settings
 from mpsctl.units import fmt_bytes, utc_now_iso
 
 if TYPE_CHECKING:
-    from mpsctl.observe.probe import ProbeResult
+    from mpsctl.probe import ProbeResult
 
 
 @dataclass(frozen=True)
@@ -132,7 +132,7 @@ def probe_figures(result: ProbeResult | None) -> dict[str, Any]:
 
 
 def _probe(settings: Settings) -> ProbeResult:
-    from mpsctl.observe.probe import take_probe
+    from mpsctl.probe import take_probe
 
     return take_probe(settings, health_timeout=settings.service.health_timeout)
 

@@ -40,7 +40,7 @@ from mpsctl.settings import Settings
 from mpsctl.units import GIB, utc_now_iso
 
 if TYPE_CHECKING:
-    from mpsctl.observe.probe import ProbeResult
+    from mpsctl.probe import ProbeResult
 
 #: CPU use of the service's tree (sampled by the probe) that reads as "generating": a
 #: process whose event loop runs a model step answers /health late but is not hung
@@ -129,7 +129,7 @@ def excused_before(settings: Settings) -> bool:
 
 
 def _memory_critical(settings: Settings, result: ProbeResult) -> str | None:
-    from mpsctl.observe.probe import service_memory_bytes
+    from mpsctl.probe import service_memory_bytes
 
     limits = settings.thresholds
     size, label = service_memory_bytes(result.service)

@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 from mpsctl import __version__
 from mpsctl.errors import ProbeExit
 from mpsctl.monitor.history import history_record
-from mpsctl.observe.probe import ProbeResult
+from mpsctl.probe import ProbeResult
 from mpsctl.storage import atomic_write
 
 SCHEMA = "mpsctl.alert/1"

@@ -38,8 +38,8 @@ from typing import Any, Literal
 
 import psutil
 
-from mpsctl.observe.procs_match import argv_matches, is_the_service, matching, roots_of
-from mpsctl.observe.proctree import (
+from mpsctl.observe.processes.match import argv_matches, is_the_service, matching, roots_of
+from mpsctl.observe.processes.tree import (
     GONE,
     live_other,
     own_user,

@@ -14,11 +14,11 @@ from dataclasses import dataclass, replace
 from datetime import datetime, tzinfo
 from typing import Any, ClassVar
 
-from mpsctl.observe.jetsam import JetsamKill, find_jetsam
-from mpsctl.observe.kernel_oom import KernelOomKill, find_kernel_kills
-from mpsctl.observe.logprefix import prefix_time, to_int
+from mpsctl.deaths.jetsam import JetsamKill, find_jetsam
+from mpsctl.deaths.kernel_oom import KernelOomKill, find_kernel_kills
+from mpsctl.deaths.line_prefix import prefix_time, to_int
 from mpsctl.observe.logtime import line_time
-from mpsctl.observe.torch_errors import (
+from mpsctl.deaths.torch_errors import (
     CpuAllocFailure,
     DeviceError,
     NdarrayLimit,
