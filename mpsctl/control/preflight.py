@@ -12,8 +12,9 @@ import time
 from mpsctl.control.memlimit import MemoryLimit, physical_memory_bytes
 from mpsctl.errors import ConfigError, ServiceError
 from mpsctl.observe import processes
+from mpsctl.service_env import inherited_env_checks
 from mpsctl.settings import Settings
-from mpsctl.torch_env import command_checks, inherited_env_checks
+from mpsctl.torch_env import command_checks
 from mpsctl.units import fmt_bytes
 
 

@@ -21,7 +21,7 @@ from mpsctl.client import HealthCheck, ServiceClient
 from mpsctl.control import service_log
 from mpsctl.control.events import Events, SilentEvents
 from mpsctl.control.lock import service_lock
-from mpsctl.control.memlimit import LAST_HEALTH, MemoryLimit, memory_limit
+from mpsctl.control.memlimit import MemoryLimit, memory_limit
 from mpsctl.control.pidfile import (
     PidRecord,
     corrupt_path,
@@ -41,12 +41,11 @@ from mpsctl.control.signals import KILL_GRACE_S, signal_and_wait
 from mpsctl.control.startup_log import follow_phases
 from mpsctl.errors import ServiceError
 from mpsctl.observe import processes
+from mpsctl.paths import LAST_HEALTH
+from mpsctl.service_env import service_env
 from mpsctl.settings import Settings
 from mpsctl.storage import atomic_write_json
-from mpsctl.torch_env import (
-    service_env,
-    torch_env,
-)
+from mpsctl.torch_env import torch_env
 from mpsctl.units import iso_utc, utc_now_iso
 
 LOG_TAIL_LINES = 20

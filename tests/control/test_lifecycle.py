@@ -20,7 +20,7 @@ from mpsctl.control.status import service_status
 from mpsctl.control.stop import stop_service
 from mpsctl.errors import ServiceError, StatusExit
 from mpsctl.observe import processes
-from mpsctl.torch_env import service_env
+from mpsctl.service_env import service_env
 from tests.control.fakes import (
     PYTHON,
     FakeService,

@@ -21,7 +21,7 @@ from mpsctl.deaths.parsers import find_deaths
 from mpsctl.deaths.scanner import find_events, scan_found
 from mpsctl.observe.logtime import iso
 from tests.conftest import FIXTURES, read_fixture
-from tests.observe.test_deaths import EXPECTED
+from tests.deaths.test_parsers import EXPECTED
 
 HAS_GREP = grep_path() is not None
 

@@ -20,8 +20,8 @@ from click.testing import CliRunner
 
 from mpsctl.cli import main
 from mpsctl.observe import processes
+from mpsctl.service_env import service_env
 from mpsctl.settings import load_settings
-from mpsctl.torch_env import service_env
 from tests.conftest import free_port
 from tests.monitor.external import require_tool
 from tests.service_fixtures import stop_process, wait_healthy
