@@ -1,8 +1,8 @@
 """Every memory-death parser over one log excerpt, and the type of what they find.
 
-One module per source: the kernel's OOM killer (``kernel_oom``), systemd-oomd (``oomd``),
-macOS jetsam (``jetsam``), gunicorn worker kills (``worker_kills``) and PyTorch's own memory
-failures (``torch_errors``). Pure parsers over log text (no psutil, no torch).
+One module per source: the kernel's OOM killer (``kernel_oom``), systemd-oomd
+(``systemd_oomd``), macOS jetsam (``jetsam``), gunicorn worker kills (``worker_kills``) and
+PyTorch's own memory failures (``torch_errors``). Pure parsers over log text (no psutil, no torch).
 ``find_deaths(text)`` returns every event in a log excerpt; one kill written over many lines
 (the ``invoked oom-killer`` header, call trace, Mem-Info and task tables, the ``oom-kill:``
 summary and the ``Killed process`` line) is one event. Sizes that do not fit in 63 bits
@@ -17,7 +17,7 @@ from datetime import datetime, tzinfo
 from mpsctl.deaths.jetsam import JetsamKill, find_jetsam
 from mpsctl.deaths.kernel_oom import KernelOomKill, find_kernel_kills
 from mpsctl.deaths.line_prefix import prefix_time
-from mpsctl.deaths.oomd import OomdKill, find_oomd
+from mpsctl.deaths.systemd_oomd import OomdKill, find_oomd
 from mpsctl.deaths.torch_errors import (
     CpuAllocFailure,
     DeviceError,

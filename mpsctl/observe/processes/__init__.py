@@ -46,7 +46,7 @@ from mpsctl.observe.processes.facts import (
     snapshot_tree,
     with_cpu_percent,
 )
-from mpsctl.observe.processes.match import (
+from mpsctl.observe.processes.matching import (
     argv_matches,
     compile_match,
     is_the_service,
