@@ -16,7 +16,7 @@ from mpsctl.client import ServiceClient
 from mpsctl.errors import ProbeExit
 from mpsctl.observe.accelerator import AcceleratorFigures, accelerator_figures
 from mpsctl.observe.host import HostMemory, host_memory
-from mpsctl.observe.processes import ServiceSnapshot, cpu_seconds, find_service, with_cpu_percent
+from mpsctl.observe.processes import ServiceSnapshot, find_service, with_cpu_since_snapshot
 from mpsctl.settings import Settings, Thresholds
 from mpsctl.units import GIB, fmt_bytes, utc_now_iso
 
@@ -327,13 +327,11 @@ def take_probe(
         host = None
         errors.append(f"host memory: {exc}")
     try:
-        service: ServiceSnapshot | None = find_service(settings)
+        service: ServiceSnapshot | None = find_service(settings, cpu_window=sample_cpu)
     except Exception as exc:
         service = None
         errors.append(f"service processes: {exc}")
     pids = [p.pid for p in service.processes] if service is not None else []
-    cpu_before = cpu_seconds(pids) if sample_cpu and pids else {}
-    cpu_began = time.perf_counter()
 
     client = ServiceClient(settings.service)
     try:
@@ -351,9 +349,8 @@ def take_probe(
     except Exception as exc:
         oom = None
         errors.append(f"log scan: {exc}")
-    if cpu_before and service is not None:
-        wall = time.perf_counter() - cpu_began
-        service = with_cpu_percent(service, cpu_before, cpu_seconds(pids), wall)
+    if service is not None:
+        service = with_cpu_since_snapshot(service)
 
     findings = judge(host, service, health, accelerator, oom, settings.thresholds)
     death: dict[str, Any] | None = None

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from mpsctl.deaths.line_prefix import size_value, to_int
 from mpsctl.torch_env import HIGH_ENV, LOW_ENV
+from mpsctl.units import size_value, to_int
 
 _UNITS = {
     "bytes": 1, "B": 1,

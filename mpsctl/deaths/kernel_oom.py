@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, ClassVar
 
-from mpsctl.deaths.line_prefix import has_time_prefix, prefix_time, to_int, uptime_seconds
+from mpsctl.deaths.line_prefix import has_time_prefix, prefix_time, uptime_seconds
 from mpsctl.deaths.torch_errors import json_doc
+from mpsctl.units import to_int
 
 _KB = 1024
 

@@ -11,8 +11,8 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, ClassVar
 
-from mpsctl.deaths.line_prefix import to_int
 from mpsctl.deaths.torch_errors import json_doc
+from mpsctl.units import to_int
 
 _OOMD_KILL = re.compile(
     r"systemd-oomd(?:\[\d+\])?: (?P<verb>Killed|Marked) (?P<cgroup>/\S+)(?: for killing)? due to "

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from mpsctl.deaths.advice import explain, summary
 from mpsctl.deaths.kernel_oom import KILL_MAX_LINES
-from mpsctl.deaths.line_prefix import prefix_time, size_value, to_int
+from mpsctl.deaths.line_prefix import prefix_time
 from mpsctl.deaths.parsers import (
     KINDS,
     CpuAllocFailure,
@@ -29,6 +29,7 @@ from mpsctl.deaths.parsers import (
     parse_death,
     pids_of,
 )
+from mpsctl.units import size_value, to_int
 from tests.conftest import FIXTURES, read_fixture
 
 KIB, MIB, GIB = 1024, 1024**2, 1024**3
