@@ -8,9 +8,10 @@ Validation is strict: an unknown key, a wrong type or a ratio PyTorch would misr
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -19,6 +20,7 @@ from mpsctl.errors import ConfigError
 from mpsctl.paths import CONFIG_NAME, home_dir, user_config_file
 from mpsctl.settings_schema import (
     ENV_KEYS,
+    HOST_SECTIONS,
     NO_DEFAULT,
     PASSED_ENV_PREFIXES,
     RESERVED_ENV,
@@ -59,6 +61,7 @@ class ServiceSettings:
     health_interval: float = 2.0
     env: dict[str, str] = field(default_factory=dict)
     env_file: Path | None = None
+    after: tuple[str, ...] = ()
 
     @property
     def health_url(self) -> str:
@@ -137,6 +140,12 @@ class OomSettings:
 
 
 @dataclass(frozen=True)
+class HostSettings:
+    budget: int | None
+    over_budget: str
+
+
+@dataclass(frozen=True)
 class Settings:
     service: ServiceSettings
     memory: MemorySettings
@@ -154,6 +163,16 @@ class Settings:
     notes: tuple[str, ...] = ()
     #: True when no file was found: mpsctl manages its own reference service
     reference_service: bool = True
+    host: HostSettings = HostSettings(None, "refuse")
+    #: MPSCTL_HOME; ``home`` is this service's state directory (the same for one service)
+    host_home: Path | None = None
+    #: with [services.NAME] tables: each service's settings (this object holds the defaults)
+    members: tuple[Settings, ...] = ()
+
+    @property
+    def host_dir(self) -> Path:
+        """MPSCTL_HOME: what every service of this host shares (the demo checkpoint)."""
+        return self.host_home or self.home
 
     def value(self, dotted: str) -> Any:
         section, key = dotted.split(".", 1)
@@ -238,38 +257,97 @@ def _set(
     sources[dotted] = source
 
 
+#: a service's name is a directory under MPSCTL_HOME and a Prometheus label value
+_SERVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+#: where each of several services keeps its state, under MPSCTL_HOME
+SERVICES_DIR = "services"
+
+#: one value from a layer: (dotted key, raw value, where an error names it, its source)
+_Entry = tuple[str, Any, str, str]
+
+
+def _table_entries(path: Path, table: dict[str, Any], prefix: str, source: str) -> list[_Entry]:
+    """The entries of one file's sections (``prefix`` is "" for the top level, or
+    ``services.NAME.`` for a service's table); unknown sections and keys are errors."""
+    entries: list[_Entry] = []
+    for section, body in table.items():
+        if section not in SCHEMA:
+            hint = _did_you_mean(section, list(SCHEMA))
+            raise ConfigError(f"{path}: unknown section [{prefix}{section}]{hint}")
+        if not isinstance(body, dict):
+            raise ConfigError(f"{path}: {prefix}{section} must be a table: [{prefix}{section}]")
+        for key, raw in body.items():
+            if key not in SCHEMA[section]:
+                hint = _did_you_mean(key, list(SCHEMA[section]))
+                raise ConfigError(f"{path}: unknown key {prefix}{section}.{key}{hint}")
+            dotted = f"{section}.{key}"
+            entries.append((dotted, raw, f"{path}: {prefix}{dotted}", source))
+    return entries
+
+
+def _service_tables(path: Path, raw: Any) -> dict[str, list[_Entry]]:
+    """``[services.NAME]``: the service's own keys at the table's top (those of [service]),
+    the other sections as sub-tables (``[services.NAME.memory]``)."""
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError(f"{path}: services must hold one table per service: [services.NAME]")
+    tables: dict[str, list[_Entry]] = {}
+    for name, body in raw.items():
+        where = f"[services.{name}]"
+        if not _SERVICE_NAME.fullmatch(name):
+            raise ConfigError(
+                f"{path}: {where}: a service name is letters, digits, '_', '.', '-' "
+                "(it names a directory and a metric label)"
+            )
+        if not isinstance(body, dict):
+            raise ConfigError(f"{path}: services.{name} must be a table: {where}")
+        own = {k: v for k, v in body.items() if not isinstance(v, dict) or k == "env"}
+        sections = {k: v for k, v in body.items() if k not in own}
+        if "name" in own:
+            raise ConfigError(f"{path}: services.{name}.name: the table's name is the service's")
+        for shared in HOST_SECTIONS:
+            if shared in sections:
+                raise ConfigError(
+                    f"{path}: [services.{name}.{shared}]: [{shared}] holds one value for the "
+                    "whole host; set it at the top level"
+                )
+        if "service" in sections:
+            raise ConfigError(
+                f"{path}: [services.{name}.service]: put the service's keys in {where} itself"
+            )
+        source = f"file {path} {where}"
+        entries = _table_entries(path, {"service": own}, f"services.{name}.", source)
+        entries = [(d, r, w.replace(f"services.{name}.service.", f"services.{name}."), s)
+                   for d, r, w, s in entries]  # fmt: skip
+        entries += _table_entries(path, sections, f"services.{name}.", source)
+        tables[name] = entries
+    return tables
+
+
 def load_settings(
     *,
     config: str | None = None,
     overrides: Mapping[str, tuple[Any, str]] | None = None,
     environ: Mapping[str, str] | None = None,
+    service: str | None = None,
 ) -> Settings:
-    """Resolve settings. ``overrides`` maps dotted keys to ``(value, "--flag")``."""
-    env = dict(os.environ if environ is None else environ)
-    values: dict[str, Any] = {}
-    sources: dict[str, str] = {}
-    for section, keys in SCHEMA.items():
-        for key, spec in keys.items():
-            values[f"{section}.{key}"] = spec.default
-            sources[f"{section}.{key}"] = "default"
+    """Resolve settings. ``overrides`` maps dotted keys to ``(value, "--flag")``.
 
+    A file with ``[services.NAME]`` tables gives one ``Settings`` per service in
+    ``members`` (each with its own state directory); ``service`` (default: the
+    ``MPSCTL_SERVICE`` variable) returns that one service's settings instead.
+    """
+    env = dict(os.environ if environ is None else environ)
+    file_entries: list[_Entry] = []
+    tables: dict[str, list[_Entry]] = {}
     path = find_config_file(config, env)
     if path is not None:
         path = path.resolve()
         data = _read_toml(path)
-        for section, table in data.items():
-            if section not in SCHEMA:
-                hint = _did_you_mean(section, list(SCHEMA))
-                raise ConfigError(f"{path}: unknown section [{section}]{hint}")
-            if not isinstance(table, dict):
-                raise ConfigError(f"{path}: {section} must be a table: [{section}]")
-            for key, raw in table.items():
-                if key not in SCHEMA[section]:
-                    hint = _did_you_mean(key, list(SCHEMA[section]))
-                    raise ConfigError(f"{path}: unknown key {section}.{key}{hint}")
-                key_name = f"{section}.{key}"
-                _set(values, sources, key_name, raw, f"{path}: {key_name}", f"file {path}")
+        if "services" in data:
+            tables = _service_tables(path, data.pop("services"))
+        file_entries = _table_entries(path, data, "", f"file {path}")
 
+    env_entries: list[_Entry] = []
     unknown_env: list[str] = []
     for name, raw in sorted(env.items()):
         if not name.startswith("MPSCTL_") or name in RESERVED_ENV:
@@ -279,7 +357,25 @@ def load_settings(
             if not name.startswith(PASSED_ENV_PREFIXES):
                 unknown_env.append(name)
             continue
-        _set(values, sources, dotted, raw, f"environment: {name}", f"env {name}")
+        env_entries.append((dotted, raw, f"environment: {name}", f"env {name}"))
+    flag_entries = [
+        (dotted, raw, flag, f"flag {flag}")
+        for dotted, (raw, flag) in (overrides or {}).items()
+        if raw is not None
+    ]
+
+    def resolve(own: list[_Entry]) -> tuple[dict[str, Any], dict[str, str]]:
+        values: dict[str, Any] = {}
+        sources: dict[str, str] = {}
+        for section, keys in SCHEMA.items():
+            for key, spec in keys.items():
+                values[f"{section}.{key}"] = spec.default
+                sources[f"{section}.{key}"] = "default"
+        for dotted, raw, where, source in [*file_entries, *own, *env_entries, *flag_entries]:
+            _set(values, sources, dotted, raw, where, source)
+        return values, sources
+
+    values, sources = resolve([])
     # a typo (MPSCTL_SERVCE_URL) must not silently leave the default in place; the token
     # variable is read by the client, under whatever name service.token_env gives it
     for name in unknown_env:
@@ -287,18 +383,95 @@ def load_settings(
             hint = _did_you_mean(name, list(ENV_KEYS))
             raise ConfigError(f"environment: unknown variable {name}{hint}")
 
-    for dotted, (raw, flag) in (overrides or {}).items():
-        if raw is None:
-            continue
-        _set(values, sources, dotted, raw, flag, f"flag {flag}")
+    home = home_dir(env)
+    chosen = service if service is not None else env.get("MPSCTL_SERVICE") or None
+    if not tables:
+        if values["service.after"]:
+            where = _where(sources["service.after"], "service.after")
+            raise ConfigError(f"{where}: after names services of [services.NAME] tables only")
+        settings = _finish(values, sources, path, env, home)
+        if chosen is not None and chosen != settings.service.name:
+            raise ConfigError(
+                f"no service named {chosen!r}: the one configured is {settings.service.name!r}"
+            )
+        return settings
 
-    return _finish(values, sources, path, env)
+    if sources["service.name"] != "default":
+        where = _where(sources["service.name"], "service.name")
+        raise ConfigError(
+            f"{where}: with [services.NAME] tables each service is named by its table"
+        )
+    members = []
+    for name, own in tables.items():
+        values, sources = resolve(own)
+        values["service.name"] = name
+        sources["service.name"] = f"file {path} [services.{name}]"
+        members.append(_finish(values, sources, path, env, home / SERVICES_DIR / name, home))
+    _check_services(members)
+    if chosen is not None:
+        for member in members:
+            if member.service.name == chosen:
+                return member
+        raise ConfigError(f"no service named {chosen!r}; configured: {', '.join(tables)}")
+    return replace(_finish(*resolve([]), path, env, home), members=tuple(members))
+
+
+def _check_services(members: list[Settings]) -> None:
+    """Every ``after`` names a configured service, without a circle; no two services share
+    an address (the second could never start)."""
+    names = {m.service.name for m in members}
+    for member in members:
+        for other in member.service.after:
+            if other not in names:
+                raise ConfigError(
+                    f"services.{member.service.name}.after: no service named {other!r}; "
+                    f"configured: {', '.join(sorted(names))}"
+                )
+    start_order(members)
+    seen: dict[tuple[str, int], str] = {}
+    for member in members:
+        address = (member.service.host, member.service.port)
+        if address in seen:
+            raise ConfigError(
+                f"services.{member.service.name}.url: {member.service.url} is also "
+                f"services.{seen[address]}'s address; give each service its own port"
+            )
+        seen[address] = member.service.name
+
+
+def start_order(members: list[Settings] | tuple[Settings, ...]) -> list[Settings]:
+    """The services in start order: each after those its ``after`` names, otherwise in the
+    file's order (stop runs this order backwards). A circle is a ConfigError."""
+    by_name = {m.service.name: m for m in members}
+    ordered: list[Settings] = []
+    done: set[str] = set()
+
+    def visit(name: str, chain: tuple[str, ...]) -> None:
+        if name in done:
+            return
+        if name in chain:
+            circle = " -> ".join((*chain[chain.index(name) :], name))
+            raise ConfigError(f"services: after makes a circle: {circle}")
+        for other in by_name[name].service.after:
+            visit(other, (*chain, name))
+        done.add(name)
+        ordered.append(by_name[name])
+
+    for name in by_name:
+        visit(name, ())
+    return ordered
 
 
 def _finish(
-    values: dict[str, Any], sources: dict[str, str], path: Path | None, env: dict[str, str]
+    values: dict[str, Any],
+    sources: dict[str, str],
+    path: Path | None,
+    env: dict[str, str],
+    home: Path,
+    host_home: Path | None = None,
 ) -> Settings:
-    home = home_dir(env)
+    """One service's settings; ``home`` is its state directory (MPSCTL_HOME itself for the
+    one service of a [service] file), ``host_home`` MPSCTL_HOME."""
     base = path.parent if path is not None else Path.cwd()
     reference = path is None or sources["service.command"] == "default"
 
@@ -368,6 +541,7 @@ def _finish(
         health_interval=values["service.health_interval"],
         env=dict(values["service.env"]),
         env_file=under_workdir(values["service.env_file"]),
+        after=tuple(values["service.after"]),
     )
     memory = MemorySettings(
         high_watermark_ratio=marks.high,
@@ -388,7 +562,9 @@ def _finish(
         history=section("history", HistorySettings),
         alerts=section("alerts", AlertSettings),
         oom=section("oom", OomSettings),
+        host=section("host", HostSettings),
         home=home,
+        host_home=host_home or home,
         config_file=path,
         sources=sources,
         notes=marks.notes,
