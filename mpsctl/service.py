@@ -87,9 +87,7 @@ def select(
     if names:
         unknown = [n for n in names if n not in by_name]
         if unknown:
-            raise UsageError(
-                f"no service named {unknown[0]!r}; configured: {', '.join(by_name)}"
-            )
+            raise UsageError(f"no service named {unknown[0]!r}; configured: {', '.join(by_name)}")
         wanted = set(names)
         return [s for s in every if s.name in wanted]
     if changes and len(every) > 1 and not all_:

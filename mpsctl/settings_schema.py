@@ -131,9 +131,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "env_file": Key(
             parse_opt_str, None, "dotenv file (KEY=value) read at each start; relative to workdir"
         ),
-        "after": Key(
-            parse_str_list, (), "[services.NAME] only: services started before this one"
-        ),
+        "after": Key(parse_str_list, (), "[services.NAME] only: services started before this one"),
     },
     "memory": {
         "high_watermark_ratio": Key(parse_opt_ratio, 1.0, f"{HIGH_ENV} (x recommended max)"),

@@ -23,6 +23,12 @@ class App:
     def __init__(self, config_path: str | None = None) -> None:
         self.config_path = config_path
         self._settings: Settings | None = None
+        self._chosen: str | None = None
+
+    def choose(self, name: str) -> None:
+        """Work on the service ``name`` (``-s NAME``): settings are that service's."""
+        self._chosen = name
+        self._settings = None
 
     @cached_property
     def out(self) -> Console:
@@ -71,7 +77,9 @@ class App:
             # imported here: `mpsctl --help` and `--version` read no settings
             from mpsctl.settings import load_settings
 
-            settings = load_settings(config=self.config_path, overrides=overrides)
+            settings = load_settings(
+                config=self.config_path, overrides=overrides, service=self._chosen
+            )
             if not overrides:
                 self._settings = settings
             return settings
