@@ -11,6 +11,7 @@ from rich.text import Text
 
 from mpsctl.cli.app import App
 from mpsctl.cli.params import DURATION
+from mpsctl.cli.services import service_option
 from mpsctl.durations import Period
 from mpsctl.errors import ExitCode, MpsctlError
 from mpsctl.observe.logfiles import (
@@ -69,6 +70,7 @@ _COLOURS = ("cyan", "magenta", "green", "yellow", "blue", "red")
     is_flag=True,
     help="Print control characters as they are (on a terminal they are shown as \\x1b etc.).",
 )
+@service_option
 @click.pass_obj
 def logs(
     app: App, *, count: int, following: bool, pick_error: bool, pick_app: bool,

@@ -8,6 +8,7 @@ import click
 
 from mpsctl.cli.app import App, json_option
 from mpsctl.cli.params import DURATION
+from mpsctl.cli.services import service_option
 from mpsctl.durations import Period
 from mpsctl.errors import MpsctlError
 from mpsctl.observe.logfiles import resolve_logs
@@ -25,6 +26,7 @@ from mpsctl.torch_env import DEFAULT_HIGH_RATIO, HIGH_ENV, MAX_RATIO
               help=f"{HIGH_ENV} the service ran with (default: memory.high_watermark_ratio "
                    f"when configured, else {DEFAULT_HIGH_RATIO:g}).")  # fmt: skip
 @json_option
+@service_option
 @click.pass_obj
 def oom(
     app: App, files: tuple[Path, ...], since: Period | None, high_ratio: float | None, as_json: bool
