@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mpsctl.errors import UsageError
-from mpsctl.settings import Settings, start_order
+from mpsctl.settings import Settings
+from mpsctl.settings_services import start_order
 
 #: the state files of one service, relative to its state directory; a test keeps these
 #: equal to the paths their owning modules compute

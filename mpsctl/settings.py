@@ -8,7 +8,6 @@ Validation is strict: an unknown key, a wrong type or a ratio PyTorch would misr
 from __future__ import annotations
 
 import os
-import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -20,12 +19,20 @@ from mpsctl.errors import ConfigError
 from mpsctl.paths import CONFIG_NAME, home_dir, user_config_file
 from mpsctl.settings_schema import (
     ENV_KEYS,
-    HOST_SECTIONS,
     NO_DEFAULT,
     PASSED_ENV_PREFIXES,
     RESERVED_ENV,
     RESTART_RULES,
     SCHEMA,
+)
+from mpsctl.settings_services import (
+    SERVICES_DIR,
+    Entry,
+    check_services,
+    did_you_mean,
+    pick,
+    service_tables,
+    table_entries,
 )
 from mpsctl.torch_env import masked, resolve_watermarks, torch_env
 
@@ -236,13 +243,6 @@ def _read_toml(path: Path) -> dict[str, Any]:
         ) from None
 
 
-def _did_you_mean(word: str, choices: list[str]) -> str:
-    import difflib  # only on the error path: it costs start-up time
-
-    close = difflib.get_close_matches(word, choices, n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
 def _set(
     values: dict[str, Any], sources: dict[str, str], dotted: str, raw: Any, where: str,
     source: str,
@@ -255,72 +255,6 @@ def _set(
     except ValueError as exc:
         raise ConfigError(f"{where}: {exc}") from None
     sources[dotted] = source
-
-
-#: a service's name is a directory under MPSCTL_HOME and a Prometheus label value
-_SERVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-#: where each of several services keeps its state, under MPSCTL_HOME
-SERVICES_DIR = "services"
-
-#: one value from a layer: (dotted key, raw value, where an error names it, its source)
-_Entry = tuple[str, Any, str, str]
-
-
-def _table_entries(path: Path, table: dict[str, Any], prefix: str, source: str) -> list[_Entry]:
-    """The entries of one file's sections (``prefix`` is "" for the top level, or
-    ``services.NAME.`` for a service's table); unknown sections and keys are errors."""
-    entries: list[_Entry] = []
-    for section, body in table.items():
-        if section not in SCHEMA:
-            hint = _did_you_mean(section, list(SCHEMA))
-            raise ConfigError(f"{path}: unknown section [{prefix}{section}]{hint}")
-        if not isinstance(body, dict):
-            raise ConfigError(f"{path}: {prefix}{section} must be a table: [{prefix}{section}]")
-        for key, raw in body.items():
-            if key not in SCHEMA[section]:
-                hint = _did_you_mean(key, list(SCHEMA[section]))
-                raise ConfigError(f"{path}: unknown key {prefix}{section}.{key}{hint}")
-            dotted = f"{section}.{key}"
-            entries.append((dotted, raw, f"{path}: {prefix}{dotted}", source))
-    return entries
-
-
-def _service_tables(path: Path, raw: Any) -> dict[str, list[_Entry]]:
-    """``[services.NAME]``: the service's own keys at the table's top (those of [service]),
-    the other sections as sub-tables (``[services.NAME.memory]``)."""
-    if not isinstance(raw, dict) or not raw:
-        raise ConfigError(f"{path}: services must hold one table per service: [services.NAME]")
-    tables: dict[str, list[_Entry]] = {}
-    for name, body in raw.items():
-        where = f"[services.{name}]"
-        if not _SERVICE_NAME.fullmatch(name):
-            raise ConfigError(
-                f"{path}: {where}: a service name is letters, digits, '_', '.', '-' "
-                "(it names a directory and a metric label)"
-            )
-        if not isinstance(body, dict):
-            raise ConfigError(f"{path}: services.{name} must be a table: {where}")
-        own = {k: v for k, v in body.items() if not isinstance(v, dict) or k == "env"}
-        sections = {k: v for k, v in body.items() if k not in own}
-        if "name" in own:
-            raise ConfigError(f"{path}: services.{name}.name: the table's name is the service's")
-        for shared in HOST_SECTIONS:
-            if shared in sections:
-                raise ConfigError(
-                    f"{path}: [services.{name}.{shared}]: [{shared}] holds one value for the "
-                    "whole host; set it at the top level"
-                )
-        if "service" in sections:
-            raise ConfigError(
-                f"{path}: [services.{name}.service]: put the service's keys in {where} itself"
-            )
-        source = f"file {path} {where}"
-        entries = _table_entries(path, {"service": own}, f"services.{name}.", source)
-        entries = [(d, r, w.replace(f"services.{name}.service.", f"services.{name}."), s)
-                   for d, r, w, s in entries]  # fmt: skip
-        entries += _table_entries(path, sections, f"services.{name}.", source)
-        tables[name] = entries
-    return tables
 
 
 def load_settings(
@@ -337,17 +271,17 @@ def load_settings(
     ``MPSCTL_SERVICE`` variable) returns that one service's settings instead.
     """
     env = dict(os.environ if environ is None else environ)
-    file_entries: list[_Entry] = []
-    tables: dict[str, list[_Entry]] = {}
+    file_entries: list[Entry] = []
+    tables: dict[str, list[Entry]] = {}
     path = find_config_file(config, env)
     if path is not None:
         path = path.resolve()
         data = _read_toml(path)
         if "services" in data:
-            tables = _service_tables(path, data.pop("services"))
-        file_entries = _table_entries(path, data, "", f"file {path}")
+            tables = service_tables(path, data.pop("services"))
+        file_entries = table_entries(path, data, "", f"file {path}")
 
-    env_entries: list[_Entry] = []
+    env_entries: list[Entry] = []
     unknown_env: list[str] = []
     for name, raw in sorted(env.items()):
         if not name.startswith("MPSCTL_") or name in RESERVED_ENV:
@@ -364,7 +298,7 @@ def load_settings(
         if raw is not None
     ]
 
-    def resolve(own: list[_Entry]) -> tuple[dict[str, Any], dict[str, str]]:
+    def resolve(own: list[Entry]) -> tuple[dict[str, Any], dict[str, str]]:
         values: dict[str, Any] = {}
         sources: dict[str, str] = {}
         for section, keys in SCHEMA.items():
@@ -380,7 +314,7 @@ def load_settings(
     # variable is read by the client, under whatever name service.token_env gives it
     for name in unknown_env:
         if name != values["service.token_env"]:
-            hint = _did_you_mean(name, list(ENV_KEYS))
+            hint = did_you_mean(name, list(ENV_KEYS))
             raise ConfigError(f"environment: unknown variable {name}{hint}")
 
     home = home_dir(env)
@@ -407,59 +341,10 @@ def load_settings(
         values["service.name"] = name
         sources["service.name"] = f"file {path} [services.{name}]"
         members.append(_finish(values, sources, path, env, home / SERVICES_DIR / name, home))
-    _check_services(members)
+    check_services(members)
     if chosen is not None:
-        for member in members:
-            if member.service.name == chosen:
-                return member
-        raise ConfigError(f"no service named {chosen!r}; configured: {', '.join(tables)}")
+        return pick(members, chosen)
     return replace(_finish(*resolve([]), path, env, home), members=tuple(members))
-
-
-def _check_services(members: list[Settings]) -> None:
-    """Every ``after`` names a configured service, without a circle; no two services share
-    an address (the second could never start)."""
-    names = {m.service.name for m in members}
-    for member in members:
-        for other in member.service.after:
-            if other not in names:
-                raise ConfigError(
-                    f"services.{member.service.name}.after: no service named {other!r}; "
-                    f"configured: {', '.join(sorted(names))}"
-                )
-    start_order(members)
-    seen: dict[tuple[str, int], str] = {}
-    for member in members:
-        address = (member.service.host, member.service.port)
-        if address in seen:
-            raise ConfigError(
-                f"services.{member.service.name}.url: {member.service.url} is also "
-                f"services.{seen[address]}'s address; give each service its own port"
-            )
-        seen[address] = member.service.name
-
-
-def start_order(members: list[Settings] | tuple[Settings, ...]) -> list[Settings]:
-    """The services in start order: each after those its ``after`` names, otherwise in the
-    file's order (stop runs this order backwards). A circle is a ConfigError."""
-    by_name = {m.service.name: m for m in members}
-    ordered: list[Settings] = []
-    done: set[str] = set()
-
-    def visit(name: str, chain: tuple[str, ...]) -> None:
-        if name in done:
-            return
-        if name in chain:
-            circle = " -> ".join((*chain[chain.index(name) :], name))
-            raise ConfigError(f"services: after makes a circle: {circle}")
-        for other in by_name[name].service.after:
-            visit(other, (*chain, name))
-        done.add(name)
-        ordered.append(by_name[name])
-
-    for name in by_name:
-        visit(name, ())
-    return ordered
 
 
 def _finish(

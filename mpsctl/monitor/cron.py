@@ -25,8 +25,9 @@ from mpsctl.control.supervisor import (
     systemd_unit_name,
 )
 from mpsctl.paths import ensure_home, home_dir
-from mpsctl.settings import Settings, start_order
+from mpsctl.settings import Settings
 from mpsctl.settings_schema import env_name
+from mpsctl.settings_services import start_order
 from mpsctl.torch_env import service_env
 
 #: seconds before the service manager starts a crashed service again
