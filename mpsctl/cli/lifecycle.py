@@ -195,7 +195,8 @@ def start(app: App, names: tuple[str, ...], all_: bool, foreground: bool, wait: 
         budget_gate(app, host, service)
         ev = events(app)
         options = start_options_from_flags(opts, foreground)
-        heading(app, chosen, service)
+        if not as_json:
+            heading(app, chosen, service)
         result = run_start(
             app, partial(start_service, settings, options, events=ev, lock_wait=wait)
         )
