@@ -152,7 +152,6 @@ def test_both_start_answer_and_show_in_status_probe_logs_oom(two: Host) -> None:
 
 
 def test_textfile_labels_every_service(two: Host) -> None:
-    pytest.importorskip("prometheus_client")
     assert two.run("start", "--all").returncode == 0
     prom = two.home / "mpsctl.prom"
     two.run("probe", "--prometheus", str(prom))
@@ -231,3 +230,25 @@ def test_a_start_over_the_host_budget_is_refused_with_the_numbers(
         assert (plan["fits"], plan["sum_bytes"]) == (False, sum(peaks.values()))
     finally:
         host.run("stop", "--all")
+
+
+def test_exporter_serves_every_service_labelled(tiny_model: Path, tmp_path: Path) -> None:
+    host = _host(tmp_path, tiny_model)
+    port = free_port()
+    served = subprocess.Popen(
+        [sys.executable, "-m", "mpsctl", "exporter", "--port", str(port)],
+        env=host.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline, text = time.monotonic() + 30, ""
+        while time.monotonic() < deadline and "mpsctl_verdict" not in text:
+            with contextlib.suppress(OSError):
+                text = http_request(f"http://127.0.0.1:{port}/metrics").body.decode()
+            time.sleep(0.2)
+        # both stopped: CRITICAL (2) each, one family with a sample per service
+        assert 'mpsctl_verdict{service="embed"} 2.0' in text
+        assert 'mpsctl_verdict{service="chat"} 2.0' in text
+        assert text.count("# HELP mpsctl_verdict ") == 1
+    finally:
+        served.send_signal(signal.SIGINT)
+        served.communicate(timeout=20)
