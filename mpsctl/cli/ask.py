@@ -84,6 +84,7 @@ def ask(app: App, question: str | None, **opts: Any) -> None:
       mpsctl ask "工商银行" -n 200 -c 8          # stress: latency, errors, memory
       mpsctl ask --questions qs.txt --duration 5m -c 4 --json
       mpsctl ask "工商银行" -n 50 --sweep 1,2,4,8  # what max_concurrent is safe?
+      mpsctl ask -s chat "工商银行"               # one of several services
     """
     settings = app.settings({"service.request_timeout": (opts["timeout"], "--timeout")})
     if opts["token_flag"]:

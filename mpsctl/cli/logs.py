@@ -90,6 +90,7 @@ def logs(
       mpsctl logs -f --error --backend
       mpsctl logs --since 1h --grep 'query|timeout'
       mpsctl logs --oom --file 'mvp/logs/error_*.log'
+      mpsctl logs -s embed -f                  # one of several services
     """
     picks = [
         n for n, on in (("error", pick_error), ("app", pick_app), ("backend", pick_backend)) if on

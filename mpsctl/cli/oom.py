@@ -48,6 +48,7 @@ def oom(
       mpsctl oom --since 24h
       mpsctl oom mvp/logs/error_2026-01-21.log
       mpsctl oom --json | jq '.events[] | .max_allowed_bytes'
+      mpsctl oom -s chat --since 24h   # one of several services
     """
     targets: list[tuple[str, Path]] = []
     for path in files:
