@@ -172,8 +172,13 @@ def test_fix_and_the_watchdog_touch_only_their_service(two: Host) -> None:
     os.kill(embed_before, signal.SIGKILL)
     _gone([embed_before])
     chat_now = two.pid("chat")
-    watchdog = two.run("fix", "--all", "--if-unhealthy")
-    assert watchdog.returncode == 0, watchdog.stderr
+    # each watchdog line as cron runs it: a bare environment, from /, the line as printed
+    for line in _cron_lines(two)[1:]:
+        ran = subprocess.run(
+            ["env", "-i", f"HOME={two.home.parent}", "PATH=/usr/bin:/bin", "sh", "-c", line],
+            cwd="/", capture_output=True, text=True, timeout=240, check=False,
+        )  # fmt: skip
+        assert ran.returncode == 0, (line, (two.home / "cron.log").read_text())
     assert two.pid("embed") != embed_before
     assert two.pid("chat") == chat_now
     # each service's audit trail in its own state: the restart is embed's only
@@ -182,10 +187,18 @@ def test_fix_and_the_watchdog_touch_only_their_service(two: Host) -> None:
     assert (embed_trail[-1]["trigger"], embed_trail[-1]["restarted"]) == ("if-unhealthy", True)
     assert (chat_trail[-1]["trigger"], chat_trail[-1]["restarted"]) == ("if-unhealthy", False)
     assert [r["restarted"] for r in chat_trail] == [True, False]  # the fix by hand, then none
+    assert [r["restarted"] for r in embed_trail] == [True]
+
+
+def _cron_lines(host: Host) -> list[str]:
+    printed = host.run("cron")
+    assert printed.returncode == 0, printed.stderr
+    # the command after the five schedule fields
+    return [x.split(" ", 5)[5] for x in printed.stdout.splitlines() if x and x[0] != "#"]
 
 
 def test_cron_prints_one_probe_and_a_watchdog_per_service(two: Host) -> None:
-    lines = [x for x in two.run("cron").stdout.splitlines() if not x.startswith("#")]
+    lines = _cron_lines(two)
     assert len(lines) == 3
     assert " probe --record " in lines[0]
     assert " fix embed --if-unhealthy " in lines[1]
