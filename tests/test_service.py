@@ -68,7 +68,7 @@ def test_services_take_top_level_defaults_and_their_own_tables(
     chat, embed = by_name["chat"].settings, by_name["embed"].settings
     assert (chat.memory.high_watermark_ratio, embed.memory.high_watermark_ratio) == (0.5, 0.4)
     assert (chat.serve.max_concurrent, embed.serve.max_concurrent) == (3, 1)
-    assert chat.service.port == 18101 and embed.service.port == 18102
+    assert (chat.service.port, embed.service.port) == (18101, 18102)
     assert chat.home == isolated_home / "services" / "chat"
     assert chat.host_dir == isolated_home
     # the reference service on each one's own port, its log and token in its own state
