@@ -282,12 +282,13 @@ def restart(app: App, names: tuple[str, ...], all_: bool, stop_timeout: float | 
       mpsctl restart --high 0.6 --low 0.4
       mpsctl restart chat
     """
-    _, chosen = services_from_flags(app, opts, names, all_)
+    host, chosen = services_from_flags(app, opts, names, all_)
     documents = []
     for service in chosen:
         settings = service.settings
         demo_notice(app, settings)
         not_under_unit(app, settings, "restart")
+        budget_gate(app, host, service)  # a stopped service's restart is a start
         ev = events(app)
         result = run_start(app, partial(
             restart_service, settings, start_options_from_flags(opts),
