@@ -6,7 +6,7 @@ One settings file may name several services (``[services.NAME]`` tables) or one
 own directory: ``MPSCTL_HOME`` itself for the one service of a ``[service]`` file, so that
 nothing moves for a single service, and ``MPSCTL_HOME/services/NAME`` for each of several.
 
-The modules that write a state file own its name (``observe/procs.py``'s pidfile,
+The modules that write a state file own its name (``observe/processes/pidfile.py``'s pidfile,
 ``control/lock.py``'s lock...) and take the directory from ``settings.home``; this module
 names them for display and for the commands that work on several services at once.
 """

@@ -8,14 +8,23 @@ one address each) and gives their start order.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, TypeVar
 
 from mpsctl.errors import ConfigError
 from mpsctl.settings_schema import HOST_SECTIONS, SCHEMA
 
-if TYPE_CHECKING:
-    from mpsctl.settings import Settings
+
+class _OneService(Protocol):
+    """What these checks read of a service's settings (``mpsctl.settings.Settings``; named
+    by shape, because settings imports this module)."""
+
+    @property
+    def service(self) -> Any: ...
+
+
+Member = TypeVar("Member", bound=_OneService)
 
 
 def did_you_mean(word: str, choices: list[str]) -> str:
@@ -92,7 +101,7 @@ def service_tables(path: Path, raw: Any) -> dict[str, list[Entry]]:
     return tables
 
 
-def check_services(members: list[Settings]) -> None:
+def check_services(members: Sequence[_OneService]) -> None:
     """Every ``after`` names a configured service, without a circle; no two services share
     an address (the second could never start)."""
     names = {m.service.name for m in members}
@@ -115,11 +124,11 @@ def check_services(members: list[Settings]) -> None:
         seen[address] = member.service.name
 
 
-def start_order(members: list[Settings] | tuple[Settings, ...]) -> list[Settings]:
+def start_order(members: Sequence[Member]) -> list[Member]:
     """The services in start order: each after those its ``after`` names, otherwise in the
     file's order (stop runs this order backwards). A circle is a ConfigError."""
     by_name = {m.service.name: m for m in members}
-    ordered: list[Settings] = []
+    ordered: list[Member] = []
     done: set[str] = set()
 
     def visit(name: str, chain: tuple[str, ...]) -> None:
@@ -138,7 +147,7 @@ def start_order(members: list[Settings] | tuple[Settings, ...]) -> list[Settings
     return ordered
 
 
-def pick(members: list[Settings], name: str) -> Settings:
+def pick(members: Sequence[Member], name: str) -> Member:
     """The service ``name`` (``-s NAME``, ``MPSCTL_SERVICE``); unknown: a ConfigError."""
     for member in members:
         if member.service.name == name:

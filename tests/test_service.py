@@ -10,11 +10,11 @@ import pytest
 
 from mpsctl.control import audit
 from mpsctl.control.lock import lock_path
+from mpsctl.deaths.cursor import state_path
 from mpsctl.errors import ConfigError, ExitCode, UsageError
 from mpsctl.monitor import alerts
 from mpsctl.monitor.history import history_dir
-from mpsctl.observe.oom_cursor import state_path
-from mpsctl.observe.procs import default_pidfile_path
+from mpsctl.observe.processes.pidfile import default_pidfile_path
 from mpsctl.service import select, services
 from mpsctl.settings import load_settings
 

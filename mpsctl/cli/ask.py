@@ -11,7 +11,7 @@ from mpsctl import ask as ask_lib
 from mpsctl import stress
 from mpsctl.cli.app import App, json_option
 from mpsctl.cli.params import DURATION
-from mpsctl.cli.services import service_option
+from mpsctl.cli.service_options import service_option
 from mpsctl.client import checked_token, read_token
 from mpsctl.render import ask as render
 from mpsctl.render.console import write_json

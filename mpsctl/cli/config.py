@@ -10,13 +10,13 @@ from rich import box
 from rich.table import Table
 
 from mpsctl.cli.app import App, json_option
-from mpsctl.cli.services import service_option
+from mpsctl.cli.service_options import service_option
 from mpsctl.errors import MpsctlError
 from mpsctl.render.console import write_json
+from mpsctl.service_env import shown_service_env
 from mpsctl.settings import TEMPLATE, Settings
 from mpsctl.settings_schema import SCHEMA
 from mpsctl.storage import write_new_file
-from mpsctl.torch_env import shown_service_env
 
 
 @click.group()

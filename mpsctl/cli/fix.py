@@ -16,7 +16,7 @@ from mpsctl.cli.lifecycle import (
     start_options_from_flags,
 )
 from mpsctl.cli.params import DURATION
-from mpsctl.cli.services import all_option, heading, names_argument, several_document
+from mpsctl.cli.service_options import all_option, heading, names_argument, several_document
 from mpsctl.control.fix import FixOptions, fix_service
 from mpsctl.durations import Period
 from mpsctl.errors import ExitCode, MpsctlError, ServiceError
@@ -83,6 +83,8 @@ def fix(app: App, names: tuple[str, ...], all_: bool, if_unhealthy: bool,
     """
     window = within.seconds if within is not None else None
     _, chosen = services_from_flags(app, opts, names, all_)
+    from mpsctl.monitor.alerts import WatchdogAlerts  # loaded when fix runs, not for --help
+
     documents, failures, gave_up = [], [], False
     for service in chosen:
         settings = service.settings
@@ -90,7 +92,8 @@ def fix(app: App, names: tuple[str, ...], all_: bool, if_unhealthy: bool,
         options = FixOptions(if_unhealthy, max_restarts, window, question, use_match,
                              None, start_options_from_flags(opts), reset_budget)  # fmt: skip
         try:
-            result = fix_service(settings, options, events=events(app), lock_wait=wait)
+            result = fix_service(settings, options, events=events(app), lock_wait=wait,
+                                 alerts=WatchdogAlerts(settings))  # fmt: skip
         except MpsctlError as exc:
             if len(chosen) == 1:
                 raise

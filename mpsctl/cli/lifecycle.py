@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from mpsctl.cli.app import App, json_option
-from mpsctl.cli.services import all_option, heading, names_argument, several_document
+from mpsctl.cli.service_options import all_option, heading, names_argument, several_document
 from mpsctl.control.start import StartFailed, StartOptions, start_service
 from mpsctl.control.stop import restart_service, stop_service
 from mpsctl.control.supervisor import Action, find_supervisor
@@ -97,13 +97,13 @@ def services_from_flags(
 def budget_gate(app: App, host: Settings, service: Service) -> None:
     """Refuse (or warn, ``host.over_budget``) to start ``service`` when the planned peaks
     of the services running now plus its own exceed the host's ceiling."""
-    from mpsctl.observe import procs
+    from mpsctl.observe import processes
     from mpsctl.plan.budget import check_start
 
-    if not host.members or procs.find_service(service.settings).running:
+    if not host.members or processes.find_service(service.settings).running:
         return
     others = [m for m in host.members if m.service.name != service.name]
-    running = [m for m in others if procs.find_service(m).running]
+    running = [m for m in others if processes.find_service(m).running]
     _, problem = check_start(host, running, service.settings)
     if problem is None:
         return

@@ -7,8 +7,8 @@ from pathlib import Path
 import click
 
 from mpsctl.cli.app import App
-from mpsctl.observe.host_probe import host_probe
-from mpsctl.observe.probe import take_probe
+from mpsctl.host_probe import host_probe
+from mpsctl.probe import take_probe
 from mpsctl.render.console import write_json
 from mpsctl.service import services
 from mpsctl.settings import Settings

@@ -6,7 +6,7 @@ import click
 
 from mpsctl.cli.app import App, ConventionCommand, json_option
 from mpsctl.cli.lifecycle import demo_notice
-from mpsctl.cli.services import names_argument, several_document
+from mpsctl.cli.service_options import names_argument, several_document
 from mpsctl.control.status import service_status
 from mpsctl.control.supervisor import find_supervisor
 from mpsctl.errors import MpsctlError, StatusExit

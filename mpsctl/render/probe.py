@@ -9,8 +9,8 @@ from rich.table import Table
 from rich.text import Text
 
 from mpsctl.errors import ProbeExit
-from mpsctl.observe.host_probe import HostProbe
-from mpsctl.observe.probe import (
+from mpsctl.host_probe import HostProbe
+from mpsctl.probe import (
     ProbeResult,
     service_footprint_bytes,
     service_rss_bytes,

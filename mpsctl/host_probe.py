@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mpsctl.errors import ProbeExit
-from mpsctl.observe.probe import Finding, ProbeResult, service_memory_bytes
+from mpsctl.probe import Finding, ProbeResult, service_memory_bytes
 from mpsctl.units import fmt_bytes
 
 SCHEMA = "mpsctl.host-probe/1"
