@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -24,6 +24,15 @@ from mpsctl.settings_schema import (
     RESERVED_ENV,
     RESTART_RULES,
     SCHEMA,
+)
+from mpsctl.settings_services import (
+    SERVICES_DIR,
+    Entry,
+    check_services,
+    did_you_mean,
+    pick,
+    service_tables,
+    table_entries,
 )
 from mpsctl.torch_env import masked, resolve_watermarks, torch_env
 
@@ -59,6 +68,7 @@ class ServiceSettings:
     health_interval: float = 2.0
     env: dict[str, str] = field(default_factory=dict)
     env_file: Path | None = None
+    after: tuple[str, ...] = ()
 
     @property
     def health_url(self) -> str:
@@ -137,6 +147,12 @@ class OomSettings:
 
 
 @dataclass(frozen=True)
+class HostSettings:
+    budget: int | None
+    over_budget: str
+
+
+@dataclass(frozen=True)
 class Settings:
     service: ServiceSettings
     memory: MemorySettings
@@ -154,6 +170,16 @@ class Settings:
     notes: tuple[str, ...] = ()
     #: True when no file was found: mpsctl manages its own reference service
     reference_service: bool = True
+    host: HostSettings = HostSettings(None, "refuse")
+    #: MPSCTL_HOME; ``home`` is this service's state directory (the same for one service)
+    host_home: Path | None = None
+    #: with [services.NAME] tables: each service's settings (this object holds the defaults)
+    members: tuple[Settings, ...] = ()
+
+    @property
+    def host_dir(self) -> Path:
+        """MPSCTL_HOME: what every service of this host shares (the demo checkpoint)."""
+        return self.host_home or self.home
 
     def value(self, dotted: str) -> Any:
         section, key = dotted.split(".", 1)
@@ -217,13 +243,6 @@ def _read_toml(path: Path) -> dict[str, Any]:
         ) from None
 
 
-def _did_you_mean(word: str, choices: list[str]) -> str:
-    import difflib  # only on the error path: it costs start-up time
-
-    close = difflib.get_close_matches(word, choices, n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
 def _set(
     values: dict[str, Any], sources: dict[str, str], dotted: str, raw: Any, where: str,
     source: str,
@@ -243,33 +262,26 @@ def load_settings(
     config: str | None = None,
     overrides: Mapping[str, tuple[Any, str]] | None = None,
     environ: Mapping[str, str] | None = None,
+    service: str | None = None,
 ) -> Settings:
-    """Resolve settings. ``overrides`` maps dotted keys to ``(value, "--flag")``."""
-    env = dict(os.environ if environ is None else environ)
-    values: dict[str, Any] = {}
-    sources: dict[str, str] = {}
-    for section, keys in SCHEMA.items():
-        for key, spec in keys.items():
-            values[f"{section}.{key}"] = spec.default
-            sources[f"{section}.{key}"] = "default"
+    """Resolve settings. ``overrides`` maps dotted keys to ``(value, "--flag")``.
 
+    A file with ``[services.NAME]`` tables gives one ``Settings`` per service in
+    ``members`` (each with its own state directory); ``service`` (default: the
+    ``MPSCTL_SERVICE`` variable) returns that one service's settings instead.
+    """
+    env = dict(os.environ if environ is None else environ)
+    file_entries: list[Entry] = []
+    tables: dict[str, list[Entry]] = {}
     path = find_config_file(config, env)
     if path is not None:
         path = path.resolve()
         data = _read_toml(path)
-        for section, table in data.items():
-            if section not in SCHEMA:
-                hint = _did_you_mean(section, list(SCHEMA))
-                raise ConfigError(f"{path}: unknown section [{section}]{hint}")
-            if not isinstance(table, dict):
-                raise ConfigError(f"{path}: {section} must be a table: [{section}]")
-            for key, raw in table.items():
-                if key not in SCHEMA[section]:
-                    hint = _did_you_mean(key, list(SCHEMA[section]))
-                    raise ConfigError(f"{path}: unknown key {section}.{key}{hint}")
-                key_name = f"{section}.{key}"
-                _set(values, sources, key_name, raw, f"{path}: {key_name}", f"file {path}")
+        if "services" in data:
+            tables = service_tables(path, data.pop("services"))
+        file_entries = table_entries(path, data, "", f"file {path}")
 
+    env_entries: list[Entry] = []
     unknown_env: list[str] = []
     for name, raw in sorted(env.items()):
         if not name.startswith("MPSCTL_") or name in RESERVED_ENV:
@@ -279,26 +291,72 @@ def load_settings(
             if not name.startswith(PASSED_ENV_PREFIXES):
                 unknown_env.append(name)
             continue
-        _set(values, sources, dotted, raw, f"environment: {name}", f"env {name}")
+        env_entries.append((dotted, raw, f"environment: {name}", f"env {name}"))
+    flag_entries = [
+        (dotted, raw, flag, f"flag {flag}")
+        for dotted, (raw, flag) in (overrides or {}).items()
+        if raw is not None
+    ]
+
+    def resolve(own: list[Entry]) -> tuple[dict[str, Any], dict[str, str]]:
+        values: dict[str, Any] = {}
+        sources: dict[str, str] = {}
+        for section, keys in SCHEMA.items():
+            for key, spec in keys.items():
+                values[f"{section}.{key}"] = spec.default
+                sources[f"{section}.{key}"] = "default"
+        for dotted, raw, where, source in [*file_entries, *own, *env_entries, *flag_entries]:
+            _set(values, sources, dotted, raw, where, source)
+        return values, sources
+
+    values, sources = resolve([])
     # a typo (MPSCTL_SERVCE_URL) must not silently leave the default in place; the token
     # variable is read by the client, under whatever name service.token_env gives it
     for name in unknown_env:
         if name != values["service.token_env"]:
-            hint = _did_you_mean(name, list(ENV_KEYS))
+            hint = did_you_mean(name, list(ENV_KEYS))
             raise ConfigError(f"environment: unknown variable {name}{hint}")
 
-    for dotted, (raw, flag) in (overrides or {}).items():
-        if raw is None:
-            continue
-        _set(values, sources, dotted, raw, flag, f"flag {flag}")
+    home = home_dir(env)
+    chosen = service if service is not None else env.get("MPSCTL_SERVICE") or None
+    if not tables:
+        if values["service.after"]:
+            where = _where(sources["service.after"], "service.after")
+            raise ConfigError(f"{where}: after names services of [services.NAME] tables only")
+        settings = _finish(values, sources, path, env, home)
+        if chosen is not None and chosen != settings.service.name:
+            raise ConfigError(
+                f"no service named {chosen!r}: the one configured is {settings.service.name!r}"
+            )
+        return settings
 
-    return _finish(values, sources, path, env)
+    if sources["service.name"] != "default":
+        where = _where(sources["service.name"], "service.name")
+        raise ConfigError(
+            f"{where}: with [services.NAME] tables each service is named by its table"
+        )
+    members = []
+    for name, own in tables.items():
+        values, sources = resolve(own)
+        values["service.name"] = name
+        sources["service.name"] = f"file {path} [services.{name}]"
+        members.append(_finish(values, sources, path, env, home / SERVICES_DIR / name, home))
+    check_services(members)
+    if chosen is not None:
+        return pick(members, chosen)
+    return replace(_finish(*resolve([]), path, env, home), members=tuple(members))
 
 
 def _finish(
-    values: dict[str, Any], sources: dict[str, str], path: Path | None, env: dict[str, str]
+    values: dict[str, Any],
+    sources: dict[str, str],
+    path: Path | None,
+    env: dict[str, str],
+    home: Path,
+    host_home: Path | None = None,
 ) -> Settings:
-    home = home_dir(env)
+    """One service's settings; ``home`` is its state directory (MPSCTL_HOME itself for the
+    one service of a [service] file), ``host_home`` MPSCTL_HOME."""
     base = path.parent if path is not None else Path.cwd()
     reference = path is None or sources["service.command"] == "default"
 
@@ -368,6 +426,7 @@ def _finish(
         health_interval=values["service.health_interval"],
         env=dict(values["service.env"]),
         env_file=under_workdir(values["service.env_file"]),
+        after=tuple(values["service.after"]),
     )
     memory = MemorySettings(
         high_watermark_ratio=marks.high,
@@ -388,7 +447,9 @@ def _finish(
         history=section("history", HistorySettings),
         alerts=section("alerts", AlertSettings),
         oom=section("oom", OomSettings),
+        host=section("host", HostSettings),
         home=home,
+        host_home=host_home or home,
         config_file=path,
         sources=sources,
         notes=marks.notes,

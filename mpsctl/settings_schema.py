@@ -32,6 +32,9 @@ from mpsctl.torch_env import DEFAULT_LOW_RATIO, FALLBACK_ENV, HIGH_ENV, LOW_ENV,
 
 DEVICES = ("auto", "mps", "cuda", "cpu")
 DTYPES = ("auto", "float16", "bfloat16", "float32")
+OVER_BUDGET = ("refuse", "warn")
+#: sections that hold one value for the whole host, never a [services.NAME.x] sub-table
+HOST_SECTIONS = ("host", "history")
 
 
 class Key:
@@ -128,6 +131,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "env_file": Key(
             parse_opt_str, None, "dotenv file (KEY=value) read at each start; relative to workdir"
         ),
+        "after": Key(parse_str_list, (), "[services.NAME] only: services started before this one"),
     },
     "memory": {
         "high_watermark_ratio": Key(parse_opt_ratio, 1.0, f"{HIGH_ENV} (x recommended max)"),
@@ -178,6 +182,16 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "url": Key(parse_opt_str, None, "POST a JSON alert here on verdict change"),
         "command": Key(parse_opt_str, None, "or run this command (alert JSON on stdin)"),
     },
+    "host": {
+        "budget": Key(
+            parse_opt_size,
+            None,
+            "most memory all services may plan together, e.g. 20GiB (default: the host ceiling)",
+        ),
+        "over_budget": Key(
+            parse_choice(OVER_BUDGET), "refuse", "start NAME over the budget: refuse | warn"
+        ),
+    },
     "oom": {
         "system_logs": Key(
             parse_bool, True, "read the kernel log / jetsam reports for kills (when readable)"
@@ -189,6 +203,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
 RESERVED_ENV = {
     "MPSCTL_HOME", "MPSCTL_CONFIG", "MPSCTL_TOKEN",
     "MPSCTL_GREP", "MPSCTL_OOM_WORKERS",  # the log scanner's first pass (deaths/grep_pass.py)
+    "MPSCTL_SERVICE",  # which of several [services.NAME] a command (or a started service) is
 }  # fmt: skip
 #: set by mpsctl for the commands it runs (an alert command may itself run mpsctl)
 PASSED_ENV_PREFIXES = ("MPSCTL_ALERT_",)

@@ -19,11 +19,12 @@ PACKAGE = ROOT / "mpsctl"
 
 FLOORS: tuple[tuple[str, ...], ...] = (
     ("mpsctl", "errors", "units", "durations", "paths", "storage", "tokens", "torch_env",
-     "setting_values", "settings_schema", "settings", "service_env", "contrib"),
+     "setting_values", "settings_schema", "settings", "settings_services", "service",
+     "service_env", "contrib"),
     ("observe", "client", "server"),
     ("plan", "ask"),
     ("deaths", "stress_results"),
-    ("probe",),
+    ("probe", "host_probe"),
     ("control", "stress"),
     ("monitor",),
     ("render",),

@@ -74,6 +74,8 @@ def cron(
     with a bare environment; the token is never printed. fix exits 75 when another mpsctl
     run holds the lock: the line treats that as success. Errors go to MPSCTL_HOME/cron.log
     (MPSCTL_HOME is created now if missing: the shell opens that log before mpsctl runs).
+    Several services ([services.NAME]): one probe line for the host and every service,
+    and one watchdog line per service (fix NAME --if-unhealthy).
 
     \b
     Examples:
@@ -86,8 +88,14 @@ def cron(
         raise click.UsageError("--job goes with --launchd")
     if launchd and systemd:
         raise click.UsageError("--launchd and --systemd: choose one")
+    settings = app.host_settings()
+    if settings.members and (launchd or systemd):
+        raise click.UsageError(
+            "with several services, cron prints crontab lines (one probe for the host, one "
+            "watchdog per service); units and plists are made for one service only"
+        )
     schedule = build_schedule(
-        app.settings(),
+        settings,
         alert_url=alert_url,
         alert_cmd=alert_cmd,
         prometheus=prometheus,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from functools import partial
 
 import click
 
@@ -63,7 +64,8 @@ def exporter(
     are counters. Runs until Ctrl-C (exit 130). Needs prometheus_client
     (pip install 'mpsctl[metrics]'). For cron instead: mpsctl probe --prometheus FILE.prom.
     --rules and --dashboard print the alert rules and the Grafana dashboard shipped with
-    this version (see docs/fleet.md).
+    this version (see docs/fleet.md). With several services ([services.NAME]) every
+    scrape serves each one's gauges, labelled service="NAME".
 
     \b
     Examples:
@@ -78,16 +80,26 @@ def exporter(
         click.echo(contrib.read_text(contrib.RULES if show == "rules" else contrib.DASHBOARD),
                    nl=False)  # fmt: skip
         return
-    settings = app.settings()
+    every = app.services()
     if host not in ("127.0.0.1", "::1", "localhost"):
         app.warn(f"listening on {host}: anyone who can reach it sees host and service details")
-    served = start_exporter(
-        lambda: take_probe(settings, health_timeout=timeout),
-        host,
-        port,
-        min_interval=min_interval,
-        home=settings.home,
-    )
+    if len(every) > 1:
+        from mpsctl.monitor.prometheus import start_services_exporter
+
+        served = start_services_exporter(
+            [(partial(take_probe, s.settings, health_timeout=timeout), s.state_dir)
+             for s in every],
+            host, port, min_interval=min_interval,
+        )  # fmt: skip
+    else:
+        settings = every[0].settings
+        served = start_exporter(
+            lambda: take_probe(settings, health_timeout=timeout),
+            host,
+            port,
+            min_interval=min_interval,
+            home=settings.home,
+        )
     app.info(f"serving {served.url} (Ctrl-C to stop)")
     try:
         while served.thread.is_alive():

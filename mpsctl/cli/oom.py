@@ -8,6 +8,7 @@ import click
 
 from mpsctl.cli.app import App, json_option
 from mpsctl.cli.params import DURATION
+from mpsctl.cli.service_options import service_option
 from mpsctl.deaths.counting import Found
 from mpsctl.deaths.scanner import find_events
 from mpsctl.durations import Period
@@ -25,6 +26,7 @@ from mpsctl.torch_env import DEFAULT_HIGH_RATIO, HIGH_ENV, MAX_RATIO
               help=f"{HIGH_ENV} the service ran with (default: memory.high_watermark_ratio "
                    f"when configured, else {DEFAULT_HIGH_RATIO:g}).")  # fmt: skip
 @json_option
+@service_option
 @click.pass_obj
 def oom(
     app: App, files: tuple[Path, ...], since: Period | None, high_ratio: float | None, as_json: bool
@@ -46,6 +48,7 @@ def oom(
       mpsctl oom --since 24h
       mpsctl oom mvp/logs/error_2026-01-21.log
       mpsctl oom --json | jq '.events[] | .max_allowed_bytes'
+      mpsctl oom -s chat --since 24h   # one of several services
     """
     targets: list[tuple[str, Path]] = []
     for path in files:

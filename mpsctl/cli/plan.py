@@ -71,7 +71,8 @@ def plan(app: App, model_dir: str | None, preset: str | None, dtype: str | None,
 
     Never imports torch. Planning for this machine (no --ram) reads the running service's
     memory report when it answers. Exit 0 when the plan fits, 1 when it does not, 2 on
-    bad input.
+    bad input. Several services ([services.NAME]): each one's planned peak, their sum
+    against the host's one ceiling (host.budget, else the device's), exit 1 over it.
 
     \b
     Examples:
@@ -90,6 +91,11 @@ def plan(app: App, model_dir: str | None, preset: str | None, dtype: str | None,
         "memory.high_watermark_ratio": (high, "--high"),
         "memory.low_watermark_ratio": (low, "--low"),
     }
+    host = app.host_settings(overrides)
+    if host.members and model_dir is None and preset is None:
+        from mpsctl.cli.plan_host import plan_services
+
+        plan_services(app, host, ram, as_json)
     settings = app.settings(overrides)
     try:
         ram_bytes = None if ram is None else parse_size(ram)

@@ -57,6 +57,8 @@ def probe(
 
     Exit codes follow the monitoring-plugin convention: 0 OK, 1 WARNING, 2 CRITICAL,
     3 UNKNOWN. A stopped service is CRITICAL, with the reason. Never imports torch.
+    Several services ([services.NAME]): each one's probe, then their sum against RAM and
+    the accelerator's one limit; the verdict is the worst and names the service to blame.
     --record, alerts (sent once per verdict change, plus a recovery notice) and
     --prometheus never change the exit code: their failures are warnings on stderr.
 
@@ -67,15 +69,21 @@ def probe(
       mpsctl probe --nagios --host-used 80,90
       mpsctl probe --record --alert-url https://hooks.example.com/mpsctl
     """
+    overrides = {
+        "thresholds.host_used_percent": (host_used, "--host-used"),
+        "thresholds.service_memory_gib": (service_gib, "--service-gib"),
+        "thresholds.accelerator_limit_percent": (accel_percent, "--accel-percent"),
+        "thresholds.swap_used_percent": (swap_used, "--swap-used"),
+    }
     try:
-        settings = app.settings(
-            {
-                "thresholds.host_used_percent": (host_used, "--host-used"),
-                "thresholds.service_memory_gib": (service_gib, "--service-gib"),
-                "thresholds.accelerator_limit_percent": (accel_percent, "--accel-percent"),
-                "thresholds.swap_used_percent": (swap_used, "--swap-used"),
-            }
-        )
+        host = app.host_settings(overrides)
+        if host.members:
+            from mpsctl.cli.probe_host import probe_services
+
+            probe_services(app, host, as_json=as_json, nagios=nagios, timeout=timeout,
+                           record_history=record_history, alert_url=alert_url,
+                           alert_cmd=alert_cmd, prometheus=prometheus)  # fmt: skip
+        settings = app.settings(overrides)
     except MpsctlError as exc:
         # A monitoring system still gets its document: UNKNOWN, with the reason (under
         # --nagios the CLI's failure path prints the UNKNOWN line, for click's errors too).

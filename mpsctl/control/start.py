@@ -249,6 +249,11 @@ def start_while_locked(
             "(create the venv, or fix service.venv: it is relative to service.workdir)"
         )
     env = service_env(settings)
+    if settings.reference_service and settings.host_dir != settings.home:
+        # one of several services: `mpsctl serve` reads its own [services.NAME] table
+        env["MPSCTL_SERVICE"] = service.name
+        if settings.config_file is not None:
+            env["MPSCTL_CONFIG"] = str(settings.config_file)
 
     if options.foreground:
         _become_service(settings, argv, env, pidfile)

@@ -16,7 +16,7 @@ import plistlib
 import shlex
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from mpsctl.control.supervisor import (
@@ -28,6 +28,7 @@ from mpsctl.paths import ensure_home, home_dir
 from mpsctl.service_env import service_env
 from mpsctl.settings import Settings
 from mpsctl.settings_schema import env_name
+from mpsctl.settings_services import start_order
 
 #: seconds before the service manager starts a crashed service again
 RESTART_SEC = 5
@@ -143,6 +144,9 @@ def build_schedule(
     )
     log = home_dir(env) / "cron.log"
     mpsctl = mpsctl_command()
+    if settings.members:
+        return Schedule(sys.executable, env, _per_service(jobs, base, settings), log,
+                        tuple(notes), None, mpsctl)  # fmt: skip
     # the memory settings exactly as `start` applies them (inherited values dropped), so
     # the unit shows what the service gets; PATH and MPSCTL_HOME are the jobs'
     unit_env = {**service_env(settings, base={}), **env}
@@ -156,6 +160,20 @@ def build_schedule(
         launchd_label=launchd_label(settings),
     )
     return Schedule(sys.executable, env, jobs, log, tuple(notes), service, mpsctl)
+
+
+def _per_service(jobs: tuple[Job, ...], base: list[str], settings: Settings) -> tuple[Job, ...]:
+    """Several services: the one probe job (it probes every service and the host's sum,
+    and records each one's history), then one watchdog job per service, in start order:
+    each has its own lock, restart budget and alerts, so one giving up stops no other."""
+    probe, fix = jobs
+    watchdogs = tuple(
+        replace(fix, name=f"fix-{m.service.name}",
+                argv=(*base, "fix", m.service.name, "--if-unhealthy"),
+                comment=f"watchdog of {m.service.name}: {fix.comment.split(': ', 1)[1]}")
+        for m in start_order(settings.members)
+    )  # fmt: skip
+    return (probe, *watchdogs)
 
 
 def mpsctl_command() -> tuple[str, ...]:

@@ -302,3 +302,43 @@ def start_exporter(
     bound = server.server_address[1]
     shown = f"[{host}]" if ":" in host else host
     return Exporter(f"http://{shown}:{bound}/metrics", server, thread, cache)
+
+
+def write_services_textfile(path: Path, results: list[ProbeResult]) -> None:
+    """:func:`write_textfile` for several services: every service's gauges in one file,
+    each labelled ``service="NAME"`` (one metric family per name, as the format requires)."""
+    _require_client()
+    from prometheus_client import CollectorRegistry, write_to_textfile
+
+    registry = CollectorRegistry(auto_describe=False)
+    samples = [sample for result in results for sample in probe_samples(result)]
+    registry.register(ProbeCollector(lambda: samples))
+    try:
+        write_to_textfile(str(path), registry)
+    except OSError as exc:
+        raise MpsctlError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def start_services_exporter(
+    probes: list[tuple[Callable[[], ProbeResult], Path]],
+    host: str,
+    port: int,
+    *,
+    min_interval: float = 1.0,
+) -> Exporter:
+    """:func:`start_exporter` for several services: each scrape serves every service's
+    (cached) probe and watchdog counters, labelled ``service="NAME"``, in one family per
+    metric name."""
+    _require_client()
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    caches = [CachedProbe(probe, min_interval, home=home) for probe, home in probes]
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ProbeCollector(lambda: [s for c in caches for s in c.samples()]))
+    try:
+        server, thread = start_http_server(port, addr=host, registry=registry)
+    except OSError as exc:
+        raise MpsctlError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    bound = server.server_address[1]
+    shown = f"[{host}]" if ":" in host else host
+    return Exporter(f"http://{shown}:{bound}/metrics", server, thread, caches[0])

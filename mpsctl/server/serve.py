@@ -86,7 +86,7 @@ def run(settings: Settings, options: ServeOptions, notes: Notes) -> None:
     log.info("imported torch and transformers in %.1f s", time.perf_counter() - began)
 
     if model_id is None:
-        demo_dir, built = ensure_demo_checkpoint(settings.home / DEMO_DIR_NAME)
+        demo_dir, built = ensure_demo_checkpoint(settings.host_dir / DEMO_DIR_NAME)
         model_id = str(demo_dir)
         notes.warn(f"{'built and ' if built else ''}serving the {DEMO_LABEL} from {demo_dir}")
 
