@@ -17,6 +17,7 @@ _TITLES = {
     "cpu_alloc": "CPU OOM",
     "device_error": "CUDA DEVICE OOM",
     "ndarray_limit": "MPS ARRAY LIMIT",
+    "mps_size_limit": "MPS SIZE LIMIT",
 }
 
 

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import re
 import shutil
-import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
+import tomllib
 
-from mpsctl.observe.oom_events import Found
-from mpsctl.observe.oom_scan import counts, find_events
+from mpsctl.deaths.counting import Found
+from mpsctl.deaths.scanner import counts, find_events
 
 CORPUS = Path(__file__).resolve().parents[1] / "fixtures" / "corpus"
 EXPECTED: list[dict[str, Any]] = tomllib.loads((CORPUS / "expected.toml").read_text("utf-8"))[
@@ -60,12 +60,15 @@ def test_every_corpus_file_has_expectations_and_a_source() -> None:
     assert on_disk == set(BY_NAME)
     sources = (CORPUS / "SOURCES.md").read_text("utf-8")
     for entry in EXPECTED:
-        assert entry["source"] and entry["what"]
+        assert entry["source"]
+        assert entry["what"]
         assert entry["name"] in sources, entry["name"]
     texts = [e for e in EXPECTED if not e["name"].startswith("near/")]
     near = [e for e in EXPECTED if e["name"].startswith("near/")]
-    assert len(texts) >= 100 and len(near) >= 20
-    assert all(e.get("event") for e in texts) and not any(e.get("event") for e in near)
+    assert len(texts) >= 100
+    assert len(near) >= 20
+    assert all(e.get("event") for e in texts)
+    assert not any(e.get("event") for e in near)
 
 
 @pytest.mark.parametrize("name", sorted(BY_NAME))
