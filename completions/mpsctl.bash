@@ -26,4 +26,3 @@ _mpsctl_completion_setup() {
 }
 
 _mpsctl_completion_setup;
-
