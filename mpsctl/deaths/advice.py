@@ -54,6 +54,8 @@ def summary(event: DeathEvent) -> str:
         pressure = (
             f" (memory pressure {event.pressure_percent}% > {event.limit_percent}%)"
             if event.pressure_percent
+            else f" ({_used(event)} over {event.limit_percent or 'the limit'}%)"
+            if event.memory_used_bytes is not None
             else ""
         )
         return f"killed by systemd-oomd: {event.unit or event.cgroup}{pressure}"
@@ -195,6 +197,17 @@ def _explain_oomd(event: OomdKill) -> list[str]:
             f" Memory pressure on {event.monitored_cgroup} was {event.pressure_percent}%, over "
             f"its limit of {event.limit_percent}% for more than {event.duration}."
         )
+    if event.memory_used_bytes is not None:
+        return [
+            f"systemd-oomd killed every process in {event.cgroup or event.unit} (SIGKILL) "
+            f"because the machine's {_used(event)} were both over "
+            f"{event.limit_percent or 'its limit'}%: memory and swap were nearly full, and oomd "
+            "kills the cgroup using the most swap before the kernel's OOM killer would act.",
+            _SMALLER,
+            "Run the service in its own unit with MemoryHigh=/MemoryMax= so it is throttled or "
+            "stopped alone, or give the machine more swap or memory (SwapUsedLimit= in "
+            "oomd.conf sets the threshold).",
+        ]
     return [
         f"systemd-oomd killed every process in {event.cgroup or event.unit} (SIGKILL)."
         f"{pressure} Pressure is the share of time tasks stalled waiting for memory: oomd acts "
@@ -203,6 +216,19 @@ def _explain_oomd(event: OomdKill) -> list[str]:
         "Run the service in its own unit with MemoryHigh=/MemoryMax= so it is throttled or "
         "stopped alone, or tune ManagedOOMMemoryPressureLimit= on the slice oomd watches.",
     ]
+
+
+def _used(event: OomdKill) -> str:
+    """``memory (21 GiB of 23 GiB) and swap (8 GiB of 8 GiB)``, as far as the line said."""
+    parts = []
+    for name, used, total in (
+        ("memory", event.memory_used_bytes, event.memory_total_bytes),
+        ("swap", event.swap_used_bytes, event.swap_total_bytes),
+    ):
+        if used is not None:
+            of = f" of {short_size(total)}" if total is not None else ""
+            parts.append(f"{name} use ({short_size(used)}{of})")
+    return " and ".join(parts)
 
 
 def _explain_jetsam(event: JetsamKill, ram_bytes: int | None) -> list[str]:
