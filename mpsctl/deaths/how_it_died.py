@@ -209,6 +209,8 @@ def service_kills(
     record = read_pidfile(default_pidfile_path(settings))
     current = None if record is None or record == "invalid" else record
     runs = read_runs(settings.home, current)
+    if not runs and not others:
+        return [], []  # never started here: no kill the OS recorded can be the service's
     names = names_of(settings.service.command)
     evidence = read_system_logs(runner=runner, root=root)
     kills = [item for item in evidence.found if item.kind in _KILLS]
