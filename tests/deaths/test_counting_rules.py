@@ -135,3 +135,21 @@ def test_a_jetsam_report_is_known_by_its_header(tmp_path: Path) -> None:
     kills = [f for f in scan_found(path) if f.kind == "jetsam_kill"]
     assert kills
     assert all(f.event.page_size for f in kills)  # type: ignore[union-attr]
+
+
+def test_the_probe_counts_one_death_in_three_logs_once(tmp_path: Path) -> None:
+    from datetime import datetime, timedelta, timezone
+
+    from mpsctl.deaths.cursor import new_events
+
+    home = tmp_path / "home"
+    now = datetime.now(timezone.utc)
+    logs = [tmp_path / name for name in ("backend.log", "error.log", "app.log")]
+    for log in logs:
+        log.write_text("")
+    assert new_events(home, logs, 3600.0, now=now) == []
+    stamp = (now + timedelta(seconds=30)).strftime("%Y-%m-%dT%H:%M:%S,120Z")
+    for log in logs:
+        log.write_text(logged(stamp), encoding="utf-8")
+    [one] = new_events(home, logs, 3600.0, now=now + timedelta(minutes=1))
+    assert {place["file"] for place in one["seen_in"]} == {str(log) for log in logs}
