@@ -81,6 +81,12 @@ class Found:
             return f"between {iso(self.after)} and {iso(self.before)}"
         return None
 
+    def time_note(self) -> str | None:
+        """What the stamp the time was read from does not say (no year, no zone), or None."""
+        if self.when is None:
+            return None
+        return time_note(str(getattr(self.event, "raw", "") or "").split("\n", 1)[0])
+
     def identity(self) -> tuple[Any, ...]:
         """What failed, without where, when or the wording around it."""
         doc = _base_doc(self.event)
@@ -94,7 +100,7 @@ class Found:
         doc["file"] = self.file
         doc["line"] = self.line
         doc["time"] = None if self.when is None else iso(self.when)
-        doc["time_note"] = None if self.when is None else time_note((raw or "").split("\n", 1)[0])
+        doc["time_note"] = self.time_note()
         doc["time_range"] = (
             None
             if self.when is not None or self.after is None or self.before is None

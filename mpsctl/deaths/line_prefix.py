@@ -176,7 +176,7 @@ def time_note(line: str) -> str | None:
     if _SHORT_FULL.match(line) or _ISO_WITH_OFFSET.match(line):
         return None
     if _SYSLOG.match(line):
-        return "no year in the log: the year is the log file's"
+        return "no year or zone in the log: the log file's year, this machine's local time"
     if _DMESG_T.match(line):
         return "no zone in the log: read as this machine's local time"
     if _ISO_START.match(line) or _NAIVE_STAMP.search(line, 0, 96):
