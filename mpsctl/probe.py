@@ -10,7 +10,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from mpsctl.client import ServiceClient
 from mpsctl.errors import ProbeExit
@@ -19,6 +20,9 @@ from mpsctl.observe.host import HostMemory, host_memory
 from mpsctl.observe.processes import ServiceSnapshot, find_service, with_cpu_since_snapshot
 from mpsctl.settings import Settings, Thresholds
 from mpsctl.units import GIB, fmt_bytes, utc_now_iso
+
+if TYPE_CHECKING:
+    from mpsctl.deaths.system_logs import Runner
 
 SCHEMA = "mpsctl.probe/1"
 OOM_WINDOW_S = 3600.0
@@ -276,9 +280,43 @@ def health_figures(client: ServiceClient, timeout: float) -> HealthFigures:
     )
 
 
-def recent_oom_events(settings: Settings, window_s: float = OOM_WINDOW_S) -> list[dict[str, Any]]:
-    """Memory failures of the last ``window_s`` seconds, and, once each, those without a time
-    written since the previous probe; only bytes new since then are read (``deaths.cursor``)."""
+def recent_oom_events(
+    settings: Settings,
+    window_s: float = OOM_WINDOW_S,
+    *,
+    runner: Runner | None = None,
+    root: Path = Path("/"),
+) -> list[dict[str, Any]]:
+    """Memory failures of the last ``window_s`` seconds: those the service's logs hold (and,
+    for an hour from when they were first seen, those without a time; ``deaths.cursor``), and
+    the service's kills the operating system recorded (``deaths.attribution``; ``runner`` and
+    ``root`` reach its logs, as in ``deaths.system_logs``). A kill gunicorn also reported is
+    one event."""
+    logged = _logged_events(settings, window_s)
+    kills = _system_kills(settings, window_s, runner, root)
+    killed = {e.get("pid") for e in kills if e.get("kind") == "kernel_oom_kill"}
+    logged = [
+        e for e in logged if not (e.get("kind") == "worker_killed" and e.get("pid") in killed)
+    ]
+    return [*logged, *kills]
+
+
+def _system_kills(
+    settings: Settings, window_s: float, runner: Runner | None, root: Path
+) -> list[dict[str, Any]]:
+    if not settings.oom.system_logs:
+        return []
+    from datetime import datetime, timezone
+
+    from mpsctl.deaths.counting import counted
+    from mpsctl.deaths.how_it_died import service_kills
+
+    since = datetime.fromtimestamp(time.time() - window_s, timezone.utc)
+    kills, _places = service_kills(settings, since, runner=runner, root=root)
+    return [item.to_json() for item in counted(kills)]
+
+
+def _logged_events(settings: Settings, window_s: float) -> list[dict[str, Any]]:
     since = time.time() - window_s
     log_file = settings.service.log_file
     if not settings.service.log_globs:

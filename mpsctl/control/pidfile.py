@@ -28,6 +28,10 @@ __all__ = [
 
 def write_pidfile(path: Path, record: PidRecord) -> None:
     atomic_write_json(path, record.to_json())
+    # every run's pid, kept after the pidfile moves on: a kill recorded by the OS names it
+    from mpsctl.deaths.attribution import record_run
+
+    record_run(path.parent, record.pid, record.create_time, record.argv)
 
 
 def remove_pidfile(path: Path, *, pid: int | None = None) -> bool:

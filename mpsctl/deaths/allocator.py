@@ -42,7 +42,12 @@ _MPS_HEAD = re.compile(
     rf"(?:,{_S}max allowed:{_S}{_SIZE})?\)"
 )
 _MPS_TAIL = re.compile(rf"\.?{_S}Tried to allocate{_S}{_SIZE}{_S}on{_S}(private|shared){_S}pool")
-_CUDA_HEAD = re.compile(rf"CUDA out of memory\.{_S}Tried to allocate{_S}{_SIZE}")
+#: ROCm builds print the same message with "HIP" for "CUDA"; a paste may keep only the part
+#: from "Tried to allocate" on, which the old wording's "(GPU n; ... total capacity" still marks
+_CUDA_HEAD = re.compile(
+    rf"(?P<api>CUDA|HIP) out of memory\.{_S}Tried to allocate{_S}{_SIZE}"
+    rf"|(?<![\w.])Tried to allocate{_S}{_SIZE}(?=\s*\(GPU{_S}\d+;{_S}{_SIZE}{_S}total)"
+)
 _CUDA_NEW = re.compile(
     rf"\.{_S}GPU{_S}(\d+){_S}has a total (?:capacity|capacty){_S}of{_S}{_SIZE}{_S}of which{_S}"
     rf"{_SIZE}{_S}is free\.(?P<procs>(?:{_S}(?:Including non-PyTorch memory,{_S}this process|"
@@ -57,12 +62,12 @@ _CUDA_PROC = re.compile(
 _CUDA_OLD = re.compile(
     rf"\s*\(GPU{_S}(\d+);{_S}{_SIZE}{_S}total (?:capacity|capacty);{_S}{_SIZE}{_S}already"
     rf"{_S}allocated;{_S}{_SIZE}{_S}free;(?:{_S}{_SIZE}{_S}allowed;)?{_S}{_SIZE}{_S}"
-    rf"(reserved in total by PyTorch|cached)\)"
+    rf"(reserved in total by PyTorch|cached)\)?"
 )
 _WATERMARK = re.compile(r"invalid (high|low) watermark ratio\s+(\S+)")
 
 #: cheap byte tests run over whole chunks before any regex (both are case-sensitive in torch)
-NEEDLES = (b"out of memory", b"watermark ratio")
+NEEDLES = (b"out of memory", b"watermark ratio", b"Tried to allocate")
 
 
 @dataclass(frozen=True)
@@ -75,7 +80,7 @@ class OtherProcess:
 class OomEvent:
     """One recognised message. Byte counts are exact integers (units are 1024-based)."""
 
-    backend: str  # "mps" | "cuda"
+    backend: str  # "mps" | "cuda" | "rocm" (HIP builds of PyTorch print the CUDA wording)
     kind: str  # "oom" | "invalid_high_watermark" | "invalid_low_watermark"
     raw: str  # the message verbatim (the whole line(s) it was found on)
     # MPS and CUDA
@@ -170,7 +175,7 @@ def parse_oom(text: str) -> OomEvent | None:
     ``text`` is one message: a line, a line plus its continuation, or a traceback's text.
     A message whose start is there but whose details are cut off gives ``complete=False``.
     """
-    if "out of memory" in text:
+    if "out of memory" in text or "Tried to allocate" in text:
         match = _MPS_HEAD.search(text)
         if match:
             return _parse_mps(text, match)
@@ -206,7 +211,8 @@ def _parse_mps(text: str, head: re.Match[str]) -> OomEvent:
 
 
 def _parse_cuda(text: str, head: re.Match[str]) -> OomEvent:
-    requested = _size(head, 1)
+    requested = _size(head, 2) if head.group(2) is not None else _size(head, 4)
+    backend = "rocm" if head.group("api") == "HIP" else "cuda"
     new = _CUDA_NEW.match(text, head.end())
     if new:
         this_process: int | None = None
@@ -221,7 +227,7 @@ def _parse_cuda(text: str, head: re.Match[str]) -> OomEvent:
         # private pools, unallocated (each a number + unit pair)
         base = new.re.groupindex["procs"]
         return OomEvent(
-            backend="cuda",
+            backend=backend,
             kind="oom",
             raw=_line_span(text, head.start(), new.end()),
             requested_bytes=requested,
@@ -241,7 +247,7 @@ def _parse_cuda(text: str, head: re.Match[str]) -> OomEvent:
         cached = old.group(12) == "cached"
         reserved = _size(old, 10)
         return OomEvent(
-            backend="cuda",
+            backend=backend,
             kind="oom",
             raw=_line_span(text, head.start(), old.end()),
             requested_bytes=requested,
@@ -256,7 +262,7 @@ def _parse_cuda(text: str, head: re.Match[str]) -> OomEvent:
             reserved_unallocated_bytes=reserved if cached else None,
         )
     return OomEvent(
-        backend="cuda",
+        backend=backend,
         kind="oom",
         raw=_line_span(text, head.start(), head.end()),
         requested_bytes=requested,
@@ -266,7 +272,7 @@ def _parse_cuda(text: str, head: re.Match[str]) -> OomEvent:
 
 def mentions_oom(line: str) -> bool:
     """Does this line start an OOM or invalid-watermark message? (``mpsctl logs --oom``)"""
-    if "out of memory" in line:
+    if "out of memory" in line or "Tried to allocate" in line:
         return bool(_MPS_HEAD.search(line) or _CUDA_HEAD.search(line))
     return "watermark ratio" in line and _WATERMARK.search(line) is not None
 
@@ -304,7 +310,8 @@ def summary(event: OomEvent) -> str:
             parts.append(f"{event.pool} pool")
         return ", ".join(parts)
     gpu = f"GPU {event.gpu_index}" if event.gpu_index is not None else "GPU"
-    parts = [f"CUDA {gpu}: requested {short_size(event.requested_bytes)}"]
+    api = "ROCm (HIP)" if event.backend == "rocm" else "CUDA"
+    parts = [f"{api} {gpu}: requested {short_size(event.requested_bytes)}"]
     optional = (
         ("total", event.total_bytes),
         ("free", event.free_bytes),

@@ -4,9 +4,10 @@ A line without a timestamp (uvicorn's stderr in the service log, a bare tracebac
 say whether it is recent, so a window over the tail would either miss it or count it again
 every time. The cursor remembers, per log file, its identity (device + inode) and how far
 it was read, and when; the next probe scans only the bytes written since. What it finds
-there without a time is reported once, dated honestly: after the previous read, before
-this one ("between 03:10 and 03:15"). Events with a time found there are kept in the cursor
-while they are inside the probe's window, so the next probe need not read them again.
+there without a time is dated honestly: after the previous read, before this one ("between
+03:10 and 03:15"). Events found there are kept in the cursor while they are inside the
+probe's window, so the next probe need not read them again; one without a time stays for a
+window's length from when it was first seen.
 
 A file with another inode (rotated) or shorter than the offset (truncated) is read from its
 start; a file never seen before is read from its tail, as the window scan does. The state
@@ -24,7 +25,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from mpsctl.deaths.counting import Found, merge
+from mpsctl.deaths.counting import Found, counted, without_lines
 from mpsctl.observe.logtime import iso
 from mpsctl.storage import atomic_write_json
 from mpsctl.units import parse_time
@@ -58,7 +59,7 @@ def new_events(
 ) -> list[dict[str, Any]]:
     """The probe's memory failures as JSON dicts: timestamped ones inside the window (from
     the cursor's memory and the new bytes) and, once each, untimed ones in the new bytes."""
-    from mpsctl.deaths.scanner import _tail_start, counts, scan_range
+    from mpsctl.deaths.scanner import _tail_start, scan_range
 
     moment = now or datetime.now(timezone.utc)
     cutoff = moment - timedelta(seconds=window_s)
@@ -82,7 +83,7 @@ def new_events(
                 kept += [
                     e
                     for e in cursor.get("recent", [])
-                    if (parse_time(e.get("time")) or cutoff) > cutoff
+                    if (parse_time(e.get("time") or e.get("first_seen")) or cutoff) > cutoff
                 ]
             elif cursor:
                 start = 0  # rotated or truncated: all of it is new
@@ -94,7 +95,7 @@ def new_events(
             )
         new = []
         for raw in items:
-            item = replace(raw, file=key, line=None)
+            item = replace(raw, file=key)
             if item.when is None:
                 if not cursor:
                     continue  # a first read cannot say when an untimed line was written
@@ -110,13 +111,25 @@ def new_events(
             "read_at": iso(moment),
             "recent": [
                 *[e for e in kept if e.get("file") == key],
-                *[i.to_json() for i in new if i.when is not None and counts(i)],
+                *[_remembered(i, moment) for i in counted(new)],
             ],
         }
-    merged = [item.to_json() for item in merge(found) if counts(item)]
+    merged = [without_lines(item).to_json() for item in counted(found)]
     seen = {(e.get("file"), e.get("time"), e.get("summary")) for e in merged}
-    events = [e for e in kept if (e.get("file"), e.get("time"), e.get("summary")) not in seen]
+    events = [
+        {k: v for k, v in e.items() if k != "first_seen"}
+        for e in kept
+        if e.get("time") is None or (e.get("file"), e.get("time"), e.get("summary")) not in seen
+    ]
     # a read-only home: the probe still answers; untimed events are then found again
     with contextlib.suppress(OSError):
         atomic_write_json(state_path(home), {"schema": SCHEMA, "files": fresh})
     return [*events, *merged]
+
+
+def _remembered(item: Found, moment: datetime) -> dict[str, Any]:
+    """An event as the cursor keeps it: with ``first_seen`` when it has no time of its own."""
+    doc = without_lines(item).to_json()
+    if item.when is None:
+        doc["first_seen"] = iso(moment)
+    return doc

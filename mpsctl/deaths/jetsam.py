@@ -26,19 +26,29 @@ from mpsctl.deaths.torch_errors import json_doc
 from mpsctl.observe.logtime import line_time
 from mpsctl.units import size_value, to_int
 
+# The kernel's kill line, with or without its "memorystatus: " prefix; the reason in
+# parentheses with its priority and, on newer systems, more fields ("(per-process-limit 100 16s
+# rf:-)"), or as "jetsam_reason->osr_code: N", or left out. Several records can run together on
+# one line when the log lost its newlines: each is read (finditer), and a page count that runs
+# into the next record's stamp is no figure.
 _KILLING = re.compile(
-    r"memorystatus: (?P<how>killing_\w+|memorystatus_do_kill) pid (?P<pid>\d+) "
-    r"\[(?P<name>[^\]]*)\] "
-    r"\((?P<reason>[\w-]+)(?: (?P<code>\d+))?\)(?: (?P<kb>\d+)KB)?"
-    r"(?: - memorystatus_available_pages: (?P<avail>\d+))?"
+    r"(?P<how>killing_[a-z_]+|memorystatus_do_kill) pid (?P<pid>\d+) "
+    r"\[(?P<name>[^\]]*)\]"
+    r"(?: \((?P<reason>[\w-]+)(?: (?P<code>\d+))?[^)]*\))?"
+    r"(?: jetsam_reason->osr_code: (?P<osr>\d+))?(?: \.\.\.)?(?: (?P<kb>\d+)KB)?"
+    r"(?: - memorystatus_available_pages: (?P<avail>\d+)(?![\d.]))?"
 )
 _KILLED_BY = re.compile(
     r"Process (?P<name>.+?) \[(?P<pid>\d+)\] killed by jetsam reason (?P<reason>[\w-]+)"
 )
+# "<name> [pid] exceeded mem limit: ActiveHard 50 MB (fatal)"; newer systems may leave out the
+# name and pid, and the kill line that follows names them
 _EXCEEDED = re.compile(
-    r"(?:-> |memorystatus: |^)(?P<name>[^\s\[][^\[]*?) ?\[(?P<pid>\d+)\] exceeded mem limit: "
+    r"(?:(?:-> |memorystatus: |^)(?P<name>[^\s\[][^\[]*?) ?\[(?P<pid>\d+)\] )?exceeded mem limit: "
     r"(?P<which>\w+) (?P<mb>\d+(?:\.\d+)?) MB(?P<fatal> \(fatal\))?"
 )
+#: a fatal limit line without a pid belongs to a kill at most this many lines below it
+_NAMELESS_LIMIT_LINES = 3
 _REASON = re.compile(r'"reason"\s*:\s*"([^"]*)"')
 _PAGE_SIZE = re.compile(r'"pageSize"\s*:\s*(\d+)')
 _REPORT_DATE = re.compile(r'"date"\s*:\s*"([^"]+)"')
@@ -84,42 +94,55 @@ def find_jetsam(text: str, lines: list[str]) -> list[tuple[int, JetsamKill]]:
     if '"reason"' in text and '"rpages"' in text:
         found.extend(_find_ips(text))
     limits: dict[str, tuple[int, str, re.Match[str]]] = {}
+    nameless: tuple[int, str, re.Match[str]] | None = None
     for index, line in enumerate(lines):
         if "exceeded mem limit" in line:
             exceeded = _EXCEEDED.search(line)
             if exceeded and exceeded.group("fatal"):
-                limits[exceeded.group("pid")] = (index, line.rstrip(), exceeded)
+                if exceeded.group("pid"):
+                    limits[exceeded.group("pid")] = (index, line.rstrip(), exceeded)
+                else:
+                    nameless = (index, line.rstrip(), exceeded)
             continue
-        match = None
-        if "memorystatus" in line:
-            match = _KILLING.search(line)
-        if match is None and "killed by jetsam" in line:
-            match = _KILLED_BY.search(line)
-        if match is None:
-            continue
-        groups = match.groupdict()
-        raw = line.rstrip()
-        values: dict[str, Any] = {}
-        start = index
-        limit = limits.pop(match.group("pid"), None)
-        if limit is not None:
-            start, limit_raw, exceeded = limit
-            raw = f"{limit_raw}\n{raw}"
-            values.update(_limit_values(exceeded))
-        found.append(
-            (
-                start,
-                JetsamKill(
-                    raw=raw,
-                    pid=to_int(match.group("pid")),
-                    process=match.group("name"),
-                    reason=match.group("reason"),
-                    footprint_bytes=None if not groups.get("kb") else to_int(groups["kb"], 1024),
-                    available_pages=None if not groups.get("avail") else to_int(groups["avail"]),
-                    **values,
-                ),
+        matches: list[re.Match[str]] = []
+        if "killing_" in line or "memorystatus_do_kill" in line:
+            matches = list(_KILLING.finditer(line))
+        if not matches and "killed by jetsam" in line:
+            matches = [m for m in [_KILLED_BY.search(line)] if m is not None]
+        for match in matches:
+            groups = match.groupdict()
+            raw = line.rstrip() if len(matches) == 1 else match.group(0)
+            values: dict[str, Any] = {}
+            start = index
+            limit = limits.pop(match.group("pid"), None)
+            if limit is None and nameless is not None:
+                if index - nameless[0] <= _NAMELESS_LIMIT_LINES:
+                    limit = nameless
+                nameless = None
+            if limit is not None:
+                start, limit_raw, exceeded = limit
+                raw = f"{limit_raw}\n{raw}"
+                values.update(_limit_values(exceeded))
+            found.append(
+                (
+                    start,
+                    JetsamKill(
+                        raw=raw,
+                        pid=to_int(match.group("pid")),
+                        process=match.group("name"),
+                        reason=groups.get("reason"),
+                        footprint_bytes=None
+                        if not groups.get("kb")
+                        else to_int(groups["kb"], 1024),
+                        available_pages=None
+                        if not groups.get("avail")
+                        else to_int(groups["avail"]),
+                        **values,
+                    ),
+                )
             )
-        )
+    if nameless is not None:
+        limits[""] = nameless
     for start, limit_raw, exceeded in limits.values():
         # "(fatal)" means the kill follows; the text ends before it
         found.append(
@@ -127,7 +150,7 @@ def find_jetsam(text: str, lines: list[str]) -> list[tuple[int, JetsamKill]]:
                 start,
                 JetsamKill(
                     raw=limit_raw,
-                    pid=to_int(exceeded.group("pid")),
+                    pid=to_int(exceeded.group("pid") or ""),
                     process=exceeded.group("name"),
                     complete=False,
                     **_limit_values(exceeded),

@@ -138,3 +138,23 @@ def _build(
 ) -> datetime | None:
     moment = _naive(year, month, day, hour, minute, second, fraction)
     return None if moment is None else _local(moment, zone)
+
+
+_NAIVE_STAMP = re.compile(
+    r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:[.,]\d+)?(?!\d|[.,]\d|\s?(?:Z|[+-]\d\d:?\d\d))"
+)
+
+
+def time_note(line: str) -> str | None:
+    """What a line's stamp does not say, for a time read from it (None: it says it all)."""
+    if _SHORT_FULL.match(line) or _ISO_WITH_OFFSET.match(line):
+        return None
+    if _SYSLOG.match(line):
+        return "no year or zone in the log: the log file's year, this machine's local time"
+    if _DMESG_T.match(line):
+        return "no zone in the log: read as this machine's local time"
+    if _ISO_START.match(line) or _NAIVE_STAMP.search(line, 0, 96):
+        return "no zone in the log: read as this machine's local time"
+    if _UPTIME.search(line, 0, _UPTIME_WITHIN):
+        return "seconds since boot, dated with this machine's boot time"
+    return None

@@ -55,7 +55,8 @@ def history_record(result: ProbeResult, *, source: str = "probe") -> dict[str, A
     swap_pct = None
     if host is not None and host.swap_total_bytes:
         swap_pct = round(100.0 * host.swap_used_bytes / host.swap_total_bytes, 1)
-    oom_times = sorted({str(e["time"]) for e in result.oom_events or () if e.get("time")})
+    # one entry per event: two deaths in the same second are two
+    oom_times = sorted(str(e["time"]) for e in result.oom_events or () if e.get("time"))
     return {
         "schema": SCHEMA,
         "time": result.time,

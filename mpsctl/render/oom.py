@@ -17,6 +17,7 @@ _TITLES = {
     "cpu_alloc": "CPU OOM",
     "device_error": "CUDA DEVICE OOM",
     "ndarray_limit": "MPS ARRAY LIMIT",
+    "mps_size_limit": "MPS SIZE LIMIT",
 }
 
 
@@ -34,6 +35,9 @@ def print_events(
         when = found.time_text()
         where = f"{found.file}:{found.line}" + (f"  {when}" if when else "")
         body = [Text(found.summary(), style="bold")]
+        note = found.time_note()
+        if note:
+            body.append(Text(f"(time: {note})", style="dim"))
         if not getattr(found.event, "complete", True):
             body.append(Text("(the rest of the message was not found)", style="dim"))
         if len(found.places) > 1:

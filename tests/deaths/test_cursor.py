@@ -41,8 +41,11 @@ def test_an_untimed_oom_is_counted_once_with_an_honest_range(tmp_path: Path) -> 
         "after": t0.isoformat(timespec="seconds").replace("+00:00", "Z"),
         "before": t1.isoformat(timespec="seconds").replace("+00:00", "Z"),
     }
-    # the next probe: nothing new, so nothing counted again
-    assert probe_count(home, log, t1 + timedelta(minutes=1)) == []
+    # the next probes: nothing new; the same death stays in the window (once) for an hour
+    # from when it was first seen, then leaves it
+    assert probe_count(home, log, t1 + timedelta(minutes=1)) == [event]
+    assert probe_count(home, log, t1 + timedelta(minutes=59)) == [event]
+    assert probe_count(home, log, t1 + timedelta(minutes=61)) == []
     assert read_state(home)[str(log)]["offset"] == log.stat().st_size
 
 

@@ -579,4 +579,6 @@ def test_counting_helpers() -> None:
     assert pids_of(cuda) == ()
     assert is_memory_death(cuda)
     kinds = {e.kind for name in EXPECTED for e in find_deaths(read_fixture(name))}
+    corpus = FIXTURES / "corpus"
+    kinds |= {e.kind for p in corpus.glob("m-*.txt") for e in find_deaths(p.read_text("utf-8"))}
     assert kinds == set(KINDS)
