@@ -9,6 +9,7 @@ when there is one; else it is estimated from RAM with the readings below.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,23 +107,32 @@ def ram_ceiling_ratio(limit: Limit) -> float | None:
     return min(MAX_RATIO, math.floor(100 * limit.ram_bytes / limit.recommended_max_bytes) / 100)
 
 
-_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "kib": 1024, "m": 1024**2, "mb": 1024**2,
+_UNITS = {"b": 1, "k": 1024, "kb": 1024, "kib": 1024, "m": 1024**2, "mb": 1024**2,
           "mib": 1024**2, "g": GIB, "gb": GIB, "gib": GIB, "t": 1024**4, "tb": 1024**4,
           "tib": 1024**4}  # fmt: skip
+_SIZE = re.compile(r"((?:\d+(?:\.\d*)?|\.\d+)(?:e[+-]?\d+)?)([a-z]*)")
+#: sizes a plan takes: below 1 MiB no model runs; above 1 PiB no machine has
+MIN_SIZE_BYTES = 1024**2
+MAX_SIZE_BYTES = 1024**5
 
 
 def parse_size(text: str) -> int:
-    """``16GiB``, ``16GB``, ``16g``, ``17179869184``: a Mac sold with "16 GB" has 16 GiB,
-    so GB and GiB both mean 2**30 here."""
+    """``16GiB``, ``16GB``, ``16g``, ``17179869184B``: a Mac sold with "16 GB" has 16 GiB,
+    so GB and GiB both mean 2**30 here. A number without a unit is refused: ``16`` would
+    be 16 bytes, never what was meant."""
     raw = text.strip().lower().replace(" ", "")
-    number = raw.rstrip("kmgtib")
-    unit = raw[len(number) :]
-    try:
-        value = float(number)
-    except ValueError:
-        raise ValueError(f"expected a size like 16GiB, got {text!r}") from None
+    match = _SIZE.fullmatch(raw)
+    if match is None:
+        raise ValueError(f"expected a size like 16GiB, got {text!r}")
+    number, unit = match.groups()
+    if not unit:
+        raise ValueError(f"{text} has no unit: did you mean {number}GiB? (or {number}B for "
+                         "bytes)")  # fmt: skip
     if unit not in _UNITS:
         raise ValueError(f"unknown unit {unit!r} in {text!r} (use B, KiB, MiB, GiB, TiB)")
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"must be more than 0, got {text!r}")
-    return int(value * _UNITS[unit])
+    value = float(number) * _UNITS[unit]
+    if value < MIN_SIZE_BYTES:
+        raise ValueError(f"{text} is less than 1 MiB")
+    if value > MAX_SIZE_BYTES:
+        raise ValueError(f"{text} is more than 1 PiB")
+    return int(value)

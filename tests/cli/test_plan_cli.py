@@ -119,7 +119,7 @@ GOOD_CONFIG = json.dumps({"model_type": "qwen2", "hidden_size": 32, "intermediat
         ('{"hidden_size": 32}', None, "intermediate_size must be a positive integer (missing)"),
         (GOOD_CONFIG, TRUNCATED, "truncated or corrupt safetensors header"),
         (GOOD_CONFIG, b"\x01\x02", "truncated safetensors file"),
-        (GOOD_CONFIG, NOT_JSON, "corrupt safetensors header (not JSON)"),
+        (GOOD_CONFIG, NOT_JSON, "corrupt safetensors header: not valid JSON"),
         (GOOD_CONFIG, struct.pack("<Q", 11) + b'{"w": 1234}', "corrupt safetensors header (tensor"),
     ],
 )  # fmt: skip
