@@ -213,7 +213,9 @@ def count_safetensors(paths: list[Path], *, tied: bool = False) -> tuple[int, in
                 count, size = _tensor(entry, data_size)
             except ValueError:
                 shown = name if len(name) <= 80 else name[:77] + "..."
-                raise ConfigError(f"{path}: corrupt safetensors header (tensor {shown!r})") from None
+                raise ConfigError(
+                    f"{path}: corrupt safetensors header (tensor {shown!r})"
+                ) from None
             elements += count
             nbytes += size
             if count:

@@ -91,7 +91,9 @@ def test_parse_size(text: str, expected: int) -> None:
     assert parse_size(text) == expected
 
 
-@pytest.mark.parametrize("text", ["", "GiB", "16XB", "-1G", "0", "16", "nanG", "0.5B", "1e300G", "2048TiB"])
+@pytest.mark.parametrize(
+    "text", ["", "GiB", "16XB", "-1G", "0", "16", "nanG", "0.5B", "1e300G", "2048TiB"]
+)
 def test_parse_size_refuses(text: str) -> None:
     with pytest.raises(ValueError):  # noqa: PT011 - each case has its own message
         parse_size(text)
