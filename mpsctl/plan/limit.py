@@ -104,9 +104,10 @@ def _ratio_source(ratio: float, high: float | None, high_source: str | None,
         where = f"[memory] high_watermark_ratio ({where})"
     if ratio == TORCH_DEFAULT_HIGH_RATIO:
         return f"{where} {ratio:g} (PyTorch's default too)"
+    # PyTorch prints its limit in GiB under a "GB" label: "max allowed: 18.13 GB"
     torch_limit = TORCH_DEFAULT_HIGH_RATIO * recommended / GIB
-    return (f"{where} {ratio:g} (PyTorch's default would be {TORCH_DEFAULT_HIGH_RATIO:g} -> "
-            f"{torch_limit:.2f} GiB on this Mac)")  # fmt: skip
+    return (f"{where} {ratio:g} (PyTorch's default would be {TORCH_DEFAULT_HIGH_RATIO:g}: "
+            f"max allowed {torch_limit:.2f} GB on this Mac)")  # fmt: skip
 
 
 def mps_limit(
