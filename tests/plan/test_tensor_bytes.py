@@ -9,8 +9,6 @@ plan's prompt + new is within 2% for these lengths, and exact one position on.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,17 +16,6 @@ import pytest
 
 from mpsctl.plan.arch import read_model_dir
 from mpsctl.plan.memory import compute_figures
-
-
-@pytest.fixture(scope="session")
-def demo_05b(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The 0.5b demo checkpoint (Qwen2.5-0.5B's layer shapes, 384-token vocabulary):
-    ~22 s and ~1.8 GB peak to build on one core, 716 MB on disk, so a child process
-    builds it and gives its memory back when it exits."""
-    target = tmp_path_factory.mktemp("demo-05b") / "model"
-    subprocess.run([sys.executable, "-m", "mpsctl", "demo-model", str(target), "--size", "0.5b"],
-                   check=True, capture_output=True, timeout=600)  # fmt: skip
-    return target
 
 
 def real_bytes(model_dir: Path, dtype_name: str, prompt: int, new: int) -> tuple[int, int]:
