@@ -26,3 +26,4 @@ _mpsctl_completion_setup() {
 }
 
 _mpsctl_completion_setup;
+

@@ -38,3 +38,4 @@ else
     # eval/source/. command, register function for later
     compdef _mpsctl_completion mpsctl
 fi
+

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import click
@@ -117,6 +118,12 @@ def plan(app: App, model_dir: str | None, preset: str | None, dtype: str | None,
     target = Target(ram=sizes["--ram"], mac=mac, reserve=sizes["--os-reserve"],
                     gpu_memory=None if gpu is None else (gpu, "--gpu-memory"))  # fmt: skip
     report = None if target.other_machine or gpu is not None else _service_report(settings)
+    if report is None and gpu is None and not target.other_machine:
+        from mpsctl.observe.accelerator import nvml_total_bytes
+
+        total = nvml_total_bytes()
+        if total is not None:  # this machine's GPU, when no service reports its limit
+            target = replace(target, gpu_memory=(total, "NVML: GPU 0's total memory"))
     source = click.get_current_context().get_parameter_source("prompt_tokens")
     result = plan_for_settings(
         settings, report, model_dir=model_dir, preset=preset, prompt_tokens=prompt_tokens,
