@@ -7,7 +7,6 @@ greedy, with transformers' dynamic KV cache, queries running side by side in thr
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from mpsctl.plan.arch import DTYPE_BYTES, Architecture
@@ -65,7 +64,12 @@ class Figures:
     @property
     def per_query_counted_bytes(self) -> int:
         """What the plan counts per query: the tensors x the measured growth."""
-        return math.ceil(self.per_query_bytes * self.query_growth)
+        # in hundredths, with integers: a float would overflow on absurd token counts
+        return -(-self.per_query_bytes * self.growth_percent // 100)
+
+    @property
+    def growth_percent(self) -> int:
+        return round(self.query_growth * 100)
 
     @property
     def fixed_bytes(self) -> int:

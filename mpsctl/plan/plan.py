@@ -39,6 +39,8 @@ __all__ = ["SCHEMA", "Input", "Plan", "Row", "Target", "make_plan", "plan_for_se
 MARGIN = 0.10
 #: a typical question inside the chat template; pass --prompt-tokens for yours
 DEFAULT_PROMPT_TOKENS = 256
+#: no model takes more positions (the longest contexts published are a few million)
+MAX_TOKENS = 2**31
 #: rows of the concurrency table at most
 MAX_ROWS = 64
 
@@ -218,6 +220,9 @@ def load_architecture(model_dir: str | None, preset: str | None) -> Architecture
 
 def check_positions(arch: Architecture, prompt_tokens: int, max_new_tokens: int) -> None:
     """A prompt and reply longer than the model's positions is not a plan but an error."""
+    if prompt_tokens + max_new_tokens > MAX_TOKENS:
+        raise ConfigError(f"{prompt_tokens} prompt + {max_new_tokens} new tokens: more than "
+                          f"{MAX_TOKENS} positions, which no model has")  # fmt: skip
     if arch.max_positions is not None and prompt_tokens + max_new_tokens > arch.max_positions:
         raise ConfigError(
             f"{prompt_tokens} prompt + {max_new_tokens} new tokens = "
@@ -234,7 +239,7 @@ def _count_that_fit(figures: Figures, room: int) -> int:
 
 def _tokens_for(figures: Figures, room: int, concurrent: int) -> int | None:
     """max_new_tokens at which ``concurrent`` queries fit, or None when none does."""
-    share = int((room - figures.fixed_bytes) // concurrent / figures.query_growth)
+    share = (room - figures.fixed_bytes) // concurrent * 100 // figures.growth_percent
     tokens = (share - figures.peak_per_query_bytes) // figures.kv_bytes_per_token
     tokens -= figures.prompt_tokens
     return int(tokens) if tokens >= 1 else None

@@ -117,6 +117,13 @@ def test_a_fifo_in_place_of_a_model_file_is_refused_not_waited_on(
     assert_refused(tmp_path, ["--model", str(model)], "not a regular file")
 
 
+def test_absurd_token_counts_are_refused(tmp_path: Path) -> None:
+    # a config without max_position_embeddings: only the absolute bound applies
+    model = model_dir(tmp_path)
+    assert_refused(tmp_path, ["--model", str(model), "--prompt-tokens", "1" + "0" * 30],
+                   "which no model has")  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("ram", "expected"),
     [
