@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 
 from mpsctl.errors import ConfigError
 from mpsctl.plan.arch import DTYPE_BYTES, Architecture, read_model_dir
-from mpsctl.plan.document import SCHEMA
 from mpsctl.plan.limit import (
     OS_RESERVE_BYTES,
     OS_RESERVE_SOURCE,
@@ -29,117 +28,18 @@ from mpsctl.plan.limit import (
 )
 from mpsctl.plan.memory import Figures, compute_figures
 from mpsctl.plan.presets import PRESETS
+from mpsctl.plan.verdict import SCHEMA, Input, Plan, Row
 
 if TYPE_CHECKING:
     from mpsctl.settings import Settings
 
 __all__ = ["SCHEMA", "Input", "Plan", "Row", "Target", "make_plan", "plan_for_settings"]
-#: the share of the limit kept free: the allocator's caching and fragmentation, and
-#: whatever the model does that this arithmetic does not count
-MARGIN = 0.10
 #: a typical question inside the chat template; pass --prompt-tokens for yours
 DEFAULT_PROMPT_TOKENS = 256
 #: no model takes more positions (the longest contexts published are a few million)
 MAX_TOKENS = 2**31
 #: rows of the concurrency table at most
 MAX_ROWS = 64
-
-
-@dataclass(frozen=True)
-class Row:
-    concurrent: int
-    total_bytes: int
-    fits: bool
-    #: above RAM less the OS's reserve (unified memory): the machine would swap
-    above_ram: bool
-    #: the ceiling that refuses this row first: "allocator", "ram" or "load"; None: fits
-    refused_by: str | None = None
-
-
-@dataclass(frozen=True)
-class Input:
-    """One input of the plan, and where it came from (a flag, the settings file, the
-    environment, the running service, a preset, a default)."""
-
-    name: str
-    value: str | int | float | None
-    source: str
-
-
-@dataclass(frozen=True)
-class Plan:
-    model: str
-    model_source: str
-    parameters: int
-    device: str
-    device_source: str
-    max_concurrent: int
-    figures: Figures
-    limit: Limit
-    rows: tuple[Row, ...]
-    max_concurrent_that_fits: int
-    max_new_tokens_for_one_more: int | None
-    suggested_high: float | None
-    suggested_low: float | None
-    smaller_preset: str | None
-    margin: float = MARGIN
-    notes: tuple[str, ...] = field(default_factory=tuple)
-    inputs: tuple[Input, ...] = field(default_factory=tuple)
-
-    @property
-    def total_bytes(self) -> int:
-        return self.figures.total_bytes(self.max_concurrent)
-
-    @property
-    def usable_bytes(self) -> int:
-        """The allocator's ceiling less the margin."""
-        return int(self.limit.limit_bytes * (1 - self.margin))
-
-    @property
-    def ram_ceiling_bytes(self) -> int:
-        return self.limit.ram_ceiling_bytes
-
-    @property
-    def load_host_bytes(self) -> int:
-        """The host RAM loading needs: on a discrete GPU only the overhead and a converted
-        CPU copy with its source (a checkpoint in the target dtype streams from its mapping
-        into the GPU)."""
-        f = self.figures
-        if self.limit.unified:
-            return f.load_peak_bytes
-        return f.overhead_bytes + (f.weights_bytes + f.load_spike_bytes if f.converts else 0)
-
-    @property
-    def load_fits(self) -> bool:
-        room = self.ram_ceiling_bytes
-        if self.device == "cpu":
-            room = min(room, self.usable_bytes)
-        return self.load_host_bytes <= room
-
-    @property
-    def room_bytes(self) -> int:
-        """What the model and its queries may hold: the lower of the two ceilings (the RAM
-        ceiling only where the device's memory is RAM)."""
-        if self.limit.unified:
-            return min(self.usable_bytes, self.ram_ceiling_bytes)
-        return self.usable_bytes
-
-    @property
-    def binding(self) -> str:
-        """The ceiling the model and its queries meet first: "ram" (RAM less the OS's
-        reserve, below the allocator's limit on unified memory) or "allocator"."""
-        if self.limit.unified and self.ram_ceiling_bytes < self.usable_bytes:
-            return "ram"
-        return "allocator"
-
-    @property
-    def fits(self) -> bool:
-        return self.load_fits and self.total_bytes <= self.room_bytes
-
-    def to_json(self) -> dict[str, Any]:
-        from mpsctl.plan.document import plan_document
-
-        return plan_document(self)
 
 
 # --------------------------------------------------------------------------- choices
