@@ -130,6 +130,11 @@ def plan(app: App, model_dir: str | None, preset: str | None, dtype: str | None,
         target=target, prompt_source="default" if source is None or source.name == "DEFAULT"
         else "flag --prompt-tokens",
     )  # fmt: skip
+    from mpsctl.plan.plan import positions_problem
+
+    problem = positions_problem(result)
+    if problem is not None:  # not a memory question: the model cannot take these tokens
+        raise MpsctlError(problem, exit_code=ExitCode.USAGE)
     if as_json:
         write_json(result.to_json())
     else:

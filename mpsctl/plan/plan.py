@@ -118,17 +118,21 @@ def load_architecture(model_dir: str | None, preset: str | None) -> Architecture
     raise ConfigError("no model to plan: give --model DIR or --preset NAME (or set serve.model)")
 
 
-def check_positions(arch: Architecture, prompt_tokens: int, max_new_tokens: int) -> None:
-    """A prompt and reply longer than the model's positions is not a plan but an error."""
+def check_tokens(prompt_tokens: int, max_new_tokens: int) -> None:
+    """Token counts no model takes would only make the arithmetic absurd."""
     if prompt_tokens + max_new_tokens > MAX_TOKENS:
         raise ConfigError(f"{prompt_tokens} prompt + {max_new_tokens} new tokens: more than "
                           f"{MAX_TOKENS} positions, which no model has")  # fmt: skip
-    if arch.max_positions is not None and prompt_tokens + max_new_tokens > arch.max_positions:
-        raise ConfigError(
-            f"{prompt_tokens} prompt + {max_new_tokens} new tokens = "
-            f"{prompt_tokens + max_new_tokens}, more than {arch.name}'s "
-            f"max_position_embeddings ({arch.max_positions})"
-        )
+
+
+def positions_problem(plan: Plan) -> str | None:
+    """Why the plan's prompt and reply do not fit the model's positions, if they do not."""
+    f = plan.figures
+    if plan.max_positions is None or f.prompt_tokens + f.max_new_tokens <= plan.max_positions:
+        return None
+    return (f"{f.prompt_tokens} prompt + {f.max_new_tokens} new tokens = "
+            f"{f.prompt_tokens + f.max_new_tokens}, more than {plan.model}'s "
+            f"max_position_embeddings ({plan.max_positions})")  # fmt: skip
 
 
 # --------------------------------------------------------------------------- the plan
@@ -189,7 +193,7 @@ def make_plan(
 ) -> Plan:
     if dtype not in DTYPE_BYTES:
         raise ConfigError(f"unknown dtype {dtype!r} (expected {', '.join(DTYPE_BYTES)})")
-    check_positions(arch, prompt_tokens, max_new_tokens)
+    check_tokens(prompt_tokens, max_new_tokens)
     overhead, overhead_source = report_overhead(report, device)
     figures = compute_figures(arch, dtype, prompt_tokens=prompt_tokens,
                               max_new_tokens=max_new_tokens, overhead_bytes=overhead,
@@ -201,7 +205,10 @@ def make_plan(
                  figures=figures, limit=limit, rows=(), max_concurrent_that_fits=0,
                  max_new_tokens_for_one_more=None, suggested_high=high, suggested_low=low,
                  smaller_preset=None, notes=tuple(_notes(limit, figures)),
-                 inputs=inputs)  # fmt: skip
+                 inputs=inputs, max_positions=arch.max_positions)  # fmt: skip
+    problem = positions_problem(draft)
+    if problem is not None:
+        draft = replace(draft, notes=(f"does not fit the model: {problem}", *draft.notes))
     room = draft.room_bytes
     fit = _count_that_fit(figures, room) if draft.load_fits else 0
     rows = []

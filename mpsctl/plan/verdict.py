@@ -55,6 +55,8 @@ class Plan:
     margin: float = MARGIN
     notes: tuple[str, ...] = field(default_factory=tuple)
     inputs: tuple[Input, ...] = field(default_factory=tuple)
+    #: the model's max_position_embeddings, when its config says
+    max_positions: int | None = None
 
     @property
     def total_bytes(self) -> int:
@@ -103,8 +105,15 @@ class Plan:
         return "allocator"
 
     @property
+    def positions_fit(self) -> bool:
+        f = self.figures
+        return self.max_positions is None or (
+            f.prompt_tokens + f.max_new_tokens <= self.max_positions
+        )
+
+    @property
     def fits(self) -> bool:
-        return self.load_fits and self.total_bytes <= self.room_bytes
+        return self.positions_fit and self.load_fits and self.total_bytes <= self.room_bytes
 
     def to_json(self) -> dict[str, Any]:
         return plan_document(self)
@@ -170,6 +179,8 @@ def plan_document(plan: Plan) -> dict[str, Any]:
         "ram_bytes": lim.ram_bytes,
         "ram_source": lim.ram_source,
         "limit_above_ram": lim.above_ram,
+        "positions_fit": plan.positions_fit,
+        "max_position_embeddings": plan.max_positions,
         "fits": plan.fits,
         "max_concurrent_that_fits": plan.max_concurrent_that_fits,
         "max_new_tokens_for_one_more": plan.max_new_tokens_for_one_more,
