@@ -26,15 +26,18 @@ def bearer_ok(authorization: bytes, token: str) -> bool:
 
 
 class BearerAuth:
-    """Answer 401 to a request for one of ``paths`` without the bearer token, before the
-    wrapped app (the concurrency limit) sees it: an unauthenticated client never takes a
-    query slot or a queue place. Other paths pass through."""
+    """Answer 401 to a request without the bearer token, before the wrapped app (the
+    concurrency limit) sees it, for every path except ``open_paths`` (exact match).
+
+    An allow-list of open paths rather than a list of protected ones: a path nobody listed
+    (a 404, ``/api/v1/query/`` with its trailing slash, ``//api/v1/query``) would otherwise
+    reach the limiter unauthenticated and take a query slot or a queue place."""
 
     def __init__(
         self,
         app: ASGIApp,
         token: str,
-        paths: Iterable[str],
+        open_paths: Iterable[str],
         *,
         on_denied: Callable[[str], None] | None = None,
     ) -> None:
@@ -43,11 +46,11 @@ class BearerAuth:
             raise ValueError(f"the token {problem}")
         self.app = app
         self.token = token
-        self.paths = frozenset(paths)
+        self.open_paths = frozenset(open_paths)
         self.on_denied = on_denied
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] not in self.paths:
+        if scope["type"] != "http" or scope["path"] in self.open_paths:
             await self.app(scope, receive, send)
             return
         headers = [value for name, value in scope["headers"] if name.lower() == b"authorization"]
