@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from mpsctl.errors import ConfigError
-from mpsctl.paths import CONFIG_NAME, home_dir, user_config_file
+from mpsctl.paths import CONFIG_NAME, home_dir, home_problem, user_config_file
 from mpsctl.settings_schema import (
     ENV_KEYS,
     NO_DEFAULT,
@@ -299,6 +299,9 @@ def _finish(
     values: dict[str, Any], sources: dict[str, str], path: Path | None, env: dict[str, str]
 ) -> Settings:
     home = home_dir(env)
+    problem = home_problem(home)
+    if problem is not None:
+        raise ConfigError(problem)
     base = path.parent if path is not None else Path.cwd()
     reference = path is None or sources["service.command"] == "default"
 

@@ -3,12 +3,58 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import json
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
+
+
+def open_state_file(path: Path, flags: int, mode: int = 0o600) -> int:
+    """A descriptor on the regular file ``path``, created with O_EXCL when it is new.
+
+    Never through a symbolic link (O_NOFOLLOW): whoever can write in a state directory could
+    otherwise point ``mpsctl.lock`` or a history file at ``/etc/...`` and have a root operator's
+    next run write there. Never on a FIFO or a device either (O_NONBLOCK so opening a FIFO
+    cannot hang; then refused). ``flags``: the access flags (``O_RDWR | O_APPEND``...).
+    """
+    safe = flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(path, safe | os.O_CREAT | os.O_EXCL, mode)
+    except FileExistsError:
+        try:
+            fd = os.open(path, safe)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.EMLINK):  # EMLINK: FreeBSD's answer
+                raise OSError(
+                    exc.errno, "a symbolic link (mpsctl never writes through one)", str(path)
+                ) from None
+            raise
+    kind = stat.S_IFMT(os.fstat(fd).st_mode)
+    if kind != stat.S_IFREG:
+        os.close(fd)
+        raise OSError(errno.EINVAL, f"not a regular file ({file_kind(kind)})", str(path))
+    # a regular file: O_NONBLOCK has done its job (a service inheriting this as its stdout
+    # must see an ordinary descriptor)
+    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+    return fd
+
+
+def file_kind(kind: int) -> str:
+    """A person's name for ``stat.S_IFMT(st_mode)``."""
+    names = {
+        stat.S_IFIFO: "a FIFO",
+        stat.S_IFCHR: "a character device",
+        stat.S_IFBLK: "a block device",
+        stat.S_IFSOCK: "a socket",
+        stat.S_IFDIR: "a directory",
+        stat.S_IFLNK: "a symbolic link",
+    }
+    return names.get(kind, "not a regular file")
 
 
 def atomic_write(path: Path, text: str, *, mode: int = 0o644, dir_mode: int = 0o777) -> None:
@@ -67,7 +113,7 @@ def append_line(path: Path, line: str, *, dir_mode: int = 0o777) -> None:
     """
     path.parent.mkdir(parents=True, exist_ok=True, mode=dir_mode)
     data = (line.rstrip("\n") + "\n").encode("utf-8")
-    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+    fd = open_state_file(path, os.O_RDWR | os.O_APPEND)
     try:
         size = os.fstat(fd).st_size
         if size and os.pread(fd, 1, size - 1) != b"\n":

@@ -34,7 +34,7 @@ from mpsctl import __version__
 from mpsctl.errors import ProbeExit
 from mpsctl.monitor.history import history_record
 from mpsctl.observe.probe import ProbeResult
-from mpsctl.storage import atomic_write
+from mpsctl.storage import atomic_write, open_state_file
 
 SCHEMA = "mpsctl.alert/1"
 STATE_NAME = "alert_state.json"
@@ -268,7 +268,7 @@ def notify_on_change(
 @contextmanager
 def _state_lock(home: Path) -> Iterator[None]:
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(home / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+    fd = open_state_file(home / LOCK_NAME, os.O_RDWR)
     try:
         # blocking: the holder is another probe delivering, bounded by the delivery timeouts
         fcntl.flock(fd, fcntl.LOCK_EX)
