@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from mpsctl.errors import ConfigError
+from mpsctl.masking import mask_text
 from mpsctl.paths import CONFIG_NAME, home_dir, home_problem, user_config_file
 from mpsctl.settings_schema import (
     ENV_KEYS,
@@ -160,12 +161,23 @@ class Settings:
         return getattr(getattr(self, section), key)
 
     def as_dict(self) -> dict[str, dict[str, Any]]:
-        """Every value, for display: secret-looking ``service.env`` values masked."""
+        """Every value, for display, under the one masking rule (``mpsctl.masking``): URLs'
+        userinfo, paths and queries, credential-like ``service.env`` values, ``name=secret``
+        and ``Bearer`` words in commands."""
         values = {
-            s: {k: _jsonable(self.value(f"{s}.{k}")) for k in keys} for s, keys in SCHEMA.items()
+            s: {k: _shown(_jsonable(self.value(f"{s}.{k}"))) for k in keys}
+            for s, keys in SCHEMA.items()
         }
         values["service"]["env"] = masked(self.service.env)
         return values
+
+
+def _shown(value: Any) -> Any:
+    if isinstance(value, str):
+        return mask_text(value)
+    if isinstance(value, list):
+        return [_shown(v) for v in value]
+    return value
 
 
 def _jsonable(value: Any) -> Any:

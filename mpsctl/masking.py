@@ -1,0 +1,83 @@
+"""The one masking rule for secrets shown to people: ``config show``, warnings and logs.
+
+- a name that looks like a credential (``TOKEN``, ``API_KEY``, ``password``, ``sig``...):
+  its value is replaced by ``****``, whatever the value;
+- a URL keeps its scheme, host, port and first path segment; the password of its userinfo,
+  the rest of its path and its query are masked: ``https://hooks.slack.com/services/****``,
+  ``postgres://app:****@db/prod``. A webhook's path *is* its credential, and which path
+  segment holds it differs between services, so no later segment is shown;
+- in free text (a warning, a command line), every URL is masked that way, and so are
+  ``Bearer <token>`` and ``name=value`` pairs whose name looks like a credential.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from urllib.parse import unquote, urlsplit
+
+MASK = "****"
+
+#: names whose values are credentials (any part of the name, any case)
+SECRET_NAME = re.compile(
+    r"(?i)token|secret|passw|key|auth|sig|credential|cookie|session|private|dsn"
+)
+_URL = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+_BEARER = re.compile(r"(?i)\b(bearer\s+)[^\s'\"]+")
+_PAIR = re.compile(r"(?<![\w-])(-{0,2}[A-Za-z_][\w.-]*)([=:])([^\s&;'\"]+)")
+
+
+def is_secret_name(name: str) -> bool:
+    return SECRET_NAME.search(unquote(name)) is not None
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its userinfo password, its path past the first segment and its query
+    masked; a string that is not a URL is returned as ``mask_text`` would show it."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # an unbalanced [ in the host
+        parts = None
+    if parts is None or not parts.scheme or not parts.netloc:
+        return _mask_pairs(_BEARER.sub(lambda m: m.group(1) + MASK, url))
+    netloc = parts.netloc
+    userinfo, at, host = netloc.rpartition("@")
+    if at:
+        user, colon, _password = userinfo.partition(":")
+        netloc = f"{user}:{MASK}@{host}" if colon else f"{MASK}@{host}"
+    segments = parts.path.split("/")
+    path = "/".join(segments[:2])
+    if len(segments) > 2 and any(segments[2:]):
+        path += "/" + MASK
+    query = f"?{MASK}" if parts.query else ""
+    fragment = f"#{MASK}" if parts.fragment else ""
+    return f"{parts.scheme}://{netloc}{path}{query}{fragment}"
+
+
+def mask_value(name: str, value: str) -> str:
+    """How the setting or variable ``name`` with ``value`` is shown."""
+    if value and is_secret_name(name):
+        return MASK
+    return mask_text(value)
+
+
+def mask_text(text: str) -> str:
+    """``text`` with every URL, bearer token and credential-named ``name=value`` masked."""
+    text = _URL.sub(lambda m: mask_url(m.group(0)), text)
+    text = _BEARER.sub(lambda m: m.group(1) + MASK, text)
+    return _mask_pairs(text)
+
+
+def _mask_pairs(text: str) -> str:
+    def one(match: re.Match[str]) -> str:
+        name, sep, value = match.groups()
+        if value == MASK or not is_secret_name(name.lstrip("-")):
+            return match.group(0)
+        return f"{name}{sep}{MASK}"
+
+    return _PAIR.sub(one, text)
+
+
+def masked_env(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` for display, sorted, every value under the one rule."""
+    return {name: mask_value(name, value) for name, value in sorted(env.items())}
