@@ -40,8 +40,9 @@ def test_lock_file_symlink_is_refused_and_its_target_untouched(
 
 def test_lock_file_fifo_is_refused_without_hanging(isolated_home: Path) -> None:
     os.mkfifo(lock_path(make_home(isolated_home)))
-    with pytest.raises(ServiceError, match="not a regular file \\(a FIFO\\)"), service_lock(
-        isolated_home
+    with (
+        pytest.raises(ServiceError, match="not a regular file \\(a FIFO\\)"),
+        service_lock(isolated_home),
     ):
         pass
 
