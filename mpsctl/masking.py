@@ -6,8 +6,11 @@
   the rest of its path and its query are masked: ``https://hooks.slack.com/services/****``,
   ``postgres://app:****@db/prod``. A webhook's path *is* its credential, and which path
   segment holds it differs between services, so no later segment is shown;
-- in free text (a warning, a command line), every URL is masked that way, and so are
-  ``Bearer <token>`` and ``name=value`` pairs whose name looks like a credential.
+- in free text (a command line in ``config show``), every URL is masked that way, and so
+  are ``Bearer <token>`` and ``name=value`` pairs whose name looks like a credential;
+- in warnings and errors, the same, except that URL paths are kept (they name the service's
+  own endpoints, which an operator needs to read); a configured webhook URL is shown through
+  :func:`mask_url` by the code that knows it is one.
 """
 
 from __future__ import annotations
@@ -31,9 +34,11 @@ def is_secret_name(name: str) -> bool:
     return SECRET_NAME.search(unquote(name)) is not None
 
 
-def mask_url(url: str) -> str:
+def mask_url(url: str, *, paths: bool = True) -> str:
     """``url`` with its userinfo password, its path past the first segment and its query
-    masked; a string that is not a URL is returned as ``mask_text`` would show it."""
+    masked; a string that is not a URL is returned as ``mask_text`` would show it. With
+    ``paths=False``, the path is kept and only credential-named query values are masked
+    (for messages about the service's own URLs, whose paths are no secret)."""
     try:
         parts = urlsplit(url)
     except ValueError:  # an unbalanced [ in the host
@@ -45,6 +50,10 @@ def mask_url(url: str) -> str:
     if at:
         user, colon, _password = userinfo.partition(":")
         netloc = f"{user}:{MASK}@{host}" if colon else f"{MASK}@{host}"
+    if not paths:
+        query = f"?{_mask_pairs(parts.query)}" if parts.query else ""
+        fragment = f"#{parts.fragment}" if parts.fragment else ""
+        return f"{parts.scheme}://{netloc}{parts.path}{query}{fragment}"
     segments = parts.path.split("/")
     path = "/".join(segments[:2])
     if len(segments) > 2 and any(segments[2:]):
@@ -61,9 +70,10 @@ def mask_value(name: str, value: str) -> str:
     return mask_text(value)
 
 
-def mask_text(text: str) -> str:
-    """``text`` with every URL, bearer token and credential-named ``name=value`` masked."""
-    text = _URL.sub(lambda m: mask_url(m.group(0)), text)
+def mask_text(text: str, *, paths: bool = True) -> str:
+    """``text`` with every URL, bearer token and credential-named ``name=value`` masked
+    (``paths``: as :func:`mask_url`)."""
+    text = _URL.sub(lambda m: mask_url(m.group(0), paths=paths), text)
     text = _BEARER.sub(lambda m: m.group(1) + MASK, text)
     return _mask_pairs(text)
 

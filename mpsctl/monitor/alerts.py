@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 
 from mpsctl import __version__
 from mpsctl.errors import ProbeExit
+from mpsctl.masking import mask_url
 from mpsctl.monitor.history import history_record
 from mpsctl.observe.probe import ProbeResult
 from mpsctl.storage import atomic_write, open_state_file
@@ -154,7 +155,7 @@ def post_json(
     scheme = urlsplit(url).scheme
     if scheme not in ("http", "https"):
         # urllib would also open file:// and ftp:// URLs: an alert target is a web hook
-        return False, f"not an http(s) URL: {url!r}"
+        return False, f"not an http(s) URL: {mask_url(url)!r}"
     body = json.dumps(document, ensure_ascii=False).encode("utf-8")
     detail = ""
     for attempt in range(retries + 1):

@@ -10,7 +10,9 @@ import hmac
 import logging
 import re
 from collections.abc import Callable, Iterable
+from urllib.parse import unquote_plus
 
+from mpsctl.masking import is_secret_name
 from mpsctl.server.limiter import ASGIApp, Receive, Scope, Send, send_json_error
 from mpsctl.tokens import token_problem
 
@@ -66,21 +68,34 @@ class BearerAuth:
         )
 
 
-#: query parameter names whose values are credentials (any part of the name, any case)
-_SECRET_NAME = re.compile(r"(?i)token|key|secret|passw|auth|sig")
-
-
 def redact_query(target: str) -> str:
     """``target`` (a path with its query string) with credential-like parameter values
-    replaced by ``REDACTED``; the path and the other parameters are kept."""
+    replaced by ``REDACTED``; the path and the other parameters are kept.
+
+    Parameters are split on ``&`` and on ``;`` (which some servers also accept), and a name
+    is judged after its percent-escapes are decoded: ``?%74oken=S`` is ``?token=S`` to the
+    application that reads it. Which names are credentials: ``mpsctl.masking``'s one rule.
+    """
     path, sep, query = target.partition("?")
     if not sep:
         return target
-    params = []
-    for param in query.split("&"):
-        name, eq, _value = param.partition("=")
-        params.append(f"{name}=REDACTED" if eq and _SECRET_NAME.search(name) else param)
-    return f"{path}?{'&'.join(params)}"
+    parts = re.split(r"([&;])", query)
+    for index in range(0, len(parts), 2):
+        name, eq, _value = parts[index].partition("=")
+        if eq and is_secret_name(_decoded(name)):
+            parts[index] = f"{name}=REDACTED"
+    return f"{path}?{''.join(parts)}"
+
+
+def _decoded(name: str) -> str:
+    """``name`` with its percent-escapes and ``+`` decoded until nothing changes (a
+    double-encoded name is decoded by some proxies on the way)."""
+    for _ in range(4):
+        plain = unquote_plus(name)
+        if plain == name:
+            break
+        name = plain
+    return name
 
 
 class RedactQueryTokens(logging.Filter):
