@@ -19,7 +19,7 @@ from mpsctl.cli.params import DURATION
 from mpsctl.control.fix import FixOptions, fix_service
 from mpsctl.durations import Period
 from mpsctl.errors import ExitCode, ServiceError
-from mpsctl.render.console import write_json
+from mpsctl.render.console import allow_raw, write_json
 from mpsctl.render.lifecycle import render_fix
 
 
@@ -84,6 +84,8 @@ def fix(app: App, if_unhealthy: bool, question: str | None, max_restarts: int | 
     if as_json:
         write_json(result.to_json())
     else:
+        if raw:
+            allow_raw(app.out)
         render_fix(app.out, result, raw=raw)
     if result.gave_up:
         raise ServiceError(result.message, exit_code=ExitCode.GAVE_UP)

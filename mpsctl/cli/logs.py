@@ -22,7 +22,7 @@ from mpsctl.observe.logfiles import (
     sources_from_globs,
 )
 from mpsctl.observe.oom import mentions_oom
-from mpsctl.render.console import for_terminal
+from mpsctl.render.console import allow_raw, for_terminal
 
 _COLOURS = ("cyan", "magenta", "green", "yellow", "blue", "red")
 
@@ -89,6 +89,8 @@ def logs(
       mpsctl logs --since 1h --grep 'query|timeout'
       mpsctl logs --oom --file 'mvp/logs/error_*.log'
     """
+    if raw:
+        allow_raw(app.out)
     picks = [
         n for n, on in (("error", pick_error), ("app", pick_app), ("backend", pick_backend)) if on
     ]

@@ -8,6 +8,7 @@ from rich.text import Text
 
 from mpsctl.observe.oom import OomEvent
 from mpsctl.observe.oom_events import Found
+from mpsctl.render.console import printable
 
 _TITLES = {
     "kernel_oom_kill": "KERNEL OOM KILL",
@@ -43,7 +44,9 @@ def print_events(
         console.print(
             Panel(
                 Group(*body),
-                title=f"{_title(found)}  {where}",
+                # a Text, not a str: rich reads a str title as markup, and a file name may
+                # hold brackets (or "[/x]", which rich refuses with an exception)
+                title=Text(printable(f"{_title(found)}  {where}")),
                 title_align="left",
                 border_style="red",
             )
