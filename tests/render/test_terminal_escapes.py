@@ -31,9 +31,7 @@ def assert_escaped(out: bytes) -> None:
 @pytest.fixture
 def decoy() -> Iterator[str]:
     marker = "mpsctl-escape-decoy"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", "import time; time.sleep(60)", HOSTILE, marker]
-    )
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", HOSTILE, marker])
     try:
         yield marker
     finally:
