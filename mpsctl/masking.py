@@ -25,6 +25,7 @@ MASK = "****"
 SECRET_NAME = re.compile(
     r"(?i)token|secret|passw|key|auth|sig|credential|cookie|session|private|dsn"
 )
+_PLAIN_SEGMENT = re.compile(r"[A-Za-z0-9._~-]*")
 _URL = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
 _BEARER = re.compile(r"(?i)\b(bearer\s+)[^\s'\"]+")
 _PAIR = re.compile(r"(?<![\w-])(-{0,2}[A-Za-z_][\w.-]*)([=:])([^\s&;'\"]+)")
@@ -41,9 +42,12 @@ def mask_url(url: str, *, paths: bool = True) -> str:
     (for messages about the service's own URLs, whose paths are no secret)."""
     try:
         parts = urlsplit(url)
-    except ValueError:  # an unbalanced [ in the host
-        parts = None
-    if parts is None or not parts.scheme or not parts.netloc:
+    except ValueError:  # an unbalanced [ in the host: keep only what is surely no secret
+        scheme, _, rest = url.partition("://")
+        host, slash, _path = rest.partition("/")
+        userinfo, at, host = host.rpartition("@")
+        return f"{scheme}://{MASK + '@' if at else ''}{host}{'/' + MASK if slash else ''}"
+    if not parts.scheme or "://" not in url:
         return _mask_pairs(_BEARER.sub(lambda m: m.group(1) + MASK, url))
     netloc = parts.netloc
     userinfo, at, host = netloc.rpartition("@")
@@ -55,12 +59,22 @@ def mask_url(url: str, *, paths: bool = True) -> str:
         fragment = f"#{parts.fragment}" if parts.fragment else ""
         return f"{parts.scheme}://{netloc}{parts.path}{query}{fragment}"
     segments = parts.path.split("/")
+    if len(segments) > 1 and not _PLAIN_SEGMENT.fullmatch(segments[1]):
+        segments = ["", MASK]  # a first segment that is no plain name may hide userinfo
     path = "/".join(segments[:2])
     if len(segments) > 2 and any(segments[2:]):
         path += "/" + MASK
     query = f"?{MASK}" if parts.query else ""
     fragment = f"#{MASK}" if parts.fragment else ""
     return f"{parts.scheme}://{netloc}{path}{query}{fragment}"
+
+
+def mask_url_like(text: str) -> str:
+    """``mask_url`` for a value meant to be a URL, even one typed without its scheme
+    (``hooks.example/services/T0/s3cret`` is still a web hook's secret path)."""
+    if "://" in text:
+        return mask_url(text)
+    return mask_url("x://" + text).removeprefix("x://")
 
 
 def mask_value(name: str, value: str) -> str:

@@ -193,10 +193,10 @@ def parse_pair(value: Any) -> tuple[float, float]:
 def parse_url(value: Any) -> str:
     """An http(s) URL with a host and, if it names one, a port in 1-65535. Messages show
     the URL masked (``mpsctl.masking``): a webhook's path or userinfo is a credential."""
-    from mpsctl.masking import mask_url
+    from mpsctl.masking import mask_url_like
 
     text = parse_str(value).strip().rstrip("/")
-    shown = mask_url(value)
+    shown = mask_url_like(value)
     if any(ord(c) < 33 or ord(c) == 127 for c in text):
         raise ValueError(f"a URL has no spaces or control characters, got {shown!r}")
     parts = urlsplit(text)

@@ -8,6 +8,7 @@ Validation is strict: an unknown key, a wrong type or a ratio PyTorch would misr
 from __future__ import annotations
 
 import os
+import stat
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from mpsctl.settings_schema import (
     RESTART_RULES,
     SCHEMA,
 )
+from mpsctl.storage import file_kind, read_regular
 from mpsctl.torch_env import masked, resolve_watermarks, torch_env
 
 if sys.version_info >= (3, 11):
@@ -198,20 +200,26 @@ def find_config_file(explicit: str | None, environ: Mapping[str, str]) -> Path |
         if not path.exists():
             raise ConfigError(f"{origin}: no such file: {path}")
         if not path.is_file():
-            raise ConfigError(f"{origin}: {path} is a directory, not a settings file")
+            raise ConfigError(f"{origin}: {path} is {_not_a_file(path)}, not a settings file")
         return path
     for candidate in (Path.cwd() / CONFIG_NAME, user_config_file(dict(environ))):
         if candidate.is_file():
             return candidate
         if candidate.exists():  # a directory named mpsctl.toml: not silently the defaults
-            raise ConfigError(f"{candidate}: is a directory, not a settings file")
+            raise ConfigError(f"{candidate}: is {_not_a_file(candidate)}, not a settings file")
     return None
+
+
+def _not_a_file(path: Path) -> str:
+    try:
+        return file_kind(stat.S_IFMT(path.stat().st_mode))
+    except OSError:
+        return "not a regular file"
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
-        with path.open("rb") as handle:
-            return tomllib.load(handle)
+        return tomllib.loads(read_regular(path).decode("utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
     except UnicodeDecodeError as exc:  # tomllib decodes the bytes itself, before parsing
@@ -219,9 +227,9 @@ def _read_toml(path: Path) -> dict[str, Any]:
             f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
             "TOML files must be UTF-8"
         ) from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: is a directory, not a settings file") from None
     except OSError as exc:
+        if path.is_dir():
+            raise ConfigError(f"{path}: is a directory, not a settings file") from None
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
     except RecursionError:  # tomllib parses nested arrays and tables recursively
         raise ConfigError(
@@ -246,7 +254,8 @@ def _set(
     try:
         values[dotted] = SCHEMA[section][key].parse(raw)
     except ValueError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
+        # the refused value may be a URL with a secret in it: the one masking rule applies
+        raise ConfigError(f"{where}: {mask_text(str(exc))}") from None
     sources[dotted] = source
 
 

@@ -148,11 +148,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "serve": {
         "model": Key(parse_opt_str, None, "local directory or hub id (--demo builds one)"),
         "dtype": Key(parse_choice(DTYPES), "auto", "auto | float16 | bfloat16 | float32"),
-        "max_new_tokens": Key(
-            parse_int_min(1, 1_000_000), 128, "default tokens generated per query"
-        ),
+        "max_new_tokens": Key(parse_int_min(1, 10**9), 128, "default tokens generated per query"),
         "max_new_tokens_limit": Key(
-            parse_int_min(1, 1_000_000), 1024, "largest max_new_tokens accepted"
+            parse_int_min(1, 10**9), 1024, "largest max_new_tokens accepted"
         ),
         "max_concurrent": Key(parse_int_min(1, 1024), 3, "queries in flight"),
         "max_queue": Key(parse_int_min(0, 100_000), 16, "queries waiting for a slot"),

@@ -44,6 +44,77 @@ def open_state_file(path: Path, flags: int, mode: int = 0o600) -> int:
     return fd
 
 
+#: what a settings, token, env or state file may weigh: far above any real one, far below
+#: what would exhaust memory (``/dev/zero`` or a runaway writer)
+SMALL_FILE_MAX = 4 * 1024 * 1024
+
+
+def open_regular(path: Path, *, follow: bool = True) -> int:
+    """A read-only descriptor on ``path``, refused (OSError, one-line ``strerror``) unless
+    it is a regular file: a FIFO would hang the reader (O_NONBLOCK makes opening one return
+    at once), a device such as ``/dev/zero`` never ends. ``follow=False``: a symbolic link
+    is refused too (state files mpsctl itself wrote are never links)."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if not follow and exc.errno in (errno.ELOOP, errno.EMLINK):
+            raise OSError(
+                exc.errno, "a symbolic link (mpsctl never reads its state through one)", str(path)
+            ) from None
+        raise
+    kind = stat.S_IFMT(os.fstat(fd).st_mode)
+    if kind != stat.S_IFREG:
+        os.close(fd)
+        raise OSError(errno.EINVAL, f"not a regular file ({file_kind(kind)})", str(path))
+    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+    return fd
+
+
+def read_regular(path: Path, max_bytes: int = SMALL_FILE_MAX, *, follow: bool = True) -> bytes:
+    """The whole of the regular file ``path``, at most ``max_bytes``; OSError (one-line
+    ``strerror``) when it is not a regular file or is larger."""
+    fd = open_regular(path, follow=follow)
+    try:
+        data = _read_upto(fd, max_bytes + 1)
+    finally:
+        os.close(fd)
+    if len(data) > max_bytes:
+        raise OSError(errno.EFBIG, f"larger than {_size(max_bytes)}", str(path))
+    return data
+
+
+def _read_upto(fd: int, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    got = 0
+    while got < limit:
+        chunk = os.read(fd, min(1 << 20, limit - got))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
+
+
+def read_tail(path: Path, max_bytes: int, *, follow: bool = True) -> bytes:
+    """The last ``max_bytes`` of the regular file ``path``, starting at a line boundary
+    (the partial first line is dropped), for append-only files whose recent lines matter."""
+    fd = open_regular(path, follow=follow)
+    try:
+        size = os.fstat(fd).st_size
+        start = max(0, size - max_bytes)
+        data = os.pread(fd, max_bytes, start)
+    finally:
+        os.close(fd)
+    if start > 0:
+        data = data[data.find(b"\n") + 1 :] if b"\n" in data else b""
+    return data
+
+
+def _size(n: int) -> str:
+    return f"{n // (1024 * 1024)} MiB" if n >= 1024 * 1024 else f"{n // 1024} KiB"
+
+
 def file_kind(kind: int) -> str:
     """A person's name for ``stat.S_IFMT(st_mode)``."""
     names = {

@@ -197,8 +197,12 @@ def env_file_values(settings: Settings) -> dict[str, str]:
         return {}
     from dotenv import dotenv_values  # only for services that use an env file
 
+    from mpsctl.storage import read_regular
+
     try:
-        text = path.read_text(encoding="utf-8")
+        # a regular file of at most a few MiB: a FIFO would hang `config show` and `start`,
+        # /dev/zero would fill memory
+        text = read_regular(path).decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
         raise ConfigError(f"service.env_file {path}: cannot read: {why}") from None

@@ -11,7 +11,7 @@ import os
 from collections import deque
 from pathlib import Path
 
-from mpsctl.storage import open_state_file
+from mpsctl.storage import open_regular, open_state_file
 
 
 def rotate_if_needed(path: Path, max_bytes: int, backups: int) -> bool:
@@ -51,7 +51,7 @@ def append_line(fd: int, line: str) -> None:
 def tail_lines(path: Path, count: int = 20, *, offset: int = 0) -> list[str]:
     """The last ``count`` lines written after byte ``offset`` (where this run began)."""
     try:
-        with path.open("rb") as handle:
+        with os.fdopen(open_regular(path), "rb") as handle:
             size = handle.seek(0, os.SEEK_END)
             # read at most the last 64 KiB: enough for 20 lines, cheap on a huge log
             handle.seek(max(offset, size - 65536))

@@ -35,7 +35,7 @@ from mpsctl.errors import ProbeExit
 from mpsctl.masking import mask_url
 from mpsctl.monitor.history import history_record
 from mpsctl.observe.probe import ProbeResult
-from mpsctl.storage import atomic_write, open_state_file
+from mpsctl.storage import atomic_write, open_state_file, read_regular
 
 SCHEMA = "mpsctl.alert/1"
 STATE_NAME = "alert_state.json"
@@ -98,7 +98,7 @@ def state_path(home: Path) -> Path:
 def read_state(home: Path) -> dict[str, dict[str, Any]]:
     """target key -> {"verdict", "time"}; an unreadable file is an empty state (alert again)."""
     try:
-        data = json.loads(state_path(home).read_text(encoding="utf-8"))
+        data = json.loads(read_regular(state_path(home), follow=False))
     except (OSError, ValueError):
         return {}
     targets = data.get("targets") if isinstance(data, dict) else None
