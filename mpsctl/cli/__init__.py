@@ -219,7 +219,7 @@ def _fail(message: str, code: int, command: click.Command | None = None) -> None
         else:
             console.write_json_error(message, code, name)
     elif name == "probe" and "--nagios" in args and console.documents_written == 0:
-        click.echo(f"MPSCTL UNKNOWN - {message.replace('|', '/')}")
+        click.echo(f"MPSCTL UNKNOWN - {console.printable(message).replace('|', '/')}")
     raise click.exceptions.Exit(code)
 
 

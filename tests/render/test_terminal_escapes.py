@@ -65,3 +65,16 @@ def test_an_error_line_escapes_what_it_quotes(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert b"\x1b" not in proc.stderr
     assert SHOWN.encode() in proc.stderr
+
+
+def test_the_nagios_line_carries_no_control_character() -> None:
+    report = {"schema": "mpsctl.memory/1", "device": HOSTILE, "pid": os.getpid()}
+    with stub_service(memory=report) as service:
+        proc = subprocess.run(
+            [sys.executable, "-m", "mpsctl", "probe", "--nagios"],
+            capture_output=True, check=False,
+            env={**os.environ, "MPSCTL_SERVICE_URL": service.url},
+        )  # fmt: skip
+    assert proc.stdout.count(b"\n") == 1
+    assert b"\x1b" not in proc.stdout
+    assert b"\x07" not in proc.stdout
