@@ -98,7 +98,7 @@ def test_any_file_as_the_token_file_is_read_or_refused_quickly(make: FileMaker) 
 def test_any_file_as_the_settings_or_env_file_is_read_or_refused_in_one_line(
     make: FileMaker,
 ) -> None:
-    from mpsctl.torch_env import env_file_values
+    from mpsctl.service_env import env_file_values
 
     with built(make) as path, pytest.MonkeyPatch.context() as env:
         exc = quickly(lambda: load_settings(config=str(path)))

@@ -13,7 +13,7 @@ import pytest
 
 from mpsctl.monitor import exporter_server
 from mpsctl.monitor.prometheus import start_exporter
-from mpsctl.observe.probe import take_probe
+from mpsctl.probe import take_probe
 from mpsctl.settings import load_settings
 from tests.monitor.test_prometheus import dead_url
 
