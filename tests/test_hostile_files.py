@@ -112,3 +112,26 @@ def test_a_huge_fix_history_is_read_from_its_tail(isolated_home: Path) -> None:
         handle.write(b'\n{"restarted": true, "time": "2026-01-01T00:00:00Z"}\n')
 
     assert read_records(history) == [{"restarted": True, "time": "2026-01-01T00:00:00Z"}]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "/dev/zero"])
+def test_a_pidfile_that_is_a_fifo_or_a_device_hangs_no_command(
+    isolated_home: Path, kind: str
+) -> None:
+    isolated_home.mkdir(mode=0o700)
+    pidfile = isolated_home / "service.pid"
+    if kind == "fifo":
+        os.mkfifo(pidfile)
+    else:
+        pidfile.symlink_to("/dev/zero")
+
+    status = mpsctl("status")
+    probe = mpsctl("probe", "--json")
+    stop = mpsctl("stop")
+
+    assert status.returncode in (1, 3, 4)
+    assert "Traceback" not in status.stderr
+    assert json.loads(probe.stdout)["exit_code"] == probe.returncode
+    assert stop.returncode == 0, stop.stderr
+    assert not os.path.lexists(pidfile)  # moved aside as corrupt, never read through
+    assert os.path.lexists(isolated_home / "service.pid.corrupt")
