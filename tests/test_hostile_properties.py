@@ -173,3 +173,39 @@ def test_an_alert_url_is_valid_http_or_refused_without_its_secret(url: str) -> N
         assert parts.scheme.lower() in ("http", "https")
         assert parts.hostname
         assert parts.port is None or 1 <= parts.port <= 65535
+
+
+@PROPERTY
+@given(make=hostile_files)
+def test_any_file_as_the_pidfile_reads_as_a_record_none_or_invalid_quickly(
+    make: FileMaker,
+) -> None:
+    from mpsctl.observe.processes import PidRecord, read_pidfile
+
+    with built(make) as path:
+        got: list[Any] = []
+        exc = quickly(lambda: got.append(read_pidfile(path)))
+    assert exc is None
+    assert got[0] in (None, "invalid") or isinstance(got[0], PidRecord)
+
+
+@PROPERTY
+@given(make=hostile_files, log=hostile_files)
+def test_any_cursor_state_and_any_log_leave_the_probe_counting(
+    make: FileMaker, log: FileMaker
+) -> None:
+    from datetime import datetime, timezone
+
+    from mpsctl.deaths.cursor import new_events, read_state, state_path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        home = Path(tmp) / "home"
+        home.mkdir()
+        make(state_path(home))
+        log_path = Path(tmp) / "service.log"
+        log(log_path)
+        exc = quickly(lambda: new_events(home, [log_path], 3600.0, now=datetime.now(timezone.utc)))
+        assert exc is None
+        assert quickly(lambda: read_state(home)) is None
+        with contextlib.suppress(OSError):
+            log_path.chmod(0o600)
