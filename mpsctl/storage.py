@@ -10,8 +10,9 @@ import os
 import shutil
 import stat
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 
 def open_state_file(path: Path, flags: int, mode: int = 0o600) -> int:
@@ -109,6 +110,21 @@ def read_tail(path: Path, max_bytes: int, *, follow: bool = True) -> bytes:
     if start > 0:
         data = data[data.find(b"\n") + 1 :] if b"\n" in data else b""
     return data
+
+
+def bounded_lines(handle: BinaryIO, max_len: int) -> Iterator[bytes]:
+    """The lines of ``handle`` (without their newline), each read in pieces of at most
+    ``max_len`` bytes: a line longer than that is skipped whole without ever being held, so a
+    JSON-lines file with no newline in gigabytes costs ``max_len`` of memory."""
+    while True:
+        line = handle.readline(max_len + 1)
+        if not line:
+            return
+        if len(line) <= max_len or line.endswith(b"\n"):
+            yield line.rstrip(b"\n")
+            continue
+        while line and not line.endswith(b"\n"):  # too long: drop the rest of it
+            line = handle.readline(max_len + 1)
 
 
 def _size(n: int) -> str:

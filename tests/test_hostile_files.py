@@ -135,3 +135,24 @@ def test_a_pidfile_that_is_a_fifo_or_a_device_hangs_no_command(
     assert stop.returncode == 0, stop.stderr
     assert not os.path.lexists(pidfile)  # moved aside as corrupt, never read through
     assert os.path.lexists(isolated_home / "service.pid.corrupt")
+
+
+def test_probe_history_with_a_fifo_and_a_line_without_end_reads_the_rest(
+    isolated_home: Path,
+) -> None:
+    from datetime import datetime, timedelta, timezone
+
+    from mpsctl.monitor.history import history_dir, read_history
+
+    days = history_dir(isolated_home)
+    days.mkdir(parents=True)
+    now = datetime.now(timezone.utc)
+    stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    os.mkfifo(days / f"probe-{(now - timedelta(days=1)).date().isoformat()}.jsonl")
+    with (days / f"probe-{now.date().isoformat()}.jsonl").open("wb") as out:
+        out.write(b'{"pad": "' + b"x" * (3 * 1024 * 1024) + b'"}\n')  # one line over the cap
+        out.write(f'{{"time": "{stamp}", "verdict": "OK"}}\n'.encode())
+
+    records = read_history(isolated_home, now - timedelta(days=2))
+
+    assert [r["verdict"] for r in records] == ["OK"]

@@ -87,8 +87,9 @@ def remove_bad_pidfile(path: Path, state: str) -> bool:
         except OSError as exc:
             # a link, a FIFO, a device or a huge file is no pidfile: moved aside like a corrupt
             # one (the rename moves the link itself, never its target); a permission error
-            # may hide a real one
-            if exc.errno not in (errno.ELOOP, errno.EMLINK, errno.EINVAL, errno.EFBIG):
+            # may hide a real one, and a directory may hold someone's files
+            not_one = exc.errno in (errno.ELOOP, errno.EMLINK, errno.EINVAL, errno.EFBIG)
+            if not not_one or path.is_dir():
                 raise ServiceError(
                     f"cannot read the pidfile {path}: {exc.strerror}; it may name a running "
                     "service: check it, then fix its permissions or remove it"
