@@ -13,6 +13,7 @@ from collections.abc import Mapping
 
 from mpsctl.errors import ConfigError
 from mpsctl.settings import Settings
+from mpsctl.storage import read_regular
 from mpsctl.torch_env import FALLBACK_ENV, MPS_ENV_PREFIX, TORCH_KEYS, Check, masked, torch_env
 
 #: what the service inherits from mpsctl's own environment: the same few variables whether
@@ -34,7 +35,9 @@ def env_file_values(settings: Settings) -> dict[str, str]:
     from dotenv import dotenv_values  # only for services that use an env file
 
     try:
-        text = path.read_text(encoding="utf-8")
+        # a regular file of at most a few MiB: a FIFO would hang `config show` and `start`,
+        # /dev/zero would fill memory
+        text = read_regular(path).decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
         raise ConfigError(f"service.env_file {path}: cannot read: {why}") from None

@@ -8,6 +8,7 @@ Validation is strict: an unknown key, a wrong type or a ratio PyTorch would misr
 from __future__ import annotations
 
 import os
+import stat
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -16,7 +17,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from mpsctl.errors import ConfigError
-from mpsctl.paths import CONFIG_NAME, home_dir, user_config_file
+from mpsctl.masking import mask_text
+from mpsctl.paths import CONFIG_NAME, home_dir, home_problem, user_config_file
 from mpsctl.settings_schema import (
     ENV_KEYS,
     NO_DEFAULT,
@@ -34,6 +36,7 @@ from mpsctl.settings_services import (
     service_tables,
     table_entries,
 )
+from mpsctl.storage import file_kind, read_regular
 from mpsctl.torch_env import masked, resolve_watermarks, torch_env
 
 if sys.version_info >= (3, 11):
@@ -186,12 +189,23 @@ class Settings:
         return getattr(getattr(self, section), key)
 
     def as_dict(self) -> dict[str, dict[str, Any]]:
-        """Every value, for display: secret-looking ``service.env`` values masked."""
+        """Every value, for display, under the one masking rule (``mpsctl.masking``): URLs'
+        userinfo, paths and queries, credential-like ``service.env`` values, ``name=secret``
+        and ``Bearer`` words in commands."""
         values = {
-            s: {k: _jsonable(self.value(f"{s}.{k}")) for k in keys} for s, keys in SCHEMA.items()
+            s: {k: _shown(_jsonable(self.value(f"{s}.{k}"))) for k in keys}
+            for s, keys in SCHEMA.items()
         }
         values["service"]["env"] = masked(self.service.env)
         return values
+
+
+def _shown(value: Any) -> Any:
+    if isinstance(value, str):
+        return mask_text(value)
+    if isinstance(value, list):
+        return [_shown(v) for v in value]
+    return value
 
 
 def _jsonable(value: Any) -> Any:
@@ -212,20 +226,26 @@ def find_config_file(explicit: str | None, environ: Mapping[str, str]) -> Path |
         if not path.exists():
             raise ConfigError(f"{origin}: no such file: {path}")
         if not path.is_file():
-            raise ConfigError(f"{origin}: {path} is a directory, not a settings file")
+            raise ConfigError(f"{origin}: {path} is {_not_a_file(path)}, not a settings file")
         return path
     for candidate in (Path.cwd() / CONFIG_NAME, user_config_file(dict(environ))):
         if candidate.is_file():
             return candidate
         if candidate.exists():  # a directory named mpsctl.toml: not silently the defaults
-            raise ConfigError(f"{candidate}: is a directory, not a settings file")
+            raise ConfigError(f"{candidate}: is {_not_a_file(candidate)}, not a settings file")
     return None
+
+
+def _not_a_file(path: Path) -> str:
+    try:
+        return file_kind(stat.S_IFMT(path.stat().st_mode))
+    except OSError:
+        return "not a regular file"
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
-        with path.open("rb") as handle:
-            return tomllib.load(handle)
+        return tomllib.loads(read_regular(path).decode("utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
     except UnicodeDecodeError as exc:  # tomllib decodes the bytes itself, before parsing
@@ -233,9 +253,9 @@ def _read_toml(path: Path) -> dict[str, Any]:
             f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
             "TOML files must be UTF-8"
         ) from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: is a directory, not a settings file") from None
     except OSError as exc:
+        if path.is_dir():
+            raise ConfigError(f"{path}: is a directory, not a settings file") from None
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
     except RecursionError:  # tomllib parses nested arrays and tables recursively
         raise ConfigError(
@@ -253,7 +273,8 @@ def _set(
     try:
         values[dotted] = SCHEMA[section][key].parse(raw)
     except ValueError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
+        # the refused value may be a URL with a secret in it: the one masking rule applies
+        raise ConfigError(f"{where}: {mask_text(str(exc))}") from None
     sources[dotted] = source
 
 
@@ -357,6 +378,10 @@ def _finish(
 ) -> Settings:
     """One service's settings; ``home`` is its state directory (MPSCTL_HOME itself for the
     one service of a [service] file), ``host_home`` MPSCTL_HOME."""
+    for directory in dict.fromkeys((host_home or home, home)):
+        problem = home_problem(directory)
+        if problem is not None:
+            raise ConfigError(problem)
     base = path.parent if path is not None else Path.cwd()
     reference = path is None or sources["service.command"] == "default"
 

@@ -17,13 +17,13 @@ from mpsctl.setting_values import (
     parse_command,
     parse_http_path,
     parse_int_min,
-    parse_non_negative,
     parse_opt_ratio,
     parse_opt_size,
     parse_opt_str,
+    parse_opt_url,
     parse_pair,
     parse_path_str,
-    parse_positive,
+    parse_seconds,
     parse_str,
     parse_str_list,
     parse_url,
@@ -111,18 +111,18 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "log_file": Key(parse_path_str, NO_DEFAULT, "where start appends the service output"),
         "log_globs": Key(parse_str_list, (), "the service's own logs (dated names allowed)"),
         "log_max_bytes": Key(
-            parse_int_min(0), 50 * 1024**2, "rotate log_file above this (0: never)"
+            parse_int_min(0, 2**50), 50 * 1024**2, "rotate log_file above this (0: never)"
         ),
-        "log_backups": Key(parse_int_min(0), 3, "rotated copies kept"),
+        "log_backups": Key(parse_int_min(0, 1000), 3, "rotated copies kept"),
         "match": Key(parse_opt_str, None, "regex over cmdlines, for a service started by hand"),
-        "stop_timeout": Key(parse_positive, 10.0, "seconds between SIGTERM and SIGKILL"),
-        "start_timeout": Key(parse_positive, 120.0, "seconds to wait for a healthy answer"),
-        "request_timeout": Key(parse_positive, 60.0, "seconds for one query"),
-        "health_timeout": Key(parse_positive, 5.0, "seconds one health check may take (fix)"),
+        "stop_timeout": Key(parse_seconds(), 10.0, "seconds between SIGTERM and SIGKILL"),
+        "start_timeout": Key(parse_seconds(), 120.0, "seconds to wait for a healthy answer"),
+        "request_timeout": Key(parse_seconds(), 60.0, "seconds for one query"),
+        "health_timeout": Key(parse_seconds(), 5.0, "seconds one health check may take (fix)"),
         "health_retries": Key(
-            parse_int_min(1), 3, "consecutive failed checks before fix calls it unhealthy"
+            parse_int_min(1, 1000), 3, "consecutive failed checks before fix calls it unhealthy"
         ),
-        "health_interval": Key(parse_non_negative, 2.0, "seconds between those checks"),
+        "health_interval": Key(parse_seconds(zero=True), 2.0, "seconds between those checks"),
         "env": Key(
             _parse_env_table,
             {},
@@ -152,23 +152,29 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "serve": {
         "model": Key(parse_opt_str, None, "local directory or hub id (--demo builds one)"),
         "dtype": Key(parse_choice(DTYPES), "auto", "auto | float16 | bfloat16 | float32"),
-        "max_new_tokens": Key(parse_int_min(1), 128, "default tokens generated per query"),
-        "max_new_tokens_limit": Key(parse_int_min(1), 1024, "largest max_new_tokens accepted"),
-        "max_concurrent": Key(parse_int_min(1), 3, "queries in flight"),
-        "max_queue": Key(parse_int_min(0), 16, "queries waiting for a slot"),
-        "queue_timeout": Key(parse_non_negative, 30.0, "seconds a query may wait"),
-        "cleanup_interval": Key(parse_non_negative, 1800.0, "seconds between releases (0: off)"),
-        "max_question_bytes": Key(parse_int_min(1), 4096, "largest question accepted"),
+        "max_new_tokens": Key(parse_int_min(1, 10**9), 128, "default tokens generated per query"),
+        "max_new_tokens_limit": Key(
+            parse_int_min(1, 10**9), 1024, "largest max_new_tokens accepted"
+        ),
+        "max_concurrent": Key(parse_int_min(1, 1024), 3, "queries in flight"),
+        "max_queue": Key(parse_int_min(0, 100_000), 16, "queries waiting for a slot"),
+        "queue_timeout": Key(parse_seconds(zero=True), 30.0, "seconds a query may wait"),
+        "cleanup_interval": Key(
+            parse_seconds(zero=True), 1800.0, "seconds between releases (0: off)"
+        ),
+        "max_question_bytes": Key(
+            parse_int_min(1, 64 * 1024**2), 4096, "largest question accepted"
+        ),
         "memory_limit": Key(
             parse_opt_size, None, "address space (RLIMIT_AS) once the model is loaded, e.g. 8GiB"
         ),
         "threads": Key(
-            parse_int_min(0), 1, "CPU threads torch may use per query (0: torch's default)"
+            parse_int_min(0, 4096), 1, "CPU threads torch may use per query (0: torch's default)"
         ),
     },
     "fix": {
-        "max_restarts": Key(parse_int_min(1), 3, "restarts allowed within `within`"),
-        "within": Key(parse_positive, 3600.0, "seconds of the restart-loop window"),
+        "max_restarts": Key(parse_int_min(1, 1000), 3, "restarts allowed within `within`"),
+        "within": Key(parse_seconds(), 3600.0, "seconds of the restart-loop window"),
         "restart_on": Key(
             _parse_restart_on,
             RESTART_RULES,
@@ -176,10 +182,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
         ),
     },
     "history": {
-        "retention_days": Key(parse_int_min(1), 30, "days of probe history kept"),
+        "retention_days": Key(parse_int_min(1, 36500), 30, "days of probe history kept"),
     },
     "alerts": {
-        "url": Key(parse_opt_str, None, "POST a JSON alert here on verdict change"),
+        "url": Key(parse_opt_url, None, "POST a JSON alert here on verdict change"),
         "command": Key(parse_opt_str, None, "or run this command (alert JSON on stdin)"),
     },
     "host": {

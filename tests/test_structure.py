@@ -19,7 +19,7 @@ PACKAGE = ROOT / "mpsctl"
 
 FLOORS: tuple[tuple[str, ...], ...] = (
     ("mpsctl", "errors", "units", "durations", "paths", "storage", "tokens", "torch_env",
-     "setting_values", "settings_schema", "settings", "settings_services", "service",
+     "masking", "setting_values", "settings_schema", "settings", "settings_services", "service",
      "service_env", "contrib"),
     ("observe", "client", "server"),
     ("plan", "ask"),

@@ -17,6 +17,7 @@ import click
 from mpsctl import __version__
 from mpsctl.cli.app import App
 from mpsctl.errors import ExitCode, MpsctlError
+from mpsctl.masking import mask_text
 from mpsctl.render import console
 
 #: command name -> "module:attribute" under mpsctl.cli
@@ -206,6 +207,7 @@ def _fail(message: str, code: int, command: click.Command | None = None) -> None
     under ``--json`` one JSON document (``mpsctl.error/1``) unless the command printed its
     own, under ``probe --nagios`` one ``MPSCTL UNKNOWN`` status line (plugin guidelines)."""
     # the message may quote a service's answer or a file name: never a control sequence
+    message = mask_text(message, paths=False)
     click.echo(f"mpsctl: error: {console.printable(message)}", err=True)
     args = _ARGV[: _ARGV.index("--")] if "--" in _ARGV else _ARGV
     name = command.name if command is not None else None
@@ -217,7 +219,7 @@ def _fail(message: str, code: int, command: click.Command | None = None) -> None
         else:
             console.write_json_error(message, code, name)
     elif name == "probe" and "--nagios" in args and console.documents_written == 0:
-        click.echo(f"MPSCTL UNKNOWN - {message.replace('|', '/')}")
+        click.echo(f"MPSCTL UNKNOWN - {console.printable(message).replace('|', '/')}")
     raise click.exceptions.Exit(code)
 
 

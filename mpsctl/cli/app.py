@@ -86,10 +86,19 @@ class App:
         return self._settings
 
     def warn(self, message: str) -> None:
-        click.echo(f"mpsctl: warning: {message}", err=True)
+        click.echo(f"mpsctl: warning: {shown_message(message)}", err=True)
 
     def info(self, message: str) -> None:
-        click.echo(f"mpsctl: {message}", err=True)
+        click.echo(f"mpsctl: {shown_message(message)}", err=True)
+
+
+def shown_message(message: str) -> str:
+    """A diagnostic line as it reaches stderr: credentials masked (``mpsctl.masking``),
+    terminal control characters made visible."""
+    from mpsctl.masking import mask_text
+    from mpsctl.render.console import printable
+
+    return printable(mask_text(message, paths=False))
 
 
 def json_option(func: Any) -> Any:

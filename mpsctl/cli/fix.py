@@ -20,7 +20,7 @@ from mpsctl.cli.service_options import all_option, heading, names_argument, seve
 from mpsctl.control.fix import FixOptions, fix_service
 from mpsctl.durations import Period
 from mpsctl.errors import ExitCode, MpsctlError, ServiceError
-from mpsctl.render.console import write_json
+from mpsctl.render.console import allow_raw, write_json
 from mpsctl.render.lifecycle import render_fix
 
 
@@ -102,6 +102,8 @@ def fix(app: App, names: tuple[str, ...], all_: bool, if_unhealthy: bool,
         documents.append(result.to_json())
         if not as_json:
             heading(app, chosen, service)
+            if raw:
+                allow_raw(app.out)
             render_fix(app.out, result, raw=raw)
         gave_up = gave_up or result.gave_up
         if result.gave_up or result.status == "skipped":

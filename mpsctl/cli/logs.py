@@ -23,7 +23,7 @@ from mpsctl.observe.logfiles import (
     resolve_logs,
     sources_from_globs,
 )
-from mpsctl.render.console import for_terminal
+from mpsctl.render.console import allow_raw, for_terminal
 
 _COLOURS = ("cyan", "magenta", "green", "yellow", "blue", "red")
 
@@ -92,6 +92,8 @@ def logs(
       mpsctl logs --oom --file 'mvp/logs/error_*.log'
       mpsctl logs -s embed -f                  # one of several services
     """
+    if raw:
+        allow_raw(app.out)
     picks = [
         n for n, on in (("error", pick_error), ("app", pick_app), ("backend", pick_backend)) if on
     ]

@@ -9,7 +9,7 @@ import click
 from mpsctl.cli.app import App, ConventionCommand, json_option
 from mpsctl.errors import MpsctlError, ProbeExit
 from mpsctl.probe import take_probe
-from mpsctl.render.console import write_json
+from mpsctl.render.console import printable, write_json
 
 PAIR = "WARN,CRIT"
 
@@ -97,7 +97,8 @@ def probe(
     elif nagios:
         from mpsctl.render.nagios import nagios_line
 
-        click.echo(nagios_line(result))
+        # a plugin line is read by Nagios and by people: no control character in either
+        click.echo(printable(nagios_line(result)))
     else:
         from mpsctl.render.probe import print_probe
 

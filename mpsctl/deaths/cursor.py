@@ -9,15 +9,20 @@ there without a time is dated honestly: after the previous read, before this one
 probe's window, so the next probe need not read them again; one without a time stays for a
 window's length from when it was first seen.
 
-A file with another inode (rotated) or shorter than the offset (truncated) is read from its
-start; a file never seen before is read from its tail, as the window scan does. The state
-lives in ``MPSCTL_HOME/oom_cursor.json``, written atomically; when it cannot be written the
-probe still answers (it then finds the same untimed events again next time).
+A file with another inode (rotated), shorter than the offset (truncated), or whose bytes
+just before the offset are no longer the ones read (truncated in place, then grown past the
+old offset before this probe: a fingerprint of those bytes tells) is read from its start; a
+file never seen before is read from its tail, as the window scan does. The state lives in
+``MPSCTL_HOME/oom_cursor.json``, written atomically after every probe; when it cannot be
+written the probe still answers (it then finds the same untimed events again next time). An
+entry that is not what this module writes (hand-edited, another version's) counts as no
+cursor for that file and is replaced by a good one at the end of the same probe.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 from dataclasses import replace
@@ -27,7 +32,7 @@ from typing import Any
 
 from mpsctl.deaths.counting import Found, counted, without_lines
 from mpsctl.observe.logtime import iso
-from mpsctl.storage import atomic_write_json
+from mpsctl.storage import atomic_write_json, open_regular, read_regular
 from mpsctl.units import parse_time
 
 SCHEMA = "mpsctl.oom_cursor/1"
@@ -40,14 +45,45 @@ def state_path(home: Path) -> Path:
     return home / STATE_NAME
 
 
+#: bytes before the offset whose hash tells a log truncated and regrown from one that grew
+FINGERPRINT_BYTES = 4096
+#: the state is a few KiB per log; past this it is not ours
+STATE_MAX = 4 * 1024 * 1024
+
+
 def read_state(home: Path) -> dict[str, dict[str, Any]]:
-    """The cursors by file path; empty when there is no state or it cannot be read."""
+    """The well-formed cursors by file path; empty when there is no state or it cannot be
+    read (a FIFO, a device, a link, not JSON); malformed entries are left out."""
     try:
-        doc = json.loads(state_path(home).read_text(encoding="utf-8"))
+        doc = json.loads(read_regular(state_path(home), STATE_MAX, follow=False))
     except (OSError, ValueError):
         return {}
     files = doc.get("files") if isinstance(doc, dict) else None
-    return files if isinstance(files, dict) else {}
+    if not isinstance(files, dict):
+        return {}
+    return {key: entry for key, entry in files.items() if _well_formed(entry)}
+
+
+def _well_formed(entry: Any) -> bool:
+    def whole(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+    return (
+        isinstance(entry, dict)
+        and all(whole(entry.get(k)) for k in ("dev", "ino", "offset"))
+        and isinstance(entry.get("read_at"), str)
+        and parse_time(entry.get("read_at")) is not None
+        and isinstance(entry.get("recent", []), list)
+        and all(isinstance(e, dict) for e in entry.get("recent", []))
+        and isinstance(entry.get("fingerprint", ""), str)
+    )
+
+
+def fingerprint(fd: int, offset: int) -> str:
+    """A hash of the ``FINGERPRINT_BYTES`` before ``offset`` (all of them when fewer)."""
+    start = max(0, offset - FINGERPRINT_BYTES)
+    data = os.pread(fd, offset - start, start)
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
 def new_events(
@@ -70,7 +106,8 @@ def new_events(
     for path in paths:
         key = os.fsdecode(path)
         try:
-            handle = open(path, "rb")  # noqa: SIM115 - closed below, after the scan
+            # a regular file only: a FIFO configured as a log must not hang the probe
+            handle = os.fdopen(open_regular(path), "rb")
         except OSError:
             continue
         with handle:
@@ -78,7 +115,12 @@ def new_events(
             cursor = state.get(key) or {}
             same = (cursor.get("dev"), cursor.get("ino")) == (info.st_dev, info.st_ino)
             offset = cursor.get("offset")
-            if same and isinstance(offset, int) and 0 <= offset <= info.st_size:
+            if (
+                same
+                and isinstance(offset, int)
+                and 0 <= offset <= info.st_size
+                and cursor.get("fingerprint") in (None, fingerprint(handle.fileno(), offset))
+            ):
                 start = offset
                 kept += [
                     e
@@ -86,13 +128,14 @@ def new_events(
                     if (parse_time(e.get("time") or e.get("first_seen")) or cutoff) > cutoff
                 ]
             elif cursor:
-                start = 0  # rotated or truncated: all of it is new
+                start = 0  # rotated, truncated, or truncated and regrown: all of it is new
             else:
                 start = _tail_start(handle, info.st_size, cutoff, FIRST_TAIL_BYTES)
             after = parse_time(cursor.get("read_at")) if cursor else None
             items = (
                 scan_range(handle, path, info, start, info.st_size) if start < info.st_size else []
             )
+            mark = fingerprint(handle.fileno(), info.st_size)
         new = []
         for raw in items:
             item = replace(raw, file=key)
@@ -108,6 +151,7 @@ def new_events(
             "dev": info.st_dev,
             "ino": info.st_ino,
             "offset": info.st_size,
+            "fingerprint": mark,
             "read_at": iso(moment),
             "recent": [
                 *[e for e in kept if e.get("file") == key],

@@ -290,13 +290,15 @@ def start_exporter(
     With ``home``, the watchdog's counters from that MPSCTL_HOME's fix history are served too.
     """
     _require_client()
-    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client import CollectorRegistry
+
+    from mpsctl.monitor.exporter_server import start_bounded_server
 
     cache = CachedProbe(probe, min_interval, home=home)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ProbeCollector(cache.samples))
     try:
-        server, thread = start_http_server(port, addr=host, registry=registry)
+        server, thread = start_bounded_server(host, port, registry)
     except OSError as exc:
         raise MpsctlError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     bound = server.server_address[1]

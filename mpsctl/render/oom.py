@@ -8,6 +8,7 @@ from rich.text import Text
 
 from mpsctl.deaths.allocator import OomEvent
 from mpsctl.deaths.counting import Found
+from mpsctl.render.console import printable
 
 _TITLES = {
     "kernel_oom_kill": "KERNEL OOM KILL",
@@ -47,7 +48,9 @@ def print_events(
         console.print(
             Panel(
                 Group(*body),
-                title=f"{_title(found)}  {where}",
+                # a Text, not a str: rich reads a str title as markup, and a file name may
+                # hold brackets (or "[/x]", which rich refuses with an exception)
+                title=Text(printable(f"{_title(found)}  {where}")),
                 title_align="left",
                 border_style="red",
             )

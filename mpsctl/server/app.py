@@ -40,9 +40,10 @@ log = logging.getLogger("mpsctl.server")
 
 #: not queries: never queued behind them nor refused when the queue is full
 EXEMPT_PATHS = ("/health", "/metrics", "/admin/release", "/admin/reload")
-#: paths that need the bearer token; checked before the limiter, so a client without the
+#: the only paths answered without the bearer token (exact match: ``/health/`` needs it);
+#: every other path, 404s included, is checked before the limiter, so a client without the
 #: token never takes a query slot or a queue place
-PROTECTED_PATHS = ("/api/v1/query", "/admin/release", "/admin/reload")
+OPEN_PATHS = ("/health", "/metrics")
 #: seconds a client has to send a whole request body once its request runs: a body that
 #: never finishes must not hold a query slot
 BODY_TIMEOUT_S = 30.0
@@ -158,7 +159,7 @@ def create_service(holder: ModelHolder, config: ServiceConfig) -> Service:
 
     asgi: ASGIApp = limiter
     if config.token is not None:
-        asgi = BearerAuth(limiter, config.token, PROTECTED_PATHS, on_denied=denied)
+        asgi = BearerAuth(limiter, config.token, OPEN_PATHS, on_denied=denied)
     service = Service(
         app=app, asgi=asgi, limiter=limiter, holder=holder, config=config, metrics=metrics
     )

@@ -120,10 +120,13 @@ def run(settings: Settings, options: ServeOptions, notes: Notes) -> None:
         f"(token: {token.source}; max {settings.serve.max_concurrent} in flight, "
         f"{settings.serve.max_queue} queued)"
     )
-    config = uvicorn.Config(
+    from mpsctl.server.protocol import bounded_config, raise_open_file_limit
+
+    raise_open_file_limit()
+    config = bounded_config(
         service.asgi,
-        host=host,
-        port=port,
+        host,
+        port,
         log_config=None,  # keep the one logging setup below; uvicorn's loggers propagate
         timeout_graceful_shutdown=10,
         lifespan="on",

@@ -55,7 +55,9 @@ def test_only_new_bytes_are_read_and_timed_events_stay_for_the_window(tmp_path: 
     now = datetime.now(timezone.utc)
     stamp = (now - timedelta(minutes=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
     message = read_fixture("torch-mps-oom-3.txt").strip()
-    log.write_text(f"{stamp} ERROR {message}\n")
+    # the untimed INFO lines after it put the message outside the bytes the cursor
+    # fingerprints (the last FINGERPRINT_BYTES before its offset)
+    log.write_text(f"{stamp} ERROR {message}\n" + "INFO uvicorn: a request\n" * 400)
     assert len(probe_count(home, log, now)) == 1
     # the bytes already read are changed in place: a cursor that re-read them would notice
     data = log.read_bytes().replace(b"out of memory", b"out of mem0ry")
@@ -105,3 +107,52 @@ def test_probe_counts_a_real_oom_next_to_an_overflowing_line(
     assert nagios.exit_code != 0
     assert "out-of-memory" in nagios.stdout
     assert home_dir().is_dir()
+
+
+def test_a_log_truncated_and_regrown_past_the_offset_is_scanned_again(tmp_path: Path) -> None:
+    """Truncated in place (copytruncate) and grown past the old offset before the next probe:
+    the bytes before the offset are not the ones read, so the whole file is new."""
+    home = tmp_path / "home"
+    log = tmp_path / "backend.log"
+    log.write_text("INFO uvicorn: a request\n" * 100)
+    now = datetime.now(timezone.utc)
+    assert probe_count(home, log, now) == []
+    with log.open("r+b") as out:  # same inode, new content longer than the old offset
+        out.truncate(0)
+        out.write(read_fixture("torch-cpu-oom-8-cant-allocate-CPUAllocator71.txt").encode())
+        out.write(b"INFO uvicorn: a request\n" * 200)
+    found = probe_count(home, log, now + timedelta(minutes=1))
+    assert [e["kind"] for e in found] == ["cpu_alloc"]
+
+
+def test_a_malformed_cursor_entry_is_replaced_and_counting_goes_on(tmp_path: Path) -> None:
+    """One entry of the wrong type (hand-edited, another version's) no longer breaks every
+    later probe: it counts as no cursor and the probe writes a good one."""
+    home = tmp_path / "home"
+    home.mkdir()
+    log = tmp_path / "backend.log"
+    log.write_text("INFO uvicorn: a request\n")
+    for bad in (5, {"offset": "12", "dev": 1, "ino": 2}, {"recent": [1]}, ["x"]):
+        (home / "oom_cursor.json").write_text(json.dumps({"files": {str(log): bad}}))
+        now = datetime.now(timezone.utc)
+        assert probe_count(home, log, now) == []
+        entry = read_state(home)[str(log)]
+        assert entry["offset"] == log.stat().st_size
+    with log.open("a") as out:  # an untimed OOM: counted only with a good cursor behind it
+        out.write(read_fixture("torch-cpu-oom-8-cant-allocate-CPUAllocator71.txt"))
+    found = probe_count(home, log, datetime.now(timezone.utc) + timedelta(minutes=1))
+    assert [e["kind"] for e in found] == ["cpu_alloc"]
+
+
+def test_a_cursor_state_that_is_a_fifo_or_dev_zero_is_no_cursor(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    log = tmp_path / "backend.log"
+    log.write_text("INFO uvicorn: a request\n")
+    os.mkfifo(home / "oom_cursor.json")
+    assert read_state(home) == {}
+    (home / "oom_cursor.json").unlink()
+    (home / "oom_cursor.json").symlink_to("/dev/zero")
+    assert read_state(home) == {}
+    assert probe_count(home, log, datetime.now(timezone.utc)) == []
+    assert read_state(home)[str(log)]["offset"] == log.stat().st_size  # replaced by a file

@@ -254,8 +254,9 @@ def small_home(make_site) -> Iterator[tuple[Site, str]]:
     site = make_site()
     if os.geteuid() == 0:
         site.home.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(site.home)],
-                       check=True)  # fmt: skip
+        # mode 0700: a state directory others can write to is refused
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k,mode=0700", "tmpfs",
+                        str(site.home)], check=True)  # fmt: skip
         try:
             yield site, "tmpfs"
         finally:
