@@ -28,7 +28,10 @@ SECRET_NAME = re.compile(
 _PLAIN_SEGMENT = re.compile(r"[A-Za-z0-9._~-]*")
 _URL = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
 _BEARER = re.compile(r"(?i)\b(bearer\s+)[^\s'\"]+")
-_PAIR = re.compile(r"(?<![\w-])(-{0,2}[A-Za-z_][\w.-]*)([=:])([^\s&;'\"]+)")
+_PAIR = r"(?<![\w-])(-{0,2}[A-Za-z_][\w.-]*)([=:])([^\s&;'\"]+)"
+_PAIR_AT = re.compile(f"(?={_PAIR})")
+# a quoted value holding a URL is one URL, spaces and all (a refused value is quoted whole)
+_QUOTED_URL = re.compile(r"""(['"])([A-Za-z][A-Za-z0-9+.-]*://[^'"\n]*)\1""")
 
 
 def is_secret_name(name: str) -> bool:
@@ -87,19 +90,34 @@ def mask_value(name: str, value: str) -> str:
 def mask_text(text: str, *, paths: bool = True) -> str:
     """``text`` with every URL, bearer token and credential-named ``name=value`` masked
     (``paths``: as :func:`mask_url`)."""
+    text = _QUOTED_URL.sub(
+        lambda m: m.group(1) + mask_url(m.group(2), paths=paths) + m.group(1), text
+    )
     text = _URL.sub(lambda m: mask_url(m.group(0), paths=paths), text)
     text = _BEARER.sub(lambda m: m.group(1) + MASK, text)
     return _mask_pairs(text)
 
 
 def _mask_pairs(text: str) -> str:
-    def one(match: re.Match[str]) -> str:
-        name, sep, value = match.groups()
-        if value == MASK or not is_secret_name(name.lstrip("-")):
-            return match.group(0)
-        return f"{name}{sep}{MASK}"
-
-    return _PAIR.sub(one, text)
+    # Pairs are found at every position, overlapping ones included: in `b:0/?token=S` the
+    # pair `b:...` must not hide the `token=S` inside its value.
+    spans: list[tuple[int, int]] = []
+    for match in _PAIR_AT.finditer(text):
+        name, value = match.group(1), match.group(3)
+        if value.startswith(MASK) or not is_secret_name(name.lstrip("-")):
+            continue
+        start = match.start() + len(name) + 1
+        spans.append((start, start + len(value)))
+    if not spans:
+        return text
+    out, last = [], 0
+    for start, end in sorted(spans):
+        if start < last:  # inside a value already masked
+            continue
+        out.append(text[last:start] + MASK)
+        last = end
+    out.append(text[last:])
+    return "".join(out)
 
 
 def masked_env(env: Mapping[str, str]) -> dict[str, str]:

@@ -114,3 +114,13 @@ def test_secret_named_variables_are_masked_whatever_their_value() -> None:
         "PATH": "/bin",
     }  # fmt: skip
     assert mask_url("http://h/health", paths=False) == "http://h/health"
+
+
+def test_a_pair_inside_another_pairs_value_is_still_masked():
+    # `b:0/?token=S` reads as the pair `b:...` whose value holds `token=S`
+    assert mask_text("got http://a b:0/?token=hunter2") == "got http://a b:0/?token=****"
+
+
+def test_a_quoted_url_with_a_space_is_masked_as_one_url():
+    shown = mask_text("must start with '/', got 'http://a b/services/T0/B0/s3cret'")
+    assert shown == "must start with '/', got 'http://a b/services/****'"
