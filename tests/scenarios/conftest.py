@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -181,7 +182,8 @@ def _cron_lines(site: Site) -> None:
     ).stdout  # fmt: skip
     line = next(x for x in printed.splitlines() if " fix --if-unhealthy" in x and x[0] != "#")
     command = line.split(" ", 5)[5]  # the five schedule fields off
-    prefix = command.split(" fix --if-unhealthy")[0]
+    # the other commands keep their stderr (the tests read it); the watchdog line logs it
+    prefix = re.sub(r" --error-log \S+", "", command.split(" fix --if-unhealthy")[0])
     if os.environ.get("PYTHONPATH"):
         # only so that this checkout's mpsctl is the one the job imports (an installed
         # mpsctl needs nothing)
