@@ -23,6 +23,7 @@ import platform
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from mpsctl.errors import ConfigError
@@ -182,7 +183,7 @@ def pytorch_vars(environ: Mapping[str, str]) -> dict[str, str]:
 #: what the service inherits from mpsctl's own environment: the same few variables whether
 #: start runs from a shell or from cron (``env -i``), so a cron restart is not a different
 #: service; everything else comes from ``[service] env`` and ``env_file``
-BASE_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "TZ", "TMPDIR")
+BASE_ENV = ("PATH", "HOME", "USER", "LOGNAME", "TZ", "TMPDIR")
 #: the reference service is mpsctl itself: it reads these to find its home, token and code
 REFERENCE_ENV_PREFIXES = ("MPSCTL_", "PYTHONPATH")
 
@@ -218,11 +219,16 @@ def service_env(settings: Settings, base: Mapping[str, str] | None = None) -> di
     """The environment ``mpsctl start`` gives the service.
 
     A documented base taken from ``base`` (default: this process's environment): PATH (the
-    venv's bin/ first), HOME, USER, LOGNAME, LANG, LC_*, TZ, TMPDIR; then ``env_file``,
-    then ``[service] env``, then the PYTORCH_* variables of [memory].
+    venv's bin/ first), HOME, USER, LOGNAME, TZ, TMPDIR; the system's default locale (LANG,
+    LC_*: never the caller's, so cron and a shell give the same); then ``env_file``, then
+    ``[service] env`` (where LANG / LC_* can be set), then the PYTORCH_* variables of [memory].
     """
+    from mpsctl.syslocale import system_locale
+
     source = dict(os.environ if base is None else base)
-    env = {k: v for k, v in source.items() if k in BASE_ENV or k.startswith("LC_")}
+    env = {k: v for k, v in source.items() if k in BASE_ENV}
+    home = source.get("HOME")
+    env.update(system_locale(home=Path(home) if home else None))
     if settings.reference_service:
         env.update({k: v for k, v in source.items() if k.startswith(REFERENCE_ENV_PREFIXES)})
     env.update(env_file_values(settings))

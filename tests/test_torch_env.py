@@ -13,6 +13,7 @@ import pytest
 
 from mpsctl.errors import ConfigError
 from mpsctl.settings import MemorySettings, load_settings
+from mpsctl.syslocale import system_locale
 from mpsctl.torch_env import (
     FALLBACK_ENV,
     HIGH_ENV,
@@ -201,7 +202,7 @@ def test_service_env_drops_inherited_ratios_and_puts_the_venv_first(
         LOW_ENV: "0.5",
         "PATH": f"{venv / 'bin'}{os.pathsep}/usr/bin",
         "VIRTUAL_ENV": str(venv),
-        "LC_ALL": "C.UTF-8",
+        **system_locale(),  # the system's, not the caller's LC_ALL
         "TZ": "UTC",
     }
     assert base[LOW_ENV] == "1.9"  # the caller's mapping is not changed

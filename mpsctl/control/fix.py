@@ -9,6 +9,7 @@ this function's lock.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -178,6 +179,16 @@ def fix_service(
                 supervise or supervisor.find_supervisor, run_unit or supervisor.run_command
             )
             result = _fix_locked(settings, opts, events, probe, trigger, unit)
+            if trigger == "if-unhealthy" and result.restarted:
+                # every restart the watchdog makes is news: one alert each, rule and death
+                text = watchdog.restart_text(
+                    result.rule, result.rule_detail, result.before.get("death")
+                )
+                alerted, detail = watchdog.send_alert(
+                    settings, "restarted", text, str(result.before.get("verdict"))
+                )
+                events.info(f"restart alert: {detail}")
+                result = dataclasses.replace(result, alerted=alerted)
     except LockedError as exc:
         locked = {"time": now, "pid": os.getpid(), "trigger": trigger, "result": "locked"}
         audit.append_record(path, {**locked, "restarted": False, "message": str(exc)})

@@ -226,6 +226,18 @@ def last_death(records: list[dict[str, Any]], now_why: str) -> str:
 
 def give_up_alert(settings: Settings, text: str, verdict: str) -> tuple[bool, str]:
     """Send the give-up alert to every ``[alerts]`` target; (any delivered, details)."""
+    return send_alert(settings, "gave-up", text, verdict)
+
+
+def restart_text(rule: str | None, rule_detail: str | None, death: str | None) -> str:
+    """The ``restarted`` alert's words: the rule that fired and how the service died."""
+    how = death or "no evidence found"
+    return f"restarted ({rule or 'unknown rule'}: {rule_detail or 'no detail'}); died: {how}"
+
+
+def send_alert(settings: Settings, kind: str, text: str, verdict: str) -> tuple[bool, str]:
+    """One ``kind`` alert (``restarted``, ``gave-up``) to every ``[alerts]`` target;
+    (any delivered, details)."""
     from mpsctl.monitor import alerts
 
     targets = alerts.targets_from(settings.alerts.url, settings.alerts.command)
@@ -233,7 +245,7 @@ def give_up_alert(settings: Settings, text: str, verdict: str) -> tuple[bool, st
         return False, "no [alerts] target"
     document = {
         "schema": alerts.SCHEMA,
-        "kind": "gave-up",
+        "kind": kind,
         "time": utc_now_iso(),
         "hostname": socket.gethostname(),
         "service": settings.service.name,
