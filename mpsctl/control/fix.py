@@ -256,6 +256,15 @@ def _fix_locked(
             watchdog.warning_alert(settings, before_probe)
             healthy = bool(before.get("healthy"))
             return done("healthy" if healthy else "skipped", healthy, decision.why)
+        if decision.rule in ("not-running", "dead-pidfile"):
+            managed = unit.detect(settings)
+            if managed is not None and managed.stopped_by_operator:
+                start = " ".join(managed.command("start"))
+                facts["rule_detail"] = (
+                    f"{decision.why}; {managed.describe()}: stopped by the operator, not "
+                    f"failed; not restarted (start it with {start})"
+                )
+                return done("skipped", False, f"no restart: {facts['rule_detail']}")
         used = watchdog.budget_used(history, within, time.time())
         if len(used) >= max_restarts:
             text = (

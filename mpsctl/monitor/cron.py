@@ -277,9 +277,11 @@ def systemd_units(schedule: Schedule) -> dict[str, str]:
         f"Description=mpsctl: model-serving service ({base})",
         "",
         "[Service]",
-        # --foreground execs the service: systemd's main PID is the service itself, its
-        # SIGTERM reaches it directly and its exit status is the unit's
+        # --foreground runs the service as its child, forwards the stop signal, ends as the
+        # service ended (its status, or its signal) and removes the pidfile on a clean stop;
+        # KillMode=mixed: SIGTERM to mpsctl only (forwarded once), SIGKILL to all at the end
         "Type=exec",
+        "KillMode=mixed",
         _exec(unit.argv),
         f"WorkingDirectory={_systemd_word(str(unit.workdir))}",
         *_systemd_env(unit.env),
