@@ -1,0 +1,136 @@
+"""Is a service that does not answer its health check working, or hung? Measured without its
+help: the CPU time its process tree used over the whole check window, against the CPU the
+host could give it, and whether its threads were running.
+
+The rule (``judge``):
+
+- **CPU.** ``used`` = the tree's user + system CPU seconds over the window / the window's
+  wall seconds (1.0 = one full core). ``share`` = the part of a core one runnable thread
+  can get: 1.0 on a host with idle cores, ``cores / runnable`` when more threads want CPU
+  than there are cores (``procs_running`` of /proc/stat, sampled with the CPU times; the
+  1-minute load average elsewhere). Busy when ``used >= BUSY_FRACTION * share``: a model
+  step burning one core is busy on an idle host (1.0 >= 0.5) and on a 2-core host with
+  two busy neighbours (about 0.67 core available, 0.47 measured >= 0.33); a process
+  blocked on a lock or a dead socket uses next to none.
+- **Threads**, when the CPU time cannot be read (another user's process): busy when at
+  least half of the samples saw a thread running (``R`` in /proc/PID/task/*/stat).
+  A stopped process (SIGSTOP) is never busy; the watchdog checks that first.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+#: the part of the CPU share the host could give it that a working service uses at least
+BUSY_FRACTION = 0.5
+PROC = Path("/proc")
+
+
+@dataclass(frozen=True)
+class Sample:
+    at: float  # time.monotonic()
+    cpu_s: float | None  # the tree's user + system CPU seconds; None when not readable
+    threads_running: int  # threads in state R
+    threads: int  # threads seen
+    runnable: float | None  # threads the host has ready to run (procs_running), or None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    busy: bool
+    detail: str
+
+
+def _cpu_seconds(pids: Iterable[int]) -> float | None:
+    total, read = 0.0, False
+    for pid in pids:
+        try:
+            times = psutil.Process(pid).cpu_times()
+        except (psutil.Error, OSError):
+            continue
+        total += times.user + times.system
+        read = True
+    return total if read else None
+
+
+def thread_states(pid: int, proc: Path = PROC) -> list[str]:
+    """The state letter of each thread (``R``, ``S``, ``D``, ``T``...); [] when unknown."""
+    states = []
+    try:
+        tasks = list((proc / str(pid) / "task").iterdir())
+    except OSError:
+        return []
+    for task in tasks:
+        try:
+            text = (task / "stat").read_text()
+        except OSError:
+            continue
+        # "tid (comm) S ...": comm may hold spaces and parentheses; the state follows the last ")"
+        rest = text.rpartition(")")[2].split()
+        if rest:
+            states.append(rest[0])
+    return states
+
+
+def procs_running(proc: Path = PROC) -> float | None:
+    """Threads ready to run on the host now (/proc/stat); the 1-minute load elsewhere."""
+    try:
+        for line in (proc / "stat").read_text().splitlines():
+            if line.startswith("procs_running "):
+                return float(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
+
+
+def sample(pids: Iterable[int]) -> Sample:
+    pids = tuple(pids)
+    states = [s for pid in pids for s in thread_states(pid)]
+    running = procs_running()
+    return Sample(time.monotonic(), _cpu_seconds(pids), states.count("R"), len(states), running)
+
+
+def host_share(cores: int, runnable: float | None, own_running: float) -> float:
+    """The part of one core a runnable thread can get: ``cores / runnable`` when the host
+    has more runnable threads than cores, else 1.0. ``own_running`` (this measurement's own
+    thread, counted in procs_running) is taken out."""
+    if runnable is None or cores < 1:
+        return 1.0
+    wanting = runnable - own_running
+    if wanting <= cores:
+        return 1.0
+    return cores / wanting
+
+
+def judge(samples: list[Sample], cores: int | None = None) -> Verdict:
+    """Busy or not, from the samples of one check window (the rule in the module doc)."""
+    if len(samples) < 2:
+        return Verdict(False, "no CPU measurement")
+    first, last = samples[0], samples[-1]
+    window = last.at - first.at
+    seen = [s for s in samples if s.threads]
+    running = sum(1 for s in seen if s.threads_running)
+    threads = f"threads running in {running} of {len(seen)} samples"
+    if first.cpu_s is not None and last.cpu_s is not None and window > 0:
+        used = (last.cpu_s - first.cpu_s) / window
+        loads = [s.runnable for s in samples if s.runnable is not None]
+        runnable = sum(loads) / len(loads) if loads else None
+        share = host_share(cores or os.cpu_count() or 1, runnable, 1.0)
+        busy = used >= BUSY_FRACTION * share
+        detail = (
+            f"CPU {used:.2f} core(s) over {window:.1f} s, {share:.2f} available "
+            f"(busy from {BUSY_FRACTION * share:.2f}); {threads}"
+        )
+        return Verdict(busy, detail)
+    if seen:
+        return Verdict(running * 2 >= len(seen), f"CPU time not readable; {threads}")
+    return Verdict(False, "neither CPU time nor thread states readable")
