@@ -113,6 +113,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "log_backups": Key(parse_int_min(0), 3, "rotated copies kept"),
         "match": Key(parse_opt_str, None, "regex over cmdlines, for a service started by hand"),
         "stop_timeout": Key(parse_positive, 10.0, "seconds between SIGTERM and SIGKILL"),
+        "drain_timeout": Key(
+            parse_non_negative, 30.0, "seconds a planned stop waits for queries in flight (0: none)"
+        ),
         "start_timeout": Key(parse_positive, 120.0, "seconds to wait for a healthy answer"),
         "request_timeout": Key(parse_positive, 60.0, "seconds for one query"),
         "health_timeout": Key(parse_positive, 5.0, "seconds one health check may take (fix)"),

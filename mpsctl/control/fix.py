@@ -76,6 +76,8 @@ class FixResult:
     rule_detail: str | None = None
     gave_up: bool = False
     alerted: bool = False
+    #: the stop's drain: queries in flight, drained, cut (None: nothing was stopped)
+    drain: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -90,6 +92,7 @@ class FixResult:
             "rule_detail": self.rule_detail,
             "gave_up": self.gave_up,
             "alerted": self.alerted,
+            "drain": self.drain,
             "before": self.before,
             "after": self.after,
             "actions": [a.to_json() for a in self.actions],
@@ -205,6 +208,7 @@ def fix_service(
         "rule_detail": result.rule_detail,
         "gave_up": result.gave_up,
         "alerted": result.alerted,
+        "drain": result.drain,
         # a person's successful fix re-arms the watchdog's budget
         "rearm": trigger == "manual" and result.healthy,
         "before": result.before,
@@ -236,14 +240,14 @@ def _fix_locked(
     before_probe = probe(settings)
     before = probe_figures(before_probe)
     actions: list[FixAction] = []
-    facts: dict[str, Any] = {"rule": None, "rule_detail": None}
+    facts: dict[str, Any] = {"rule": None, "rule_detail": None, "drain": None}
 
     def done(status: Any, healthy: bool, msg: str, *, after: dict[str, Any] | None = None,
              restarted: bool = False, answer: str | None = None, gave_up: bool = False,
              alerted: bool = False) -> FixResult:  # fmt: skip
         return FixResult(status, trigger, before, after, tuple(actions), restarted, healthy, msg,
                          when, answer, facts["rule"], facts["rule_detail"], gave_up,
-                         alerted)  # fmt: skip
+                         alerted, facts["drain"])  # fmt: skip
 
     max_restarts = settings.fix.max_restarts if opts.max_restarts is None else opts.max_restarts
     within = settings.fix.within if opts.within is None else opts.within
@@ -331,10 +335,13 @@ def _fix_locked(
     def do_stop() -> str:
         stopped = stop_while_locked(settings, timeout=opts.stop_timeout, use_match=opts.use_match)
         stopped_pids.update(p.pid for p in stopped.processes)
+        facts["drain"] = None if stopped.drain is None else stopped.drain.to_json()
         if stopped.status == "already-stopped":
             return "was not running"
+        drained = f"; {stopped.drain.text()}" if stopped.drain is not None else ""
         return (
-            f"{len(stopped.processes)} process(es), freed {fmt_bytes(stopped.freed_rss_bytes)} RSS"
+            f"{len(stopped.processes)} process(es), freed {fmt_bytes(stopped.freed_rss_bytes)} "
+            f"RSS{drained}"
         )
 
     def do_clean() -> str:

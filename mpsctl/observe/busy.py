@@ -134,3 +134,22 @@ def judge(samples: list[Sample], cores: int | None = None) -> Verdict:
     if seen:
         return Verdict(running * 2 >= len(seen), f"CPU time not readable; {threads}")
     return Verdict(False, "neither CPU time nor thread states readable")
+
+
+def open_connections(pids: Iterable[int], port: int | None) -> int | None:
+    """Established TCP connections to ``port`` held by ``pids``: the clients a service is
+    still talking to (an answer being computed, or a kept-alive idle one); None: unknown."""
+    if port is None:
+        return None
+    count, read = 0, False
+    for pid in pids:
+        try:
+            conns = psutil.Process(pid).net_connections(kind="tcp")
+        except (psutil.Error, OSError):
+            continue
+        read = True
+        count += sum(
+            1 for c in conns
+            if c.status == psutil.CONN_ESTABLISHED and c.laddr and c.laddr.port == port
+        )  # fmt: skip
+    return count if read else None
