@@ -260,6 +260,13 @@ def _fix_locked(
             watchdog.warning_alert(settings, before_probe)
             healthy = bool(before.get("healthy"))
             return done("healthy" if healthy else "skipped", healthy, decision.why)
+        mark = watchdog.stopped_by_manager(settings.home)
+        if decision.rule == "not-running" and mark is not None:
+            facts["rule_detail"] = (
+                f"{decision.why}; its service manager stopped it cleanly at {mark.get('time')} "
+                f"({mark.get('how')}): not restarted (start it through the manager)"
+            )
+            return done("skipped", False, f"no restart: {facts['rule_detail']}")
         if decision.rule in ("not-running", "dead-pidfile"):
             managed = unit.detect(settings)
             if managed is not None and managed.stopped_by_operator:

@@ -15,18 +15,21 @@ systemd tells a clean stop from a failure.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
 import time
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from mpsctl import __version__
 from mpsctl.control.pidfile import PidRecord, remove_pidfile, write_pidfile
 from mpsctl.errors import ServiceError
 from mpsctl.observe import proctree
 from mpsctl.settings import Settings
+from mpsctl.storage import atomic_write_json
 from mpsctl.units import utc_now_iso
 
 FORWARDED = (
@@ -40,6 +43,23 @@ FORWARDED = (
 #: exits that a service manager counts as a clean stop (systemd: status 0, or SIGTERM,
 #: SIGINT, SIGHUP, SIGPIPE; Popen reports a signal as its negative number)
 CLEAN_EXITS = (0, -signal.SIGTERM, -signal.SIGINT, -signal.SIGHUP, -signal.SIGPIPE)
+
+
+#: in MPSCTL_HOME: the service manager stopped the service cleanly; the next start removes it
+STOP_MARK = "stopped-by-manager.json"
+
+
+def read_stop_mark(home: Path) -> dict[str, Any] | None:
+    try:
+        document = json.loads((home / STOP_MARK).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return document if isinstance(document, dict) else None
+
+
+def clear_stop_mark(home: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        (home / STOP_MARK).unlink()
 
 
 class RunInForeground(Exception):
@@ -57,10 +77,17 @@ class ForegroundRun:
         self.pidfile = pidfile
 
     def wait(self) -> int:
-        """Wait for the child (forwarding signals); remove the pidfile on a clean exit."""
+        """Wait for the child (forwarding signals); on a clean exit remove the pidfile and
+        leave the stop mark (the watchdog does not start what the manager stopped)."""
         code = self.proc.wait()
         if code in CLEAN_EXITS:
             remove_pidfile(self.pidfile, pid=self.proc.pid)
+            how = f"signal {signal.Signals(-code).name}" if code < 0 else "exit status 0"
+            with contextlib.suppress(OSError):  # a read-only home: the pidfile rule remains
+                atomic_write_json(
+                    self.pidfile.parent / STOP_MARK,
+                    {"time": utc_now_iso(), "pid": self.proc.pid, "how": how},
+                )
         return code
 
 

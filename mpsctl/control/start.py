@@ -256,6 +256,10 @@ def start_while_locked(
             "(create the venv, or fix service.venv: it is relative to service.workdir)"
         )
     env = service_env(settings)
+    from mpsctl.control.foreground import clear_stop_mark
+
+    with contextlib.suppress(OSError):  # started again: the manager's stop no longer holds
+        clear_stop_mark(settings.home)
 
     if options.foreground:
         from mpsctl.control.foreground import spawn

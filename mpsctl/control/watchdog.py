@@ -46,7 +46,8 @@ if TYPE_CHECKING:
 
 #: the shortest window the busy rule measures CPU over (health_retries 1 has no retries)
 MIN_BUSY_WINDOW_S = 1.0
-#: consecutive watchdog runs that may excuse a silent service as busy
+#: consecutive watchdog runs that excuse a silent service as busy, at least; it is hung once
+#: they also span more than service.request_timeout
 BUSY_RUNS = 2
 #: bytes a preflight writes to each state directory: room for a pidfile, an audit line, a lock
 PREFLIGHT_BYTES = 16 * 1024
@@ -109,7 +110,10 @@ def _health_rule(
     if _stopped(result):
         return True, f"{dead}; stopped by a signal (SIGSTOP/SIGTSTP): it cannot answer"
     if excused_before(settings):
-        return True, f"{dead}; the last {BUSY_RUNS} runs called it busy: hung, not busy"
+        return True, (
+            f"{dead}; called busy by every run for more than {settings.service.request_timeout:g}"
+            " s (service.request_timeout): hung, not busy"
+        )
     if queries:
         return False, (
             f"busy, not dead: {tries} slow health checks while {queries} queries are in flight"
@@ -124,16 +128,32 @@ def _health_rule(
     return True, f"{dead}; {verdict.detail}"
 
 
-def excused_before(settings: Settings) -> bool:
-    """The last BUSY_RUNS watchdog runs all called the service busy: a service that has
-    not answered for that long is hung, whatever its CPU or in-flight count says."""
+def excused_before(settings: Settings, now: float | None = None) -> bool:
+    """The watchdog has called the service busy on its last BUSY_RUNS runs or more, over
+    longer than one query may take (``service.request_timeout``): a service silent that long
+    is hung, whatever its CPU or in-flight count says."""
     records = [
         r for r in audit.read_records(audit.fix_history_path(settings.home))
         if r.get("trigger") == "if-unhealthy"
-    ][-BUSY_RUNS:]  # fmt: skip
-    return len(records) == BUSY_RUNS and all(
-        "busy, not dead" in str(r.get("rule_detail") or "") for r in records
-    )
+    ]  # fmt: skip
+    streak: list[dict[str, Any]] = []
+    for record in reversed(records):
+        if "busy, not dead" not in str(record.get("rule_detail") or ""):
+            break
+        streak.append(record)
+    if len(streak) < BUSY_RUNS:
+        return False
+    first = audit.record_time(streak[-1])
+    moment = time.time() if now is None else now
+    return first is not None and moment - first > settings.service.request_timeout
+
+
+def stopped_by_manager(home: Path) -> dict[str, Any] | None:
+    """The record ``start --foreground`` leaves when its service manager stopped it cleanly
+    (removed by the next start), or None."""
+    from mpsctl.control.foreground import read_stop_mark
+
+    return read_stop_mark(home)
 
 
 def _memory_critical(settings: Settings, result: ProbeResult) -> str | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -390,35 +391,60 @@ def test_a_stopped_process_is_dead_whatever_it_reports(write_config) -> None:
     )
 
 
-def test_two_runs_excused_as_busy_make_the_third_a_death(write_config) -> None:
-    s = settings(write_config)
+def test_busy_excuses_end_after_two_runs_spanning_more_than_a_query(write_config) -> None:
+    """Called busy by every run for longer than a query may take (request_timeout 60 s, at
+    least 2 runs): hung."""
+    s = settings(write_config, request_timeout=60)
     path = audit.fix_history_path(s.home)
+    now = 1_000_000.0
+
+    def record(at: float, detail: str | None, trigger: str = "if-unhealthy") -> None:
+        audit.append_record(path, {"time": _at(at), "trigger": trigger, "rule_detail": detail})
+
+    busy = "busy, not dead: 3 slow health checks while 1 queries are in flight"
+    record(now - 100, busy)
+    assert watchdog.excused_before(s, now) is False  # one run only
+    record(now - 90, "manual fix", "manual")  # not the watchdog's: ignored
+    record(now - 50, busy)
+    assert watchdog.excused_before(s, now) is True  # 2 runs over 100 s
+    assert watchdog.excused_before(s, now - 40) is False  # 60 s: not more than a query
+    assert watchdog.excused_before(s, now - 39.9) is True
+    record(now - 30, "probe verdict OK: nothing to do")
+    assert watchdog.excused_before(s, now) is False  # it answered in between
+    for back in (20, 10, 5):
+        record(now - back, busy)
+    assert watchdog.excused_before(s, now) is False  # 3 runs, but only 15 s
+    assert watchdog.excused_before(s, now + 45.1) is True
+
+
+def test_a_hung_service_is_dead_even_with_queries_in_flight(write_config) -> None:
+    s = settings(write_config, request_timeout=60)
+    path = audit.fix_history_path(s.home)
+    busy = "busy, not dead: 3 slow health checks while 1 queries are in flight"
     memory = {"limiter": {"in_flight": 1}}
     points = [(0.0, 0.0, 1, 1, 1.0), (1.0, 1.0, 1, 1, 1.0), (2.0, 2.0, 1, 1, 1.0)]
 
     def run() -> tuple[bool, str]:
         return watchdog._health_rule(
-            s,
-            probe(ok=False, error=TIMEOUT, memory=memory),
-            failing(TIMEOUT, TIMEOUT),
-            no_sleep(),
-            samples(*points),
-        )
+            s, probe(ok=False, error=TIMEOUT, memory=memory), failing(TIMEOUT, TIMEOUT),
+            no_sleep(), samples(*points),
+        )  # fmt: skip
 
-    busy = "busy, not dead: 3 slow health checks while 1 queries are in flight"
-    audit.append_record(path, {"trigger": "if-unhealthy", "rule_detail": busy})
-    assert watchdog.excused_before(s) is False
+    now = time.time()
+    for back in (30, 20):
+        audit.append_record(path, {"time": _at(now - back), "trigger": "if-unhealthy",
+                                   "rule_detail": busy})  # fmt: skip
     assert run() == (False, busy)
-    audit.append_record(path, {"trigger": "manual", "rule_detail": None})  # not the watchdog's
-    audit.append_record(path, {"trigger": "if-unhealthy", "rule_detail": busy})
-    assert watchdog.excused_before(s) is True
+    audit.append_record(path, {"time": _at(now - 200), "trigger": "if-unhealthy",
+                               "rule_detail": "probe verdict OK: nothing to do"})  # fmt: skip
+    for back in (100, 50):
+        audit.append_record(path, {"time": _at(now - back), "trigger": "if-unhealthy",
+                                   "rule_detail": busy})  # fmt: skip
     assert run() == (
         True,
-        f"unhealthy: 3 consecutive failed health checks ({TIMEOUT}); the last 2 runs called "
-        "it busy: hung, not busy",
+        f"unhealthy: 3 consecutive failed health checks ({TIMEOUT}); called busy by every run "
+        "for more than 60 s (service.request_timeout): hung, not busy",
     )
-    audit.append_record(path, {"trigger": "if-unhealthy", "rule_detail": "probe verdict OK"})
-    assert watchdog.excused_before(s) is False
 
 
 def test_one_check_only_still_measures_a_whole_second(write_config) -> None:
