@@ -111,7 +111,9 @@ def test_j_a_busy_service_on_a_loaded_host_is_never_restarted(make_site) -> None
     assert len(records) == 5
     for record in records:
         assert record["result"] == "skipped", record
-        assert record["rule_detail"].startswith("busy, not dead: 2 slow health checks; CPU ")
+        assert record["rule_detail"].startswith(
+            "no restart: busy, not dead: 2 slow health checks; CPU "
+        )
 
 
 def test_k_a_planned_restart_lets_the_query_in_flight_finish(make_site) -> None:
