@@ -299,8 +299,13 @@ def test_h_a_full_or_read_only_state_dir_leaves_the_service_running(small_home) 
         assert site.healthy()
         assert psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
         if state == "read-only":
-            # the cron line cannot open its log there: mpsctl still runs, and says so on
-            # stderr (cron's mail) and to syslog
+            # the cron line cannot open its log there: mpsctl still runs (its own error, not
+            # the shell's failed redirection) and says so on stderr (cron's mail) and syslog
             watchdog = site.watchdog()
-            assert watchdog.returncode == 0, watchdog.stderr
-            assert f"cannot open the error log {site.home / 'cron.log'}" in watchdog.stderr
+            lines = watchdog.stderr.splitlines()
+            assert lines[0].startswith(
+                f"mpsctl: warning: cannot open the error log {site.home / 'cron.log'}: "
+            ), watchdog.stderr
+            assert lines[1].startswith("mpsctl: error: cannot open the lock file ")
+            assert watchdog.returncode == 1
+            assert site.pid() == pid
