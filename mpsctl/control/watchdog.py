@@ -10,8 +10,8 @@ before it stops anything.
 - **Health rule**, like a liveness probe: one failed check is not a death. After
   ``health_retries`` failed checks the service is busy, not dead, when its memory report
   shows queries in flight (``limiter.in_flight``), or, when no check had a body to read,
-  when it used CPU over the whole check window (``mpsctl.observe.busy``: its share of what
-  the host could give it). A stopped process (SIGSTOP, a debugger) is never busy, nor is
+  when it wanted the CPU over the whole check window (``mpsctl.observe.busy``: on a CPU or
+  waiting for one, whatever the host's load). A stopped process (SIGSTOP, a debugger) is never busy, nor is
   one that the last runs already excused.
 - **Budget.** Only restarts that happened count, only the watchdog's own, only since the
   last re-arm (a person's ``mpsctl fix`` or ``--reset-budget``). When it is spent and the

@@ -1,20 +1,22 @@
 """Is a service that does not answer its health check working, or hung? Measured without its
-help: the CPU time its process tree used over the whole check window, against the CPU the
-host could give it, and whether its threads were running.
+help, over the whole check window.
 
-The rule (``judge``):
+The rule (``judge``), first that applies:
 
-- **CPU.** ``used`` = the tree's user + system CPU seconds over the window / the window's
-  wall seconds (1.0 = one full core). ``share`` = the part of a core one runnable thread
-  can get: 1.0 on a host with idle cores, ``cores / runnable`` when more threads want CPU
-  than there are cores (``procs_running`` of /proc/stat, sampled with the CPU times; the
-  1-minute load average elsewhere). Busy when ``used >= BUSY_FRACTION * share``: a model
-  step burning one core is busy on an idle host (1.0 >= 0.5) and on a 2-core host with
-  two busy neighbours (about 0.67 core available, 0.47 measured >= 0.33); a process
-  blocked on a lock or a dead socket uses next to none.
-- **Threads**, when the CPU time cannot be read (another user's process): busy when at
-  least half of the samples saw a thread running (``R`` in /proc/PID/task/*/stat).
-  A stopped process (SIGSTOP) is never busy; the watchdog checks that first.
+- **Scheduler time** (Linux, ``/proc/PID/task/TID/schedstat``): the seconds the tree's
+  threads were on a CPU plus the seconds they waited in a run queue for one, over the
+  window's wall seconds. A thread that computes is always one or the other, however loaded
+  the host (a busy loop on a 2-core host with ten busy neighbours: 0.2 s on a CPU and 0.8 s
+  waiting per second, 1.0 in all); a thread blocked on a lock, a socket or a stop signal is
+  neither. Busy when at least ``BUSY_FRACTION`` (half a thread's worth) of the window.
+- **CPU time** (elsewhere, e.g. macOS): the tree's user + system CPU seconds over the window
+  against the share of a core one runnable thread could get: 1.0 with idle cores,
+  ``cores / runnable`` on a loaded host (the 1-minute load average). Busy when at least
+  ``BUSY_FRACTION`` of that share.
+- **Threads**, when neither can be read: busy when at least half of the samples saw a
+  thread running (``R`` in /proc/PID/task/*/stat).
+
+A stopped process (SIGSTOP) is never busy; the watchdog checks that first.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
@@ -39,6 +41,8 @@ class Sample:
     threads_running: int  # threads in state R
     threads: int  # threads seen
     runnable: float | None  # threads the host has ready to run (procs_running), or None
+    #: thread id -> seconds on a CPU + seconds waiting for one (schedstat); empty: unknown
+    sched: dict[int, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,22 @@ def thread_states(pid: int, proc: Path = PROC) -> list[str]:
     return states
 
 
+def sched_seconds(pid: int, proc: Path = PROC) -> dict[int, float]:
+    """Thread id -> seconds on a CPU plus seconds waiting in a run queue (schedstat)."""
+    found: dict[int, float] = {}
+    try:
+        tasks = list((proc / str(pid) / "task").iterdir())
+    except OSError:
+        return found
+    for task in tasks:
+        try:
+            ran, waited = (task / "schedstat").read_text().split()[:2]
+            found[int(task.name)] = (int(ran) + int(waited)) / 1e9
+        except (OSError, ValueError):
+            continue
+    return found
+
+
 def procs_running(proc: Path = PROC) -> float | None:
     """Threads ready to run on the host now (/proc/stat); the 1-minute load elsewhere."""
     try:
@@ -88,7 +108,7 @@ def procs_running(proc: Path = PROC) -> float | None:
         pass
     try:
         return os.getloadavg()[0]
-    except OSError:
+    except OSError:  # pragma: no cover - every Unix has a load average
         return None
 
 
@@ -96,7 +116,10 @@ def sample(pids: Iterable[int]) -> Sample:
     pids = tuple(pids)
     states = [s for pid in pids for s in thread_states(pid)]
     running = procs_running()
-    return Sample(time.monotonic(), _cpu_seconds(pids), states.count("R"), len(states), running)
+    sched = {tid: t for pid in pids for tid, t in sched_seconds(pid).items()}
+    return Sample(
+        time.monotonic(), _cpu_seconds(pids), states.count("R"), len(states), running, sched
+    )
 
 
 def host_share(cores: int, runnable: float | None, own_running: float) -> float:
@@ -120,6 +143,14 @@ def judge(samples: list[Sample], cores: int | None = None) -> Verdict:
     seen = [s for s in samples if s.threads]
     running = sum(1 for s in seen if s.threads_running)
     threads = f"threads running in {running} of {len(seen)} samples"
+    if first.sched and last.sched and window > 0:
+        # a thread born in the window counts whole; one that ended in it is not counted
+        wanted = sum(t - first.sched.get(tid, 0.0) for tid, t in last.sched.items()) / window
+        detail = (
+            f"wanted CPU {wanted:.2f} of the time over {window:.1f} s (on a CPU or waiting "
+            f"for one; busy from {BUSY_FRACTION:.2f}); {threads}"
+        )
+        return Verdict(wanted >= BUSY_FRACTION, detail)
     if first.cpu_s is not None and last.cpu_s is not None and window > 0:
         used = (last.cpu_s - first.cpu_s) / window
         loads = [s.runnable for s in samples if s.runnable is not None]

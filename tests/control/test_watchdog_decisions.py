@@ -616,3 +616,22 @@ def test_preflight_checks_workdir_and_venv(write_config, tmp_path: Path) -> None
     (tmp_path / "w").mkdir()
     s = settings(write_config, workdir=str(tmp_path / "w"), venv="venv")
     assert watchdog.preflight(s) == f"service.venv {tmp_path / 'w' / 'venv'} has no bin/ directory"
+
+
+def test_on_linux_the_scheduler_time_decides(write_config) -> None:
+    """A busy loop on a crowded host: 0.2 s on a CPU and 0.8 s waiting per second is
+    busy; the CPU share alone would not say so."""
+    points = [
+        Sample(0.0, 0.0, 0, 1, 30.0, {9: 100.0}),
+        Sample(1.0, 0.2, 0, 1, 30.0, {9: 101.0}),
+        Sample(2.0, 0.4, 0, 1, 30.0, {9: 102.0}),
+    ]
+    dead, why = watchdog._health_rule(
+        settings(write_config), probe(ok=False, error=TIMEOUT), failing(TIMEOUT, TIMEOUT),
+        no_sleep(), lambda _pids: points.pop(0),
+    )  # fmt: skip
+    assert (dead, why) == (
+        False,
+        "busy, not dead: 3 slow health checks; wanted CPU 1.00 of the time over 2.0 s (on a "
+        "CPU or waiting for one; busy from 0.50); threads running in 0 of 3 samples",
+    )

@@ -117,3 +117,37 @@ def test_procs_running_reads_proc_stat(tmp_path) -> None:
     (tmp_path / "stat").write_text("cpu  1 2 3\nprocs_running 7\nprocs_blocked 0\n")
     assert busy.procs_running(tmp_path) == 7.0
     assert busy.procs_running() is not None
+
+
+def test_judge_by_scheduler_time_on_a_cpu_or_waiting_for_one() -> None:
+    def window(start: dict[int, float], end: dict[int, float]) -> busy.Verdict:
+        # CPU figures that alone would say "dead": the scheduler's figures win
+        return judge([Sample(0.0, 5.0, 0, 2, 9.0, start), Sample(2.0, 5.0, 0, 2, 9.0, end)])
+
+    assert window({1: 10.0, 2: 3.0}, {1: 11.0, 2: 3.0}) == busy.Verdict(
+        True,
+        "wanted CPU 0.50 of the time over 2.0 s (on a CPU or waiting for one; busy from "
+        "0.50); threads running in 0 of 2 samples",
+    )
+    assert window({1: 10.0}, {1: 10.99}).busy is False
+    assert window({1: 10.0}, {1: 10.0, 7: 1.2}).busy is True  # a thread born in the window
+    assert window({1: 10.0, 2: 50.0}, {1: 10.2}).busy is False  # one that ended: not counted
+    # without scheduler figures at one end: the CPU rule
+    cpu = judge([Sample(0.0, 0.0, 0, 1, 1.0, {}), Sample(2.0, 1.0, 0, 1, 1.0, {1: 9.0})])
+    assert cpu.detail.startswith("CPU 0.50 core(s) over 2.0 s")
+
+
+def test_sched_seconds_of_a_real_busy_loop_and_a_sleeper(spawn) -> None:
+    service = spawn(LOOP)
+    sleeper = spawn(SLEEP)
+    time.sleep(0.3)
+    (tid,) = busy.sched_seconds(service.pid)
+    assert tid == service.pid
+    before = busy.sched_seconds(service.pid)[tid]
+    idle_before = busy.sched_seconds(sleeper.pid)[sleeper.pid]
+    began = time.monotonic()
+    time.sleep(1.0)
+    wanted = (busy.sched_seconds(service.pid)[tid] - before) / (time.monotonic() - began)
+    assert 0.8 < wanted < 1.2  # on a CPU or waiting for one, the whole second, any load
+    assert busy.sched_seconds(sleeper.pid)[sleeper.pid] - idle_before < 0.05
+    assert busy.sched_seconds(999_999_999) == {}
