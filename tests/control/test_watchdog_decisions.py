@@ -635,3 +635,142 @@ def test_on_linux_the_scheduler_time_decides(write_config) -> None:
         "busy, not dead: 3 slow health checks; wanted CPU 1.00 of the time over 2.0 s (on a "
         "CPU or waiting for one; busy from 0.50); threads running in 0 of 3 samples",
     )
+
+
+# --------------------------------------------------------------------------- more boundaries
+def test_a_check_that_says_nothing_reads_no_answer(write_config) -> None:
+    asked: list[tuple[Settings, float]] = []
+    measured: list[tuple[int, ...]] = []
+    s = settings(write_config, health_retries=2, health_timeout=2.5)
+
+    def check(given: Settings, timeout: float) -> HealthCheck:
+        asked.append((given, timeout))
+        return HealthCheck(False, None, None, "not a dict", None)
+
+    def measure(pids: tuple[int, ...]) -> Sample:
+        measured.append(pids)
+        return Sample(float(len(measured)) * 0.4, 0.0, 0, 1, 1.0)
+
+    slept: list[float] = []
+    dead, why = watchdog._health_rule(s, probe(ok=False, error=None), check, no_sleep(slept),
+                                      measure)  # fmt: skip
+    assert dead is True
+    assert why.startswith("unhealthy: 2 consecutive failed health checks (no answer); CPU ")
+    assert asked == [(s, 2.5)]
+    assert measured == [(4242,)] * 3
+    assert slept == [0.5, pytest.approx(0.6)]  # the window was 0.4 s: 0.6 s more
+
+
+def test_a_window_of_exactly_the_minimum_is_not_extended(write_config) -> None:
+    slept: list[float] = []
+    measure = samples((5.0, 0.0, 0, 1, 1.0), (6.0, 0.0, 0, 1, 1.0))
+    watchdog._health_rule(settings(write_config, health_retries=2),
+                          probe(ok=False, error=TIMEOUT), failing(TIMEOUT), no_sleep(slept),
+                          measure)  # fmt: skip
+    assert slept == [0.5]
+    # the same window measured late in the clock: still 1 s
+    slept.clear()
+    measure = samples((1000.0, 0.0, 0, 1, 1.0), (1001.0, 0.0, 0, 1, 1.0))
+    watchdog._health_rule(settings(write_config, health_retries=2),
+                          probe(ok=False, error=TIMEOUT), failing(TIMEOUT), no_sleep(slept),
+                          measure)  # fmt: skip
+    assert slept == [0.5]
+
+
+def test_decide_hands_its_check_and_sleep_to_the_health_rule(write_config) -> None:
+    s = settings(write_config, health_retries=2, health_interval=0.25)
+    slept: list[float] = []
+    decision = watchdog.decide(s, probe(ok=False, error=TIMEOUT), check=failing("ok"),
+                               sleep=no_sleep(slept))  # fmt: skip
+    assert decision == watchdog.Decision(None, "no restart: health recovered on check 2 of 2")
+    assert slept == [0.25]
+
+
+def test_stopped_needs_a_snapshot_and_a_stopped_root() -> None:
+    assert watchdog._stopped(probe(service=False)) is False
+    assert watchdog._stopped(probe(status="stopped")) is True
+    assert watchdog._stopped(probe(status="running")) is False
+
+
+def test_a_restart_before_the_epochs_first_second_still_counts(tmp_path: Path) -> None:
+    path = tmp_path / "fix.jsonl"
+    audit.append_record(path, {"time": "1970-01-01T00:00:00.500Z", "trigger": "if-unhealthy",
+                               "restarted": True})  # fmt: skip
+    assert len(watchdog.budget_used(path, 10.0, 1.0)) == 1
+
+
+def test_gave_up_alerted_with_nothing_before_and_after_a_rearm(tmp_path: Path) -> None:
+    path = tmp_path / "fix.jsonl"
+    audit.append_record(path, {"time": "1970-01-01T00:00:00.500Z", "gave_up": True,
+                               "alerted": True})  # fmt: skip
+    assert watchdog.gave_up_alerted(path) is True  # no restart or re-arm at all
+    audit.append_record(path, {"time": _at(10), "rearm": True})
+    assert watchdog.gave_up_alerted(path) is False
+    audit.append_record(path, {"time": _at(20), "gave_up": True, "alerted": True})
+    audit.append_record(path, {"time": _at(30), "rearm": False, "restarted": False})
+    assert watchdog.gave_up_alerted(path) is True
+
+
+def test_every_target_gets_the_alert_and_the_details_name_each(write_config, tmp_path) -> None:
+    from tests.conftest import free_port
+
+    dead = f"http://127.0.0.1:{free_port()}/hook"
+    s = settings(write_config, extra="")
+    s = Settings(**{**s.__dict__, "alerts": type(s.alerts)(
+        **{**s.alerts.__dict__, "url": dead})})  # fmt: skip
+    ok, details = watchdog.give_up_alert(s, "gave up after 3 restart(s) in 1 h", "CRITICAL")
+    assert ok is True  # the command delivered it
+    first, second = details.split("; ")
+    assert first.startswith(f"url http://127.0.0.1:{dead.split(':')[2].split('/')[0]}/")
+    assert first.endswith("Connection refused")
+    assert second == "command tee: exit status 0"
+    (document,) = [json.loads(x) for x in (tmp_path / "alerts.jsonl").read_text().splitlines()]
+    assert set(document) == {
+        "schema", "kind", "time", "hostname", "service", "url", "verdict", "previous_verdict",
+        "reasons", "text", "mpsctl_version",
+    }  # fmt: skip
+    assert (document["kind"], document["verdict"]) == ("gave-up", "CRITICAL")
+    assert document["reasons"] == ["gave up after 3 restart(s) in 1 h"]
+    from mpsctl import __version__
+
+    assert document["mpsctl_version"] == __version__
+    assert document["time"].endswith("Z")
+
+
+def test_warning_alerts_once_per_verdict_change(write_config, tmp_path: Path) -> None:
+    s = settings(write_config)
+    warning = probe(findings=(Finding(ProbeExit.WARNING, "host memory 91.0% >= 90%"),))
+    assert watchdog.warning_alert(s, warning) == 1
+    assert watchdog.warning_alert(s, warning) == 0  # the same verdict: no new alert
+    (document,) = [json.loads(x) for x in (tmp_path / "alerts.jsonl").read_text().splitlines()]
+    assert (document["kind"], document["verdict"]) == ("alert", "WARNING")
+    blocked = Settings(**{**s.__dict__, "home": tmp_path / "alerts.jsonl" / "home"})
+    assert watchdog.warning_alert(blocked, probe(findings=())) == 0  # cannot keep state
+
+
+def test_preflight_names_the_directory_it_cannot_write(write_config, tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    s = settings(write_config)
+    home = Settings(**{**s.__dict__, "home": blocker / "home"})
+    assert watchdog.preflight(home) == (
+        f"cannot write the pidfile and the lock in {blocker / 'home'}: Not a directory"
+    )
+    s = settings(write_config, log_file=str(blocker / "logs" / "backend.log"))
+    assert watchdog.preflight(s) == (
+        f"cannot write the service log in {blocker / 'logs'}: Not a directory"
+    )
+    deep = tmp_path / "x" / "y" / "z"
+    assert watchdog._writable_dir(deep, "the service log") is None
+    assert deep.is_dir()
+    assert list(deep.iterdir()) == []  # the probe file is gone
+
+
+def test_preflight_passes_a_venv_with_bin_and_names_a_bad_env_file(write_config, tmp_path) -> None:
+    (tmp_path / "w" / "venv" / "bin").mkdir(parents=True)
+    s = settings(write_config, workdir=str(tmp_path / "w"), venv="venv")
+    assert watchdog.preflight(s) is None
+    s = settings(write_config, workdir=str(tmp_path / "w"), env_file=".env")
+    assert watchdog.preflight(s) == (
+        f"service.env_file {tmp_path / 'w' / '.env'}: cannot read: No such file or directory"
+    )
