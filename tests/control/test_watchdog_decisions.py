@@ -721,7 +721,7 @@ def test_every_target_gets_the_alert_and_the_details_name_each(write_config, tmp
     ok, details = watchdog.give_up_alert(s, "gave up after 3 restart(s) in 1 h", "CRITICAL")
     assert ok is True  # the command delivered it
     first, second = details.split("; ")
-    assert first.startswith(f"url http://127.0.0.1:{dead.split(':')[2].split('/')[0]}/")
+    assert first.startswith("url http://127.0.0.1:" + dead.rpartition(":")[2].partition("/")[0])
     assert first.endswith("Connection refused")
     assert second == "command tee: exit status 0"
     (document,) = [json.loads(x) for x in (tmp_path / "alerts.jsonl").read_text().splitlines()]
