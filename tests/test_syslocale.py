@@ -5,9 +5,9 @@ from __future__ import annotations
 import plistlib
 from pathlib import Path
 
+from mpsctl.service_env import service_env
 from mpsctl.settings import load_settings
 from mpsctl.syslocale import FALLBACK, macos_locale, read_locale_file, system_locale
-from mpsctl.torch_env import service_env
 
 
 def test_a_debian_locale_file_gives_lang_and_lc(tmp_path: Path) -> None:

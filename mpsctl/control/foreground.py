@@ -27,7 +27,7 @@ from typing import Any
 from mpsctl import __version__
 from mpsctl.control.pidfile import PidRecord, remove_pidfile, write_pidfile
 from mpsctl.errors import ServiceError
-from mpsctl.observe import proctree
+from mpsctl.observe import processes
 from mpsctl.settings import Settings
 from mpsctl.storage import atomic_write_json
 from mpsctl.units import utc_now_iso
@@ -110,7 +110,7 @@ def spawn(settings: Settings, argv: tuple[str, ...], env: dict[str, str], pidfil
     except OSError as exc:
         raise ServiceError(f"cannot run {argv[0]}: {exc.strerror}") from None
     child.append(proc)
-    created = proctree.create_time_of(proc.pid)
+    created = processes.create_time_of(proc.pid)
     record = PidRecord(
         proc.pid,
         created if created is not None else time.time(),

@@ -11,8 +11,8 @@ before it stops anything.
   ``health_retries`` failed checks the service is busy, not dead, when its memory report
   shows queries in flight (``limiter.in_flight``), or, when no check had a body to read,
   when it wanted the CPU over the whole check window (``mpsctl.observe.busy``: on a CPU or
-  waiting for one, whatever the host's load). A stopped process (SIGSTOP, a debugger) is never busy, nor is
-  one that the last runs already excused.
+  waiting for one, whatever the host's load). A stopped process (SIGSTOP, a debugger) is
+  never busy, nor is one that the last runs already excused.
 - **Budget.** Only restarts that happened count, only the watchdog's own, only since the
   last re-arm (a person's ``mpsctl fix`` or ``--reset-budget``). When it is spent and the
   service is down, the watchdog gives up: its own exit code, one alert.
@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from mpsctl import __version__
 from mpsctl.client import HealthCheck
@@ -42,7 +42,7 @@ from mpsctl.settings import Settings
 from mpsctl.units import GIB, utc_now_iso
 
 if TYPE_CHECKING:
-    from mpsctl.observe.probe import ProbeResult
+    from mpsctl.probe import ProbeResult
 
 #: the shortest window the busy rule measures CPU over (health_retries 1 has no retries)
 MIN_BUSY_WINDOW_S = 1.0
@@ -157,7 +157,7 @@ def stopped_by_manager(home: Path) -> dict[str, Any] | None:
 
 
 def _memory_critical(settings: Settings, result: ProbeResult) -> str | None:
-    from mpsctl.observe.probe import service_memory_bytes
+    from mpsctl.probe import service_memory_bytes
 
     limits = settings.thresholds
     size, label = service_memory_bytes(result.service)
@@ -253,9 +253,17 @@ def last_death(records: list[dict[str, Any]], now_why: str) -> str:
     return now_why
 
 
-def give_up_alert(settings: Settings, text: str, verdict: str) -> tuple[bool, str]:
-    """Send the give-up alert to every ``[alerts]`` target; (any delivered, details)."""
-    return send_alert(settings, "gave-up", text, verdict)
+class AlertSender(Protocol):
+    """How the watchdog's alerts leave. The watchdog decides what to alert; its caller (the
+    ``fix`` command) hands in the sender, so that control/ never imports monitor/."""
+
+    def send(self, document: dict[str, Any]) -> tuple[bool, str]:
+        """Deliver one alert document to every target; (any delivered, details)."""
+        ...
+
+    def on_change(self, result: ProbeResult) -> int:
+        """Alert when the probe's verdict changed (once per change); the number sent."""
+        ...
 
 
 def restart_text(rule: str | None, rule_detail: str | None, death: str | None) -> str:
@@ -264,16 +272,14 @@ def restart_text(rule: str | None, rule_detail: str | None, death: str | None) -
     return f"restarted ({rule or 'unknown rule'}: {rule_detail or 'no detail'}); died: {how}"
 
 
-def send_alert(settings: Settings, kind: str, text: str, verdict: str) -> tuple[bool, str]:
-    """One ``kind`` alert (``restarted``, ``gave-up``) to every ``[alerts]`` target;
-    (any delivered, details)."""
-    from mpsctl.monitor import alerts
+def give_up_document(settings: Settings, text: str, verdict: str) -> dict[str, Any]:
+    """The alert that says the watchdog gave up (the sender adds the alert schema)."""
+    return alert_document(settings, "gave-up", text, verdict)
 
-    targets = alerts.targets_from(settings.alerts.url, settings.alerts.command)
-    if not targets:
-        return False, "no [alerts] target"
-    document = {
-        "schema": alerts.SCHEMA,
+
+def alert_document(settings: Settings, kind: str, text: str, verdict: str) -> dict[str, Any]:
+    """One watchdog alert, ``restarted`` or ``gave-up`` (the sender adds the alert schema)."""
+    return {
         "kind": kind,
         "time": utc_now_iso(),
         "hostname": socket.gethostname(),
@@ -285,21 +291,6 @@ def send_alert(settings: Settings, kind: str, text: str, verdict: str) -> tuple[
         "text": f"{verdict}: {settings.service.name} on {socket.gethostname()}: {text}",
         "mpsctl_version": __version__,
     }
-    sent = [alerts.deliver(t, document) for t in targets]
-    details = "; ".join(f"{t.shown}: {d}" for t, (_ok, d) in zip(targets, sent, strict=True))
-    return any(ok for ok, _d in sent), details
-
-
-def warning_alert(settings: Settings, result: ProbeResult) -> int:
-    """Alert on a verdict change (the probe's own rule: once per change); alerts sent."""
-    from mpsctl.monitor import alerts
-
-    targets = alerts.targets_from(settings.alerts.url, settings.alerts.command)
-    try:
-        sent = alerts.notify_on_change(settings.home, result, targets)
-    except OSError:
-        return 0  # a full or read-only home: the audit line still says what was seen
-    return sum(1 for d in sent if d.ok)
 
 
 # --------------------------------------------------------------------------- preflight
@@ -328,7 +319,7 @@ def preflight(settings: Settings) -> str | None:
     Checked before stopping anything: the pidfile and the lock (MPSCTL_HOME), the log
     (service.log_file) with room to write, the workdir, the venv, the service environment.
     """
-    from mpsctl.torch_env import service_env
+    from mpsctl.service_env import service_env
 
     service = settings.service
     problem = _writable_dir(settings.home, "the pidfile and the lock")

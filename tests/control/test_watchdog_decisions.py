@@ -20,10 +20,11 @@ import pytest
 from mpsctl.client import HealthCheck
 from mpsctl.control import audit, watchdog
 from mpsctl.errors import ProbeExit
+from mpsctl.monitor.alerts import WatchdogAlerts
 from mpsctl.observe.accelerator import AcceleratorFigures
 from mpsctl.observe.busy import Sample
-from mpsctl.observe.probe import Finding, HealthFigures, ProbeResult
-from mpsctl.observe.procs import ProcInfo, ServiceSnapshot
+from mpsctl.observe.processes import ProcInfo, ServiceSnapshot
+from mpsctl.probe import Finding, HealthFigures, ProbeResult
 from mpsctl.settings import Settings, Thresholds, load_settings
 
 GIB = 1024**3
@@ -565,10 +566,12 @@ def test_restart_and_give_up_alerts_are_whole_documents(write_config, tmp_path: 
     assert watchdog.restart_text(None, None, None) == (
         "restarted (unknown rule: no detail); died: no evidence found"
     )
-    ok, detail = watchdog.send_alert(s, "restarted", text, "CRITICAL")
+    ok, detail = WatchdogAlerts(s).send(watchdog.alert_document(s, "restarted", text, "CRITICAL"))
     assert ok is True
     assert detail == "command tee: exit status 0"
-    ok, _detail = watchdog.give_up_alert(s, "gave up after 3 restart(s) in 1 h", "CRITICAL")
+    ok, _detail = WatchdogAlerts(s).send(
+        watchdog.give_up_document(s, "gave up after 3 restart(s) in 1 h", "CRITICAL")
+    )
     assert ok is True
     documents = [json.loads(x) for x in (tmp_path / "alerts.jsonl").read_text().splitlines()]
     assert [d["kind"] for d in documents] == ["restarted", "gave-up"]
@@ -586,7 +589,9 @@ def test_restart_and_give_up_alerts_are_whole_documents(write_config, tmp_path: 
 
 def test_no_alert_target_delivers_nothing(write_config) -> None:
     write_config('[service]\nname = "mvp"\ncommand = ["uvicorn", "app.main:app"]\n')
-    assert watchdog.send_alert(load_settings(), "restarted", "x", "CRITICAL") == (
+    assert WatchdogAlerts(load_settings()).send(
+        watchdog.alert_document(load_settings(), "restarted", "x", "CRITICAL")
+    ) == (
         False,
         "no [alerts] target",
     )
@@ -718,7 +723,9 @@ def test_every_target_gets_the_alert_and_the_details_name_each(write_config, tmp
     s = settings(write_config, extra="")
     s = Settings(**{**s.__dict__, "alerts": type(s.alerts)(
         **{**s.alerts.__dict__, "url": dead})})  # fmt: skip
-    ok, details = watchdog.give_up_alert(s, "gave up after 3 restart(s) in 1 h", "CRITICAL")
+    ok, details = WatchdogAlerts(s).send(
+        watchdog.give_up_document(s, "gave up after 3 restart(s) in 1 h", "CRITICAL")
+    )
     assert ok is True  # the command delivered it
     first, second = details.split("; ")
     assert first.startswith("url http://127.0.0.1:" + dead.rpartition(":")[2].partition("/")[0])
@@ -740,12 +747,12 @@ def test_every_target_gets_the_alert_and_the_details_name_each(write_config, tmp
 def test_warning_alerts_once_per_verdict_change(write_config, tmp_path: Path) -> None:
     s = settings(write_config)
     warning = probe(findings=(Finding(ProbeExit.WARNING, "host memory 91.0% >= 90%"),))
-    assert watchdog.warning_alert(s, warning) == 1
-    assert watchdog.warning_alert(s, warning) == 0  # the same verdict: no new alert
+    assert WatchdogAlerts(s).on_change(warning) == 1
+    assert WatchdogAlerts(s).on_change(warning) == 0  # the same verdict: no new alert
     (document,) = [json.loads(x) for x in (tmp_path / "alerts.jsonl").read_text().splitlines()]
     assert (document["kind"], document["verdict"]) == ("alert", "WARNING")
     blocked = Settings(**{**s.__dict__, "home": tmp_path / "alerts.jsonl" / "home"})
-    assert watchdog.warning_alert(blocked, probe(findings=())) == 0  # cannot keep state
+    assert WatchdogAlerts(blocked).on_change(probe(findings=())) == 0  # cannot keep state
 
 
 def test_preflight_names_the_directory_it_cannot_write(write_config, tmp_path: Path) -> None:
