@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from mpsctl.service_env import inherited_env_checks, service_env
+from mpsctl.service_env import inherited_env_checks, service_env, system_locale
 from mpsctl.settings import load_settings
-from mpsctl.syslocale import system_locale
 from mpsctl.torch_env import FALLBACK_ENV, HIGH_ENV, LOW_ENV, Check
 
 

@@ -245,7 +245,7 @@ def main(ctx: click.Context, config_path: str | None, error_log: str | None) -> 
       mpsctl fix --if-unhealthy    # the cron watchdog
     """
     if error_log:
-        from mpsctl.errorlog import open_error_log
+        from mpsctl.cli.errorlog import open_error_log
 
         problem = open_error_log(error_log)
         if problem is not None:

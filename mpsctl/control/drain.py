@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 from mpsctl.client import HealthCheck, ServiceClient, read_token
 from mpsctl.control.watchdog import in_flight
 from mpsctl.errors import ClientError, ConfigError
-from mpsctl.observe.busy import open_connections
+from mpsctl.observe.processes.tree import open_connections
 from mpsctl.settings import Settings
 
 #: seconds between two polls of in_flight while the reference service drains

@@ -10,7 +10,7 @@ before it stops anything.
 - **Health rule**, like a liveness probe: one failed check is not a death. After
   ``health_retries`` failed checks the service is busy, not dead, when its memory report
   shows queries in flight (``limiter.in_flight``), or, when no check had a body to read,
-  when it wanted the CPU over the whole check window (``mpsctl.observe.busy``: on a CPU or
+  when it wanted the CPU over the whole check window (``observe.processes.tree``: on a CPU or
   waiting for one, whatever the host's load). A stopped process (SIGSTOP, a debugger) is
   never busy, nor is one that the last runs already excused.
 - **Budget.** Only restarts that happened count, only the watchdog's own, only since the
@@ -37,7 +37,7 @@ from mpsctl import __version__
 from mpsctl.client import HealthCheck
 from mpsctl.control import audit
 from mpsctl.errors import ConfigError, ProbeExit
-from mpsctl.observe import busy
+from mpsctl.observe.processes.tree import BusySample, busy_sample, judge_busy
 from mpsctl.settings import Settings
 from mpsctl.units import GIB, utc_now_iso
 
@@ -84,7 +84,7 @@ def _health_rule(
     result: ProbeResult,
     check: Callable[[Settings, float], HealthCheck],
     sleep: Callable[[float], None],
-    measure: Callable[[tuple[int, ...]], busy.Sample] = busy.sample,
+    measure: Callable[[tuple[int, ...]], BusySample] = busy_sample,
 ) -> tuple[bool, str]:
     """(dead, why) for a running service whose first health check failed.
 
@@ -122,7 +122,7 @@ def _health_rule(
     if window < MIN_BUSY_WINDOW_S:
         sleep(MIN_BUSY_WINDOW_S - window)
         samples.append(measure(pids))
-    verdict = busy.judge(samples)
+    verdict = judge_busy(samples)
     if verdict.busy:
         return False, f"busy, not dead: {tries} slow health checks; {verdict.detail}"
     return True, f"{dead}; {verdict.detail}"

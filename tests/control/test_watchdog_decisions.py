@@ -22,8 +22,8 @@ from mpsctl.control import audit, watchdog
 from mpsctl.errors import ProbeExit
 from mpsctl.monitor.alerts import WatchdogAlerts
 from mpsctl.observe.accelerator import AcceleratorFigures
-from mpsctl.observe.busy import Sample
 from mpsctl.observe.processes import ProcInfo, ServiceSnapshot
+from mpsctl.observe.processes.tree import BusySample as Sample
 from mpsctl.probe import Finding, HealthFigures, ProbeResult
 from mpsctl.settings import Settings, Thresholds, load_settings
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mpsctl.observe.identity import UDS, Candidate, argv_port, is_service
+from mpsctl.observe.processes.matching import UDS, Candidate, argv_port, is_service
 
 UVICORN = ("/srv/mvp/venv/bin/python", "/srv/mvp/venv/bin/uvicorn", "app.main:app")
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 import plistlib
 from pathlib import Path
 
-from mpsctl.service_env import service_env
+from mpsctl.service_env import FALLBACK, macos_locale, read_locale_file, service_env, system_locale
 from mpsctl.settings import load_settings
-from mpsctl.syslocale import FALLBACK, macos_locale, read_locale_file, system_locale
 
 
 def test_a_debian_locale_file_gives_lang_and_lc(tmp_path: Path) -> None:
