@@ -89,8 +89,10 @@ def test_reused_pid_in_a_stale_pidfile_survives(
 
 
 def test_match_only_processes_need_the_flag(fake_service: Make, spawned: list) -> None:
-    settings = fake_service(match="mpsctl-test-svc-4242").settings()
-    hand_started = sleeper("mpsctl-test-svc-4242")
+    fake = fake_service(match="mpsctl-test-svc-4242")
+    settings = fake.settings()
+    # started by hand, still loading: its argv names the service's port
+    hand_started = sleeper("mpsctl-test-svc-4242", "--port", str(fake.port))
     spawned.append(hand_started)
 
     refused = stop_service(settings)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import psutil
 
 from mpsctl.errors import ConfigError
+from mpsctl.observe.processes.pidfile import PidRecord
 from mpsctl.observe.processes.tree import GONE, own_user, protected_pids, tree
 from mpsctl.settings import Settings
 
@@ -74,19 +75,25 @@ def listening_ports(procs: Iterable[psutil.Process]) -> set[int]:
     return ports
 
 
-def is_the_service(root: psutil.Process, settings: Settings, clock: Clock) -> bool:
-    """A match is the service when its tree listens on the service's port, or on no port
-    while it is still loading (younger than start_timeout)."""
-    ports = listening_ports(tree([root]))
-    if settings.service.port in ports:
-        return True
-    if ports:
-        return False
+def is_the_service(
+    root: psutil.Process, settings: Settings, record: PidRecord | None = None
+) -> bool:
+    """A match is the service by the identity rule (``is_service``, below): the ports its
+    argv names and its tree listens on, and what a stale pidfile ``record`` says."""
     try:
-        age = clock() - root.create_time()
+        argv = tuple(root.cmdline())
+        created = root.create_time()
     except (*GONE, psutil.AccessDenied):
         return False
-    return age <= settings.service.start_timeout
+    candidate = Candidate(
+        argv,
+        frozenset(listening_ports(tree([root]))),
+        created,
+        record.argv if record is not None else None,
+        record.create_time if record is not None else None,
+    )
+    same = record is None or argv_matches(record.argv, argv)
+    return is_service(candidate, settings.service.port, argv_same=same)[0]
 
 
 def argv_matches(recorded: tuple[str, ...], cmdline: tuple[str, ...]) -> bool:
