@@ -198,6 +198,10 @@ def decide(
             fired, why = "not-running", "not-running: no service process found"
         if result.health.error:
             why += f"; {result.health.error}"
+        if snap.others:
+            # a copy on another port, a neighbour loading its model: named, never touched
+            pids = ", ".join(str(p.pid) for p in snap.others)
+            why += f"; left alone (they match, but are not the service): pid {pids}"
     elif result.health.checked and not result.health.ok:
         dead, why = _health_rule(settings, result, check, sleep)
         if not dead:

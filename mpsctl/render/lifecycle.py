@@ -173,6 +173,10 @@ def status_line(result: StatusResult) -> str:
         parts.append(result.error)
     if result.death is not None:
         parts.append(result.death.text)
+    others = result.snapshot.others if result.snapshot else ()
+    if others:
+        pids = ", ".join(str(p.pid) for p in others)
+        parts.append(f"not the service (they match): pid {pids}")
     return ", ".join(parts)
 
 

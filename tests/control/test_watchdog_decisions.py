@@ -781,3 +781,17 @@ def test_preflight_passes_a_venv_with_bin_and_names_a_bad_env_file(write_config,
     assert watchdog.preflight(s) == (
         f"service.env_file {tmp_path / 'w' / '.env'}: cannot read: No such file or directory"
     )
+
+
+def test_a_dead_service_is_restarted_whatever_else_matches(write_config) -> None:
+    down = probe(running=False, pidfile_state="stale", ok=False, error="connection refused")
+    others = (proc(pid=5001), proc(pid=5002))
+    down = ProbeResult(**{**down.__dict__, "service": ServiceSnapshot(
+        None, "stale", None, (), (), None, others)})  # fmt: skip
+    decision = watchdog.decide(settings(write_config), down, check=failing())
+    assert decision == watchdog.Decision(
+        "dead-pidfile",
+        "dead-pidfile: the pidfile names a dead process; connection refused; left alone (they "
+        "match, but are not the service): pid 5001, 5002",
+        "dead-pidfile",
+    )

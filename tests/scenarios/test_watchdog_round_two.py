@@ -67,13 +67,18 @@ def test_i_a_loading_neighbour_does_not_keep_the_dead_service_down(make_site, tm
 
         status = site.mpsctl("status", "--json")
         assert status.returncode == StatusExit.DEAD_PIDFILE, status.stdout + status.stderr
-        assert json.loads(status.stdout)["pid"] != neighbour.pid
+        document = json.loads(status.stdout)
+        assert document["pid"] is None
+        assert [o["pid"] for o in document["others"]] == [neighbour.pid]
 
         run = site.watchdog()
         assert run.returncode == 0, cron_log(site)
         assert site.healthy()
         (restart,) = restarts(site)
         assert restart["rule"] == "dead-pidfile"
+        assert restart["rule_detail"].endswith(
+            f"left alone (they match, but are not the service): pid {neighbour.pid}"
+        )
         assert site.pid() not in (pid, neighbour.pid)
         assert neighbour.poll() is None  # untouched, still loading
         assert not _answers(other_port)
