@@ -117,7 +117,7 @@ def test_j_a_busy_service_on_a_loaded_host_is_never_restarted(make_site) -> None
     for record in records:
         assert record["result"] == "skipped", record
         assert record["rule_detail"].startswith(
-            "no restart: busy, not dead: 2 slow health checks; CPU "
+            "no restart: busy, not dead: 2 slow health checks; wanted CPU "
         )
 
 
