@@ -795,3 +795,19 @@ def test_a_dead_service_is_restarted_whatever_else_matches(write_config) -> None
         "match, but are not the service): pid 5001, 5002",
         "dead-pidfile",
     )
+
+
+def test_the_managers_clean_stop_is_read_from_the_home(tmp_path: Path) -> None:
+    from mpsctl.control.foreground import STOP_MARK, clear_stop_mark
+
+    assert watchdog.stopped_by_manager(tmp_path) is None
+    (tmp_path / STOP_MARK).write_text('{"time": "2026-01-01T00:00:00Z", "how": "signal SIGTERM"}')
+    assert watchdog.stopped_by_manager(tmp_path) == {
+        "time": "2026-01-01T00:00:00Z",
+        "how": "signal SIGTERM",
+    }
+    (tmp_path / STOP_MARK).write_text("[1, 2]")
+    assert watchdog.stopped_by_manager(tmp_path) is None  # not a record: ignored
+    clear_stop_mark(tmp_path)
+    clear_stop_mark(tmp_path)  # twice: nothing to remove is fine
+    assert watchdog.stopped_by_manager(tmp_path) is None
