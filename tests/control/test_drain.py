@@ -4,9 +4,11 @@ its memory report's limiter section and drain endpoint, and the drain client's r
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -164,3 +166,43 @@ def test_nothing_in_flight_and_an_unhealthy_service_are_not_drained(served) -> N
     off = Settings(**{**settings.__dict__, "service": type(settings.service)(
         **{**settings.service.__dict__, "drain_timeout": 0.0})})  # fmt: skip
     assert drain.begin(off, (), health=health_now).how == "off"
+
+
+def test_the_reference_service_drains_a_real_query(
+    inprocess_factory, write_config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reference service itself (tiny model): a query held in generation, then
+    ``drain.begin`` with the token: new queries 503 + Retry-After, the held one answers."""
+    from tests.server.test_hardening import gate_generation
+
+    svc = inprocess_factory()
+    gate = gate_generation(svc, monkeypatch)
+    token_file = Path(os.environ["MPSCTL_HOME"]).parent / "token"
+    token_file.write_text("test-token\n")
+    token_file.chmod(0o600)
+    write_config(f'[service]\nname = "ref"\ncommand = ["x"]\nurl = "{svc.url}"\n'
+                 f'token_file = "{token_file}"\ndrain_timeout = 20\n')  # fmt: skip
+    settings = load_settings()
+    answers: list[int] = []
+    held = threading.Thread(
+        target=lambda: answers.append(svc.request("POST", "/api/v1/query",
+                                                  {"question": "a"}, timeout=60).status)
+    )  # fmt: skip
+    held.start()
+    deadline = time.monotonic() + 20
+    while svc.service.limiter.in_flight != 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    threading.Timer(1.0, gate.set).start()
+
+    result = drain.begin(settings, (), health=health_now)
+
+    held.join(60)
+    assert answers == [200]
+    assert (result.how, result.in_flight, result.drained, result.cut) == ("service", 1, 1, 0)
+    late = svc.request("POST", "/api/v1/query", {"question": "b"}, timeout=10)
+    assert late.status == 503
+    assert late.json["error"]["kind"] == "draining"
+    assert int(late.headers["retry-after"]) >= 1
+    health = svc.request("GET", "/health", None, token=None, timeout=10)
+    assert health.json["memory"]["limiter"]["draining"] == 1
