@@ -68,6 +68,7 @@ class ServiceSettings:
     request_timeout: float
     health_timeout: float = 5.0
     health_retries: int = 3
+    drain_timeout: float = 30.0
     health_interval: float = 2.0
     env: dict[str, str] = field(default_factory=dict)
     env_file: Path | None = None
@@ -447,6 +448,7 @@ def _finish(
         start_timeout=values["service.start_timeout"],
         request_timeout=values["service.request_timeout"],
         health_timeout=values["service.health_timeout"],
+        drain_timeout=values["service.drain_timeout"],
         health_retries=values["service.health_retries"],
         health_interval=values["service.health_interval"],
         env=dict(values["service.env"]),
@@ -509,6 +511,7 @@ log_globs = ["logs/error_*.log", "logs/app_*.log"]
 # regex over command lines, only to find a service started by hand (not by mpsctl start)
 match = "mvp/venv/bin/uvicorn app.main:app"
 stop_timeout = 10              # seconds between SIGTERM and SIGKILL
+drain_timeout = 30             # a planned stop first waits this long for queries in flight
 start_timeout = 120            # seconds to wait for a healthy answer
 
 [memory]

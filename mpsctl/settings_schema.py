@@ -116,6 +116,11 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "log_backups": Key(parse_int_min(0, 1000), 3, "rotated copies kept"),
         "match": Key(parse_opt_str, None, "regex over cmdlines, for a service started by hand"),
         "stop_timeout": Key(parse_seconds(), 10.0, "seconds between SIGTERM and SIGKILL"),
+        "drain_timeout": Key(
+            parse_seconds(zero=True),
+            30.0,
+            "seconds a planned stop waits for queries in flight (0: none)",
+        ),
         "start_timeout": Key(parse_seconds(), 120.0, "seconds to wait for a healthy answer"),
         "request_timeout": Key(parse_seconds(), 60.0, "seconds for one query"),
         "health_timeout": Key(parse_seconds(), 5.0, "seconds one health check may take (fix)"),

@@ -258,9 +258,9 @@ def sleeper_service(tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
 
 def probe_json_with_health(write_config, report: dict[str, Any], port: int) -> Result:  # type: ignore[no-untyped-def]
     """``mpsctl probe --json`` for a service found by its ``--port`` on the command line,
-    whose health answer (a real HTTP server on 127.0.0.1) is ``report``."""
+    whose health answer (a real HTTP server on 127.0.0.1, on that port) is ``report``."""
     handler = type("H", (_Health,), {"body": json.dumps(report).encode()})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server = ThreadingHTTPServer(("127.0.0.1", port), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         write_config(

@@ -231,8 +231,13 @@ def _fail(message: str, code: int, command: click.Command | None = None) -> None
     metavar="FILE",
     help="Settings file (default: ./mpsctl.toml, then the user config dir).",
 )
+@click.option(
+    "--error-log",
+    metavar="FILE",
+    help="Append stderr to FILE (cron jobs); if it cannot be opened: stderr and syslog.",
+)
 @click.pass_context
-def main(ctx: click.Context, config_path: str | None) -> None:
+def main(ctx: click.Context, config_path: str | None, error_log: str | None) -> None:
     """Operate a local model-serving service on MPS, CUDA or CPU, safely.
 
     \b
@@ -241,4 +246,10 @@ def main(ctx: click.Context, config_path: str | None) -> None:
       mpsctl start && mpsctl ask "工商银行"
       mpsctl fix --if-unhealthy    # the cron watchdog
     """
+    if error_log:
+        from mpsctl.cli.errorlog import open_error_log
+
+        problem = open_error_log(error_log)
+        if problem is not None:
+            click.echo(f"mpsctl: warning: {problem}", err=True)
     ctx.obj = App(config_path=config_path)

@@ -72,8 +72,9 @@ def cron(
     one. Prints, never installs. Paths are absolute (this Python with -m mpsctl, the settings
     file, MPSCTL_HOME) and this shell's MPSCTL_* settings are carried, since cron starts
     with a bare environment; the token is never printed. fix exits 75 when another mpsctl
-    run holds the lock: the line treats that as success. Errors go to MPSCTL_HOME/cron.log
-    (MPSCTL_HOME is created now if missing: the shell opens that log before mpsctl runs).
+    run holds the lock: the line treats that as success; every other status (69: gave up)
+    stays. Errors go to MPSCTL_HOME/cron.log, which mpsctl opens itself (--error-log): when
+    it cannot, the job still runs and the failure goes to cron's mail and syslog.
     Several services ([services.NAME]): one probe line for the host and every service,
     and one watchdog line per service (fix NAME --if-unhealthy).
 

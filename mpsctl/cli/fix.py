@@ -78,8 +78,9 @@ def fix(app: App, names: tuple[str, ...], all_: bool, if_unhealthy: bool,
       mpsctl fix --ask "工商银行"
       mpsctl cron    # prints the watchdog's crontab line: absolute paths, --config, MPSCTL_HOME
       */5 * * * * MPSCTL_HOME=/home/op/.local/state/mpsctl PATH=/home/op/venv/bin:/usr/bin:/bin
-        /home/op/venv/bin/python -m mpsctl --config /home/op/mvp/mpsctl.toml fix
-        --if-unhealthy >/dev/null 2>>/home/op/.local/state/mpsctl/cron.log || [ $? -eq 75 ]
+        /home/op/venv/bin/python -m mpsctl --error-log /home/op/.local/state/mpsctl/cron.log
+        --config /home/op/mvp/mpsctl.toml fix --if-unhealthy >/dev/null
+        || { rc=$?; [ $rc -eq 75 ] || exit $rc; }
     """
     window = within.seconds if within is not None else None
     _, chosen = services_from_flags(app, opts, names, all_)

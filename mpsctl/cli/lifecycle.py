@@ -162,7 +162,11 @@ def run_start(app: App, call: Callable[[], Any]) -> Any:
 @names_argument
 @all_option
 @start_flags
-@click.option("--foreground", is_flag=True, help="Become the service (for launchd/systemd).")
+@click.option(
+    "--foreground",
+    is_flag=True,
+    help="Run the service as a child until it ends (for launchd/systemd).",
+)
 @_WAIT
 @json_option
 @click.pass_obj

@@ -138,7 +138,10 @@ def render_stop(out: Console, result: StopResult) -> None:
             + ("; pidfile removed" if result.pidfile_removed else ""),
             soft_wrap=True,
         )
-    elif result.status in ("already-stopped", "dry-run"):
+    if result.drain is not None and result.status in ("stopped", "failed"):
+        note = f" ({result.drain.note})" if result.drain.note else ""
+        out.print(f"queries in flight: {result.drain.text()}{note}", soft_wrap=True)
+    if result.status in ("already-stopped", "dry-run"):
         out.print(result.message, soft_wrap=True)
 
 
@@ -170,6 +173,10 @@ def status_line(result: StatusResult) -> str:
         parts.append(result.error)
     if result.death is not None:
         parts.append(result.death.text)
+    others = result.snapshot.others if result.snapshot else ()
+    if others:
+        pids = ", ".join(str(p.pid) for p in others)
+        parts.append(f"not the service (they match): pid {pids}")
     return ", ".join(parts)
 
 

@@ -1,6 +1,7 @@
 """The reference service: a FastAPI app behind the pure-ASGI concurrency limit.
 
-GET /health, POST /api/v1/query, POST /admin/release, POST /admin/reload, GET /metrics.
+GET /health, POST /api/v1/query, POST /admin/release, POST /admin/reload, POST /admin/drain,
+GET /metrics.
 Every error answer is JSON ``{"error": {"kind": ..., "message": ...}}``.
 """
 
@@ -39,7 +40,7 @@ from mpsctl.server.model import (
 log = logging.getLogger("mpsctl.server")
 
 #: not queries: never queued behind them nor refused when the queue is full
-EXEMPT_PATHS = ("/health", "/metrics", "/admin/release", "/admin/reload")
+EXEMPT_PATHS = ("/health", "/metrics", "/admin/release", "/admin/reload", "/admin/drain")
 #: the only paths answered without the bearer token (exact match: ``/health/`` needs it);
 #: every other path, 404s included, is checked before the limiter, so a client without the
 #: token never takes a query slot or a queue place
@@ -243,6 +244,15 @@ def create_service(holder: ModelHolder, config: ServiceConfig) -> Service:
         metrics.releases.labels("admin").inc()
         log.info("release requested: %s", _figures_line(result))
         return JSONResponse(result.as_dict())
+
+    @app.post("/admin/drain")
+    async def admin_drain() -> Response:
+        # before a planned stop: refuse new queries (503 + Retry-After), let these finish
+        limiter.draining = True
+        log.info("draining: %d queries in flight, %d queued", limiter.in_flight, limiter.queued)
+        return JSONResponse(
+            {"draining": True, "in_flight": limiter.in_flight, "queued": limiter.queued}
+        )
 
     @app.post("/admin/reload")
     async def admin_reload(request: Request) -> Response:

@@ -205,12 +205,13 @@ def test_start_foreground_runs_and_stops_like_a_systemd_main_process(
     assert log == load_settings().service.log_file
     try:
         wait_healthy(f"http://127.0.0.1:{port}", proc, log, 120)
-        # exec'd: the unit's main PID is the service itself, with the memory settings
-        service = psutil.Process(proc.pid)
+        # the unit's main PID is mpsctl; its one child is the service, with the memory
+        # settings
+        (service,) = psutil.Process(proc.pid).children()
         assert "serve" in service.cmdline()
-        # its pidfile names it (exec keeps pid and start time): status and probe find it
+        # its pidfile names the service: status and probe find it
         snapshot = processes.find_service(load_settings())
-        assert (snapshot.found_by, snapshot.roots) == ("pidfile", (proc.pid,))
+        assert (snapshot.found_by, snapshot.roots) == ("pidfile", (service.pid,))
         assert status_of().exit_code == 0
         assert service.environ()["PYTORCH_MPS_HIGH_WATERMARK_RATIO"] == "0.7"
         assert service.environ()["PYTORCH_MPS_LOW_WATERMARK_RATIO"] == "0.5"
@@ -222,6 +223,8 @@ def test_start_foreground_runs_and_stops_like_a_systemd_main_process(
     # SIGTERM as clean (like 0), so Restart=on-failure leaves a stopped unit stopped
     assert code in (0, -signal.SIGTERM)
     assert "Finished server process" in log.read_text(encoding="utf-8")
+    # a clean stop: no pidfile is left to read as a death, `status` says stopped
+    assert status_of().exit_code == 3
 
 
 def test_start_foreground_exit_status_is_the_services(

@@ -84,7 +84,9 @@ def test_stale_and_invalid_pidfiles(isolated_home: Path) -> None:
 
 
 def test_match_groups_a_reloader_and_its_worker(spawned: list) -> None:
-    parent = subprocess.Popen([PYTHON, "-c", PARENT, "uvicorn", "mvp-fake-7"])
+    # loading still (listening nowhere): its argv names the service's port
+    port = str(settings().service.port)
+    parent = subprocess.Popen([PYTHON, "-c", PARENT, "uvicorn", "mvp-fake-7", "--port", port])
     spawned.append(parent)
     assert wait_for(lambda: len(psutil.Process(parent.pid).children()) == 1)
 

@@ -171,7 +171,7 @@ def _find(
             roots: list[psutil.Process] = []
             strangers: list[psutil.Process] = []
             for root in roots_of(matches):
-                (roots if is_the_service(root, settings, clock) else strangers).append(root)
+                (roots if is_the_service(root, settings, pidrecord) else strangers).append(root)
             others = snapshot_tree(strangers, clock=clock, cpu_interval=0.0)
             procs = snapshot_tree(roots, clock=clock, cpu_interval=cpu_interval)
             root_pids = tuple(p.pid for p in roots if any(i.pid == p.pid for i in procs))
