@@ -68,6 +68,10 @@ class ProbeResult:
     errors: tuple[str, ...] = field(default=())
     #: how the service died, when its pidfile names a process that is gone (``death``)
     death: dict[str, Any] | None = None
+    #: memory failures by kind since the first probe (``oom_totals``); None when unknown
+    oom_totals: dict[str, int] | None = None
+    #: seconds the probe took (None for a result not made by ``take_probe``)
+    duration_s: float | None = None
 
     @property
     def verdict(self) -> ProbeExit:
@@ -321,6 +325,7 @@ def take_probe(
     snapshot to the end of the log scan, the health request included): two readings the
     probe makes anyway, no sleep for a sampling window. ``sample_cpu=False`` leaves it None."""
     errors: list[str] = []
+    began = time.perf_counter()
     try:
         host: HostMemory | None = host_reader()
     except Exception as exc:  # a probe must report, not crash, whatever psutil does
@@ -351,6 +356,11 @@ def take_probe(
     except Exception as exc:
         oom = None
         errors.append(f"log scan: {exc}")
+    totals = None
+    if oom is not None:
+        from mpsctl.observe.oom_totals import count_events
+
+        totals = count_events(settings.home, settings.service.name, oom, OOM_WINDOW_S)
     if cpu_before and service is not None:
         wall = time.perf_counter() - cpu_began
         service = with_cpu_percent(service, cpu_before, cpu_seconds(pids), wall)
@@ -381,4 +391,6 @@ def take_probe(
         thresholds=settings.thresholds,
         errors=tuple(errors),
         death=death,
+        oom_totals=totals,
+        duration_s=round(time.perf_counter() - began, 6),
     )

@@ -48,7 +48,7 @@ def test_promtool_check_rules(tmp_path: Path) -> None:
     (tmp_path / "rules.yml").write_text(contrib.read_text(contrib.RULES), encoding="utf-8")
     done = promtool("check", "rules", "rules.yml", cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "SUCCESS: 9 rules found" in done.stdout
+    assert "SUCCESS: 10 rules found" in done.stdout
 
 
 def test_promtool_test_rules_on_input_series(tmp_path: Path) -> None:
@@ -115,11 +115,13 @@ def test_promtool_test_rules_on_input_series(tmp_path: Path) -> None:
                 ),
             ],
         },
-        {  # one new OOM from the service's counter, and one new event in the logs
+        {  # one new OOM from the service's counter, and one new memory failure in the logs:
+            # the counter fires at the first scrape that shows it, not minutes later
             "interval": "1m",
             "input_series": [
                 series("mpsctl_out_of_memory_total", "0 0 0 1 1 1", **SERVICE),
-                series("mpsctl_oom_events", "0x12 1x4", **EXPORTER),
+                series("mpsctl_oom_events_total", "0x12 1x4", kind="oom", **EXPORTER),
+                series("mpsctl_oom_events_total", "0x16", kind="kernel_oom_kill", **EXPORTER),
             ],
             "alert_rule_test": [
                 alert("2m", "MpsctlOutOfMemory"),
@@ -133,11 +135,46 @@ def test_promtool_test_rules_on_input_series(tmp_path: Path) -> None:
                 ),
                 alert("12m", "MpsctlOutOfMemoryInLogs"),
                 alert(
-                    "14m",
+                    "13m",
                     "MpsctlOutOfMemoryInLogs",
-                    warn,
-                    summary=f"{mvp}: a new out-of-memory event in the logs",
+                    {**warn, "kind": "oom"},
+                    summary=f"{mvp}: a new memory failure (oom) in the logs",
                     description="See `mpsctl oom` on the host.",
+                ),
+            ],
+        },
+        {  # an exporter first scraped at 19m: its counters are there at 0 from that first
+            # scrape, so a failure found by the next one fires at once (a window compared
+            # with `offset 10m` had nothing to compare with for 10 minutes)
+            "interval": "1m",
+            "input_series": [
+                series("mpsctl_oom_events_total", "_x19 0 1 1", kind="oom", **EXPORTER),
+            ],
+            "alert_rule_test": [
+                alert("19m", "MpsctlOutOfMemoryInLogs"),
+                alert(
+                    "20m",
+                    "MpsctlOutOfMemoryInLogs",
+                    {**warn, "kind": "oom"},
+                    summary=f"{mvp}: a new memory failure (oom) in the logs",
+                    description="See `mpsctl oom` on the host.",
+                ),
+            ],
+        },
+        {  # the probe job stops: its last textfile is served on, with a frozen timestamp
+            "interval": "1m",
+            "input_series": [
+                series("mpsctl_probe_timestamp_seconds", "0+60x5 300x10", **EXPORTER),
+            ],
+            "alert_rule_test": [
+                alert("7m", "MpsctlProbeStale"),
+                alert(
+                    "9m",
+                    "MpsctlProbeStale",
+                    warn,
+                    summary=f"{mvp}: the last probe is 4m 0s old",
+                    description="The probe job stopped running (cron, the systemd timer or "
+                    "the launchd agent): the other figures are stale.",
                 ),
             ],
         },
