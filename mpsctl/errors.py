@@ -19,6 +19,8 @@ class ExitCode(IntEnum):
     LOCKED = 75  # EX_TEMPFAIL from sysexits.h: "try again later" is what cron should read
     #: ``fix --if-unhealthy`` gave up: the service is down and the restart budget is spent
     GAVE_UP = 69  # EX_UNAVAILABLE from sysexits.h: a person must look before it runs again
+    #: ``start --foreground``: the service already runs outside the unit that started it
+    ALREADY_RUNNING = 73  # EX_CANTCREAT: a unit's RestartPreventExitStatus= names it
     INTERRUPTED = 130
 
 
