@@ -23,7 +23,7 @@ from mpsctl.units import parse_time
 
 MISSING = "Prometheus output needs prometheus_client: pip install 'mpsctl[metrics]'"
 
-#: macOS's memory pressure level as a number an alert rule can compare
+#: memory pressure (macOS's own level, Linux's PSI on that scale) as a number a rule compares
 PRESSURE_VALUES = {"normal": 0, "warn": 1, "critical": 2}
 
 
@@ -63,7 +63,8 @@ def probe_samples(result: ProbeResult) -> list[Sample]:
         add("host_swap_used_bytes", "Swap used.", host.swap_used_bytes)
         add(
             "host_memory_pressure_level",
-            "macOS memory pressure: 0 normal, 1 warn, 2 critical.",
+            "Memory pressure: 0 normal, 1 warn, 2 critical (macOS's level; Linux: PSI, "
+            "see docs/monitoring.md).",
             PRESSURE_VALUES.get(host.pressure or ""),
         )
     snap = result.service

@@ -24,6 +24,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import psutil
@@ -85,7 +86,8 @@ class HostMemory:
     macOS when it answers, else psutil. ``wired_bytes`` and ``compressed_bytes`` are
     known on macOS only (``vm_stat``, else top's rounded figures); ``compressed_bytes``
     is physical memory the compressor occupies. ``pressure`` is macOS's own verdict
-    (``normal``/``warn``/``critical``). ``physmem`` is top's ``PhysMem`` line in bytes
+    (``normal``/``warn``/``critical``), or Linux's PSI on the same scale (``observe.psi``).
+    ``physmem`` is top's ``PhysMem`` line in bytes
     (``used_bytes``, ``wired_bytes``, ``compressor_bytes``, ``unused_bytes``).
     ``sources`` names where each figure came from; ``notes`` say why one is missing.
     """
@@ -135,9 +137,16 @@ def _observe(
         return None
 
 
-def host_memory(runner: CommandRunner | None = None, *, platform: str | None = None) -> HostMemory:
+def host_memory(
+    runner: CommandRunner | None = None,
+    *,
+    platform: str | None = None,
+    psi_path: Path | None = None,
+) -> HostMemory:
     """Read host memory now. ``platform`` (default ``sys.platform``) and ``runner`` let
-    the macOS path run anywhere on recorded outputs; psutil always reads this machine."""
+    the macOS path run anywhere on recorded outputs; psutil always reads this machine.
+    On Linux, ``pressure`` comes from PSI (``psi_path``, default ``/proc/pressure/memory``)
+    on macOS's scale (``observe.psi``)."""
     platform = sys.platform if platform is None else platform
     virtual = psutil.virtual_memory()
     swap = psutil.swap_memory()
@@ -190,6 +199,16 @@ def host_memory(runner: CommandRunner | None = None, *, platform: str | None = N
         elif top is not None and top.compressor_bytes is not None:
             compressed = top.compressor_bytes
             sources["compressed_bytes"] = "top -l 1 -n 0 (rounded)"
+
+    elif platform.startswith("linux"):
+        from mpsctl.observe.psi import PSI_MEMORY, read_psi_memory
+
+        source = psi_path or PSI_MEMORY
+        try:
+            pressure = read_psi_memory(source).level
+            sources["pressure"] = f"{source} (PSI)"
+        except (OSError, ValueError) as exc:
+            notes.append(f"{source}: {exc.strerror if isinstance(exc, OSError) else exc}")
 
     return HostMemory(
         total_bytes=int(virtual.total),

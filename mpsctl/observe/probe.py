@@ -233,9 +233,9 @@ def judge(
             swap_pct = round(swap_pct, 1)
             add(_level(swap_pct, thresholds.swap_used_percent), f"swap {swap_pct:.1f}% used")
         if host.pressure == "critical":
-            add(ProbeExit.CRITICAL, "macOS memory pressure is critical")
+            add(ProbeExit.CRITICAL, "memory pressure is critical")
         elif host.pressure == "warn":
-            add(ProbeExit.WARNING, "macOS memory pressure is elevated (warn)")
+            add(ProbeExit.WARNING, "memory pressure is elevated (warn)")
 
     if service is not None and service.running:
         # phys_footprint includes the Metal (GPU) memory of a process on Apple Silicon; RSS does not

@@ -52,7 +52,8 @@ def host_table(result: ProbeResult) -> Table:
             if host.swap_total_bytes
             else "none configured",
         ),
-        ("pressure", host.pressure or mac_only),
+        # macOS's own level, or Linux's PSI on that scale (observe.psi)
+        ("pressure", host.pressure or "unknown"),
     ]
     physmem = getattr(host, "physmem", None)
     if physmem:

@@ -206,9 +206,10 @@ def test_promtool_test_rules_on_input_series(tmp_path: Path) -> None:
                     "5m",
                     "MpsctlMemoryPressureCritical",
                     crit,
-                    summary="mac1:9808: macOS memory pressure is critical",
-                    description="The kernel is compressing and swapping hard; the watchdog "
-                    "restarts the service on CRITICAL.",
+                    summary="mac1:9808: memory pressure is critical",
+                    description="macOS's pressure level is critical, or on Linux tasks "
+                    "stalled on memory most of the last 10 s (PSI full avg10 >= 60%); the "
+                    "watchdog restarts the service on CRITICAL.",
                 ),
             ],
         },
