@@ -44,6 +44,10 @@ SWAPUSAGE = ["sysctl", "vm.swapusage"]
 PRESSURE_LEVEL = ["sysctl", "kern.memorystatus_vm_pressure_level"]
 TOP = ["top", "-l", "1", "-n", "0"]
 
+#: the pressure level as a number (Prometheus's gauge, the perfdata): macOS's own names,
+#: and Linux's PSI put on the same scale (``observe.psi``)
+PRESSURE_LEVELS = {"normal": 0, "warn": 1, "critical": 2}
+
 JSON_KEYS = (
     "total_bytes",
     "available_bytes",
