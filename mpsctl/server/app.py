@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -186,18 +187,19 @@ def create_service(holder: ModelHolder, config: ServiceConfig) -> Service:
 
     @app.post("/api/v1/query")
     async def query(request: Request) -> Response:
+        began = time.perf_counter()
         try:
             payload = await _read_json(
                 request, config.max_question_bytes * 4 + 4096, config.body_timeout
             )
             question, max_new_tokens = _validate_query(payload, config)
         except _BadRequest as bad:
-            metrics.queries.labels("bad_request").inc()
+            metrics.observe_query("bad_request", time.perf_counter() - began)
             return bad.response
         try:
             answer = await _generate_while_connected(request, holder, question, max_new_tokens)
         except ModelUnavailable as exc:
-            metrics.queries.labels("unavailable").inc()
+            metrics.observe_query("unavailable", time.perf_counter() - began)
             return error_response(
                 503,
                 "model_not_loaded",
@@ -205,7 +207,7 @@ def create_service(holder: ModelHolder, config: ServiceConfig) -> Service:
                 {"Retry-After": str(config.unavailable_retry_after)},
             )
         except OutOfMemory as exc:
-            metrics.queries.labels("out_of_memory").inc()
+            metrics.observe_query("out_of_memory", time.perf_counter() - began)
             metrics.ooms.inc()
             metrics.releases.labels("oom").inc()
             service.counts["oom"] += 1
@@ -217,13 +219,13 @@ def create_service(holder: ModelHolder, config: ServiceConfig) -> Service:
             )
         except Exception as exc:
             log.exception("query failed")
-            metrics.queries.labels("error").inc()
+            metrics.observe_query("error", time.perf_counter() - began)
             return error_response(500, "generation_failed", f"{type(exc).__name__}: {exc}")
         if answer.cancelled:
-            metrics.queries.labels("client_gone").inc()
+            metrics.observe_query("client_gone", time.perf_counter() - began)
             log.info("client went away: generation stopped after %d tokens", answer.tokens)
         else:
-            metrics.queries.labels("ok").inc()
+            metrics.observe_query("ok", time.perf_counter() - began)
         return JSONResponse(
             {
                 "answer": answer.text,
