@@ -76,7 +76,8 @@ from mpsctl.observe.probe import take_probe
     default=1.0,
     type=click.FloatRange(0, 1, min_open=True),
     metavar="F",
-    help="With --rules: multiply every duration of the rules by F (tests, demos).",
+    help="With --rules, --alertmanager, --scrape-config: multiply every duration by F "
+    "(tests, demos).",
 )
 @click.pass_obj
 def exporter(
@@ -143,10 +144,10 @@ def _config_text(
     if show == "dashboard":
         return contrib.read_text(contrib.DASHBOARD)
     if show == "alertmanager":
-        return prom_config.alertmanager_config(webhook_url)
+        return prom_config.alertmanager_config(webhook_url, time_scale)
     settings = app.settings()
     shown = f"[{host}]" if ":" in host else host
     services = []
     if settings.reference_service:  # the reference service serves its own /metrics
         services.append(urlsplit(settings.service.url).netloc)
-    return prom_config.scrape_config([f"{shown}:{port}"], services)
+    return prom_config.scrape_config([f"{shown}:{port}"], services, time_scale)

@@ -1,10 +1,11 @@
 """What Prometheus and Alertmanager need beside the metrics: the shipped rules (optionally
 on a shorter clock), the scrape jobs, and Alertmanager's route and inhibit rules.
 
-``mpsctl exporter --rules --time-scale F`` multiplies every duration of the shipped rules
-(each ``for:``, each range window ``[10m]`` and the staleness age) by ``F``: the same rules
-on a faster clock, so a test or a demo sees them fire and resolve in seconds, with nothing
-written by hand. The text is printed, never installed.
+``--time-scale F`` multiplies every duration by ``F``: in the shipped rules each ``for:``,
+each range window ``[10m]`` and the staleness age; in the scrape jobs the interval; in
+Alertmanager's route the group wait, group interval and repeat interval. The same
+configuration on a faster clock, so a test or a demo sees alerts fire, arrive and resolve in
+seconds, with nothing written by hand. The text is printed, never installed.
 """
 
 from __future__ import annotations
@@ -30,13 +31,17 @@ def _seconds(value: float) -> str:
     return f"{max(1, round(value))}s"
 
 
+def _check_scale(time_scale: float) -> None:
+    if not 0 < time_scale <= 1:
+        raise ConfigError(f"--time-scale {time_scale:g}: give a factor above 0, at most 1")
+
+
 def rules_text(time_scale: float = 1.0) -> str:
     """The shipped rules; with ``time_scale``, every duration in them multiplied by it."""
+    _check_scale(time_scale)
     text = contrib.read_text(contrib.RULES)
     if time_scale == 1.0:
         return text
-    if not 0 < time_scale <= 1:
-        raise ConfigError(f"--time-scale {time_scale:g}: give a factor above 0, at most 1")
     text = _FOR.sub(
         lambda m: m.group(1) + _seconds(int(m.group(2)) * _UNIT_S[m.group(3)] * time_scale),
         text,
@@ -51,9 +56,16 @@ def rules_text(time_scale: float = 1.0) -> str:
     return f"# every duration below multiplied by {time_scale:g} (--time-scale)\n" + text
 
 
-def scrape_config(exporters: Sequence[str], services: Sequence[str], interval: str = "30s") -> str:
+def scrape_config(
+    exporters: Sequence[str], services: Sequence[str], time_scale: float = 1.0
+) -> str:
     """The two scrape jobs, each target's ``instance`` its host (port dropped), so the
-    exporter's and the service's series of one host line up in the rules and the dashboard."""
+    exporter's and the service's series of one host line up in the rules and the dashboard.
+    A scrape of the exporter takes one probe: up to its ``--timeout`` (3 s)."""
+    _check_scale(time_scale)
+    interval = _seconds(30 * time_scale)
+    # a scaled interval may be shorter than 10 s: the timeout may not exceed it
+    scrape_timeout = "10s" if time_scale == 1.0 else interval
 
     def job(name: str, targets: Sequence[str], timeout: str | None) -> list[str]:
         lines = [f"  - job_name: {name}", f"    scrape_interval: {interval}"]
@@ -72,27 +84,29 @@ def scrape_config(exporters: Sequence[str], services: Sequence[str], interval: s
     lines = [
         "# Prometheus scrape jobs for mpsctl: merge under scrape_configs in prometheus.yml",
         "scrape_configs:",
-        *job(EXPORTER_JOB, exporters, "10s"),
+        *job(EXPORTER_JOB, exporters, scrape_timeout),
     ]
     if services:
         lines += job(SERVICE_JOB, services, None)
     return "\n".join(lines) + "\n"
 
 
-def alertmanager_config(webhook_url: str) -> str:
+def alertmanager_config(webhook_url: str, time_scale: float = 1.0) -> str:
     """A complete Alertmanager configuration: one route for mpsctl's alerts to a webhook
     receiver, and the inhibit rules (a host whose exporter is down has no other mpsctl alert;
     a service that is down is not also "unhealthy")."""
+    _check_scale(time_scale)
     url = json.dumps(webhook_url)  # a JSON string is a YAML string
+    wait, group, repeat = (_seconds(s * time_scale) for s in (30, 300, 4 * 3600))
     return f"""\
 # Alertmanager for mpsctl's alerts (`mpsctl exporter --alertmanager`): a complete file, or
 # merge its route under yours and its inhibit_rules beside yours.
 route:
   receiver: mpsctl
   group_by: [alertname, instance, service]
-  group_wait: 30s
-  group_interval: 5m
-  repeat_interval: 4h
+  group_wait: {wait}
+  group_interval: {group}
+  repeat_interval: {repeat}
   routes:
     - receiver: mpsctl
       matchers: ['alertname=~"Mpsctl.+"']
