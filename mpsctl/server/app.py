@@ -217,6 +217,23 @@ def create_service(holder: ModelHolder, config: ServiceConfig) -> Service:
                 f"{exc} ({exc.exc_type}: {exc.original})",
                 {"Retry-After": str(config.oom_retry_after)},
             )
+        except RuntimeError as exc:
+            if str(exc) != "can't start new thread":
+                log.exception("query failed")
+                metrics.observe_query("error", time.perf_counter() - began)
+                return error_response(500, "generation_failed", f"{type(exc).__name__}: {exc}")
+            # under serve.memory_limit the address space had no room for a worker thread's
+            # stack: a memory failure like the allocator's, answered the same way
+            log.error("out of memory during a query: %s: %s", type(exc).__name__, exc)
+            metrics.observe_query("out_of_memory", time.perf_counter() - began)
+            metrics.ooms.inc()
+            service.counts["oom"] += 1
+            return error_response(
+                503,
+                "out_of_memory",
+                f"no memory left to start a worker thread (RuntimeError: {exc})",
+                {"Retry-After": str(config.oom_retry_after)},
+            )
         except Exception as exc:
             log.exception("query failed")
             metrics.observe_query("error", time.perf_counter() - began)
