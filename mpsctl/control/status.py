@@ -11,9 +11,9 @@ from mpsctl.control.pidfile import (
     foreign_pidfile,
 )
 from mpsctl.control.start import health_now
+from mpsctl.deaths.how_it_died import DeathCause, how_it_died
 from mpsctl.errors import StatusExit
-from mpsctl.observe import procs
-from mpsctl.observe.death import DeathCause, how_it_died
+from mpsctl.observe import processes
 from mpsctl.settings import Settings
 from mpsctl.units import utc_now_iso
 
@@ -24,11 +24,11 @@ class StatusResult:
     state: Literal["running", "dead", "stopped", "unknown"]
     exit_code: StatusExit
     url: str
-    snapshot: procs.ServiceSnapshot | None
+    snapshot: processes.ServiceSnapshot | None
     health: HealthCheck | None
     time: str
     error: str | None = None
-    #: how it died, when the pidfile names a process that is gone (``observe.death``)
+    #: how it died, when the pidfile names a process that is gone (``deaths.how_it_died``)
     death: DeathCause | None = None
 
     @property
@@ -75,7 +75,7 @@ def service_status(settings: Settings) -> StatusResult:
     """LSB status: 0 running, 1 dead but pidfile, 3 not running, 4 unknown. Reads only."""
     name, url, now = settings.service.name, settings.service.url, utc_now_iso()
     try:
-        snapshot = procs.find_service(settings)
+        snapshot = processes.find_service(settings)
     except Exception as exc:  # status must answer 4 (unknown), whatever psutil raises
         return StatusResult(name, "unknown", StatusExit.UNKNOWN, url, None, None, now, str(exc))
     health = health_now(settings)

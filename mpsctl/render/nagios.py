@@ -12,7 +12,7 @@ from __future__ import annotations
 import unicodedata
 
 from mpsctl.observe.host import PRESSURE_LEVELS
-from mpsctl.observe.probe import ProbeResult, service_memory_bytes
+from mpsctl.probe import ProbeResult, service_memory_bytes
 from mpsctl.units import GIB
 
 #: characters the findings use, and their plain-ASCII spelling

@@ -9,7 +9,7 @@ from rich.table import Table
 from rich.text import Text
 
 from mpsctl.errors import ProbeExit
-from mpsctl.observe.probe import (
+from mpsctl.probe import (
     ProbeResult,
     service_footprint_bytes,
     service_rss_bytes,
@@ -52,7 +52,7 @@ def host_table(result: ProbeResult) -> Table:
             if host.swap_total_bytes
             else "none configured",
         ),
-        # macOS's own level, or Linux's PSI on that scale (observe.psi)
+        # macOS's own level, or Linux's PSI on that scale (observe.host.parse_psi_memory)
         ("pressure", host.pressure or "unknown"),
     ]
     physmem = getattr(host, "physmem", None)

@@ -19,7 +19,7 @@ import pytest
 from click.testing import CliRunner
 
 from mpsctl.cli import main
-from mpsctl.observe import procs
+from mpsctl.observe import processes
 from mpsctl.settings import load_settings
 from tests.conftest import free_port
 from tests.monitor.external import require_tool
@@ -228,7 +228,7 @@ def test_start_foreground_runs_and_stops_like_a_systemd_main_process(
         service = psutil.Process(proc.pid)
         assert "serve" in service.cmdline()
         # its pidfile names it (exec keeps pid and start time): status and probe find it
-        snapshot = procs.find_service(load_settings())
+        snapshot = processes.find_service(load_settings())
         assert (snapshot.found_by, snapshot.roots) == ("pidfile", (proc.pid,))
         assert status_of().exit_code == 0
         assert service.environ()["PYTORCH_MPS_HIGH_WATERMARK_RATIO"] == "0.7"

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mpsctl.observe.host import host_memory
-from mpsctl.observe.psi import PSI_MEMORY, parse_psi_memory, read_psi_memory
+from mpsctl.observe.host import PSI_MEMORY, host_memory, parse_psi_memory, read_psi_memory
 
 
 def psi_text(some10: float, full10: float) -> str:

@@ -10,10 +10,10 @@ import pytest
 
 from mpsctl.errors import ProbeExit
 from mpsctl.observe.host import HostMemory
-from mpsctl.observe.probe import HealthFigures, ProbeResult, judge
+from mpsctl.probe import HealthFigures, ProbeResult, judge
 from mpsctl.render.nagios import nagios_line
 from mpsctl.settings import load_settings
-from tests.observe.test_probe import OK_HEALTH, UNKNOWN, snapshot
+from tests.test_probe import OK_HEALTH, UNKNOWN, snapshot
 
 GIB = 1024**3
 FAILED = HealthFigures(True, False, None, None, "no answer", None)
