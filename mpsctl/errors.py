@@ -21,6 +21,8 @@ class ExitCode(IntEnum):
     GAVE_UP = 69  # EX_UNAVAILABLE from sysexits.h: a person must look before it runs again
     #: ``start NAME`` refused: the planned memory of every service would exceed the host's
     OVER_BUDGET = 78  # EX_CONFIG from sysexits.h: the configuration must change first
+    #: ``start --foreground``: the service already runs outside the unit that started it
+    ALREADY_RUNNING = 73  # EX_CANTCREAT: a unit's RestartPreventExitStatus= names it
     INTERRUPTED = 130
 
 

@@ -72,6 +72,10 @@ class ProbeResult:
     errors: tuple[str, ...] = field(default=())
     #: how the service died, when its pidfile names a process that is gone (``deaths.how_it_died``)
     death: dict[str, Any] | None = None
+    #: memory failures by kind since the first probe (``oom_totals``); None when unknown
+    oom_totals: dict[str, int] | None = None
+    #: seconds the probe took (None for a result not made by ``take_probe``)
+    duration_s: float | None = None
 
     @property
     def verdict(self) -> ProbeExit:
@@ -232,10 +236,11 @@ def judge(
             swap_pct = 100.0 * host.swap_used_bytes / host.swap_total_bytes
             swap_pct = round(swap_pct, 1)
             add(_level(swap_pct, thresholds.swap_used_percent), f"swap {swap_pct:.1f}% used")
-        if host.pressure == "critical":
-            add(ProbeExit.CRITICAL, "macOS memory pressure is critical")
-        elif host.pressure == "warn":
-            add(ProbeExit.WARNING, "macOS memory pressure is elevated (warn)")
+        judged = thresholds.memory_pressure
+        if host.pressure == "critical" and judged != "off":
+            add(ProbeExit.CRITICAL, "memory pressure is critical")
+        elif host.pressure == "warn" and judged == "warn":
+            add(ProbeExit.WARNING, "memory pressure is elevated (warn)")
 
     if service is not None and service.running:
         # phys_footprint includes the Metal (GPU) memory of a process on Apple Silicon; RSS does not
@@ -359,6 +364,7 @@ def take_probe(
     snapshot to the end of the log scan, the health request included): two readings the
     probe makes anyway, no sleep for a sampling window. ``sample_cpu=False`` leaves it None."""
     errors: list[str] = []
+    began = time.perf_counter()
     try:
         host: HostMemory | None = host_reader()
     except Exception as exc:  # a probe must report, not crash, whatever psutil does
@@ -387,6 +393,11 @@ def take_probe(
     except Exception as exc:
         oom = None
         errors.append(f"log scan: {exc}")
+    totals = None
+    if oom is not None:
+        from mpsctl.deaths.totals import count_events
+
+        totals = count_events(settings.home, settings.service.name, oom, OOM_WINDOW_S)
     if service is not None:
         service = with_cpu_since_snapshot(service)
 
@@ -416,4 +427,6 @@ def take_probe(
         thresholds=settings.thresholds,
         errors=tuple(errors),
         death=death,
+        oom_totals=totals,
+        duration_s=round(time.perf_counter() - began, 6),
     )

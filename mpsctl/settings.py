@@ -110,6 +110,9 @@ class Thresholds:
     service_memory_gib: tuple[float, float]
     accelerator_limit_percent: tuple[float, float]
     swap_used_percent: tuple[float, float]
+    #: the pressure level that enters the verdict: "warn" (WARNING at warn, CRITICAL at
+    #: critical), "critical" (only critical), "off" (shown, never judged)
+    memory_pressure: str = "warn"
 
 
 @dataclass(frozen=True)

@@ -153,6 +153,11 @@ SCHEMA: dict[str, dict[str, Key]] = {
             parse_pair, (80.0, 95.0), "accelerator allocated, % of the limit"
         ),
         "swap_used_percent": Key(parse_pair, (50.0, 80.0), "swap used, %"),
+        "memory_pressure": Key(
+            parse_choice(("warn", "critical", "off")),
+            "warn",
+            "pressure level judged: warn (WARNING, and CRITICAL at critical) | critical | off",
+        ),
     },
     "serve": {
         "model": Key(parse_opt_str, None, "local directory or hub id (--demo builds one)"),

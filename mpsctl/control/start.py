@@ -39,7 +39,7 @@ from mpsctl.control.preflight import (
 )
 from mpsctl.control.signals import KILL_GRACE_S, signal_and_wait
 from mpsctl.control.startup_log import follow_phases
-from mpsctl.errors import ServiceError
+from mpsctl.errors import ExitCode, ServiceError
 from mpsctl.observe import processes
 from mpsctl.paths import LAST_HEALTH
 from mpsctl.service_env import service_env
@@ -234,7 +234,8 @@ def start_while_locked(
             # first for the port, and "already running" would make the unit think it ran
             raise ServiceError(
                 f"{service.name} is already running (pid {snapshot.roots[0]}, found by "
-                f"{snapshot.found_by}); stop it first (mpsctl stop), then let the unit start it"
+                f"{snapshot.found_by}); stop it first (mpsctl stop), then let the unit start it",
+                exit_code=ExitCode.ALREADY_RUNNING,
             )
         return _already_running(settings, snapshot, argv, limit)
     pidfile = snapshot.pidfile_path or default_pidfile_path(settings)

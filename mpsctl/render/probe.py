@@ -53,7 +53,8 @@ def host_table(result: ProbeResult) -> Table:
             if host.swap_total_bytes
             else "none configured",
         ),
-        ("pressure", host.pressure or mac_only),
+        # macOS's own level, or Linux's PSI on that scale (observe.host.parse_psi_memory)
+        ("pressure", host.pressure or "unknown"),
     ]
     physmem = getattr(host, "physmem", None)
     if physmem:

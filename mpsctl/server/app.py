@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -188,18 +189,19 @@ def create_service(holder: ModelHolder, config: ServiceConfig) -> Service:
 
     @app.post("/api/v1/query")
     async def query(request: Request) -> Response:
+        began = time.perf_counter()
         try:
             payload = await _read_json(
                 request, config.max_question_bytes * 4 + 4096, config.body_timeout
             )
             question, max_new_tokens = _validate_query(payload, config)
         except _BadRequest as bad:
-            metrics.queries.labels("bad_request").inc()
+            metrics.observe_query("bad_request", time.perf_counter() - began)
             return bad.response
         try:
             answer = await _generate_while_connected(request, holder, question, max_new_tokens)
         except ModelUnavailable as exc:
-            metrics.queries.labels("unavailable").inc()
+            metrics.observe_query("unavailable", time.perf_counter() - began)
             return error_response(
                 503,
                 "model_not_loaded",
@@ -207,7 +209,7 @@ def create_service(holder: ModelHolder, config: ServiceConfig) -> Service:
                 {"Retry-After": str(config.unavailable_retry_after)},
             )
         except OutOfMemory as exc:
-            metrics.queries.labels("out_of_memory").inc()
+            metrics.observe_query("out_of_memory", time.perf_counter() - began)
             metrics.ooms.inc()
             metrics.releases.labels("oom").inc()
             service.counts["oom"] += 1
@@ -217,15 +219,32 @@ def create_service(holder: ModelHolder, config: ServiceConfig) -> Service:
                 f"{exc} ({exc.exc_type}: {exc.original})",
                 {"Retry-After": str(config.oom_retry_after)},
             )
+        except RuntimeError as exc:
+            if str(exc) != "can't start new thread":
+                log.exception("query failed")
+                metrics.observe_query("error", time.perf_counter() - began)
+                return error_response(500, "generation_failed", f"{type(exc).__name__}: {exc}")
+            # under serve.memory_limit the address space had no room for a worker thread's
+            # stack: a memory failure like the allocator's, answered the same way
+            log.error("out of memory during a query: %s: %s", type(exc).__name__, exc)
+            metrics.observe_query("out_of_memory", time.perf_counter() - began)
+            metrics.ooms.inc()
+            service.counts["oom"] += 1
+            return error_response(
+                503,
+                "out_of_memory",
+                f"no memory left to start a worker thread (RuntimeError: {exc})",
+                {"Retry-After": str(config.oom_retry_after)},
+            )
         except Exception as exc:
             log.exception("query failed")
-            metrics.queries.labels("error").inc()
+            metrics.observe_query("error", time.perf_counter() - began)
             return error_response(500, "generation_failed", f"{type(exc).__name__}: {exc}")
         if answer.cancelled:
-            metrics.queries.labels("client_gone").inc()
+            metrics.observe_query("client_gone", time.perf_counter() - began)
             log.info("client went away: generation stopped after %d tokens", answer.tokens)
         else:
-            metrics.queries.labels("ok").inc()
+            metrics.observe_query("ok", time.perf_counter() - began)
         return JSONResponse(
             {
                 "answer": answer.text,

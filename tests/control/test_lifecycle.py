@@ -277,6 +277,30 @@ def test_foreground_keeps_the_pidfile_when_the_service_crashes(
     assert service_status(fake.settings()).exit_code == StatusExit.DEAD_PIDFILE
 
 
+def test_foreground_when_already_running_exits_with_the_units_no_restart_status(
+    fake_service: Make, isolated_home: Path
+) -> None:
+    from mpsctl.monitor.systemd_units import RESTART_PREVENT
+
+    fake = fake_service()
+    env = {**os.environ, "MPSCTL_CONFIG": str(fake.config)}
+    proc = subprocess.Popen([PYTHON, "-m", "mpsctl", "start", "--foreground"], env=env)
+    try:
+        assert wait_for(lambda: health_now(fake.settings(), 0.5).ok)
+        second = subprocess.run(
+            [PYTHON, "-m", "mpsctl", "start", "--foreground"],
+            env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        # a unit started while the service runs outside it: systemd must not retry for ever
+        assert second.returncode == 73, second.stderr
+        assert 73 in RESTART_PREVENT
+        assert "is already running" in second.stderr
+        assert proc.poll() is None  # the running one is left alone
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def test_device_and_model_apply_to_the_reference_service_only(
     fake_service: Make, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
