@@ -13,6 +13,8 @@ Formats (samples in ``tests/fixtures/torch-*``):
 * CUDA ``Tried to allocate X. GPU n has a total capacity of T of which F is free. ...``
   (2.1 spells it ``capacty``), older ``Tried to allocate X (GPU n; T total capacity;
   A already allocated; F free; [L allowed; ]R reserved in total by PyTorch)``, 1.0-era ``cached``.
+* ROCm and Intel GPU builds: the CUDA wording with ``HIP`` or ``XPU`` for ``CUDA``; XPU's
+  total may come without ``of which F is free`` and ends with ``Please use `empty_cache` ...``.
 * MPS ``invalid low|high watermark ratio R``: a configuration error, not an OOM.
 """
 
@@ -42,15 +44,16 @@ _MPS_HEAD = re.compile(
     rf"(?:,{_S}max allowed:{_S}{_SIZE})?\)"
 )
 _MPS_TAIL = re.compile(rf"\.?{_S}Tried to allocate{_S}{_SIZE}{_S}on{_S}(private|shared){_S}pool")
-#: ROCm builds print the same message with "HIP" for "CUDA"; a paste may keep only the part
-#: from "Tried to allocate" on, which the old wording's "(GPU n; ... total capacity" still marks
+#: ROCm builds print the same message with "HIP" for "CUDA", Intel GPU (XPU) builds with "XPU";
+#: a paste may keep only the part from "Tried to allocate" on, which the old wording's
+#: "(GPU n; ... total capacity" still marks
 _CUDA_HEAD = re.compile(
-    rf"(?P<api>CUDA|HIP) out of memory\.{_S}Tried to allocate{_S}{_SIZE}"
+    rf"(?P<api>CUDA|HIP|XPU) out of memory\.{_S}Tried to allocate{_S}{_SIZE}"
     rf"|(?<![\w.])Tried to allocate{_S}{_SIZE}(?=\s*\(GPU{_S}\d+;{_S}{_SIZE}{_S}total)"
 )
 _CUDA_NEW = re.compile(
-    rf"\.{_S}GPU{_S}(\d+){_S}has a total (?:capacity|capacty){_S}of{_S}{_SIZE}{_S}of which{_S}"
-    rf"{_SIZE}{_S}is free\.(?P<procs>(?:{_S}(?:Including non-PyTorch memory,{_S}this process|"
+    rf"\.{_S}GPU{_S}(\d+){_S}has a total (?:capacity|capacty){_S}of{_S}{_SIZE}(?:{_S}of which{_S}"
+    rf"{_SIZE}{_S}is free)?\.(?P<procs>(?:{_S}(?:Including non-PyTorch memory,{_S}this process|"
     rf"Process{_S}\d+){_S}has{_S}{_SIZE}{_S}memory in use\.)*)"
     rf"(?:{_S}{_SIZE}{_S}allowed;)?{_S}Of the allocated memory{_S}{_SIZE}{_S}is allocated by"
     rf"{_S}PyTorch,(?:{_S}with{_S}{_SIZE}{_S}allocated in private pools[^,]*,[^,]*,)?{_S}and"
@@ -64,6 +67,8 @@ _CUDA_OLD = re.compile(
     rf"{_S}allocated;{_S}{_SIZE}{_S}free;(?:{_S}{_SIZE}{_S}allowed;)?{_S}{_SIZE}{_S}"
     rf"(reserved in total by PyTorch|cached)\)?"
 )
+#: the message's device word -> ``backend`` (a head without one is a CUDA-style paste)
+_BACKENDS = {"CUDA": "cuda", "HIP": "rocm", "XPU": "xpu"}
 _WATERMARK = re.compile(r"invalid (high|low) watermark ratio\s+(\S+)")
 
 #: cheap byte tests run over whole chunks before any regex (both are case-sensitive in torch)
@@ -80,7 +85,7 @@ class OtherProcess:
 class OomEvent:
     """One recognised message. Byte counts are exact integers (units are 1024-based)."""
 
-    backend: str  # "mps" | "cuda" | "rocm" (HIP builds of PyTorch print the CUDA wording)
+    backend: str  # "mps" | "cuda" | "rocm" | "xpu" (HIP and XPU builds print the CUDA wording)
     kind: str  # "oom" | "invalid_high_watermark" | "invalid_low_watermark"
     raw: str  # the message verbatim (the whole line(s) it was found on)
     # MPS and CUDA
@@ -212,7 +217,7 @@ def _parse_mps(text: str, head: re.Match[str]) -> OomEvent:
 
 def _parse_cuda(text: str, head: re.Match[str]) -> OomEvent:
     requested = _size(head, 2) if head.group(2) is not None else _size(head, 4)
-    backend = "rocm" if head.group("api") == "HIP" else "cuda"
+    backend = _BACKENDS.get(head.group("api") or "", "cuda")
     new = _CUDA_NEW.match(text, head.end())
     if new:
         this_process: int | None = None
@@ -310,7 +315,7 @@ def summary(event: OomEvent) -> str:
             parts.append(f"{event.pool} pool")
         return ", ".join(parts)
     gpu = f"GPU {event.gpu_index}" if event.gpu_index is not None else "GPU"
-    api = "ROCm (HIP)" if event.backend == "rocm" else "CUDA"
+    api = {"rocm": "ROCm (HIP)", "xpu": "XPU"}.get(event.backend, "CUDA")
     parts = [f"{api} {gpu}: requested {short_size(event.requested_bytes)}"]
     optional = (
         ("total", event.total_bytes),

@@ -4,7 +4,9 @@
   (per-process-limit 10) - memorystatus_available_pages: 42511`` (also ``killing_top_process``,
   ``killing_idle_process``), ``Process Tunnel [1509] killed by jetsam reason per-process-limit``,
   and the line before such a kill, ``<name>[pid] exceeded mem limit: ActiveHard 3072 MB (fatal)``
-  (its limit belongs to the kill of the same pid).
+  (its limit belongs to the kill of the same pid). A copy may wrap a record after the
+  process's name or after "limit:"; a line naming the same pid next to its kill (the
+  reporting daemon's "killed by jetsam reason", a second kernel line) is that kill again.
 * ``JetsamEvent-*.ips``: a one-line JSON header, then a JSON body whose ``processes`` entries
   carry ``"reason"`` for the ones jetsam killed; sizes are pages (``rpages``) of the report's
   ``pageSize``; only entries with ``rpages`` count, so other JSON logs with a "reason" key
@@ -18,7 +20,7 @@ not a kill, so it is no event.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, ClassVar
 
@@ -49,6 +51,11 @@ _EXCEEDED = re.compile(
 )
 #: a fatal limit line without a pid belongs to a kill at most this many lines below it
 _NAMELESS_LIMIT_LINES = 3
+#: a process dies once: a line naming the same pid this close to its kill (the reporting
+#: daemon's "Process X [N] killed by jetsam reason ...", the kernel's second line) is that kill
+_SAME_KILL_LINES = 20
+#: a record wrapped by whoever copied it: its fields go on in the next line
+_WRAPPED = re.compile(r"(?:exceeded mem limit:|killing\w* (?:pid )?\d+ \[[^\]]*\])\s*$")
 _REASON = re.compile(r'"reason"\s*:\s*"([^"]*)"')
 _PAGE_SIZE = re.compile(r'"pageSize"\s*:\s*(\d+)')
 _REPORT_DATE = re.compile(r'"date"\s*:\s*"([^"]+)"')
@@ -95,7 +102,10 @@ def find_jetsam(text: str, lines: list[str]) -> list[tuple[int, JetsamKill]]:
         found.extend(_find_ips(text))
     limits: dict[str, tuple[int, str, re.Match[str]]] = {}
     nameless: tuple[int, str, re.Match[str]] | None = None
-    for index, line in enumerate(lines):
+    #: pid -> (position in ``found``, line index) of the log kills read so far
+    kills: dict[int, tuple[int, int]] = {}
+    for index in range(len(lines)):
+        line = _unwrapped(lines, index)
         if "exceeded mem limit" in line:
             exceeded = _EXCEEDED.search(line)
             if exceeded and exceeded.group("fatal"):
@@ -123,24 +133,23 @@ def find_jetsam(text: str, lines: list[str]) -> list[tuple[int, JetsamKill]]:
                 start, limit_raw, exceeded = limit
                 raw = f"{limit_raw}\n{raw}"
                 values.update(_limit_values(exceeded))
-            found.append(
-                (
-                    start,
-                    JetsamKill(
-                        raw=raw,
-                        pid=to_int(match.group("pid")),
-                        process=match.group("name"),
-                        reason=groups.get("reason"),
-                        footprint_bytes=None
-                        if not groups.get("kb")
-                        else to_int(groups["kb"], 1024),
-                        available_pages=None
-                        if not groups.get("avail")
-                        else to_int(groups["avail"]),
-                        **values,
-                    ),
-                )
+            kill = JetsamKill(
+                raw=raw,
+                pid=to_int(match.group("pid")),
+                process=match.group("name"),
+                reason=groups.get("reason"),
+                footprint_bytes=None if not groups.get("kb") else to_int(groups["kb"], 1024),
+                available_pages=None if not groups.get("avail") else to_int(groups["avail"]),
+                **values,
             )
+            seen = kills.get(kill.pid) if kill.pid is not None else None
+            if seen is not None and index - seen[1] <= _SAME_KILL_LINES:
+                position = seen[0]
+                found[position] = (found[position][0], _same_kill(found[position][1], kill))
+                continue
+            if kill.pid is not None:
+                kills[kill.pid] = (len(found), index)
+            found.append((start, kill))
     if nameless is not None:
         limits[""] = nameless
     for start, limit_raw, exceeded in limits.values():
@@ -158,6 +167,24 @@ def find_jetsam(text: str, lines: list[str]) -> list[tuple[int, JetsamKill]]:
             )
         )
     return found
+
+
+def _unwrapped(lines: list[str], index: int) -> str:
+    """The line, and the next one when the record was wrapped after a name or "limit:"."""
+    line = lines[index]
+    if index + 1 < len(lines) and lines[index + 1].strip() and _WRAPPED.search(line):
+        return f"{line.rstrip()} {lines[index + 1].strip()}"
+    return line
+
+
+def _same_kill(first: JetsamKill, again: JetsamKill) -> JetsamKill:
+    """One kill seen on two lines: the first one's figures, completed by the second's."""
+    missing = {
+        name: getattr(again, name)
+        for name in ("process", "reason", "limit_bytes", "limit_kind", "footprint_bytes")
+        if getattr(first, name) is None and getattr(again, name) is not None
+    }
+    return replace(first, raw=f"{first.raw}\n{again.raw}", **missing)
 
 
 def _limit_values(exceeded: re.Match[str]) -> dict[str, Any]:

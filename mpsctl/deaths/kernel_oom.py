@@ -58,11 +58,20 @@ _FIELD = re.compile(
 )
 _SACRIFICE = re.compile(
     r"(?:(Memory cgroup out of memory)|Out of memory): Kill process (\d+) \((.*?)\) "
-    r"score (\d+) or sacrifice child"
+    r"score (\d+) or sacrifice ?child"
 )
 _INVOKED = re.compile(r"^(.+?) invoked oom-killer: ")
+#: a task's name (comm) holds at most 15 characters (TASK_COMM_LEN), spaces allowed ("CPU 0/KVM")
+_COMM_MAX = 15
+#: where a longer text before "invoked" came from something around the kernel's line (a JSON
+#: field, a quote): the name starts after the last of these
+_COMM_START = re.compile(r'.*(?:\]\s*|["\'`>]|: )')
 _CPUSET = re.compile(r"^(.+?) cpuset=(\S+) mems_allowed=")
-_CPU_LINE = re.compile(r"^CPU: \d+ (?:UID: \d+ )?PID: (\d+) Comm: ")
+#: "CPU: n PID: p Comm: ..." since 2.6.36; 2.6.32 (RHEL 6) writes "Pid: p, comm: ..."
+_CPU_LINE = re.compile(r"^(?:CPU: \d+ (?:UID: \d+ )?PID: (\d+) Comm: |Pid: (\d+), comm: )")
+#: a terminal's copy of a wrapped line keeps the padding it drew up to its width: a run this
+#: long never occurs inside a kernel line (task-table columns are a few spaces apart)
+_TERMINAL_PAD = re.compile(r"(?<=\S) {24,}(?=\S)")
 _OOM_KILL = re.compile(r"oom-kill:(constraint=\S*)")
 _TASK_IN = re.compile(r"Task in (\S+) killed as a result of limit of (\S+)")
 _MEMCG_USAGE = re.compile(r"^memory: usage (\d+)kB, limit (\d+)kB")
@@ -138,11 +147,12 @@ def _records(lines: list[str]) -> list[tuple[int, str, str]]:
             records[-1] = (start, text + line, f"{logged}\n{line.rstrip()}")
             previous_len = len(line)
             continue
-        prefix = _PREFIX.match(line)
-        text = line[prefix.end() :] if prefix and prefix.end() else line
-        if text is line:
-            tag = _KERNEL_TAG.match(line) if "kernel" in line else None
-            text = line[tag.end() :] if tag else line
+        clean = _TERMINAL_PAD.sub("", line) if "   " in line else line
+        prefix = _PREFIX.match(clean)
+        text = clean[prefix.end() :] if prefix and prefix.end() else clean
+        if text is clean:
+            tag = _KERNEL_TAG.match(clean) if "kernel" in clean else None
+            text = clean[tag.end() :] if tag else clean
         records.append((index, text, line.rstrip()))
         joinable = stamped
         previous_len = len(line)
@@ -188,7 +198,7 @@ def find_kernel_kills(lines: list[str]) -> list[tuple[int, KernelOomKill]]:
         if invoked:
             flush()
             current = open_or_continue(index)
-            current.values["trigger"] = invoked.group(1)
+            current.values["trigger"] = _comm(invoked.group(1))
             current.raw.append(logged)
             continue
         killed = _KILLED.search(text) if "Killed process" in text else None
@@ -209,7 +219,7 @@ def find_kernel_kills(lines: list[str]) -> list[tuple[int, KernelOomKill]]:
         if pending is not None and "trigger_pid" not in pending.values:
             cpu = _CPU_LINE.match(text)
             if cpu:
-                pending.values["trigger_pid"] = to_int(cpu.group(1))
+                pending.values["trigger_pid"] = to_int(cpu.group(1) or cpu.group(2))
                 continue
         if pending is not None and "cpuset" not in pending.values:
             cpuset = _CPUSET.match(text)
@@ -245,7 +255,7 @@ def find_kernel_kills(lines: list[str]) -> list[tuple[int, KernelOomKill]]:
             pending.values["memcg_limit_bytes"] = to_int(usage.group(2), _KB)
             pending.raw.append(logged)
             continue
-        sacrifice = _SACRIFICE.search(text) if "sacrifice child" in text else None
+        sacrifice = _SACRIFICE.search(text) if "sacrifice" in text else None
         if sacrifice:
             current = open_or_continue(index, clash="score")
             current.values["score"] = to_int(sacrifice.group(4))
@@ -254,6 +264,14 @@ def find_kernel_kills(lines: list[str]) -> list[tuple[int, KernelOomKill]]:
             current.raw.append(logged)
     flush()
     return found
+
+
+def _comm(before: str) -> str:
+    """The allocating task's name from the text before "invoked oom-killer"."""
+    if len(before) <= _COMM_MAX:
+        return before
+    start = _COMM_START.match(before)
+    return before[start.end() :] if start else before
 
 
 def _stamp(line: str) -> float | None:

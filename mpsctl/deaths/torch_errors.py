@@ -38,8 +38,11 @@ from mpsctl.units import size_value, to_int
 
 _CPU = re.compile(
     r"DefaultCPUAllocator:\s+(can't allocate memory|not enough memory):\s+you tried to"
-    r"\s+allocate\s+(?:(\d+)\s+bytes|(\S+))(?:\.\s*(?:Error code (\d+)|(Buy new RAM!)))?"
+    r"\s+allocate\s+(?:(\d+)\s+bytes|(%d\w*))(?:\.\s*(?:Error code (\d+)|(Buy new RAM!)))?"
 )
+#: the message as a string literal in source code (a diff, a patch): a quote opens right before
+#: it and closes right after, followed by the next argument or the call's end
+_LITERAL_END = re.compile(r"""["']\s*[,)+]""")
 _MEMALIGN = re.compile(r"posix_memalign\(&data, gAlignment, nbytes\) == 0\. 12 vs 0")
 _DEVICE = re.compile(
     r"(?:CUDA error:\s+"
@@ -173,10 +176,20 @@ def json_doc(event: Any) -> dict[str, Any]:
     return doc
 
 
+def _is_literal(line: str, match: re.Match[str]) -> bool:
+    """Is this the message's text in source code rather than a failure's report?"""
+    if match.group(2) is not None:  # a failure names the bytes; a format string cannot
+        return False
+    start = match.start()
+    return start > 0 and line[start - 1] in "\"'" and bool(_LITERAL_END.match(line, match.end()))
+
+
 def parse_torch_error(line: str) -> TorchError | None:
     """The memory failure one line reports, or None. Never raises, whatever the line."""
     if "CPUAllocator" in line:
         match = _CPU.search(line)
+        if match and _is_literal(line, match):
+            match = None
         if match:
             return CpuAllocFailure(
                 raw=line.rstrip(),
