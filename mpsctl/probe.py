@@ -22,6 +22,7 @@ from mpsctl.settings import Settings, Thresholds
 from mpsctl.units import GIB, fmt_bytes, utc_now_iso
 
 if TYPE_CHECKING:
+    from mpsctl.deaths.counting import Found
     from mpsctl.deaths.system_logs import Runner
 
 SCHEMA = "mpsctl.probe/1"
@@ -297,36 +298,36 @@ def recent_oom_events(
     the service's kills the operating system recorded (``deaths.attribution``; ``runner`` and
     ``root`` reach its logs, as in ``deaths.system_logs``). A kill gunicorn also reported is
     one event."""
-    logged = _logged_events(settings, window_s)
     kills = _system_kills(settings, window_s, runner, root)
-    killed = {e.get("pid") for e in kills if e.get("kind") == "kernel_oom_kill"}
-    logged = [
-        e for e in logged if not (e.get("kind") == "worker_killed" and e.get("pid") in killed)
-    ]
-    return [*logged, *kills]
+    events = _logged_events(settings, window_s, kills)
+    # a worker kill logged by an earlier probe (the cursor's memory) and the kernel's kill of
+    # that pid found now are still one death
+    killed = {e.get("pid") for e in events if e.get("kind") == "kernel_oom_kill"}
+    return [e for e in events if not (e.get("kind") == "worker_killed" and e.get("pid") in killed)]
 
 
 def _system_kills(
     settings: Settings, window_s: float, runner: Runner | None, root: Path
-) -> list[dict[str, Any]]:
+) -> list[Found]:
     if not settings.oom.system_logs:
         return []
     from datetime import datetime, timezone
 
-    from mpsctl.deaths.counting import counted
     from mpsctl.deaths.how_it_died import service_kills
 
     since = datetime.fromtimestamp(time.time() - window_s, timezone.utc)
     kills, _places = service_kills(settings, since, runner=runner, root=root)
-    return [item.to_json() for item in counted(kills)]
+    return kills
 
 
-def _logged_events(settings: Settings, window_s: float) -> list[dict[str, Any]]:
+def _logged_events(settings: Settings, window_s: float, kills: list[Found]) -> list[dict[str, Any]]:
+    """The logs' new failures and ``kills``, counted together by the one rule."""
     since = time.time() - window_s
     log_file = settings.service.log_file
-    if not settings.service.log_globs:
-        # One log, untouched within the window and since the cursor read it (or absent): no
-        # event can be new, and a cron probe need not import the log parsers to learn that.
+    if not settings.service.log_globs and not kills:
+        # One log, untouched within the window and since the cursor read it (or absent), and
+        # no kill recorded: no event can be new, and a cron probe need not import the log
+        # parsers to learn that.
         try:
             written = log_file.stat().st_mtime
             if written < since and written < _cursor_read_at(settings):
@@ -339,7 +340,7 @@ def _logged_events(settings: Settings, window_s: float) -> list[dict[str, Any]]:
     from mpsctl.observe.logfiles import resolve_logs
 
     paths = [path for _label, path in resolve_logs(settings) if path is not None]
-    return new_events(settings.home, paths, window_s)
+    return new_events(settings.home, paths, window_s, also=kills)
 
 
 def _cursor_read_at(settings: Settings) -> float:

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "mpsctl"
 
 FLOORS: tuple[tuple[str, ...], ...] = (
-    ("mpsctl", "errors", "units", "durations", "paths", "storage", "tokens", "torch_env",
+    ("mpsctl", "errors", "units", "logtime", "durations", "paths", "storage", "tokens", "torch_env",
      "masking", "setting_values", "settings_schema", "settings", "settings_services", "service",
      "service_env", "contrib"),
     ("observe", "client", "server"),

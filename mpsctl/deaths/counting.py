@@ -25,7 +25,7 @@ from mpsctl.deaths.allocator import OomEvent
 from mpsctl.deaths.allocator import summary as oom_summary
 from mpsctl.deaths.line_prefix import time_note
 from mpsctl.deaths.parsers import DeathEvent
-from mpsctl.observe.logtime import iso
+from mpsctl.logtime import iso
 
 AnyEvent = OomEvent | DeathEvent
 

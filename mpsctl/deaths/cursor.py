@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from mpsctl.deaths.counting import Found, counted, without_lines
-from mpsctl.observe.logtime import iso
+from mpsctl.logtime import iso
 from mpsctl.storage import atomic_write_json, open_regular, read_regular
 from mpsctl.units import parse_time
 
@@ -92,9 +92,12 @@ def new_events(
     window_s: float,
     *,
     now: datetime | None = None,
+    also: list[Found] | None = None,
 ) -> list[dict[str, Any]]:
     """The probe's memory failures as JSON dicts: timestamped ones inside the window (from
-    the cursor's memory and the new bytes) and, once each, untimed ones in the new bytes."""
+    the cursor's memory and the new bytes) and, once each, untimed ones in the new bytes.
+    ``also``: failures found elsewhere (the OS's kill records), counted with the new ones by
+    the one rule, so a kill the service's log also reported is one event."""
     from mpsctl.deaths.scanner import _tail_start, scan_range
 
     moment = now or datetime.now(timezone.utc)
@@ -158,7 +161,7 @@ def new_events(
                 *[_remembered(i, moment) for i in counted(new)],
             ],
         }
-    merged = [without_lines(item).to_json() for item in counted(found)]
+    merged = [without_lines(item).to_json() for item in counted([*found, *(also or [])])]
     seen = {(e.get("file"), e.get("time"), e.get("summary")) for e in merged}
     events = [
         {k: v for k, v in e.items() if k != "first_seen"}

@@ -29,7 +29,7 @@ from mpsctl.deaths.allocator import short_size
 from mpsctl.deaths.counting import Found
 from mpsctl.deaths.parsers import pids_of
 from mpsctl.deaths.system_logs import Runner, SystemEvidence, read_system_logs
-from mpsctl.observe.logtime import iso
+from mpsctl.logtime import iso
 from mpsctl.observe.processes import ServiceSnapshot
 from mpsctl.settings import Settings
 

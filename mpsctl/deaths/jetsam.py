@@ -25,7 +25,7 @@ from datetime import datetime
 from typing import Any, ClassVar
 
 from mpsctl.deaths.torch_errors import json_doc
-from mpsctl.observe.logtime import line_time
+from mpsctl.logtime import line_time
 from mpsctl.units import size_value, to_int
 
 # The kernel's kill line, with or without its "memorystatus: " prefix; the reason in

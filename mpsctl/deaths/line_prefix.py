@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from datetime import datetime, timedelta, timezone, tzinfo
 
-from mpsctl.observe.logtime import line_time
+from mpsctl.logtime import line_time
 
 _MON = r"(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)"
 _MONTHS = {name: number for number, name in enumerate(_MON[1:-1].split("|"), 1)}

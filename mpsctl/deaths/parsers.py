@@ -26,7 +26,7 @@ from mpsctl.deaths.torch_errors import (
     find_torch_errors,
 )
 from mpsctl.deaths.worker_kills import WorkerKilled, find_worker_kills
-from mpsctl.observe.logtime import line_time
+from mpsctl.logtime import line_time
 
 __all__ = [
     "KINDS",

@@ -18,7 +18,7 @@ occurrence, computed here from the lines around it:
 from __future__ import annotations
 
 from mpsctl.deaths.line_prefix import has_time_prefix
-from mpsctl.observe.logtime import line_time
+from mpsctl.logtime import line_time
 
 TRACEBACK = b"Traceback (most recent call last):"
 #: a message's own continuation lines before the traceback it leads into

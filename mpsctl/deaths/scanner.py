@@ -32,7 +32,7 @@ from mpsctl.deaths.first_pass import (
 )
 from mpsctl.deaths.grep_pass import grep_hits
 from mpsctl.deaths.parsers import find_deaths
-from mpsctl.observe.logtime import iso, line_time
+from mpsctl.logtime import iso, line_time
 from mpsctl.units import utc_now_iso
 
 if TYPE_CHECKING:

@@ -29,7 +29,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from mpsctl.observe.logtime import iso
+from mpsctl.logtime import iso
 from mpsctl.storage import atomic_write_json
 from mpsctl.units import parse_time
 

@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from mpsctl.observe.logtime import line_time
+from mpsctl.logtime import line_time
 from mpsctl.settings import Settings
 from mpsctl.storage import open_regular
 

@@ -31,15 +31,15 @@ ACCEPTED: dict[str, str] = {
     "mpsctl.observe.macos.x_parse_vm_stat__mutmut_25": (
         "the error message quotes 61 instead of 60 characters of the bad line: wording only"
     ),
-    "mpsctl.observe.logtime.x_line_time__mutmut_7": (
+    "mpsctl.logtime.x_line_time__mutmut_7": (
         "no end bound on the stamp search: a stamp found past the bound starts after "
         "character 64 and is refused anyway; the bound only saves scanning long lines"
     ),
-    "mpsctl.observe.logtime.x_line_time__mutmut_10": (
+    "mpsctl.logtime.x_line_time__mutmut_10": (
         "the search bound 104 -> 105: the longest stamp (36 characters) starting at 64 ends "
         "at 100, inside either bound"
     ),
-    "mpsctl.observe.logtime.x_line_time__mutmut_83": (
+    "mpsctl.logtime.x_line_time__mutmut_83": (
         "offset minutes `digits[2:4]` -> `digits[2:5]`: the regex gives exactly 4 digits"
     ),
     "mpsctl.torch_env.x_command_checks__mutmut_30": (

@@ -14,7 +14,7 @@ from mpsctl.deaths import allocator, first_pass, scanner
 from mpsctl.deaths.allocator import parse_oom, summary
 from mpsctl.deaths.allocator_advice import explain
 from mpsctl.deaths.scanner import scan_file
-from mpsctl.observe.logtime import line_time
+from mpsctl.logtime import line_time
 from tests.conftest import FIXTURES, read_fixture
 
 KIB, MIB, GIB = 1024, 1024**2, 1024**3

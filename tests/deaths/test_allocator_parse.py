@@ -24,7 +24,7 @@ from mpsctl.deaths.allocator import (
     summary,
 )
 from mpsctl.deaths.scanner import scan_file
-from mpsctl.observe.logtime import iso, line_time
+from mpsctl.logtime import iso, line_time
 from tests.conftest import read_fixture
 
 KIB, MIB, GIB, TIB = 1024, 1024**2, 1024**3, 1024**4

@@ -19,7 +19,7 @@ from mpsctl.deaths.counting import Found
 from mpsctl.deaths.grep_pass import grep_path
 from mpsctl.deaths.parsers import find_deaths
 from mpsctl.deaths.scanner import find_events, scan_found
-from mpsctl.observe.logtime import iso
+from mpsctl.logtime import iso
 from tests.conftest import FIXTURES, read_fixture
 from tests.deaths.test_parsers import EXPECTED
 
