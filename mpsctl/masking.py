@@ -28,7 +28,15 @@ SECRET_NAME = re.compile(
 _PLAIN_SEGMENT = re.compile(r"[A-Za-z0-9._~-]*")
 _URL = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
 _BEARER = re.compile(r"(?i)\b(bearer\s+)[^\s'\"]+")
-_PAIR = re.compile(r"(?<![\w-])(-{0,2}[A-Za-z_][\w.-]*)([=:])([^\s&;'\"]+)")
+#: HTTP Basic credentials (base64 of ``user:password``), in an Authorization header
+_BASIC = re.compile(r"(?i)(authorization:\s*basic\s+)[A-Za-z0-9+/]+={0,2}")
+_PAIR = re.compile(r"""(?<![\w-])(-{0,2}[A-Za-z_][\w.-]*)([=:])("[^"]*"|'[^']*'|[^\s&;'"]+)""")
+#: an option and its value as two words, ``--api-key KEY``: how most servers document it
+_OPTION = re.compile(r"""(?<![\w-])(--?[A-Za-z][\w.-]*)(\s+)("[^"]*"|'[^']*'|[^\s'"-]\S*)""")
+#: option names that contain a credential word but name no secret: a file, a variable, a
+#: count of tokens or a flag (``--token-file``, ``--token-env``, ``--max-new-tokens``,
+#: ``--no-auth``)
+_NOT_A_SECRET = re.compile(r"(?i)[-_](file|path|env|dir)$|tokens(?![a-z])|^no[-_]")
 
 
 def is_secret_name(name: str) -> bool:
@@ -85,11 +93,34 @@ def mask_value(name: str, value: str) -> str:
 
 
 def mask_text(text: str, *, paths: bool = True) -> str:
-    """``text`` with every URL, bearer token and credential-named ``name=value`` masked
-    (``paths``: as :func:`mask_url`)."""
+    """``text`` with every URL, bearer or basic credential, credential-named
+    ``name=value`` and ``--secret-option value`` masked (``paths``: as :func:`mask_url`)."""
     text = _URL.sub(lambda m: mask_url(m.group(0), paths=paths), text)
     text = _BEARER.sub(lambda m: m.group(1) + MASK, text)
-    return _mask_pairs(text)
+    text = _BASIC.sub(lambda m: m.group(1) + MASK, text)
+    text = _mask_pairs(text)
+    return _OPTION.sub(
+        lambda m: f"{m.group(1)}{m.group(2)}{MASK}" if _secret_option(m.group(1)) else m.group(0),
+        text,
+    )
+
+
+def mask_argv(argv: list[str]) -> list[str]:
+    """An argument list for display: each word under :func:`mask_text`, and the word after
+    an option named like a credential (``["--api-key", "KEY"]``) masked."""
+    shown = [mask_text(word) for word in argv]
+    for index, word in enumerate(argv[:-1]):
+        following = argv[index + 1]
+        if "=" not in word and _secret_option(word) and not following.startswith("-"):
+            shown[index + 1] = MASK
+    return shown
+
+
+def _secret_option(word: str) -> bool:
+    if not word.startswith("-"):
+        return False
+    name = word.lstrip("-")
+    return is_secret_name(name) and not _NOT_A_SECRET.search(name)
 
 
 def _mask_pairs(text: str) -> str:
