@@ -64,6 +64,7 @@ def test_config_show_masks_option_values_quoted_values_and_basic_credentials(
         ("a basic setup", None),
         ("Basic configuration", None),
         ("serve --no-auth (loopback only)", None),
+        ("`--token` is visible to other users in `ps`", None),
         ("serve --token --verbose", None),
     ],
 )
