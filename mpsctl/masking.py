@@ -34,9 +34,9 @@ _PAIR = re.compile(r"""(?<![\w-])(-{0,2}[A-Za-z_][\w.-]*)([=:])("[^"]*"|'[^']*'|
 #: an option and its value as two words, ``--api-key KEY``: how most servers document it
 _OPTION = re.compile(r"""(?<![\w-])(--?[A-Za-z][\w.-]*)(\s+)("[^"]*"|'[^']*'|[^\s'"-]\S*)""")
 #: option names that contain a credential word but name no secret: a file, a variable, a
-#: count of tokens or a flag (``--token-file``, ``--token-env``, ``--max-new-tokens``,
-#: ``--no-auth``)
-_NOT_A_SECRET = re.compile(r"(?i)[-_](file|path|env|dir)$|tokens(?![a-z])|^no[-_]")
+#: count of tokens, a signal or a flag (``--token-file``, uvicorn's ``--ssl-keyfile``,
+#: ``--token-env``, ``--max-new-tokens``, ``--kill-signal``, ``--no-auth``)
+_NOT_A_SECRET = re.compile(r"(?i)(file|path|env|dir)$|signal|tokens(?![a-z])|^no[-_]")
 
 
 def is_secret_name(name: str) -> bool:

@@ -65,6 +65,7 @@ def test_config_show_masks_option_values_quoted_values_and_basic_credentials(
         ("Basic configuration", None),
         ("serve --no-auth (loopback only)", None),
         ("`--token` is visible to other users in `ps`", None),
+        ("uvicorn app:app --ssl-keyfile /etc/k.pem --kill-signal TERM", None),
         ("serve --token --verbose", None),
     ],
 )
