@@ -27,6 +27,9 @@ SECRET_NAME = re.compile(
 )
 _PLAIN_SEGMENT = re.compile(r"[A-Za-z0-9._~-]*")
 _URL = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+#: a URL quoted whole, as an error message shows a refused value (``got 'http://a b/x'``):
+#: up to its closing quote, spaces and all, so a secret after a space is masked too
+_QUOTED_URL = re.compile(r"""(['"])([A-Za-z][A-Za-z0-9+.-]*://[^'"]*)\1""")
 _BEARER = re.compile(r"(?i)\b(bearer\s+)[^\s'\"]+")
 #: HTTP Basic credentials (base64 of ``user:password``), in an Authorization header
 _BASIC = re.compile(r"(?i)(authorization:\s*basic\s+)[A-Za-z0-9+/]+={0,2}")
@@ -95,6 +98,9 @@ def mask_value(name: str, value: str) -> str:
 def mask_text(text: str, *, paths: bool = True) -> str:
     """``text`` with every URL, bearer or basic credential, credential-named
     ``name=value`` and ``--secret-option value`` masked (``paths``: as :func:`mask_url`)."""
+    text = _QUOTED_URL.sub(
+        lambda m: m.group(1) + mask_url(m.group(2), paths=paths) + m.group(1), text
+    )
     text = _URL.sub(lambda m: mask_url(m.group(0), paths=paths), text)
     text = _BEARER.sub(lambda m: m.group(1) + MASK, text)
     text = _BASIC.sub(lambda m: m.group(1) + MASK, text)

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from mpsctl.errors import ConfigError
 from mpsctl.masking import mask_argv, mask_text
+from mpsctl.settings import load_settings
 
 SECRETS = ("s3cret-one", "s3cret-two", "dXNlcjpzM2NyZXQ=", "s3cret-four", "s3cret-five")
 
@@ -78,3 +80,19 @@ def test_an_argv_masks_the_word_after_a_secret_option() -> None:
     assert mask_argv(argv) == [
         "app", "--api-key", "****", "--password=****", "--max-tokens", "9", "--key-file", "f",
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "value", ["http://a b:0/?token=hunter2", "http://a b/services/T0/B0/s3cret"]
+)
+def test_a_refused_url_with_a_space_is_masked_past_the_space(
+    value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A value with a space in its host is no URL to the plain pattern, which stopped at the
+    space and showed the rest (found by tests/test_hostile_properties.py)."""
+    monkeypatch.setenv("MPSCTL_SERVICE_HEALTH_PATH", value)
+    with pytest.raises(ConfigError) as refused:
+        load_settings()
+    assert "must start with '/'" in str(refused.value)
+    assert "hunter2" not in str(refused.value)
+    assert "s3cret" not in str(refused.value)
