@@ -27,11 +27,21 @@ SECRET_NAME = re.compile(
 )
 _PLAIN_SEGMENT = re.compile(r"[A-Za-z0-9._~-]*")
 _URL = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+#: a URL quoted whole, as an error message shows a refused value (``got 'http://a b/x'``):
+#: up to its closing quote, spaces and all, so a secret after a space is masked too
+_QUOTED_URL = re.compile(r"""(['"])([A-Za-z][A-Za-z0-9+.-]*://[^'"]*)\1""")
 _BEARER = re.compile(r"(?i)\b(bearer\s+)[^\s'\"]+")
-_PAIR = r"(?<![\w-])(-{0,2}[A-Za-z_][\w.-]*)([=:])([^\s&;'\"]+)"
+#: HTTP Basic credentials (base64 of ``user:password``), in an Authorization header
+_BASIC = re.compile(r"(?i)(authorization:\s*basic\s+)[A-Za-z0-9+/]+={0,2}")
+_PAIR = r"""(?<![\w-])(-{0,2}[A-Za-z_][\w.-]*)([=:])("[^"]*"|'[^']*'|[^\s&;'"]+)"""
+#: every pair, overlapping ones included (a lookahead finds one at each position)
 _PAIR_AT = re.compile(f"(?={_PAIR})")
-# a quoted value holding a URL is one URL, spaces and all (a refused value is quoted whole)
-_QUOTED_URL = re.compile(r"""(['"])([A-Za-z][A-Za-z0-9+.-]*://[^'"\n]*)\1""")
+#: an option and its value as two words, ``--api-key KEY``: how most servers document it
+_OPTION = re.compile(r"""(?<![\w-])(--?[A-Za-z][\w.-]*)(\s+)("[^"]*"|'[^']*'|[^\s'"-]\S*)""")
+#: option names that contain a credential word but name no secret: a file, a variable, a
+#: count of tokens, a signal or a flag (``--token-file``, uvicorn's ``--ssl-keyfile``,
+#: ``--token-env``, ``--max-new-tokens``, ``--kill-signal``, ``--no-auth``)
+_NOT_A_SECRET = re.compile(r"(?i)(file|path|env|dir)$|signal|tokens(?![a-z])|^no[-_]")
 
 
 def is_secret_name(name: str) -> bool:
@@ -88,14 +98,37 @@ def mask_value(name: str, value: str) -> str:
 
 
 def mask_text(text: str, *, paths: bool = True) -> str:
-    """``text`` with every URL, bearer token and credential-named ``name=value`` masked
-    (``paths``: as :func:`mask_url`)."""
+    """``text`` with every URL, bearer or basic credential, credential-named
+    ``name=value`` and ``--secret-option value`` masked (``paths``: as :func:`mask_url`)."""
     text = _QUOTED_URL.sub(
         lambda m: m.group(1) + mask_url(m.group(2), paths=paths) + m.group(1), text
     )
     text = _URL.sub(lambda m: mask_url(m.group(0), paths=paths), text)
     text = _BEARER.sub(lambda m: m.group(1) + MASK, text)
-    return _mask_pairs(text)
+    text = _BASIC.sub(lambda m: m.group(1) + MASK, text)
+    text = _mask_pairs(text)
+    return _OPTION.sub(
+        lambda m: f"{m.group(1)}{m.group(2)}{MASK}" if _secret_option(m.group(1)) else m.group(0),
+        text,
+    )
+
+
+def mask_argv(argv: list[str]) -> list[str]:
+    """An argument list for display: each word under :func:`mask_text`, and the word after
+    an option named like a credential (``["--api-key", "KEY"]``) masked."""
+    shown = [mask_text(word) for word in argv]
+    for index, word in enumerate(argv[:-1]):
+        following = argv[index + 1]
+        if "=" not in word and _secret_option(word) and not following.startswith("-"):
+            shown[index + 1] = MASK
+    return shown
+
+
+def _secret_option(word: str) -> bool:
+    if not word.startswith("-"):
+        return False
+    name = word.lstrip("-")
+    return is_secret_name(name) and not _NOT_A_SECRET.search(name)
 
 
 def _mask_pairs(text: str) -> str:

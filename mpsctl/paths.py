@@ -6,6 +6,7 @@ at a temporary directory so no test touches a real home.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import sys
@@ -39,8 +40,19 @@ def user_config_file(environ: dict[str, str] | None = None) -> Path:
 def ensure_home(environ: dict[str, str] | None = None) -> Path:
     """Create the state directory (private: it holds tokens and pidfiles) and return it."""
     path = home_dir(environ)
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    make_home(path)
     return path
+
+
+def make_home(path: Path) -> None:
+    """Create the state directory ``path`` (private) when it is missing, then check it
+    again: it was checked when the settings were read, but in a parent anyone can write to
+    (``/tmp``) someone else may have created it since, and ``mkdir(exist_ok=True)`` would
+    quietly use theirs. OSError (``strerror``: the reason and the fix) when it is unsafe."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    problem = home_problem(path)
+    if problem is not None:
+        raise OSError(errno.EPERM, problem)
 
 
 def home_problem(path: Path) -> str | None:

@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from mpsctl.errors import ConfigError
-from mpsctl.masking import mask_text
+from mpsctl.masking import mask_argv, mask_text
 from mpsctl.paths import CONFIG_NAME, home_dir, home_problem, user_config_file
 from mpsctl.settings_schema import (
     ENV_KEYS,
@@ -208,6 +208,8 @@ def _shown(value: Any) -> Any:
     if isinstance(value, str):
         return mask_text(value)
     if isinstance(value, list):
+        if all(isinstance(v, str) for v in value):
+            return mask_argv(value)  # a command's argv: an option's value is the next word
         return [_shown(v) for v in value]
     return value
 

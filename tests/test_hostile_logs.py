@@ -98,3 +98,24 @@ def test_the_first_pass_tool_cannot_buffer_a_huge_line(
     with oom_in_one_line.open("rb") as handle:
         assert grep_pass.grep_hits(handle, 0, size, PREFILTER_NEEDLES, PREFILTER_NEEDLES) is None
     assert os.environ["MPSCTL_GREP"] == "grep"
+
+
+def test_logs_on_a_sparse_terabyte_log_stop_reading_back_at_a_bound(tmp_path: Path) -> None:
+    """A sparse log of 256 GiB of NUL bytes (``truncate -s``: free to make) and one last
+    line: reading back through the rest to find where the NUL line starts once took an hour;
+    it stops after a bounded distance and says so."""
+    log = tmp_path / "sparse.log"
+    with log.open("wb") as out:
+        out.truncate(256 * 1024 * MIB)
+        out.seek(0, os.SEEK_END)
+        out.write(b"\nthe last line\n")
+
+    result = subprocess.run(
+        [sys.executable, "-m", "mpsctl", "logs", "-n", "2", "--file", str(log)],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+
+    lines = result.stdout.splitlines()
+    assert lines[-1].endswith("the last line")
+    assert "bytes before were not read]" in lines[-2]
+    assert len(result.stdout) < 2 * MIB

@@ -88,7 +88,8 @@ def ask(app: App, question: str | None, **opts: Any) -> None:
     """
     settings = app.settings({"service.request_timeout": (opts["timeout"], "--timeout")})
     if opts["token_flag"]:
-        app.warn("--token is visible to other users in `ps`; prefer $MPSCTL_TOKEN or --token-file")
+        # `--token` quoted: the masking rule hides the word after a bare --token
+        app.warn("`--token` is visible to other users in `ps`; use $MPSCTL_TOKEN or --token-file")
     token = checked_token(opts["token_flag"], "--token") if opts["token_flag"] else None
     token = token or read_token(
         settings.service, token_env=opts["token_env"], token_file=opts["token_file"]

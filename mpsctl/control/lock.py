@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from mpsctl.errors import LockedError, ServiceError
+from mpsctl.paths import make_home
 from mpsctl.storage import open_state_file
 
 LOCK_NAME = "mpsctl.lock"
@@ -42,7 +43,7 @@ def service_lock(home: Path, *, wait: float = 0.0, purpose: str = "mpsctl") -> I
     """Hold the lock for the ``with`` block; ``LockedError`` (exit 75) after ``wait`` seconds."""
     path = lock_path(home)
     try:
-        home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_home(home)
         # O_CLOEXEC: a service started while we hold the lock must not
         # inherit the descriptor, or the lock would live as long as the service. No O_TRUNC:
         # the file holds the current holder's pid until we hold the lock ourselves.

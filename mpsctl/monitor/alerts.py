@@ -34,6 +34,7 @@ from mpsctl import __version__
 from mpsctl.errors import ProbeExit
 from mpsctl.masking import mask_url
 from mpsctl.monitor.history import history_record
+from mpsctl.paths import make_home
 from mpsctl.probe import ProbeResult
 from mpsctl.settings import Settings
 from mpsctl.storage import atomic_write, open_state_file, read_regular
@@ -269,7 +270,7 @@ def notify_on_change(
 
 @contextmanager
 def _state_lock(home: Path) -> Iterator[None]:
-    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    make_home(home)
     fd = open_state_file(home / LOCK_NAME, os.O_RDWR)
     try:
         # blocking: the holder is another probe delivering, bounded by the delivery timeouts

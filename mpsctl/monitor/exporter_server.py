@@ -2,27 +2,57 @@
 
 prometheus_client's ``start_http_server`` gives every connection a thread that waits for the
 request forever: 200 idle connections held 200 threads. Here a connection that sends nothing
-for ``IDLE_TIMEOUT_S`` is closed, and past ``MAX_CONNECTIONS`` at once a new one is closed at
-once instead of getting a thread. Scrapers send one request per connection and finish in
-milliseconds, so neither bound touches them. prometheus_client is imported by the caller.
+for ``IDLE_TIMEOUT_S`` is closed, so is one whose request is not all there within
+``REQUEST_DEADLINE_S`` (one byte every few seconds never looks idle); past
+``MAX_CONNECTIONS`` at once a new one is closed at once instead of getting a thread.
+Scrapers send one request per connection and finish in milliseconds, so no bound touches
+them. prometheus_client is imported by the caller.
 """
 
 from __future__ import annotations
 
+import io
 import socket
 import threading
+import time
 from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 #: seconds a connection may wait between bytes of its request before it is closed
 IDLE_TIMEOUT_S = 5.0
+#: seconds a connection has to send its whole request head, however slowly it trickles in
+REQUEST_DEADLINE_S = 10.0
 #: connections served at once (each one a thread)
 MAX_CONNECTIONS = 32
 
 
+class _DeadlineReader(io.RawIOBase):
+    """A connection's reads, each one waiting at most the idle timeout and none past the
+    request's deadline: ``socket.timeout`` alone restarts with every byte received."""
+
+    def __init__(self, sock: socket.socket, idle: float, deadline: float) -> None:
+        self.sock, self.idle, self.deadline = sock, idle, time.monotonic() + deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the request took too long to arrive")
+        self.sock.settimeout(min(self.idle, left))
+        return self.sock.recv_into(buffer)
+
+
 class _QuietHandler(WSGIRequestHandler):
     timeout = IDLE_TIMEOUT_S  # socketserver sets it on the connection's socket
+    request_deadline = REQUEST_DEADLINE_S
+
+    def setup(self) -> None:
+        super().setup()
+        reader = _DeadlineReader(self.connection, self.timeout, self.request_deadline)
+        self.rfile = io.BufferedReader(reader)
 
     def log_message(self, format: str, *args: Any) -> None:
         """Scrapes are not logged (one line per scrape would bury everything else)."""

@@ -31,6 +31,10 @@ MAX_READ_PER_POLL = 8 * 1024 * 1024  # a burst is printed over several polls, no
 #: the most of one line kept for printing: a log with no newline in gigabytes is read in
 #: blocks and shown as its first MiB and the count of bytes left out, never held whole
 MAX_LINE_BYTES = 1024 * 1024
+#: how far back one line is followed to find where it starts: past this, reading stops. A
+#: sparse log (``truncate -s 1T``) or a runaway writer with no newline in terabytes would
+#: otherwise be read whole at disk speed, an hour for a line nobody will read
+MAX_LINE_SEARCH = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -195,6 +199,14 @@ def _last_lines(
                 dropped = rest.pop(0)  # the block nearest the line's end: its start is kept
                 rest_bytes -= len(dropped)
                 cut += len(dropped)
+            if rest_bytes + cut >= MAX_LINE_SEARCH:
+                text = b"".join(reversed(rest)).decode("utf-8", errors="replace").rstrip("\r")
+                text += (f" [... {cut:,} more bytes of this line not shown; the {pos:,} bytes "
+                         "before were not read]")  # fmt: skip
+                if keep is None or keep(text):
+                    found.append(text)
+                    first_offset = pos
+                break
             continue
         data = block + b"".join(reversed(rest))
         rest_bytes = 0

@@ -176,9 +176,9 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, Any], int]:
     return header, size - 8 - length
 
 
-def _tensor(entry: Any, data_size: int) -> tuple[int, int]:
-    """(elements, bytes) of one header entry; ValueError unless its dtype, shape and byte
-    range agree with each other and with the file."""
+def _tensor(entry: Any, data_size: int) -> tuple[int, int, int]:
+    """(elements, bytes, start offset) of one header entry; ValueError unless its dtype,
+    shape and byte range agree with each other and with the file."""
     if not isinstance(entry, dict):
         raise ValueError("not an object")
     dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
@@ -195,7 +195,24 @@ def _tensor(entry: Any, data_size: int) -> tuple[int, int]:
     start, end = offsets
     if not 0 <= start <= end <= data_size or end - start != nbytes:
         raise ValueError("data_offsets do not match the shape")
-    return count, nbytes
+    return count, nbytes, start
+
+
+def _check_tiling(path: Path, ranges: list[tuple[int, int]], data_size: int) -> None:
+    """ConfigError unless the tensors' byte ranges follow each other from the start of the
+    data section to its end, as the safetensors library requires to load the file: ranges
+    that overlap would count the same bytes many times (a 4 MB file read as 200 MB of
+    weights), a gap or trailing bytes make a file no loader accepts."""
+    end = 0
+    for start, stop in sorted(ranges):
+        if start != end:
+            what = "overlap" if start < end else "leave a gap"
+            raise ConfigError(f"{path}: corrupt safetensors header (tensors' byte ranges {what} "
+                              f"at offset {min(start, end)})")  # fmt: skip
+        end = stop
+    if end != data_size:
+        raise ConfigError(f"{path}: corrupt safetensors header (tensors end at byte {end} of "
+                          f"a {data_size}-byte data section)")  # fmt: skip
 
 
 def count_safetensors(paths: list[Path], *, tied: bool = False) -> tuple[int, int, int | None]:
@@ -206,20 +223,25 @@ def count_safetensors(paths: list[Path], *, tied: bool = False) -> tuple[int, in
     widths: set[int] = set()
     for path in paths:
         header, data_size = read_safetensors_header(path)
+        ranges: list[tuple[int, int]] = []
         for name, entry in header.items():
-            if name == "__metadata__" or (tied and name == LM_HEAD):
+            if name == "__metadata__":
                 continue
             try:
-                count, size = _tensor(entry, data_size)
+                count, size, start = _tensor(entry, data_size)
             except ValueError:
                 shown = name if len(name) <= 80 else name[:77] + "..."
                 raise ConfigError(
                     f"{path}: corrupt safetensors header (tensor {shown!r})"
                 ) from None
+            ranges.append((start, start + size))
+            if tied and name == LM_HEAD:
+                continue
             elements += count
             nbytes += size
             if count:
                 widths.add(size // count)
+        _check_tiling(path, ranges, data_size)
     return elements, nbytes, (widths.pop() if len(widths) == 1 else None)
 
 

@@ -10,6 +10,7 @@ from rich.text import Text
 
 from mpsctl.errors import ProbeExit
 from mpsctl.host_probe import HostProbe
+from mpsctl.masking import mask_argv
 from mpsctl.probe import (
     ProbeResult,
     service_footprint_bytes,
@@ -93,7 +94,7 @@ def service_table(result: ProbeResult) -> Table:
             fmt_bytes(proc.footprint_bytes, unknown="n/a"),
             "?" if proc.cpu_percent is None else f"{proc.cpu_percent:.0f}",
             fmt_seconds(proc.uptime_s),
-            " ".join(proc.cmdline) or "?",
+            " ".join(mask_argv(list(proc.cmdline))) or "?",
         )
     footprint = service_footprint_bytes(snap)
     table.caption = f"found by {snap.found_by}; tree RSS {fmt_bytes(service_rss_bytes(snap))}" + (

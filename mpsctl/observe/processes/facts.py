@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 import psutil
 
+from mpsctl.masking import mask_argv
 from mpsctl.observe.processes.pidfile import PidRecord
 from mpsctl.observe.processes.tree import GONE, same_process, tree
 from mpsctl.torch_env import pytorch_vars
@@ -46,13 +47,17 @@ class ProcInfo:
 
     @property
     def command(self) -> str:
-        return " ".join(self.cmdline)
+        """The command line for display (stop's table, fix's audit trail): credentials
+        masked."""
+        return " ".join(mask_argv(list(self.cmdline)))
 
     def to_json(self) -> dict[str, Any]:
         return {
             "pid": self.pid,
             "ppid": self.ppid,
-            "cmdline": list(self.cmdline),
+            # masked: this document is printed, kept in the probe history and the fix
+            # audit trail, where a service's --api-key KEY must not be
+            "cmdline": mask_argv(list(self.cmdline)),
             "username": self.username,
             "rss_bytes": self.rss_bytes,
             "footprint_bytes": self.footprint_bytes,
