@@ -1,4 +1,4 @@
-from mpsctl.cli import main
+from mpsctl.cli import run
 
 if __name__ == "__main__":
-    main(prog_name="mpsctl")
+    run()

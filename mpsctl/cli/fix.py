@@ -8,14 +8,13 @@ import click
 
 from mpsctl.cli.app import App, json_option
 from mpsctl.cli.lifecycle import (
-    SECONDS,
-    demo_notice,
     events,
     settings_from_flags,
     start_flags,
     start_options_from_flags,
 )
 from mpsctl.cli.params import DURATION
+from mpsctl.cli.service import SECONDS, demo_notice
 from mpsctl.control.fix import FixOptions, fix_service
 from mpsctl.durations import Period
 from mpsctl.errors import ExitCode, ServiceError

@@ -5,12 +5,12 @@ from __future__ import annotations
 import click
 
 from mpsctl.cli.app import App, ConventionCommand, json_option
-from mpsctl.cli.lifecycle import demo_notice
+from mpsctl.cli.service import demo_notice
 from mpsctl.control.status import service_status
 from mpsctl.control.supervisor import find_supervisor
 from mpsctl.errors import MpsctlError, StatusExit
 from mpsctl.render.console import write_json
-from mpsctl.render.lifecycle import status_line
+from mpsctl.render.service_text import status_line, write_line
 
 
 # LSB reserves 1-3 for states of the service: a bad config or option is "unknown" (4)
@@ -47,7 +47,7 @@ def status(app: App, as_json: bool) -> None:
         }  # fmt: skip
         write_json(document)
     else:
-        app.out.print(status_line(result), soft_wrap=True)
+        write_line(status_line(result))
         if managed is not None:
             app.info(managed.advice("status"))
     raise click.exceptions.Exit(int(result.exit_code))
