@@ -7,6 +7,7 @@ exceptions."""
 from __future__ import annotations
 
 import contextlib
+import http.client  # noqa: F401 - loaded before the wait, not after the first answer
 import os
 import shlex
 import subprocess
