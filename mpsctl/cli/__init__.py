@@ -126,8 +126,14 @@ class LazyGroup(click.Group):
                 with formatter.section(f"{title} commands"):
                     formatter.write_dl(rows)
 
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        name, command, rest = super().resolve_command(ctx, args)
+        _INVOKED[:] = [name or ""]
+        return name, command, rest
+
     def invoke(self, ctx: click.Context) -> Any:
-        _INVOKED[:] = [ctx.invoked_subcommand or ""]
         try:
             return super().invoke(ctx)
         except MpsctlError as exc:
