@@ -13,6 +13,9 @@ from pathlib import Path
 CONFIG_NAME = "mpsctl.toml"
 #: where the reference service builds its demo checkpoint (`mpsctl serve --demo`), under the home
 DEMO_DIR_NAME = "demo-model"
+#: the service's last healthy memory report, saved by ``start`` under MPSCTL_HOME: the MPS
+#: limit and the memory plan read it when the service is not answering
+LAST_HEALTH = "last_health.json"
 
 
 def home_dir(environ: dict[str, str] | None = None) -> Path:

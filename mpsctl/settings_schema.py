@@ -188,7 +188,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
 #: variables that look like settings but are not (they are read elsewhere)
 RESERVED_ENV = {
     "MPSCTL_HOME", "MPSCTL_CONFIG", "MPSCTL_TOKEN",
-    "MPSCTL_GREP", "MPSCTL_OOM_WORKERS",  # the log scanner's first pass (observe/scan_grep.py)
+    "MPSCTL_GREP", "MPSCTL_OOM_WORKERS",  # the log scanner's first pass (deaths/grep_pass.py)
 }  # fmt: skip
 #: set by mpsctl for the commands it runs (an alert command may itself run mpsctl)
 PASSED_ENV_PREFIXES = ("MPSCTL_ALERT_",)

@@ -9,7 +9,7 @@ request records its own latency; statistics are computed afterwards from all of 
 Percentiles and the other results are ``mpsctl.stress_results``.
 
 While the load runs, a background thread samples memory every ``SAMPLE_INTERVAL_S``: the
-service's process tree (RSS, and macOS footprint) through ``mpsctl.observe.procs``, and the
+service's process tree (RSS, and macOS footprint) through ``mpsctl.observe.processes``, and the
 accelerator counters the service reports in its health answer (README.md, "The memory report").
 """
 
@@ -119,21 +119,21 @@ class MemorySampler:
 
     def _find_roots(self) -> list[tuple[int, float]]:
         """The service's root processes, found once: the pidfile or match, else the port."""
-        from mpsctl.observe import procs  # psutil stays behind observe/
+        from mpsctl.observe import processes  # psutil stays behind observe/
 
         if self.settings.service.host not in ("127.0.0.1", "localhost", "::1"):
             return []  # a remote service's processes are not ours to see
-        snap = procs.find_service(self.settings)
+        snap = processes.find_service(self.settings)
         if snap.running:
             return [(p.pid, p.create_time) for p in snap.processes if p.pid in snap.roots]
-        holder = procs.port_holder(self.settings.service.host, self.settings.service.port)
-        return [(holder.pid, holder.create_time)] if isinstance(holder, procs.ProcInfo) else []
+        holder = processes.port_holder(self.settings.service.host, self.settings.service.port)
+        return [(holder.pid, holder.create_time)] if isinstance(holder, processes.ProcInfo) else []
 
     def sample(self) -> MemorySample:
-        from mpsctl.observe import procs, proctree
+        from mpsctl.observe import processes
 
-        ids = [i for root in self._roots for i in proctree.tree_identities(*root)]
-        infos = procs.processes_info(ids)
+        ids = [i for root in self._roots for i in processes.tree_identities(*root)]
+        infos = processes.processes_info(ids)
         rss = [p.rss_bytes for p in infos if p.rss_bytes is not None]
         foot = [p.footprint_bytes for p in infos if p.footprint_bytes is not None]
         report = self._report()

@@ -17,18 +17,13 @@ preflight and ``doctor`` all read these facts from this module.
 
 from __future__ import annotations
 
-import io
-import os
 import platform
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
 from mpsctl.errors import ConfigError
-
-if TYPE_CHECKING:
-    from mpsctl.settings import MemorySettings, Settings
 
 HIGH_ENV = "PYTORCH_MPS_HIGH_WATERMARK_RATIO"
 LOW_ENV = "PYTORCH_MPS_LOW_WATERMARK_RATIO"
@@ -162,7 +157,19 @@ def resolve_watermarks(high: float | None, low: float | None) -> Watermarks:
     return Watermarks(high, low, tuple(notes))
 
 
-def torch_env(memory: MemorySettings) -> dict[str, str]:
+class MemoryValues(Protocol):
+    """The [memory] values PyTorch's variables are made from (``settings.MemorySettings`` is
+    one): taken as values so that this module imports no settings."""
+
+    @property
+    def high_watermark_ratio(self) -> float | None: ...
+    @property
+    def low_watermark_ratio(self) -> float | None: ...
+    @property
+    def mps_fallback(self) -> bool: ...
+
+
+def torch_env(memory: MemoryValues) -> dict[str, str]:
     """The ``PYTORCH_*`` variables a service must be started with."""
     env: dict[str, str] = {}
     if memory.high_watermark_ratio is not None:
@@ -179,80 +186,12 @@ def pytorch_vars(environ: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in environ.items() if k.startswith(ENV_PREFIX)}
 
 
-#: what the service inherits from mpsctl's own environment: the same few variables whether
-#: start runs from a shell or from cron (``env -i``), so a cron restart is not a different
-#: service; everything else comes from ``[service] env`` and ``env_file``
-BASE_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "TZ", "TMPDIR")
-#: the reference service is mpsctl itself: it reads these to find its home, token and code
-REFERENCE_ENV_PREFIXES = ("MPSCTL_", "PYTHONPATH")
-
-
-def env_file_values(settings: Settings) -> dict[str, str]:
-    """``[service] env_file`` read as a dotenv file (``KEY=value``, quotes, comments).
-
-    ConfigError when it is missing, unreadable or sets a variable [memory] owns.
-    """
-    path = settings.service.env_file
-    if path is None:
-        return {}
-    from dotenv import dotenv_values  # only for services that use an env file
-
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-        raise ConfigError(f"service.env_file {path}: cannot read: {why}") from None
-    values = dotenv_values(stream=io.StringIO(text), interpolate=False)
-    env: dict[str, str] = {}
-    for name, value in values.items():
-        if name.startswith(MPS_ENV_PREFIX) or name == FALLBACK_ENV:
-            raise ConfigError(
-                f"service.env_file {path}: {name} is set from [memory] (validated the way "
-                "PyTorch reads it); set the [memory] key instead"
-            )
-        env[name] = value or ""
-    return env
-
-
-def service_env(settings: Settings, base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment ``mpsctl start`` gives the service.
-
-    A documented base taken from ``base`` (default: this process's environment): PATH (the
-    venv's bin/ first), HOME, USER, LOGNAME, LANG, LC_*, TZ, TMPDIR; then ``env_file``,
-    then ``[service] env``, then the PYTORCH_* variables of [memory].
-    """
-    source = dict(os.environ if base is None else base)
-    env = {k: v for k, v in source.items() if k in BASE_ENV or k.startswith("LC_")}
-    if settings.reference_service:
-        env.update({k: v for k, v in source.items() if k.startswith(REFERENCE_ENV_PREFIXES)})
-    env.update(env_file_values(settings))
-    env.update(settings.service.env)
-    for key in TORCH_KEYS:
-        env.pop(key, None)
-    env.update(torch_env(settings.memory))
-    venv = settings.service.venv
-    if venv is not None:
-        env["VIRTUAL_ENV"] = str(venv)
-        env["PATH"] = str(venv / "bin") + os.pathsep + env.get("PATH", os.defpath)
-    return env
-
-
 _SECRET_WORDS = re.compile(r"TOKEN|SECRET|PASSW|KEY|CREDENTIAL|AUTH|COOKIE|SESSION", re.I)
 
 
 def masked(env: Mapping[str, str]) -> dict[str, str]:
     """``env`` for display: the values of names that look like secrets replaced by ****."""
     return {k: "****" if _SECRET_WORDS.search(k) else v for k, v in sorted(env.items())}
-
-
-def shown_service_env(settings: Settings) -> tuple[dict[str, str], str | None]:
-    """What ``start`` would give the service, for ``config show``: values of names that look
-    like secrets masked; and why it cannot be built (an unreadable env_file), or None."""
-    try:
-        env = service_env(settings)
-    except ConfigError as exc:
-        return {}, str(exc)
-    return masked(env), None
 
 
 # --------------------------------------------------------------------------- checks
@@ -414,18 +353,3 @@ def command_checks(argv: Iterable[str], url_host: str | None) -> list[Check]:
             )
         )
     return found
-
-
-def inherited_env_checks(settings: Settings, environ: Mapping[str, str]) -> list[Check]:
-    """Ratios in mpsctl's own environment that ``start`` will not pass on."""
-    wanted = torch_env(settings.memory)
-    return [
-        Check(
-            "start.env_ignored",
-            "warning",
-            f"ignoring {key}={environ[key]!r} from the environment: the service gets "
-            f"{wanted.get(key, 'unset')!r} from mpsctl's settings",
-        )
-        for key in TORCH_KEYS
-        if key in environ and wanted.get(key) != environ[key]
-    ]

@@ -12,10 +12,10 @@ from rich.table import Table
 from mpsctl.cli.app import App, json_option
 from mpsctl.errors import MpsctlError
 from mpsctl.render.console import write_json
+from mpsctl.service_env import shown_service_env
 from mpsctl.settings import TEMPLATE, Settings
 from mpsctl.settings_schema import SCHEMA
 from mpsctl.storage import write_new_file
-from mpsctl.torch_env import shown_service_env
 
 
 @click.group()

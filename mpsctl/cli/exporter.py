@@ -8,7 +8,7 @@ import click
 
 from mpsctl.cli.app import App
 from mpsctl.monitor.prometheus import start_exporter
-from mpsctl.observe.probe import take_probe
+from mpsctl.probe import take_probe
 
 
 @click.command()

@@ -79,7 +79,10 @@ def fix(app: App, if_unhealthy: bool, question: str | None, max_restarts: int | 
     demo_notice(app, settings)
     options = FixOptions(if_unhealthy, max_restarts, window, question, use_match,
                          None, start_options_from_flags(opts), reset_budget)  # fmt: skip
-    result = fix_service(settings, options, events=events(app), lock_wait=wait)
+    from mpsctl.monitor.alerts import WatchdogAlerts  # loaded when fix runs, not for --help
+
+    result = fix_service(settings, options, events=events(app), lock_wait=wait,
+                         alerts=WatchdogAlerts(settings))  # fmt: skip
     if as_json:
         write_json(result.to_json())
     else:

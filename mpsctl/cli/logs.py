@@ -11,6 +11,7 @@ from rich.text import Text
 
 from mpsctl.cli.app import App
 from mpsctl.cli.params import DURATION
+from mpsctl.deaths.allocator import mentions_oom
 from mpsctl.durations import Period
 from mpsctl.errors import ExitCode, MpsctlError
 from mpsctl.observe.logfiles import (
@@ -21,7 +22,6 @@ from mpsctl.observe.logfiles import (
     resolve_logs,
     sources_from_globs,
 )
-from mpsctl.observe.oom import mentions_oom
 from mpsctl.render.console import for_terminal
 
 _COLOURS = ("cyan", "magenta", "green", "yellow", "blue", "red")
@@ -138,7 +138,7 @@ def _keep(pattern: str | None, only_oom: bool) -> Callable[[str], bool] | None:
                 f"--grep: invalid regular expression: {exc}", exit_code=ExitCode.USAGE
             ) from None
     if only_oom:
-        from mpsctl.observe.deaths import parse_death
+        from mpsctl.deaths.parsers import parse_death
 
         tests.append(lambda text: mentions_oom(text) or parse_death(text) is not None)
     if not tests:

@@ -8,11 +8,11 @@ import click
 
 from mpsctl.cli.app import App, json_option
 from mpsctl.cli.params import DURATION
+from mpsctl.deaths.counting import Found
+from mpsctl.deaths.scanner import find_events
 from mpsctl.durations import Period
 from mpsctl.errors import MpsctlError
 from mpsctl.observe.logfiles import resolve_logs
-from mpsctl.observe.oom_events import Found
-from mpsctl.observe.oom_scan import find_events
 from mpsctl.render.console import write_json
 from mpsctl.torch_env import DEFAULT_HIGH_RATIO, HIGH_ENV, MAX_RATIO
 
@@ -74,7 +74,7 @@ def oom(
     kills: list[Found] = []
     places: list[str] = []
     if not files:
-        from mpsctl.observe.death import service_kills
+        from mpsctl.deaths.how_it_died import service_kills
 
         kills, places = service_kills(settings, since.before() if since else None)
     try:

@@ -8,7 +8,7 @@ import click
 
 from mpsctl.cli.app import App, ConventionCommand, json_option
 from mpsctl.errors import MpsctlError, ProbeExit
-from mpsctl.observe.probe import take_probe
+from mpsctl.probe import take_probe
 from mpsctl.render.console import write_json
 
 PAIR = "WARN,CRIT"

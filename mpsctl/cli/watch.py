@@ -6,7 +6,7 @@ import click
 
 from mpsctl.cli.app import App
 from mpsctl.monitor import record, watch_probes
-from mpsctl.observe.probe import take_probe
+from mpsctl.probe import take_probe
 from mpsctl.render.console import write_json_line
 
 

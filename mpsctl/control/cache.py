@@ -21,7 +21,7 @@ from typing import Any
 
 from mpsctl.client import ServiceClient, read_token
 from mpsctl.errors import ClientError, ServiceError
-from mpsctl.observe import procs
+from mpsctl.observe import processes
 from mpsctl.settings import Settings
 
 
@@ -224,7 +224,9 @@ def _figure(body: Any, when: str, key: str) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def release_service_memory(settings: Settings, snapshot: procs.ServiceSnapshot) -> ReleaseFigures:
+def release_service_memory(
+    settings: Settings, snapshot: processes.ServiceSnapshot
+) -> ReleaseFigures:
     """POST service.release_path; RSS of the whole tree from the process table around it."""
     rss_before = snapshot.total_rss_bytes
     client = ServiceClient(settings.service, token=read_token(settings.service), timeout=60.0)
@@ -234,7 +236,7 @@ def release_service_memory(settings: Settings, snapshot: procs.ServiceSnapshot) 
         return ReleaseFigures(False, str(exc), None, None, None, None, None, rss_before, None)
     finally:
         client.close()
-    after = procs.find_service(settings)
+    after = processes.find_service(settings)
     rss_after = after.total_rss_bytes if after.running else None
     if reply.status != 200:
         error = f"{settings.service.release_path} answered HTTP {reply.status}"
@@ -267,7 +269,7 @@ def clean_cache(
         include_venv=include_venv,
         dry_run=dry_run,
     )
-    snapshot = procs.find_service(settings)
+    snapshot = processes.find_service(settings)
     release = None
     if snapshot.running and not dry_run:
         release = release_service_memory(settings, snapshot)

@@ -35,7 +35,7 @@ from mpsctl.settings import Settings
 from mpsctl.units import fmt_bytes, utc_now_iso
 
 if TYPE_CHECKING:
-    from mpsctl.observe.probe import ProbeResult
+    from mpsctl.probe import ProbeResult
 
 
 @dataclass(frozen=True)
@@ -132,7 +132,7 @@ def probe_figures(result: ProbeResult | None) -> dict[str, Any]:
 
 
 def _probe(settings: Settings) -> ProbeResult:
-    from mpsctl.observe.probe import take_probe
+    from mpsctl.probe import take_probe
 
     return take_probe(settings, health_timeout=settings.service.health_timeout)
 
@@ -154,13 +154,15 @@ def fix_service(
     probe: Callable[[Settings], ProbeResult] = _probe,
     supervise: Callable[[Settings], Supervision | None] | None = None,
     run_unit: Runner | None = None,
+    alerts: watchdog.AlertSender | None = None,
 ) -> FixResult:
     """Lock, probe, stop, clean the cache, start with the configured limits, verify, probe.
 
     Under a systemd unit or launchd agent (``supervise``) the restart goes through the
     manager (``run_unit``): a copy started outside it would live in the fix job's own
     cgroup, which systemd kills when the job ends. Every run, refused or not, leaves one
-    line in ``history/fix.jsonl``.
+    line in ``history/fix.jsonl``. ``alerts`` sends what the watchdog (``--if-unhealthy``)
+    alerts on: a WARNING verdict change, giving up; without it nothing is sent.
     """
     opts = options or FixOptions()
     events = events or SilentEvents()
@@ -177,7 +179,7 @@ def fix_service(
             unit = _Unit(
                 supervise or supervisor.find_supervisor, run_unit or supervisor.run_command
             )
-            result = _fix_locked(settings, opts, events, probe, trigger, unit)
+            result = _fix_locked(settings, opts, events, probe, trigger, unit, alerts)
     except LockedError as exc:
         locked = {"time": now, "pid": os.getpid(), "trigger": trigger, "result": "locked"}
         audit.append_record(path, {**locked, "restarted": False, "message": str(exc)})
@@ -220,6 +222,7 @@ def _fix_locked(
     probe: Callable[[Settings], ProbeResult],
     trigger: str,
     unit: _Unit,
+    alerts: watchdog.AlertSender | None,
 ) -> FixResult:
     when = utc_now_iso()
     before_probe = probe(settings)
@@ -242,7 +245,8 @@ def _fix_locked(
         facts["rule"], facts["rule_detail"] = decision.fired, decision.why
         if decision.rule is None:
             # WARNING findings alert (once per verdict change), they never restart
-            watchdog.warning_alert(settings, before_probe)
+            if alerts is not None:
+                alerts.on_change(before_probe)
             healthy = bool(before.get("healthy"))
             return done("healthy" if healthy else "skipped", healthy, decision.why)
         used = watchdog.budget_used(history, within, time.time())
@@ -258,7 +262,10 @@ def _fix_locked(
                 return done("refused", True, f"refusing to restart: {text}; {rearm}")
             alerted = False
             if not watchdog.gave_up_alerted(history):
-                alerted, detail = watchdog.give_up_alert(settings, text, before["verdict"])
+                document = watchdog.give_up_document(settings, text, before["verdict"])
+                alerted, detail = (
+                    alerts.send(document) if alerts is not None else (False, "no alert sender")
+                )
                 events.info(f"give-up alert: {detail}")
             return done("refused", False, f"{text}; {rearm}", gave_up=True, alerted=alerted)
     elif opts.max_restarts is not None or opts.within is not None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mpsctl.observe.accelerator import from_memory_report
+from mpsctl.paths import LAST_HEALTH
 from mpsctl.settings import Settings
 from mpsctl.storage import atomic_write_json
 from mpsctl.torch_env import (
@@ -22,7 +23,6 @@ from mpsctl.torch_env import (
 )
 from mpsctl.units import fmt_bytes
 
-LAST_HEALTH = "last_health.json"
 RECOMMENDED_MAX = "recommended_max.json"
 
 

@@ -1,6 +1,6 @@
 """The pidfile: pid + create_time (the PID-reuse guard), written atomically.
 
-The read side (``PidRecord``, ``read_pidfile``) lives in ``mpsctl.observe.procs`` because
+The read side (``PidRecord``, ``read_pidfile``) lives in ``mpsctl.observe.processes`` because
 finding the service is an observation; only writing and removing it live here.
 """
 
@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mpsctl.errors import ServiceError
-from mpsctl.observe import procs
-from mpsctl.observe.procs import PidRecord, default_pidfile_path, read_pidfile
+from mpsctl.observe import processes
+from mpsctl.observe.processes import PidRecord, default_pidfile_path, read_pidfile
 from mpsctl.storage import atomic_write_json
 
 if TYPE_CHECKING:
@@ -49,7 +49,7 @@ def remove_pidfile(path: Path, *, pid: int | None = None) -> bool:
     return True
 
 
-def foreign_pidfile(settings: Settings, snapshot: procs.ServiceSnapshot) -> str | None:
+def foreign_pidfile(settings: Settings, snapshot: processes.ServiceSnapshot) -> str | None:
     """Why the live service in the pidfile is another configuration's, or None.
 
     Two configurations sharing one MPSCTL_HOME share its pidfile: the pidfile records the

@@ -10,9 +10,10 @@ import time
 
 from mpsctl.control.memlimit import MemoryLimit, physical_memory_bytes
 from mpsctl.errors import ServiceError
-from mpsctl.observe import procs
+from mpsctl.observe import processes
+from mpsctl.service_env import inherited_env_checks
 from mpsctl.settings import Settings
-from mpsctl.torch_env import command_checks, inherited_env_checks
+from mpsctl.torch_env import command_checks
 from mpsctl.units import fmt_bytes
 
 
@@ -51,7 +52,7 @@ def preflight_warnings(settings: Settings, argv: tuple[str, ...], limit: MemoryL
     return warnings
 
 
-def _describe_holder(holder: procs.ProcInfo | int | None, just_stopped: set[int]) -> str:
+def _describe_holder(holder: processes.ProcInfo | int | None, just_stopped: set[int]) -> str:
     if holder is None:
         if os.geteuid() == 0:  # root sees every process: no process holds it any more
             return "a socket that no live process holds (the kernel is still closing it)"
@@ -88,7 +89,7 @@ def check_port_free(
     deadline = time.monotonic() + wait
     while _port_answers(host, port):
         if time.monotonic() >= deadline:
-            holder = procs.port_holder(host, port)
+            holder = processes.port_holder(host, port)
             raise ServiceError(
                 f"port {port} on {host} is taken by "
                 f"{_describe_holder(holder, just_stopped or set())}; nothing started "

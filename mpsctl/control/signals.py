@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Literal
 
-from mpsctl.observe import proctree
+from mpsctl.observe import processes
 
 #: how long to wait for processes to vanish after SIGKILL (a process in uninterruptible
 #: sleep cannot die sooner; beyond this it is reported as a survivor)
@@ -63,7 +63,7 @@ def send(pid: int, created: float, sig: signal.Signals) -> bool:
     except ProcessLookupError:
         return False
     try:
-        if not proctree.is_alive(pid, created):
+        if not processes.is_alive(pid, created):
             return False
         try:
             if pidfd is not None:
@@ -146,7 +146,7 @@ def group_alive(pgid: int, targets: dict[int, float]) -> bool:
     lives, ``killpg(pgid)`` cannot reach a stranger.)
     """
     for pid, created in targets.items():
-        if proctree.is_alive(pid, created):
+        if processes.is_alive(pid, created):
             with contextlib.suppress(OSError):
                 if os.getpgid(pid) == pgid:
                     return True
@@ -158,7 +158,7 @@ def killpg(pgid: int | None, targets: dict[int, float], sig: signal.Signals) -> 
     only while it is provably the service's and holds nobody else's process."""
     if pgid is None or pgid <= 1 or pgid == os.getpgrp():
         return
-    if group_alive(pgid, targets) and proctree.group_is_mine(pgid):
+    if group_alive(pgid, targets) and processes.group_is_mine(pgid):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, sig)
 
@@ -181,7 +181,7 @@ def signal_and_wait(
     the wait are found by re-scanning the live targets.
     """
     outcome: dict[int, Outcome] = {
-        pid: "SIGTERM" if proctree.is_alive(pid, created) else "exited"
+        pid: "SIGTERM" if processes.is_alive(pid, created) else "exited"
         for pid, created in targets.items()
     }
     killpg(pgid, targets, signal.SIGTERM)
@@ -197,17 +197,17 @@ def signal_and_wait(
         signalled()
     deadline = clock() + timeout
     next_scan = clock() + RESCAN_INTERVAL_S
-    protected = proctree.protected_pids()
+    protected = processes.protected_pids()
     while True:
         reap(list(targets))
-        alive = [pid for pid, created in targets.items() if proctree.is_alive(pid, created)]
+        alive = [pid for pid, created in targets.items() if processes.is_alive(pid, created)]
         if not alive:
             return outcome
         if clock() >= next_scan or clock() >= deadline:
             # children forked during shutdown (a worker respawned by its supervisor)
             live = {pid: targets[pid] for pid in alive}
-            for child, created in proctree.descendants(live).items():
-                if child not in targets and child not in protected and proctree.owned_by_me(child):
+            for child, created in processes.descendants(live).items():
+                if child not in targets and child not in protected and processes.owned_by_me(child):
                     targets[child] = created
                     sent = send(child, created, signal.SIGTERM)
                     outcome[child] = "SIGTERM" if sent else "exited"
@@ -225,10 +225,10 @@ def signal_and_wait(
     grace = clock() + KILL_GRACE_S
     while clock() < grace:
         reap(list(targets))
-        if not any(proctree.is_alive(pid, c) for pid, c in targets.items()):
+        if not any(processes.is_alive(pid, c) for pid, c in targets.items()):
             break
         time.sleep(0.01)
     for pid, created in targets.items():
-        if proctree.is_alive(pid, created):
+        if processes.is_alive(pid, created):
             outcome[pid] = "survived"
     return outcome

@@ -1,6 +1,6 @@
 """``mpsctl start``: spawn the service with the settings' environment, wait until it is healthy.
 
-Takes the lock (``control.lock``) first, looks at the machine through ``observe.procs`` and
+Takes the lock (``control.lock``) first, looks at the machine through ``observe.processes`` and
 returns a frozen result that ``mpsctl.render`` shows. Failures are ``mpsctl.errors``
 exceptions."""
 
@@ -22,7 +22,7 @@ from mpsctl.client import HealthCheck, ServiceClient, health_now
 from mpsctl.control import service_log
 from mpsctl.control.events import Events, SilentEvents
 from mpsctl.control.lock import service_lock
-from mpsctl.control.memlimit import LAST_HEALTH, MemoryLimit, memory_limit
+from mpsctl.control.memlimit import MemoryLimit, memory_limit
 from mpsctl.control.pidfile import (
     PidRecord,
     corrupt_path,
@@ -41,13 +41,12 @@ from mpsctl.control.signals import KILL_GRACE_S, signal_and_wait
 from mpsctl.control.startup_log import follow_phases
 from mpsctl.durations import seconds_setting
 from mpsctl.errors import ServiceError
-from mpsctl.observe import procs, proctree
+from mpsctl.observe import processes
+from mpsctl.paths import LAST_HEALTH
+from mpsctl.service_env import service_env
 from mpsctl.settings import Settings
 from mpsctl.storage import atomic_write_json
-from mpsctl.torch_env import (
-    service_env,
-    torch_env,
-)
+from mpsctl.torch_env import torch_env
 from mpsctl.units import iso_utc, utc_now_iso
 
 LOG_TAIL_LINES = 20
@@ -137,7 +136,10 @@ def start_service(
 
 
 def _already_running(
-    settings: Settings, snapshot: procs.ServiceSnapshot, argv: tuple[str, ...], limit: MemoryLimit
+    settings: Settings,
+    snapshot: processes.ServiceSnapshot,
+    argv: tuple[str, ...],
+    limit: MemoryLimit,
 ) -> StartResult:
     check = health_now(settings)
     root = snapshot.roots[0]
@@ -206,7 +208,7 @@ def start_while_locked(
     ):
         events.info(f"MPS memory limit: {limit.describe()}")
 
-    snapshot = procs.find_service(settings)
+    snapshot = processes.find_service(settings)
     foreign = foreign_pidfile(settings, snapshot)
     if foreign:
         raise ServiceError(f"{foreign}; nothing started")
@@ -300,7 +302,7 @@ def start_while_locked(
     finally:
         os.close(fd)
 
-    created = proctree.create_time_of(proc.pid)
+    created = processes.create_time_of(proc.pid)
     record = PidRecord(
         pid=proc.pid,
         create_time=created if created is not None else time.time(),
@@ -373,7 +375,7 @@ def _become_service(
     exec releases it.
     """
     me = os.getpid()
-    created = proctree.create_time_of(me)
+    created = processes.create_time_of(me)
     if created is None:
         raise ServiceError("cannot read this process's start time for the pidfile")
     record = PidRecord(me, created, argv, settings.service.url, utc_now_iso(), __version__)
@@ -440,10 +442,10 @@ def _terminate_started(
     process that exited early can leave workers behind that still hold the port.
     """
     if proc.poll() is None:
-        targets = dict(proctree.tree_identities(record.pid, record.create_time))
+        targets = dict(processes.tree_identities(record.pid, record.create_time))
         pgid = record.pgid
     else:
-        targets = proctree.session_members(proc.pid, record.create_time)
+        targets = processes.session_members(proc.pid, record.create_time)
         pgid = None
     if targets:
         timeout = max(0.0, min(settings.service.stop_timeout, 60.0))

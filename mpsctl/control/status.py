@@ -11,12 +11,12 @@ from mpsctl.control.pidfile import (
     foreign_pidfile,
 )
 from mpsctl.errors import StatusExit
-from mpsctl.observe import procs
+from mpsctl.observe import processes
 from mpsctl.settings import Settings
 from mpsctl.units import utc_now_iso
 
 if TYPE_CHECKING:
-    from mpsctl.observe.death import DeathCause
+    from mpsctl.deaths.how_it_died import DeathCause
 
 
 @dataclass(frozen=True)
@@ -25,11 +25,11 @@ class StatusResult:
     state: Literal["running", "dead", "stopped", "unknown"]
     exit_code: StatusExit
     url: str
-    snapshot: procs.ServiceSnapshot | None
+    snapshot: processes.ServiceSnapshot | None
     health: HealthCheck | None
     time: str
     error: str | None = None
-    #: how it died, when the pidfile names a process that is gone (``observe.death``)
+    #: how it died, when the pidfile names a process that is gone (``deaths.how_it_died``)
     death: DeathCause | None = None
 
     @property
@@ -76,7 +76,7 @@ def service_status(settings: Settings) -> StatusResult:
     """LSB status: 0 running, 1 dead but pidfile, 3 not running, 4 unknown. Reads only."""
     name, url, now = settings.service.name, settings.service.url, utc_now_iso()
     try:
-        snapshot = procs.find_service(settings)
+        snapshot = processes.find_service(settings)
     except Exception as exc:  # status must answer 4 (unknown), whatever psutil raises
         return StatusResult(name, "unknown", StatusExit.UNKNOWN, url, None, None, now, str(exc))
     health = health_now(settings)
@@ -92,7 +92,7 @@ def service_status(settings: Settings) -> StatusResult:
     if snapshot.pidfile_state in ("stale", "reused"):
         # imported here: the log and system-log readers cost a running or stopped status
         # tens of milliseconds, and only a dead service needs them
-        from mpsctl.observe.death import how_it_died
+        from mpsctl.deaths.how_it_died import how_it_died
 
         death = how_it_died(settings, snapshot)
         return StatusResult(

@@ -22,7 +22,7 @@ from mpsctl.control.pidfile import (
 from mpsctl.control.signals import Outcome, signal_and_wait
 from mpsctl.durations import seconds_setting
 from mpsctl.errors import ServiceError
-from mpsctl.observe import procs, proctree
+from mpsctl.observe import processes
 from mpsctl.settings import Settings
 
 if TYPE_CHECKING:
@@ -85,14 +85,14 @@ class StopResult:
 
 
 def _stoppable(
-    infos: tuple[procs.ProcInfo, ...],
-) -> tuple[list[procs.ProcInfo], list[StoppedProcess]]:
-    protected = proctree.protected_pids()
+    infos: tuple[processes.ProcInfo, ...],
+) -> tuple[list[processes.ProcInfo], list[StoppedProcess]]:
+    protected = processes.protected_pids()
     allowed, refused = [], []
     for info in infos:
         if info.pid in protected:
             note = "mpsctl itself or its parent"
-        elif not proctree.owned_by_me(info.pid):
+        elif not processes.owned_by_me(info.pid):
             note = f"belongs to {info.username or 'another user'}"
         else:
             allowed.append(info)
@@ -138,7 +138,7 @@ def _stop_locked(
         allow_zero=True,
     )
     name = settings.service.name
-    snapshot = procs.find_service(settings)
+    snapshot = processes.find_service(settings)
     pidfile = snapshot.pidfile_path or default_pidfile_path(settings)
 
     def result(status: Any, rows: list[StoppedProcess], removed: bool, msg: str) -> StopResult:

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import psutil
 
@@ -40,7 +40,7 @@ from mpsctl.settings import Settings
 from mpsctl.units import GIB, utc_now_iso
 
 if TYPE_CHECKING:
-    from mpsctl.observe.probe import ProbeResult
+    from mpsctl.probe import ProbeResult
 
 #: CPU use of the service's tree (sampled by the probe) that reads as "generating": a
 #: process whose event loop runs a model step answers /health late but is not hung
@@ -129,7 +129,7 @@ def excused_before(settings: Settings) -> bool:
 
 
 def _memory_critical(settings: Settings, result: ProbeResult) -> str | None:
-    from mpsctl.observe.probe import service_memory_bytes
+    from mpsctl.probe import service_memory_bytes
 
     limits = settings.thresholds
     size, label = service_memory_bytes(result.service)
@@ -224,15 +224,22 @@ def last_death(records: list[dict[str, Any]], now_why: str) -> str:
     return now_why
 
 
-def give_up_alert(settings: Settings, text: str, verdict: str) -> tuple[bool, str]:
-    """Send the give-up alert to every ``[alerts]`` target; (any delivered, details)."""
-    from mpsctl.monitor import alerts
+class AlertSender(Protocol):
+    """How the watchdog's alerts leave. The watchdog decides what to alert; its caller (the
+    ``fix`` command) hands in the sender, so that control/ never imports monitor/."""
 
-    targets = alerts.targets_from(settings.alerts.url, settings.alerts.command)
-    if not targets:
-        return False, "no [alerts] target"
-    document = {
-        "schema": alerts.SCHEMA,
+    def send(self, document: dict[str, Any]) -> tuple[bool, str]:
+        """Deliver one alert document to every target; (any delivered, details)."""
+        ...
+
+    def on_change(self, result: ProbeResult) -> int:
+        """Alert when the probe's verdict changed (once per change); the number sent."""
+        ...
+
+
+def give_up_document(settings: Settings, text: str, verdict: str) -> dict[str, Any]:
+    """The alert that says the watchdog gave up (the sender adds the alert schema)."""
+    return {
         "kind": "gave-up",
         "time": utc_now_iso(),
         "hostname": socket.gethostname(),
@@ -244,21 +251,6 @@ def give_up_alert(settings: Settings, text: str, verdict: str) -> tuple[bool, st
         "text": f"{verdict}: {settings.service.name} on {socket.gethostname()}: {text}",
         "mpsctl_version": __version__,
     }
-    sent = [alerts.deliver(t, document) for t in targets]
-    details = "; ".join(f"{t.shown}: {d}" for t, (_ok, d) in zip(targets, sent, strict=True))
-    return any(ok for ok, _d in sent), details
-
-
-def warning_alert(settings: Settings, result: ProbeResult) -> int:
-    """Alert on a verdict change (the probe's own rule: once per change); alerts sent."""
-    from mpsctl.monitor import alerts
-
-    targets = alerts.targets_from(settings.alerts.url, settings.alerts.command)
-    try:
-        sent = alerts.notify_on_change(settings.home, result, targets)
-    except OSError:
-        return 0  # a full or read-only home: the audit line still says what was seen
-    return sum(1 for d in sent if d.ok)
 
 
 # --------------------------------------------------------------------------- preflight
@@ -287,7 +279,7 @@ def preflight(settings: Settings) -> str | None:
     Checked before stopping anything: the pidfile and the lock (MPSCTL_HOME), the log
     (service.log_file) with room to write, the workdir, the venv, the service environment.
     """
-    from mpsctl.torch_env import service_env
+    from mpsctl.service_env import service_env
 
     service = settings.service
     problem = _writable_dir(settings.home, "the pidfile and the lock")

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from mpsctl.errors import MpsctlError
-from mpsctl.observe.probe import ProbeResult
+from mpsctl.probe import ProbeResult
 from mpsctl.settings import Settings
 
 Warn = Callable[[str], None]

@@ -33,7 +33,8 @@ from urllib.parse import urlsplit
 from mpsctl import __version__
 from mpsctl.errors import ProbeExit
 from mpsctl.monitor.history import history_record
-from mpsctl.observe.probe import ProbeResult
+from mpsctl.probe import ProbeResult
+from mpsctl.settings import Settings
 from mpsctl.storage import atomic_write
 
 SCHEMA = "mpsctl.alert/1"
@@ -304,3 +305,29 @@ def _notify_locked(
     if changed:
         write_state(home, state)
     return deliveries
+
+
+@dataclass(frozen=True)
+class WatchdogAlerts:
+    """The ``[alerts]`` targets, as the watchdog's sender (``control.watchdog.AlertSender``):
+    the watchdog decides what to alert, this sends it."""
+
+    settings: Settings
+
+    def _targets(self) -> list[Target]:
+        return targets_from(self.settings.alerts.url, self.settings.alerts.command)
+
+    def send(self, document: dict[str, Any]) -> tuple[bool, str]:
+        targets = self._targets()
+        if not targets:
+            return False, "no [alerts] target"
+        sent = [deliver(t, {"schema": SCHEMA, **document}) for t in targets]
+        details = "; ".join(f"{t.shown}: {d}" for t, (_ok, d) in zip(targets, sent, strict=True))
+        return any(ok for ok, _d in sent), details
+
+    def on_change(self, result: ProbeResult) -> int:
+        try:
+            sent = notify_on_change(self.settings.home, result, self._targets())
+        except OSError:
+            return 0  # a full or read-only home: the audit line still says what was seen
+        return sum(1 for d in sent if d.ok)

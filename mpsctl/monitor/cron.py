@@ -25,9 +25,9 @@ from mpsctl.control.supervisor import (
     systemd_unit_name,
 )
 from mpsctl.paths import ensure_home, home_dir
+from mpsctl.service_env import service_env
 from mpsctl.settings import Settings
 from mpsctl.settings_schema import env_name
-from mpsctl.torch_env import service_env
 
 #: seconds before the service manager starts a crashed service again
 RESTART_SEC = 5

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 from mpsctl.errors import ConfigError
 from mpsctl.monitor.torch_version import torch_checks
-from mpsctl.observe.probe import ProbeResult
+from mpsctl.probe import ProbeResult
 from mpsctl.settings import Settings
 from mpsctl.torch_env import (
     DEFAULT_HIGH_RATIO,
@@ -381,7 +381,7 @@ def plan_checks(settings: Settings, result: ProbeResult) -> list[Check]:
 
 # --------------------------------------------------------------------------- all together
 def _probe(settings: Settings) -> ProbeResult:
-    from mpsctl.observe.probe import take_probe
+    from mpsctl.probe import take_probe
 
     return take_probe(settings, health_timeout=2.0)
 

@@ -20,7 +20,7 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from mpsctl.observe.probe import ProbeResult, service_footprint_bytes, service_rss_bytes
+from mpsctl.probe import ProbeResult, service_footprint_bytes, service_rss_bytes
 from mpsctl.storage import append_line
 from mpsctl.units import parse_time
 

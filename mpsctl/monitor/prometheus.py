@@ -18,7 +18,7 @@ from typing import Any
 from mpsctl.control.audit import fix_history_path, read_records
 from mpsctl.errors import MpsctlError
 from mpsctl.monitor.history import oom_count
-from mpsctl.observe.probe import ProbeResult, service_footprint_bytes, service_rss_bytes
+from mpsctl.probe import ProbeResult, service_footprint_bytes, service_rss_bytes
 from mpsctl.units import parse_time
 
 MISSING = "Prometheus output needs prometheus_client: pip install 'mpsctl[metrics]'"

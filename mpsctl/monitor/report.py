@@ -88,7 +88,7 @@ class Report:
     limit_bytes: int | None
     #: (time, figures) per sample, for the plot; not in JSON
     series: tuple[tuple[datetime, dict[str, Any]], ...] = ()
-    #: how the service died, each cause once, as the probes found it (``observe.death``)
+    #: how the service died, each cause once, as the probes found it (``deaths.how_it_died``)
     deaths: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:

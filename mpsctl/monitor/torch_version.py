@@ -11,7 +11,7 @@ import importlib.metadata
 import re
 from pathlib import Path
 
-from mpsctl.observe.probe import ProbeResult
+from mpsctl.probe import ProbeResult
 from mpsctl.settings import Settings
 from mpsctl.torch_env import Check
 

@@ -13,9 +13,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mpsctl.control.memlimit import LAST_HEALTH
 from mpsctl.errors import MpsctlError
-from mpsctl.paths import DEMO_DIR_NAME
+from mpsctl.paths import DEMO_DIR_NAME, LAST_HEALTH
 from mpsctl.plan.lines import advice_line, limit_phrase
 from mpsctl.plan.plan import DEFAULT_PROMPT_TOKENS, Plan, plan_for_settings
 from mpsctl.plan.presets import PRESETS

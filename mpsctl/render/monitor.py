@@ -12,7 +12,7 @@ from rich.text import Text
 
 from mpsctl.monitor.doctor import DoctorReport
 from mpsctl.monitor.report import FIGURES, Report, Stats
-from mpsctl.observe.probe import ProbeResult, service_memory_bytes
+from mpsctl.probe import ProbeResult, service_memory_bytes
 from mpsctl.render.probe import (
     STYLES,
     accelerator_table,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mpsctl.observe.probe import ProbeResult, service_memory_bytes
+from mpsctl.probe import ProbeResult, service_memory_bytes
 from mpsctl.units import GIB
 
 

@@ -6,8 +6,8 @@ from rich.console import Console, Group
 from rich.panel import Panel
 from rich.text import Text
 
-from mpsctl.observe.oom import OomEvent
-from mpsctl.observe.oom_events import Found
+from mpsctl.deaths.allocator import OomEvent
+from mpsctl.deaths.counting import Found
 
 _TITLES = {
     "kernel_oom_kill": "KERNEL OOM KILL",

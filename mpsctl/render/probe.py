@@ -9,7 +9,7 @@ from rich.table import Table
 from rich.text import Text
 
 from mpsctl.errors import ProbeExit
-from mpsctl.observe.probe import (
+from mpsctl.probe import (
     ProbeResult,
     service_footprint_bytes,
     service_rss_bytes,

@@ -52,26 +52,26 @@ ACCEPTED: dict[str, str] = {
     "mpsctl.torch_env.x_env_checks__mutmut_152": (
         "the default of an unset PYTORCH_ENABLE_MPS_FALLBACK, '' -> 'XXXX': neither is '1'"
     ),
-    "mpsctl.observe.oom.x__line_span__mutmut_4": (
+    "mpsctl.deaths.allocator.x__line_span__mutmut_4": (
         "`rfind('\\n', 0, start)` -> `rfind('\\n', None, start)`: None means 0 here"
     ),
-    "mpsctl.observe.oom.x__line_span__mutmut_23": (
+    "mpsctl.deaths.allocator.x__line_span__mutmut_23": (
         "`last < 0` -> `last <= 0`: `last` is a newline found at or after the match's end, "
         "which is > 0, so it is never 0"
     ),
-    "mpsctl.observe.oom.x__line_span__mutmut_24": "`last < 0` -> `last < 1`: as _23",
-    "mpsctl.observe.oom.x__parse_cuda__mutmut_19": (
+    "mpsctl.deaths.allocator.x__line_span__mutmut_24": "`last < 0` -> `last < 1`: as _23",
+    "mpsctl.deaths.allocator.x__parse_cuda__mutmut_19": (
         "`group('procs') or ''` -> `or 'XXXX'`: the group always matches (maybe empty), and "
         "'XXXX' holds no process line either"
     ),
-    "mpsctl.observe.oom.x_parse_oom__mutmut_43": (
+    "mpsctl.deaths.allocator.x_parse_oom__mutmut_43": (
         "the ratio's trailing punctuation set gains 'X': PyTorch prints the ratio as a number, "
         "which never ends in X"
     ),
-    "mpsctl.observe.oom.x_short_size__mutmut_33": (
+    "mpsctl.deaths.allocator.x_short_size__mutmut_33": (
         "rstrip('0') -> rstrip('XX0XX'): a formatted float never ends in X"
     ),
-    "mpsctl.observe.oom.x_short_size__mutmut_34": (
+    "mpsctl.deaths.allocator.x_short_size__mutmut_34": (
         "rstrip('.') -> rstrip('XX.XX'): a formatted float never ends in X"
     ),
 }

@@ -17,7 +17,7 @@ import pytest
 
 from mpsctl.control.start import start_service
 from mpsctl.control.stop import stop_service
-from mpsctl.observe import proctree
+from mpsctl.observe.processes.tree import create_time_of, is_alive
 from tests.control.fakes import FakeService, fake_service
 
 __all__ = ["fake_service"]  # a fixture
@@ -49,7 +49,7 @@ def test_machine_probe_of_a_stopped_service_imports_no_tables_no_requests_no_tor
 ) -> None:
     code, modules = imported("probe", flag)
     assert code == 2  # CRITICAL: nothing listens at port 9
-    assert "mpsctl.observe.probe" in modules  # the probe really ran
+    assert "mpsctl.probe" in modules  # the probe really ran
     assert heavy(modules, "rich.console", "rich.table", "requests", "urllib3", "torch",
                  "transformers") == []  # fmt: skip
 
@@ -86,8 +86,7 @@ NOT_FOR_STATUS_OR_STOP = (
     "mpsctl.control.start",
     "mpsctl.control.preflight",
     "mpsctl.render.lifecycle",
-    "mpsctl.observe.death",
-    "mpsctl.observe.oom",
+    "mpsctl.deaths",
     "rich",
     "requests",
     "http.client",
@@ -114,10 +113,10 @@ def test_stop_of_a_running_service_loads_no_start_path(
     assert started.status == "started"
     code, modules = imported("stop", url=f"http://127.0.0.1:{fake.port}")
     assert code == 0
-    assert not proctree.is_alive(started.pid, proctree.create_time_of(started.pid) or 0.0)
+    assert not is_alive(started.pid, create_time_of(started.pid) or 0.0)
     assert "rich.table" in modules  # it printed the table of what it signalled
     assert heavy(modules, "mpsctl.control.start", "mpsctl.control.preflight",
-                 "mpsctl.observe.death", "requests", "torch") == []  # fmt: skip
+                 "mpsctl.deaths", "requests", "torch") == []  # fmt: skip
 
 
 def test_status_of_a_running_service_loads_no_start_path_and_no_tables(
@@ -130,7 +129,7 @@ def test_status_of_a_running_service_loads_no_start_path_and_no_tables(
         assert code == 0
         assert "http.client" in modules  # the health check got its answer
         assert heavy(modules, "mpsctl.control.start", "mpsctl.render.lifecycle", "rich",
-                     "requests", "mpsctl.observe.death", "torch") == []  # fmt: skip
+                     "requests", "mpsctl.deaths", "torch") == []  # fmt: skip
     finally:
         stop_service(fake.settings())
     assert started.pid is not None

@@ -18,8 +18,8 @@ from mpsctl.control import audit
 from mpsctl.control.lock import service_lock
 from mpsctl.control.pidfile import write_pidfile
 from mpsctl.errors import ExitCode
-from mpsctl.observe.procs import PidRecord
-from mpsctl.observe.proctree import create_time_of
+from mpsctl.observe.processes import PidRecord
+from mpsctl.observe.processes.tree import create_time_of
 from mpsctl.units import iso_utc
 from tests.conftest import free_port
 from tests.control.fakes import FakeService, fake_command, fake_service, spawned, wait_for

@@ -19,8 +19,8 @@ from mpsctl.control.start import StartFailed, StartOptions, health_now, start_se
 from mpsctl.control.status import service_status
 from mpsctl.control.stop import stop_service
 from mpsctl.errors import ServiceError, StatusExit
-from mpsctl.observe import procs
-from mpsctl.torch_env import service_env
+from mpsctl.observe import processes
+from mpsctl.service_env import service_env
 from tests.control.fakes import (
     PYTHON,
     FakeService,
@@ -141,7 +141,7 @@ def test_start_timeout_kills_what_it_started(fake_service: Make, isolated_home: 
         start_service(fake.settings(), StartOptions(timeout=0.5))
 
     assert not (isolated_home / "service.pid").exists()
-    assert not procs.find_service(fake.settings(), pattern=str(fake.script)).processes
+    assert not processes.find_service(fake.settings(), pattern=str(fake.script)).processes
 
 
 def test_log_keeps_earlier_runs(fake_service: Make) -> None:
@@ -235,7 +235,7 @@ def test_foreground_becomes_the_service(fake_service: Make, isolated_home: Path)
         assert str(fake.script) in psutil.Process(proc.pid).cmdline()  # exec'd, same pid
         # a pidfile names it (exec keeps pid and start time): without it probe and the
         # watchdog would call a healthy unit-run service "not running"
-        snapshot = procs.find_service(fake.settings())
+        snapshot = processes.find_service(fake.settings())
         assert (snapshot.found_by, snapshot.roots) == ("pidfile", (proc.pid,))
     finally:
         proc.kill()

@@ -18,7 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from mpsctl.observe import proctree
+from mpsctl.observe import processes
 from tests.conftest import free_port
 from tests.control.fakes import kill_strays
 
@@ -135,7 +135,7 @@ def test_start_status_fix_stop_an_own_uvicorn_service(
     assert [a["name"] for a in report["actions"]] == ["stop", "clean-cache", "start"]
     second = json.loads((isolated_home / "service.pid").read_text())["pid"]
     assert second != first
-    assert not proctree.is_alive(first, proc.create_time())  # gone (a zombie at most)
+    assert not processes.is_alive(first, proc.create_time())  # gone (a zombie at most)
     assert psutil.Process(second).cmdline()[1] == str(venv_uvicorn)
 
     stopped = mpsctl(env, "stop")

@@ -15,7 +15,7 @@ from mpsctl.control.start import start_service
 from mpsctl.control.status import service_status
 from mpsctl.control.stop import stop_service
 from mpsctl.errors import StatusExit
-from mpsctl.observe import proctree
+from mpsctl.observe import processes
 from mpsctl.settings import load_settings
 from tests.conftest import free_port
 
@@ -64,7 +64,7 @@ def test_reference_service_lifecycle(
     assert stopped.status == "stopped"
     assert stopped.processes[0].outcome == "SIGTERM"
     assert stopped.freed_rss_bytes > 0
-    assert not proctree.is_alive(started.pid, created)
+    assert not processes.is_alive(started.pid, created)
     assert not (isolated_home / "service.pid").exists()
     assert service_status(settings).exit_code == StatusExit.NOT_RUNNING
     assert stop_service(settings).status == "already-stopped"

@@ -19,8 +19,8 @@ from mpsctl.cli import main
 from mpsctl.control.status import service_status
 from mpsctl.control.stop import stop_service
 from mpsctl.errors import StatusExit
-from mpsctl.observe import procs
-from mpsctl.observe.procs_match import argv_matches
+from mpsctl.observe import processes
+from mpsctl.observe.processes.matching import argv_matches
 from tests.conftest import free_port
 from tests.control.fakes import alive, fake_service, kill_strays, sleeper, spawned, wait_for
 from tests.scenarios.conftest import MAIN
@@ -57,7 +57,7 @@ def test_a_pidfile_naming_pid_1_is_not_a_running_service(fake_service, isolated_
 
     assert status.state != "running"
     assert status.exit_code == StatusExit.DEAD_PIDFILE
-    assert procs.find_service(settings).pidfile_state == "reused"
+    assert processes.find_service(settings).pidfile_state == "reused"
 
 
 def test_a_pidfile_whose_command_line_is_not_the_recorded_one_is_reused(
@@ -152,7 +152,7 @@ def test_a_relative_venv_path_is_matched_and_a_copy_on_another_port_is_not_the_s
         copy = by_hand(mvp, other)  # the same program on another port: a staging copy
         from mpsctl.settings import load_settings
 
-        snapshot = procs.find_service(load_settings())
+        snapshot = processes.find_service(load_settings())
 
         assert snapshot.found_by == "match"
         assert snapshot.roots == (service.pid,)
@@ -185,8 +185,8 @@ def test_a_match_still_loading_is_the_service_until_start_timeout(
     )
     from mpsctl.settings import load_settings
 
-    young = procs.find_service(load_settings())
-    old = procs.find_service(load_settings(), clock=lambda: 10**10)
+    young = processes.find_service(load_settings())
+    old = processes.find_service(load_settings(), clock=lambda: 10**10)
 
     assert young.roots == (loading.pid,)  # listens on no port yet: still loading
     assert old.roots == ()  # long past start_timeout and listening nowhere: not the service
@@ -209,7 +209,7 @@ def test_start_waits_for_a_port_the_stopped_process_still_holds(
     )
     holder = subprocess.Popen([sys.executable, "-c", code])
     spawned.append(holder)
-    assert wait_for(lambda: procs.port_holder("127.0.0.1", fake.port) is not None, 10)
+    assert wait_for(lambda: processes.port_holder("127.0.0.1", fake.port) is not None, 10)
 
     with pytest.raises(ServiceError, match=f"pid {holder.pid}, stopped a moment ago"):
         check_port_free(settings, just_stopped={holder.pid})

@@ -19,7 +19,7 @@ from mpsctl.monitor.alerts import (
     post_json,
     read_state,
 )
-from mpsctl.observe.probe import ProbeResult, take_probe
+from mpsctl.probe import ProbeResult, take_probe
 from mpsctl.settings import load_settings
 from tests.conftest import free_port
 from tests.monitor import alert_receiver, stub_service

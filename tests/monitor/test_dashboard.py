@@ -28,7 +28,7 @@ from mpsctl.cli import main
 from mpsctl.control import audit
 from mpsctl.monitor.prometheus import probe_samples, watchdog_samples
 from mpsctl.observe.macos import parse_pressure_level
-from mpsctl.observe.probe import take_probe
+from mpsctl.probe import take_probe
 from mpsctl.settings import load_settings
 from tests.conftest import free_port, read_fixture
 from tests.monitor import mps_report, stub_service

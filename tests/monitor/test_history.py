@@ -18,7 +18,7 @@ from mpsctl.monitor.history import (
     read_history,
     record_probe,
 )
-from mpsctl.observe.probe import ProbeResult, take_probe
+from mpsctl.probe import ProbeResult, take_probe
 from mpsctl.settings import load_settings
 from tests.conftest import free_port
 

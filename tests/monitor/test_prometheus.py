@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mpsctl.cli import main
 from mpsctl.monitor.prometheus import CachedProbe, start_exporter
-from mpsctl.observe.probe import take_probe
+from mpsctl.probe import take_probe
 from mpsctl.settings import load_settings
 from tests.conftest import free_port
 from tests.monitor import mps_report, stub_service

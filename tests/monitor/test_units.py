@@ -19,9 +19,9 @@ import pytest
 from click.testing import CliRunner
 
 from mpsctl.cli import main
-from mpsctl.observe import procs
+from mpsctl.observe import processes
+from mpsctl.service_env import service_env
 from mpsctl.settings import load_settings
-from mpsctl.torch_env import service_env
 from tests.conftest import free_port
 from tests.monitor.external import require_tool
 from tests.service_fixtures import stop_process, wait_healthy
@@ -209,7 +209,7 @@ def test_start_foreground_runs_and_stops_like_a_systemd_main_process(
         service = psutil.Process(proc.pid)
         assert "serve" in service.cmdline()
         # its pidfile names it (exec keeps pid and start time): status and probe find it
-        snapshot = procs.find_service(load_settings())
+        snapshot = processes.find_service(load_settings())
         assert (snapshot.found_by, snapshot.roots) == ("pidfile", (proc.pid,))
         assert status_of().exit_code == 0
         assert service.environ()["PYTORCH_MPS_HIGH_WATERMARK_RATIO"] == "0.7"

@@ -9,7 +9,7 @@ import pytest
 from rich.console import Console
 
 from mpsctl.monitor import watch_probes
-from mpsctl.observe.probe import ProbeResult, take_probe
+from mpsctl.probe import ProbeResult, take_probe
 from mpsctl.render.monitor import BLOCKS, Trends, sparkline, watch_sections
 from mpsctl.settings import load_settings
 from tests.conftest import free_port
@@ -89,7 +89,7 @@ def test_every_sparkline_uses_one_stated_scale(critical: ProbeResult) -> None:
     from dataclasses import replace
 
     from mpsctl.observe.accelerator import from_memory_report
-    from mpsctl.observe.procs import ProcInfo, ServiceSnapshot
+    from mpsctl.observe.processes import ProcInfo, ServiceSnapshot
 
     mib, gib = 1024**2, 1024**3
     proc = ProcInfo(4242, 1, ("uvicorn", "app:app"), "me", 19 * mib, None, None, 4,

@@ -43,7 +43,7 @@ def test_fix_table_on_cpu_says_what_probe_says() -> None:
     before/after rows say so in probe's words instead of "unknown"."""
     from mpsctl.control.fix import probe_figures
     from mpsctl.observe.accelerator import from_memory_report
-    from mpsctl.observe.probe import HealthFigures, ProbeResult
+    from mpsctl.probe import HealthFigures, ProbeResult
     from mpsctl.render.probe import CPU_ACCELERATOR, accelerator_table
     from mpsctl.settings import load_settings
 

@@ -18,9 +18,9 @@ from click.testing import CliRunner
 
 from mpsctl.cli import main
 from mpsctl.control.pidfile import default_pidfile_path, write_pidfile
-from mpsctl.observe import syslogs
-from mpsctl.observe.deaths import find_deaths
-from mpsctl.observe.procs import PidRecord
+from mpsctl.deaths import system_logs
+from mpsctl.deaths.parsers import find_deaths
+from mpsctl.observe.processes import PidRecord
 from mpsctl.settings import load_settings
 from tests.conftest import free_port, read_fixture
 
@@ -60,10 +60,10 @@ def recorded_kernel(monkeypatch: pytest.MonkeyPatch, output: str, code: int = 0)
             return code, output, ""
         return 127, "", ""
 
-    monkeypatch.setattr(syslogs, "run_command", runner)
+    monkeypatch.setattr(system_logs, "run_command", runner)
     # dmesg stamps seconds since boot: the recorded machine booted 18000 s before it logged
     boot = datetime.now(timezone.utc) - timedelta(seconds=18000)
-    monkeypatch.setattr(syslogs, "_boot_time", lambda: boot)
+    monkeypatch.setattr(system_logs, "_boot_time", lambda: boot)
 
 
 def test_status_names_the_kernel_oom_kill(
@@ -111,10 +111,10 @@ def test_no_evidence_names_every_place_and_privileges(
     killed_service(tmp_path, write_config)
     recorded_kernel(monkeypatch, "", code=1)
     settings = load_settings()
-    from mpsctl.observe.death import how_it_died
-    from mpsctl.observe.procs import find_service
+    from mpsctl.deaths.how_it_died import how_it_died
+    from mpsctl.observe.processes import find_service
 
-    denied = syslogs.read_system_logs(
+    denied = system_logs.read_system_logs(
         runner=lambda argv: (
             (1, "", "dmesg: read kernel buffer failed: Operation not permitted")
             if argv[0] == "dmesg"
@@ -165,7 +165,7 @@ def test_macos_places_jetsam_lines_and_reports(tmp_path: Path) -> None:
         seen.append(list(argv))
         return 0, unified, ""
 
-    evidence = syslogs.read_system_logs(
+    evidence = system_logs.read_system_logs(
         platform="darwin", runner=runner, root=tmp_path / "root", home=tmp_path / "home"
     )
     assert seen[0][:3] == ["log", "show", "--last"]
@@ -186,7 +186,7 @@ def test_linux_files_are_scanned_and_absent_ones_not_listed(tmp_path: Path) -> N
     log = tmp_path / "var/log/kern.log"
     log.parent.mkdir(parents=True)
     log.write_text(read_fixture("linux-oomkill-4-kernlog-sacrifice-child-oom-reaper.txt"))
-    evidence = syslogs.read_system_logs(
+    evidence = system_logs.read_system_logs(
         platform="linux", runner=lambda argv: (127, "", ""), root=tmp_path
     )
     assert evidence.looked_in == ["dmesg (not installed)", "/var/log/kern.log"]

@@ -1,10 +1,10 @@
 """Find every memory failure in log files of any size, fast: byte needles, then regexes.
 
-A first pass (``oom_scan_pass``) finds cheap byte needles: the system's ``rg``/``grep -F``
-where there is one (``scan_grep``), else a Python search in big chunks. Only the windows
-around a hit are decoded and parsed: caching-allocator messages by ``oom``, every
+A first pass (``first_pass``) finds cheap byte needles: the system's ``rg``/``grep -F``
+where there is one (``grep_pass``), else a Python search in big chunks. Only the windows
+around a hit are decoded and parsed: caching-allocator messages by ``allocator``, every
 other memory death (kernel OOM killer, systemd-oomd, jetsam, gunicorn, CPU allocator, CUDA
-runtime, MPS array limits) by ``deaths``, whose hits are read in clusters so that one kill
+runtime, MPS array limits) by ``parsers``, whose hits are read in clusters so that one kill
 written over many lines is one event. Each event gets its record's timestamp from the
 nearest line above it that has one.
 """
@@ -20,18 +20,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mpsctl.observe.deaths import find_deaths
-from mpsctl.observe.logtime import iso, line_time
-from mpsctl.observe.oom import NEEDLES, OomEvent, parse_oom
-from mpsctl.observe.oom_events import Found, merge
-from mpsctl.observe.oom_scan_pass import (
+from mpsctl.deaths.allocator import NEEDLES, OomEvent, parse_oom
+from mpsctl.deaths.counting import Found, merge
+from mpsctl.deaths.first_pass import (
     ALL_NEEDLES,
     PREFILTER_NEEDLES,
     Hit,
     find_in_range,
     parallel_hits,
 )
-from mpsctl.observe.scan_grep import grep_hits
+from mpsctl.deaths.grep_pass import grep_hits
+from mpsctl.deaths.parsers import find_deaths
+from mpsctl.observe.logtime import iso, line_time
 from mpsctl.units import utc_now_iso
 
 if TYPE_CHECKING:
@@ -62,7 +62,7 @@ def scan_found(
 
     Two passes that never hold the file in memory: (1) the needles' byte offsets and line
     numbers, from ``rg``/``grep -F`` (``prefilter``, where the system has one) or, as fallback
-    and reference, ``oom_scan_pass.find_in_range`` (see there);
+    and reference, ``first_pass.find_in_range`` (see there);
     (2) each hit is read back with its surroundings, decoded (``errors="replace"``) and
     parsed, joining a message wrapped over its next lines and taking the timestamp of its
     line or of the record it continues (a traceback).
@@ -143,7 +143,7 @@ def recent_events(
     probe: cheap. Only memory deaths count (not a gunicorn kill after its own timeout).
 
     Only events with a timestamp count (their line's, or their record's): a log without
-    timestamps cannot say whether an OOM is recent (``oom_cursor`` finds those once).
+    timestamps cannot say whether an OOM is recent (``cursor`` finds those once).
     Unreadable or missing files are skipped.
     """
     cutoff = since if isinstance(since, datetime) else datetime.fromtimestamp(since, timezone.utc)
@@ -160,7 +160,7 @@ def recent_events(
 
 def counts(item: Found) -> bool:
     """Whether a found event is a memory failure (what the probe and report count)."""
-    from mpsctl.observe.deaths import is_memory_death
+    from mpsctl.deaths.parsers import is_memory_death
 
     if isinstance(item.event, OomEvent):
         return item.event.kind == "oom"
@@ -385,12 +385,12 @@ def advice_for(
     """Plain advice for any kind (``ram_bytes``: this machine's, for the kills' figures;
     ``plan``: the configured service's memory plan, cited in the allocator's advice)."""
     if isinstance(item.event, OomEvent):
-        from mpsctl.observe.oom_advice import explain
+        from mpsctl.deaths.allocator_advice import explain
 
         return explain(item.event, high_ratio, plan)
-    from mpsctl.observe import death_advice
+    from mpsctl.deaths import advice
 
-    return death_advice.explain(item.event, ram_bytes=ram_bytes)
+    return advice.explain(item.event, ram_bytes=ram_bytes)
 
 
 def find_events(

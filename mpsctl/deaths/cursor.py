@@ -24,8 +24,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from mpsctl.deaths.counting import Found, merge
 from mpsctl.observe.logtime import iso
-from mpsctl.observe.oom_events import Found, merge
 from mpsctl.storage import atomic_write_json
 from mpsctl.units import parse_time
 
@@ -58,7 +58,7 @@ def new_events(
 ) -> list[dict[str, Any]]:
     """The probe's memory failures as JSON dicts: timestamped ones inside the window (from
     the cursor's memory and the new bytes) and, once each, untimed ones in the new bytes."""
-    from mpsctl.observe.oom_scan import _tail_start, counts, scan_range
+    from mpsctl.deaths.scanner import _tail_start, counts, scan_range
 
     moment = now or datetime.now(timezone.utc)
     cutoff = moment - timedelta(seconds=window_s)

@@ -7,7 +7,8 @@ Facts the event cannot carry (the machine's RAM, what is free now, the GPU's siz
 
 from __future__ import annotations
 
-from mpsctl.observe.deaths import (
+from mpsctl.deaths.allocator import short_size
+from mpsctl.deaths.parsers import (
     CpuAllocFailure,
     DeathEvent,
     DeviceError,
@@ -17,7 +18,6 @@ from mpsctl.observe.deaths import (
     OomdKill,
     WorkerKilled,
 )
-from mpsctl.observe.oom import short_size
 from mpsctl.torch_env import HIGH_ENV
 
 _LIMIT_ADVICE = (

@@ -1,4 +1,4 @@
-"""observe.procs against real processes: pidfile identity, match, trees, ports."""
+"""observe.processes against real processes: pidfile identity, match, trees, ports."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from mpsctl.observe import procs, proctree
+from mpsctl.observe import processes
 from mpsctl.settings import Settings, load_settings
 from tests.control.fakes import PYTHON, sleeper, spawned, wait_for
 
@@ -46,7 +46,7 @@ def test_pidfile_with_matching_create_time_finds_the_tree(
     created = psutil.Process(parent.pid).create_time()
     write_pidfile(isolated_home / "service.pid", parent.pid, created)
 
-    snap = procs.find_service(settings(), clock=lambda: created + 42.0)
+    snap = processes.find_service(settings(), clock=lambda: created + 42.0)
 
     assert (snap.found_by, snap.pidfile_state, snap.running) == ("pidfile", "ok", True)
     assert snap.roots == (parent.pid,)
@@ -65,22 +65,22 @@ def test_reused_pid_is_not_the_service(spawned: list, isolated_home: Path) -> No
     created = psutil.Process(other.pid).create_time()
     write_pidfile(isolated_home / "service.pid", other.pid, created - 3600)
 
-    snap = procs.find_service(settings())
+    snap = processes.find_service(settings())
 
     assert (snap.pidfile_state, snap.running, snap.found_by) == ("reused", False, None)
-    assert not proctree.is_alive(other.pid, created - 3600)
-    assert proctree.is_alive(other.pid, created)
+    assert not processes.is_alive(other.pid, created - 3600)
+    assert processes.is_alive(other.pid, created)
 
 
 def test_stale_and_invalid_pidfiles(isolated_home: Path) -> None:
     gone = subprocess.Popen([PYTHON, "-c", "pass"])
     gone.wait()
     write_pidfile(isolated_home / "service.pid", gone.pid, 1.0)
-    assert procs.find_service(settings()).pidfile_state == "stale"
+    assert processes.find_service(settings()).pidfile_state == "stale"
     (isolated_home / "service.pid").write_text("{not json", encoding="utf-8")
-    assert procs.find_service(settings()).pidfile_state == "invalid"
+    assert processes.find_service(settings()).pidfile_state == "invalid"
     (isolated_home / "service.pid").unlink()
-    assert procs.find_service(settings()).pidfile_state == "missing"
+    assert processes.find_service(settings()).pidfile_state == "missing"
 
 
 def test_match_groups_a_reloader_and_its_worker(spawned: list) -> None:
@@ -88,7 +88,7 @@ def test_match_groups_a_reloader_and_its_worker(spawned: list) -> None:
     spawned.append(parent)
     assert wait_for(lambda: len(psutil.Process(parent.pid).children()) == 1)
 
-    snap = procs.find_service(settings(r"uvicorn mvp-fake-7"))
+    snap = processes.find_service(settings(r"uvicorn mvp-fake-7"))
 
     assert snap.found_by == "match"
     assert snap.roots == (parent.pid,)  # the worker matches too, but descends from the root
@@ -107,7 +107,7 @@ def test_pidfile_wins_over_decoys_that_mention_the_pattern(
         isolated_home / "service.pid", service.pid, psutil.Process(service.pid).create_time()
     )
 
-    snap = procs.find_service(settings("uvicorn app.main:app"))
+    snap = processes.find_service(settings("uvicorn app.main:app"))
 
     assert snap.found_by == "pidfile"
     assert decoy.pid not in snap.pids
@@ -115,18 +115,18 @@ def test_pidfile_wins_over_decoys_that_mention_the_pattern(
 
 def test_never_matches_itself_or_its_ancestors() -> None:
     own = " ".join(psutil.Process().cmdline())
-    found = procs.find_service(settings(re.escape(own))).processes
+    found = processes.find_service(settings(re.escape(own))).processes
     assert os.getpid() not in {p.pid for p in found}
     assert os.getppid() not in {p.pid for p in found}
-    assert os.getpid() in proctree.protected_pids()
+    assert os.getpid() in processes.protected_pids()
 
 
 def test_zombie_counts_as_gone() -> None:
     child = subprocess.Popen([PYTHON, "-c", "pass"])
     created = psutil.Process(child.pid).create_time()
     assert wait_for(lambda: psutil.Process(child.pid).status() == psutil.STATUS_ZOMBIE)
-    assert not proctree.is_alive(child.pid, created)
-    assert procs.proc_info(psutil.Process(child.pid)) is None
+    assert not processes.is_alive(child.pid, created)
+    assert processes.proc_info(psutil.Process(child.pid)) is None
     child.wait()
 
 
@@ -142,25 +142,25 @@ def test_port_holder_names_the_listener(spawned: list) -> None:
             return probe.connect_ex(("127.0.0.1", port)) == 0
 
     assert wait_for(listening)
-    holder = procs.port_holder("127.0.0.1", port)
-    assert isinstance(holder, procs.ProcInfo)
+    holder = processes.port_holder("127.0.0.1", port)
+    assert isinstance(holder, processes.ProcInfo)
     assert holder.pid == server.pid
     assert "http.server" in holder.command
 
 
 def test_footprint_is_none_off_macos() -> None:
     if sys.platform == "darwin":
-        assert procs.phys_footprint(os.getpid()) is not None
+        assert processes.phys_footprint(os.getpid()) is not None
     else:
-        assert procs.phys_footprint(os.getpid()) is None
+        assert processes.phys_footprint(os.getpid()) is None
 
 
 def test_group_is_mine_only_without_mpsctl_in_it(spawned: list) -> None:
     own_session = subprocess.Popen([PYTHON, "-c", "import time; time.sleep(60)"],
                                    start_new_session=True)  # fmt: skip
     spawned.append(own_session)
-    assert proctree.group_is_mine(own_session.pid)
-    assert not proctree.group_is_mine(os.getpgrp())  # this process (mpsctl in the test) is in it
+    assert processes.group_is_mine(own_session.pid)
+    assert not processes.group_is_mine(os.getpgrp())  # this process (mpsctl in the test) is in it
 
 
 def test_session_members_finds_what_an_exited_leader_left(spawned: list) -> None:
@@ -174,9 +174,9 @@ def test_session_members_finds_what_an_exited_leader_left(spawned: list) -> None
     created = psutil.Process(leader.pid).create_time()
     leader.wait()
     try:
-        found = proctree.session_members(leader.pid, created)
+        found = processes.session_members(leader.pid, created)
         assert list(found) == [orphan]
-        assert proctree.session_members(leader.pid, created + 3600) == {}  # born before: not it
+        assert processes.session_members(leader.pid, created + 3600) == {}  # born before: not it
     finally:
         psutil.Process(orphan).kill()
 
@@ -185,15 +185,17 @@ def test_cpu_percent_between_two_readings_tells_busy_from_idle(spawned: list) ->
     busy = subprocess.Popen([PYTHON, "-c", "while True: pass"])
     idle = sleeper()
     spawned.extend([busy, idle])
-    infos = procs.processes_info((p.pid, psutil.Process(p.pid).create_time()) for p in (busy, idle))
-    snapshot = procs.ServiceSnapshot("match", "missing", None, (busy.pid,), infos)
+    infos = processes.processes_info(
+        (p.pid, psutil.Process(p.pid).create_time()) for p in (busy, idle)
+    )
+    snapshot = processes.ServiceSnapshot("match", "missing", None, (busy.pid,), infos)
     pids = [busy.pid, idle.pid]
     time.sleep(0.2)  # past the interpreter's start-up: idle is idle by now
-    before = procs.cpu_seconds(pids)
+    before = processes.cpu_seconds(pids)
     began = time.perf_counter()
     time.sleep(0.3)
-    after = procs.cpu_seconds(pids)
-    result = procs.with_cpu_percent(snapshot, before, after, time.perf_counter() - began)
+    after = processes.cpu_seconds(pids)
+    result = processes.with_cpu_percent(snapshot, before, after, time.perf_counter() - began)
     figures = {p.pid: p.cpu_percent for p in result.processes}
     # one core's worth of spinning, even sharing 2 cores with other work; the sleeper ~0
     assert figures[busy.pid] is not None
@@ -201,5 +203,5 @@ def test_cpu_percent_between_two_readings_tells_busy_from_idle(spawned: list) ->
     assert figures[idle.pid] is not None
     assert figures[idle.pid] < 5
     # a pid missing from a reading keeps "unknown", never 0
-    partial = procs.with_cpu_percent(snapshot, {busy.pid: before[busy.pid]}, after, 0.3)
+    partial = processes.with_cpu_percent(snapshot, {busy.pid: before[busy.pid]}, after, 0.3)
     assert {p.pid: p.cpu_percent for p in partial.processes}[idle.pid] is None

@@ -13,15 +13,15 @@ import pytest
 from click.testing import CliRunner
 
 from mpsctl.cli import main
-from mpsctl.observe import oom_scan
-from mpsctl.observe.deaths import find_deaths
+from mpsctl.deaths import scanner
+from mpsctl.deaths.allocator import OomEvent
+from mpsctl.deaths.counting import Found
+from mpsctl.deaths.grep_pass import grep_path
+from mpsctl.deaths.parsers import find_deaths
+from mpsctl.deaths.scanner import find_events, scan_found
 from mpsctl.observe.logtime import iso
-from mpsctl.observe.oom import OomEvent
-from mpsctl.observe.oom_events import Found
-from mpsctl.observe.oom_scan import find_events, scan_found
-from mpsctl.observe.scan_grep import grep_path
 from tests.conftest import FIXTURES, read_fixture
-from tests.observe.test_deaths import EXPECTED
+from tests.deaths.test_parsers import EXPECTED
 
 HAS_GREP = grep_path() is not None
 
@@ -139,18 +139,18 @@ def test_an_overflowing_size_hides_nothing(tmp_path: Path) -> None:
 
 
 def read_requested(text: str) -> int | None:
-    event = oom_scan.parse_oom(text)
+    event = scanner.parse_oom(text)
     assert event is not None
     return event.requested_bytes
 
 
 def test_grep_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
-    from mpsctl.observe import scan_grep
+    from mpsctl.deaths import grep_pass
 
-    monkeypatch.setattr(scan_grep, "_GREP", [])
+    monkeypatch.setattr(grep_pass, "_GREP", [])
     monkeypatch.setenv("MPSCTL_GREP", "")
     assert grep_path() is None
-    monkeypatch.setattr(scan_grep, "_GREP", [])
+    monkeypatch.setattr(grep_pass, "_GREP", [])
     monkeypatch.delenv("MPSCTL_GREP")
     assert (grep_path() is None) == (not os.path.exists("/usr/bin/grep") and not HAS_GREP)
 
@@ -159,13 +159,13 @@ def test_a_grep_that_answers_otherwise_is_not_trusted(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A grep printing its fields in another order must not send the parser astray."""
-    from mpsctl.observe import scan_grep
+    from mpsctl.deaths import grep_pass
 
     log = copy(tmp_path, "torch-cpu-oom-2-cant-allocate-errcode12-CPUAllocator65.txt")
     other = tmp_path / "othergrep"
     other.write_text("#!/bin/sh\ncat >/dev/null\necho '7:1:CPUAllocator'\n")  # offset, line swapped
     other.chmod(0o755)
-    monkeypatch.setattr(scan_grep, "_GREP", [])
+    monkeypatch.setattr(grep_pass, "_GREP", [])
     monkeypatch.setenv("MPSCTL_GREP", str(other))
     assert grep_path() == str(other)
     assert shape(scan_found(log)) == shape(scan_found(log, prefilter=False))

@@ -1,7 +1,7 @@
 """The scanner's first pass: where in a log the memory failures' byte needles are.
 
 Two ways to the same list of hits (a needle's offset and the newlines before it): the
-system's ``rg``/``grep -F`` (``scan_grep``), which searches for a few *prefilter* needles at
+system's ``rg``/``grep -F`` (``grep_pass``), which searches for a few *prefilter* needles at
 the machine's speed and returns only the candidate lines, in which every needle is then
 located exactly; or, as fallback and reference, ``find_in_range``: a ``bytes`` search per
 needle over big chunks (in spawned workers for very large files). The tests hold the two to
@@ -13,14 +13,14 @@ from __future__ import annotations
 import io
 import os
 
-from mpsctl.observe.oom import NEEDLES
+from mpsctl.deaths.allocator import NEEDLES
 
 #: (absolute offset of a needle, newlines in the file before it)
 Hit = tuple[int, int]
 
 #: read size of the Python pass (one reused buffer; 64 KiB-4 MiB measured the same)
 CHUNK_BYTES = 256 * 1024
-#: bytes that start (or, for the kernel, head) every memory death ``deaths`` reads; fixed
+#: bytes that start (or, for the kernel, head) every memory death ``parsers`` reads; fixed
 #: strings, so grep and ``bytes.find`` agree. "Killed process" and "Out of memory" also catch a
 #: kill line hard-wrapped after them. Long needles on purpose: a multi-string search skips
 #: ahead by up to the shortest needle's length, so one short needle slows every byte.

@@ -1,7 +1,7 @@
 """Recognise PyTorch out-of-memory messages (MPS, CUDA, every known wording).
 
-Pure functions: ``parse_oom(text)`` reads one message; ``oom_advice.explain(event)`` turns it
-into plain advice with exact numbers, ``oom_scan.scan_file(path)`` streams a log of any
+Pure functions: ``parse_oom(text)`` reads one message; ``allocator_advice.explain(event)`` turns it
+into plain advice with exact numbers, ``scanner.scan_file(path)`` streams a log of any
 size. Nothing here imports torch: the messages are all the CLI ever sees of another
 process's memory.
 
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from mpsctl.observe.logprefix import size_value, to_int
+from mpsctl.deaths.line_prefix import size_value, to_int
 from mpsctl.torch_env import HIGH_ENV, LOW_ENV
 
 _UNITS = {

@@ -16,7 +16,7 @@ from mpsctl.client import ServiceClient
 from mpsctl.errors import ProbeExit
 from mpsctl.observe.accelerator import AcceleratorFigures, accelerator_figures
 from mpsctl.observe.host import HostMemory, host_memory
-from mpsctl.observe.procs import ServiceSnapshot, cpu_seconds, find_service, with_cpu_percent
+from mpsctl.observe.processes import ServiceSnapshot, cpu_seconds, find_service, with_cpu_percent
 from mpsctl.settings import Settings, Thresholds
 from mpsctl.units import GIB, fmt_bytes, utc_now_iso
 
@@ -66,7 +66,7 @@ class ProbeResult:
     findings: tuple[Finding, ...]
     thresholds: Thresholds
     errors: tuple[str, ...] = field(default=())
-    #: how the service died, when its pidfile names a process that is gone (``death``)
+    #: how the service died, when its pidfile names a process that is gone (``deaths.how_it_died``)
     death: dict[str, Any] | None = None
 
     @property
@@ -278,7 +278,7 @@ def health_figures(client: ServiceClient, timeout: float) -> HealthFigures:
 
 def recent_oom_events(settings: Settings, window_s: float = OOM_WINDOW_S) -> list[dict[str, Any]]:
     """Memory failures of the last ``window_s`` seconds, and, once each, those without a time
-    written since the previous probe; only bytes new since then are read (``oom_cursor``)."""
+    written since the previous probe; only bytes new since then are read (``deaths.cursor``)."""
     since = time.time() - window_s
     log_file = settings.service.log_file
     if not settings.service.log_globs:
@@ -292,8 +292,8 @@ def recent_oom_events(settings: Settings, window_s: float = OOM_WINDOW_S) -> lis
             return []
         except OSError:
             pass  # unreadable: let the scan report it
+    from mpsctl.deaths.cursor import new_events
     from mpsctl.observe.logfiles import resolve_logs
-    from mpsctl.observe.oom_cursor import new_events
 
     paths = [path for _label, path in resolve_logs(settings) if path is not None]
     return new_events(settings.home, paths, window_s)
@@ -301,7 +301,7 @@ def recent_oom_events(settings: Settings, window_s: float = OOM_WINDOW_S) -> lis
 
 def _cursor_read_at(settings: Settings) -> float:
     """When the probe's cursor was last written (0 when never)."""
-    from mpsctl.observe.oom_cursor import state_path
+    from mpsctl.deaths.cursor import state_path
 
     try:
         return state_path(settings.home).stat().st_mtime
@@ -359,7 +359,7 @@ def take_probe(
     death: dict[str, Any] | None = None
     if service is not None and service.pidfile_state in ("stale", "reused"):
         try:
-            from mpsctl.observe.death import how_it_died
+            from mpsctl.deaths.how_it_died import how_it_died
 
             cause = how_it_died(settings, service)
         except Exception as exc:  # the probe reports; a failed search is one more error

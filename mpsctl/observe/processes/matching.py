@@ -1,6 +1,6 @@
 """Which processes matching ``service.match`` are the service, and pidfile argv checks.
 
-Read-only helpers of :func:`mpsctl.observe.procs.find_service`: a regex over command lines
+Read-only helpers of :func:`mpsctl.observe.processes.find_service`: a regex over command lines
 finds candidates; the ports their trees listen on decide which one is the service.
 """
 
@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 import psutil
 
 from mpsctl.errors import ConfigError
-from mpsctl.observe.proctree import GONE, own_user, protected_pids, tree
+from mpsctl.observe.processes.tree import GONE, own_user, protected_pids, tree
 from mpsctl.settings import Settings
 
 Clock = Callable[[], float]

@@ -1,34 +1,12 @@
-"""The only psutil process code: find the service and snapshot its process tree. READ-ONLY.
-
-A process that vanishes (``NoSuchProcess``), is a zombie (``ZombieProcess``) or belongs to
-someone we may not inspect (``AccessDenied``) is an expected outcome: its field is ``None`` or
-the process is skipped, never a crash (the nvitop rule).
-
-How the service is found, in order:
-
-1. the pidfile ``start`` wrote: the pid *and* its create_time must match, otherwise the pid
-   was reused by an unrelated process (``pidfile_state == "reused"``) and that process is not
-   the service;
-   A live pid whose command line is not the one recorded (a pidfile written by hand, or a
-   pid reused by a process started in the same second) is "reused" too, and PID 1 and
-   mpsctl's own ancestors are never the service;
-2. otherwise ``service.match``, a regex over command lines, limited to the current user's
-   processes and never mpsctl itself or its ancestors (``mpsctl stop`` run from a shell whose
-   command line mentions the pattern must not find its own shell). A relative program path
-   (``venv/bin/uvicorn``) is also tried made absolute against the process's cwd. A match is
-   the service only if it (or a descendant) listens on the service's port, or it listens on
-   no port and is younger than ``start_timeout`` (still loading): a staging copy of the same
-   app on another port matches the pattern too, and is listed as ``others``, never used.
-
-When the pidfile names a live service the pattern is not used at all, so a process whose
-command line merely mentions the pattern (``grep uvicorn``, an editor) is never taken for it.
+"""One process's facts (memory, macOS footprint, CPU, its PyTorch variables) and the snapshot
+of a whole tree. A process that vanishes, is a zombie or may not be inspected is skipped or
+has ``None`` fields, never a crash. READ-ONLY.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import json
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -38,93 +16,13 @@ from typing import Any, Literal
 
 import psutil
 
-from mpsctl.observe.procs_match import argv_matches, is_the_service, matching, roots_of
-from mpsctl.observe.proctree import (
-    GONE,
-    live_other,
-    own_user,
-    protected_pids,
-    same_process,
-    tree,
-)
-from mpsctl.settings import Settings
+from mpsctl.observe.processes.pidfile import PidRecord
+from mpsctl.observe.processes.tree import GONE, same_process, tree
 from mpsctl.torch_env import pytorch_vars
 
 Clock = Callable[[], float]
 FoundBy = Literal["pidfile", "match"]
 PidfileState = Literal["ok", "missing", "stale", "reused", "invalid"]
-
-PIDFILE_NAME = "service.pid"
-
-
-# --------------------------------------------------------------------------- pidfile (read side)
-@dataclass(frozen=True)
-class PidRecord:
-    """What ``start`` wrote to the pidfile (written by ``mpsctl.control.pidfile``)."""
-
-    pid: int
-    create_time: float
-    argv: tuple[str, ...] = ()
-    url: str | None = None
-    started_at: str | None = None
-    version: str | None = None
-    pgid: int | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "pid": self.pid,
-            "create_time": self.create_time,
-            "argv": list(self.argv),
-            "url": self.url,
-            "started_at": self.started_at,
-            "mpsctl_version": self.version,
-            "pgid": self.pgid,
-        }
-
-    @classmethod
-    def from_json(cls, data: Any) -> PidRecord:
-        """Parse a pidfile document; ValueError when it is not one."""
-        if not isinstance(data, dict):
-            raise ValueError("not a JSON object")
-        pid, created = data.get("pid"), data.get("create_time")
-        if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
-            raise ValueError("no valid pid")
-        if not isinstance(created, (int, float)) or isinstance(created, bool):
-            raise ValueError("no valid create_time")
-        argv = data.get("argv") or ()
-        pgid = data.get("pgid")
-
-        def text(key: str) -> str | None:
-            value = data.get(key)
-            return value if isinstance(value, str) else None
-
-        return cls(
-            pid=pid,
-            create_time=float(created),
-            argv=tuple(str(a) for a in argv) if isinstance(argv, list) else (),
-            url=text("url"),
-            started_at=text("started_at"),
-            version=text("mpsctl_version"),
-            pgid=pgid if isinstance(pgid, int) and not isinstance(pgid, bool) else None,
-        )
-
-
-def default_pidfile_path(settings: Settings) -> Path:
-    return settings.home / PIDFILE_NAME
-
-
-def read_pidfile(path: Path) -> PidRecord | Literal["invalid"] | None:
-    """The record, ``None`` when there is no file, ``"invalid"`` when it cannot be parsed."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return None
-    except (OSError, UnicodeDecodeError):  # unreadable, or bytes that are not text at all
-        return "invalid"
-    try:
-        return PidRecord.from_json(json.loads(text))
-    except ValueError:  # json.JSONDecodeError is a ValueError
-        return "invalid"
 
 
 # --------------------------------------------------------------------------- process facts
@@ -369,7 +267,7 @@ def with_cpu_percent(
     return replace(snapshot, processes=procs)
 
 
-def _snapshot_tree(
+def snapshot_tree(
     roots: list[psutil.Process], *, clock: Clock, cpu_interval: float
 ) -> tuple[ProcInfo, ...]:
     procs = tree(roots)
@@ -396,97 +294,3 @@ def processes_info(
         if info is not None:
             infos.append(info)
     return tuple(infos)
-
-
-def find_service(
-    settings: Settings,
-    *,
-    pidfile_path: Path | None = None,
-    pattern: str | None = None,
-    clock: Clock = time.time,
-    cpu_interval: float = 0.0,
-) -> ServiceSnapshot:
-    """Where the service is, and its whole process tree. Reads only."""
-    path = pidfile_path if pidfile_path is not None else default_pidfile_path(settings)
-    record = read_pidfile(path)
-    state: PidfileState
-    if record is None:
-        state = "missing"
-    elif record == "invalid":
-        state = "invalid"
-    else:
-        root = same_process(record.pid, record.create_time)
-        if root is not None and not _impostor(root, record):
-            procs = _snapshot_tree([root], clock=clock, cpu_interval=cpu_interval)
-            return ServiceSnapshot("pidfile", "ok", record, (root.pid,), procs, path)
-        state = "reused" if root is not None or live_other(record.pid) else "stale"
-    pidrecord = record if isinstance(record, PidRecord) else None
-
-    regex = pattern if pattern is not None else settings.service.match
-    others: tuple[ProcInfo, ...] = ()
-    if regex:
-        matches = matching(regex)
-        if matches:
-            roots: list[psutil.Process] = []
-            strangers: list[psutil.Process] = []
-            for root in roots_of(matches):
-                (roots if is_the_service(root, settings, clock) else strangers).append(root)
-            others = _snapshot_tree(strangers, clock=clock, cpu_interval=0.0)
-            procs = _snapshot_tree(roots, clock=clock, cpu_interval=cpu_interval)
-            root_pids = tuple(p.pid for p in roots if any(i.pid == p.pid for i in procs))
-            if root_pids:
-                return ServiceSnapshot("match", state, pidrecord, root_pids, procs, path, others)
-    return ServiceSnapshot(None, state, pidrecord, (), (), path, others)
-
-
-def _impostor(root: psutil.Process, record: PidRecord) -> bool:
-    """PID 1, mpsctl's own ancestors, or a process whose command line is not the recorded
-    one: never the service, whatever the pidfile says."""
-    if root.pid == 1 or root.pid in protected_pids():
-        return True
-    try:
-        cmdline = tuple(root.cmdline())
-    except (*GONE, psutil.AccessDenied):
-        return False
-    return not argv_matches(record.argv, cmdline)
-
-
-# --------------------------------------------------------------------------- ports
-def port_holder(host: str, port: int, *, clock: Clock = time.time) -> ProcInfo | int | None:
-    """Who listens on ``port``: a ProcInfo when we may see it, a bare pid, or None.
-
-    ``psutil.net_connections`` needs root on macOS; then only our own processes are looked at,
-    which is still the common case (the service started by hand by this user).
-    """
-    wanted = {host, "0.0.0.0", "::", ""}
-    if host == "localhost":
-        wanted |= {"127.0.0.1", "::1"}
-
-    def listening(conns: Iterable[Any]) -> Any:
-        for conn in conns:
-            if conn.status != psutil.CONN_LISTEN or not conn.laddr:
-                continue
-            if conn.laddr.port == port and (conn.laddr.ip in wanted or host in ("0.0.0.0", "::")):
-                return conn
-        return None
-
-    try:
-        conn = listening(psutil.net_connections(kind="inet"))
-        if conn is not None and conn.pid:
-            try:
-                return proc_info(psutil.Process(conn.pid), clock=clock) or int(conn.pid)
-            except (*GONE, psutil.AccessDenied):
-                return int(conn.pid)
-        if conn is not None:
-            return None
-    except psutil.AccessDenied:
-        pass
-    for proc in psutil.process_iter():
-        if not own_user(proc):
-            continue
-        try:
-            if listening(proc.net_connections(kind="inet")) is not None:
-                return proc_info(proc, clock=clock) or proc.pid
-        except (*GONE, psutil.AccessDenied):
-            continue
-    return None

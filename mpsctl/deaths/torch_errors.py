@@ -26,7 +26,7 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any, ClassVar
 
-from mpsctl.observe.logprefix import to_int
+from mpsctl.deaths.line_prefix import to_int
 
 _CPU = re.compile(
     r"DefaultCPUAllocator:\s+(can't allocate memory|not enough memory):\s+you tried to"

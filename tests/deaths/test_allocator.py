@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from mpsctl.observe import oom, oom_scan, oom_scan_pass
+from mpsctl.deaths import allocator, first_pass, scanner
+from mpsctl.deaths.allocator import parse_oom, summary
+from mpsctl.deaths.allocator_advice import explain
+from mpsctl.deaths.scanner import scan_file
 from mpsctl.observe.logtime import line_time
-from mpsctl.observe.oom import parse_oom, summary
-from mpsctl.observe.oom_advice import explain
-from mpsctl.observe.oom_scan import scan_file
 from tests.conftest import FIXTURES, read_fixture
 
 KIB, MIB, GIB = 1024, 1024**2, 1024**3
@@ -170,7 +170,7 @@ def test_every_cuda_fixture_parses_to_exact_bytes(name: str, given: dict) -> Non
     expected = dict(_CUDA_NONE, **given)
     for key, value in expected.items():
         if key == "other_processes":
-            want = tuple(oom.OtherProcess(pid, exact(size)) for pid, size in value)
+            want = tuple(allocator.OtherProcess(pid, exact(size)) for pid, size in value)
             assert all(f"Process {pid} has {size} memory in use" in text for pid, size in value)
         elif isinstance(value, str):
             assert value in text, key  # the size really is in the fixture
@@ -338,7 +338,7 @@ def test_scan_file_keeps_a_cut_message_as_incomplete(tmp_path: Path) -> None:
 
 
 def test_scan_file_across_chunk_boundaries(tmp_path: Path) -> None:
-    chunk = oom_scan_pass.CHUNK_BYTES
+    chunk = first_pass.CHUNK_BYTES
     filler = "2026-01-21T10:00:00Z INFO nothing to see here\n"
     one = read_fixture("torch-mps-oom-6-gib.txt").strip()
     parts: list[str] = []
@@ -407,7 +407,7 @@ def test_tiny_chunks_find_every_message_exactly_once(
 ) -> None:
     # Chunk sizes below the needle length and odd ones: every needle is cut by a boundary at
     # some offset; each message must still be found once, on its own line.
-    monkeypatch.setattr(oom_scan_pass, "CHUNK_BYTES", chunk)
+    monkeypatch.setattr(first_pass, "CHUNK_BYTES", chunk)
     lines = ["2026-01-21T09:00:00Z INFO fine"]
     for n, name in enumerate(["torch-mps-oom-2.txt", "torch-cuda-oom-old-1.txt"] * 3):
         lines += ["x" * n, "2026-01-21T10:00:00Z " + read_fixture(name).strip()]
@@ -440,10 +440,10 @@ def test_parallel_scan_equals_the_single_pass(
     serial = list(scan_file(log))
     assert len(serial) == 40
     with log.open("rb") as handle:
-        single = oom_scan_pass.find_in_range(handle, 0, size)[1]
-    monkeypatch.setattr(oom_scan_pass, "PARALLEL_MIN_BYTES", 1)
+        single = first_pass.find_in_range(handle, 0, size)[1]
+    monkeypatch.setattr(first_pass, "PARALLEL_MIN_BYTES", 1)
     for workers in (2, 3, 7):
-        assert oom_scan_pass.parallel_hits(log, log.stat(), size, workers=workers) == single
+        assert first_pass.parallel_hits(log, log.stat(), size, workers=workers) == single
     assert list(scan_file(log)) == serial
 
 
@@ -467,7 +467,7 @@ def test_recent_events_reads_the_tail_and_needs_a_time(tmp_path: Path) -> None:
         f"{old} {oom_line}{filler}{new} ERROR failed\n{oom_line}{oom_line.strip()} again\n",
     )
     untimed = write(tmp_path / "u.log", oom_line)
-    events = oom_scan.recent_events(
+    events = scanner.recent_events(
         [log, untimed, tmp_path / "missing.log", None], time.time() - 3600
     )
     # the message and its copy in the same record are one failure

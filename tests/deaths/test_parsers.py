@@ -14,8 +14,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mpsctl.observe.death_advice import explain, summary
-from mpsctl.observe.deaths import (
+from mpsctl.deaths.advice import explain, summary
+from mpsctl.deaths.kernel_oom import KILL_MAX_LINES
+from mpsctl.deaths.line_prefix import prefix_time, size_value, to_int
+from mpsctl.deaths.parsers import (
     KINDS,
     CpuAllocFailure,
     JetsamKill,
@@ -27,8 +29,6 @@ from mpsctl.observe.deaths import (
     parse_death,
     pids_of,
 )
-from mpsctl.observe.kernel_oom import KILL_MAX_LINES
-from mpsctl.observe.logprefix import prefix_time, size_value, to_int
 from tests.conftest import FIXTURES, read_fixture
 
 KIB, MIB, GIB = 1024, 1024**2, 1024**3
@@ -325,7 +325,7 @@ def test_recorded_sample(name: str) -> None:
     ),
 )
 def test_caching_allocator_messages_are_not_deaths(name: str) -> None:
-    """Those are ``oom`` events of mpsctl.observe.oom; here they must not count twice."""
+    """Those are ``oom`` events of mpsctl.deaths.allocator; here they must not count twice."""
     assert find_deaths(read_fixture(name)) == []
 
 

@@ -22,8 +22,8 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-from mpsctl.observe.deaths import find_deaths
-from mpsctl.observe.oom_events import Found
+from mpsctl.deaths.counting import Found
+from mpsctl.deaths.parsers import find_deaths
 
 #: argv -> (exit status, stdout, stderr); 127 when the program does not exist
 Runner = Callable[[Sequence[str]], tuple[int, str, str]]
@@ -115,7 +115,7 @@ def _from_command(
 
 
 def _from_file(path: Path, now: datetime) -> tuple[Place, list[Found]]:
-    from mpsctl.observe.oom_scan import scan_found
+    from mpsctl.deaths.scanner import scan_found
 
     if not path.exists():
         return Place(str(path), "absent"), []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from mpsctl.observe.oom import OomEvent, short_size
+from mpsctl.deaths.allocator import OomEvent, short_size
 from mpsctl.plan.lines import advice_line, figures_line
 from mpsctl.torch_env import (
     DEFAULT_HIGH_RATIO,

@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, ClassVar
 
-from mpsctl.observe.logprefix import has_time_prefix, prefix_time, to_int, uptime_seconds
-from mpsctl.observe.torch_errors import json_doc
+from mpsctl.deaths.line_prefix import has_time_prefix, prefix_time, to_int, uptime_seconds
+from mpsctl.deaths.torch_errors import json_doc
 
 _KB = 1024
 

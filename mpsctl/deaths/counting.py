@@ -1,7 +1,7 @@
 """One found memory failure, whatever its kind, and the rule that counts each failure once.
 
-The scanner (``oom_scan``) finds caching-allocator messages (``OomEvent``) and every other
-memory death (``deaths.DeathEvent``); both become a ``Found``: the event, where it was seen
+The scanner (``scanner``) finds caching-allocator messages (``OomEvent``) and every other
+memory death (``parsers.DeathEvent``); both become a ``Found``: the event, where it was seen
 and when. A time is either exact (the line's or its record's stamp) or, for a line without
 one found by the probe's cursor, an honest range: after the previous scan, before this one.
 
@@ -17,10 +17,10 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from mpsctl.observe.deaths import DeathEvent
+from mpsctl.deaths.allocator import OomEvent
+from mpsctl.deaths.allocator import summary as oom_summary
+from mpsctl.deaths.parsers import DeathEvent
 from mpsctl.observe.logtime import iso
-from mpsctl.observe.oom import OomEvent
-from mpsctl.observe.oom import summary as oom_summary
 
 AnyEvent = OomEvent | DeathEvent
 
@@ -57,7 +57,7 @@ class Found:
     def summary(self) -> str:
         if isinstance(self.event, OomEvent):
             return oom_summary(self.event)
-        from mpsctl.observe.death_advice import summary
+        from mpsctl.deaths.advice import summary
 
         return summary(self.event)
 

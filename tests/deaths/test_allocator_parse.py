@@ -1,4 +1,4 @@
-"""The OOM parser (mpsctl.observe.oom) on recorded messages: whole JSON shapes, each fallback,
+"""The OOM parser (mpsctl.deaths.allocator) on recorded messages: whole JSON shapes, each fallback,
 exact sizes and summaries; plus the scan's time stamps and hit de-duplication.
 
 Every message is a recorded fixture (tests/fixtures/SOURCES.md) or a recorded fixture cut
@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from mpsctl.observe.logtime import iso, line_time
-from mpsctl.observe.oom import (
+from mpsctl.deaths.allocator import (
     OtherProcess,
     mentions_oom,
     parse_oom,
@@ -24,7 +23,8 @@ from mpsctl.observe.oom import (
     size_to_bytes,
     summary,
 )
-from mpsctl.observe.oom_scan import scan_file
+from mpsctl.deaths.scanner import scan_file
+from mpsctl.observe.logtime import iso, line_time
 from tests.conftest import read_fixture
 
 KIB, MIB, GIB, TIB = 1024, 1024**2, 1024**3, 1024**4

@@ -23,8 +23,8 @@ from mpsctl.cli import main
 from mpsctl.errors import ProbeExit
 from mpsctl.observe.accelerator import UNKNOWN, from_memory_report
 from mpsctl.observe.host import HostMemory
-from mpsctl.observe.probe import HealthFigures, ProbeResult, judge
-from mpsctl.observe.procs import ProcInfo, ServiceSnapshot
+from mpsctl.observe.processes import ProcInfo, ServiceSnapshot
+from mpsctl.probe import HealthFigures, ProbeResult, judge
 from mpsctl.render.nagios import nagios_line
 from mpsctl.settings import load_settings
 from tests.conftest import free_port
@@ -357,7 +357,7 @@ def test_stopped_service_json_says_unknown_not_zero(monkeypatch: pytest.MonkeyPa
 
 
 def test_health_not_asked_is_unknown_not_failed() -> None:
-    from mpsctl.observe.probe import take_probe
+    from mpsctl.probe import take_probe
 
     result = take_probe(load_settings(), check_health_endpoint=False)
     document = result.to_json()
@@ -373,7 +373,7 @@ def test_mac_figures_a_mac_could_not_read_are_unknown_not_na() -> None:
     from rich.console import Console
 
     from mpsctl.observe.host import host_memory
-    from mpsctl.observe.probe import take_probe
+    from mpsctl.probe import take_probe
     from mpsctl.render.probe import host_table
 
     def broken(argv: list[str]) -> str:

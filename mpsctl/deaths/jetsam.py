@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar
 
-from mpsctl.observe.logprefix import size_value, to_int
+from mpsctl.deaths.line_prefix import size_value, to_int
+from mpsctl.deaths.torch_errors import json_doc
 from mpsctl.observe.logtime import line_time
-from mpsctl.observe.torch_errors import json_doc
 
 _KILLING = re.compile(
     r"memorystatus: (?P<how>killing_\w+|memorystatus_do_kill) pid (?P<pid>\d+) "

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from mpsctl.observe import scan_grep
-from mpsctl.observe.oom_scan_pass import ALL_NEEDLES, PREFILTER_NEEDLES, find_in_range
-from mpsctl.observe.scan_grep import grep_hits
+from mpsctl.deaths import grep_pass
+from mpsctl.deaths.first_pass import ALL_NEEDLES, PREFILTER_NEEDLES, find_in_range
+from mpsctl.deaths.grep_pass import grep_hits
 from tests.conftest import FIXTURES
 
 TOOLS = [tool for tool in ("rg", "grep") if shutil.which(tool)]
@@ -19,7 +19,7 @@ RECORDED = sorted(p.name for p in FIXTURES.iterdir() if p.suffix in (".txt", ".l
 
 @pytest.fixture(params=TOOLS)
 def tool(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setattr(scan_grep, "_GREP", [])
+    monkeypatch.setattr(grep_pass, "_GREP", [])
     monkeypatch.setenv("MPSCTL_GREP", request.param)
     return str(request.param)
 
@@ -76,7 +76,7 @@ def test_output_that_is_not_the_files_lines_is_refused(
     # right line number and offset, other text: e.g. a tool that transcoded the file
     liar.write_text("#!/bin/sh\ncat >/dev/null\necho '2:5:RuntimeError: CUDA out of memory'\n")
     liar.chmod(0o755)
-    monkeypatch.setattr(scan_grep, "_GREP", [])
+    monkeypatch.setattr(grep_pass, "_GREP", [])
     monkeypatch.setenv("MPSCTL_GREP", str(liar))
     with log.open("rb") as handle:
         assert grep_hits(handle, 0, log.stat().st_size, PREFILTER_NEEDLES, ALL_NEEDLES) is None
@@ -96,7 +96,7 @@ def test_grep_answers_when_the_default_rg_fails(
     broken.write_text("#!/bin/sh\ncat >/dev/null\necho 'rg: unknown option' >&2\nexit 2\n")
     broken.chmod(0o755)
     monkeypatch.delenv("MPSCTL_GREP", raising=False)
-    monkeypatch.setattr(scan_grep, "_GREP", [str(broken)])
+    monkeypatch.setattr(grep_pass, "_GREP", [str(broken)])
     fast, reference = both(log)
     assert fast == reference
     assert len(reference) == 3

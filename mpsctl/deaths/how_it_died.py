@@ -4,7 +4,7 @@
 The evidence, strongest first:
 
 1. a kill the operating system recorded (kernel OOM killer, systemd-oomd, jetsam; see
-   ``syslogs``) whose pid is the pidfile's, or whose process name is the service's and
+   ``system_logs``) whose pid is the pidfile's, or whose process name is the service's and
    which happened after it started;
 2. the last memory failure the service itself logged after it started (its log_file,
    where ``start`` sends its stdout and stderr, and its own logs): a caching-allocator or
@@ -25,12 +25,12 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from mpsctl.observe.deaths import pids_of
+from mpsctl.deaths.allocator import short_size
+from mpsctl.deaths.counting import Found
+from mpsctl.deaths.parsers import pids_of
+from mpsctl.deaths.system_logs import Runner, SystemEvidence, read_system_logs
 from mpsctl.observe.logtime import iso
-from mpsctl.observe.oom import short_size
-from mpsctl.observe.oom_events import Found
-from mpsctl.observe.procs import ServiceSnapshot
-from mpsctl.observe.syslogs import Runner, SystemEvidence, read_system_logs
+from mpsctl.observe.processes import ServiceSnapshot
 from mpsctl.settings import Settings
 
 #: the kernel keeps 15 characters of a process name (TASK_COMM_LEN - 1)
@@ -118,8 +118,8 @@ def _kill_text(item: Found, ram: int | None) -> str:
 
 def _logged(settings: Settings, started: datetime | None) -> tuple[list[Found], list[str]]:
     """Memory failures in the service's own logs since it started, and where it looked."""
+    from mpsctl.deaths.scanner import counts, scan_found
     from mpsctl.observe.logfiles import resolve_logs
-    from mpsctl.observe.oom_scan import counts, scan_found
 
     found: list[Found] = []
     looked: list[str] = []
@@ -193,7 +193,7 @@ def service_kills(
 ) -> tuple[list[Found], list[str]]:
     """The kills the OS recorded of the service (its pidfile's pid, or its process name),
     newer than ``since``, and where it looked (for ``mpsctl oom``)."""
-    from mpsctl.observe.procs import default_pidfile_path, read_pidfile
+    from mpsctl.observe.processes import default_pidfile_path, read_pidfile
 
     if not settings.oom.system_logs:
         return [], []

@@ -11,7 +11,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from mpsctl.cli import main
-from mpsctl.observe.oom_cursor import new_events, read_state
+from mpsctl.deaths.cursor import new_events, read_state
 from mpsctl.paths import home_dir
 from tests.conftest import free_port, read_fixture
 
