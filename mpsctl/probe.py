@@ -292,6 +292,10 @@ def recent_oom_events(settings: Settings, window_s: float = OOM_WINDOW_S) -> lis
             return []
         except OSError:
             pass  # unreadable: let the scan report it
+        from mpsctl.deaths.cursor import nothing_new
+
+        if nothing_new(settings.home, log_file):
+            return []
     from mpsctl.deaths.cursor import new_events
     from mpsctl.observe.logfiles import resolve_logs
 

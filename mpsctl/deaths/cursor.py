@@ -24,7 +24,6 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from mpsctl.deaths.counting import Found, merge
 from mpsctl.observe.logtime import iso
 from mpsctl.storage import atomic_write_json
 from mpsctl.units import parse_time
@@ -49,6 +48,47 @@ def read_state(home: Path) -> dict[str, dict[str, Any]]:
     return files if isinstance(files, dict) else {}
 
 
+#: new bytes read in the probe's quick check (more go to the scanner, which reads big files
+#: faster)
+QUICK_CHECK_BYTES = 1024 * 1024
+
+
+def nothing_new(home: Path, path: Path, *, now: datetime | None = None) -> bool:
+    """True when the cursor has read ``path`` before, remembers no event inside the window,
+    and the bytes written since hold none of the prefilter strings every memory failure's
+    needle contains: then no event can be new, the cursor moves to the file's end and the
+    scanner and parsers are not loaded. False: :func:`new_events` must run (the cursor is
+    left as it was). A service log written all the time (its access log) is this case."""
+    from mpsctl.deaths.prefilter import PREFILTER_NEEDLES
+
+    key = os.fsdecode(path)
+    cursor = read_state(home).get(key)
+    if not cursor or cursor.get("recent"):
+        return False
+    try:
+        with open(path, "rb") as handle:
+            info = os.fstat(handle.fileno())
+            offset = cursor.get("offset")
+            if (cursor.get("dev"), cursor.get("ino")) != (info.st_dev, info.st_ino):
+                return False
+            if not isinstance(offset, int) or not 0 <= offset <= info.st_size:
+                return False
+            if info.st_size - offset > QUICK_CHECK_BYTES:
+                return False
+            handle.seek(offset)
+            data = handle.read(info.st_size - offset)
+    except OSError:
+        return False
+    if any(needle in data for needle in PREFILTER_NEEDLES):
+        return False
+    moment = now or datetime.now(timezone.utc)
+    state = {"dev": info.st_dev, "ino": info.st_ino, "offset": offset + len(data),
+             "read_at": iso(moment), "recent": []}  # fmt: skip
+    with contextlib.suppress(OSError):
+        atomic_write_json(state_path(home), {"schema": SCHEMA, "files": {key: state}})
+    return True
+
+
 def new_events(
     home: Path,
     paths: list[Path],
@@ -58,6 +98,7 @@ def new_events(
 ) -> list[dict[str, Any]]:
     """The probe's memory failures as JSON dicts: timestamped ones inside the window (from
     the cursor's memory and the new bytes) and, once each, untimed ones in the new bytes."""
+    from mpsctl.deaths.counting import Found, merge
     from mpsctl.deaths.scanner import _tail_start, counts, scan_range
 
     moment = now or datetime.now(timezone.utc)

@@ -156,3 +156,29 @@ def test_the_program_ends_quickly_with_its_output_and_exit_status(
     assert proc.stdout.endswith("\n") or proc.stdout == ""
     if exit_code == 4:
         assert proc.stderr.startswith("mpsctl: error: ")
+
+
+def test_probe_of_a_running_service_with_a_fresh_log_loads_no_log_parsers(
+    fake_service: Callable[..., FakeService],
+) -> None:
+    """The service's log is written all the time (every request): the probe reads what is
+    new since its cursor, and only a memory failure's prefilter string loads the scanner."""
+    fake = fake_service()
+    started = start_service(fake.settings())
+    url = f"http://127.0.0.1:{fake.port}"
+    try:
+        imported("probe", "--json", url=url)  # the first probe: the cursor starts
+        with fake.log.open("a") as out:
+            out.write('INFO:     127.0.0.1:50000 - "GET /health HTTP/1.1" 200 OK\n' * 20)
+        code, modules = imported("probe", "--json", url=url)
+        assert "mpsctl.deaths.cursor" in modules  # the new bytes were looked at
+        assert heavy(modules, "mpsctl.deaths.scanner", "mpsctl.deaths.parsers",
+                     "mpsctl.deaths.allocator", "requests", "torch") == []  # fmt: skip
+        with fake.log.open("a") as out:
+            out.write("RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB\n")
+        code, modules = imported("probe", "--json", url=url)
+        assert "mpsctl.deaths.scanner" in modules  # a candidate: the scanner reads it
+    finally:
+        stop_service(fake.settings())
+    assert started.status == "started"
+    assert code in (0, 1, 2)
