@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from typing import IO
 
 #: (absolute offset of a needle, newlines in the file before it)
@@ -26,13 +27,26 @@ _GREP: list[str | None] = []
 _CHECKED_LINES = 64
 
 
+def bundled_rg() -> str | None:
+    """The ``rg`` the ``ripgrep`` wheel (a dependency) installed beside this interpreter's
+    scripts: found even when the environment is not activated (cron runs
+    ``/path/to/venv/bin/mpsctl`` with a bare PATH)."""
+    import sysconfig
+
+    for folder in (sysconfig.get_path("scripts"), os.path.dirname(sys.executable)):
+        candidate = os.path.join(folder, "rg")
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
 def grep_path() -> str | None:
-    """The search tool to use: ``rg``, else ``grep`` (``MPSCTL_GREP`` names another;
-    ``MPSCTL_GREP=`` disables it)."""
+    """The search tool to use: the bundled ``rg``, else ``rg`` on PATH, else ``grep``
+    (``MPSCTL_GREP`` names another; ``MPSCTL_GREP=`` disables it)."""
     if not _GREP:
         chosen = os.environ.get("MPSCTL_GREP")
         if chosen is None:
-            _GREP.append(shutil.which("rg") or shutil.which("grep"))
+            _GREP.append(bundled_rg() or shutil.which("rg") or shutil.which("grep"))
         else:
             _GREP.append(shutil.which(chosen) if chosen else None)
     return _GREP[0]
