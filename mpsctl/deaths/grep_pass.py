@@ -52,7 +52,7 @@ def grep_path() -> str | None:
     return _GREP[0]
 
 
-def _command(tool: str, start: int, prefilter: tuple[bytes, ...]) -> list[str]:
+def _command(tool: str, prefilter: tuple[bytes, ...], *, stdin_path: bool) -> list[str]:
     if os.path.basename(tool).startswith("rg"):
         # --no-config: a user's ripgreprc may cap columns or add context lines;
         # --encoding none: a BOM must not make it transcode (the offsets would move)
@@ -62,7 +62,7 @@ def _command(tool: str, start: int, prefilter: tuple[bytes, ...]) -> list[str]:
         args = [tool, "-a", "-b", "-n", "-F"]
     for needle in prefilter:
         args += ["-e", needle.decode("ascii")]
-    if start == 0 and args[1] == "--no-config" and os.path.exists("/dev/stdin"):
+    if stdin_path and args[1] == "--no-config" and os.path.exists("/dev/stdin"):
         # A path lets ripgrep map the file instead of copying it through read() (-25% CPU);
         # /dev/stdin still names the open file, not whatever the log's path names now.
         args.append("/dev/stdin")
@@ -114,7 +114,7 @@ def _search(
     os.lseek(fd, start, os.SEEK_SET)
     try:
         proc = subprocess.run(
-            _command(tool, start, prefilter),
+            _command(tool, prefilter, stdin_path=start == 0),
             stdin=fd,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -127,10 +127,74 @@ def _search(
         return []
     if proc.returncode != 0:
         return None
+    return _parse(proc.stdout.split(b"\n"), handle, start, end, needles)
+
+
+#: files one run of the tool searches at most (each is an open descriptor passed to it)
+BATCH_FILES = 128
+
+
+def grep_hits_many(
+    handles: list[IO[bytes]],
+    ends: list[int],
+    prefilter: tuple[bytes, ...],
+    needles: tuple[bytes, ...],
+) -> list[list[Hit] | None]:
+    """:func:`grep_hits` for many whole files (from offset 0) with one run of the tool per
+    :data:`BATCH_FILES` files instead of one per file (a process start costs 5-7 ms, more
+    than searching a 2 MiB log). Each open file is passed as ``/dev/fd/N``, so a log rotated
+    meanwhile is still the file opened. A file's entry is None where its hits could not be
+    trusted (then the caller searches that file alone)."""
+    results: list[list[Hit] | None] = [None] * len(handles)
+    tools = _tools()
+    if not tools or not os.path.isdir("/dev/fd"):
+        return results
+    for first in range(0, len(handles), BATCH_FILES):
+        batch = range(first, min(first + BATCH_FILES, len(handles)))
+        fds = [handles[i].fileno() for i in batch]
+        for fd in fds:  # where /dev/fd/N is a dup (macOS), the search starts at the offset
+            os.lseek(fd, 0, os.SEEK_SET)
+        names = {f"/dev/fd/{fd}".encode(): i for fd, i in zip(fds, batch, strict=True)}
+        for tool in tools:
+            args = [
+                *_command(tool, prefilter, stdin_path=False),
+                "-H",
+                "--",
+                *map(os.fsdecode, names),
+            ]
+            try:
+                proc = subprocess.run(args, pass_fds=fds, stdout=subprocess.PIPE,
+                                      stderr=subprocess.DEVNULL, check=False,
+                                      env={**os.environ, "LC_ALL": "C"})  # fmt: skip
+            except OSError:
+                continue
+            if proc.returncode not in (0, 1):
+                continue  # a file it could not read, or a tool that failed: the next tool
+            rows: dict[int, list[bytes]] = {i: [] for i in batch}
+            for row in proc.stdout.split(b"\n"):
+                name, _, rest = row.partition(b":")
+                if row and name in names:
+                    rows[names[name]].append(rest)
+                elif row:
+                    rows = {}
+                    break  # not the output this module asked for
+            if not rows:
+                continue
+            for i in batch:
+                results[i] = _parse(rows[i], handles[i], 0, ends[i], needles)
+            break
+    return results
+
+
+def _parse(
+    rows: list[bytes], handle: IO[bytes], start: int, end: int, needles: tuple[bytes, ...]
+) -> list[Hit] | None:
+    """The hits in the tool's ``LINE:OFFSET:TEXT`` rows; None when they do not match the
+    file's bytes."""
     hits: list[Hit] = []
     checked = 0
     previous = -1
-    for row in proc.stdout.split(b"\n"):
+    for row in rows:
         if not row:
             continue
         number, _, rest = row.partition(b":")
