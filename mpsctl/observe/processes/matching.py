@@ -43,25 +43,39 @@ def _absolute_words(cwd_of: Callable[[], str], cmdline: list[str]) -> str | None
     return " ".join(words)
 
 
-def _proc_command_lines() -> Iterator[tuple[int, list[str]]]:
-    """(pid, argv) of every process with a command line, from ``/proc/PID/cmdline``: one read
-    per process and no process object, so a host with thousands of processes costs a few
-    milliseconds, not one psutil object (four files read) per process. Zombies and kernel
-    threads have an empty command line and are left out, as psutil's reading leaves them."""
+def _proc_command_lines() -> Iterator[tuple[int, str, bytes]]:
+    """(pid, command line, raw bytes) of every process with a command line, from
+    ``/proc/PID/cmdline``: one read per process and no process object, so a host with
+    thousands of processes costs milliseconds, not one psutil object (four files read) per
+    process. Zombies and kernel threads have an empty command line and are left out, as
+    psutil's reading leaves them. The line is psutil's words joined by spaces."""
     for pid in psutil.pids():
         try:
-            with open(f"/proc/{pid}/cmdline", "rb") as handle:
-                data = handle.read()
+            fd = os.open(f"/proc/{pid}/cmdline", os.O_RDONLY)
         except OSError:  # gone, or not ours to read
             continue
-        if not data:
+        chunks = []
+        try:
+            while chunk := os.read(fd, 1 << 16):  # a command line may be megabytes long
+                chunks.append(chunk)
+        except OSError:
             continue
-        # what psutil does: NUL-separated, or one title rewritten with spaces
-        sep = b"\0" if data.endswith(b"\0") else b" "
-        words = data.removesuffix(sep).split(sep)
-        if sep == b"\0" and len(words) == 1 and b" " in data:
-            words = data.removesuffix(sep).split(b" ")
-        yield pid, [os.fsdecode(w) for w in words]
+        finally:
+            os.close(fd)
+        data = b"".join(chunks)
+        if data:
+            line = data[:-1].replace(b"\0", b" ") if data.endswith(b"\0") else data
+            yield pid, os.fsdecode(line.removesuffix(b" ") if line is data else line), data
+
+
+def _words(data: bytes) -> list[str]:
+    """psutil's argv from ``/proc/PID/cmdline``: NUL-separated, or one title rewritten with
+    spaces."""
+    sep = b"\0" if data.endswith(b"\0") else b" "
+    words = data.removesuffix(sep).split(sep)
+    if sep == b"\0" and len(words) == 1 and b" " in data:
+        words = data.removesuffix(sep).split(b" ")
+    return [os.fsdecode(w) for w in words]
 
 
 def matching(pattern: str) -> list[psutil.Process]:
@@ -85,11 +99,14 @@ def matching(pattern: str) -> list[psutil.Process]:
             if own_user(proc):
                 found.append(proc)
         return found
-    for pid, cmdline in _proc_command_lines():
+    for pid, line, data in _proc_command_lines():
         if pid in protected:
             continue
-        if not regex.search(" ".join(cmdline)):
-            absolute = _absolute_words(partial(os.readlink, f"/proc/{pid}/cwd"), cmdline)
+        if not regex.search(line):
+            if b"/" not in data:
+                continue  # no relative path to make absolute
+            cwd_of = partial(os.readlink, f"/proc/{pid}/cwd")
+            absolute = _absolute_words(cwd_of, _words(data))
             if absolute is None or not regex.search(absolute):
                 continue
         try:
