@@ -1,11 +1,13 @@
-"""Regenerate the key table of docs/configuration.md from the settings schema.
+"""Regenerate the key table of docs/configuration.md from the settings schema, and the
+module map of HACKING.md from the package's files and their docstrings.
 
-python docs/generate.py          # rewrite the generated part of docs/configuration.md
-python docs/generate.py --check  # exit 1 when it is stale (the tests run this)
+python docs/generate.py          # rewrite the generated parts
+python docs/generate.py --check  # exit 1 when one is stale (the tests run this)
 """
 
 from __future__ import annotations
 
+import ast
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,9 @@ HERE = Path(__file__).resolve().parent
 TARGET = HERE / "configuration.md"
 BEGIN = "<!-- BEGIN GENERATED: settings keys (python docs/generate.py) -->"
 END = "<!-- END GENERATED -->"
+HACKING = HERE.parent / "HACKING.md"
+MAP_BEGIN = "<!-- BEGIN GENERATED: module map (python docs/generate.py) -->"
+PACKAGE = HERE.parent / "mpsctl"
 
 #: keys whose default is worked out from other settings when mpsctl starts
 DERIVED = {
@@ -67,24 +72,40 @@ def table() -> str:
     return "\n".join(out)
 
 
-def render(current: str) -> str:
-    """``current`` with the text between the markers replaced by :func:`table`."""
-    head, found, rest = current.partition(BEGIN)
+def module_map() -> str:
+    """Every module of the package, in the order of its folders, with the first sentence of
+    its docstring: the map is as current as the tree and its docstrings."""
+    lines = []
+    for path in sorted(PACKAGE.rglob("*.py"), key=lambda p: (p.parent.parts, p.name)):
+        docstring = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
+        paragraph = " ".join(docstring.split("\n\n")[0].split())
+        sentence = paragraph.split(". ")[0].rstrip(".")
+        lines.append(f"- `{path.relative_to(PACKAGE.parent).as_posix()}`: {sentence}.")
+    return "\n".join(lines) + "\n"
+
+
+def render(current: str, begin: str, generated: str, where: Path) -> str:
+    """``current`` with the text between ``begin`` and the end marker replaced."""
+    head, found, rest = current.partition(begin)
     if not found or END not in rest:
-        raise SystemExit(f"{TARGET}: the markers {BEGIN!r} and {END!r} are missing")
+        raise SystemExit(f"{where}: the markers {begin!r} and {END!r} are missing")
     tail = rest.split(END, 1)[1]
-    return f"{head}{BEGIN}\n{table()}{END}{tail}"
+    return f"{head}{begin}\n{generated}{END}{tail}"
 
 
 def main(argv: list[str]) -> int:
-    current = TARGET.read_text(encoding="utf-8")
-    wanted = render(current)
-    if "--check" in argv:
-        if current != wanted:
-            print(f"stale: {TARGET.name}; run: python docs/generate.py", file=sys.stderr)
-            return 1
-        return 0
-    TARGET.write_text(wanted, encoding="utf-8")
+    stale = []
+    for target, begin, generate in ((TARGET, BEGIN, table), (HACKING, MAP_BEGIN, module_map)):
+        current = target.read_text(encoding="utf-8")
+        wanted = render(current, begin, generate(), target)
+        if "--check" in argv:
+            if current != wanted:
+                stale.append(target.name)
+        else:
+            target.write_text(wanted, encoding="utf-8")
+    if stale:
+        print(f"stale: {', '.join(stale)}; run: python docs/generate.py", file=sys.stderr)
+        return 1
     return 0
 
 

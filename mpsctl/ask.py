@@ -14,6 +14,7 @@ from typing import Any
 from mpsctl.client import ServiceClient
 from mpsctl.errors import ClientError, ConfigError
 from mpsctl.settings import ServiceSettings
+from mpsctl.storage import read_regular
 
 
 class AskExit(IntEnum):
@@ -126,7 +127,7 @@ def ask_once(
 def read_questions(path: str | Path) -> tuple[str, ...]:
     """One question per line (UTF-8); blank lines are skipped."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = read_regular(Path(path)).decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8"
         raise ConfigError(f"--questions {path}: {reason}") from None

@@ -89,6 +89,10 @@ def checked_token(token: str, source: str) -> str:
     return token
 
 
+#: the reference service's drain endpoint (see mpsctl.server.app)
+DRAIN_PATH = "/admin/drain"
+
+
 class ServiceClient:
     def __init__(
         self, service: ServiceSettings, *, token: str | None = None, timeout: float | None = None
@@ -253,6 +257,11 @@ class ServiceClient:
 
     def release(self) -> Reply:
         return self.request("POST", self.service.release_path, timeout=60.0)
+
+    def drain(self, timeout: float) -> Reply:
+        """Ask the service to refuse new queries before a stop (the reference service's
+        ``POST /admin/drain``; another app answers 404 and is drained by SIGTERM)."""
+        return self.request("POST", DRAIN_PATH, timeout=timeout)
 
     def query(
         self, question: str, *, max_new_tokens: int | None = None, timeout: float | None = None

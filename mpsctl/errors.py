@@ -19,6 +19,10 @@ class ExitCode(IntEnum):
     LOCKED = 75  # EX_TEMPFAIL from sysexits.h: "try again later" is what cron should read
     #: ``fix --if-unhealthy`` gave up: the service is down and the restart budget is spent
     GAVE_UP = 69  # EX_UNAVAILABLE from sysexits.h: a person must look before it runs again
+    #: ``start NAME`` refused: the planned memory of every service would exceed the host's
+    OVER_BUDGET = 78  # EX_CONFIG from sysexits.h: the configuration must change first
+    #: ``start --foreground``: the service already runs outside the unit that started it
+    ALREADY_RUNNING = 73  # EX_CANTCREAT: a unit's RestartPreventExitStatus= names it
     INTERRUPTED = 130
 
 
@@ -55,6 +59,18 @@ class ConfigError(MpsctlError):
     """Invalid settings: a bad file, key, value or environment variable."""
 
     exit_code = ExitCode.USAGE
+
+
+class UsageError(MpsctlError):
+    """A command line that cannot be acted on (e.g. several services and no name)."""
+
+    exit_code = ExitCode.USAGE
+
+
+class OverBudgetError(MpsctlError):
+    """Starting a service would put the planned sum of the host's services over its ceiling."""
+
+    exit_code = ExitCode.OVER_BUDGET
 
 
 class LockedError(MpsctlError):

@@ -7,6 +7,7 @@ at a temporary directory so no test touches a real home.
 from __future__ import annotations
 
 import os
+import stat
 import sys
 from pathlib import Path
 
@@ -40,3 +41,34 @@ def ensure_home(environ: dict[str, str] | None = None) -> Path:
     path = home_dir(environ)
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
     return path
+
+
+def home_problem(path: Path) -> str | None:
+    """Why the state directory ``path`` is unsafe to use, with the fix; None when it is safe
+    or does not exist yet (it is then created private).
+
+    Like ssh's StrictModes: whoever can write in it can replace the pidfile (and have ``stop``
+    signal any process) or plant links, so it must belong to this user (or root) and be
+    writable by no one else.
+    """
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"state directory {path}: {exc.strerror}"
+    if not stat.S_ISDIR(info.st_mode):
+        return f"state directory {path} is not a directory: set MPSCTL_HOME to a directory"
+    euid = os.geteuid()
+    if info.st_uid not in (euid, 0):
+        return (
+            f"state directory {path} belongs to another user (uid {info.st_uid}, you are "
+            f"uid {euid}): set MPSCTL_HOME to a directory of your own"
+        )
+    if info.st_mode & 0o022:
+        mode = stat.S_IMODE(info.st_mode)
+        return (
+            f"state directory {path} is writable by others (mode {mode:04o}): "
+            f"run chmod go-w {path}, or set MPSCTL_HOME to a private directory"
+        )
+    return None

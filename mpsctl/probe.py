@@ -10,15 +10,19 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from mpsctl.client import ServiceClient
 from mpsctl.errors import ProbeExit
 from mpsctl.observe.accelerator import AcceleratorFigures, accelerator_figures
 from mpsctl.observe.host import HostMemory, host_memory
-from mpsctl.observe.processes import ServiceSnapshot, cpu_seconds, find_service, with_cpu_percent
+from mpsctl.observe.processes import ServiceSnapshot, find_service, with_cpu_since_snapshot
 from mpsctl.settings import Settings, Thresholds
 from mpsctl.units import GIB, fmt_bytes, utc_now_iso
+
+if TYPE_CHECKING:
+    from mpsctl.deaths.system_logs import Runner
 
 SCHEMA = "mpsctl.probe/1"
 OOM_WINDOW_S = 3600.0
@@ -68,6 +72,10 @@ class ProbeResult:
     errors: tuple[str, ...] = field(default=())
     #: how the service died, when its pidfile names a process that is gone (``deaths.how_it_died``)
     death: dict[str, Any] | None = None
+    #: memory failures by kind since the first probe (``oom_totals``); None when unknown
+    oom_totals: dict[str, int] | None = None
+    #: seconds the probe took (None for a result not made by ``take_probe``)
+    duration_s: float | None = None
 
     @property
     def verdict(self) -> ProbeExit:
@@ -228,10 +236,11 @@ def judge(
             swap_pct = 100.0 * host.swap_used_bytes / host.swap_total_bytes
             swap_pct = round(swap_pct, 1)
             add(_level(swap_pct, thresholds.swap_used_percent), f"swap {swap_pct:.1f}% used")
-        if host.pressure == "critical":
-            add(ProbeExit.CRITICAL, "macOS memory pressure is critical")
-        elif host.pressure == "warn":
-            add(ProbeExit.WARNING, "macOS memory pressure is elevated (warn)")
+        judged = thresholds.memory_pressure
+        if host.pressure == "critical" and judged != "off":
+            add(ProbeExit.CRITICAL, "memory pressure is critical")
+        elif host.pressure == "warn" and judged == "warn":
+            add(ProbeExit.WARNING, "memory pressure is elevated (warn)")
 
     if service is not None and service.running:
         # phys_footprint includes the Metal (GPU) memory of a process on Apple Silicon; RSS does not
@@ -276,9 +285,46 @@ def health_figures(client: ServiceClient, timeout: float) -> HealthFigures:
     )
 
 
-def recent_oom_events(settings: Settings, window_s: float = OOM_WINDOW_S) -> list[dict[str, Any]]:
-    """Memory failures of the last ``window_s`` seconds, and, once each, those without a time
-    written since the previous probe; only bytes new since then are read (``deaths.cursor``)."""
+def recent_oom_events(
+    settings: Settings,
+    window_s: float = OOM_WINDOW_S,
+    *,
+    runner: Runner | None = None,
+    root: Path = Path("/"),
+) -> list[dict[str, Any]]:
+    """Memory failures of the last ``window_s`` seconds: those the service's logs hold (and,
+    for an hour from when they were first seen, those without a time; ``deaths.cursor``), and
+    the service's kills the operating system recorded (``deaths.attribution``; ``runner`` and
+    ``root`` reach its logs, as in ``deaths.system_logs``). A kill gunicorn also reported is
+    one event."""
+    logged = _logged_events(settings, window_s)
+    kills = _system_kills(settings, window_s, runner, root)
+    killed = {e.get("pid") for e in kills if e.get("kind") == "kernel_oom_kill"}
+    logged = [
+        e for e in logged if not (e.get("kind") == "worker_killed" and e.get("pid") in killed)
+    ]
+    return [*logged, *kills]
+
+
+def _system_kills(
+    settings: Settings, window_s: float, runner: Runner | None, root: Path
+) -> list[dict[str, Any]]:
+    if not settings.oom.system_logs:
+        return []
+    from datetime import datetime, timezone
+
+    from mpsctl.deaths.how_it_died import service_kills
+
+    since = datetime.fromtimestamp(time.time() - window_s, timezone.utc)
+    kills, _places = service_kills(settings, since, runner=runner, root=root)
+    if not kills:
+        return []  # the counting rule (and the parsers it loads) has nothing to count
+    from mpsctl.deaths.counting import counted
+
+    return [item.to_json() for item in counted(kills)]
+
+
+def _logged_events(settings: Settings, window_s: float) -> list[dict[str, Any]]:
     since = time.time() - window_s
     log_file = settings.service.log_file
     if not settings.service.log_globs:
@@ -325,19 +371,18 @@ def take_probe(
     snapshot to the end of the log scan, the health request included): two readings the
     probe makes anyway, no sleep for a sampling window. ``sample_cpu=False`` leaves it None."""
     errors: list[str] = []
+    began = time.perf_counter()
     try:
         host: HostMemory | None = host_reader()
     except Exception as exc:  # a probe must report, not crash, whatever psutil does
         host = None
         errors.append(f"host memory: {exc}")
     try:
-        service: ServiceSnapshot | None = find_service(settings)
+        service: ServiceSnapshot | None = find_service(settings, cpu_window=sample_cpu)
     except Exception as exc:
         service = None
         errors.append(f"service processes: {exc}")
     pids = [p.pid for p in service.processes] if service is not None else []
-    cpu_before = cpu_seconds(pids) if sample_cpu and pids else {}
-    cpu_began = time.perf_counter()
 
     client = ServiceClient(settings.service)
     try:
@@ -355,9 +400,13 @@ def take_probe(
     except Exception as exc:
         oom = None
         errors.append(f"log scan: {exc}")
-    if cpu_before and service is not None:
-        wall = time.perf_counter() - cpu_began
-        service = with_cpu_percent(service, cpu_before, cpu_seconds(pids), wall)
+    totals = None
+    if oom is not None:
+        from mpsctl.deaths.totals import count_events
+
+        totals = count_events(settings.home, settings.service.name, oom, OOM_WINDOW_S)
+    if service is not None:
+        service = with_cpu_since_snapshot(service)
 
     findings = judge(host, service, health, accelerator, oom, settings.thresholds)
     death: dict[str, Any] | None = None
@@ -385,4 +434,6 @@ def take_probe(
         thresholds=settings.thresholds,
         errors=tuple(errors),
         death=death,
+        oom_totals=totals,
+        duration_s=round(time.perf_counter() - began, 6),
     )

@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Mapping
+import plistlib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from mpsctl.errors import ConfigError
 from mpsctl.settings import Settings
+from mpsctl.storage import read_regular
 from mpsctl.torch_env import FALLBACK_ENV, MPS_ENV_PREFIX, TORCH_KEYS, Check, masked, torch_env
 
 #: what the service inherits from mpsctl's own environment: the same few variables whether
 #: start runs from a shell or from cron (``env -i``), so a cron restart is not a different
 #: service; everything else comes from ``[service] env`` and ``env_file``
-BASE_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "TZ", "TMPDIR")
+BASE_ENV = ("PATH", "HOME", "USER", "LOGNAME", "TZ", "TMPDIR")
 #: the reference service is mpsctl itself: it reads these to find its home, token and code
 REFERENCE_ENV_PREFIXES = ("MPSCTL_", "PYTHONPATH")
 
@@ -34,7 +37,9 @@ def env_file_values(settings: Settings) -> dict[str, str]:
     from dotenv import dotenv_values  # only for services that use an env file
 
     try:
-        text = path.read_text(encoding="utf-8")
+        # a regular file of at most a few MiB: a FIFO would hang `config show` and `start`,
+        # /dev/zero would fill memory
+        text = read_regular(path).decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
         raise ConfigError(f"service.env_file {path}: cannot read: {why}") from None
@@ -54,11 +59,14 @@ def service_env(settings: Settings, base: Mapping[str, str] | None = None) -> di
     """The environment ``mpsctl start`` gives the service.
 
     A documented base taken from ``base`` (default: this process's environment): PATH (the
-    venv's bin/ first), HOME, USER, LOGNAME, LANG, LC_*, TZ, TMPDIR; then ``env_file``,
-    then ``[service] env``, then the PYTORCH_* variables of [memory].
+    venv's bin/ first), HOME, USER, LOGNAME, TZ, TMPDIR; the system's default locale (LANG,
+    LC_*: never the caller's, so cron and a shell give the same); then ``env_file``, then
+    ``[service] env`` (where LANG / LC_* can be set), then the PYTORCH_* variables of [memory].
     """
     source = dict(os.environ if base is None else base)
-    env = {k: v for k, v in source.items() if k in BASE_ENV or k.startswith("LC_")}
+    env = {k: v for k, v in source.items() if k in BASE_ENV}
+    home = source.get("HOME")
+    env.update(system_locale(home=Path(home) if home else None))
     if settings.reference_service:
         env.update({k: v for k, v in source.items() if k.startswith(REFERENCE_ENV_PREFIXES)})
     env.update(env_file_values(settings))
@@ -96,3 +104,58 @@ def inherited_env_checks(settings: Settings, environ: Mapping[str, str]) -> list
         for key in TORCH_KEYS
         if key in environ and wanted.get(key) != environ[key]
     ]
+
+
+# --------------------------------------------------------------------------- locale
+# The system's default locale: what the service gets as LANG / LC_* when the settings do not
+# say, the same whether ``start`` runs from a shell or from cron (which sets no LANG at all).
+# Read from the files the OS's own login path reads: /etc/default/locale (Debian, Ubuntu),
+# /etc/locale.conf (systemd distributions), and on macOS AppleLocale in the global
+# preferences. None of them: C.UTF-8, so Python, the tokenizer and the service's log read and
+# write UTF-8 rather than ASCII.
+#: the locale when the system names none
+FALLBACK = "C.UTF-8"
+LOCALE_FILES = (Path("/etc/default/locale"), Path("/etc/locale.conf"))
+MACOS_PREFERENCES = Path("Library/Preferences/.GlobalPreferences.plist")
+
+
+def _is_locale_name(name: str) -> bool:
+    return name in {"LANG", "LANGUAGE"} or name.startswith("LC_")
+
+
+def read_locale_file(text: str) -> dict[str, str]:
+    """``LANG=en_US.UTF-8`` lines (shell syntax, quotes and comments) -> the locale names."""
+    from dotenv import dotenv_values
+
+    values = dotenv_values(stream=io.StringIO(text), interpolate=False)
+    return {k: v for k, v in values.items() if _is_locale_name(k) and v}
+
+
+def macos_locale(home: Path | None) -> str | None:
+    """``en_US`` from AppleLocale -> ``en_US.UTF-8``; None when there is none."""
+    if home is None:
+        return None
+    try:
+        with (home / MACOS_PREFERENCES).open("rb") as handle:
+            prefs = plistlib.load(handle)
+    except (OSError, plistlib.InvalidFileException, ValueError):
+        return None
+    value = prefs.get("AppleLocale") if isinstance(prefs, dict) else None
+    if not isinstance(value, str) or not value:
+        return None
+    return value.split("@", 1)[0] + ".UTF-8"
+
+
+def system_locale(files: Sequence[Path] = LOCALE_FILES, home: Path | None = None) -> dict[str, str]:
+    """LANG (and any LC_* the system sets) of the system default; LANG always set."""
+    found: dict[str, str] = {}
+    for path in files:
+        try:
+            found = read_locale_file(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError):
+            continue
+        if found:
+            break
+    if "LANG" not in found:
+        found["LANG"] = macos_locale(home) or FALLBACK
+    return found

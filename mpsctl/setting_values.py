@@ -77,17 +77,43 @@ def parse_non_negative(value: Any) -> float:
     return number
 
 
-def parse_int_min(minimum: int) -> Callable[[Any], int]:
+def parse_int_min(minimum: int, maximum: int | None = None) -> Callable[[Any], int]:
     """A whole number, read as an integer (never through a float, which would turn
-    ``99999999999999999999999`` into ``...91611392``); ``3.0`` and ``"3"`` are 3."""
+    ``99999999999999999999999`` into ``...91611392``); ``3.0`` and ``"3"`` are 3. With
+    ``maximum``, at most that: a count that sizes a loop, a date or a buffer later must keep
+    every computation made with it in range."""
 
     def parse(value: Any) -> int:
         number = _whole(value)
         if number < minimum:
             raise ValueError(f"must be {minimum} or more, got {number}")
+        if maximum is not None and number > maximum:
+            raise ValueError(f"must be at most {maximum:,}, got {_short(number)}")
         return number
 
     return parse
+
+
+#: the longest duration any setting takes, in seconds (a year): past it, ``time.sleep``,
+#: thread waits and date arithmetic overflow, and no timeout that long means anything
+MAX_SECONDS = 365 * 86400.0
+
+
+def parse_seconds(*, zero: bool = False, maximum: float = MAX_SECONDS) -> Callable[[Any], float]:
+    """A duration in seconds: greater than 0 (or 0 or more with ``zero``), at most ``maximum``."""
+
+    def parse(value: Any) -> float:
+        number = parse_non_negative(value) if zero else parse_positive(value)
+        if number > maximum:
+            raise ValueError(f"must be at most {maximum:g} seconds, got {number:g}")
+        return number
+
+    return parse
+
+
+def _short(number: int) -> str:
+    text = str(number)
+    return text if len(text) <= 24 else f"a {len(text)}-digit number"
 
 
 def _whole(value: Any) -> int:
@@ -165,15 +191,31 @@ def parse_pair(value: Any) -> tuple[float, float]:
 
 
 def parse_url(value: Any) -> str:
+    """An http(s) URL with a host and, if it names one, a port in 1-65535. Messages show
+    the URL masked (``mpsctl.masking``): a webhook's path or userinfo is a credential."""
+    from mpsctl.masking import mask_url_like
+
     text = parse_str(value).strip().rstrip("/")
+    shown = mask_url_like(value)
+    if any(ord(c) < 33 or ord(c) == 127 for c in text):
+        raise ValueError(f"a URL has no spaces or control characters, got {shown!r}")
     parts = urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"expected an http:// or https:// URL, got {shown!r}")
     try:
-        parts.port  # noqa: B018 - raises ValueError on a bad port
+        port = parts.port
     except ValueError:
-        raise ValueError(f"bad port in {value!r}") from None
+        port = -1
+    if port is not None and not 1 <= port <= 65535:
+        raise ValueError(f"bad port in {shown!r}: it must be 1-65535")
     return text
+
+
+def parse_opt_url(value: Any) -> str | None:
+    """``parse_url``, or None for an empty string (no URL)."""
+    if isinstance(value, str) and not value.strip():
+        return None
+    return parse_url(value)
 
 
 def parse_path_str(value: Any) -> str:

@@ -8,15 +8,17 @@ Validation is strict: an unknown key, a wrong type or a ratio PyTorch would misr
 from __future__ import annotations
 
 import os
+import stat
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from mpsctl.errors import ConfigError
-from mpsctl.paths import CONFIG_NAME, home_dir, user_config_file
+from mpsctl.masking import mask_text
+from mpsctl.paths import CONFIG_NAME, home_dir, home_problem, user_config_file
 from mpsctl.settings_schema import (
     ENV_KEYS,
     NO_DEFAULT,
@@ -25,6 +27,16 @@ from mpsctl.settings_schema import (
     RESTART_RULES,
     SCHEMA,
 )
+from mpsctl.settings_services import (
+    SERVICES_DIR,
+    Entry,
+    check_services,
+    did_you_mean,
+    pick,
+    service_tables,
+    table_entries,
+)
+from mpsctl.storage import file_kind, read_regular
 from mpsctl.torch_env import masked, resolve_watermarks, torch_env
 
 if sys.version_info >= (3, 11):
@@ -56,9 +68,11 @@ class ServiceSettings:
     request_timeout: float
     health_timeout: float = 5.0
     health_retries: int = 3
+    drain_timeout: float = 30.0
     health_interval: float = 2.0
     env: dict[str, str] = field(default_factory=dict)
     env_file: Path | None = None
+    after: tuple[str, ...] = ()
 
     @property
     def health_url(self) -> str:
@@ -96,6 +110,9 @@ class Thresholds:
     service_memory_gib: tuple[float, float]
     accelerator_limit_percent: tuple[float, float]
     swap_used_percent: tuple[float, float]
+    #: the pressure level that enters the verdict: "warn" (WARNING at warn, CRITICAL at
+    #: critical), "critical" (only critical), "off" (shown, never judged)
+    memory_pressure: str = "warn"
 
 
 @dataclass(frozen=True)
@@ -137,6 +154,12 @@ class OomSettings:
 
 
 @dataclass(frozen=True)
+class HostSettings:
+    budget: int | None
+    over_budget: str
+
+
+@dataclass(frozen=True)
 class Settings:
     service: ServiceSettings
     memory: MemorySettings
@@ -154,18 +177,39 @@ class Settings:
     notes: tuple[str, ...] = ()
     #: True when no file was found: mpsctl manages its own reference service
     reference_service: bool = True
+    host: HostSettings = HostSettings(None, "refuse")
+    #: MPSCTL_HOME; ``home`` is this service's state directory (the same for one service)
+    host_home: Path | None = None
+    #: with [services.NAME] tables: each service's settings (this object holds the defaults)
+    members: tuple[Settings, ...] = ()
+
+    @property
+    def host_dir(self) -> Path:
+        """MPSCTL_HOME: what every service of this host shares (the demo checkpoint)."""
+        return self.host_home or self.home
 
     def value(self, dotted: str) -> Any:
         section, key = dotted.split(".", 1)
         return getattr(getattr(self, section), key)
 
     def as_dict(self) -> dict[str, dict[str, Any]]:
-        """Every value, for display: secret-looking ``service.env`` values masked."""
+        """Every value, for display, under the one masking rule (``mpsctl.masking``): URLs'
+        userinfo, paths and queries, credential-like ``service.env`` values, ``name=secret``
+        and ``Bearer`` words in commands."""
         values = {
-            s: {k: _jsonable(self.value(f"{s}.{k}")) for k in keys} for s, keys in SCHEMA.items()
+            s: {k: _shown(_jsonable(self.value(f"{s}.{k}"))) for k in keys}
+            for s, keys in SCHEMA.items()
         }
         values["service"]["env"] = masked(self.service.env)
         return values
+
+
+def _shown(value: Any) -> Any:
+    if isinstance(value, str):
+        return mask_text(value)
+    if isinstance(value, list):
+        return [_shown(v) for v in value]
+    return value
 
 
 def _jsonable(value: Any) -> Any:
@@ -186,20 +230,26 @@ def find_config_file(explicit: str | None, environ: Mapping[str, str]) -> Path |
         if not path.exists():
             raise ConfigError(f"{origin}: no such file: {path}")
         if not path.is_file():
-            raise ConfigError(f"{origin}: {path} is a directory, not a settings file")
+            raise ConfigError(f"{origin}: {path} is {_not_a_file(path)}, not a settings file")
         return path
     for candidate in (Path.cwd() / CONFIG_NAME, user_config_file(dict(environ))):
         if candidate.is_file():
             return candidate
         if candidate.exists():  # a directory named mpsctl.toml: not silently the defaults
-            raise ConfigError(f"{candidate}: is a directory, not a settings file")
+            raise ConfigError(f"{candidate}: is {_not_a_file(candidate)}, not a settings file")
     return None
+
+
+def _not_a_file(path: Path) -> str:
+    try:
+        return file_kind(stat.S_IFMT(path.stat().st_mode))
+    except OSError:
+        return "not a regular file"
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
-        with path.open("rb") as handle:
-            return tomllib.load(handle)
+        return tomllib.loads(read_regular(path).decode("utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
     except UnicodeDecodeError as exc:  # tomllib decodes the bytes itself, before parsing
@@ -207,21 +257,14 @@ def _read_toml(path: Path) -> dict[str, Any]:
             f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
             "TOML files must be UTF-8"
         ) from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: is a directory, not a settings file") from None
     except OSError as exc:
+        if path.is_dir():
+            raise ConfigError(f"{path}: is a directory, not a settings file") from None
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
     except RecursionError:  # tomllib parses nested arrays and tables recursively
         raise ConfigError(
             f"{path}: invalid TOML: arrays or tables nested too deep for a settings file"
         ) from None
-
-
-def _did_you_mean(word: str, choices: list[str]) -> str:
-    import difflib  # only on the error path: it costs start-up time
-
-    close = difflib.get_close_matches(word, choices, n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _set(
@@ -234,7 +277,8 @@ def _set(
     try:
         values[dotted] = SCHEMA[section][key].parse(raw)
     except ValueError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
+        # the refused value may be a URL with a secret in it: the one masking rule applies
+        raise ConfigError(f"{where}: {mask_text(str(exc))}") from None
     sources[dotted] = source
 
 
@@ -243,33 +287,26 @@ def load_settings(
     config: str | None = None,
     overrides: Mapping[str, tuple[Any, str]] | None = None,
     environ: Mapping[str, str] | None = None,
+    service: str | None = None,
 ) -> Settings:
-    """Resolve settings. ``overrides`` maps dotted keys to ``(value, "--flag")``."""
-    env = dict(os.environ if environ is None else environ)
-    values: dict[str, Any] = {}
-    sources: dict[str, str] = {}
-    for section, keys in SCHEMA.items():
-        for key, spec in keys.items():
-            values[f"{section}.{key}"] = spec.default
-            sources[f"{section}.{key}"] = "default"
+    """Resolve settings. ``overrides`` maps dotted keys to ``(value, "--flag")``.
 
+    A file with ``[services.NAME]`` tables gives one ``Settings`` per service in
+    ``members`` (each with its own state directory); ``service`` (default: the
+    ``MPSCTL_SERVICE`` variable) returns that one service's settings instead.
+    """
+    env = dict(os.environ if environ is None else environ)
+    file_entries: list[Entry] = []
+    tables: dict[str, list[Entry]] = {}
     path = find_config_file(config, env)
     if path is not None:
         path = path.resolve()
         data = _read_toml(path)
-        for section, table in data.items():
-            if section not in SCHEMA:
-                hint = _did_you_mean(section, list(SCHEMA))
-                raise ConfigError(f"{path}: unknown section [{section}]{hint}")
-            if not isinstance(table, dict):
-                raise ConfigError(f"{path}: {section} must be a table: [{section}]")
-            for key, raw in table.items():
-                if key not in SCHEMA[section]:
-                    hint = _did_you_mean(key, list(SCHEMA[section]))
-                    raise ConfigError(f"{path}: unknown key {section}.{key}{hint}")
-                key_name = f"{section}.{key}"
-                _set(values, sources, key_name, raw, f"{path}: {key_name}", f"file {path}")
+        if "services" in data:
+            tables = service_tables(path, data.pop("services"))
+        file_entries = table_entries(path, data, "", f"file {path}")
 
+    env_entries: list[Entry] = []
     unknown_env: list[str] = []
     for name, raw in sorted(env.items()):
         if not name.startswith("MPSCTL_") or name in RESERVED_ENV:
@@ -279,26 +316,76 @@ def load_settings(
             if not name.startswith(PASSED_ENV_PREFIXES):
                 unknown_env.append(name)
             continue
-        _set(values, sources, dotted, raw, f"environment: {name}", f"env {name}")
+        env_entries.append((dotted, raw, f"environment: {name}", f"env {name}"))
+    flag_entries = [
+        (dotted, raw, flag, f"flag {flag}")
+        for dotted, (raw, flag) in (overrides or {}).items()
+        if raw is not None
+    ]
+
+    def resolve(own: list[Entry]) -> tuple[dict[str, Any], dict[str, str]]:
+        values: dict[str, Any] = {}
+        sources: dict[str, str] = {}
+        for section, keys in SCHEMA.items():
+            for key, spec in keys.items():
+                values[f"{section}.{key}"] = spec.default
+                sources[f"{section}.{key}"] = "default"
+        for dotted, raw, where, source in [*file_entries, *own, *env_entries, *flag_entries]:
+            _set(values, sources, dotted, raw, where, source)
+        return values, sources
+
+    values, sources = resolve([])
     # a typo (MPSCTL_SERVCE_URL) must not silently leave the default in place; the token
     # variable is read by the client, under whatever name service.token_env gives it
     for name in unknown_env:
         if name != values["service.token_env"]:
-            hint = _did_you_mean(name, list(ENV_KEYS))
+            hint = did_you_mean(name, list(ENV_KEYS))
             raise ConfigError(f"environment: unknown variable {name}{hint}")
 
-    for dotted, (raw, flag) in (overrides or {}).items():
-        if raw is None:
-            continue
-        _set(values, sources, dotted, raw, flag, f"flag {flag}")
+    home = home_dir(env)
+    chosen = service if service is not None else env.get("MPSCTL_SERVICE") or None
+    if not tables:
+        if values["service.after"]:
+            where = _where(sources["service.after"], "service.after")
+            raise ConfigError(f"{where}: after names services of [services.NAME] tables only")
+        settings = _finish(values, sources, path, env, home)
+        if chosen is not None and chosen != settings.service.name:
+            raise ConfigError(
+                f"no service named {chosen!r}: the one configured is {settings.service.name!r}"
+            )
+        return settings
 
-    return _finish(values, sources, path, env)
+    if sources["service.name"] != "default":
+        where = _where(sources["service.name"], "service.name")
+        raise ConfigError(
+            f"{where}: with [services.NAME] tables each service is named by its table"
+        )
+    members = []
+    for name, own in tables.items():
+        values, sources = resolve(own)
+        values["service.name"] = name
+        sources["service.name"] = f"file {path} [services.{name}]"
+        members.append(_finish(values, sources, path, env, home / SERVICES_DIR / name, home))
+    check_services(members)
+    if chosen is not None:
+        return pick(members, chosen)
+    return replace(_finish(*resolve([]), path, env, home), members=tuple(members))
 
 
 def _finish(
-    values: dict[str, Any], sources: dict[str, str], path: Path | None, env: dict[str, str]
+    values: dict[str, Any],
+    sources: dict[str, str],
+    path: Path | None,
+    env: dict[str, str],
+    home: Path,
+    host_home: Path | None = None,
 ) -> Settings:
-    home = home_dir(env)
+    """One service's settings; ``home`` is its state directory (MPSCTL_HOME itself for the
+    one service of a [service] file), ``host_home`` MPSCTL_HOME."""
+    for directory in dict.fromkeys((host_home or home, home)):
+        problem = home_problem(directory)
+        if problem is not None:
+            raise ConfigError(problem)
     base = path.parent if path is not None else Path.cwd()
     reference = path is None or sources["service.command"] == "default"
 
@@ -364,10 +451,12 @@ def _finish(
         start_timeout=values["service.start_timeout"],
         request_timeout=values["service.request_timeout"],
         health_timeout=values["service.health_timeout"],
+        drain_timeout=values["service.drain_timeout"],
         health_retries=values["service.health_retries"],
         health_interval=values["service.health_interval"],
         env=dict(values["service.env"]),
         env_file=under_workdir(values["service.env_file"]),
+        after=tuple(values["service.after"]),
     )
     memory = MemorySettings(
         high_watermark_ratio=marks.high,
@@ -388,7 +477,9 @@ def _finish(
         history=section("history", HistorySettings),
         alerts=section("alerts", AlertSettings),
         oom=section("oom", OomSettings),
+        host=section("host", HostSettings),
         home=home,
+        host_home=host_home or home,
         config_file=path,
         sources=sources,
         notes=marks.notes,
@@ -423,6 +514,7 @@ log_globs = ["logs/error_*.log", "logs/app_*.log"]
 # regex over command lines, only to find a service started by hand (not by mpsctl start)
 match = "mvp/venv/bin/uvicorn app.main:app"
 stop_timeout = 10              # seconds between SIGTERM and SIGKILL
+drain_timeout = 30             # a planned stop first waits this long for queries in flight
 start_timeout = 120            # seconds to wait for a healthy answer
 
 [memory]

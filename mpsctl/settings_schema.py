@@ -17,13 +17,13 @@ from mpsctl.setting_values import (
     parse_command,
     parse_http_path,
     parse_int_min,
-    parse_non_negative,
     parse_opt_ratio,
     parse_opt_size,
     parse_opt_str,
+    parse_opt_url,
     parse_pair,
     parse_path_str,
-    parse_positive,
+    parse_seconds,
     parse_str,
     parse_str_list,
     parse_url,
@@ -32,6 +32,9 @@ from mpsctl.torch_env import DEFAULT_LOW_RATIO, FALLBACK_ENV, HIGH_ENV, LOW_ENV,
 
 DEVICES = ("auto", "mps", "cuda", "cpu")
 DTYPES = ("auto", "float16", "bfloat16", "float32")
+OVER_BUDGET = ("refuse", "warn")
+#: sections that hold one value for the whole host, never a [services.NAME.x] sub-table
+HOST_SECTIONS = ("host", "history")
 
 
 class Key:
@@ -108,18 +111,23 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "log_file": Key(parse_path_str, NO_DEFAULT, "where start appends the service output"),
         "log_globs": Key(parse_str_list, (), "the service's own logs (dated names allowed)"),
         "log_max_bytes": Key(
-            parse_int_min(0), 50 * 1024**2, "rotate log_file above this (0: never)"
+            parse_int_min(0, 2**50), 50 * 1024**2, "rotate log_file above this (0: never)"
         ),
-        "log_backups": Key(parse_int_min(0), 3, "rotated copies kept"),
+        "log_backups": Key(parse_int_min(0, 1000), 3, "rotated copies kept"),
         "match": Key(parse_opt_str, None, "regex over cmdlines, for a service started by hand"),
-        "stop_timeout": Key(parse_positive, 10.0, "seconds between SIGTERM and SIGKILL"),
-        "start_timeout": Key(parse_positive, 120.0, "seconds to wait for a healthy answer"),
-        "request_timeout": Key(parse_positive, 60.0, "seconds for one query"),
-        "health_timeout": Key(parse_positive, 5.0, "seconds one health check may take (fix)"),
-        "health_retries": Key(
-            parse_int_min(1), 3, "consecutive failed checks before fix calls it unhealthy"
+        "stop_timeout": Key(parse_seconds(), 10.0, "seconds between SIGTERM and SIGKILL"),
+        "drain_timeout": Key(
+            parse_seconds(zero=True),
+            30.0,
+            "seconds a planned stop waits for queries in flight (0: none)",
         ),
-        "health_interval": Key(parse_non_negative, 2.0, "seconds between those checks"),
+        "start_timeout": Key(parse_seconds(), 120.0, "seconds to wait for a healthy answer"),
+        "request_timeout": Key(parse_seconds(), 60.0, "seconds for one query"),
+        "health_timeout": Key(parse_seconds(), 5.0, "seconds one health check may take (fix)"),
+        "health_retries": Key(
+            parse_int_min(1, 1000), 3, "consecutive failed checks before fix calls it unhealthy"
+        ),
+        "health_interval": Key(parse_seconds(zero=True), 2.0, "seconds between those checks"),
         "env": Key(
             _parse_env_table,
             {},
@@ -128,6 +136,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "env_file": Key(
             parse_opt_str, None, "dotenv file (KEY=value) read at each start; relative to workdir"
         ),
+        "after": Key(parse_str_list, (), "[services.NAME] only: services started before this one"),
     },
     "memory": {
         "high_watermark_ratio": Key(parse_opt_ratio, 1.0, f"{HIGH_ENV} (x recommended max)"),
@@ -144,27 +153,38 @@ SCHEMA: dict[str, dict[str, Key]] = {
             parse_pair, (80.0, 95.0), "accelerator allocated, % of the limit"
         ),
         "swap_used_percent": Key(parse_pair, (50.0, 80.0), "swap used, %"),
+        "memory_pressure": Key(
+            parse_choice(("warn", "critical", "off")),
+            "warn",
+            "pressure level judged: warn (WARNING, and CRITICAL at critical) | critical | off",
+        ),
     },
     "serve": {
         "model": Key(parse_opt_str, None, "local directory or hub id (--demo builds one)"),
         "dtype": Key(parse_choice(DTYPES), "auto", "auto | float16 | bfloat16 | float32"),
-        "max_new_tokens": Key(parse_int_min(1), 128, "default tokens generated per query"),
-        "max_new_tokens_limit": Key(parse_int_min(1), 1024, "largest max_new_tokens accepted"),
-        "max_concurrent": Key(parse_int_min(1), 3, "queries in flight"),
-        "max_queue": Key(parse_int_min(0), 16, "queries waiting for a slot"),
-        "queue_timeout": Key(parse_non_negative, 30.0, "seconds a query may wait"),
-        "cleanup_interval": Key(parse_non_negative, 1800.0, "seconds between releases (0: off)"),
-        "max_question_bytes": Key(parse_int_min(1), 4096, "largest question accepted"),
+        "max_new_tokens": Key(parse_int_min(1, 10**9), 128, "default tokens generated per query"),
+        "max_new_tokens_limit": Key(
+            parse_int_min(1, 10**9), 1024, "largest max_new_tokens accepted"
+        ),
+        "max_concurrent": Key(parse_int_min(1, 1024), 3, "queries in flight"),
+        "max_queue": Key(parse_int_min(0, 100_000), 16, "queries waiting for a slot"),
+        "queue_timeout": Key(parse_seconds(zero=True), 30.0, "seconds a query may wait"),
+        "cleanup_interval": Key(
+            parse_seconds(zero=True), 1800.0, "seconds between releases (0: off)"
+        ),
+        "max_question_bytes": Key(
+            parse_int_min(1, 64 * 1024**2), 4096, "largest question accepted"
+        ),
         "memory_limit": Key(
             parse_opt_size, None, "address space (RLIMIT_AS) once the model is loaded, e.g. 8GiB"
         ),
         "threads": Key(
-            parse_int_min(0), 1, "CPU threads torch may use per query (0: torch's default)"
+            parse_int_min(0, 4096), 1, "CPU threads torch may use per query (0: torch's default)"
         ),
     },
     "fix": {
-        "max_restarts": Key(parse_int_min(1), 3, "restarts allowed within `within`"),
-        "within": Key(parse_positive, 3600.0, "seconds of the restart-loop window"),
+        "max_restarts": Key(parse_int_min(1, 1000), 3, "restarts allowed within `within`"),
+        "within": Key(parse_seconds(), 3600.0, "seconds of the restart-loop window"),
         "restart_on": Key(
             _parse_restart_on,
             RESTART_RULES,
@@ -172,11 +192,21 @@ SCHEMA: dict[str, dict[str, Key]] = {
         ),
     },
     "history": {
-        "retention_days": Key(parse_int_min(1), 30, "days of probe history kept"),
+        "retention_days": Key(parse_int_min(1, 36500), 30, "days of probe history kept"),
     },
     "alerts": {
-        "url": Key(parse_opt_str, None, "POST a JSON alert here on verdict change"),
+        "url": Key(parse_opt_url, None, "POST a JSON alert here on verdict change"),
         "command": Key(parse_opt_str, None, "or run this command (alert JSON on stdin)"),
+    },
+    "host": {
+        "budget": Key(
+            parse_opt_size,
+            None,
+            "most memory all services may plan together, e.g. 20GiB (default: the host ceiling)",
+        ),
+        "over_budget": Key(
+            parse_choice(OVER_BUDGET), "refuse", "start NAME over the budget: refuse | warn"
+        ),
     },
     "oom": {
         "system_logs": Key(
@@ -189,6 +219,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
 RESERVED_ENV = {
     "MPSCTL_HOME", "MPSCTL_CONFIG", "MPSCTL_TOKEN",
     "MPSCTL_GREP", "MPSCTL_OOM_WORKERS",  # the log scanner's first pass (deaths/grep_pass.py)
+    "MPSCTL_SERVICE",  # which of several [services.NAME] a command (or a started service) is
 }  # fmt: skip
 #: set by mpsctl for the commands it runs (an alert command may itself run mpsctl)
 PASSED_ENV_PREFIXES = ("MPSCTL_ALERT_",)

@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 from mpsctl.errors import ConfigError
+from mpsctl.storage import open_regular
 
 #: what a token may contain: visible ASCII, no whitespace (RFC 6750's b64token is a subset).
 #: HTTP header values are bytes and clients encode other characters differently (curl
@@ -45,10 +46,14 @@ def read_token_text(path: Path) -> tuple[str, int]:
     ConfigError when it cannot be read or is not UTF-8; the text is never quoted.
     """
     try:
-        with path.open("rb") as handle:
+        # a regular file only: a FIFO would hang `serve` and `ask`, /dev/zero never ends
+        fd = open_regular(path)
+        try:
             # the mode of the file actually read, not of whatever the path names later
-            mode = os.fstat(handle.fileno()).st_mode
-            data = handle.read(64 * 1024)
+            mode = os.fstat(fd).st_mode
+            data = os.read(fd, 64 * 1024)
+        finally:
+            os.close(fd)
     except OSError as exc:
         raise ConfigError(f"cannot read token file {path}: {exc.strerror or exc}") from None
     try:

@@ -186,12 +186,12 @@ def pytorch_vars(environ: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in environ.items() if k.startswith(ENV_PREFIX)}
 
 
-_SECRET_WORDS = re.compile(r"TOKEN|SECRET|PASSW|KEY|CREDENTIAL|AUTH|COOKIE|SESSION", re.I)
-
-
 def masked(env: Mapping[str, str]) -> dict[str, str]:
-    """``env`` for display: the values of names that look like secrets replaced by ****."""
-    return {k: "****" if _SECRET_WORDS.search(k) else v for k, v in sorted(env.items())}
+    """``env`` for display, sorted: credential-named values, URLs' userinfo and paths masked
+    (the one rule, ``mpsctl.masking``)."""
+    from mpsctl.masking import masked_env
+
+    return masked_env(env)
 
 
 # --------------------------------------------------------------------------- checks

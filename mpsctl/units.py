@@ -10,6 +10,8 @@ from typing import Any
 KIB = 1024
 MIB = 1024**2
 GIB = 1024**3
+#: the largest value a ``*_bytes`` field may hold: JSON readers and Prometheus choke beyond it
+MAX_INT = 2**63 - 1
 
 
 def fmt_bytes(value: int | float | None, unknown: str = "unknown") -> str:
@@ -66,3 +68,27 @@ def parse_time(text: Any) -> datetime | None:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
     return moment.astimezone(timezone.utc)
+
+
+# --------------------------------------------------------------------------- figures in log text
+def to_int(digits: str, scale: int = 1) -> int | None:
+    """``"3558264", 1024`` -> 3643662336; None when the value does not fit in 63 bits.
+
+    A corrupted or hostile log line may carry hundreds of digits: that field becomes None and
+    the event is still reported, with the raw text kept.
+    """
+    if not digits.isdigit() or len(digits) > 19:
+        return None
+    value = int(digits) * scale
+    return value if value <= MAX_INT else None
+
+
+def size_value(number: str, scale: int) -> int | None:
+    """``"3072", 1024**2`` -> 3221225472; decimals allowed; None when it does not fit."""
+    if len(number) > 24:
+        return None
+    try:
+        value = round(float(number) * scale)
+    except (ValueError, OverflowError):
+        return None
+    return value if 0 <= value <= MAX_INT else None

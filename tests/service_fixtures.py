@@ -247,18 +247,22 @@ class InProcessService(_Requests):
 def start_inprocess(
     model: Path, *, token: str | None = "test-token", **config: Any
 ) -> InProcessService:
-    """Load ``model`` on the CPU and serve it from a thread; ``config``: ServiceConfig fields."""
+    """Load ``model`` on the CPU and serve it from a thread, through the same bounded HTTP
+    protocol as ``mpsctl serve``; ``config``: ServiceConfig fields, and ``max_connections``
+    or ``header_timeout`` for the protocol."""
     import uvicorn
 
     from mpsctl.server.app import ServiceConfig, create_service
     from mpsctl.server.model import ModelHolder
+    from mpsctl.server.protocol import bounded_config
 
+    limits = {k: config.pop(k) for k in ("max_connections", "header_timeout") if k in config}
     holder = ModelHolder(device="cpu", max_new_tokens=8)
     holder.load(str(model))
     service = create_service(holder, ServiceConfig(token=token, **config))
     port = free_port()
     server = uvicorn.Server(
-        uvicorn.Config(service.asgi, host="127.0.0.1", port=port, log_config=None)
+        bounded_config(service.asgi, "127.0.0.1", port, log_config=None, **limits)
     )
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
     thread.start()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mpsctl.service_env import inherited_env_checks, service_env
+from mpsctl.service_env import inherited_env_checks, service_env, system_locale
 from mpsctl.settings import load_settings
 from mpsctl.torch_env import FALLBACK_ENV, HIGH_ENV, LOW_ENV, Check
 
@@ -32,7 +32,7 @@ def test_service_env_drops_inherited_ratios_and_puts_the_venv_first(
         LOW_ENV: "0.5",
         "PATH": f"{venv / 'bin'}{os.pathsep}/usr/bin",
         "VIRTUAL_ENV": str(venv),
-        "LC_ALL": "C.UTF-8",
+        **system_locale(),  # the system's, not the caller's LC_ALL
         "TZ": "UTC",
     }
     assert base[LOW_ENV] == "1.9"  # the caller's mapping is not changed

@@ -182,7 +182,8 @@ def test_url() -> None:
     assert parse_url("http://BOX//") == "http://BOX"  # only slashes are trimmed
     refused(parse_url, "ftp://x", "expected an http:// or https:// URL, got 'ftp://x'")
     refused(parse_url, "http://", "expected an http:// or https:// URL, got 'http://'")
-    refused(parse_url, "http://h:99999", "bad port in 'http://h:99999'")
+    refused(parse_url, "http://h:99999", "bad port in 'http://h:99999': it must be 1-65535")
+    refused(parse_url, "http://h:0", "bad port in 'http://h:0': it must be 1-65535")
     refused(parse_url, 8000, "expected a string, got an integer")
 
 

@@ -19,11 +19,12 @@ PACKAGE = ROOT / "mpsctl"
 
 FLOORS: tuple[tuple[str, ...], ...] = (
     ("mpsctl", "errors", "units", "durations", "paths", "storage", "tokens", "torch_env",
-     "setting_values", "settings_schema", "settings", "service_env", "contrib"),
+     "masking", "setting_values", "settings_schema", "settings", "settings_services", "service",
+     "service_env", "contrib"),
     ("observe", "client", "server"),
     ("plan", "ask"),
     ("deaths", "stress_results"),
-    ("probe",),
+    ("probe", "host_probe"),
     ("control", "stress"),
     ("monitor",),
     ("render",),
@@ -227,3 +228,32 @@ def test_the_rules_can_fail() -> None:
     assert one_letter_apart("death", "deaths")
     assert one_letter_apart("match", "watch")
     assert not one_letter_apart("oom", "ram")
+
+
+def hacking_layout() -> str:
+    text = (ROOT / "HACKING.md").read_text(encoding="utf-8")
+    start = text.index("## Layout and rules")
+    return text[start : text.index("\n## ", start + 1)]
+
+
+def test_hacking_names_the_floors_this_test_enforces() -> None:
+    """HACKING's numbered list of floors, room by room, is FLOORS."""
+    floors = []
+    for line in re.findall(r"^  \d\. (.*(?:\n     .*)*)", hacking_layout(), re.M):
+        names = re.findall(r"`(?:mpsctl/)?([A-Za-z_]+)(?:\.py|/)`", line.split(";")[0])
+        names += re.findall(r"`([a-z_]+)/`", ";".join(line.split(";")[1:]))
+        floors.append(tuple("mpsctl" if n == "__init__" else n for n in names))
+    assert [set(f) for f in floors] == [set(f) for f in FLOORS]
+
+
+def test_hacking_module_map_lists_every_module_and_no_other() -> None:
+    generated = hacking_layout().split("<!-- BEGIN GENERATED: module map", 1)[1]
+    listed = re.findall(r"^- `(mpsctl/[^`]+\.py)`: ", generated.split("<!-- END", 1)[0], re.M)
+    on_disk = sorted(p.relative_to(ROOT).as_posix() for p in PACKAGE.rglob("*.py"))
+    assert sorted(listed) == on_disk
+
+
+def test_every_module_says_what_it_holds() -> None:
+    silent = [name for name, path in modules().items()
+              if not ast.get_docstring(ast.parse(path.read_text(encoding="utf-8")))]  # fmt: skip
+    assert silent == []

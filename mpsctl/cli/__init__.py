@@ -18,6 +18,7 @@ import click
 from mpsctl import __version__
 from mpsctl.cli.app import App
 from mpsctl.errors import ExitCode, MpsctlError
+from mpsctl.masking import mask_text
 from mpsctl.render import console
 
 #: command name -> "module:attribute" under mpsctl.cli
@@ -249,6 +250,7 @@ def _fail(message: str, code: int, command: click.Command | None = None) -> None
     under ``--json`` one JSON document (``mpsctl.error/1``) unless the command printed its
     own, under ``probe --nagios`` one ``MPSCTL UNKNOWN`` status line (plugin guidelines)."""
     # the message may quote a service's answer or a file name: never a control sequence
+    message = mask_text(message, paths=False)
     click.echo(f"mpsctl: error: {console.printable(message)}", err=True)
     args = _ARGV[: _ARGV.index("--")] if "--" in _ARGV else _ARGV
     name = command.name if command is not None else None
@@ -260,7 +262,7 @@ def _fail(message: str, code: int, command: click.Command | None = None) -> None
         else:
             console.write_json_error(message, code, name)
     elif name == "probe" and "--nagios" in args and console.documents_written == 0:
-        click.echo(f"MPSCTL UNKNOWN - {message.replace('|', '/')}")
+        click.echo(f"MPSCTL UNKNOWN - {console.printable(message).replace('|', '/')}")
     raise click.exceptions.Exit(code)
 
 
@@ -272,8 +274,13 @@ def _fail(message: str, code: int, command: click.Command | None = None) -> None
     metavar="FILE",
     help="Settings file (default: ./mpsctl.toml, then the user config dir).",
 )
+@click.option(
+    "--error-log",
+    metavar="FILE",
+    help="Append stderr to FILE (cron jobs); if it cannot be opened: stderr and syslog.",
+)
 @click.pass_context
-def main(ctx: click.Context, config_path: str | None) -> None:
+def main(ctx: click.Context, config_path: str | None, error_log: str | None) -> None:
     """Operate a local model-serving service on MPS, CUDA or CPU, safely.
 
     \b
@@ -282,4 +289,10 @@ def main(ctx: click.Context, config_path: str | None) -> None:
       mpsctl start && mpsctl ask "工商银行"
       mpsctl fix --if-unhealthy    # the cron watchdog
     """
+    if error_log:
+        from mpsctl.cli.errorlog import open_error_log
+
+        problem = open_error_log(error_log)
+        if problem is not None:
+            click.echo(f"mpsctl: warning: {problem}", err=True)
     ctx.obj = App(config_path=config_path)

@@ -11,8 +11,11 @@ import click
 from mpsctl.render.console import make_console
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from rich.console import Console
 
+    from mpsctl.service import Service
     from mpsctl.settings import Settings
 
 
@@ -20,6 +23,12 @@ class App:
     def __init__(self, config_path: str | None = None) -> None:
         self.config_path = config_path
         self._settings: Settings | None = None
+        self._chosen: str | None = None
+
+    def choose(self, name: str) -> None:
+        """Work on the service ``name`` (``-s NAME``): settings are that service's."""
+        self._chosen = name
+        self._settings = None
 
     @cached_property
     def out(self) -> Console:
@@ -35,23 +44,61 @@ class App:
         """Effective settings; ``overrides`` are flags: ``{"memory.device": (v, "--device")}``.
 
         ``settings.notes`` (a derived low watermark, a 0.0 ratio) are for the commands that
-        apply memory settings to print; reading settings stays quiet.
+        apply memory settings to print; reading settings stays quiet. With several services
+        configured, a command that works on one is told which by ``MPSCTL_SERVICE``.
         """
+        settings = self.host_settings(overrides)
+        if settings.members:
+            from mpsctl.errors import UsageError
+
+            names = ", ".join(m.service.name for m in settings.members)
+            raise UsageError(
+                f"several services are configured ({names}): choose one with "
+                "MPSCTL_SERVICE=NAME (or -s NAME where the command has it)"
+            )
+        return settings
+
+    def services(
+        self,
+        names: Sequence[str] = (),
+        *,
+        all_: bool = False,
+        changes: bool = False,
+        overrides: Mapping[str, tuple[Any, str]] | None = None,
+    ) -> list[Service]:
+        """The services a command works on (see :func:`mpsctl.service.select`)."""
+        from mpsctl.service import select
+
+        return select(self.host_settings(overrides), names, all_=all_, changes=changes)
+
+    def host_settings(self, overrides: Mapping[str, tuple[Any, str]] | None = None) -> Settings:
+        """The settings as loaded: with several services, their defaults and ``members``."""
         if overrides or self._settings is None:
             # imported here: `mpsctl --help` and `--version` read no settings
             from mpsctl.settings import load_settings
 
-            settings = load_settings(config=self.config_path, overrides=overrides)
+            settings = load_settings(
+                config=self.config_path, overrides=overrides, service=self._chosen
+            )
             if not overrides:
                 self._settings = settings
             return settings
         return self._settings
 
     def warn(self, message: str) -> None:
-        click.echo(f"mpsctl: warning: {message}", err=True)
+        click.echo(f"mpsctl: warning: {shown_message(message)}", err=True)
 
     def info(self, message: str) -> None:
-        click.echo(f"mpsctl: {message}", err=True)
+        click.echo(f"mpsctl: {shown_message(message)}", err=True)
+
+
+def shown_message(message: str) -> str:
+    """A diagnostic line as it reaches stderr: credentials masked (``mpsctl.masking``),
+    terminal control characters made visible."""
+    from mpsctl.masking import mask_text
+    from mpsctl.render.console import printable
+
+    return printable(mask_text(message, paths=False))
 
 
 def json_option(func: Any) -> Any:

@@ -11,6 +11,7 @@ from mpsctl import ask as ask_lib
 from mpsctl import stress
 from mpsctl.cli.app import App, json_option
 from mpsctl.cli.params import DURATION
+from mpsctl.cli.service_options import service_option
 from mpsctl.client import checked_token, read_token
 from mpsctl.render import ask as render
 from mpsctl.render.console import write_json
@@ -68,6 +69,7 @@ def _parsed(parse: Any) -> Any:
     "--token", "token_flag", metavar="TOKEN", help="The token itself (visible in `ps`: avoid)."
 )
 @json_option
+@service_option
 @click.pass_obj
 def ask(app: App, question: str | None, **opts: Any) -> None:
     """Ask the service QUESTION (- reads stdin), or measure it under load.
@@ -82,6 +84,7 @@ def ask(app: App, question: str | None, **opts: Any) -> None:
       mpsctl ask "工商银行" -n 200 -c 8          # stress: latency, errors, memory
       mpsctl ask --questions qs.txt --duration 5m -c 4 --json
       mpsctl ask "工商银行" -n 50 --sweep 1,2,4,8  # what max_concurrent is safe?
+      mpsctl ask -s chat "工商银行"               # one of several services
     """
     settings = app.settings({"service.request_timeout": (opts["timeout"], "--timeout")})
     if opts["token_flag"]:

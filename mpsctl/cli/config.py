@@ -10,6 +10,7 @@ from rich import box
 from rich.table import Table
 
 from mpsctl.cli.app import App, json_option
+from mpsctl.cli.service_options import service_option
 from mpsctl.errors import MpsctlError
 from mpsctl.render.console import write_json
 from mpsctl.service_env import shown_service_env
@@ -32,6 +33,7 @@ def config() -> None:
 
 @config.command("show")
 @json_option
+@service_option
 @click.pass_obj
 def show(app: App, as_json: bool) -> None:
     """Print every effective setting and where it came from.
@@ -43,6 +45,7 @@ def show(app: App, as_json: bool) -> None:
     Examples:
       mpsctl config show
       MPSCTL_MEMORY_HIGH_WATERMARK_RATIO=0.6 mpsctl config show --json
+      mpsctl config show -s chat     # one of several [services.NAME]
     """
     settings = app.settings()
     env, env_error = shown_service_env(settings)  # what the service will get from start

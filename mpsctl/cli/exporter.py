@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from functools import partial
+from urllib.parse import urlsplit
 
 import click
 
@@ -51,9 +53,43 @@ from mpsctl.probe import take_probe
     flag_value="dashboard",
     help="Print the Grafana dashboard JSON for these metrics, then exit.",
 )
+@click.option(
+    "--alertmanager",
+    "show",
+    flag_value="alertmanager",
+    help="Print an Alertmanager configuration (route, receiver, inhibit rules), then exit.",
+)
+@click.option(
+    "--scrape-config",
+    "show",
+    flag_value="scrape",
+    help="Print the Prometheus scrape jobs for this exporter (and the service), then exit.",
+)
+@click.option(
+    "--webhook-url",
+    default="http://127.0.0.1:9095/mpsctl",
+    show_default=True,
+    metavar="URL",
+    help="With --alertmanager: where the receiver posts the alerts.",
+)
+@click.option(
+    "--time-scale",
+    default=1.0,
+    type=click.FloatRange(0, 1, min_open=True),
+    metavar="F",
+    help="With --rules, --alertmanager, --scrape-config: multiply every duration by F "
+    "(tests, demos).",
+)
 @click.pass_obj
 def exporter(
-    app: App, port: int, host: str, timeout: float, min_interval: float, show: str | None
+    app: App,
+    port: int,
+    host: str,
+    timeout: float,
+    min_interval: float,
+    show: str | None,
+    webhook_url: str,
+    time_scale: float,
 ) -> None:
     """Serve the probe's figures as Prometheus gauges on http://HOST:PORT/metrics.
 
@@ -63,7 +99,9 @@ def exporter(
     are counters. Runs until Ctrl-C (exit 130). Needs prometheus_client
     (pip install 'mpsctl[metrics]'). For cron instead: mpsctl probe --prometheus FILE.prom.
     --rules and --dashboard print the alert rules and the Grafana dashboard shipped with
-    this version (see docs/fleet.md).
+    this version; --alertmanager and --scrape-config what Alertmanager and Prometheus need
+    beside them (see docs/fleet.md). With several services ([services.NAME]) every scrape
+    serves each one's gauges, labelled service="NAME".
 
     \b
     Examples:
@@ -71,23 +109,33 @@ def exporter(
       mpsctl exporter --port 9808 --host 127.0.0.1
       mpsctl exporter --rules > /etc/prometheus/rules/mpsctl.yml
       mpsctl exporter --dashboard > mpsctl-dashboard.json
+      mpsctl exporter --alertmanager --webhook-url https://hooks.example.com/am
+      mpsctl exporter --scrape-config --host 10.0.0.11
+      mpsctl exporter --rules --time-scale 0.05   # the same rules, 20x faster
     """
     if show is not None:
-        from mpsctl import contrib
-
-        click.echo(contrib.read_text(contrib.RULES if show == "rules" else contrib.DASHBOARD),
-                   nl=False)  # fmt: skip
+        click.echo(_config_text(app, show, host, port, webhook_url, time_scale), nl=False)
         return
-    settings = app.settings()
+    every = app.services()
     if host not in ("127.0.0.1", "::1", "localhost"):
         app.warn(f"listening on {host}: anyone who can reach it sees host and service details")
-    served = start_exporter(
-        lambda: take_probe(settings, health_timeout=timeout),
-        host,
-        port,
-        min_interval=min_interval,
-        home=settings.home,
-    )
+    if len(every) > 1:
+        from mpsctl.monitor.prometheus import start_services_exporter
+
+        served = start_services_exporter(
+            [(partial(take_probe, s.settings, health_timeout=timeout), s.state_dir)
+             for s in every],
+            host, port, min_interval=min_interval,
+        )  # fmt: skip
+    else:
+        settings = every[0].settings
+        served = start_exporter(
+            lambda: take_probe(settings, health_timeout=timeout),
+            host,
+            port,
+            min_interval=min_interval,
+            home=settings.home,
+        )
     app.info(f"serving {served.url} (Ctrl-C to stop)")
     try:
         while served.thread.is_alive():
@@ -95,3 +143,23 @@ def exporter(
     finally:
         served.shutdown()
     raise click.ClickException("the metrics server stopped")
+
+
+def _config_text(
+    app: App, show: str, host: str, port: int, webhook_url: str, time_scale: float
+) -> str:
+    from mpsctl import contrib
+    from mpsctl.monitor import prom_config
+
+    if show == "rules":
+        return prom_config.rules_text(time_scale)
+    if show == "dashboard":
+        return contrib.read_text(contrib.DASHBOARD)
+    if show == "alertmanager":
+        return prom_config.alertmanager_config(webhook_url, time_scale)
+    settings = app.settings()
+    shown = f"[{host}]" if ":" in host else host
+    services = []
+    if settings.reference_service:  # the reference service serves its own /metrics
+        services.append(urlsplit(settings.service.url).netloc)
+    return prom_config.scrape_config([f"{shown}:{port}"], services, time_scale)

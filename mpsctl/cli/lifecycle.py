@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import click
@@ -15,11 +16,15 @@ from mpsctl.cli.service import (
     demo_notice,
     not_under_unit,
 )
+from mpsctl.cli.service_options import all_option, heading, names_argument, several_document
 from mpsctl.control.start import StartFailed, StartOptions, start_service
 from mpsctl.control.stop import restart_service
+from mpsctl.errors import OverBudgetError, ServiceError
 from mpsctl.render import lifecycle as render
 from mpsctl.render.console import write_json
 from mpsctl.render.service_text import render_stop
+from mpsctl.service import Service, select
+from mpsctl.settings import Settings
 from mpsctl.settings_schema import DEVICES
 from mpsctl.torch_env import FALLBACK_ENV, HIGH_ENV, LOW_ENV, MAX_RATIO
 
@@ -41,16 +46,50 @@ def start_flags(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
+def memory_overrides(opts: dict[str, Any]) -> dict[str, tuple[Any, str]]:
+    return {
+        "memory.high_watermark_ratio": (opts["high"], "--high"),
+        "memory.low_watermark_ratio": (opts["low"], "--low"),
+        "memory.mps_fallback": (opts["fallback"], "--fallback"),
+        "memory.device": (opts["device"], "--device"),
+    }
+
+
 def settings_from_flags(app: App, opts: dict[str, Any]) -> Any:
     """Settings with the flags applied: validated (watermarks included) before anything runs."""
-    return app.settings(
-        {
-            "memory.high_watermark_ratio": (opts["high"], "--high"),
-            "memory.low_watermark_ratio": (opts["low"], "--low"),
-            "memory.mps_fallback": (opts["fallback"], "--fallback"),
-            "memory.device": (opts["device"], "--device"),
-        }
-    )
+    return app.settings(memory_overrides(opts))
+
+
+def services_from_flags(
+    app: App, opts: dict[str, Any], names: tuple[str, ...], all_: bool
+) -> tuple[Settings, list[Service]]:
+    """The host's settings and the services to act on, with the memory flags applied."""
+    host = app.host_settings(memory_overrides(opts))
+    return host, select(host, names, all_=all_, changes=True)
+
+
+def budget_gate(app: App, host: Settings, service: Service) -> None:
+    """Refuse (or warn, ``host.over_budget``) to start ``service`` when the planned peaks
+    of the services running now plus its own exceed the host's ceiling."""
+    from mpsctl.observe import processes
+    from mpsctl.plan.budget import check_start
+
+    if not host.members or processes.find_service(service.settings).running:
+        return
+    others = [m for m in host.members if m.service.name != service.name]
+    running = [m for m in others if processes.find_service(m).running]
+    _, problem = check_start(host, running, service.settings)
+    if problem is None:
+        return
+    if host.host.over_budget == "warn":
+        app.warn(problem)
+        return
+    raise OverBudgetError(problem)
+
+
+def write_results(command: str, documents: list[dict[str, Any]], code: int = 0) -> None:
+    """One JSON document: the service's own, or for several one holding each."""
+    write_json(documents[0] if len(documents) == 1 else several_document(command, documents, code))
 
 
 def start_options_from_flags(opts: dict[str, Any], foreground: bool = False) -> StartOptions:
@@ -70,15 +109,25 @@ def run_start(app: App, call: Callable[[], Any]) -> Any:
 
 
 @click.command()
+@names_argument
+@all_option
 @start_flags
-@click.option("--foreground", is_flag=True, help="Become the service (for launchd/systemd).")
+@click.option(
+    "--foreground",
+    is_flag=True,
+    help="Run the service as a child until it ends (for launchd/systemd).",
+)
 @WAIT
 @json_option
 @click.pass_obj
-def start(app: App, foreground: bool, wait: float, as_json: bool, **opts: Any) -> None:
+def start(app: App, names: tuple[str, ...], all_: bool, foreground: bool, wait: float,
+          as_json: bool, **opts: Any) -> None:  # fmt: skip
     """Start the service detached, with validated memory limits; wait until healthy.
 
-    Output is appended to service.log_file (rotated above service.log_max_bytes).
+    Output is appended to service.log_file (rotated above service.log_max_bytes). With
+    several services ([services.NAME]): name them or pass --all; they start in `after`
+    order, and a start that would put the host's planned memory over its ceiling is
+    refused with exit 78 (host.over_budget = "warn" only warns).
 
     \b
     Examples:
@@ -86,46 +135,66 @@ def start(app: App, foreground: bool, wait: float, as_json: bool, **opts: Any) -
       mpsctl start --high 0.7 --low 0.5 --timeout 300
       mpsctl start --device cpu --model ./qwen2.5-0.5b   # the reference service
       mpsctl start --foreground                          # under launchd/systemd
+      mpsctl start chat embed                            # two of several services
     """
-    settings = settings_from_flags(app, opts)
-    demo_notice(app, settings)
-    if not foreground and not_under_unit(app, settings, "start"):
-        return  # --foreground is what the unit itself runs
-    ev = events(app)
-    options = start_options_from_flags(opts, foreground)
-    result = run_start(app, lambda: start_service(settings, options, events=ev,
-                                                            lock_wait=wait))  # fmt: skip
-    if as_json:
-        write_json(result.to_json())
-    else:
-        render.render_start(app.out, result)
+    host, chosen = services_from_flags(app, opts, names, all_)
+    if foreground and len(chosen) > 1:
+        raise ServiceError("--foreground runs one service: name it")
+    documents = []
+    for service in chosen:
+        settings = service.settings
+        demo_notice(app, settings)
+        if not foreground and not_under_unit(app, settings, "start"):
+            continue  # --foreground is what the unit itself runs
+        budget_gate(app, host, service)
+        ev = events(app)
+        options = start_options_from_flags(opts, foreground)
+        if not as_json:
+            heading(app, chosen, service)
+        result = run_start(
+            app, partial(start_service, settings, options, events=ev, lock_wait=wait)
+        )
+        documents.append(result.to_json())
+        if not as_json:
+            render.render_start(app.out, result)
+    if as_json and documents:
+        write_results("start", documents)
 
 
 @click.command()
+@names_argument
+@all_option
 @start_flags
 @click.option("--stop-timeout", type=SECONDS, metavar="SECONDS", help="SIGTERM-to-SIGKILL delay.")
 @click.option("--match", "use_match", is_flag=True, help="Stop processes found by match too.")
 @WAIT
 @json_option
 @click.pass_obj
-def restart(app: App, stop_timeout: float | None, use_match: bool, wait: float, as_json: bool,
-            **opts: Any) -> None:  # fmt: skip
-    """Stop, then start, under one lock.
+def restart(app: App, names: tuple[str, ...], all_: bool, stop_timeout: float | None,
+            use_match: bool, wait: float, as_json: bool, **opts: Any) -> None:  # fmt: skip
+    """Stop, then start, under one lock (each service under its own).
 
     \b
     Examples:
       mpsctl restart
       mpsctl restart --high 0.6 --low 0.4
+      mpsctl restart chat
     """
-    settings = settings_from_flags(app, opts)
-    demo_notice(app, settings)
-    not_under_unit(app, settings, "restart")
-    ev = events(app)
-    result = run_start(app, lambda: restart_service(
-        settings, start_options_from_flags(opts), stop_timeout=stop_timeout,
-        use_match=use_match, events=ev, lock_wait=wait))  # fmt: skip
+    host, chosen = services_from_flags(app, opts, names, all_)
+    documents = []
+    for service in chosen:
+        settings = service.settings
+        demo_notice(app, settings)
+        not_under_unit(app, settings, "restart")
+        budget_gate(app, host, service)  # a stopped service's restart is a start
+        ev = events(app)
+        result = run_start(app, partial(
+            restart_service, settings, start_options_from_flags(opts),
+            stop_timeout=stop_timeout, use_match=use_match, events=ev, lock_wait=wait))  # fmt: skip
+        documents.append(result.to_json())
+        if not as_json:
+            heading(app, chosen, service)
+            render_stop(result.stop, lambda: app.out)
+            render.render_start(app.out, result.start)
     if as_json:
-        write_json(result.to_json())
-    else:
-        render_stop(result.stop, lambda: app.out)
-        render.render_start(app.out, result.start)
+        write_results("restart", documents)

@@ -11,6 +11,7 @@ from rich.text import Text
 
 from mpsctl.cli.app import App
 from mpsctl.cli.params import DURATION
+from mpsctl.cli.service_options import service_option
 from mpsctl.deaths.allocator import mentions_oom
 from mpsctl.durations import Period
 from mpsctl.errors import ExitCode, MpsctlError
@@ -22,7 +23,7 @@ from mpsctl.observe.logfiles import (
     resolve_logs,
     sources_from_globs,
 )
-from mpsctl.render.console import for_terminal
+from mpsctl.render.console import allow_raw, for_terminal
 
 _COLOURS = ("cyan", "magenta", "green", "yellow", "blue", "red")
 
@@ -69,6 +70,7 @@ _COLOURS = ("cyan", "magenta", "green", "yellow", "blue", "red")
     is_flag=True,
     help="Print control characters as they are (on a terminal they are shown as \\x1b etc.).",
 )
+@service_option
 @click.pass_obj
 def logs(
     app: App, *, count: int, following: bool, pick_error: bool, pick_app: bool,
@@ -88,7 +90,10 @@ def logs(
       mpsctl logs -f --error --backend
       mpsctl logs --since 1h --grep 'query|timeout'
       mpsctl logs --oom --file 'mvp/logs/error_*.log'
+      mpsctl logs -s embed -f                  # one of several services
     """
+    if raw:
+        allow_raw(app.out)
     picks = [
         n for n, on in (("error", pick_error), ("app", pick_app), ("backend", pick_backend)) if on
     ]

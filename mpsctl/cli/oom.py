@@ -8,6 +8,7 @@ import click
 
 from mpsctl.cli.app import App, json_option
 from mpsctl.cli.params import DURATION
+from mpsctl.cli.service_options import service_option
 from mpsctl.deaths.counting import Found
 from mpsctl.deaths.scanner import find_events
 from mpsctl.durations import Period
@@ -24,10 +25,18 @@ from mpsctl.torch_env import DEFAULT_HIGH_RATIO, HIGH_ENV, MAX_RATIO
 @click.option("--high-ratio", type=click.FloatRange(0.0, MAX_RATIO), metavar="R",
               help=f"{HIGH_ENV} the service ran with (default: memory.high_watermark_ratio "
                    f"when configured, else {DEFAULT_HIGH_RATIO:g}).")  # fmt: skip
+@click.option("--all", "everyone", is_flag=True,
+              help="Also list other processes' kills from the OS logs (labelled).")  # fmt: skip
 @json_option
+@service_option
 @click.pass_obj
 def oom(
-    app: App, files: tuple[Path, ...], since: Period | None, high_ratio: float | None, as_json: bool
+    app: App,
+    files: tuple[Path, ...],
+    since: Period | None,
+    high_ratio: float | None,
+    everyone: bool,
+    as_json: bool,
 ) -> None:
     """Find memory failures in the service's logs (or FILES) and explain each.
 
@@ -38,7 +47,8 @@ def oom(
     killed by SIGKILL, PyTorch's CPU allocator, CUDA runtime errors and MPS array limits.
     One failure logged several times (message and traceback, several files) is one event.
     Without FILES it also reads the kernel log / jetsam reports for kills of the service,
-    where readable (oom.system_logs).
+    where readable (oom.system_logs): a kill of its pid (this run or a recorded earlier one),
+    or of its process name while a run of it was alive; --all lists the others too, labelled.
     Exit 0 when the scan ran, events or not; 1 when a FILE is missing.
 
     \b
@@ -46,6 +56,7 @@ def oom(
       mpsctl oom --since 24h
       mpsctl oom mvp/logs/error_2026-01-21.log
       mpsctl oom --json | jq '.events[] | .max_allowed_bytes'
+      mpsctl oom -s chat --since 24h   # one of several services
     """
     targets: list[tuple[str, Path]] = []
     for path in files:
@@ -76,11 +87,13 @@ def oom(
     if not files:
         from mpsctl.deaths.how_it_died import service_kills
 
-        kills, places = service_kills(settings, since.before() if since else None)
+        kills, places = service_kills(settings, since.before() if since else None, others=everyone)
     try:
         report = find_events(
             targets, since.before() if since else None, high_ratio=high_ratio, ram_bytes=_ram(),
             extra=kills, system_logs=places, plan=plan,
+            # another machine's log is not compared with this machine's RAM
+            recorded_here=not files,
         )  # fmt: skip
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""

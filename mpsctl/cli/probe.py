@@ -9,7 +9,7 @@ import click
 from mpsctl.cli.app import App, ConventionCommand, json_option
 from mpsctl.errors import MpsctlError, ProbeExit
 from mpsctl.probe import take_probe
-from mpsctl.render.console import write_json
+from mpsctl.render.console import printable, write_json
 
 PAIR = "WARN,CRIT"
 
@@ -57,6 +57,8 @@ def probe(
 
     Exit codes follow the monitoring-plugin convention: 0 OK, 1 WARNING, 2 CRITICAL,
     3 UNKNOWN. A stopped service is CRITICAL, with the reason. Never imports torch.
+    Several services ([services.NAME]): each one's probe, then their sum against RAM and
+    the accelerator's one limit; the verdict is the worst and names the service to blame.
     --record, alerts (sent once per verdict change, plus a recovery notice) and
     --prometheus never change the exit code: their failures are warnings on stderr.
 
@@ -67,15 +69,21 @@ def probe(
       mpsctl probe --nagios --host-used 80,90
       mpsctl probe --record --alert-url https://hooks.example.com/mpsctl
     """
+    overrides = {
+        "thresholds.host_used_percent": (host_used, "--host-used"),
+        "thresholds.service_memory_gib": (service_gib, "--service-gib"),
+        "thresholds.accelerator_limit_percent": (accel_percent, "--accel-percent"),
+        "thresholds.swap_used_percent": (swap_used, "--swap-used"),
+    }
     try:
-        settings = app.settings(
-            {
-                "thresholds.host_used_percent": (host_used, "--host-used"),
-                "thresholds.service_memory_gib": (service_gib, "--service-gib"),
-                "thresholds.accelerator_limit_percent": (accel_percent, "--accel-percent"),
-                "thresholds.swap_used_percent": (swap_used, "--swap-used"),
-            }
-        )
+        host = app.host_settings(overrides)
+        if host.members:
+            from mpsctl.cli.probe_host import probe_services
+
+            probe_services(app, host, as_json=as_json, nagios=nagios, timeout=timeout,
+                           record_history=record_history, alert_url=alert_url,
+                           alert_cmd=alert_cmd, prometheus=prometheus)  # fmt: skip
+        settings = app.settings(overrides)
     except MpsctlError as exc:
         # A monitoring system still gets its document: UNKNOWN, with the reason (under
         # --nagios the CLI's failure path prints the UNKNOWN line, for click's errors too).
@@ -89,7 +97,8 @@ def probe(
     elif nagios:
         from mpsctl.render.nagios import nagios_line
 
-        click.echo(nagios_line(result))
+        # a plugin line is read by Nagios and by people: no control character in either
+        click.echo(printable(nagios_line(result)))
     else:
         from mpsctl.render.probe import print_probe
 

@@ -6,6 +6,7 @@ import click
 
 from mpsctl.cli.app import App, ConventionCommand, json_option
 from mpsctl.cli.service import demo_notice
+from mpsctl.cli.service_options import names_argument, several_document
 from mpsctl.control.status import service_status
 from mpsctl.control.supervisor import find_supervisor
 from mpsctl.errors import MpsctlError, StatusExit
@@ -15,39 +16,50 @@ from mpsctl.render.service_text import status_line, write_line
 
 # LSB reserves 1-3 for states of the service: a bad config or option is "unknown" (4)
 @click.command(cls=ConventionCommand, failure_exit_code=int(StatusExit.UNKNOWN))
+@names_argument
 @json_option
 @click.pass_obj
-def status(app: App, as_json: bool) -> None:
+def status(app: App, names: tuple[str, ...], as_json: bool) -> None:
     """Is the service running and healthy? One line; exit codes follow LSB.
 
     Exit 0 running (even when its health check fails: the line says UNHEALTHY),
     1 dead but the pidfile exists, 3 not running, 4 unknown (an invalid config too).
+    Several services ([services.NAME]): one line each (all of them, or those named), and
+    the exit code is the highest of theirs.
 
     \b
     Examples:
       mpsctl status
       mpsctl status --json | jq .health
       mpsctl status >/dev/null || mpsctl start
+      mpsctl status chat embed
     """
     try:
-        settings = app.settings()
+        chosen = app.services(names)
     except MpsctlError as exc:
         if as_json:  # still exactly one document: the state is unknown, and why
             write_json({"schema": "mpsctl.status/1", "state": "unknown", "error": str(exc),
                         "exit_code": int(StatusExit.UNKNOWN)})  # fmt: skip
         raise
-    demo_notice(app, settings)
-    result = service_status(settings)
-    managed = find_supervisor(settings)
-    if as_json:
+    documents, codes = [], []
+    for service in chosen:
+        settings = service.settings
+        demo_notice(app, settings)
+        result = service_status(settings)
+        managed = find_supervisor(settings)
+        codes.append(int(result.exit_code))
         document = result.to_json()
         document["managed_by"] = None if managed is None else {
             "manager": managed.manager, "unit": managed.unit, "state": managed.state,
             "active": managed.active, "main_pid": managed.main_pid,
         }  # fmt: skip
-        write_json(document)
-    else:
-        write_line(status_line(result))
-        if managed is not None:
-            app.info(managed.advice("status"))
-    raise click.exceptions.Exit(int(result.exit_code))
+        documents.append(document)
+        if not as_json:
+            write_line(status_line(result))
+            if managed is not None:
+                app.info(managed.advice("status"))
+    code = max(codes)
+    if as_json:
+        write_json(documents[0] if len(documents) == 1
+                   else several_document("status", documents, code))  # fmt: skip
+    raise click.exceptions.Exit(code)

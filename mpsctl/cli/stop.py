@@ -9,13 +9,17 @@ import click
 
 from mpsctl.cli.app import App, json_option
 from mpsctl.cli.service import SECONDS, WAIT, demo_notice, not_under_unit
+from mpsctl.cli.service_options import all_option, heading, names_argument, several_document
 from mpsctl.control.stop import stop_service
 from mpsctl.errors import ServiceError
 from mpsctl.render.console import write_json
 from mpsctl.render.service_text import render_stop
+from mpsctl.service import select
 
 
 @click.command()
+@names_argument
+@all_option
 @click.option(
     "--timeout",
     type=SECONDS,
@@ -32,32 +36,44 @@ from mpsctl.render.service_text import render_stop
 @WAIT
 @json_option
 @click.pass_obj
-def stop(app: App, timeout: float | None, use_match: bool, dry_run: bool, wait: float,
-         as_json: bool) -> None:  # fmt: skip
+def stop(app: App, names: tuple[str, ...], all_: bool, timeout: float | None, use_match: bool,
+         dry_run: bool, wait: float, as_json: bool) -> None:  # fmt: skip
     """Stop the service's whole process tree: SIGTERM, then SIGKILL after --timeout.
 
     Safe by default: only the process the pidfile names (pid and start time must both
     match) and its children. Processes found by service.match are listed, and signalled
     only with --match. Never mpsctl itself, its parents or other users' processes.
+    Several services: name them or pass --all; they stop in reverse `after` order.
 
     \b
     Examples:
       mpsctl stop
       mpsctl stop --dry-run
       mpsctl stop --match --timeout 30   # a service started by hand
+      mpsctl stop --all                  # every configured service
     """
-    settings = app.settings()
-    demo_notice(app, settings)
-    if not dry_run:
-        not_under_unit(app, settings, "stop")
-    result = stop_service(settings, timeout=timeout, use_match=use_match, dry_run=dry_run,
-                          lock_wait=wait, signalled=None if as_json else _load_table)  # fmt: skip
+    chosen = select(app.host_settings(), names, all_=all_, changes=True)
+    documents, failed = [], []
+    for service in reversed(chosen):
+        settings = service.settings
+        demo_notice(app, settings)
+        if not dry_run:
+            not_under_unit(app, settings, "stop")
+        result = stop_service(settings, timeout=timeout, use_match=use_match,
+                              dry_run=dry_run, lock_wait=wait,
+                              signalled=None if as_json else _load_table)  # fmt: skip
+        documents.append(result.to_json())
+        if not as_json:
+            heading(app, chosen, service)
+            render_stop(result, lambda: app.out)
+        if not result.ok:
+            failed.append(result.message)
     if as_json:
-        write_json(result.to_json())
-    else:
-        render_stop(result, lambda: app.out)
-    if not result.ok:
-        raise ServiceError(result.message)
+        code = 1 if failed else 0
+        write_json(documents[0] if len(documents) == 1
+                   else several_document("stop", documents, code))  # fmt: skip
+    if failed:
+        raise ServiceError("; ".join(failed))
 
 
 def _load_table() -> None:

@@ -10,10 +10,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from mpsctl.storage import append_line
+from mpsctl.errors import ServiceError
+from mpsctl.storage import append_line, read_tail
 from mpsctl.units import parse_time
 
 FIX_HISTORY = Path("history") / "fix.jsonl"
+#: bytes of the fix history read back: about 25,000 runs
+MAX_READ = 8 * 1024 * 1024
 
 
 def fix_history_path(home: Path) -> Path:
@@ -25,11 +28,18 @@ def append_record(path: Path, record: dict[str, Any]) -> None:
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
-    """Every parseable line; a torn or hand-edited line is skipped, not fatal."""
+    """Every parseable line of the last ``MAX_READ`` bytes (the restart-loop guard needs the
+    recent runs; a history grown huge, or replaced by a device, must not fill memory); a torn
+    or hand-edited line is skipped, not fatal."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_tail(path, MAX_READ, follow=False).decode("utf-8", "replace")
     except FileNotFoundError:
         return []
+    except OSError as exc:
+        # without its history the restart-loop guard cannot count: say so, in one line
+        raise ServiceError(
+            f"cannot read the fix history {path}: {exc.strerror}; move it aside to start a new one"
+        ) from None
     records = []
     for line in text.splitlines():
         try:

@@ -9,6 +9,7 @@ this function's lock.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -75,6 +76,8 @@ class FixResult:
     rule_detail: str | None = None
     gave_up: bool = False
     alerted: bool = False
+    #: the stop's drain: queries in flight, drained, cut (None: nothing was stopped)
+    drain: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -89,6 +92,7 @@ class FixResult:
             "rule_detail": self.rule_detail,
             "gave_up": self.gave_up,
             "alerted": self.alerted,
+            "drain": self.drain,
             "before": self.before,
             "after": self.after,
             "actions": [a.to_json() for a in self.actions],
@@ -180,6 +184,19 @@ def fix_service(
                 supervise or supervisor.find_supervisor, run_unit or supervisor.run_command
             )
             result = _fix_locked(settings, opts, events, probe, trigger, unit, alerts)
+            if trigger == "if-unhealthy" and result.restarted:
+                # every restart the watchdog makes is news: one alert each, rule and death
+                text = watchdog.restart_text(
+                    result.rule, result.rule_detail, result.before.get("death")
+                )
+                document = watchdog.alert_document(
+                    settings, "restarted", text, str(result.before.get("verdict"))
+                )
+                alerted, detail = (
+                    alerts.send(document) if alerts is not None else (False, "no alert sender")
+                )
+                events.info(f"restart alert: {detail}")
+                result = dataclasses.replace(result, alerted=alerted)
     except LockedError as exc:
         locked = {"time": now, "pid": os.getpid(), "trigger": trigger, "result": "locked"}
         audit.append_record(path, {**locked, "restarted": False, "message": str(exc)})
@@ -196,6 +213,7 @@ def fix_service(
         "rule_detail": result.rule_detail,
         "gave_up": result.gave_up,
         "alerted": result.alerted,
+        "drain": result.drain,
         # a person's successful fix re-arms the watchdog's budget
         "rearm": trigger == "manual" and result.healthy,
         "before": result.before,
@@ -228,14 +246,14 @@ def _fix_locked(
     before_probe = probe(settings)
     before = probe_figures(before_probe)
     actions: list[FixAction] = []
-    facts: dict[str, Any] = {"rule": None, "rule_detail": None}
+    facts: dict[str, Any] = {"rule": None, "rule_detail": None, "drain": None}
 
     def done(status: Any, healthy: bool, msg: str, *, after: dict[str, Any] | None = None,
              restarted: bool = False, answer: str | None = None, gave_up: bool = False,
              alerted: bool = False) -> FixResult:  # fmt: skip
         return FixResult(status, trigger, before, after, tuple(actions), restarted, healthy, msg,
                          when, answer, facts["rule"], facts["rule_detail"], gave_up,
-                         alerted)  # fmt: skip
+                         alerted, facts["drain"])  # fmt: skip
 
     max_restarts = settings.fix.max_restarts if opts.max_restarts is None else opts.max_restarts
     within = settings.fix.within if opts.within is None else opts.within
@@ -249,6 +267,22 @@ def _fix_locked(
                 alerts.on_change(before_probe)
             healthy = bool(before.get("healthy"))
             return done("healthy" if healthy else "skipped", healthy, decision.why)
+        mark = watchdog.stopped_by_manager(settings.home)
+        if decision.rule == "not-running" and mark is not None:
+            facts["rule_detail"] = (
+                f"{decision.why}; its service manager stopped it cleanly at {mark.get('time')} "
+                f"({mark.get('how')}): not restarted (start it through the manager)"
+            )
+            return done("skipped", False, f"no restart: {facts['rule_detail']}")
+        if decision.rule in ("not-running", "dead-pidfile"):
+            managed = unit.detect(settings)
+            if managed is not None and managed.stopped_by_operator:
+                start = " ".join(managed.command("start"))
+                facts["rule_detail"] = (
+                    f"{decision.why}; {managed.describe()}: stopped by the operator, not "
+                    f"failed; not restarted (start it with {start})"
+                )
+                return done("skipped", False, f"no restart: {facts['rule_detail']}")
         used = watchdog.budget_used(history, within, time.time())
         if len(used) >= max_restarts:
             text = (
@@ -318,10 +352,13 @@ def _fix_locked(
     def do_stop() -> str:
         stopped = stop_while_locked(settings, timeout=opts.stop_timeout, use_match=opts.use_match)
         stopped_pids.update(p.pid for p in stopped.processes)
+        facts["drain"] = None if stopped.drain is None else stopped.drain.to_json()
         if stopped.status == "already-stopped":
             return "was not running"
+        drained = f"; {stopped.drain.text()}" if stopped.drain is not None else ""
         return (
-            f"{len(stopped.processes)} process(es), freed {fmt_bytes(stopped.freed_rss_bytes)} RSS"
+            f"{len(stopped.processes)} process(es), freed {fmt_bytes(stopped.freed_rss_bytes)} "
+            f"RSS{drained}"
         )
 
     def do_clean() -> str:

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from mpsctl.errors import LockedError, ServiceError
+from mpsctl.storage import open_state_file
 
 LOCK_NAME = "mpsctl.lock"
 
@@ -42,10 +43,10 @@ def service_lock(home: Path, *, wait: float = 0.0, purpose: str = "mpsctl") -> I
     path = lock_path(home)
     try:
         home.mkdir(parents=True, exist_ok=True, mode=0o700)
-        # O_CLOEXEC (Python's default): a service started while we hold the lock must not
+        # O_CLOEXEC: a service started while we hold the lock must not
         # inherit the descriptor, or the lock would live as long as the service. No O_TRUNC:
         # the file holds the current holder's pid until we hold the lock ourselves.
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = open_state_file(path, os.O_RDWR)
     except OSError as exc:
         raise ServiceError(
             f"cannot open the lock file {path}: {exc.strerror} (check MPSCTL_HOME)"

@@ -17,7 +17,7 @@ from typing import Any
 from mpsctl.observe.accelerator import from_memory_report
 from mpsctl.paths import LAST_HEALTH
 from mpsctl.settings import Settings
-from mpsctl.storage import atomic_write_json
+from mpsctl.storage import atomic_write_json, read_regular
 from mpsctl.torch_env import (
     DEFAULT_HIGH_RATIO,
 )
@@ -69,7 +69,7 @@ class MemoryLimit:
 
 def _read_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(read_regular(path, follow=False))
     except (OSError, ValueError):
         return None
 

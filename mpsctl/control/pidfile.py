@@ -6,13 +6,15 @@ finding the service is an observation; only writing and removing it live here.
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mpsctl.errors import ServiceError
 from mpsctl.observe import processes
 from mpsctl.observe.processes import PidRecord, default_pidfile_path, read_pidfile
-from mpsctl.storage import atomic_write_json
+from mpsctl.observe.processes.pidfile import PIDFILE_MAX
+from mpsctl.storage import atomic_write_json, read_regular
 
 if TYPE_CHECKING:
     from mpsctl.settings import Settings
@@ -28,6 +30,10 @@ __all__ = [
 
 def write_pidfile(path: Path, record: PidRecord) -> None:
     atomic_write_json(path, record.to_json())
+    # every run's pid, kept after the pidfile moves on: a kill recorded by the OS names it
+    from mpsctl.deaths.attribution import record_run
+
+    record_run(path.parent, record.pid, record.create_time, record.argv)
 
 
 def remove_pidfile(path: Path, *, pid: int | None = None) -> bool:
@@ -79,14 +85,19 @@ def remove_bad_pidfile(path: Path, state: str) -> bool:
     :func:`corrupt_path`. One we cannot read at all is an error: it may name a live service."""
     if state == "invalid":
         try:
-            path.read_bytes()
+            read_regular(path, PIDFILE_MAX, follow=False)
         except FileNotFoundError:
             return False
         except OSError as exc:
-            raise ServiceError(
-                f"cannot read the pidfile {path}: {exc.strerror}; it may name a running "
-                "service: check it, then fix its permissions or remove it"
-            ) from None
+            # a link, a FIFO, a device or a huge file is no pidfile: moved aside like a corrupt
+            # one (the rename moves the link itself, never its target); a permission error
+            # may hide a real one, and a directory may hold someone's files
+            not_one = exc.errno in (errno.ELOOP, errno.EMLINK, errno.EINVAL, errno.EFBIG)
+            if not not_one or path.is_dir():
+                raise ServiceError(
+                    f"cannot read the pidfile {path}: {exc.strerror}; it may name a running "
+                    "service: check it, then fix its permissions or remove it"
+                ) from None
         try:
             path.replace(corrupt_path(path))
         except FileNotFoundError:

@@ -11,6 +11,8 @@ import os
 from collections import deque
 from pathlib import Path
 
+from mpsctl.storage import open_regular, open_state_file
+
 
 def rotate_if_needed(path: Path, max_bytes: int, backups: int) -> bool:
     """``log -> log.1 -> log.2 ...`` when ``log`` is above ``max_bytes``; True when rotated.
@@ -39,7 +41,7 @@ def open_append(path: Path) -> int:
     """A descriptor for the service's stdout/stderr: O_APPEND, so concurrent writers
     (the service, its workers, mpsctl's own marker lines) never overwrite each other."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    return open_state_file(path, os.O_WRONLY | os.O_APPEND, 0o644)
 
 
 def append_line(fd: int, line: str) -> None:
@@ -49,7 +51,7 @@ def append_line(fd: int, line: str) -> None:
 def tail_lines(path: Path, count: int = 20, *, offset: int = 0) -> list[str]:
     """The last ``count`` lines written after byte ``offset`` (where this run began)."""
     try:
-        with path.open("rb") as handle:
+        with os.fdopen(open_regular(path), "rb") as handle:
             size = handle.seek(0, os.SEEK_END)
             # read at most the last 64 KiB: enough for 20 lines, cheap on a huge log
             handle.seek(max(offset, size - 65536))

@@ -40,7 +40,7 @@ from mpsctl.control.preflight import (
 from mpsctl.control.signals import KILL_GRACE_S, signal_and_wait
 from mpsctl.control.startup_log import follow_phases
 from mpsctl.durations import seconds_setting
-from mpsctl.errors import ServiceError
+from mpsctl.errors import ExitCode, ServiceError
 from mpsctl.observe import processes
 from mpsctl.paths import LAST_HEALTH
 from mpsctl.service_env import service_env
@@ -130,9 +130,18 @@ def start_service(
     events: Events | None = None,
     lock_wait: float = 0.0,
 ) -> StartResult:
-    """Start the service detached and wait for a healthy answer (takes the lock)."""
-    with service_lock(settings.home, wait=lock_wait, purpose="start"):
-        return start_while_locked(settings, options or StartOptions(), events or SilentEvents())
+    """Start the service detached and wait for a healthy answer (takes the lock).
+
+    ``--foreground`` runs it as a child instead and returns only when it ends: the lock is
+    left first (``foreground.RunInForeground``), then this process ends as the child did.
+    """
+    from mpsctl.control.foreground import RunInForeground, end_like
+
+    try:
+        with service_lock(settings.home, wait=lock_wait, purpose="start"):
+            return start_while_locked(settings, options or StartOptions(), events or SilentEvents())
+    except RunInForeground as foreground:
+        raise SystemExit(end_like(foreground.run.wait())) from None
 
 
 def _already_running(
@@ -218,7 +227,8 @@ def start_while_locked(
             # first for the port, and "already running" would make the unit think it ran
             raise ServiceError(
                 f"{service.name} is already running (pid {snapshot.roots[0]}, found by "
-                f"{snapshot.found_by}); stop it first (mpsctl stop), then let the unit start it"
+                f"{snapshot.found_by}); stop it first (mpsctl stop), then let the unit start it",
+                exit_code=ExitCode.ALREADY_RUNNING,
             )
         return _already_running(settings, snapshot, argv, limit)
     pidfile = snapshot.pidfile_path or default_pidfile_path(settings)
@@ -242,9 +252,20 @@ def start_while_locked(
             "(create the venv, or fix service.venv: it is relative to service.workdir)"
         )
     env = service_env(settings)
+    if settings.reference_service and settings.host_dir != settings.home:
+        # one of several services: `mpsctl serve` reads its own [services.NAME] table
+        env["MPSCTL_SERVICE"] = service.name
+        if settings.config_file is not None:
+            env["MPSCTL_CONFIG"] = str(settings.config_file)
+    from mpsctl.control.foreground import clear_stop_mark
+
+    with contextlib.suppress(OSError):  # started again: the manager's stop no longer holds
+        clear_stop_mark(settings.home)
 
     if options.foreground:
-        _become_service(settings, argv, env, pidfile)
+        from mpsctl.control.foreground import spawn
+
+        spawn(settings, argv, env, pidfile)  # raises RunInForeground
 
     try:
         rotated = service_log.rotate_if_needed(
@@ -362,34 +383,6 @@ HEALTH_POLL_S = 0.01
 
 class _NotHealthy(Exception):
     pass
-
-
-def _become_service(
-    settings: Settings, argv: tuple[str, ...], env: dict[str, str], pidfile: Path
-) -> None:
-    """``start --foreground``: launchd or systemd supervises the process, so become it.
-
-    exec keeps this pid and its start time, so a pidfile written just before names the
-    service itself: ``status``, ``probe`` and the watchdog find it, the unit's SIGTERM reaches
-    it directly and its exit status is the unit's. The lock's descriptor is close-on-exec, so
-    exec releases it.
-    """
-    me = os.getpid()
-    created = processes.create_time_of(me)
-    if created is None:
-        raise ServiceError("cannot read this process's start time for the pidfile")
-    record = PidRecord(me, created, argv, settings.service.url, utc_now_iso(), __version__)
-    try:
-        write_pidfile(pidfile, record)
-    except OSError as exc:
-        raise ServiceError(f"cannot write the pidfile {pidfile}: {exc.strerror}") from None
-    try:
-        os.chdir(settings.service.workdir)
-        os.execvpe(argv[0], list(argv), env)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            pidfile.unlink()
-        raise ServiceError(f"cannot run {argv[0]}: {exc.strerror}") from None
 
 
 def _wait_healthy(proc: subprocess.Popen[bytes], settings: Settings, timeout: float) -> HealthCheck:

@@ -9,15 +9,20 @@ recognised step as one short phrase through a callback (``Events.phase`` in ``st
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from mpsctl.storage import open_regular
+
 #: how often the log is read while waiting: a phase shows at most this late
 POLL_S = 0.1
 #: at most this much of a new line is read into a phrase (a traceback line can be huge)
 MAX_LINE = 4096
+#: bytes read per poll: a service that writes gigabytes at once is read in steps
+MAX_READ = 1024 * 1024
 
 # (pattern searched in a log line, phrase: str.format of the pattern's groups)
 PHASES: tuple[tuple[re.Pattern[str], str], ...] = (
@@ -51,9 +56,11 @@ class _Follower:
     def read_new(self) -> None:
         """Report the phases of the complete lines appended since the last read."""
         try:
-            with self.path.open("rb") as handle:
-                handle.seek(self.offset)
-                data = handle.read()
+            fd = open_regular(self.path)
+            try:
+                data = os.pread(fd, MAX_READ, self.offset)  # a burst is read over several polls
+            finally:
+                os.close(fd)
         except OSError:
             return  # the log is start's own file: a failure to read it only costs the phases
         self.offset += len(data)

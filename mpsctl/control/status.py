@@ -69,6 +69,9 @@ class StatusResult:
             },
             "error": self.error,
             "death": None if self.death is None else self.death.to_json(),
+            # processes that match service.match but are not the service (another port, a
+            # copy still loading): named, never the service
+            "others": [{"pid": p.pid, "command": p.command} for p in (snap.others if snap else ())],
         }
 
 

@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
+from mpsctl.client import health_now
+from mpsctl.control import drain
+from mpsctl.control.drain import Drain
 from mpsctl.control.events import Events, SilentEvents
 from mpsctl.control.lock import service_lock
 from mpsctl.control.pidfile import (
@@ -58,6 +61,8 @@ class StopResult:
     timeout_s: float
     pidfile_removed: bool
     message: str = ""
+    #: the queries in flight when the stop began: drained, cut (None: no drain was tried)
+    drain: Drain | None = None
 
     @property
     def freed_rss_bytes(self) -> int:
@@ -81,6 +86,7 @@ class StopResult:
             "timeout_s": self.timeout_s,
             "pidfile_removed": self.pidfile_removed,
             "message": self.message,
+            "drain": None if self.drain is None else self.drain.to_json(),
         }
 
 
@@ -114,7 +120,8 @@ def stop_service(
 ) -> StopResult:
     """Stop the service's whole tree (takes the lock; a dry run only looks, so it does not).
 
-    ``signalled`` is called once SIGTERM is sent, while the service shuts down."""
+    ``signalled`` is called once SIGTERM is sent, while the service shuts down.
+    A healthy service is drained first (``mpsctl.control.drain``)."""
     if dry_run:
         return _stop_locked(settings, timeout=timeout, use_match=use_match, dry_run=True)
     with service_lock(settings.home, wait=lock_wait, purpose="stop"):
@@ -212,7 +219,9 @@ def _stop_locked(
     # the group is signalled only when it is the one start created (setsid: pgid == pid);
     # a pgid edited into the pidfile could name any group of this user
     pgid = record.pgid if record is not None and record.pgid == record.pid else None
-    ends = signal_and_wait(targets, pgid=pgid, timeout=limit, signalled=signalled)
+    drained = drain.begin(settings, tuple(targets), health=health_now)
+    ends = signal_and_wait(targets, pgid=pgid, timeout=limit + drained.extra_s, signalled=signalled)
+    drained = drain.after_stop(drained, list(ends.values()))
     info = {p.pid: p for p in allowed}
     rows = []
     for pid, how in ends.items():
@@ -222,9 +231,11 @@ def _stop_locked(
     survivors = [r for r in rows if r.outcome == "survived"]
     if survivors:
         pids = ", ".join(str(r.pid) for r in survivors)
-        return result("failed", rows + refused, False, f"still alive after SIGKILL: {pids}")
+        failed = result("failed", rows + refused, False, f"still alive after SIGKILL: {pids}")
+        return replace(failed, drain=drained)
     removed = remove_pidfile(pidfile, pid=snapshot.pidfile.pid) if snapshot.pidfile else False
-    return result("stopped", rows + refused, removed, f"{name} stopped")
+    stopped = result("stopped", rows + refused, removed, f"{name} stopped; {drained.text()}")
+    return replace(stopped, drain=drained)
 
 
 # --------------------------------------------------------------------------- restart

@@ -107,6 +107,18 @@ class Supervision:
     main_pid: int | None
     state: str  # systemd ActiveState; launchd "running" / "loaded"
     uid: int
+    last_exit: int | None = None  # launchd's LastExitStatus (a wait status)
+
+    @property
+    def stopped_by_operator(self) -> bool:
+        """The manager stopped it on request (``systemctl stop``: ActiveState inactive; a
+        launchd agent whose service last exited 0 or by SIGTERM), not a failure: the
+        watchdog must not bring back what the operator stopped."""
+        if self.active:
+            return False
+        if self.manager == "systemd":
+            return self.state == "inactive"
+        return self.last_exit in (0, 15)
 
     def command(self, action: Action) -> list[str]:
         """The argv that does ``action`` through the manager instead of around it."""
@@ -159,7 +171,9 @@ def detect_supervisor(
         props = parse_launchctl_list(out)
         pid = _positive_int(props.get("PID"))
         state = "running" if pid else "loaded"
-        return Supervision("launchd", label, pid is not None, pid, state, who)
+        last = props.get("LastExitStatus")
+        last_exit = int(last) if last is not None and last.lstrip("-").isdigit() else None
+        return Supervision("launchd", label, pid is not None, pid, state, who, last_exit)
     unit = systemd_unit_name(settings)
     code, out = runner(["systemctl", "--user", "show", "-p", "LoadState,ActiveState,MainPID", unit])
     if code != 0:  # no user manager (a container, an ssh session without lingering)

@@ -7,9 +7,12 @@ before it stops anything.
   (``unhealthy``), or its memory is CRITICAL by the thresholds (``memory-critical``).
   WARNING findings (an OOM the service survived, host memory, swap) never restart a
   healthy service: they alert.
-- **Health rule**, like a liveness probe: one failed check is not a death. A check that
-  times out while the service's own memory report shows queries in flight is a busy
-  service, not a dead one. A stopped process (SIGSTOP, a debugger) is never busy.
+- **Health rule**, like a liveness probe: one failed check is not a death. After
+  ``health_retries`` failed checks the service is busy, not dead, when its memory report
+  shows queries in flight (``limiter.in_flight``), or, when no check had a body to read,
+  when it wanted the CPU over the whole check window (``observe.processes.tree``: on a CPU or
+  waiting for one, whatever the host's load). A stopped process (SIGSTOP, a debugger) is
+  never busy, nor is one that the last runs already excused.
 - **Budget.** Only restarts that happened count, only the watchdog's own, only since the
   last re-arm (a person's ``mpsctl fix`` or ``--reset-budget``). When it is spent and the
   service is down, the watchdog gives up: its own exit code, one alert.
@@ -30,22 +33,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-import psutil
-
 from mpsctl import __version__
 from mpsctl.client import HealthCheck
 from mpsctl.control import audit
 from mpsctl.errors import ConfigError, ProbeExit
+from mpsctl.observe.processes.tree import BusySample, busy_sample, judge_busy
 from mpsctl.settings import Settings
 from mpsctl.units import GIB, utc_now_iso
 
 if TYPE_CHECKING:
     from mpsctl.probe import ProbeResult
 
-#: CPU use of the service's tree (sampled by the probe) that reads as "generating": a
-#: process whose event loop runs a model step answers /health late but is not hung
-BUSY_CPU_PERCENT = 50.0
-#: consecutive watchdog runs that may excuse a silent service as busy
+#: the shortest window the busy rule measures CPU over (health_retries 1 has no retries)
+MIN_BUSY_WINDOW_S = 1.0
+#: consecutive watchdog runs that excuse a silent service as busy, at least; it is hung once
+#: they also span more than service.request_timeout
 BUSY_RUNS = 2
 #: bytes a preflight writes to each state directory: room for a pidfile, an audit line, a lock
 PREFLIGHT_BYTES = 16 * 1024
@@ -60,10 +62,12 @@ class Decision:
     fired: str | None = None  # a rule that fired, even one left out of restart_on
 
 
-def _in_flight(report: dict[str, Any] | None) -> int:
+def in_flight(report: dict[str, Any] | None) -> int:
+    """Queries in flight by the memory report (``limiter.in_flight``, the documented key)."""
     if not isinstance(report, dict):
         return 0
-    value = report.get("in_flight")
+    limiter = report.get("limiter")
+    value = limiter.get("in_flight") if isinstance(limiter, dict) else None
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
@@ -72,7 +76,7 @@ def _stopped(result: ProbeResult) -> bool:
     snap = result.service
     if snap is None:
         return False
-    return any(p.status == psutil.STATUS_STOPPED for p in snap.processes if p.pid in snap.roots)
+    return any(p.status == "stopped" for p in snap.processes if p.pid in snap.roots)
 
 
 def _health_rule(
@@ -80,12 +84,18 @@ def _health_rule(
     result: ProbeResult,
     check: Callable[[Settings, float], HealthCheck],
     sleep: Callable[[float], None],
+    measure: Callable[[tuple[int, ...]], BusySample] = busy_sample,
 ) -> tuple[bool, str]:
-    """(dead, why) for a running service whose first health check failed."""
+    """(dead, why) for a running service whose first health check failed.
+
+    The CPU and thread samples span every retry: the window the service had to answer.
+    """
     service = settings.service
     tries = service.health_retries
+    pids = result.service.pids if result.service is not None else ()
+    samples = [measure(pids)]
     last = result.health.error or "no answer"
-    in_flight = _in_flight(result.health.memory_report)
+    queries = in_flight(result.health.memory_report)
     for attempt in range(2, tries + 1):
         sleep(service.health_interval)
         answer = check(settings, service.health_timeout)
@@ -94,38 +104,56 @@ def _health_rule(
         last = answer.error or last
         if isinstance(answer.body, dict):
             memory = answer.body.get("memory")
-            in_flight = max(in_flight, _in_flight(memory if isinstance(memory, dict) else None))
-    cpu = _tree_cpu(result)
-    if not _stopped(result) and not excused_before(settings):
-        if in_flight:
-            return False, (
-                f"busy, not dead: {tries} slow health checks while {in_flight} "
-                "queries are in flight"
-            )
-        if cpu is not None and cpu >= BUSY_CPU_PERCENT:
-            return False, (
-                f"busy, not dead: {tries} slow health checks while the service uses "
-                f"{cpu:.0f}% CPU (generating)"
-            )
-    return True, f"unhealthy: {tries} consecutive failed health checks ({last})"
+            queries = max(queries, in_flight(memory if isinstance(memory, dict) else None))
+        samples.append(measure(pids))
+    dead = f"unhealthy: {tries} consecutive failed health checks ({last})"
+    if _stopped(result):
+        return True, f"{dead}; stopped by a signal (SIGSTOP/SIGTSTP): it cannot answer"
+    if excused_before(settings):
+        return True, (
+            f"{dead}; called busy by every run for more than {settings.service.request_timeout:g}"
+            " s (service.request_timeout): hung, not busy"
+        )
+    if queries:
+        return False, (
+            f"busy, not dead: {tries} slow health checks while {queries} queries are in flight"
+        )
+    window = samples[-1].at - samples[0].at
+    if window < MIN_BUSY_WINDOW_S:
+        sleep(MIN_BUSY_WINDOW_S - window)
+        samples.append(measure(pids))
+    verdict = judge_busy(samples)
+    if verdict.busy:
+        return False, f"busy, not dead: {tries} slow health checks; {verdict.detail}"
+    return True, f"{dead}; {verdict.detail}"
 
 
-def _tree_cpu(result: ProbeResult) -> float | None:
-    snap = result.service
-    values = [p.cpu_percent for p in snap.processes if p.cpu_percent is not None] if snap else []
-    return sum(values) if values else None
-
-
-def excused_before(settings: Settings) -> bool:
-    """The last BUSY_RUNS watchdog runs all called the service busy: a service that has
-    not answered for that long is hung, whatever its CPU or in-flight count says."""
+def excused_before(settings: Settings, now: float | None = None) -> bool:
+    """The watchdog has called the service busy on its last BUSY_RUNS runs or more, over
+    longer than one query may take (``service.request_timeout``): a service silent that long
+    is hung, whatever its CPU or in-flight count says."""
     records = [
         r for r in audit.read_records(audit.fix_history_path(settings.home))
         if r.get("trigger") == "if-unhealthy"
-    ][-BUSY_RUNS:]  # fmt: skip
-    return len(records) == BUSY_RUNS and all(
-        "busy, not dead" in str(r.get("rule_detail") or "") for r in records
-    )
+    ]  # fmt: skip
+    streak: list[dict[str, Any]] = []
+    for record in reversed(records):
+        if "busy, not dead" not in str(record.get("rule_detail") or ""):
+            break
+        streak.append(record)
+    if len(streak) < BUSY_RUNS:
+        return False
+    first = audit.record_time(streak[-1])
+    moment = time.time() if now is None else now
+    return first is not None and moment - first > settings.service.request_timeout
+
+
+def stopped_by_manager(home: Path) -> dict[str, Any] | None:
+    """The record ``start --foreground`` leaves when its service manager stopped it cleanly
+    (removed by the next start), or None."""
+    from mpsctl.control.foreground import read_stop_mark
+
+    return read_stop_mark(home)
 
 
 def _memory_critical(settings: Settings, result: ProbeResult) -> str | None:
@@ -133,15 +161,16 @@ def _memory_critical(settings: Settings, result: ProbeResult) -> str | None:
 
     limits = settings.thresholds
     size, label = service_memory_bytes(result.service)
-    if size is not None and size / GIB >= limits.service_memory_gib[1]:
+    # above the threshold, as the probe's range rule: a value exactly at it is OK
+    if size is not None and size / GIB > limits.service_memory_gib[1]:
         return (
-            f"memory-critical: service {label} {size / GIB:.1f} GiB >= "
+            f"memory-critical: service {label} {size / GIB:.1f} GiB > "
             f"{limits.service_memory_gib[1]:g} GiB"
         )
     used = result.accelerator.limit_percent
-    if used is not None and used >= limits.accelerator_limit_percent[1]:
+    if used is not None and used > limits.accelerator_limit_percent[1]:
         return (
-            f"memory-critical: {result.accelerator.device} at {used:.1f}% of its limit >= "
+            f"memory-critical: {result.accelerator.device} at {used:.1f}% of its limit > "
             f"{limits.accelerator_limit_percent[1]:g}%"
         )
     return None
@@ -169,6 +198,10 @@ def decide(
             fired, why = "not-running", "not-running: no service process found"
         if result.health.error:
             why += f"; {result.health.error}"
+        if snap.others:
+            # a copy on another port, a neighbour loading its model: named, never touched
+            pids = ", ".join(str(p.pid) for p in snap.others)
+            why += f"; left alone (they match, but are not the service): pid {pids}"
     elif result.health.checked and not result.health.ok:
         dead, why = _health_rule(settings, result, check, sleep)
         if not dead:
@@ -237,10 +270,21 @@ class AlertSender(Protocol):
         ...
 
 
+def restart_text(rule: str | None, rule_detail: str | None, death: str | None) -> str:
+    """The ``restarted`` alert's words: the rule that fired and how the service died."""
+    how = death or "no evidence found"
+    return f"restarted ({rule or 'unknown rule'}: {rule_detail or 'no detail'}); died: {how}"
+
+
 def give_up_document(settings: Settings, text: str, verdict: str) -> dict[str, Any]:
     """The alert that says the watchdog gave up (the sender adds the alert schema)."""
+    return alert_document(settings, "gave-up", text, verdict)
+
+
+def alert_document(settings: Settings, kind: str, text: str, verdict: str) -> dict[str, Any]:
+    """One watchdog alert, ``restarted`` or ``gave-up`` (the sender adds the alert schema)."""
     return {
-        "kind": "gave-up",
+        "kind": kind,
         "time": utc_now_iso(),
         "hostname": socket.gethostname(),
         "service": settings.service.name,
@@ -283,12 +327,14 @@ def preflight(settings: Settings) -> str | None:
 
     service = settings.service
     problem = _writable_dir(settings.home, "the pidfile and the lock")
+    # before the log's directory is made: the log usually lives in the workdir, and making
+    # it would hide a workdir that is gone
+    if problem is None and not service.workdir.is_dir():
+        problem = f"service.workdir {service.workdir} is not a directory"
     if problem is None:
         problem = _writable_dir(service.log_file.parent, "the service log")
     if problem is None and service.log_file.exists() and not os.access(service.log_file, os.W_OK):
         problem = f"cannot write the service log {service.log_file}: permission denied"
-    if problem is None and not service.workdir.is_dir():
-        problem = f"service.workdir {service.workdir} is not a directory"
     if problem is None and service.venv is not None and not (service.venv / "bin").is_dir():
         problem = f"service.venv {service.venv} has no bin/ directory"
     if problem is None:

@@ -7,7 +7,7 @@ are pure (text in, events out); the scanner reads files; nothing here signals a 
   ``torch_errors`` (the CPU allocator, CUDA runtime errors, the MPS array limit),
   ``kernel_oom`` (the kernel's OOM-killer report), ``systemd_oomd`` (systemd-oomd),
   ``jetsam`` (macOS), ``worker_kills`` (a gunicorn worker killed with SIGKILL); ``parsers``
-  runs them all over one excerpt; ``line_prefix`` reads the time and size prefixes they share;
+  runs them all over one excerpt; ``line_prefix`` reads the time prefixes they share;
 - ``scanner`` finds them in files of any size: ``first_pass`` (byte needles in Python) or
   ``grep_pass`` (the system's ``rg``/``grep -F``) first, then the parsers on the windows
   around each hit;

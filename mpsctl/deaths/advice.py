@@ -14,6 +14,7 @@ from mpsctl.deaths.parsers import (
     DeviceError,
     JetsamKill,
     KernelOomKill,
+    MpsSizeLimit,
     NdarrayLimit,
     OomdKill,
     WorkerKilled,
@@ -53,6 +54,8 @@ def summary(event: DeathEvent) -> str:
         pressure = (
             f" (memory pressure {event.pressure_percent}% > {event.limit_percent}%)"
             if event.pressure_percent
+            else f" ({_used(event)} over {event.limit_percent or 'the limit'}%)"
+            if event.memory_used_bytes is not None
             else ""
         )
         return f"killed by systemd-oomd: {event.unit or event.cgroup}{pressure}"
@@ -73,6 +76,13 @@ def summary(event: DeathEvent) -> str:
         return f"PyTorch's CPU allocator could not allocate {short_size(event.requested_bytes)}"
     if isinstance(event, DeviceError):
         return f"CUDA error: {event.error} (device memory ran out outside PyTorch's allocator)"
+    if isinstance(event, MpsSizeLimit):
+        if event.limit == "buffer_size":
+            return (
+                f"MPS refused one buffer of {short_size(event.requested_bytes)} "
+                "(over the device's largest buffer)"
+            )
+        return f"MPS refused a matrix multiplication output of {event.dims} (over 2**32 elements)"
     if event.limit == "total_bytes":
         return "MPS refused an array over 4 GiB (total bytes of NDArray > 2**32); process aborted"
     return "MPS refused an array over 2**31 elements (product of dimension sizes); process aborted"
@@ -118,6 +128,8 @@ def explain(
         return _explain_cpu(event, ram_bytes, available_bytes)
     if isinstance(event, DeviceError):
         return _explain_device(event, device_total_bytes, memory_fraction)
+    if isinstance(event, MpsSizeLimit):
+        return _explain_mps_size(event)
     return _explain_ndarray(event)
 
 
@@ -185,6 +197,17 @@ def _explain_oomd(event: OomdKill) -> list[str]:
             f" Memory pressure on {event.monitored_cgroup} was {event.pressure_percent}%, over "
             f"its limit of {event.limit_percent}% for more than {event.duration}."
         )
+    if event.memory_used_bytes is not None:
+        return [
+            f"systemd-oomd killed every process in {event.cgroup or event.unit} (SIGKILL) "
+            f"because the machine's {_used(event)} were both over "
+            f"{event.limit_percent or 'its limit'}%: memory and swap were nearly full, and oomd "
+            "kills the cgroup using the most swap before the kernel's OOM killer would act.",
+            _SMALLER,
+            "Run the service in its own unit with MemoryHigh=/MemoryMax= so it is throttled or "
+            "stopped alone, or give the machine more swap or memory (SwapUsedLimit= in "
+            "oomd.conf sets the threshold).",
+        ]
     return [
         f"systemd-oomd killed every process in {event.cgroup or event.unit} (SIGKILL)."
         f"{pressure} Pressure is the share of time tasks stalled waiting for memory: oomd acts "
@@ -193,6 +216,19 @@ def _explain_oomd(event: OomdKill) -> list[str]:
         "Run the service in its own unit with MemoryHigh=/MemoryMax= so it is throttled or "
         "stopped alone, or tune ManagedOOMMemoryPressureLimit= on the slice oomd watches.",
     ]
+
+
+def _used(event: OomdKill) -> str:
+    """``memory (21 GiB of 23 GiB) and swap (8 GiB of 8 GiB)``, as far as the line said."""
+    parts = []
+    for name, used, total in (
+        ("memory", event.memory_used_bytes, event.memory_total_bytes),
+        ("swap", event.swap_used_bytes, event.swap_total_bytes),
+    ):
+        if used is not None:
+            of = f" of {short_size(total)}" if total is not None else ""
+            parts.append(f"{name} use ({short_size(used)}{of})")
+    return " and ".join(parts)
 
 
 def _explain_jetsam(event: JetsamKill, ram_bytes: int | None) -> list[str]:
@@ -276,6 +312,11 @@ def _explain_device(event: DeviceError, total: int | None, fraction: float | Non
             "cuBLAS could not allocate its workspace on the GPU: device memory was already "
             "full, mostly held by PyTorch's cache or by other processes."
         )
+    elif event.error == "CUBLAS_STATUS_NOT_INITIALIZED":
+        first = (
+            "cuBLAS could not start (CUBLAS_STATUS_NOT_INITIALIZED): creating its handle "
+            "allocates a workspace on the GPU, and device memory was already full."
+        )
     else:
         first = (
             "The CUDA runtime itself ran out of device memory, outside PyTorch's caching "
@@ -310,4 +351,24 @@ def _explain_ndarray(event: NdarrayLimit) -> list[str]:
         "and the service must be restarted.",
         "Split the work: a smaller batch, shorter sequences, attention or images in slices or "
         "tiles, or half precision to halve the bytes.",
+    ]
+
+
+def _explain_mps_size(event: MpsSizeLimit) -> list[str]:
+    if event.limit == "buffer_size":
+        first = (
+            f"One tensor needed a single Metal buffer of {short_size(event.requested_bytes)}, "
+            "more than the largest buffer this GPU can allocate at once: a limit on one "
+            "tensor, not on the memory free, so watermark ratios do not change it."
+        )
+    else:
+        first = (
+            f"A matrix multiplication would produce {event.dims} elements, more than the "
+            "MPS backend supports in one result (2**32 elements), however much memory is free."
+        )
+    return [
+        first,
+        "PyTorch raised it as a RuntimeError: the service answers the request with an error "
+        "and keeps running.",
+        "Split the work: a smaller batch, shorter sequences, or attention in slices.",
     ]

@@ -13,6 +13,8 @@ Formats (samples in ``tests/fixtures/torch-*``):
 * CUDA ``Tried to allocate X. GPU n has a total capacity of T of which F is free. ...``
   (2.1 spells it ``capacty``), older ``Tried to allocate X (GPU n; T total capacity;
   A already allocated; F free; [L allowed; ]R reserved in total by PyTorch)``, 1.0-era ``cached``.
+* ROCm and Intel GPU builds: the CUDA wording with ``HIP`` or ``XPU`` for ``CUDA``; XPU's
+  total may come without ``of which F is free`` and ends with ``Please use `empty_cache` ...``.
 * MPS ``invalid low|high watermark ratio R``: a configuration error, not an OOM.
 """
 
@@ -23,8 +25,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from mpsctl.deaths.line_prefix import size_value, to_int
 from mpsctl.torch_env import HIGH_ENV, LOW_ENV
+from mpsctl.units import size_value, to_int
 
 _UNITS = {
     "bytes": 1, "B": 1,
@@ -42,10 +44,16 @@ _MPS_HEAD = re.compile(
     rf"(?:,{_S}max allowed:{_S}{_SIZE})?\)"
 )
 _MPS_TAIL = re.compile(rf"\.?{_S}Tried to allocate{_S}{_SIZE}{_S}on{_S}(private|shared){_S}pool")
-_CUDA_HEAD = re.compile(rf"CUDA out of memory\.{_S}Tried to allocate{_S}{_SIZE}")
+#: ROCm builds print the same message with "HIP" for "CUDA", Intel GPU (XPU) builds with "XPU";
+#: a paste may keep only the part from "Tried to allocate" on, which the old wording's
+#: "(GPU n; ... total capacity" still marks
+_CUDA_HEAD = re.compile(
+    rf"(?P<api>CUDA|HIP|XPU) out of memory\.{_S}Tried to allocate{_S}{_SIZE}"
+    rf"|(?<![\w.])Tried to allocate{_S}{_SIZE}(?=\s*\(GPU{_S}\d+;{_S}{_SIZE}{_S}total)"
+)
 _CUDA_NEW = re.compile(
-    rf"\.{_S}GPU{_S}(\d+){_S}has a total (?:capacity|capacty){_S}of{_S}{_SIZE}{_S}of which{_S}"
-    rf"{_SIZE}{_S}is free\.(?P<procs>(?:{_S}(?:Including non-PyTorch memory,{_S}this process|"
+    rf"\.{_S}GPU{_S}(\d+){_S}has a total (?:capacity|capacty){_S}of{_S}{_SIZE}(?:{_S}of which{_S}"
+    rf"{_SIZE}{_S}is free)?\.(?P<procs>(?:{_S}(?:Including non-PyTorch memory,{_S}this process|"
     rf"Process{_S}\d+){_S}has{_S}{_SIZE}{_S}memory in use\.)*)"
     rf"(?:{_S}{_SIZE}{_S}allowed;)?{_S}Of the allocated memory{_S}{_SIZE}{_S}is allocated by"
     rf"{_S}PyTorch,(?:{_S}with{_S}{_SIZE}{_S}allocated in private pools[^,]*,[^,]*,)?{_S}and"
@@ -57,12 +65,14 @@ _CUDA_PROC = re.compile(
 _CUDA_OLD = re.compile(
     rf"\s*\(GPU{_S}(\d+);{_S}{_SIZE}{_S}total (?:capacity|capacty);{_S}{_SIZE}{_S}already"
     rf"{_S}allocated;{_S}{_SIZE}{_S}free;(?:{_S}{_SIZE}{_S}allowed;)?{_S}{_SIZE}{_S}"
-    rf"(reserved in total by PyTorch|cached)\)"
+    rf"(reserved in total by PyTorch|cached)\)?"
 )
+#: the message's device word -> ``backend`` (a head without one is a CUDA-style paste)
+_BACKENDS = {"CUDA": "cuda", "HIP": "rocm", "XPU": "xpu"}
 _WATERMARK = re.compile(r"invalid (high|low) watermark ratio\s+(\S+)")
 
 #: cheap byte tests run over whole chunks before any regex (both are case-sensitive in torch)
-NEEDLES = (b"out of memory", b"watermark ratio")
+NEEDLES = (b"out of memory", b"watermark ratio", b"Tried to allocate")
 
 
 @dataclass(frozen=True)
@@ -75,7 +85,7 @@ class OtherProcess:
 class OomEvent:
     """One recognised message. Byte counts are exact integers (units are 1024-based)."""
 
-    backend: str  # "mps" | "cuda"
+    backend: str  # "mps" | "cuda" | "rocm" | "xpu" (HIP and XPU builds print the CUDA wording)
     kind: str  # "oom" | "invalid_high_watermark" | "invalid_low_watermark"
     raw: str  # the message verbatim (the whole line(s) it was found on)
     # MPS and CUDA
@@ -170,7 +180,7 @@ def parse_oom(text: str) -> OomEvent | None:
     ``text`` is one message: a line, a line plus its continuation, or a traceback's text.
     A message whose start is there but whose details are cut off gives ``complete=False``.
     """
-    if "out of memory" in text:
+    if "out of memory" in text or "Tried to allocate" in text:
         match = _MPS_HEAD.search(text)
         if match:
             return _parse_mps(text, match)
@@ -206,7 +216,8 @@ def _parse_mps(text: str, head: re.Match[str]) -> OomEvent:
 
 
 def _parse_cuda(text: str, head: re.Match[str]) -> OomEvent:
-    requested = _size(head, 1)
+    requested = _size(head, 2) if head.group(2) is not None else _size(head, 4)
+    backend = _BACKENDS.get(head.group("api") or "", "cuda")
     new = _CUDA_NEW.match(text, head.end())
     if new:
         this_process: int | None = None
@@ -221,7 +232,7 @@ def _parse_cuda(text: str, head: re.Match[str]) -> OomEvent:
         # private pools, unallocated (each a number + unit pair)
         base = new.re.groupindex["procs"]
         return OomEvent(
-            backend="cuda",
+            backend=backend,
             kind="oom",
             raw=_line_span(text, head.start(), new.end()),
             requested_bytes=requested,
@@ -241,7 +252,7 @@ def _parse_cuda(text: str, head: re.Match[str]) -> OomEvent:
         cached = old.group(12) == "cached"
         reserved = _size(old, 10)
         return OomEvent(
-            backend="cuda",
+            backend=backend,
             kind="oom",
             raw=_line_span(text, head.start(), old.end()),
             requested_bytes=requested,
@@ -256,7 +267,7 @@ def _parse_cuda(text: str, head: re.Match[str]) -> OomEvent:
             reserved_unallocated_bytes=reserved if cached else None,
         )
     return OomEvent(
-        backend="cuda",
+        backend=backend,
         kind="oom",
         raw=_line_span(text, head.start(), head.end()),
         requested_bytes=requested,
@@ -266,7 +277,7 @@ def _parse_cuda(text: str, head: re.Match[str]) -> OomEvent:
 
 def mentions_oom(line: str) -> bool:
     """Does this line start an OOM or invalid-watermark message? (``mpsctl logs --oom``)"""
-    if "out of memory" in line:
+    if "out of memory" in line or "Tried to allocate" in line:
         return bool(_MPS_HEAD.search(line) or _CUDA_HEAD.search(line))
     return "watermark ratio" in line and _WATERMARK.search(line) is not None
 
@@ -304,7 +315,8 @@ def summary(event: OomEvent) -> str:
             parts.append(f"{event.pool} pool")
         return ", ".join(parts)
     gpu = f"GPU {event.gpu_index}" if event.gpu_index is not None else "GPU"
-    parts = [f"CUDA {gpu}: requested {short_size(event.requested_bytes)}"]
+    api = {"rocm": "ROCm (HIP)", "xpu": "XPU"}.get(event.backend, "CUDA")
+    parts = [f"{api} {gpu}: requested {short_size(event.requested_bytes)}"]
     optional = (
         ("total", event.total_bytes),
         ("free", event.free_bytes),

@@ -182,11 +182,16 @@ def _explain_cuda(event: OomEvent) -> list[str]:
     if unallocated is None and event.reserved_bytes is not None and event.allocated_bytes:
         unallocated = max(event.reserved_bytes - event.allocated_bytes, 0)
     if unallocated is not None and requested is not None and unallocated >= requested:
+        remedy = (
+            # the XPU message's own remedy; the CUDA allocator settings do not apply to it
+            "Releasing the cache (torch.xpu.empty_cache()) between requests returns it."
+            if event.backend == "xpu"
+            else "Start the service with PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True "
+            "(PyTorch >= 2.1; older: max_split_size_mb:128)."
+        )
         advice.append(
             f"Fragmentation: {short_size(unallocated)} is reserved by PyTorch but unallocated, "
-            f"more than the {short_size(requested)} requested, yet no block fitted. Start the "
-            "service with PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True (PyTorch >= 2.1; "
-            "older: max_split_size_mb:128)."
+            f"more than the {short_size(requested)} requested, yet no block fitted. {remedy}"
         )
     elif unallocated is not None:
         advice.append(

@@ -5,10 +5,14 @@ memory death (``parsers.DeathEvent``); both become a ``Found``: the event, where
 and when. A time is either exact (the line's or its record's stamp) or, for a line without
 one found by the probe's cursor, an honest range: after the previous scan, before this one.
 
-``merge`` counts one failure once. An app that logs an exception with ``log.exception``
-writes the message line and then the traceback's ``RuntimeError:`` line with the same text,
-often into several files at once (the service log, an error log, an app log): those are one
-failure, reported once with every place it was seen.
+``merge`` counts one failure once, and ``counted`` is the one count every path uses (``oom``,
+the probe and so the exporter, report and alerts, ``status``): the failures once each, memory
+deaths only. Copies of one failure are one: the message a handler logged and its traceback's
+last line, an exception string re-embedded above its traceback, an unstamped echo next to the
+stamped line (see ``records``), and the same failure written into several files at once (the
+service log, an error log, an app log) within ``SAME_FAILURE_S``. Separate failures never
+merge, however close in time or equal in figures: in one file, every stamped line and every
+new traceback is a new record.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Any
 
 from mpsctl.deaths.allocator import OomEvent
 from mpsctl.deaths.allocator import summary as oom_summary
+from mpsctl.deaths.line_prefix import time_note
 from mpsctl.deaths.parsers import DeathEvent
 from mpsctl.observe.logtime import iso
 
@@ -26,8 +31,8 @@ AnyEvent = OomEvent | DeathEvent
 
 #: copies of one failure are written within this of each other (log handlers flush at once)
 SAME_FAILURE_S = 5.0
-#: a traceback's last line is this close below the line that logged it, in the same file
-SAME_FAILURE_LINES = 200
+#: an unstamped echo of a stamped line is written right next to it (lines)
+ECHO_LINES = 3
 
 #: fields that say where or when, or how the message was worded, not what failed
 _PLACE_KEYS = frozenset({"file", "line", "time", "raw", "summary", "complete", "when"})
@@ -45,6 +50,13 @@ class Found:
     after: datetime | None = None
     before: datetime | None = None
     places: tuple[tuple[str | None, int | None], ...] = ()
+    #: the line carries its own time; ``follows``/``leads``: the line numbers of the traceback
+    #: it ends or that continues its record (``records``); for telling copies from deaths
+    stamped: bool = False
+    follows: int | None = None
+    leads: int | None = None
+    #: another process's kill, listed only when asked for (``attribution``)
+    other: bool = False
 
     @property
     def kind(self) -> str:
@@ -69,6 +81,12 @@ class Found:
             return f"between {iso(self.after)} and {iso(self.before)}"
         return None
 
+    def time_note(self) -> str | None:
+        """What the stamp the time was read from does not say (no year, no zone), or None."""
+        if self.when is None:
+            return None
+        return time_note(str(getattr(self.event, "raw", "") or "").split("\n", 1)[0])
+
     def identity(self) -> tuple[Any, ...]:
         """What failed, without where, when or the wording around it."""
         doc = _base_doc(self.event)
@@ -82,6 +100,7 @@ class Found:
         doc["file"] = self.file
         doc["line"] = self.line
         doc["time"] = None if self.when is None else iso(self.when)
+        doc["time_note"] = self.time_note()
         doc["time_range"] = (
             None
             if self.when is not None or self.after is None or self.before is None
@@ -90,6 +109,8 @@ class Found:
         doc["seen_in"] = [
             {"file": f, "line": n} for f, n in self.places or ((self.file, self.line),)
         ]
+        if self.other:
+            doc["other_process"] = True
         doc["summary"] = self.summary()
         doc["raw"] = raw
         return doc
@@ -101,36 +122,132 @@ def _base_doc(event: AnyEvent) -> dict[str, Any]:
     return event.to_json()
 
 
-def _close(a: Found, b: Found) -> bool:
-    if a.when is not None and b.when is not None:
-        return abs((a.when - b.when).total_seconds()) <= SAME_FAILURE_S
-    if a.file == b.file and a.line is not None and b.line is not None:
-        return abs(a.line - b.line) <= SAME_FAILURE_LINES
-    return False
+def _same_record(earlier: Found, later: Found) -> bool:
+    """Whether two equal failures in one file are one record written twice (``records``)."""
+    if earlier.stamped and later.stamped:
+        return False  # each stamped line is a record of its own
+    if earlier.stamped or later.stamped:
+        bare, stamped = (later, earlier) if earlier.stamped else (earlier, later)
+        if bare.when is not None and bare.when == stamped.when:
+            return True  # the traceback under the stamped line: its record's time
+        return (
+            bare.follows is None
+            and earlier.line is not None
+            and later.line is not None
+            and later.line - earlier.line <= ECHO_LINES
+        )
+    if later.follows is not None and later.follows == earlier.leads:
+        return True  # the traceback the earlier message leads into ends with this line
+    # both inside one stamped record (its time), and no traceback began between them
+    return (
+        earlier.when is not None
+        and earlier.when == later.when
+        and (later.follows is None or later.follows <= (earlier.line or 0))
+    )
+
+
+def _in_line_order(indices: list[int], found: list[Found]) -> list[int]:
+    return sorted(indices, key=lambda i: (found[i].line is None, found[i].line or 0, i))
 
 
 def merge(found: list[Found]) -> list[Found]:
-    """One entry per failure: equal figures seen within ``SAME_FAILURE_S`` (or, without times,
-    within ``SAME_FAILURE_LINES`` lines of one file) are one failure, listing every place.
-
-    Input order is kept (the first place is the entry's); a later copy only adds its place.
+    """One entry per failure, listing every place it was seen; input order is kept (the first
+    place is the entry's). In each file, in line order, a copy is folded into the occurrence
+    of the same record (``_same_record``); then one failure per file is matched across files
+    when both have times within ``SAME_FAILURE_S`` (a file without times cannot say which
+    failure of another file it repeats, so it is not matched).
     """
+    copy_of: dict[int, int] = {}
+    by_file: dict[str | None, list[int]] = {}
+    for index, item in enumerate(found):
+        by_file.setdefault(item.file, []).append(index)
+    for indices in by_file.values():
+        last: dict[tuple[Any, ...], int] = {}
+        for index in _in_line_order(indices, found):
+            key = found[index].identity()
+            earlier = last.get(key)
+            if earlier is not None and _same_record(found[earlier], found[index]):
+                copy_of[index] = copy_of.get(earlier, earlier)
+            last[key] = index
     kept: list[Found] = []
+    files: list[set[str | None]] = []
+    slot: dict[int, int] = {}
     by_key: dict[tuple[Any, ...], list[int]] = {}
-    for item in found:
+    for index, item in enumerate(found):
+        if index in copy_of:
+            continue
         key = item.identity()
-        indices = by_key.setdefault(key, [])
-        for index in reversed(indices[-8:]):  # copies are near each other: look back a little
-            other = kept[index]
-            if _close(other, item):
-                places = other.places or ((other.file, other.line),)
-                when = other.when or item.when
-                kept[index] = replace(other, places=(*places, (item.file, item.line)), when=when)
+        candidates = by_key.setdefault(key, [])
+        for position in reversed(candidates[-8:]):
+            other = kept[position]
+            if item.file in files[position] or other.when is None or item.when is None:
+                continue
+            if abs((other.when - item.when).total_seconds()) <= SAME_FAILURE_S:
+                slot[index] = position
+                files[position].add(item.file)
                 break
         else:
-            indices.append(len(kept))
+            slot[index] = len(kept)
+            candidates.append(len(kept))
             kept.append(item)
-    return kept
+            files.append({item.file})
+    _fold_observers(found, kept, slot)
+    places: list[list[tuple[str | None, int | None]]] = [[] for _ in kept]
+    times: list[datetime | None] = [item.when for item in kept]
+    for index, item in enumerate(found):
+        position = slot[copy_of.get(index, index)]
+        places[position].append((item.file, item.line))
+        times[position] = times[position] or item.when  # an echo's record may be stamped
+    return [
+        item if len(where) == 1 else replace(item, places=tuple(where), when=when)
+        for item, where, when in zip(kept, places, times, strict=True)
+    ]
+
+
+def _fold_observers(found: list[Found], kept: list[Found], slot: dict[int, int]) -> None:
+    """systemd's note that the kernel killed a process of a unit, read from another log than
+    the kernel's report: where that kill was seen (within ``SAME_FAILURE_S``), not a kill."""
+    kernel = [p for p, item in enumerate(kept) if item.kind == "kernel_oom_kill" and item.when]
+    if not kernel:
+        return
+    moved: dict[int, int] = {}
+    for position, item in enumerate(kept):
+        if item.kind != "oomd_kill" or getattr(item.event, "by", None) != "kernel" or not item.when:
+            continue
+        when = item.when
+        near = [p for p in kernel if abs((kept[p].when - when).total_seconds()) <= SAME_FAILURE_S]  # type: ignore[operator]
+        if near:
+            moved[position] = near[0]
+    if not moved:
+        return
+    for index, position in list(slot.items()):
+        slot[index] = moved.get(position, position)
+    survivors = sorted(set(slot.values()))
+    renumber = {old: new for new, old in enumerate(survivors)}
+    kept[:] = [kept[p] for p in survivors]
+    for index, position in slot.items():
+        slot[index] = renumber[position]
+
+
+def without_lines(item: Found) -> Found:
+    """``item`` for a reader that did not read the file from its start: line numbers there
+    count from where the read began, so none is reported."""
+    return replace(item, line=None, places=tuple((file, None) for file, _ in item.places))
+
+
+def counts(item: Found) -> bool:
+    """Whether a found event is a memory failure (what every count counts): not an invalid
+    watermark setting, not a gunicorn SIGKILL after its own WORKER TIMEOUT."""
+    from mpsctl.deaths.parsers import is_memory_death
+
+    if isinstance(item.event, OomEvent):
+        return item.event.kind == "oom"
+    return is_memory_death(item.event)
+
+
+def counted(found: list[Found]) -> list[Found]:
+    """The one count: each failure once (``merge``), memory deaths only (``counts``)."""
+    return [item for item in merge(found) if counts(item)]
 
 
 def window_start(found: Found) -> datetime | None:

@@ -31,13 +31,16 @@ CHUNK_BYTES = 256 * 1024
 #: strings, so grep and ``bytes.find`` agree. "Killed process" and "Out of memory" also catch a
 #: kill line hard-wrapped after them. Long needles on purpose: a multi-string search skips
 #: ahead by up to the shortest needle's length, so one short needle slows every byte.
-#: (A JetsamEvent .ips report is small and read whole by the scanner.)
+#: systemd-oomd's "oomd attempting to kill N" lines are read with the kill line below them (the
+#: scanner reads a few lines above each cluster); a jetsam report's ``processes`` entry is
+#: found by its ``"rpages"`` key and read whole around it.
 DEATH_NEEDLES = (
     b"Out of memory", b"Killed process", b"invoked oom-killer", b"oom-kill:constraint",
-    b"systemd-oomd", b"by the OOM killer", b"memorystatus", b"killed by jetsam",
-    b"exceeded mem limit", b"was sent SIGKILL", b"due to signal 9", b"WORKER TIMEOUT",
-    b"CPUAllocator", b"posix_memalign", b"CUBLAS_STATUS_ALLOC", b"NDArray initWithDevice",
-    b"killed as a result",
+    b"Killed /", b"for killing", b"systemd-oomd killed ", b"been killed by the OOM",
+    b"memorystatus", b"killing_", b"killed by jetsam", b"exceeded mem limit", b"Worker (pid:",
+    b"Worker with pid", b"WORKER TIMEOUT", b"CPUAllocator", b"CUBLAS_STATUS_",
+    b"NDArray initWithDevice", b"killed as a result", b"Invalid buffer size",
+    b"Output size of the matrix", b'"rpages"',
 )  # fmt: skip
 ALL_NEEDLES = NEEDLES + DEATH_NEEDLES
 MAX_NEEDLE = max(len(n) for n in ALL_NEEDLES)

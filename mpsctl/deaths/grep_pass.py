@@ -13,7 +13,9 @@ caller falls back to the Python search, which stays the reference the tests comp
 
 from __future__ import annotations
 
+import contextlib
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -25,6 +27,10 @@ Hit = tuple[int, int]
 _GREP: list[str | None] = []
 #: candidate lines compared with the file's bytes before the tool's output is trusted
 _CHECKED_LINES = 64
+#: bytes of candidate lines read from the tool; more means lines far longer than any log's
+MAX_TOOL_OUTPUT = 64 * 1024 * 1024
+#: the tool's heap (RLIMIT_DATA): enough for any real log's lines, not for one of gigabytes
+MAX_TOOL_HEAP = 512 * 1024 * 1024
 
 
 def bundled_rg() -> str | None:
@@ -112,22 +118,15 @@ def _search(
 ) -> list[Hit] | None:
     fd = handle.fileno()
     os.lseek(fd, start, os.SEEK_SET)
-    try:
-        proc = subprocess.run(
-            _command(tool, prefilter, stdin_path=start == 0),
-            stdin=fd,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            env={**os.environ, "LC_ALL": "C"},  # bytes, not characters: no UTF-8 decoding cost
-            check=False,
-        )
-    except OSError:
+    output = _bounded_run(_command(tool, prefilter, stdin_path=start == 0), stdin=fd)
+    if output is None:
         return None
-    if proc.returncode == 1:
+    returncode, stdout = output
+    if returncode == 1:
         return []
-    if proc.returncode != 0:
+    if returncode != 0:
         return None
-    return _parse(proc.stdout.split(b"\n"), handle, start, end, needles)
+    return _parse(stdout.split(b"\n"), handle, start, end, needles)
 
 
 #: files one run of the tool searches at most (each is an open descriptor passed to it)
@@ -162,16 +161,14 @@ def grep_hits_many(
                 "--",
                 *map(os.fsdecode, names),
             ]
-            try:
-                proc = subprocess.run(args, pass_fds=fds, stdout=subprocess.PIPE,
-                                      stderr=subprocess.DEVNULL, check=False,
-                                      env={**os.environ, "LC_ALL": "C"})  # fmt: skip
-            except OSError:
-                continue
-            if proc.returncode not in (0, 1):
+            output = _bounded_run(args, pass_fds=fds)
+            if output is None:
+                continue  # it could not run or went past a bound: each file alone
+            returncode, stdout = output
+            if returncode not in (0, 1):
                 continue  # a file it could not read, or a tool that failed: the next tool
             rows: dict[int, list[bytes]] = {i: [] for i in batch}
-            for row in proc.stdout.split(b"\n"):
+            for row in stdout.split(b"\n"):
                 name, _, rest = row.partition(b":")
                 if row and name in names:
                     rows[names[name]].append(rest)
@@ -220,6 +217,51 @@ def _parse(
                 found = line.find(needle, found + 1)
     hits.sort()
     return hits
+
+
+def _bounded_run(
+    argv: list[str], *, stdin: int | None = None, pass_fds: list[int] | None = None
+) -> tuple[int, bytes] | None:
+    """Run the tool (reading ``stdin``, or the descriptors ``pass_fds`` named in ``argv``);
+    its exit status and output, or None when it could not run
+    or went past a bound. A candidate line is printed whole, so a log with no newline in
+    gigabytes would have the tool buffer the whole of it and print it to us: its heap is
+    capped (``MAX_TOOL_HEAP``, where the system enforces RLIMIT_DATA; a file it maps is not
+    counted) and what it prints is read up to ``MAX_TOOL_OUTPUT``; past either the Python
+    search, which reads in bounded blocks, takes over."""
+    try:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL if stdin is None else stdin,
+            pass_fds=pass_fds or (),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, "LC_ALL": "C"},  # bytes, not characters: no UTF-8 decoding cost
+            preexec_fn=_cap_heap,  # noqa: PLW1509 - only setrlimit, async-signal-safe enough
+        )
+    except OSError:
+        return None
+    assert proc.stdout is not None
+    chunks: list[bytes] = []
+    got = 0
+    with proc.stdout:
+        while chunk := proc.stdout.read(1 << 20):
+            chunks.append(chunk)
+            got += len(chunk)
+            if got > MAX_TOOL_OUTPUT:
+                proc.kill()
+                proc.wait()
+                return None
+    return proc.wait(), b"".join(chunks)
+
+
+def _cap_heap() -> None:
+    limit = getattr(resource, "RLIMIT_DATA", None)
+    if limit is not None:
+        with contextlib.suppress(ValueError, OSError):
+            _soft, hard = resource.getrlimit(limit)
+            cap = MAX_TOOL_HEAP if hard == resource.RLIM_INFINITY else min(MAX_TOOL_HEAP, hard)
+            resource.setrlimit(limit, (cap, hard))
 
 
 def _is_line_at(handle: IO[bytes], start: int, at: int, line: bytes) -> bool:

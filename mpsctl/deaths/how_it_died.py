@@ -23,15 +23,15 @@ import os
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mpsctl.deaths.allocator import short_size
-from mpsctl.deaths.counting import Found
-from mpsctl.deaths.parsers import pids_of
 from mpsctl.deaths.system_logs import Runner, SystemEvidence, read_system_logs
 from mpsctl.observe.logtime import iso
 from mpsctl.observe.processes import ServiceSnapshot
 from mpsctl.settings import Settings
+
+if TYPE_CHECKING:
+    from mpsctl.deaths.counting import Found
 
 #: the kernel keeps 15 characters of a process name (TASK_COMM_LEN - 1)
 COMM_LEN = 15
@@ -88,6 +88,8 @@ def _started(snapshot: ServiceSnapshot) -> datetime | None:
 
 def _tied(item: Found, pid: int | None, names: set[str], started: datetime | None) -> int:
     """2: the kill names the service's pid; 1: its process name, after it started; 0: no."""
+    from mpsctl.deaths.parsers import pids_of
+
     event: Any = item.event
     after_start = started is not None and item.when is not None and item.when >= started
     if pid is not None and pid in pids_of(event) and (after_start or not (started and item.when)):
@@ -97,6 +99,8 @@ def _tied(item: Found, pid: int | None, names: set[str], started: datetime | Non
 
 
 def _kill_text(item: Found, ram: int | None) -> str:
+    from mpsctl.deaths.allocator import short_size
+
     event: Any = item.event
     if item.kind == "kernel_oom_kill":
         figure = ""
@@ -189,29 +193,37 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 def service_kills(
-    settings: Settings, since: datetime | None = None, *, runner: Runner | None = None
+    settings: Settings,
+    since: datetime | None = None,
+    *,
+    runner: Runner | None = None,
+    root: Path = Path("/"),
+    others: bool = False,
 ) -> tuple[list[Found], list[str]]:
-    """The kills the OS recorded of the service (its pidfile's pid, or its process name),
-    newer than ``since``, and where it looked (for ``mpsctl oom``)."""
+    """The kills the OS recorded of the service, newer than ``since``, and where it looked
+    (for ``mpsctl oom`` and the probe). Whose kill is whose: ``attribution``; ``others``: the
+    other processes' kills too, marked ``other``."""
+    from dataclasses import replace
+
+    from mpsctl.deaths.attribution import names_of, read_runs, split
     from mpsctl.observe.processes import default_pidfile_path, read_pidfile
 
     if not settings.oom.system_logs:
         return [], []
     record = read_pidfile(default_pidfile_path(settings))
-    pid = record.pid if record is not None and record != "invalid" else None
-    names = _names(None, settings)
-    if record is not None and record != "invalid":
-        names |= {os.path.basename(w)[:COMM_LEN] for w in record.argv[:3] if w}
-    evidence = read_system_logs(runner=runner)
-    kills = []
-    for item in evidence.found:
-        if item.kind not in _KILLS or (since is not None and (item.when or _EPOCH) < since):
-            continue
-        process = getattr(item.event, "process", None)
-        named = isinstance(process, str) and process[:COMM_LEN] in names
-        if named or (pid is not None and pid in pids_of(item.event)):  # type: ignore[arg-type]
-            kills.append(item)
-    return kills, evidence.looked_in
+    current = None if record is None or record == "invalid" else record
+    runs = read_runs(settings.home, current)
+    if not runs and not others:
+        return [], []  # never started here: no kill the OS recorded can be the service's
+    names = names_of(settings.service.command)
+    evidence = read_system_logs(runner=runner, root=root)
+    kills = [item for item in evidence.found if item.kind in _KILLS]
+    # every kill read tells when a run ended (its own kill), the old ones too
+    mine, theirs = split(kills, runs, names)
+    if others:
+        mine += [replace(item, other=True) for item in theirs]
+    recent = [item for item in mine if since is None or (item.when or _EPOCH) >= since]
+    return recent, evidence.looked_in
 
 
 def _cause(name: str, pid: int | None, item: Found, what: str, looked: list[str]) -> DeathCause:

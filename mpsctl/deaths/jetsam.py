@@ -4,7 +4,9 @@
   (per-process-limit 10) - memorystatus_available_pages: 42511`` (also ``killing_top_process``,
   ``killing_idle_process``), ``Process Tunnel [1509] killed by jetsam reason per-process-limit``,
   and the line before such a kill, ``<name>[pid] exceeded mem limit: ActiveHard 3072 MB (fatal)``
-  (its limit belongs to the kill of the same pid).
+  (its limit belongs to the kill of the same pid). A copy may wrap a record after the
+  process's name or after "limit:"; a line naming the same pid next to its kill (the
+  reporting daemon's "killed by jetsam reason", a second kernel line) is that kill again.
 * ``JetsamEvent-*.ips``: a one-line JSON header, then a JSON body whose ``processes`` entries
   carry ``"reason"`` for the ones jetsam killed; sizes are pages (``rpages``) of the report's
   ``pageSize``; only entries with ``rpages`` count, so other JSON logs with a "reason" key
@@ -18,27 +20,42 @@ not a kill, so it is no event.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, ClassVar
 
-from mpsctl.deaths.line_prefix import size_value, to_int
 from mpsctl.deaths.torch_errors import json_doc
 from mpsctl.observe.logtime import line_time
+from mpsctl.units import size_value, to_int
 
+# The kernel's kill line, with or without its "memorystatus: " prefix; the reason in
+# parentheses with its priority and, on newer systems, more fields ("(per-process-limit 100 16s
+# rf:-)"), or as "jetsam_reason->osr_code: N", or left out. Several records can run together on
+# one line when the log lost its newlines: each is read (finditer), and a page count that runs
+# into the next record's stamp is no figure.
 _KILLING = re.compile(
-    r"memorystatus: (?P<how>killing_\w+|memorystatus_do_kill) pid (?P<pid>\d+) "
-    r"\[(?P<name>[^\]]*)\] "
-    r"\((?P<reason>[\w-]+)(?: (?P<code>\d+))?\)(?: (?P<kb>\d+)KB)?"
-    r"(?: - memorystatus_available_pages: (?P<avail>\d+))?"
+    r"(?P<how>killing_[a-z_]+|memorystatus_do_kill) pid (?P<pid>\d+) "
+    r"\[(?P<name>[^\]]*)\]"
+    r"(?: \((?P<reason>[\w-]+)(?: (?P<code>\d+))?[^)]*\))?"
+    r"(?: jetsam_reason->osr_code: (?P<osr>\d+))?(?: \.\.\.)?(?: (?P<kb>\d+)KB)?"
+    r"(?: - memorystatus_available_pages: (?P<avail>\d+)(?![\d.]))?"
 )
 _KILLED_BY = re.compile(
     r"Process (?P<name>.+?) \[(?P<pid>\d+)\] killed by jetsam reason (?P<reason>[\w-]+)"
 )
+# "<name> [pid] exceeded mem limit: ActiveHard 50 MB (fatal)"; newer systems may leave out the
+# name and pid, and the kill line that follows names them
 _EXCEEDED = re.compile(
-    r"(?:-> |memorystatus: |^)(?P<name>[^\s\[][^\[]*?) ?\[(?P<pid>\d+)\] exceeded mem limit: "
+    r"(?:(?:-> |memorystatus: |^)(?P<name>[^\s\[][^\[]*?) ?\[(?P<pid>\d+)\] )?exceeded mem limit: "
     r"(?P<which>\w+) (?P<mb>\d+(?:\.\d+)?) MB(?P<fatal> \(fatal\))?"
 )
+#: a fatal limit line without a pid belongs to a kill at most this many lines below it
+_NAMELESS_LIMIT_LINES = 3
+#: a process dies once: a line naming the same pid this close to its kill (the reporting
+#: daemon's "Process X [N] killed by jetsam reason ...", the kernel's second line) is that kill
+_SAME_KILL_LINES = 20
+#: a record wrapped by whoever copied it: its fields go on in the next line
+_WRAPPED = re.compile(r"(?:exceeded mem limit:|killing\w* (?:pid )?\d+ \[[^\]]*\])\s*$")
 _REASON = re.compile(r'"reason"\s*:\s*"([^"]*)"')
 _PAGE_SIZE = re.compile(r'"pageSize"\s*:\s*(\d+)')
 _REPORT_DATE = re.compile(r'"date"\s*:\s*"([^"]+)"')
@@ -84,42 +101,57 @@ def find_jetsam(text: str, lines: list[str]) -> list[tuple[int, JetsamKill]]:
     if '"reason"' in text and '"rpages"' in text:
         found.extend(_find_ips(text))
     limits: dict[str, tuple[int, str, re.Match[str]]] = {}
-    for index, line in enumerate(lines):
+    nameless: tuple[int, str, re.Match[str]] | None = None
+    #: pid -> (position in ``found``, line index) of the log kills read so far
+    kills: dict[int, tuple[int, int]] = {}
+    for index in range(len(lines)):
+        line = _unwrapped(lines, index)
         if "exceeded mem limit" in line:
             exceeded = _EXCEEDED.search(line)
             if exceeded and exceeded.group("fatal"):
-                limits[exceeded.group("pid")] = (index, line.rstrip(), exceeded)
+                if exceeded.group("pid"):
+                    limits[exceeded.group("pid")] = (index, line.rstrip(), exceeded)
+                else:
+                    nameless = (index, line.rstrip(), exceeded)
             continue
-        match = None
-        if "memorystatus" in line:
-            match = _KILLING.search(line)
-        if match is None and "killed by jetsam" in line:
-            match = _KILLED_BY.search(line)
-        if match is None:
-            continue
-        groups = match.groupdict()
-        raw = line.rstrip()
-        values: dict[str, Any] = {}
-        start = index
-        limit = limits.pop(match.group("pid"), None)
-        if limit is not None:
-            start, limit_raw, exceeded = limit
-            raw = f"{limit_raw}\n{raw}"
-            values.update(_limit_values(exceeded))
-        found.append(
-            (
-                start,
-                JetsamKill(
-                    raw=raw,
-                    pid=to_int(match.group("pid")),
-                    process=match.group("name"),
-                    reason=match.group("reason"),
-                    footprint_bytes=None if not groups.get("kb") else to_int(groups["kb"], 1024),
-                    available_pages=None if not groups.get("avail") else to_int(groups["avail"]),
-                    **values,
-                ),
+        matches: list[re.Match[str]] = []
+        if "killing_" in line or "memorystatus_do_kill" in line:
+            matches = list(_KILLING.finditer(line))
+        if not matches and "killed by jetsam" in line:
+            matches = [m for m in [_KILLED_BY.search(line)] if m is not None]
+        for match in matches:
+            groups = match.groupdict()
+            raw = line.rstrip() if len(matches) == 1 else match.group(0)
+            values: dict[str, Any] = {}
+            start = index
+            limit = limits.pop(match.group("pid"), None)
+            if limit is None and nameless is not None:
+                if index - nameless[0] <= _NAMELESS_LIMIT_LINES:
+                    limit = nameless
+                nameless = None
+            if limit is not None:
+                start, limit_raw, exceeded = limit
+                raw = f"{limit_raw}\n{raw}"
+                values.update(_limit_values(exceeded))
+            kill = JetsamKill(
+                raw=raw,
+                pid=to_int(match.group("pid")),
+                process=match.group("name"),
+                reason=groups.get("reason"),
+                footprint_bytes=None if not groups.get("kb") else to_int(groups["kb"], 1024),
+                available_pages=None if not groups.get("avail") else to_int(groups["avail"]),
+                **values,
             )
-        )
+            seen = kills.get(kill.pid) if kill.pid is not None else None
+            if seen is not None and index - seen[1] <= _SAME_KILL_LINES:
+                position = seen[0]
+                found[position] = (found[position][0], _same_kill(found[position][1], kill))
+                continue
+            if kill.pid is not None:
+                kills[kill.pid] = (len(found), index)
+            found.append((start, kill))
+    if nameless is not None:
+        limits[""] = nameless
     for start, limit_raw, exceeded in limits.values():
         # "(fatal)" means the kill follows; the text ends before it
         found.append(
@@ -127,7 +159,7 @@ def find_jetsam(text: str, lines: list[str]) -> list[tuple[int, JetsamKill]]:
                 start,
                 JetsamKill(
                     raw=limit_raw,
-                    pid=to_int(exceeded.group("pid")),
+                    pid=to_int(exceeded.group("pid") or ""),
                     process=exceeded.group("name"),
                     complete=False,
                     **_limit_values(exceeded),
@@ -135,6 +167,24 @@ def find_jetsam(text: str, lines: list[str]) -> list[tuple[int, JetsamKill]]:
             )
         )
     return found
+
+
+def _unwrapped(lines: list[str], index: int) -> str:
+    """The line, and the next one when the record was wrapped after a name or "limit:"."""
+    line = lines[index]
+    if index + 1 < len(lines) and lines[index + 1].strip() and _WRAPPED.search(line):
+        return f"{line.rstrip()} {lines[index + 1].strip()}"
+    return line
+
+
+def _same_kill(first: JetsamKill, again: JetsamKill) -> JetsamKill:
+    """One kill seen on two lines: the first one's figures, completed by the second's."""
+    missing = {
+        name: getattr(again, name)
+        for name in ("process", "reason", "limit_bytes", "limit_kind", "footprint_bytes")
+        if getattr(first, name) is None and getattr(again, name) is not None
+    }
+    return replace(first, raw=f"{first.raw}\n{again.raw}", **missing)
 
 
 def _limit_values(exceeded: re.Match[str]) -> dict[str, Any]:

@@ -25,35 +25,55 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, ClassVar
 
-from mpsctl.deaths.line_prefix import has_time_prefix, prefix_time, to_int, uptime_seconds
+from mpsctl.deaths.line_prefix import has_time_prefix, prefix_time, uptime_seconds
 from mpsctl.deaths.torch_errors import json_doc
+from mpsctl.units import to_int
 
 _KB = 1024
 
-# Stamps and syslog/journal fields in front of the kernel's own text.
+# Stamps and syslog/journal fields in front of the kernel's own text. An ISO stamp is followed
+# by "host program: " only in syslog files; ``dmesg --time-format iso`` writes the kernel's
+# text right after it, so the program part must be the kernel or a "name[pid]".
 _PREFIX = re.compile(
     r"^(?:\[[A-Z][a-z]{2} [A-Z][a-z]{2} +\d+ [\d:]{8} \d{4}\]\s*"  # dmesg -T
     r"|[A-Z][a-z]{2} +\d+ [\d:]{8}(?:\.\d+)? \S+ \S+?: "  # syslog / journalctl short
-    r"|\d{4}-\d\d-\d\d[T ]\S+ \S+ \S+?: "  # rsyslog ISO / journalctl short-iso
+    r"|\d{4}-\d\d-\d\d[T ][\d:.,]+(?:Z|[+-][\d:]+)?\s+(?:\S+ (?:kernel|\S+\[\d+\]): )?"
     r"|[A-Z][a-z]{2} \d{4}-\d\d-\d\d [\d:.]+ \S+ \S+ \S+?: )?"  # journalctl short-full
     r"(?:\[\s*\d+\.\d+\]\s*)?"  # dmesg uptime
 )
+#: any other prefix that ends in the kernel's name (``journalctl -k``'s "kernel: ", a syslog
+#: in another language's month names): the kernel's text starts after it
+_KERNEL_TAG = re.compile(r"^.{0,120}?\bkernel(?:\[\d+\])?: (?:\[\s*\d+\.\d+\]\s*)?")
+# "Killed process N (comm) total-vm:..." since 2.6.32's "Killed process N, UID N, (comm)";
+# a line cut after the pid still names the kill
 _KILLED = re.compile(
     r"(?:(?P<memcg>Memory cgroup out of memory)|Out of memory)?(?:: )?"
-    r"Killed process (?P<pid>\d+) \((?P<comm>.*?)\)(?P<rest>(?: |,|$).*)"
+    r"Killed process (?P<pid>\d+)(?:, UID (?P<uid>\d+),)?"
+    r"(?: \((?P<comm>.*?)\)(?P<rest>(?: |,|$).*))?"
 )
+# figures as printed, digits possibly grouped with commas by whoever pasted them
 _FIELD = re.compile(
-    r"(total-vm|anon-rss|file-rss|shmem-rss|pgtables):(\d+)kB|UID:(\d+)|oom_score_adj:(-?\d+)"
+    r"(total-vm|anon-rss|file-rss|shmem-rss|pgtables):(\d[\d,]*)kB"
+    r"|UID:? ?(\d+)|oom_score_adj:(-?\d+)"
 )
 _SACRIFICE = re.compile(
     r"(?:(Memory cgroup out of memory)|Out of memory): Kill process (\d+) \((.*?)\) "
-    r"score (\d+) or sacrifice child"
+    r"score (\d+) or sacrifice ?child"
 )
 _INVOKED = re.compile(r"^(.+?) invoked oom-killer: ")
+#: a task's name (comm) holds at most 15 characters (TASK_COMM_LEN), spaces allowed ("CPU 0/KVM")
+_COMM_MAX = 15
+#: where a longer text before "invoked" came from something around the kernel's line (a JSON
+#: field, a quote): the name starts after the last of these
+_COMM_START = re.compile(r'.*(?:\]\s*|["\'`>]|: )')
 _CPUSET = re.compile(r"^(.+?) cpuset=(\S+) mems_allowed=")
-_CPU_LINE = re.compile(r"^CPU: \d+ (?:UID: \d+ )?PID: (\d+) Comm: ")
+#: "CPU: n PID: p Comm: ..." since 2.6.36; 2.6.32 (RHEL 6) writes "Pid: p, comm: ..."
+_CPU_LINE = re.compile(r"^(?:CPU: \d+ (?:UID: \d+ )?PID: (\d+) Comm: |Pid: (\d+), comm: )")
+#: a terminal's copy of a wrapped line keeps the padding it drew up to its width: a run this
+#: long never occurs inside a kernel line (task-table columns are a few spaces apart)
+_TERMINAL_PAD = re.compile(r"(?<=\S) {24,}(?=\S)")
 _OOM_KILL = re.compile(r"oom-kill:(constraint=\S*)")
-_TASK_IN = re.compile(r"^Task in (\S+) killed as a result of limit of (\S+)")
+_TASK_IN = re.compile(r"Task in (\S+) killed as a result of limit of (\S+)")
 _MEMCG_USAGE = re.compile(r"^memory: usage (\d+)kB, limit (\d+)kB")
 #: a hard-wrapped continuation joins its line only when that line was at least this long
 _WRAP_MIN = 64
@@ -127,8 +147,13 @@ def _records(lines: list[str]) -> list[tuple[int, str, str]]:
             records[-1] = (start, text + line, f"{logged}\n{line.rstrip()}")
             previous_len = len(line)
             continue
-        prefix = _PREFIX.match(line)
-        records.append((index, line[prefix.end() :] if prefix else line, line.rstrip()))
+        clean = _TERMINAL_PAD.sub("", line) if "   " in line else line
+        prefix = _PREFIX.match(clean)
+        text = clean[prefix.end() :] if prefix and prefix.end() else clean
+        if text is clean:
+            tag = _KERNEL_TAG.match(clean) if "kernel" in clean else None
+            text = clean[tag.end() :] if tag else clean
+        records.append((index, text, line.rstrip()))
         joinable = stamped
         previous_len = len(line)
     return records
@@ -138,6 +163,18 @@ def find_kernel_kills(lines: list[str]) -> list[tuple[int, KernelOomKill]]:
     """``(0-based index of the kill's first line, event)`` for every kill in ``lines``."""
     found: list[tuple[int, KernelOomKill]] = []
     pending: _Pending | None = None
+    #: the last kill read whole: a later line naming its pid is the same kill seen again
+    #: (memory.oom.group prints the victim's "Killed process" twice; a journal may write the
+    #: "oom-kill:" summary after it; node-problem-detector quotes the line)
+    last: tuple[int, _Pending] | None = None
+
+    def same_kill(index: int, pid: str | None) -> _Pending | None:
+        if pending is not None or last is None or pid is None:
+            return None
+        previous = last[1]
+        if previous.values.get("pid") != to_int(pid) or _too_far(previous, index, lines[index]):
+            return None
+        return previous
 
     def flush() -> None:
         nonlocal pending
@@ -161,21 +198,28 @@ def find_kernel_kills(lines: list[str]) -> list[tuple[int, KernelOomKill]]:
         if invoked:
             flush()
             current = open_or_continue(index)
-            current.values["trigger"] = invoked.group(1)
+            current.values["trigger"] = _comm(invoked.group(1))
             current.raw.append(logged)
             continue
         killed = _KILLED.search(text) if "Killed process" in text else None
         if killed:
+            again = same_kill(index, killed.group("pid"))
+            if again is not None and last is not None:
+                _read_killed(again, killed, fill_only=True)
+                again.raw.append(logged)
+                found[last[0]] = again.build(complete=True)
+                continue
             current = open_or_continue(index)
             _read_killed(current, killed)
             current.raw.append(logged)
+            last = (len(found), current)
             found.append(current.build(complete=True))
             pending = None
             continue
         if pending is not None and "trigger_pid" not in pending.values:
             cpu = _CPU_LINE.match(text)
             if cpu:
-                pending.values["trigger_pid"] = to_int(cpu.group(1))
+                pending.values["trigger_pid"] = to_int(cpu.group(1) or cpu.group(2))
                 continue
         if pending is not None and "cpuset" not in pending.values:
             cpuset = _CPUSET.match(text)
@@ -184,12 +228,22 @@ def find_kernel_kills(lines: list[str]) -> list[tuple[int, KernelOomKill]]:
                 pending.raw.append(logged)
                 continue
         oom_kill = _OOM_KILL.search(text) if "oom-kill:" in text else None
+        if oom_kill and last is not None:
+            pid = re.search(r",pid=(\d+)", oom_kill.group(1))
+            again = same_kill(index, pid.group(1) if pid else None)
+            if again is not None:
+                before = dict(again.values)
+                _read_oom_kill(again, oom_kill.group(1))
+                again.values.update(before)  # the kill line's own figures stand
+                again.raw.append(logged)
+                found[last[0]] = again.build(complete=True)
+                continue
         if oom_kill:
             current = open_or_continue(index, clash="constraint")
             _read_oom_kill(current, oom_kill.group(1))
             current.raw.append(logged)
             continue
-        task_in = _TASK_IN.match(text)
+        task_in = _TASK_IN.search(text) if "killed as a result" in text else None
         if task_in:
             current = open_or_continue(index, clash="task_memcg")
             current.values.update(task_memcg=task_in.group(1), memcg=task_in.group(2), cgroup=True)
@@ -201,7 +255,7 @@ def find_kernel_kills(lines: list[str]) -> list[tuple[int, KernelOomKill]]:
             pending.values["memcg_limit_bytes"] = to_int(usage.group(2), _KB)
             pending.raw.append(logged)
             continue
-        sacrifice = _SACRIFICE.search(text) if "sacrifice child" in text else None
+        sacrifice = _SACRIFICE.search(text) if "sacrifice" in text else None
         if sacrifice:
             current = open_or_continue(index, clash="score")
             current.values["score"] = to_int(sacrifice.group(4))
@@ -210,6 +264,14 @@ def find_kernel_kills(lines: list[str]) -> list[tuple[int, KernelOomKill]]:
             current.raw.append(logged)
     flush()
     return found
+
+
+def _comm(before: str) -> str:
+    """The allocating task's name from the text before "invoked oom-killer"."""
+    if len(before) <= _COMM_MAX:
+        return before
+    start = _COMM_START.match(before)
+    return before[start.end() :] if start else before
 
 
 def _stamp(line: str) -> float | None:
@@ -230,16 +292,27 @@ def _too_far(pending: _Pending, index: int, line: str) -> bool:
     return stamp is not None and abs(stamp - pending.stamp) > KILL_MAX_SECONDS
 
 
-def _read_killed(current: _Pending, killed: re.Match[str]) -> None:
+def _read_killed(current: _Pending, killed: re.Match[str], fill_only: bool = False) -> None:
+    """The kill line's fields; ``fill_only``: the same kill seen again adds what was missing."""
+    if fill_only:
+        extra = _Pending(start=current.start)
+        _read_killed(extra, killed)
+        for key, value in extra.values.items():
+            if current.values.get(key) is None:
+                current.values[key] = value
+        return
     values = current.values
     values["pid"] = to_int(killed.group("pid"))
-    values["process"] = killed.group("comm")
+    if killed.group("comm") is not None or "process" not in values:
+        values["process"] = killed.group("comm")
+    if killed.group("uid"):
+        values["uid"] = to_int(killed.group("uid"))
     if killed.group("memcg"):
         values["cgroup"] = True
-    for match in _FIELD.finditer(killed.group("rest")):
+    for match in _FIELD.finditer(killed.group("rest") or ""):
         name, digits, uid, adj = match.groups()
         if name is not None:
-            values[name.replace("-", "_") + "_bytes"] = to_int(digits, _KB)
+            values[name.replace("-", "_") + "_bytes"] = to_int(digits.replace(",", ""), _KB)
         elif uid is not None:
             values["uid"] = to_int(uid)
         else:

@@ -1,4 +1,4 @@
-"""The time prefixes of system log lines, and sizes that never raise.
+"""The time prefixes of system log lines.
 
 Kernel, systemd and jetsam lines reach us under many prefixes: dmesg's uptime ``[12345.678901]``,
 ``dmesg -T``'s ``[Sat Nov 28 03:16:52 2026]``, syslog/kern.log's ``Nov 28 03:16:52 host kernel:``
@@ -13,9 +13,6 @@ import re
 from datetime import datetime, timedelta, timezone, tzinfo
 
 from mpsctl.observe.logtime import line_time
-
-#: the largest value a ``*_bytes`` field may hold: JSON readers and Prometheus choke beyond it
-MAX_INT = 2**63 - 1
 
 _MON = r"(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)"
 _MONTHS = {name: number for number, name in enumerate(_MON[1:-1].split("|"), 1)}
@@ -33,29 +30,6 @@ _ISO_WITH_OFFSET = re.compile(
 )
 #: how far into the line a syslog-style stamp may sit before an uptime stamp (host + program)
 _UPTIME_WITHIN = 96
-
-
-def to_int(digits: str, scale: int = 1) -> int | None:
-    """``"3558264", 1024`` -> 3643662336; None when the value does not fit in 63 bits.
-
-    A corrupted or hostile log line may carry hundreds of digits: that field becomes None and
-    the event is still reported, with the raw text kept.
-    """
-    if not digits.isdigit() or len(digits) > 19:
-        return None
-    value = int(digits) * scale
-    return value if value <= MAX_INT else None
-
-
-def size_value(number: str, scale: int) -> int | None:
-    """``"3072", 1024**2`` -> 3221225472; decimals allowed; None when it does not fit."""
-    if len(number) > 24:
-        return None
-    try:
-        value = round(float(number) * scale)
-    except (ValueError, OverflowError):
-        return None
-    return value if 0 <= value <= MAX_INT else None
 
 
 def has_time_prefix(line: str) -> bool:
@@ -164,3 +138,23 @@ def _build(
 ) -> datetime | None:
     moment = _naive(year, month, day, hour, minute, second, fraction)
     return None if moment is None else _local(moment, zone)
+
+
+_NAIVE_STAMP = re.compile(
+    r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:[.,]\d+)?(?!\d|[.,]\d|\s?(?:Z|[+-]\d\d:?\d\d))"
+)
+
+
+def time_note(line: str) -> str | None:
+    """What a line's stamp does not say, for a time read from it (None: it says it all)."""
+    if _SHORT_FULL.match(line) or _ISO_WITH_OFFSET.match(line):
+        return None
+    if _SYSLOG.match(line):
+        return "no year or zone in the log: the log file's year, this machine's local time"
+    if _DMESG_T.match(line):
+        return "no zone in the log: read as this machine's local time"
+    if _ISO_START.match(line) or _NAIVE_STAMP.search(line, 0, 96):
+        return "no zone in the log: read as this machine's local time"
+    if _UPTIME.search(line, 0, _UPTIME_WITHIN):
+        return "seconds since boot, dated with this machine's boot time"
+    return None

@@ -21,6 +21,7 @@ from mpsctl.deaths.systemd_oomd import OomdKill, find_oomd
 from mpsctl.deaths.torch_errors import (
     CpuAllocFailure,
     DeviceError,
+    MpsSizeLimit,
     NdarrayLimit,
     find_torch_errors,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "DeviceError",
     "JetsamKill",
     "KernelOomKill",
+    "MpsSizeLimit",
     "NdarrayLimit",
     "OomdKill",
     "WorkerKilled",
@@ -51,6 +53,7 @@ _NEEDLES = (
     "memory: usage", "systemd-oomd", "killed by the OOM killer", "memorystatus", "jetsam",
     "exceeded mem limit", "Worker", "WORKER TIMEOUT", "CPUAllocator", "posix_memalign",
     "CUDA error", "cuda runtime error", "NDArray", '"reason"', "cpuset=", "PID:",
+    "Invalid buffer size", "Output size of the matrix", "killing_", "for killing",
 )  # fmt: skip
 
 
@@ -62,13 +65,14 @@ DeathEvent = (
     | CpuAllocFailure
     | DeviceError
     | NdarrayLimit
+    | MpsSizeLimit
 )
 
 
 #: every ``kind`` this module reports, in the order the kinds are documented
 KINDS = (
     KernelOomKill.kind, OomdKill.kind, JetsamKill.kind, WorkerKilled.kind,
-    CpuAllocFailure.kind, DeviceError.kind, NdarrayLimit.kind,
+    CpuAllocFailure.kind, DeviceError.kind, NdarrayLimit.kind, MpsSizeLimit.kind,
 )  # fmt: skip
 
 
@@ -117,6 +121,7 @@ def find_deaths(
     found.extend(find_worker_kills(lines))
     found.extend(find_torch_errors(lines))
     found.sort(key=lambda item: item[0])
+    found = _fold_unit_notes(found)
     events: list[DeathEvent] = []
     for index, event in found:
         when = event.time
@@ -126,3 +131,34 @@ def find_deaths(
             )
         events.append(replace(event, line=index + 1, time=when))
     return events
+
+
+#: systemd writes "A process of this unit has been killed by the OOM killer" next to the
+#: kernel's report of that kill (before or after it, by journal order): within this many lines
+#: it is where the kill was seen, not another kill
+UNIT_NOTE_LINES = 400
+
+
+def _fold_unit_notes(found: list[tuple[int, DeathEvent]]) -> list[tuple[int, DeathEvent]]:
+    """systemd's notes of a kernel kill, folded into the kernel's report of it (raw kept)."""
+    kills = [i for i, (_, e) in enumerate(found) if isinstance(e, KernelOomKill)]
+    if not kills:
+        return found
+    notes: dict[int, list[str]] = {}
+    dropped: set[int] = set()
+    for position, (index, event) in enumerate(found):
+        if not (isinstance(event, OomdKill) and event.by == "kernel"):
+            continue
+        nearest = min(kills, key=lambda k: abs(found[k][0] - index))
+        if abs(found[nearest][0] - index) <= UNIT_NOTE_LINES:
+            notes.setdefault(nearest, []).append(event.raw)
+            dropped.add(position)
+    result = []
+    for position, (index, event) in enumerate(found):
+        if position in dropped:
+            continue
+        noted = event
+        if position in notes:
+            noted = replace(event, raw="\n".join([event.raw, *notes[position]]))
+        result.append((index, noted))
+    return result

@@ -21,8 +21,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mpsctl.deaths import records
 from mpsctl.deaths.allocator import NEEDLES, OomEvent, parse_oom
-from mpsctl.deaths.counting import Found, merge
+from mpsctl.deaths.counting import Found, counted, counts, merge, without_lines
 from mpsctl.deaths.first_pass import (
     ALL_NEEDLES,
     PREFILTER_NEEDLES,
@@ -48,8 +49,17 @@ CONTINUATION_LINES = 4
 CLUSTER_GAP_BYTES = 64 * 1024
 CLUSTER_GAP_LINES = 400
 CLUSTER_MAX_BYTES = 1024 * 1024
-#: a file this small that starts with "{" is a JSON report (JetsamEvent .ips): read whole
+#: a JetsamEvent report this small is read whole (its killed entries and its page size are
+#: far apart); one is known by its header line's keys, never by a first "{" alone: a
+#: JSON-lines log starts with "{" too and is scanned line by line like any log
 WHOLE_JSON_BYTES = 8 * 1024 * 1024
+_JETSAM_HEADER = re.compile(rb'^\s*\{\s*"bug_type"\s*:\s*"?298"?\s*[,}]')
+#: lines read above a cluster's first hit: systemd-oomd names the pids it is about to kill
+#: ("oomd attempting to kill N") just before its kill line
+LOOK_ABOVE_LINES = 8
+_OTHER_NEEDLES = tuple(n for n in ALL_NEEDLES if n != b"Tried to allocate")
+#: how far a jetsam report's ``processes`` entry may reach around its "rpages" key
+ENTRY_BYTES = 16 * 1024
 
 
 def scan_found(
@@ -116,8 +126,8 @@ def scan_range(
     ``hits``: the first pass's, already found (one run of the tool for many files)."""
     now = datetime.fromtimestamp(info.st_mtime, timezone.utc)  # dates syslog's yearless stamps
     if start == 0 and 0 < end <= WHOLE_JSON_BYTES:
-        head = handle.read(64).lstrip()
-        if head.startswith(b"{"):
+        handle.seek(0)
+        if _JETSAM_HEADER.match(handle.read(256)):
             handle.seek(0)
             return _whole_text(handle.read(end), now)
     if hits is None and prefilter:
@@ -177,16 +187,7 @@ def recent_events(
             found += _tail_events(path, cutoff, max_tail_bytes)
         except OSError:
             continue
-    return [item.to_json() for item in merge(found) if counts(item)]
-
-
-def counts(item: Found) -> bool:
-    """Whether a found event is a memory failure (what the probe and report count)."""
-    from mpsctl.deaths.parsers import is_memory_death
-
-    if isinstance(item.event, OomEvent):
-        return item.event.kind == "oom"
-    return is_memory_death(item.event)
+    return [without_lines(item).to_json() for item in counted(found)]
 
 
 def _tail_events(
@@ -199,7 +200,7 @@ def _tail_events(
         size = info.st_size
         start = _tail_start(handle, size, cutoff, max_tail_bytes)
         return [
-            replace(item, file=os.fsdecode(path), line=None)
+            replace(item, file=os.fsdecode(path))
             for item in scan_range(handle, path, info, start, size)
             if item.when is not None and item.when >= cutoff
         ]
@@ -245,7 +246,8 @@ class _Reader:
 def _resolve(handle: Any, size: int, hits: list[Hit], now: datetime) -> list[Found]:
     reader = _Reader(handle, size)
     found: list[Found] = []
-    cluster: list[int] = []  # [first line's offset, its newlines before, last line's end]
+    #: [first line's offset, its newlines before, last line's end, its newlines]
+    cluster: list[int] = []
     consumed_to = 0  # lines up to here belong to a message already reported
     for pos, newlines in hits:
         if pos < consumed_to:
@@ -269,7 +271,8 @@ def _resolve(handle: Any, size: int, hits: list[Hit], now: datetime) -> list[Fou
                 found += _cluster_deaths(reader, cluster, now)
                 cluster = []
             if not cluster:
-                cluster = [base + start, newlines, base + end, newlines]
+                above, back = _look_above(data, base, start, consumed_to, b'"rpages"' in line)
+                cluster = [above, newlines - back, base + end, newlines]
             cluster[2], cluster[3] = base + end, newlines
             consumed_to = base + end
             continue
@@ -277,7 +280,7 @@ def _resolve(handle: Any, size: int, hits: list[Hit], now: datetime) -> list[Fou
             event, end = _join_continuation(data, text, end, event)
         when = _record_time(data, start, text, floor=0 if base == 0 else 1)
         consumed_to = base + end
-        found.append(Found(event, None, newlines + 1, when))
+        found.append(_marked(Found(event, None, newlines + 1, when), data, start, end, text))
     if cluster:
         found += _cluster_deaths(reader, cluster, now)
     found.sort(key=lambda item: item.line or 0)
@@ -291,6 +294,8 @@ def _cluster_deaths(reader: _Reader, cluster: list[int], now: datetime) -> list[
     reader.handle.seek(first)
     data = reader.handle.read(min(last_end + FORWARD_BYTES, reader.size) - first)
     cut = last_end - first
+    if b'"rpages"' in data[:cut]:
+        cut = _entry_end(data, cut)
     for _ in range(CONTINUATION_LINES):
         if cut >= len(data):
             break
@@ -303,17 +308,74 @@ def _cluster_deaths(reader: _Reader, cluster: list[int], now: datetime) -> list[
     offsets: list[int] | None = None
     for event in find_deaths(text, now=now):
         relative = (event.line or 1) - 1
+        if offsets is None:
+            offsets = _line_offsets(data[:cut])
+        pos = first + offsets[min(relative, len(offsets) - 1)]
+        window, base = reader.around(pos)
+        start = pos - base
+        end = _line_end(window, start)
+        line_text = window[start:end].decode("utf-8", errors="replace")
         when = event.time
         if when is None:
-            if offsets is None:
-                offsets = _line_offsets(data[:cut])
-            pos = first + offsets[min(relative, len(offsets) - 1)]
-            window, base = reader.around(pos)
-            start = pos - base
-            line_text = window[start : _line_end(window, start)].decode("utf-8", errors="replace")
             when = _record_time(window, start, line_text, floor=0 if base == 0 else 1)
-        found.append(Found(event, None, first_line + relative + 1, when))
+        item = Found(event, None, first_line + relative + 1, when)
+        found.append(_marked(item, window, start, end, line_text, own=event.time is not None))
     return found
+
+
+def _marked(
+    item: Found, data: bytes, start: int, end: int, text: str, own: bool | None = None
+) -> Found:
+    """``item`` with the marks that tell its copies from new deaths (``records``)."""
+    line = item.line or 0
+    above = records.follows(data, start)
+    below = records.leads(data, end)
+    return replace(
+        item,
+        stamped=records.stamped(text) if own is None else own or records.stamped(text),
+        follows=None if above is None else line - above,
+        leads=None if below is None else line + below,
+    )
+
+
+def _look_above(data: bytes, base: int, start: int, floor: int, entry: bool) -> tuple[int, int]:
+    """Where a cluster whose first hit line starts at ``data[start]`` begins, and how many
+    lines above that line: up to ``LOOK_ABOVE_LINES`` lines (never into what an earlier
+    message or cluster already read, ``floor``), or, for a jetsam entry's "rpages" line, the
+    line that opens its JSON object."""
+    low = max(floor - base, 0)
+    if entry:
+        depth = 0
+        for index in range(start - 1, max(low, start - ENTRY_BYTES) - 1, -1):
+            char = data[index]
+            if char == 0x7D:  # "}"
+                depth += 1
+            elif char == 0x7B:  # "{"
+                if depth == 0:
+                    opening = data.rfind(b"\n", 0, index) + 1
+                    return base + opening, data.count(b"\n", opening, start)
+                depth -= 1
+    at, back = start, 0
+    while back < LOOK_ABOVE_LINES and at > low:
+        previous = data.rfind(b"\n", 0, at - 1) + 1
+        if previous < low or (previous == 0 and base > 0):
+            break  # the window's first line may be cut: do not read half a line
+        at, back = previous, back + 1
+    return base + at, back
+
+
+def _entry_end(data: bytes, cut: int) -> int:
+    """The end of the line that closes the JSON object open at ``data[cut]``."""
+    depth = 0
+    for index in range(cut, min(len(data), cut + ENTRY_BYTES)):
+        char = data[index]
+        if char == 0x7B:
+            depth += 1
+        elif char == 0x7D:
+            if depth == 0:
+                return _line_end(data, index)
+            depth -= 1
+    return cut
 
 
 def _line_offsets(data: bytes) -> list[int]:
@@ -338,7 +400,8 @@ def _join_continuation(data: bytes, text: str, end: int, event: OomEvent) -> tup
             break
         next_end = _line_end(data, pos + 1)
         line = data[pos + 1 : next_end]
-        if any(needle in line for needle in ALL_NEEDLES):
+        # a wrapped message's own tail ("Tried to allocate ...") is not another message
+        if any(needle in line for needle in _OTHER_NEEDLES):
             break
         joined += "\n" + line.decode("utf-8", errors="replace")
         attempt = parse_oom(joined)
@@ -397,6 +460,9 @@ class OomReport:
             "files": list(self.files),
             "system_logs": list(self.system_logs),
             "count": len(self.events),
+            # the events that are memory deaths, counted as every other path counts them
+            # (not an invalid watermark setting, not a SIGKILL after gunicorn's own timeout)
+            "deaths": sum(1 for item, _advice in self.events if counts(item)),
             "events": [dict(e.to_json(), advice=advice) for e, advice in self.events],
         }
 
@@ -425,16 +491,20 @@ def find_events(
     extra: Iterable[Found] = (),
     system_logs: Iterable[str] = (),
     plan: Plan | None = None,
+    recorded_here: bool = True,
 ) -> OomReport:
     """Scan each ``(label, path)``, merge copies of one failure, explain each. ``extra``:
     failures found elsewhere (the OS's kills of the service), read in ``system_logs``;
     ``high_ratio``: the service's; ``plan``: the configured service's memory plan, cited in
-    the advice.
+    the advice. ``ram_bytes`` (this machine's) is compared only with failures recorded here:
+    ``extra``, and the files when ``recorded_here`` (the service's own logs, not a log
+    brought from another machine).
 
     OSError names the file that could not be read.
     """
     files = tuple(targets)
-    found: list[Found] = list(extra)
+    extra_list = list(extra)
+    found: list[Found] = list(extra_list)
     with contextlib.ExitStack() as stack:
         opened = []
         for label, path in files:
@@ -452,6 +522,16 @@ def find_events(
     found.sort(
         key=lambda item: (item.when is None, item.when or datetime.min.replace(tzinfo=timezone.utc))
     )
-    events = tuple((item, advice_for(item, high_ratio, ram_bytes, plan)) for item in merge(found))
+    local = {item.file for item in extra_list}
+    events = tuple(
+        (
+            item,
+            advice_for(
+                item, high_ratio, ram if recorded_here or item.file in local else None, plan
+            ),
+        )
+        for item in merge(found)
+        for ram in [ram_bytes]
+    )
     labels = tuple(label for label, _ in files)
     return OomReport(utc_now_iso(), since, labels, events, tuple(system_logs))

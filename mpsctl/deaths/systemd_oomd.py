@@ -11,13 +11,23 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, ClassVar
 
-from mpsctl.deaths.line_prefix import to_int
 from mpsctl.deaths.torch_errors import json_doc
+from mpsctl.units import to_int
 
+# "Killed|Marked <cgroup> [for killing] due to ...": systemd 247-252 name the pressure or swap
+# use, 253 and later "memory used (N) / total (N) and swap used (N) / total (N) being more
+# than 90.00%". A quoted or cut line may lack the "systemd-oomd[N]: " prefix or the reason, and
+# a cgroup may be elided with "…"; a line without either prefix or reason is not oomd's.
 _OOMD_KILL = re.compile(
-    r"systemd-oomd(?:\[\d+\])?: (?P<verb>Killed|Marked) (?P<cgroup>/\S+)(?: for killing)? due to "
-    r"(?P<trigger>memory pressure|swap used)(?: for (?P<monitored>/\S+))?"
-    r"(?: being (?P<pressure>[\d.]+)% > (?P<limit>[\d.]+)%)?(?: for > (?P<duration>\w+))?"
+    r"(?P<prefix>systemd-oomd(?:\[\d+\])?: )?(?P<verb>Killed|Marked) (?P<cgroup>[/…]\S*)"
+    r"(?P<reason>(?: for killing)? due to (?P<trigger>memory pressure|swap used|memory used)"
+    r"(?: for (?P<monitored>/\S+))?"
+    r"(?: being (?P<pressure>[\d.]+)% > (?P<limit>[\d.]+)%)?(?: for > (?P<duration>\w+))?)?"
+)
+_OOMD_FIGURES = re.compile(
+    r"memory used \((?P<mu>\d+)\)(?: / total \((?P<mt>\d+)\))?"
+    r"(?: and swap used \((?P<su>\d+)\)(?: / total \((?P<st>\d+)\))?)?"
+    r"(?: being more than (?P<limit>[\d.]+)%)?"
 )
 _OOMD_ATTEMPT = re.compile(r"systemd-oomd(?:\[\d+\])?: oomd attempting to kill (\d+) with")
 _OOMD_UNIT = re.compile(r"(?:systemd\[\d+\]: )?(\S+): systemd-oomd killed (\d+) process\(es\)")
@@ -41,13 +51,18 @@ class OomdKill:
     unit: str | None = None
     units: tuple[str, ...] = ()
     monitored_cgroup: str | None = None
-    trigger: str | None = None  # "memory pressure" | "swap used"
+    trigger: str | None = None  # "memory pressure" | "swap used" | "memory used"
     pressure_percent: str | None = None  # as printed, e.g. "51.07"
     limit_percent: str | None = None
     duration: str | None = None  # e.g. "20s"
     pids: tuple[int, ...] = ()  # "oomd attempting to kill N" just before
     processes_killed: int | None = None
     marked: bool = False  # newer wording: "Marked ... for killing"
+    #: systemd 253+: the machine's memory and swap use that crossed the limit, in bytes
+    memory_used_bytes: int | None = None
+    memory_total_bytes: int | None = None
+    swap_used_bytes: int | None = None
+    swap_total_bytes: int | None = None
     line: int | None = None
     time: datetime | None = None
 
@@ -60,7 +75,7 @@ def find_oomd(lines: list[str]) -> list[tuple[int, OomdKill]]:
     attempts: list[int] = []
     last_unit_line = -2
     for index, line in enumerate(lines):
-        if "systemd-oomd" in line:
+        if "systemd-oomd" in line or " due to " in line:
             attempt = _OOMD_ATTEMPT.search(line)
             if attempt:
                 pid = to_int(attempt.group(1))
@@ -68,8 +83,10 @@ def find_oomd(lines: list[str]) -> list[tuple[int, OomdKill]]:
                     attempts.append(pid)
                 continue
             match = _OOMD_KILL.search(line)
-            if match:
+            if match and (match.group("prefix") or match.group("reason")):
                 cgroup = match.group("cgroup")
+                figures = _OOMD_FIGURES.search(line, match.end("cgroup"))
+                numbers = {} if figures is None else _figures(figures)
                 found.append(
                     (
                         index,
@@ -82,10 +99,11 @@ def find_oomd(lines: list[str]) -> list[tuple[int, OomdKill]]:
                             monitored_cgroup=match.group("monitored"),
                             trigger=match.group("trigger"),
                             pressure_percent=match.group("pressure"),
-                            limit_percent=match.group("limit"),
+                            limit_percent=match.group("limit") or numbers.pop("limit", None),
                             duration=match.group("duration"),
                             pids=tuple(attempts),
                             marked=match.group("verb") == "Marked",
+                            **numbers,
                         ),
                     )
                 )
@@ -119,6 +137,17 @@ def find_oomd(lines: list[str]) -> list[tuple[int, OomdKill]]:
                 )
             last_unit_line = index
     return found
+
+
+def _figures(match: re.Match[str]) -> dict[str, Any]:
+    names = {"mu": "memory_used_bytes", "mt": "memory_total_bytes", "su": "swap_used_bytes",
+             "st": "swap_total_bytes"}  # fmt: skip
+    values: dict[str, Any] = {
+        field: to_int(match.group(group)) for group, field in names.items() if match.group(group)
+    }
+    if match.group("limit"):
+        values["limit"] = match.group("limit")
+    return values
 
 
 def _count_oomd(

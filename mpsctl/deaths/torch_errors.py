@@ -16,6 +16,14 @@ Pure parsers, no torch: the CLI only ever sees another process's messages.
   memory is free: ``[MPSNDArray initWithDevice:descriptor:] Error: total bytes of NDArray >
   2**32`` and ``... product of dimension sizes > 2**31``. It is a failed assertion: the process
   aborts.
+* ``mps_size_limit``: the MPS backend refuses one buffer or one matmul result over its size
+  limit, as a Python exception the service can answer: ``Invalid buffer size: 19.45 GB`` (the
+  allocator's per-buffer maximum, the device's ``maxBufferLength``; newer builds print GiB) and
+  ``Output size of the matrix multiplication is larger than currently supported by the MPS
+  backend: 72250,72250, needs to be less than 2**32 elements``.
+* ``CUBLAS_STATUS_NOT_INITIALIZED when calling cublasCreate(handle)`` is a ``device_error``:
+  cuBLAS could not allocate its workspace when it started, nearly always because the GPU was
+  full.
 """
 
 from __future__ import annotations
@@ -26,15 +34,19 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any, ClassVar
 
-from mpsctl.deaths.line_prefix import to_int
+from mpsctl.units import size_value, to_int
 
 _CPU = re.compile(
     r"DefaultCPUAllocator:\s+(can't allocate memory|not enough memory):\s+you tried to"
-    r"\s+allocate\s+(?:(\d+)\s+bytes|(\S+))(?:\.\s*(?:Error code (\d+)|(Buy new RAM!)))?"
+    r"\s+allocate\s+(?:(\d+)\s+bytes|(%d\w*))(?:\.\s*(?:Error code (\d+)|(Buy new RAM!)))?"
 )
+#: the message as a string literal in source code (a diff, a patch): a quote opens right before
+#: it and closes right after, followed by the next argument or the call's end
+_LITERAL_END = re.compile(r"""["']\s*[,)+]""")
 _MEMALIGN = re.compile(r"posix_memalign\(&data, gAlignment, nbytes\) == 0\. 12 vs 0")
 _DEVICE = re.compile(
-    r"(?:CUDA error:\s+(?P<err>out of memory|CUBLAS_STATUS_ALLOC_FAILED)"
+    r"(?:CUDA error:\s+"
+    r"(?P<err>out of memory|CUBLAS_STATUS_ALLOC_FAILED|CUBLAS_STATUS_NOT_INITIALIZED)"
     r"(?:\s+when calling\s+`(?P<call>[^`]+)`)?"
     r"|cuda runtime error \((?P<code>2)\) : (?P<legacy>out of memory))"
 )
@@ -46,6 +58,17 @@ _NDARRAY = re.compile(
     r"(?:(?P<bytes>total bytes of NDArray)|(?P<dims>product of dimension sizes))"
     r" > 2\*\*(?P<exp>\d+)"
 )
+
+
+_BUFFER = re.compile(r"Invalid buffer size: (\d+(?:\.\d+)?) ?(bytes|KB|MB|GB|TB|KiB|MiB|GiB|TiB)\b")
+_MATMUL = re.compile(
+    r"Output size of the matrix multiplication is larger than currently supported by the MPS"
+    r" backend: (?P<dims>\d+(?:,\d+)*), needs to be less than 2\*\*(?P<exp>\d{1,3}) elements"
+)
+_UNIT = {
+    "bytes": 1, "KB": 1024, "KiB": 1024, "MB": 1024**2, "MiB": 1024**2,
+    "GB": 1024**3, "GiB": 1024**3, "TB": 1024**4, "TiB": 1024**4,
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -107,7 +130,27 @@ class NdarrayLimit:
         return json_doc(self)
 
 
-TorchError = CpuAllocFailure | DeviceError | NdarrayLimit
+@dataclass(frozen=True)
+class MpsSizeLimit:
+    """The MPS backend refused one buffer or one matmul result over its size limit (a
+    RuntimeError, not an abort; memory may be free)."""
+
+    kind: ClassVar[str] = "mps_size_limit"
+    backend: ClassVar[str] = "mps"
+    raw: str
+    limit: str  # "buffer_size" (one buffer over the device maximum) | "matmul_output"
+    #: the buffer asked for, as printed (two decimals: exact to the hundredth of the unit)
+    requested_bytes: int | None = None
+    dims: str | None = None  # the matmul output's dimensions, as printed ("72250,72250")
+    limit_value: int | None = None  # 2**32 elements for the matmul output
+    line: int | None = None
+    time: datetime | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return json_doc(self)
+
+
+TorchError = CpuAllocFailure | DeviceError | NdarrayLimit | MpsSizeLimit
 
 
 def json_doc(event: Any) -> dict[str, Any]:
@@ -133,10 +176,20 @@ def json_doc(event: Any) -> dict[str, Any]:
     return doc
 
 
+def _is_literal(line: str, match: re.Match[str]) -> bool:
+    """Is this the message's text in source code rather than a failure's report?"""
+    if match.group(2) is not None:  # a failure names the bytes; a format string cannot
+        return False
+    start = match.start()
+    return start > 0 and line[start - 1] in "\"'" and bool(_LITERAL_END.match(line, match.end()))
+
+
 def parse_torch_error(line: str) -> TorchError | None:
     """The memory failure one line reports, or None. Never raises, whatever the line."""
     if "CPUAllocator" in line:
         match = _CPU.search(line)
+        if match and _is_literal(line, match):
+            match = None
         if match:
             return CpuAllocFailure(
                 raw=line.rstrip(),
@@ -157,6 +210,23 @@ def parse_torch_error(line: str) -> TorchError | None:
                 exception=None if exception is None else exception.group(1),
                 call=match.group("call"),
                 legacy_code=2 if match.group("code") else None,
+            )
+    if "Invalid buffer size" in line:
+        match = _BUFFER.search(line)
+        if match:
+            return MpsSizeLimit(
+                raw=line.rstrip(),
+                limit="buffer_size",
+                requested_bytes=size_value(match.group(1), _UNIT[match.group(2)]),
+            )
+    if "Output size of the matrix" in line:
+        match = _MATMUL.search(line)
+        if match:
+            return MpsSizeLimit(
+                raw=line.rstrip(),
+                limit="matmul_output",
+                dims=match.group("dims")[:64],
+                limit_value=2 ** int(match.group("exp")),
             )
     if "NDArray" in line:
         match = _NDARRAY.search(line)

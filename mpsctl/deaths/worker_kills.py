@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar
 
-from mpsctl.deaths.line_prefix import to_int
 from mpsctl.deaths.torch_errors import json_doc
+from mpsctl.units import to_int
 
 # gunicorn's arbiter, when it reaps a worker. "was sent SIGKILL! Perhaps out of memory?" (and
 # "terminated due to signal 9") is printed for any SIGKILL, gunicorn's own included: after a

@@ -57,7 +57,7 @@ def after_probe(
                 "*.prom files"
             )
         try:
-            write_textfile(prometheus, result)
+            write_textfile(prometheus, result, settings.home)
         except MpsctlError as exc:
             warn(f"--prometheus: {exc}")
     url, command = alert_url or settings.alerts.url, alert_cmd or settings.alerts.command

@@ -32,10 +32,11 @@ from urllib.parse import urlsplit
 
 from mpsctl import __version__
 from mpsctl.errors import ProbeExit
+from mpsctl.masking import mask_url
 from mpsctl.monitor.history import history_record
 from mpsctl.probe import ProbeResult
 from mpsctl.settings import Settings
-from mpsctl.storage import atomic_write
+from mpsctl.storage import atomic_write, open_state_file, read_regular
 
 SCHEMA = "mpsctl.alert/1"
 STATE_NAME = "alert_state.json"
@@ -98,7 +99,7 @@ def state_path(home: Path) -> Path:
 def read_state(home: Path) -> dict[str, dict[str, Any]]:
     """target key -> {"verdict", "time"}; an unreadable file is an empty state (alert again)."""
     try:
-        data = json.loads(state_path(home).read_text(encoding="utf-8"))
+        data = json.loads(read_regular(state_path(home), follow=False))
     except (OSError, ValueError):
         return {}
     targets = data.get("targets") if isinstance(data, dict) else None
@@ -155,7 +156,7 @@ def post_json(
     scheme = urlsplit(url).scheme
     if scheme not in ("http", "https"):
         # urllib would also open file:// and ftp:// URLs: an alert target is a web hook
-        return False, f"not an http(s) URL: {url!r}"
+        return False, f"not an http(s) URL: {mask_url(url)!r}"
     body = json.dumps(document, ensure_ascii=False).encode("utf-8")
     detail = ""
     for attempt in range(retries + 1):
@@ -269,7 +270,7 @@ def notify_on_change(
 @contextmanager
 def _state_lock(home: Path) -> Iterator[None]:
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(home / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+    fd = open_state_file(home / LOCK_NAME, os.O_RDWR)
     try:
         # blocking: the holder is another probe delivering, bounded by the delivery timeouts
         fcntl.flock(fd, fcntl.LOCK_EX)

@@ -1,44 +1,43 @@
-"""``mpsctl cron``: the crontab block, launchd plists or systemd user units that run mpsctl.
+"""``mpsctl cron``: the schedule that runs mpsctl, and its crontab block.
 
-Printed, never installed: the operator reads it, then pastes it into ``crontab -e`` or saves
-it under ``~/Library/LaunchAgents`` or ``~/.config/systemd/user``. The plist and the unit
-for the service itself run ``mpsctl start --foreground`` and bring a crashed service back
-within seconds; the probe and watchdog jobs handle a hung or unhealthy one. Everything is
-absolute (cron starts in ``$HOME`` with a bare PATH): this interpreter with ``-m mpsctl``,
-the settings file, ``MPSCTL_HOME``, and the ``MPSCTL_*`` settings of this shell, which cron
-would not see otherwise. The bearer token never goes into the block.
+Printed, never installed: the operator reads it, then pastes it into ``crontab -e`` (or saves
+the units of ``systemd_units`` / the plists of ``launchd_plists``). Everything is absolute
+(cron starts in ``$HOME`` with a bare PATH): this interpreter with ``-m mpsctl``, the
+settings file, ``MPSCTL_HOME``, and the ``MPSCTL_*`` settings of this shell, which cron would
+not see otherwise. No secret is ever written into a generated file: not the token, not a
+variable whose name looks like a secret, not the env_file's values (units point at the file
+with ``EnvironmentFile=``; ``start --foreground`` reads it itself). Values are written by
+each format's own rules (``unit_text``); a control character is refused.
 """
 
 from __future__ import annotations
 
 import os
-import plistlib
-import shlex
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from mpsctl.control.supervisor import (
-    LABEL_PREFIX,
-    launchd_label,
-    systemd_unit_name,
-)
+from mpsctl.control.supervisor import launchd_label, systemd_unit_name
+from mpsctl.errors import ConfigError
+from mpsctl.monitor.unit_text import cron_word, refuse_control
 from mpsctl.paths import ensure_home, home_dir
-from mpsctl.service_env import service_env
 from mpsctl.settings import Settings
-from mpsctl.settings_schema import env_name
+from mpsctl.settings_schema import ENV_KEYS, env_name
+from mpsctl.settings_services import start_order
 
 #: seconds before the service manager starts a crashed service again
 RESTART_SEC = 5
 #: settings carried from this shell; secrets (the token) never are
 _SECRET_ENV = {"MPSCTL_TOKEN"}
+#: the port the exporter's unit and plist serve /metrics on (``mpsctl exporter``'s default)
+EXPORTER_PORT = 9808
 
 
 @dataclass(frozen=True)
 class Job:
     name: str  # "probe" | "fix"
-    minutes: int
+    minutes: int  # 0: not scheduled, runs until stopped (the exporter)
     argv: tuple[str, ...]  # mpsctl's own argv, after the interpreter
     comment: str
     ok_codes: tuple[int, ...] = ()  # exit codes the scheduler should treat as success
@@ -49,12 +48,17 @@ class ServiceUnit:
     """How a service manager runs the service itself: ``mpsctl start --foreground``."""
 
     argv: tuple[str, ...]  # absolute mpsctl (or this python -m mpsctl), then its own argv
-    env: dict[str, str]  # the jobs' env and the memory settings the service starts with
+    env: dict[str, str]  # the jobs' env (start --foreground builds the service's own)
     workdir: Path
     log: Path
     stop_timeout: float
+    start_timeout: float
     systemd_name: str
     launchd_label: str
+    #: the operator's env_file (a unit's EnvironmentFile=), checked private (0600)
+    env_file: Path | None = None
+    #: [serve] memory_limit in bytes: the unit's MemoryMax= (None: no limit)
+    memory_limit: int | None = None
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,7 @@ class Schedule:
     notes: tuple[str, ...]
     service: ServiceUnit | None = None
     mpsctl: tuple[str, ...] = ()  # how a unit runs mpsctl: its script, or python -m mpsctl
+    exporter: Job | None = None  # ``mpsctl exporter``, for a unit or an agent of its own
 
     def mpsctl_argv(self, *argv: str) -> list[str]:
         return [*(self.mpsctl or (self.python, "-m", "mpsctl")), *argv]
@@ -81,9 +86,9 @@ def carried_env(settings: Settings, environ: Mapping[str, str]) -> dict[str, str
     # /usr/sbin: sysctl lives there on macOS, and the probe reads swap and pressure with it
     env["PATH"] = os.pathsep.join(dict.fromkeys([bindir, *system]))
     secret = _SECRET_ENV | {settings.service.token_env or ""}
-    prefixes = tuple(env_name(section) + "_" for section in settings.as_dict())
     for name in sorted(environ):
-        if name.startswith(prefixes) and name not in secret:
+        # only the settings' own variables: a name is written into the files as it is
+        if name in ENV_KEYS and name not in secret:
             env[name] = environ[name]
     workdir = env_name("service.workdir")
     if workdir in env:  # relative to this shell's cwd; cron starts in $HOME
@@ -137,25 +142,69 @@ def build_schedule(
             fix_minutes,
             (*base, "fix", "--if-unhealthy"),
             "watchdog: restarts only for fix.restart_on; 75 = another mpsctl run holds the "
-            "lock; 69 = gave up (restart budget spent, alert sent)",
+            "lock (success); 69 = gave up (restart budget spent, alert sent), kept as 69",
             ok_codes=(75,),
         ),
     )
     log = home_dir(env) / "cron.log"
     mpsctl = mpsctl_command()
-    # the memory settings exactly as `start` applies them (inherited values dropped), so
-    # the unit shows what the service gets; PATH and MPSCTL_HOME are the jobs'
-    unit_env = {**service_env(settings, base={}), **env}
+    if settings.members:
+        return Schedule(sys.executable, env, _per_service(jobs, base, settings), log,
+                        tuple(notes), None, mpsctl)  # fmt: skip
+    # Only what mpsctl itself needs: `start --foreground` builds the service's environment
+    # from the settings and the env_file at every start, so nothing copied here goes stale
+    # and no secret of the env_file is written into a unit or a plist.
     service = ServiceUnit(
         argv=(*mpsctl, *base, "start", "--foreground"),
-        env=unit_env,
+        env=env,
         workdir=settings.service.workdir,
         log=settings.service.log_file,
         stop_timeout=settings.service.stop_timeout,
+        start_timeout=settings.service.start_timeout,
         systemd_name=systemd_unit_name(settings),
         launchd_label=launchd_label(settings),
+        env_file=private_env_file(settings.service.env_file),
+        # [serve] is the reference service's: an operator's own service has no such limit
+        memory_limit=settings.serve.memory_limit if settings.reference_service else None,
     )
-    return Schedule(sys.executable, env, jobs, log, tuple(notes), service, mpsctl)
+    exporter = Job(
+        "exporter",
+        0,
+        (*base, "exporter", "--host", "127.0.0.1", "--port", str(EXPORTER_PORT)),
+        "exporter: the probe's figures on /metrics",
+    )
+    return Schedule(sys.executable, env, jobs, log, tuple(notes), service, mpsctl, exporter)
+
+
+def private_env_file(path: Path | None) -> Path | None:
+    """``path`` when only its owner can read it: it holds the service's secrets, and a unit
+    names it (``EnvironmentFile=``) instead of copying them."""
+    if path is None:
+        return None
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise ConfigError(f"service.env_file {path}: cannot read: {exc.strerror}") from None
+    if mode & 0o077:
+        raise ConfigError(
+            f"service.env_file {path} is readable by others (mode {mode & 0o777:04o}): "
+            f"it holds secrets; run chmod 600 {path}"
+        )
+    return path.resolve()
+
+
+def _per_service(jobs: tuple[Job, ...], base: list[str], settings: Settings) -> tuple[Job, ...]:
+    """Several services: the one probe job (it probes every service and the host's sum,
+    and records each one's history), then one watchdog job per service, in start order:
+    each has its own lock, restart budget and alerts, so one giving up stops no other."""
+    probe, fix = jobs
+    watchdogs = tuple(
+        replace(fix, name=f"fix-{m.service.name}",
+                argv=(*base, "fix", m.service.name, "--if-unhealthy"),
+                comment=f"watchdog of {m.service.name}: {fix.comment.split(': ', 1)[1]}")
+        for m in start_order(settings.members)
+    )  # fmt: skip
+    return (probe, *watchdogs)
 
 
 def mpsctl_command() -> tuple[str, ...]:
@@ -170,169 +219,52 @@ def _minutes(every: int) -> str:
     return "*" if every == 1 else f"*/{every}"
 
 
-def _cron_quote(word: str) -> str:
-    # cron turns an unescaped % into a newline: escape it after shell quoting
-    return shlex.quote(word).replace("%", "\\%")
+def checked(schedule: Schedule, where: str) -> Schedule:
+    """``schedule`` when every value it writes fits in a file; ConfigError naming the first
+    that does not (a line break in a value would start a line of its own)."""
+    for key, value in schedule.env.items():
+        refuse_control(key, value, where)
+    refuse_control("the Python interpreter's path", schedule.python, where)
+    refuse_control("MPSCTL_HOME", str(schedule.log), where)
+    for job in (*schedule.jobs, *([schedule.exporter] if schedule.exporter else [])):
+        option = "the command line"
+        for word in job.argv:
+            if word.startswith("--"):
+                option = word
+            refuse_control(option, word, where)
+    for note in schedule.notes:
+        refuse_control("a note", note, where)
+    unit = schedule.service
+    if unit is not None:
+        refuse_control("service.workdir", str(unit.workdir), where)
+        refuse_control("service.log_file", str(unit.log), where)
+        refuse_control("service.name", unit.launchd_label, where)
+        if unit.env_file is not None:
+            refuse_control("service.env_file", str(unit.env_file), where)
+    return schedule
 
 
 def prepare_home(schedule: Schedule) -> None:
-    """Create MPSCTL_HOME now: the shell opens the ``2>>cron.log`` redirection before mpsctl
-    runs, and fails (the job never starts) when the directory does not exist yet."""
+    """Create MPSCTL_HOME now, so that the first run's ``--error-log`` finds its directory."""
     ensure_home(schedule.env)
 
 
 def crontab_text(schedule: Schedule) -> str:
-    env = " ".join(f"{k}={_cron_quote(v)}" for k, v in schedule.env.items())
-    log = _cron_quote(str(schedule.log))
+    checked(schedule, "a crontab line")
+    env = " ".join(f"{k}={cron_word(v)}" for k, v in schedule.env.items())
     lines = [
         "# mpsctl: generated by `mpsctl cron`; install with `crontab -e` (printed, not installed).",
-        "# stdout is discarded (history and alerts carry the results); errors go to the log.",
+        "# stdout is discarded (history and alerts carry the results); errors go to the log",
+        "# (or to cron's mail and syslog when it cannot be opened).",
     ]
     lines += [f"# note: {note}" for note in schedule.notes]
     for job in schedule.jobs:
-        words = " ".join(_cron_quote(w) for w in (schedule.python, "-m", "mpsctl", *job.argv))
-        command = f"{env} {words} >/dev/null 2>>{log}"
-        for code in job.ok_codes:
-            command += f" || [ $? -eq {code} ]"
+        argv = (schedule.python, "-m", "mpsctl", "--error-log", str(schedule.log), *job.argv)
+        words = " ".join(cron_word(w) for w in argv)
+        command = f"{env} {words} >/dev/null"
+        if job.ok_codes:
+            # those codes become 0; every other status (69: gave up) stays what mpsctl said
+            codes = " ] || [ $rc -eq ".join(str(c) for c in job.ok_codes)
+            command += f" || {{ rc=$?; [ $rc -eq {codes} ] || exit $rc; }}"
         lines += [f"# {job.comment}", f"{_minutes(job.minutes)} * * * * {command}"]
     return "\n".join(lines) + "\n"
-
-
-def launchd_plist(schedule: Schedule, job: Job) -> str:
-    log_dir = schedule.log.parent
-    document = {
-        "Label": f"{LABEL_PREFIX}.{job.name}",
-        "ProgramArguments": [schedule.python, "-m", "mpsctl", *job.argv],
-        "EnvironmentVariables": schedule.env,
-        "StartInterval": job.minutes * 60,
-        "RunAtLoad": True,
-        "StandardOutPath": "/dev/null",
-        "StandardErrorPath": str(log_dir / f"launchd-{job.name}.log"),
-        "ProcessType": "Background",
-    }
-    return plistlib.dumps(document, sort_keys=False).decode("utf-8").rstrip("\n") + "\n"
-
-
-def launchd_path(job: Job) -> str:
-    return f"~/Library/LaunchAgents/{LABEL_PREFIX}.{job.name}.plist"
-
-
-def launchd_service_plist(schedule: Schedule) -> str:
-    """The agent for the service itself: launchd restarts it when it exits unsuccessfully."""
-    unit = _service(schedule)
-    document = {
-        "Label": unit.launchd_label,
-        "ProgramArguments": list(unit.argv),
-        "EnvironmentVariables": unit.env,
-        "WorkingDirectory": str(unit.workdir),
-        "RunAtLoad": True,
-        # a crash (or an OOM kill) brings it back; `launchctl bootout` or a clean exit does not
-        "KeepAlive": {"SuccessfulExit": False},
-        "ThrottleInterval": RESTART_SEC * 2,
-        "ExitTimeOut": max(1, round(unit.stop_timeout)),
-        "StandardOutPath": str(unit.log),
-        "StandardErrorPath": str(unit.log),
-        "ProcessType": "Interactive",
-    }
-    return plistlib.dumps(document, sort_keys=False).decode("utf-8").rstrip("\n") + "\n"
-
-
-def _service(schedule: Schedule) -> ServiceUnit:
-    if schedule.service is None:
-        raise ValueError("this schedule has no service unit")
-    return schedule.service
-
-
-# --------------------------------------------------------------------------- systemd
-def _systemd_word(word: str) -> str:
-    """One ExecStart= word: quoted when needed, ``%`` and ``$`` doubled (no expansion)."""
-    text = word.replace("%", "%%").replace("$", "$$")
-    if text and not any(c in text for c in " \t\"'\\;"):
-        return text
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _systemd_env(env: dict[str, str]) -> list[str]:
-    # one assignment a line: a value may hold spaces; specifiers (%) are expanded here too
-    lines = []
-    for key, value in env.items():
-        text = f"{key}={value}".replace("%", "%%").replace("\\", "\\\\").replace('"', '\\"')
-        lines.append(f'Environment="{text}"')
-    return lines
-
-
-def _exec(argv: list[str] | tuple[str, ...]) -> str:
-    return "ExecStart=" + " ".join(_systemd_word(w) for w in argv)
-
-
-def systemd_units(schedule: Schedule) -> dict[str, str]:
-    """File name -> text: the service's unit, and a timer + oneshot service per job."""
-    unit = _service(schedule)
-    base = unit.systemd_name.removesuffix(".service")
-    units: dict[str, str] = {}
-    service_lines = [
-        "[Unit]",
-        f"Description=mpsctl: model-serving service ({base})",
-        "",
-        "[Service]",
-        # --foreground execs the service: systemd's main PID is the service itself, its
-        # SIGTERM reaches it directly and its exit status is the unit's
-        "Type=exec",
-        _exec(unit.argv),
-        f"WorkingDirectory={_systemd_word(str(unit.workdir))}",
-        *_systemd_env(unit.env),
-        # the log file, not only the journal: `mpsctl logs` and the probe's OOM scan read it
-        "StandardOutput=append:" + str(unit.log).replace("%", "%%"),
-        "StandardError=inherit",
-        "Restart=on-failure",
-        f"RestartSec={RESTART_SEC}",
-        f"TimeoutStopSec={max(1, round(unit.stop_timeout))}",
-        "",
-        "[Install]",
-        "WantedBy=default.target",
-    ]
-    units[unit.systemd_name] = "\n".join(service_lines) + "\n"
-    for job in schedule.jobs:
-        name = f"{base}-{job.name}"
-        lines = [
-            "[Unit]",
-            f"Description=mpsctl {job.comment}",
-            "",
-            "[Service]",
-            "Type=oneshot",
-            _exec(schedule.mpsctl_argv(*job.argv)),
-            *_systemd_env(schedule.env),
-        ]
-        if job.name == "probe":
-            # the probe's exit status is its verdict (1 WARNING, 2 CRITICAL, 3 UNKNOWN),
-            # not a failure of the job
-            lines.append("SuccessExitStatus=1 2 3")
-        elif job.ok_codes:
-            lines.append("SuccessExitStatus=" + " ".join(str(c) for c in job.ok_codes))
-        units[f"{name}.service"] = "\n".join(lines) + "\n"
-        timer = [
-            "[Unit]",
-            f"Description=mpsctl {job.name} every {job.minutes} min ({base})",
-            "",
-            "[Timer]",
-            f"OnCalendar=*:0/{job.minutes}",
-            "AccuracySec=1s",
-            f"Unit={name}.service",
-            "",
-            "[Install]",
-            "WantedBy=timers.target",
-        ]
-        units[f"{name}.timer"] = "\n".join(timer) + "\n"
-    return units
-
-
-def systemd_install_commands(units: dict[str, str]) -> list[str]:
-    """The shell lines that install ``units`` (the timers, and the service's own unit)."""
-    enable = [n for n in units if n.endswith(".timer")]
-    enable += [n for n in units if n.endswith(".service") and f"{n[:-8]}.timer" not in units]
-    return [
-        "mkdir -p ~/.config/systemd/user",
-        "# save each unit below as ~/.config/systemd/user/NAME (NAME: its '# file:' line)",
-        "systemctl --user daemon-reload && systemctl --user enable --now " + " ".join(enable),
-        'loginctl enable-linger "$USER"  # keep them running after logout',
-    ]

@@ -12,6 +12,7 @@ was unknown: a report must not average a missing reading as 0.
 from __future__ import annotations
 
 import json
+import os
 import re
 import stat
 from collections.abc import Callable, Iterator
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from mpsctl.probe import ProbeResult, service_footprint_bytes, service_rss_bytes
-from mpsctl.storage import append_line
+from mpsctl.storage import append_line, bounded_lines, open_regular
 from mpsctl.units import parse_time
 
 SCHEMA = "mpsctl.history/1"
@@ -29,6 +30,8 @@ HISTORY_DIR = "history"
 _DAY_FILE = re.compile(r"probe-(\d{4}-\d{2}-\d{2})\.jsonl")
 #: OOM event times kept per record: enough to count distinct events, bounded if a log explodes
 MAX_OOM_TIMES = 20
+#: a probe record is a few KiB; a longer line is not one of ours
+MAX_RECORD_BYTES = 1024 * 1024
 
 
 def history_dir(home: Path) -> Path:
@@ -55,7 +58,8 @@ def history_record(result: ProbeResult, *, source: str = "probe") -> dict[str, A
     swap_pct = None
     if host is not None and host.swap_total_bytes:
         swap_pct = round(100.0 * host.swap_used_bytes / host.swap_total_bytes, 1)
-    oom_times = sorted({str(e["time"]) for e in result.oom_events or () if e.get("time")})
+    # one entry per event: two deaths in the same second are two
+    oom_times = sorted(str(e["time"]) for e in result.oom_events or () if e.get("time"))
     return {
         "schema": SCHEMA,
         "time": result.time,
@@ -153,13 +157,15 @@ def day_files(home: Path) -> list[tuple[Path, date]]:
 
 
 def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    """Every JSON object line of ``path``; a torn or hand-edited line is skipped, not fatal."""
+    """Every JSON object line of ``path``; a torn or hand-edited line is skipped, not fatal,
+    and so is a line past ``MAX_RECORD_BYTES`` (never held whole) and a path that is not a
+    regular file (a FIFO would hang ``report``)."""
     try:
-        handle = path.open(encoding="utf-8", errors="replace")
-    except (FileNotFoundError, IsADirectoryError):
+        handle = os.fdopen(open_regular(path, follow=False), "rb")
+    except OSError:
         return
     with handle:
-        for line in handle:
+        for line in bounded_lines(handle, MAX_RECORD_BYTES):
             try:
                 record = json.loads(line)
             except ValueError:

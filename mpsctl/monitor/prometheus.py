@@ -1,6 +1,7 @@
 """Probe figures as Prometheus gauges: a textfile-collector file, or a /metrics endpoint.
 
-One list of samples (:func:`probe_samples`) feeds both. A figure the probe could not
+One list of samples (:func:`all_samples`) feeds both, so a rule that works on the exporter
+works on the textfile too. A figure the probe could not
 measure is left out, never written as 0: a 0 would read as "the service uses no memory"
 and silence every alert rule built on it. ``prometheus_client`` is the optional ``metrics``
 extra and is imported inside the functions that need it.
@@ -17,14 +18,14 @@ from typing import Any
 
 from mpsctl.control.audit import fix_history_path, read_records
 from mpsctl.errors import MpsctlError
-from mpsctl.monitor.history import oom_count
+from mpsctl.observe.host import PRESSURE_LEVELS
 from mpsctl.probe import ProbeResult, service_footprint_bytes, service_rss_bytes
 from mpsctl.units import parse_time
 
 MISSING = "Prometheus output needs prometheus_client: pip install 'mpsctl[metrics]'"
 
-#: macOS's memory pressure level as a number an alert rule can compare
-PRESSURE_VALUES = {"normal": 0, "warn": 1, "critical": 2}
+#: memory pressure (macOS's own level, Linux's PSI on that scale) as a number a rule compares
+PRESSURE_VALUES = PRESSURE_LEVELS
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,8 @@ def probe_samples(result: ProbeResult) -> list[Sample]:
         add("host_swap_used_bytes", "Swap used.", host.swap_used_bytes)
         add(
             "host_memory_pressure_level",
-            "macOS memory pressure: 0 normal, 1 warn, 2 critical.",
+            "Memory pressure: 0 normal, 1 warn, 2 critical (macOS's level; Linux: PSI, "
+            "see docs/monitoring.md).",
             PRESSURE_VALUES.get(host.pressure or ""),
         )
     snap = result.service
@@ -117,12 +119,27 @@ def probe_samples(result: ProbeResult) -> list[Sample]:
         add("health_ok", "1 when the health endpoint answered OK.", int(health.ok))
         latency = None if health.latency_ms is None else health.latency_ms / 1000
         add("health_latency_seconds", "Health request latency.", latency)
-    add(
-        "oom_events",
-        "Out-of-memory events in the service logs in the last hour.",
-        oom_count(result),
-    )
+    add("probe_duration_seconds", "Seconds the probe took.", result.duration_s)
+    for kind, total in sorted((result.oom_totals or {}).items()):
+        out.append(
+            Sample(
+                "mpsctl_oom_events",
+                "Memory failures found in the service logs since the first probe, by kind "
+                "(see docs/monitoring.md; deleting MPSCTL_HOME/oom_totals.json resets it).",
+                total,
+                {**base, "kind": kind},
+                "counter",
+            )
+        )
     return out
+
+
+def all_samples(result: ProbeResult, home: Path | None) -> list[Sample]:
+    """The probe's samples and, with ``home``, the watchdog's counters from its fix history."""
+    samples = probe_samples(result)
+    if home is not None:
+        samples += watchdog_samples(home, result.service_name)
+    return samples
 
 
 def watchdog_samples(home: Path, service: str) -> list[Sample]:
@@ -200,8 +217,9 @@ def _require_client() -> None:
         raise MpsctlError(MISSING) from None
 
 
-def write_textfile(path: Path, result: ProbeResult) -> None:
-    """Write the probe's gauges to ``path`` for node_exporter's textfile collector.
+def write_textfile(path: Path, result: ProbeResult, home: Path | None = None) -> None:
+    """Write the probe's samples (:func:`all_samples`) to ``path`` for node_exporter's
+    textfile collector.
 
     ``write_to_textfile`` writes a temporary file and renames it over ``path``, so the
     collector never reads half a file.
@@ -210,7 +228,7 @@ def write_textfile(path: Path, result: ProbeResult) -> None:
     from prometheus_client import CollectorRegistry, write_to_textfile
 
     registry = CollectorRegistry(auto_describe=False)
-    samples = probe_samples(result)
+    samples = all_samples(result, home)
     registry.register(ProbeCollector(lambda: samples))
     try:
         write_to_textfile(str(path), registry)
@@ -246,20 +264,8 @@ class CachedProbe:
             now = self._clock()
             if self._last is not None and now - self._last[0] < self._min_interval:
                 return self._last[1]
-            started = time.perf_counter()
-            result = self._probe()
-            samples = probe_samples(result)
-            if self._home is not None:
-                samples += watchdog_samples(self._home, result.service_name)
+            samples = all_samples(self._probe(), self._home)
             self.probes += 1
-            samples.append(
-                Sample(
-                    "mpsctl_probe_duration_seconds",
-                    "Seconds the probe behind this scrape took.",
-                    round(time.perf_counter() - started, 6),
-                    dict(samples[0].labels) if samples else {},
-                )
-            )
             self._last = (now, samples)
             return samples
 
@@ -290,15 +296,57 @@ def start_exporter(
     With ``home``, the watchdog's counters from that MPSCTL_HOME's fix history are served too.
     """
     _require_client()
-    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client import CollectorRegistry
+
+    from mpsctl.monitor.exporter_server import start_bounded_server
 
     cache = CachedProbe(probe, min_interval, home=home)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ProbeCollector(cache.samples))
+    try:
+        server, thread = start_bounded_server(host, port, registry)
+    except OSError as exc:
+        raise MpsctlError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    bound = server.server_address[1]
+    shown = f"[{host}]" if ":" in host else host
+    return Exporter(f"http://{shown}:{bound}/metrics", server, thread, cache)
+
+
+def write_services_textfile(path: Path, results: list[ProbeResult]) -> None:
+    """:func:`write_textfile` for several services: every service's gauges in one file,
+    each labelled ``service="NAME"`` (one metric family per name, as the format requires)."""
+    _require_client()
+    from prometheus_client import CollectorRegistry, write_to_textfile
+
+    registry = CollectorRegistry(auto_describe=False)
+    samples = [sample for result in results for sample in probe_samples(result)]
+    registry.register(ProbeCollector(lambda: samples))
+    try:
+        write_to_textfile(str(path), registry)
+    except OSError as exc:
+        raise MpsctlError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def start_services_exporter(
+    probes: list[tuple[Callable[[], ProbeResult], Path]],
+    host: str,
+    port: int,
+    *,
+    min_interval: float = 1.0,
+) -> Exporter:
+    """:func:`start_exporter` for several services: each scrape serves every service's
+    (cached) probe and watchdog counters, labelled ``service="NAME"``, in one family per
+    metric name."""
+    _require_client()
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    caches = [CachedProbe(probe, min_interval, home=home) for probe, home in probes]
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ProbeCollector(lambda: [s for c in caches for s in c.samples()]))
     try:
         server, thread = start_http_server(port, addr=host, registry=registry)
     except OSError as exc:
         raise MpsctlError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     bound = server.server_address[1]
     shown = f"[{host}]" if ":" in host else host
-    return Exporter(f"http://{shown}:{bound}/metrics", server, thread, cache)
+    return Exporter(f"http://{shown}:{bound}/metrics", server, thread, caches[0])

@@ -147,10 +147,11 @@ def count_oom_events(records: list[dict[str, Any]]) -> int:
     """Distinct OOM events seen by the probes.
 
     Each probe counts the events of the last hour, so consecutive records repeat them. With
-    event times (``oom_times``) the distinct times are counted; for records without them,
-    only increases of the windowed count are added.
+    event times (``oom_times``, one per event) each time counts as often as one probe saw it
+    (two deaths in one second are two); for records without them, only increases of the
+    windowed count are added.
     """
-    times: set[str] = set()
+    times: Counter[str] = Counter()  # deaths per stamp: the most any one probe saw
     untimed = 0
     previous = 0
     for record in records:
@@ -161,11 +162,12 @@ def count_oom_events(records: list[dict[str, Any]]) -> int:
             continue
         stamps = record.get("oom_times")
         stamps = [s for s in stamps if isinstance(s, str)] if isinstance(stamps, list) else []
-        times.update(stamps)
+        for stamp, seen in Counter(stamps).items():
+            times[stamp] = max(times[stamp], seen)
         unnamed = max(0, count - len(stamps))
         untimed += max(0, unnamed - previous)
         previous = unnamed
-    return len(times) + untimed
+    return sum(times.values()) + untimed
 
 
 def read_restarts(

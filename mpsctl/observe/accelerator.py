@@ -160,6 +160,28 @@ def from_nvml(pids: Iterable[int]) -> AcceleratorFigures | None:
             pynvml.nvmlShutdown()
 
 
+def nvml_total_bytes() -> int | None:
+    """GPU 0's total memory from NVML (what a plan for this machine's GPU is held to when
+    no service reports its own limit); None when NVML is absent or silent."""
+    try:
+        import pynvml
+    except ImportError:
+        return None
+    try:
+        pynvml.nvmlInit()
+    except Exception:  # no driver, no GPU: NVML raises its own error types
+        return None
+    try:
+        if pynvml.nvmlDeviceGetCount() < 1:
+            return None
+        return int(pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(0)).total)
+    except Exception:
+        return None
+    finally:
+        with contextlib.suppress(Exception):
+            pynvml.nvmlShutdown()
+
+
 def accelerator_figures(report: dict[str, Any] | None, pids: Iterable[int]) -> AcceleratorFigures:
     if report is not None:
         return from_memory_report(report)

@@ -24,6 +24,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import psutil
@@ -42,6 +43,10 @@ VM_STAT = ["vm_stat"]
 SWAPUSAGE = ["sysctl", "vm.swapusage"]
 PRESSURE_LEVEL = ["sysctl", "kern.memorystatus_vm_pressure_level"]
 TOP = ["top", "-l", "1", "-n", "0"]
+
+#: the pressure level as a number (Prometheus's gauge, the perfdata): macOS's own names,
+#: and Linux's PSI put on the same scale (``parse_psi_memory``)
+PRESSURE_LEVELS = {"normal": 0, "warn": 1, "critical": 2}
 
 JSON_KEYS = (
     "total_bytes",
@@ -85,7 +90,8 @@ class HostMemory:
     macOS when it answers, else psutil. ``wired_bytes`` and ``compressed_bytes`` are
     known on macOS only (``vm_stat``, else top's rounded figures); ``compressed_bytes``
     is physical memory the compressor occupies. ``pressure`` is macOS's own verdict
-    (``normal``/``warn``/``critical``). ``physmem`` is top's ``PhysMem`` line in bytes
+    (``normal``/``warn``/``critical``), or Linux's PSI on that scale (``parse_psi_memory``).
+    ``physmem`` is top's ``PhysMem`` line in bytes
     (``used_bytes``, ``wired_bytes``, ``compressor_bytes``, ``unused_bytes``).
     ``sources`` names where each figure came from; ``notes`` say why one is missing.
     """
@@ -135,9 +141,93 @@ def _observe(
         return None
 
 
-def host_memory(runner: CommandRunner | None = None, *, platform: str | None = None) -> HostMemory:
+# --------------------------------------------------------------------------- Linux PSI
+#: Linux memory pressure (PSI, ``/proc/pressure/memory``) on macOS's three-level scale.
+#:
+#: The kernel's pressure stall information (Documentation/accounting/psi.rst) says what share
+#: of the last 10, 60 and 300 seconds tasks spent waiting for memory: ``some`` (at least one
+#: task stalled) and ``full`` (all non-idle tasks stalled at once, no work done)::
+#:
+#:     some avg10=0.00 avg60=0.00 avg300=0.00 total=0
+#:     full avg10=0.00 avg60=0.00 avg300=0.00 total=0
+#:
+#: macOS's own verdict (``kern.memorystatus_vm_pressure_level``) is ``normal``, ``warn`` (the
+#: kernel compresses and swaps to keep up) or ``critical`` (jetsam kills processes). The same
+#: meanings on Linux:
+#:
+#: - ``critical``: ``full`` avg10 at least 60 %: the point where systemd-oomd's defaults act
+#:   (``DefaultMemoryPressureLimit=60%``, oomd.conf(5)); the machine gets almost no work done.
+#: - ``warn``: ``some`` avg10 at least 10 %, or ``full`` avg10 at least 5 %: tasks lose a
+#:   noticeable share of their time to reclaim and swap-in.
+#: - ``normal`` otherwise.
+#:
+#: So ``mpsctl_host_memory_pressure_level`` (0/1/2) and ``MpsctlMemoryPressureCritical`` mean the
+#: same on both systems. Without PSI (a kernel before 4.20, or booted with ``psi=0``: the file is
+#: absent or reading it fails with EOPNOTSUPP) the level is unknown, never "normal".
+PSI_MEMORY = Path("/proc/pressure/memory")
+CRITICAL_FULL_AVG10 = 60.0
+WARN_SOME_AVG10 = 10.0
+WARN_FULL_AVG10 = 5.0
+
+
+@dataclass(frozen=True)
+class MemoryPressure:
+    """The shares (percent) of the last 10 and 60 seconds tasks stalled on memory."""
+
+    some_avg10: float
+    some_avg60: float
+    full_avg10: float
+    full_avg60: float
+
+    @property
+    def level(self) -> str:
+        """``normal``, ``warn`` or ``critical``: macOS's names (see the module docstring)."""
+        if self.full_avg10 >= CRITICAL_FULL_AVG10:
+            return "critical"
+        if self.some_avg10 >= WARN_SOME_AVG10 or self.full_avg10 >= WARN_FULL_AVG10:
+            return "warn"
+        return "normal"
+
+
+def parse_psi_memory(text: str) -> MemoryPressure:
+    """The ``some`` and ``full`` lines of ``/proc/pressure/memory``; ValueError otherwise."""
+    lines: dict[str, dict[str, float]] = {}
+    for line in text.splitlines():
+        kind, _, rest = line.strip().partition(" ")
+        if kind not in ("some", "full"):
+            continue
+        fields: dict[str, float] = {}
+        for item in rest.split():
+            name, sep, value = item.partition("=")
+            if sep and name in ("avg10", "avg60"):
+                fields[name] = float(value)
+        if set(fields) != {"avg10", "avg60"}:
+            raise ValueError(f"unrecognised PSI line: {line.strip()[:80]!r}")
+        lines[kind] = fields
+    if "some" not in lines:
+        raise ValueError("no 'some' line")
+    # the 'full' line exists for memory since 4.20; absent, nothing stalled everything
+    full = lines.get("full", {"avg10": 0.0, "avg60": 0.0})
+    return MemoryPressure(
+        lines["some"]["avg10"], lines["some"]["avg60"], full["avg10"], full["avg60"]
+    )
+
+
+def read_psi_memory(path: Path = PSI_MEMORY) -> MemoryPressure:
+    """Read and parse ``path``; OSError or ValueError when PSI is not available."""
+    return parse_psi_memory(path.read_text(encoding="ascii"))
+
+
+def host_memory(
+    runner: CommandRunner | None = None,
+    *,
+    platform: str | None = None,
+    psi_path: Path | None = None,
+) -> HostMemory:
     """Read host memory now. ``platform`` (default ``sys.platform``) and ``runner`` let
-    the macOS path run anywhere on recorded outputs; psutil always reads this machine."""
+    the macOS path run anywhere on recorded outputs; psutil always reads this machine.
+    On Linux, ``pressure`` comes from PSI (``psi_path``, default ``/proc/pressure/memory``)
+    on macOS's scale (``parse_psi_memory`` above)."""
     platform = sys.platform if platform is None else platform
     virtual = psutil.virtual_memory()
     swap = psutil.swap_memory()
@@ -190,6 +280,14 @@ def host_memory(runner: CommandRunner | None = None, *, platform: str | None = N
         elif top is not None and top.compressor_bytes is not None:
             compressed = top.compressor_bytes
             sources["compressed_bytes"] = "top -l 1 -n 0 (rounded)"
+
+    elif platform.startswith("linux"):
+        source = psi_path or PSI_MEMORY
+        try:
+            pressure = read_psi_memory(source).level
+            sources["pressure"] = f"{source} (PSI)"
+        except (OSError, ValueError) as exc:
+            notes.append(f"{source}: {exc.strerror if isinstance(exc, OSError) else exc}")
 
     return HostMemory(
         total_bytes=int(virtual.total),

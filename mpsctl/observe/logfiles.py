@@ -20,6 +20,7 @@ from typing import Any, BinaryIO
 
 from mpsctl.observe.logtime import line_time
 from mpsctl.settings import Settings
+from mpsctl.storage import open_regular
 
 _DATE_IN_NAME = re.compile(r"(?<!\d)(\d{4})[-_.]?(\d{2})[-_.]?(\d{2})(?!\d)")
 _GLOB_CHARS = re.compile(r"[*?\[\]]")
@@ -27,6 +28,9 @@ BACK_BLOCK = 64 * 1024
 #: while following, the longest a glob goes without being re-resolved (``_glob_due``)
 REGLOB_S = 5.0
 MAX_READ_PER_POLL = 8 * 1024 * 1024  # a burst is printed over several polls, not all at once
+#: the most of one line kept for printing: a log with no newline in gigabytes is read in
+#: blocks and shown as its first MiB and the count of bytes left out, never held whole
+MAX_LINE_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -176,6 +180,8 @@ def _last_lines(
     # last block first: joined only once a newline before it is found, so a line of any
     # length costs O(length), not a re-copy per block
     rest: list[bytes] = []
+    rest_bytes = 0
+    cut = 0  # bytes left out of the end of the line that runs into ``rest``
     first = True
     while pos > 0 and len(found) < count:
         step = min(BACK_BLOCK, pos)
@@ -184,8 +190,14 @@ def _last_lines(
         block = handle.read(step)
         if pos > 0 and b"\n" not in block:
             rest.append(block)
+            rest_bytes += len(block)
+            while rest_bytes > MAX_LINE_BYTES and len(rest) > 1:
+                dropped = rest.pop(0)  # the block nearest the line's end: its start is kept
+                rest_bytes -= len(dropped)
+                cut += len(dropped)
             continue
         data = block + b"".join(reversed(rest))
+        rest_bytes = 0
         parts = data.split(b"\n")
         rest = [parts[0]]
         body = parts[1:]
@@ -201,8 +213,14 @@ def _last_lines(
         for raw in body:
             starts.append(start)
             start += len(raw) + 1
-        for raw, offset in zip(reversed(body), reversed(starts), strict=True):
-            text = raw.decode("utf-8", errors="replace").rstrip("\r")
+        cut_line, line_cut, cut = (len(body) - 1 if cut else -1), cut, 0
+        for index, raw, offset in zip(
+            reversed(range(len(body))), reversed(body), reversed(starts), strict=True
+        ):
+            text = raw[:MAX_LINE_BYTES].decode("utf-8", errors="replace").rstrip("\r")
+            left_out = max(0, len(raw) - MAX_LINE_BYTES) + (line_cut if index == cut_line else 0)
+            if left_out:
+                text += f" [... {left_out:,} more bytes of this line not shown]"
             if since is not None:
                 when = line_time(text)
                 if when is not None and when < since:
@@ -380,7 +398,8 @@ class LogView:
                 tracked.reported_missing = True
             return False
         try:
-            handle = open(tracked.path, "rb")  # noqa: SIM115 - kept open while following
+            # a regular file only: a FIFO would hang `logs`, a device would never end
+            handle = os.fdopen(open_regular(tracked.path), "rb")
         except FileNotFoundError:
             if not tracked.reported_missing:
                 report(
@@ -419,12 +438,32 @@ class LogView:
             return
         handle.seek(tracked.pos)
         wanted = size - tracked.pos
-        data = handle.read(wanted if drain else min(wanted, MAX_READ_PER_POLL))
-        tracked.pos += len(data)
+        while True:  # a drain reads what is left in bounded blocks
+            data = handle.read(min(wanted, MAX_READ_PER_POLL))
+            tracked.pos += len(data)
+            wanted -= len(data)
+            more = drain and bool(data) and wanted > 0
+            self._emit(tracked, tracked.path, out, data, last=drain and not more)
+            if not more:
+                return
+
+    def _emit(
+        self,
+        tracked: _Tracked,
+        path: Path,
+        out: list[LogLine | Notice],
+        data: bytes,
+        *,
+        last: bool,
+    ) -> None:
         data = tracked.partial + data
         lines = data.split(b"\n")
         tracked.partial = lines.pop()  # an unfinished line waits for its newline
-        if drain and tracked.partial:
+        if len(tracked.partial) > MAX_LINE_BYTES:
+            # a line with no end in sight is shown in pieces, never held whole
+            lines.append(tracked.partial)
+            tracked.partial = b""
+        if last and tracked.partial:
             lines.append(tracked.partial)
             tracked.partial = b""
         for raw in lines:
@@ -434,7 +473,7 @@ class LogView:
             if self.since is not None and when is not None and when < self.since:
                 continue
             if self.keep is None or self.keep(text):
-                out.append(LogLine(tracked.source.label, text, when, tracked.path))
+                out.append(LogLine(tracked.source.label, text, when, path))
 
 
 def follow(

@@ -3,8 +3,9 @@
 Each figure is the ``config.json`` of the Hugging Face repository
 ``Qwen/Qwen2.5-<size>-Instruct`` (https://huggingface.co/Qwen/Qwen2.5-<size>-Instruct,
 file ``config.json``): ``hidden_size``, ``intermediate_size``, ``num_hidden_layers``,
-``num_attention_heads``, ``num_key_value_heads``, ``vocab_size``, ``tie_word_embeddings``
-and ``torch_dtype``. The parameter counts in the comments are the model cards' own
+``num_attention_heads``, ``num_key_value_heads``, ``vocab_size``, ``tie_word_embeddings``,
+``max_position_embeddings`` and ``torch_dtype``. The parameter counts in the comments are
+the model cards' own
 ("Number of Parameters"); the formula in :mod:`mpsctl.plan.arch` reproduces them.
 Qwen2 puts biases on the q/k/v projections (not on o_proj or the MLP).
 """
@@ -29,6 +30,8 @@ def _qwen(size: str, hidden: int, inter: int, layers: int, heads: int, kv: int,
         qkv_bias=True,
         checkpoint_dtype="bfloat16",
         source=f"preset: config.json of Qwen/Qwen2.5-{size}-Instruct on Hugging Face",
+        # the shipped configs say 32,768 (the cards' 131,072 needs YaRN rope scaling)
+        max_positions=32768,
     )
 
 

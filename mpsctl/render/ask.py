@@ -46,7 +46,8 @@ def _ms_json(seconds: float) -> float:
 # --------------------------------------------------------------------------- one answer
 def ask_panel(result: AskResult) -> Panel:
     where = " on ".join(x for x in (result.model, result.device) if x) or "model unknown"
-    title = printable(f"HTTP {result.status} · {_ms(result.latency_s)} · {where}")
+    # a Text: rich reads a str title as markup, and the model's name comes from the service
+    title = Text(printable(f"HTTP {result.status} · {_ms(result.latency_s)} · {where}"))
     if result.answer is not None:
         content = Text(printable(result.answer))
     else:  # a service whose answer field we do not know: show its JSON as it came

@@ -17,12 +17,12 @@ PIPE_WIDTH = 160
 
 def make_console(*, stderr: bool) -> Console:
     # imported here: `probe --json` and `--nagios` print no table and need no console
-    from rich.console import Console
-
     # markup/highlight/emoji off: command lines and model answers contain brackets and
     # colons that rich would otherwise reinterpret. rich itself honours NO_COLOR and
     # turns colour and live displays off when the stream is not a terminal.
-    console = Console(stderr=stderr, markup=False, highlight=False, emoji=False, soft_wrap=False)
+    console = _escaping_console_class()(
+        stderr=stderr, markup=False, highlight=False, emoji=False, soft_wrap=False
+    )
     if not console.is_terminal and not os.environ.get("COLUMNS"):
         console.width = PIPE_WIDTH  # rich would fold at 80, mid-token
     return console
@@ -75,3 +75,50 @@ def for_terminal(text: str, console: Console, *, raw: bool = False) -> str:
     off: a log line or an answer written by anyone must not drive the operator's terminal
     (a pipe or a file gets the text as it is, for grep and the like)."""
     return text if raw or not console.is_terminal else printable(text)
+
+
+def allow_raw(console: Console) -> None:
+    """``--raw``: this console writes control characters as they are, even to a terminal."""
+    console.escape_controls = False  # type: ignore[attr-defined]
+
+
+_ESCAPING: type[Console] | None = None
+
+
+def _escaping_console_class() -> type[Console]:
+    """rich's Console, escaping every control character of the text it writes to a terminal.
+
+    The one place where outside strings (process command lines, a service's answers and
+    ``device``, log lines, file names in titles) are made harmless: rich passes ESC through
+    (it strips only BEL, BS, VT, FF and CR), so ``ESC[2J`` or an OSC 52 clipboard write in a
+    neighbour's command line would reach the operator's terminal. Strings are escaped before
+    layout (``render_str``, so tables keep their widths); the text of every segment is
+    escaped again on the way out, which catches ``Text`` objects and panel titles built
+    elsewhere. rich's own colours and cursor moves are styles and control segments, which
+    are kept. Not a terminal: the text goes out as it is (grep, files), like ``--raw``.
+    """
+    global _ESCAPING  # noqa: PLW0603 - rich is imported lazily, so is this class
+    if _ESCAPING is not None:
+        return _ESCAPING
+    from rich.console import Console
+    from rich.segment import Segment
+
+    class EscapingConsole(Console):
+        escape_controls = True
+
+        def _escaping(self) -> bool:
+            return self.escape_controls and self.is_terminal
+
+        def render_str(self, text: str, **options: Any) -> Any:
+            return super().render_str(printable(text) if self._escaping() else text, **options)
+
+        def _render_buffer(self, buffer: Any) -> str:
+            if self._escaping():
+                buffer = [
+                    segment if segment.control else Segment(printable(segment.text), segment.style)
+                    for segment in buffer
+                ]
+            return super()._render_buffer(buffer)
+
+    _ESCAPING = EscapingConsole
+    return _ESCAPING

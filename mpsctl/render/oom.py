@@ -8,6 +8,7 @@ from rich.text import Text
 
 from mpsctl.deaths.allocator import OomEvent
 from mpsctl.deaths.counting import Found
+from mpsctl.render.console import printable
 
 _TITLES = {
     "kernel_oom_kill": "KERNEL OOM KILL",
@@ -17,6 +18,7 @@ _TITLES = {
     "cpu_alloc": "CPU OOM",
     "device_error": "CUDA DEVICE OOM",
     "ndarray_limit": "MPS ARRAY LIMIT",
+    "mps_size_limit": "MPS SIZE LIMIT",
 }
 
 
@@ -34,6 +36,9 @@ def print_events(
         when = found.time_text()
         where = f"{found.file}:{found.line}" + (f"  {when}" if when else "")
         body = [Text(found.summary(), style="bold")]
+        note = found.time_note()
+        if note:
+            body.append(Text(f"(time: {note})", style="dim"))
         if not getattr(found.event, "complete", True):
             body.append(Text("(the rest of the message was not found)", style="dim"))
         if len(found.places) > 1:
@@ -43,7 +48,9 @@ def print_events(
         console.print(
             Panel(
                 Group(*body),
-                title=f"{_title(found)}  {where}",
+                # a Text, not a str: rich reads a str title as markup, and a file name may
+                # hold brackets (or "[/x]", which rich refuses with an exception)
+                title=Text(printable(f"{_title(found)}  {where}")),
                 title_align="left",
                 border_style="red",
             )

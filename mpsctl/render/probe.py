@@ -9,6 +9,7 @@ from rich.table import Table
 from rich.text import Text
 
 from mpsctl.errors import ProbeExit
+from mpsctl.host_probe import HostProbe
 from mpsctl.probe import (
     ProbeResult,
     service_footprint_bytes,
@@ -52,7 +53,8 @@ def host_table(result: ProbeResult) -> Table:
             if host.swap_total_bytes
             else "none configured",
         ),
-        ("pressure", host.pressure or mac_only),
+        # macOS's own level, or Linux's PSI on that scale (observe.host.parse_psi_memory)
+        ("pressure", host.pressure or "unknown"),
     ]
     physmem = getattr(host, "physmem", None)
     if physmem:
@@ -177,3 +179,30 @@ def print_probe(console: Console, result: ProbeResult) -> None:
         Group(host_table(result), "", service_table(result), "", accelerator_table(result),
               "", health_table(result), "", verdict_text(result))
     )  # fmt: skip
+
+
+def print_host_probe(console: Console, view: HostProbe) -> None:
+    """Several services: the host once, each service's tables and verdict, then the sum."""
+    if not view.probes:
+        return
+    parts: list[Any] = [host_table(view.probes[0])]
+    for result in view.probes:
+        parts += ["", Text(f"== {result.service_name}", style="bold"), service_table(result),
+                  "", accelerator_table(result), "", health_table(result), "",
+                  verdict_text(result)]  # fmt: skip
+    ram = view.ram_bytes
+    rows = [
+        ("services' memory", f"{fmt_bytes(view.services_memory_bytes)} of {fmt_bytes(ram)} RAM")
+    ]
+    if view.accelerator_held_bytes is not None or view.accelerator_ceiling_bytes is not None:
+        rows.append(("accelerator held", f"{fmt_bytes(view.accelerator_held_bytes)} of "
+                     f"{fmt_bytes(view.accelerator_ceiling_bytes)} shared"))  # fmt: skip
+        rows.append(("accelerator limits", fmt_bytes(view.accelerator_limits_bytes)))
+    parts += ["", _kv_table("Host: every service together", rows)]
+    text = Text(f"Host verdict: {view.verdict.name}", style=STYLES[view.verdict])
+    if view.blame:
+        text.append(f" (look at {view.blame} first)", style="")
+    for reason in view.reasons:
+        text.append(f"\n  - {reason}", style="")
+    parts += ["", text]
+    console.print(Group(*parts))

@@ -60,7 +60,10 @@ def render_stop(result: StopResult, console: Callable[[], Console]) -> None:
             f"{fmt_bytes(result.freed_rss_bytes)} RSS freed"
             + ("; pidfile removed" if result.pidfile_removed else "")
         )
-    elif result.status in ("already-stopped", "dry-run"):
+    if result.drain is not None and result.status in ("stopped", "failed"):
+        note = f" ({result.drain.note})" if result.drain.note else ""
+        write_line(f"queries in flight: {result.drain.text()}{note}")
+    if result.status in ("already-stopped", "dry-run"):
         write_line(result.message)
 
 
@@ -92,4 +95,8 @@ def status_line(result: StatusResult) -> str:
         parts.append(result.error)
     if result.death is not None:
         parts.append(result.death.text)
+    others = result.snapshot.others if result.snapshot else ()
+    if others:
+        pids = ", ".join(str(p.pid) for p in others)
+        parts.append(f"not the service (they match): pid {pids}")
     return ", ".join(parts)

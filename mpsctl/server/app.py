@@ -1,6 +1,7 @@
 """The reference service: a FastAPI app behind the pure-ASGI concurrency limit.
 
-GET /health, POST /api/v1/query, POST /admin/release, POST /admin/reload, GET /metrics.
+GET /health, POST /api/v1/query, POST /admin/release, POST /admin/reload, POST /admin/drain,
+GET /metrics.
 Every error answer is JSON ``{"error": {"kind": ..., "message": ...}}``.
 """
 
@@ -11,6 +12,7 @@ import contextlib
 import json
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,10 +41,11 @@ from mpsctl.server.model import (
 log = logging.getLogger("mpsctl.server")
 
 #: not queries: never queued behind them nor refused when the queue is full
-EXEMPT_PATHS = ("/health", "/metrics", "/admin/release", "/admin/reload")
-#: paths that need the bearer token; checked before the limiter, so a client without the
+EXEMPT_PATHS = ("/health", "/metrics", "/admin/release", "/admin/reload", "/admin/drain")
+#: the only paths answered without the bearer token (exact match: ``/health/`` needs it);
+#: every other path, 404s included, is checked before the limiter, so a client without the
 #: token never takes a query slot or a queue place
-PROTECTED_PATHS = ("/api/v1/query", "/admin/release", "/admin/reload")
+OPEN_PATHS = ("/health", "/metrics")
 #: seconds a client has to send a whole request body once its request runs: a body that
 #: never finishes must not hold a query slot
 BODY_TIMEOUT_S = 30.0
@@ -158,7 +161,7 @@ def create_service(holder: ModelHolder, config: ServiceConfig) -> Service:
 
     asgi: ASGIApp = limiter
     if config.token is not None:
-        asgi = BearerAuth(limiter, config.token, PROTECTED_PATHS, on_denied=denied)
+        asgi = BearerAuth(limiter, config.token, OPEN_PATHS, on_denied=denied)
     service = Service(
         app=app, asgi=asgi, limiter=limiter, holder=holder, config=config, metrics=metrics
     )
@@ -186,18 +189,19 @@ def create_service(holder: ModelHolder, config: ServiceConfig) -> Service:
 
     @app.post("/api/v1/query")
     async def query(request: Request) -> Response:
+        began = time.perf_counter()
         try:
             payload = await _read_json(
                 request, config.max_question_bytes * 4 + 4096, config.body_timeout
             )
             question, max_new_tokens = _validate_query(payload, config)
         except _BadRequest as bad:
-            metrics.queries.labels("bad_request").inc()
+            metrics.observe_query("bad_request", time.perf_counter() - began)
             return bad.response
         try:
             answer = await _generate_while_connected(request, holder, question, max_new_tokens)
         except ModelUnavailable as exc:
-            metrics.queries.labels("unavailable").inc()
+            metrics.observe_query("unavailable", time.perf_counter() - began)
             return error_response(
                 503,
                 "model_not_loaded",
@@ -205,7 +209,7 @@ def create_service(holder: ModelHolder, config: ServiceConfig) -> Service:
                 {"Retry-After": str(config.unavailable_retry_after)},
             )
         except OutOfMemory as exc:
-            metrics.queries.labels("out_of_memory").inc()
+            metrics.observe_query("out_of_memory", time.perf_counter() - began)
             metrics.ooms.inc()
             metrics.releases.labels("oom").inc()
             service.counts["oom"] += 1
@@ -215,15 +219,32 @@ def create_service(holder: ModelHolder, config: ServiceConfig) -> Service:
                 f"{exc} ({exc.exc_type}: {exc.original})",
                 {"Retry-After": str(config.oom_retry_after)},
             )
+        except RuntimeError as exc:
+            if str(exc) != "can't start new thread":
+                log.exception("query failed")
+                metrics.observe_query("error", time.perf_counter() - began)
+                return error_response(500, "generation_failed", f"{type(exc).__name__}: {exc}")
+            # under serve.memory_limit the address space had no room for a worker thread's
+            # stack: a memory failure like the allocator's, answered the same way
+            log.error("out of memory during a query: %s: %s", type(exc).__name__, exc)
+            metrics.observe_query("out_of_memory", time.perf_counter() - began)
+            metrics.ooms.inc()
+            service.counts["oom"] += 1
+            return error_response(
+                503,
+                "out_of_memory",
+                f"no memory left to start a worker thread (RuntimeError: {exc})",
+                {"Retry-After": str(config.oom_retry_after)},
+            )
         except Exception as exc:
             log.exception("query failed")
-            metrics.queries.labels("error").inc()
+            metrics.observe_query("error", time.perf_counter() - began)
             return error_response(500, "generation_failed", f"{type(exc).__name__}: {exc}")
         if answer.cancelled:
-            metrics.queries.labels("client_gone").inc()
+            metrics.observe_query("client_gone", time.perf_counter() - began)
             log.info("client went away: generation stopped after %d tokens", answer.tokens)
         else:
-            metrics.queries.labels("ok").inc()
+            metrics.observe_query("ok", time.perf_counter() - began)
         return JSONResponse(
             {
                 "answer": answer.text,
@@ -242,6 +263,15 @@ def create_service(holder: ModelHolder, config: ServiceConfig) -> Service:
         metrics.releases.labels("admin").inc()
         log.info("release requested: %s", _figures_line(result))
         return JSONResponse(result.as_dict())
+
+    @app.post("/admin/drain")
+    async def admin_drain() -> Response:
+        # before a planned stop: refuse new queries (503 + Retry-After), let these finish
+        limiter.draining = True
+        log.info("draining: %d queries in flight, %d queued", limiter.in_flight, limiter.queued)
+        return JSONResponse(
+            {"draining": True, "in_flight": limiter.in_flight, "queued": limiter.queued}
+        )
 
     @app.post("/admin/reload")
     async def admin_reload(request: Request) -> Response:

@@ -10,7 +10,9 @@ import hmac
 import logging
 import re
 from collections.abc import Callable, Iterable
+from urllib.parse import unquote_plus
 
+from mpsctl.masking import is_secret_name
 from mpsctl.server.limiter import ASGIApp, Receive, Scope, Send, send_json_error
 from mpsctl.tokens import token_problem
 
@@ -26,15 +28,18 @@ def bearer_ok(authorization: bytes, token: str) -> bool:
 
 
 class BearerAuth:
-    """Answer 401 to a request for one of ``paths`` without the bearer token, before the
-    wrapped app (the concurrency limit) sees it: an unauthenticated client never takes a
-    query slot or a queue place. Other paths pass through."""
+    """Answer 401 to a request without the bearer token, before the wrapped app (the
+    concurrency limit) sees it, for every path except ``open_paths`` (exact match).
+
+    An allow-list of open paths rather than a list of protected ones: a path nobody listed
+    (a 404, ``/api/v1/query/`` with its trailing slash, ``//api/v1/query``) would otherwise
+    reach the limiter unauthenticated and take a query slot or a queue place."""
 
     def __init__(
         self,
         app: ASGIApp,
         token: str,
-        paths: Iterable[str],
+        open_paths: Iterable[str],
         *,
         on_denied: Callable[[str], None] | None = None,
     ) -> None:
@@ -43,11 +48,11 @@ class BearerAuth:
             raise ValueError(f"the token {problem}")
         self.app = app
         self.token = token
-        self.paths = frozenset(paths)
+        self.open_paths = frozenset(open_paths)
         self.on_denied = on_denied
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] not in self.paths:
+        if scope["type"] != "http" or scope["path"] in self.open_paths:
             await self.app(scope, receive, send)
             return
         headers = [value for name, value in scope["headers"] if name.lower() == b"authorization"]
@@ -63,21 +68,34 @@ class BearerAuth:
         )
 
 
-#: query parameter names whose values are credentials (any part of the name, any case)
-_SECRET_NAME = re.compile(r"(?i)token|key|secret|passw|auth|sig")
-
-
 def redact_query(target: str) -> str:
     """``target`` (a path with its query string) with credential-like parameter values
-    replaced by ``REDACTED``; the path and the other parameters are kept."""
+    replaced by ``REDACTED``; the path and the other parameters are kept.
+
+    Parameters are split on ``&`` and on ``;`` (which some servers also accept), and a name
+    is judged after its percent-escapes are decoded: ``?%74oken=S`` is ``?token=S`` to the
+    application that reads it. Which names are credentials: ``mpsctl.masking``'s one rule.
+    """
     path, sep, query = target.partition("?")
     if not sep:
         return target
-    params = []
-    for param in query.split("&"):
-        name, eq, _value = param.partition("=")
-        params.append(f"{name}=REDACTED" if eq and _SECRET_NAME.search(name) else param)
-    return f"{path}?{'&'.join(params)}"
+    parts = re.split(r"([&;])", query)
+    for index in range(0, len(parts), 2):
+        name, eq, _value = parts[index].partition("=")
+        if eq and is_secret_name(_decoded(name)):
+            parts[index] = f"{name}=REDACTED"
+    return f"{path}?{''.join(parts)}"
+
+
+def _decoded(name: str) -> str:
+    """``name`` with its percent-escapes and ``+`` decoded until nothing changes (a
+    double-encoded name is decoded by some proxies on the way)."""
+    for _ in range(4):
+        plain = unquote_plus(name)
+        if plain == name:
+            break
+        name = plain
+    return name
 
 
 class RedactQueryTokens(logging.Filter):

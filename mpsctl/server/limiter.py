@@ -106,6 +106,10 @@ class ConcurrencyLimit:
         self.rejected_queue_full = 0
         self.rejected_queue_timeout = 0
         self.abandoned_in_queue = 0
+        #: set before a planned stop: new requests get 503 + Retry-After, those in flight
+        #: and queued finish (``mpsctl stop`` waits for ``in_flight`` to reach 0)
+        self.draining = False
+        self.rejected_draining = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
 
     @property
@@ -132,6 +136,10 @@ class ConcurrencyLimit:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self.exempt_paths:
             await self.app(scope, receive, send)
+            return
+        if self.draining:
+            self.rejected_draining += 1
+            await self._reject(send, "draining", "the service is stopping: retry shortly")
             return
         if self.in_flight < self.max_concurrent and not self._waiters:
             # fast path: no await, no allocation beyond the counters

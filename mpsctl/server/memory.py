@@ -109,6 +109,8 @@ def _limiter_section(limiter: LimiterLike | None) -> dict[str, int | None] | Non
     # a run knows the run's peak exactly, which sampling in_flight misses in a short run
     seen = getattr(limiter, "max_in_flight_seen", None)
     section["max_in_flight_seen"] = int(seen) if isinstance(seen, int) else None
+    # a stop waits for in_flight to reach 0 while this is 1: new queries are refused
+    section["draining"] = int(bool(getattr(limiter, "draining", False)))
     return section
 
 

@@ -7,11 +7,12 @@ torch, transformers and uvicorn are imported only here, when the service really 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from mpsctl.errors import ConfigError
 from mpsctl.paths import DEMO_DIR_NAME
@@ -74,6 +75,12 @@ def run(settings: Settings, options: ServeOptions, notes: Notes) -> None:
 
     for note in apply_mps_environment(settings.memory):
         notes.info(f"MPS allocator setting: {note}")
+    if settings.serve.memory_limit is not None:
+        # before torch starts its threads: each would reserve an arena of its own
+        one_malloc_arena()
+        # the tokenizers library starts its thread pool at its first use, which under the
+        # limit fails for good ("The global thread pool has not been initialized"): no pool
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
     _configure_logging()
     # these lines are what `mpsctl start` shows while it waits (control/startup_log.py)
@@ -86,7 +93,7 @@ def run(settings: Settings, options: ServeOptions, notes: Notes) -> None:
     log.info("imported torch and transformers in %.1f s", time.perf_counter() - began)
 
     if model_id is None:
-        demo_dir, built = ensure_demo_checkpoint(settings.home / DEMO_DIR_NAME)
+        demo_dir, built = ensure_demo_checkpoint(settings.host_dir / DEMO_DIR_NAME)
         model_id = str(demo_dir)
         notes.warn(f"{'built and ' if built else ''}serving the {DEMO_LABEL} from {demo_dir}")
 
@@ -102,6 +109,7 @@ def run(settings: Settings, options: ServeOptions, notes: Notes) -> None:
     )
     holder.load(model_id)
     if settings.serve.memory_limit is not None:
+        keep_small_allocation_room()
         notes.info(apply_memory_limit(settings.serve.memory_limit))
     service = create_service(
         holder,
@@ -120,10 +128,13 @@ def run(settings: Settings, options: ServeOptions, notes: Notes) -> None:
         f"(token: {token.source}; max {settings.serve.max_concurrent} in flight, "
         f"{settings.serve.max_queue} queued)"
     )
-    config = uvicorn.Config(
+    from mpsctl.server.protocol import bounded_config, raise_open_file_limit
+
+    raise_open_file_limit()
+    config = bounded_config(
         service.asgi,
-        host=host,
-        port=port,
+        host,
+        port,
         log_config=None,  # keep the one logging setup below; uvicorn's loggers propagate
         timeout_graceful_shutdown=10,
         lifespan="on",
@@ -141,6 +152,65 @@ def _address_space() -> int | None:
     except (OSError, ValueError, IndexError):
         return None
     return None
+
+
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -2, -3, -8  # malloc.h
+#: heap kept for small allocations under serve.memory_limit
+SMALL_ALLOCATION_ROOM = 32 * 1024 * 1024
+
+
+def one_malloc_arena() -> bool:
+    """Give every thread glibc's main malloc arena (``mallopt(M_ARENA_MAX, 1)``, as
+    ``MALLOC_ARENA_MAX=1`` does); False where that is not glibc.
+
+    Under an address-space limit, each new thread's own arena reserves 64 MiB of address
+    space at once: a few query threads then take the limit's whole headroom, and a small
+    allocation elsewhere fails (the tokenizers library aborts the process on that:
+    "memory allocation of 2 bytes failed", SIGABRT). With one arena, the threads take only
+    their stacks, and the allocation that fails is the query's large tensor, which PyTorch
+    raises and the service answers with 503. Measured on the 0.5b demo (4 concurrent long
+    questions, 48 MiB of headroom): the process aborted with per-thread arenas; with one,
+    every question got 503 and the next short one 200, and the loaded service's address
+    space was 2,162 MiB instead of 2,390 MiB.
+    """
+    libc = _glibc()
+    return libc is not None and bool(libc.mallopt(_M_ARENA_MAX, 1))
+
+
+def keep_small_allocation_room(room: int = SMALL_ALLOCATION_ROOM) -> bool:
+    """Keep ``room`` bytes of the main heap for small allocations once the limit is set.
+
+    Large blocks (a tensor) always get their own mapping (a fixed ``M_MMAP_THRESHOLD``):
+    past the limit that mapping fails, and PyTorch raises. Small ones (tokenizers, Python
+    objects) come from the heap, which takes ``room`` extra whenever it grows
+    (``M_TOP_PAD``) and keeps it when freed (``M_TRIM_THRESHOLD``): space already counted
+    in the address space, that no tensor can take. False where that is not glibc.
+    """
+    libc = _glibc()
+    if libc is None:
+        return False
+    ok = libc.mallopt(_M_MMAP_THRESHOLD, 256 * 1024)
+    ok &= libc.mallopt(_M_TOP_PAD, room)
+    ok &= libc.mallopt(_M_TRIM_THRESHOLD, 2 * room)
+    # grow the heap now, while there is room: a small block, freed, leaves the pad behind
+    block = libc.malloc(64 * 1024)
+    libc.free(block)
+    return bool(ok)
+
+
+def _glibc() -> Any:
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None)
+        libc.malloc.restype = ctypes.c_void_p
+        libc.free.argtypes = [ctypes.c_void_p]
+        libc.mallopt  # noqa: B018 - musl has no mallopt
+    except (OSError, AttributeError):
+        return None
+    return libc
 
 
 def apply_memory_limit(limit: int) -> str:

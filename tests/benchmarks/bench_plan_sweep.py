@@ -116,9 +116,9 @@ def main() -> int:
         print(f"device {device}; prompt {tokens} tokens; max_new_tokens {args.max_new_tokens}; "
               f"idle service RSS after a warm-up query {idle:,} B")  # fmt: skip
         print("measured = the service's RSS peak during the level (CPU); growth = peak - idle")
-        header = ("conc", "predicted total", "measured peak", "ratio", "predicted growth",
-                  "measured growth", "ratio")  # fmt: skip
-        print("{:>4} {:>16} {:>16} {:>6} {:>16} {:>16} {:>6}".format(*header))
+        header = ("conc", "predicted total", "measured peak", "ratio", "tensor growth",
+                  "measured growth", "ratio", "counted/measured")  # fmt: skip
+        print("{:>4} {:>16} {:>16} {:>6} {:>16} {:>16} {:>6} {:>16}".format(*header))
         for level in levels:
             conc = level["concurrency"]
             plan = mpsctl("plan", "--model", str(args.model_dir), "--max-concurrent", str(conc),
@@ -127,12 +127,15 @@ def main() -> int:
             doc = json.loads(plan.stdout)
             memory = level["memory"]
             measured = memory["tree_rss_bytes"]["peak"] or memory["reported_rss_bytes"]["peak"]
+            # tensors: the queries' KV cache and peak; counted: x the plan's CPU growth factor
             growth = conc * doc["per_query_bytes"]
+            counted = conc * doc["per_query_counted_bytes"]
             measured_growth = measured - idle
             ratio = growth / measured_growth if measured_growth > 0 else float("nan")
+            counted_ratio = counted / measured_growth if measured_growth > 0 else float("nan")
             print(f"{conc:>4} {doc['total_bytes']:>16,} {measured:>16,} "
                   f"{doc['total_bytes'] / measured:>6.2f} {growth:>16,} {measured_growth:>16,} "
-                  f"{ratio:>6.2f}")  # fmt: skip
+                  f"{ratio:>6.2f} {counted_ratio:>16.2f}")  # fmt: skip
             if memory["accel_held_bytes"]["peak"] is not None:
                 print(f"     accelerator held peak {memory['accel_held_bytes']['peak']:,} B")
             print(f"     ok {level['ok']}/{level['total']} errors {level['errors'] or 'none'}")

@@ -251,10 +251,11 @@ def test_status_with_a_bad_config_is_lsb_unknown(write_config: Callable[..., Pat
 
 
 def test_stop_json_is_one_document_when_refused(fake_service: Make, spawned: list) -> None:
-    fake_service(match="mpsctl-test-json-refused-5")
-    hand = subprocess.Popen(
-        [sys.executable, "-c", "import time; time.sleep(60)", "mpsctl-test-json-refused-5"]
-    )
+    fake = fake_service(match="mpsctl-test-json-refused-5")
+    hand = subprocess.Popen(  # started by hand, loading: its argv names the service's port
+        [sys.executable, "-c", "import time; time.sleep(60)", "mpsctl-test-json-refused-5",
+         "--port", str(fake.port)]
+    )  # fmt: skip
     spawned.append(hand)
     assert wait_for(lambda: json.loads(run("stop", "--json").stdout)["processes"] != [])
     result = run("stop", "--json")

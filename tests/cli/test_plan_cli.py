@@ -53,11 +53,12 @@ def test_human_output_names_every_figure_in_bytes() -> None:
     code, out, err = run("plan", "--preset", "qwen2.5-3b", "--ram", "16GiB")
     assert (code, err) == (0, "")
     for label in ("weights", "KV cache per query", "peak per query", "framework overhead",
-                  "total at 3", "limit", "recommended working set", "RAM"):  # fmt: skip
+                  "total at 3", "load peak (host)", "ceiling 1: MPS limit",
+                  "ceiling 2: RAM less OS reserve", "working_set", "os_reserve"):  # fmt: skip
         assert label in out
     assert "6,171,877,376 B" in out  # 3_085_938_688 parameters x 2 bytes (float16 on MPS)
     assert "largest max_concurrent that fits with a 10% margin: 109" in out
-    assert "watermarks high 1.50 low 1.40" in out
+    assert "watermarks high 1.12 low 1.12" in out
 
 
 def test_settings_give_the_defaults(write_config) -> None:  # type: ignore[no-untyped-def]
@@ -119,7 +120,7 @@ GOOD_CONFIG = json.dumps({"model_type": "qwen2", "hidden_size": 32, "intermediat
         ('{"hidden_size": 32}', None, "intermediate_size must be a positive integer (missing)"),
         (GOOD_CONFIG, TRUNCATED, "truncated or corrupt safetensors header"),
         (GOOD_CONFIG, b"\x01\x02", "truncated safetensors file"),
-        (GOOD_CONFIG, NOT_JSON, "corrupt safetensors header (not JSON)"),
+        (GOOD_CONFIG, NOT_JSON, "corrupt safetensors header: not valid JSON"),
         (GOOD_CONFIG, struct.pack("<Q", 11) + b'{"w": 1234}', "corrupt safetensors header (tensor"),
     ],
 )  # fmt: skip
@@ -143,13 +144,16 @@ def test_bad_model_directory_is_one_line_exit_2(
         (["--preset", "qwen2.5-3b", "--ram", "lots"], "--ram: expected a size"),
         (["--preset", "qwen2.5-3b", "--high", "0.5", "--low", "0.9"], "low watermark ratio 0.9"),
         (["--preset", "qwen2.5-3b", "--high", "3"], "--high: must be between"),
-        (["--preset", "qwen2.5-3b", "--device", "cuda"], "memory report"),
+        (["--preset", "qwen2.5-3b", "--device", "cuda"], "give --gpu-memory SIZE"),
+        (["--preset", "qwen2.5-3b", "--chip", "m3"], "--chip: give --ram too"),
+        (["--preset", "qwen2.5-3b", "--max-new-tokens", "32600"], "max_position_embeddings"),
         (["--preset", "qwen2.5-9b"], "'--preset'"),
         ([], "no model to plan"),
     ],
 )  # fmt: skip
 def test_bad_options_are_one_line_exit_2(args: list[str], expected: str) -> None:
-    code, _, err = run("plan", *args, *(["--ram", "16GiB"] if "--ram" not in args else []))
+    extra = [] if "--ram" in args or "--chip" in args else ["--ram", "16GiB"]
+    code, _, err = run("plan", *args, *extra)
     assert code == 2, err
     assert err.count("\n") == 1, err
     assert "Traceback" not in err

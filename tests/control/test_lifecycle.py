@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -88,8 +89,10 @@ def test_reused_pid_in_a_stale_pidfile_survives(
 
 
 def test_match_only_processes_need_the_flag(fake_service: Make, spawned: list) -> None:
-    settings = fake_service(match="mpsctl-test-svc-4242").settings()
-    hand_started = sleeper("mpsctl-test-svc-4242")
+    fake = fake_service(match="mpsctl-test-svc-4242")
+    settings = fake.settings()
+    # started by hand, still loading: its argv names the service's port
+    hand_started = sleeper("mpsctl-test-svc-4242", "--port", str(fake.port))
     spawned.append(hand_started)
 
     refused = stop_service(settings)
@@ -226,17 +229,73 @@ def test_limit_in_bytes_from_last_health(fake_service: Make, isolated_home: Path
     assert limit.limit_bytes == int(0.7 * 11453251584)
 
 
-def test_foreground_becomes_the_service(fake_service: Make, isolated_home: Path) -> None:
+def _foreground(fake: FakeService) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "MPSCTL_CONFIG": str(fake.config)}
+    return subprocess.Popen([PYTHON, "-m", "mpsctl", "start", "--foreground"], env=env)
+
+
+def test_foreground_runs_the_service_and_a_clean_stop_removes_its_pidfile(
+    fake_service: Make, isolated_home: Path
+) -> None:
+    """What a unit's ``systemctl stop`` does: SIGTERM to mpsctl, forwarded; the service
+    exits cleanly, the pidfile goes, ``status`` says stopped (3), not dead (1)."""
+    fake = fake_service()
+    proc = _foreground(fake)
+    try:
+        assert wait_for(lambda: health_now(fake.settings(), 0.5).ok)
+        (child,) = psutil.Process(proc.pid).children()
+        assert str(fake.script) in child.cmdline()
+        # a pidfile names the service: without it probe and the watchdog would call a
+        # healthy unit-run service "not running"
+        snapshot = processes.find_service(fake.settings())
+        assert (snapshot.found_by, snapshot.roots) == ("pidfile", (child.pid,))
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(30)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert code == -signal.SIGTERM  # ended as the service did: killed by SIGTERM
+    assert not (isolated_home / "service.pid").exists()
+    assert service_status(fake.settings()).exit_code == StatusExit.NOT_RUNNING
+
+
+def test_foreground_keeps_the_pidfile_when_the_service_crashes(
+    fake_service: Make, isolated_home: Path
+) -> None:
+    fake = fake_service()
+    proc = _foreground(fake)
+    try:
+        assert wait_for(lambda: health_now(fake.settings(), 0.5).ok)
+        (child,) = psutil.Process(proc.pid).children()
+        child.kill()  # an OOM kill: a failure, the manager's Restart= applies
+        code = proc.wait(30)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert code == -signal.SIGKILL
+    assert (isolated_home / "service.pid").exists()
+    assert service_status(fake.settings()).exit_code == StatusExit.DEAD_PIDFILE
+
+
+def test_foreground_when_already_running_exits_with_the_units_no_restart_status(
+    fake_service: Make, isolated_home: Path
+) -> None:
+    from mpsctl.monitor.systemd_units import RESTART_PREVENT
+
     fake = fake_service()
     env = {**os.environ, "MPSCTL_CONFIG": str(fake.config)}
     proc = subprocess.Popen([PYTHON, "-m", "mpsctl", "start", "--foreground"], env=env)
     try:
         assert wait_for(lambda: health_now(fake.settings(), 0.5).ok)
-        assert str(fake.script) in psutil.Process(proc.pid).cmdline()  # exec'd, same pid
-        # a pidfile names it (exec keeps pid and start time): without it probe and the
-        # watchdog would call a healthy unit-run service "not running"
-        snapshot = processes.find_service(fake.settings())
-        assert (snapshot.found_by, snapshot.roots) == ("pidfile", (proc.pid,))
+        second = subprocess.run(
+            [PYTHON, "-m", "mpsctl", "start", "--foreground"],
+            env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        # a unit started while the service runs outside it: systemd must not retry for ever
+        assert second.returncode == 73, second.stderr
+        assert 73 in RESTART_PREVENT
+        assert "is already running" in second.stderr
+        assert proc.poll() is None  # the running one is left alone
     finally:
         proc.kill()
         proc.wait()

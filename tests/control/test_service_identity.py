@@ -171,26 +171,32 @@ def test_a_relative_venv_path_is_matched_and_a_copy_on_another_port_is_not_the_s
                 proc.wait(10)
 
 
-def test_a_match_still_loading_is_the_service_until_start_timeout(
+def test_a_loading_match_is_the_service_only_when_its_argv_names_the_port(
     spawned: list, write_config, isolated_home: Path
 ) -> None:
-    loading = sleeper("loading-model-for", "mvp-service-marker")
-    spawned.append(loading)
+    """Not listening yet: a copy loading its model for another port, or one whose argv says
+    nothing, is never the service; one whose argv names the service's port is."""
+    port = free_port()
+    other = free_port()
+    ours = sleeper("mvp-service-marker", "--port", str(port))
+    neighbour = sleeper("mvp-service-marker", f"--port={other}")
+    silent = sleeper("mvp-service-marker", "--host", "127.0.0.1")
+    spawned.extend([ours, neighbour, silent])
     write_config(
         "[service]\n"
-        f'url = "http://127.0.0.1:{free_port()}"\n'
+        f'url = "http://127.0.0.1:{port}"\n'
         'command = ["x"]\n'
         'match = "mvp-service-marker"\n'
         "start_timeout = 600\n"
     )
     from mpsctl.settings import load_settings
 
-    young = processes.find_service(load_settings())
-    old = processes.find_service(load_settings(), clock=lambda: 10**10)
+    found = processes.find_service(load_settings())
 
-    assert young.roots == (loading.pid,)  # listens on no port yet: still loading
-    assert old.roots == ()  # long past start_timeout and listening nowhere: not the service
-    assert [p.pid for p in old.others] == [loading.pid]
+    assert (found.found_by, found.roots) == ("match", (ours.pid,))
+    assert sorted(p.pid for p in found.others) == sorted([neighbour.pid, silent.pid])
+    status = run("status", "--json")
+    assert json.loads(status.stdout)["pid"] == ours.pid
 
 
 def test_start_waits_for_a_port_the_stopped_process_still_holds(

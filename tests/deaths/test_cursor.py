@@ -41,8 +41,11 @@ def test_an_untimed_oom_is_counted_once_with_an_honest_range(tmp_path: Path) -> 
         "after": t0.isoformat(timespec="seconds").replace("+00:00", "Z"),
         "before": t1.isoformat(timespec="seconds").replace("+00:00", "Z"),
     }
-    # the next probe: nothing new, so nothing counted again
-    assert probe_count(home, log, t1 + timedelta(minutes=1)) == []
+    # the next probes: nothing new; the same death stays in the window (once) for an hour
+    # from when it was first seen, then leaves it
+    assert probe_count(home, log, t1 + timedelta(minutes=1)) == [event]
+    assert probe_count(home, log, t1 + timedelta(minutes=59)) == [event]
+    assert probe_count(home, log, t1 + timedelta(minutes=61)) == []
     assert read_state(home)[str(log)]["offset"] == log.stat().st_size
 
 
@@ -52,7 +55,9 @@ def test_only_new_bytes_are_read_and_timed_events_stay_for_the_window(tmp_path: 
     now = datetime.now(timezone.utc)
     stamp = (now - timedelta(minutes=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
     message = read_fixture("torch-mps-oom-3.txt").strip()
-    log.write_text(f"{stamp} ERROR {message}\n")
+    # the untimed INFO lines after it put the message outside the bytes the cursor
+    # fingerprints (the last FINGERPRINT_BYTES before its offset)
+    log.write_text(f"{stamp} ERROR {message}\n" + "INFO uvicorn: a request\n" * 400)
     assert len(probe_count(home, log, now)) == 1
     # the bytes already read are changed in place: a cursor that re-read them would notice
     data = log.read_bytes().replace(b"out of memory", b"out of mem0ry")
@@ -126,8 +131,61 @@ def test_new_ordinary_lines_move_the_cursor_without_the_scanner_and_an_oom_still
     assert read_state(home)[str(log)]["offset"] < log.stat().st_size  # left as it was
     [event] = probe_count(home, log, now + timedelta(minutes=1))
     assert event["kind"] == "cpu_alloc"
-    assert nothing_new(home, log, now=now) is True  # read now, and nothing since
+    # an untimed event is remembered for an hour from when it was first seen: the probe must
+    # report it again, so the quick check (which reports nothing) steps aside meanwhile
+    assert nothing_new(home, log, now=now) is False
+    [again] = probe_count(home, log, now + timedelta(minutes=2))
+    assert again["kind"] == "cpu_alloc"
     # a rotated log (another inode) is never quick: it is read from its start
     log.unlink()
     log.write_text('INFO:     127.0.0.1:50004 - "GET /health HTTP/1.1" 200 OK\n')
     assert nothing_new(home, log, now=now) is False
+
+
+def test_a_log_truncated_and_regrown_past_the_offset_is_scanned_again(tmp_path: Path) -> None:
+    """Truncated in place (copytruncate) and grown past the old offset before the next probe:
+    the bytes before the offset are not the ones read, so the whole file is new."""
+    home = tmp_path / "home"
+    log = tmp_path / "backend.log"
+    log.write_text("INFO uvicorn: a request\n" * 100)
+    now = datetime.now(timezone.utc)
+    assert probe_count(home, log, now) == []
+    with log.open("r+b") as out:  # same inode, new content longer than the old offset
+        out.truncate(0)
+        out.write(read_fixture("torch-cpu-oom-8-cant-allocate-CPUAllocator71.txt").encode())
+        out.write(b"INFO uvicorn: a request\n" * 200)
+    found = probe_count(home, log, now + timedelta(minutes=1))
+    assert [e["kind"] for e in found] == ["cpu_alloc"]
+
+
+def test_a_malformed_cursor_entry_is_replaced_and_counting_goes_on(tmp_path: Path) -> None:
+    """One entry of the wrong type (hand-edited, another version's) no longer breaks every
+    later probe: it counts as no cursor and the probe writes a good one."""
+    home = tmp_path / "home"
+    home.mkdir()
+    log = tmp_path / "backend.log"
+    log.write_text("INFO uvicorn: a request\n")
+    for bad in (5, {"offset": "12", "dev": 1, "ino": 2}, {"recent": [1]}, ["x"]):
+        (home / "oom_cursor.json").write_text(json.dumps({"files": {str(log): bad}}))
+        now = datetime.now(timezone.utc)
+        assert probe_count(home, log, now) == []
+        entry = read_state(home)[str(log)]
+        assert entry["offset"] == log.stat().st_size
+    with log.open("a") as out:  # an untimed OOM: counted only with a good cursor behind it
+        out.write(read_fixture("torch-cpu-oom-8-cant-allocate-CPUAllocator71.txt"))
+    found = probe_count(home, log, datetime.now(timezone.utc) + timedelta(minutes=1))
+    assert [e["kind"] for e in found] == ["cpu_alloc"]
+
+
+def test_a_cursor_state_that_is_a_fifo_or_dev_zero_is_no_cursor(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    log = tmp_path / "backend.log"
+    log.write_text("INFO uvicorn: a request\n")
+    os.mkfifo(home / "oom_cursor.json")
+    assert read_state(home) == {}
+    (home / "oom_cursor.json").unlink()
+    (home / "oom_cursor.json").symlink_to("/dev/zero")
+    assert read_state(home) == {}
+    assert probe_count(home, log, datetime.now(timezone.utc)) == []
+    assert read_state(home)[str(log)]["offset"] == log.stat().st_size  # replaced by a file

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from mpsctl.deaths.advice import explain, summary
 from mpsctl.deaths.kernel_oom import KILL_MAX_LINES
-from mpsctl.deaths.line_prefix import prefix_time, size_value, to_int
+from mpsctl.deaths.line_prefix import prefix_time
 from mpsctl.deaths.parsers import (
     KINDS,
     CpuAllocFailure,
@@ -29,6 +29,8 @@ from mpsctl.deaths.parsers import (
     parse_death,
     pids_of,
 )
+from mpsctl.deaths.prefilter import DEATH_KINDS
+from mpsctl.units import size_value, to_int
 from tests.conftest import FIXTURES, read_fixture
 
 KIB, MIB, GIB = 1024, 1024**2, 1024**3
@@ -578,4 +580,7 @@ def test_counting_helpers() -> None:
     assert pids_of(cuda) == ()
     assert is_memory_death(cuda)
     kinds = {e.kind for name in EXPECTED for e in find_deaths(read_fixture(name))}
+    corpus = FIXTURES / "corpus"
+    kinds |= {e.kind for p in corpus.glob("m-*.txt") for e in find_deaths(p.read_text("utf-8"))}
     assert kinds == set(KINDS)
+    assert DEATH_KINDS == KINDS  # the probe's totals name the same kinds without the parsers

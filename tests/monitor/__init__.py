@@ -14,6 +14,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,6 +28,8 @@ class Receiver:
     url: str
     posts: list[Any] = field(default_factory=list)
     statuses: list[int] = field(default_factory=list)
+    #: when each post arrived (``time.monotonic()``), in the order of ``posts``
+    arrivals: list[float] = field(default_factory=list)
 
 
 @contextmanager
@@ -40,6 +43,7 @@ def alert_receiver(statuses: list[int] | None = None) -> Iterator[Receiver]:
             body = self.rfile.read(length)
             with lock:
                 receiver.posts.append(json.loads(body))
+                receiver.arrivals.append(time.monotonic())
                 status = receiver.statuses.pop(0) if receiver.statuses else 200
             self.send_response(status)
             self.send_header("Content-Length", "0")

@@ -52,7 +52,7 @@ def test_crontab_lines_parse_and_run(
     assert f"MPSCTL_SERVICE_URL={dead_url}" in probe_cmd  # cron would not see this shell's
     assert "probe --record" in probe_cmd
     assert "fix --if-unhealthy" in fix_cmd
-    assert "[ $? -eq 75 ]" in fix_cmd
+    assert fix_cmd.endswith(" >/dev/null || { rc=$?; [ $rc -eq 75 ] || exit $rc; }")
 
     # cron runs each command with /bin/sh from $HOME and a bare environment
     bare = {"HOME": str(isolated_home.parent), "PATH": "/usr/bin:/bin"}
@@ -112,15 +112,19 @@ def test_launchd_plist_for_one_job(isolated_home: Path) -> None:
     result = CliRunner().invoke(main, ["cron", "--launchd", "--job", "probe"])
     assert result.exit_code == 0, result.stderr
     plist = plistlib.loads(result.stdout.encode())
-    assert plist["Label"] == "io.github.mpsctl.probe"
+    # the service's name in the label: two services' agents never collide
+    assert plist["Label"] == "io.github.mpsctl.mpsctl-serve.probe"
     assert plist["StartInterval"] == 60
-    assert plist["ProgramArguments"][:3] == [sys.executable, "-m", "mpsctl"]
-    assert plist["ProgramArguments"][3:] == ["probe", "--record"]
+    assert plist["ProgramArguments"][-2:] == ["probe", "--record"]
+    assert Path(plist["ProgramArguments"][0]).is_absolute()
+    assert plist["WorkingDirectory"] == str(isolated_home)
     assert plist["EnvironmentVariables"]["MPSCTL_HOME"] == str(isolated_home)
 
 
 def test_launchd_both_jobs_and_job_needs_launchd() -> None:
     result = CliRunner().invoke(main, ["cron", "--launchd", "--fix-every", "10"])
-    assert result.stdout.count("<plist") == 3  # the service, probe and fix
+    assert result.stdout.count("<plist") == 4  # the service, probe, fix and the exporter
+    assert 'launchctl bootstrap "gui/$(id -u)" ~/Library/LaunchAgents/' in result.stdout
+    assert "launchctl load" not in result.stdout
     assert "<integer>600</integer>" in result.stdout
     assert CliRunner().invoke(main, ["cron", "--job", "fix"]).exit_code == 2

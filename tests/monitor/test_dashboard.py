@@ -161,7 +161,9 @@ def test_memory_pressure_level_gauge(write_config: Callable[..., Path]) -> None:
     result = take_probe(load_settings())
     assert result.host is not None
     values = {s.name: s.value for s in probe_samples(result)}
-    assert "mpsctl_host_memory_pressure_level" not in values  # Linux: unknown, left out
+    # Linux: PSI's level when the kernel has it (tests/observe/test_psi.py), else left out
+    expected = {"normal": 0, "warn": 1, "critical": 2}.get(result.host.pressure or "")
+    assert values.get("mpsctl_host_memory_pressure_level") == expected
     # macOS's level, parsed from a recorded `sysctl kern.memorystatus_vm_pressure_level`
     level = parse_pressure_level(
         read_fixture("macos-sysctl-memorystatus-pressure-level-2-critical.txt")
@@ -170,3 +172,15 @@ def test_memory_pressure_level_gauge(write_config: Callable[..., Path]) -> None:
         **{**result.host.__dict__, "pressure": level})})  # fmt: skip
     values = {s.name: s.value for s in probe_samples(mac)}
     assert values["mpsctl_host_memory_pressure_level"] == 2
+
+
+def test_import_asks_for_the_data_source_and_requires_what_it_uses() -> None:
+    text = contrib.read_text(contrib.DASHBOARD)
+    dashboard = json.loads(text)
+    inputs = {i["name"]: i for i in dashboard["__inputs"]}
+    assert inputs["DS_PROMETHEUS"]["pluginId"] == "prometheus"
+    # every ${DS_...} placeholder Grafana's import replaces is declared, and used
+    assert set(re.findall(r"\$\{(DS_\w+)\}", text)) == set(inputs)
+    assert dashboard["templating"]["list"][0]["current"]["value"] == "${DS_PROMETHEUS}"
+    required = {r["id"] for r in dashboard["__requires"] if r["type"] == "panel"}
+    assert required == {panel["type"] for panel in dashboard["panels"]}

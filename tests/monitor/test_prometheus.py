@@ -48,6 +48,12 @@ def test_textfile_parses_and_omits_what_is_unknown(dead_url: str, tmp_path: Path
     assert values["mpsctl_service_up"] == 0
     assert values["mpsctl_health_ok"] == 0
     assert values["mpsctl_host_memory_total_bytes"] > 0
+    # what the rules use is in the textfile as in the exporter: the watchdog's counters
+    # (WatchdogGaveUp), the probe's time (ProbeStale) and the memory failures
+    assert values["mpsctl_watchdog_refusals_total"] == 0
+    assert values["mpsctl_oom_events_total"] == 0
+    assert abs(values["mpsctl_probe_timestamp_seconds"] - time.time()) < 60
+    assert 0 < values["mpsctl_probe_duration_seconds"] < 30
     # the service is down: no memory figure at all rather than a misleading 0
     for name in ("mpsctl_service_rss_bytes", "mpsctl_accelerator_allocated_bytes",
                  "mpsctl_accelerator_limit_bytes", "mpsctl_health_latency_seconds"):  # fmt: skip

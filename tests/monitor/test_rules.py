@@ -4,6 +4,7 @@ input series each alert is for (``promtool test rules``), and not on their neigh
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,8 @@ def series(name: str, values: str, **labels: str) -> dict[str, str]:
 def alert(
     eval_time: str, name: str, labels: dict[str, str] | None = None, **annotations: str
 ) -> dict[str, Any]:
+    # every alert points at its section of docs/fleet.md
+    annotations = {**annotations, "runbook_url": f"docs/fleet.md#{name.lower()}"}
     expected = [] if labels is None else [{"exp_labels": labels, "exp_annotations": annotations}]
     return {"eval_time": eval_time, "alertname": name, "exp_alerts": expected}
 
@@ -48,7 +51,7 @@ def test_promtool_check_rules(tmp_path: Path) -> None:
     (tmp_path / "rules.yml").write_text(contrib.read_text(contrib.RULES), encoding="utf-8")
     done = promtool("check", "rules", "rules.yml", cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "SUCCESS: 9 rules found" in done.stdout
+    assert "SUCCESS: 10 rules found" in done.stdout
 
 
 def test_promtool_test_rules_on_input_series(tmp_path: Path) -> None:
@@ -115,11 +118,13 @@ def test_promtool_test_rules_on_input_series(tmp_path: Path) -> None:
                 ),
             ],
         },
-        {  # one new OOM from the service's counter, and one new event in the logs
+        {  # one new OOM from the service's counter, and one new memory failure in the logs:
+            # the counter fires at the first scrape that shows it, not minutes later
             "interval": "1m",
             "input_series": [
                 series("mpsctl_out_of_memory_total", "0 0 0 1 1 1", **SERVICE),
-                series("mpsctl_oom_events", "0x12 1x4", **EXPORTER),
+                series("mpsctl_oom_events_total", "0x12 1x4", kind="oom", **EXPORTER),
+                series("mpsctl_oom_events_total", "0x16", kind="kernel_oom_kill", **EXPORTER),
             ],
             "alert_rule_test": [
                 alert("2m", "MpsctlOutOfMemory"),
@@ -133,11 +138,46 @@ def test_promtool_test_rules_on_input_series(tmp_path: Path) -> None:
                 ),
                 alert("12m", "MpsctlOutOfMemoryInLogs"),
                 alert(
-                    "14m",
+                    "13m",
                     "MpsctlOutOfMemoryInLogs",
-                    warn,
-                    summary=f"{mvp}: a new out-of-memory event in the logs",
+                    {**warn, "kind": "oom"},
+                    summary=f"{mvp}: a new memory failure (oom) in the logs",
                     description="See `mpsctl oom` on the host.",
+                ),
+            ],
+        },
+        {  # an exporter first scraped at 19m: its counters are there at 0 from that first
+            # scrape, so a failure found by the next one fires at once (a window compared
+            # with `offset 10m` had nothing to compare with for 10 minutes)
+            "interval": "1m",
+            "input_series": [
+                series("mpsctl_oom_events_total", "_x19 0 1 1", kind="oom", **EXPORTER),
+            ],
+            "alert_rule_test": [
+                alert("19m", "MpsctlOutOfMemoryInLogs"),
+                alert(
+                    "20m",
+                    "MpsctlOutOfMemoryInLogs",
+                    {**warn, "kind": "oom"},
+                    summary=f"{mvp}: a new memory failure (oom) in the logs",
+                    description="See `mpsctl oom` on the host.",
+                ),
+            ],
+        },
+        {  # the probe job stops: its last textfile is served on, with a frozen timestamp
+            "interval": "1m",
+            "input_series": [
+                series("mpsctl_probe_timestamp_seconds", "0+60x5 300x10", **EXPORTER),
+            ],
+            "alert_rule_test": [
+                alert("7m", "MpsctlProbeStale"),
+                alert(
+                    "9m",
+                    "MpsctlProbeStale",
+                    warn,
+                    summary=f"{mvp}: the last probe is 4m 0s old",
+                    description="The probe job stopped running (cron, the systemd timer or "
+                    "the launchd agent): the other figures are stale.",
                 ),
             ],
         },
@@ -169,9 +209,10 @@ def test_promtool_test_rules_on_input_series(tmp_path: Path) -> None:
                     "5m",
                     "MpsctlMemoryPressureCritical",
                     crit,
-                    summary="mac1:9808: macOS memory pressure is critical",
-                    description="The kernel is compressing and swapping hard; the watchdog "
-                    "restarts the service on CRITICAL.",
+                    summary="mac1:9808: memory pressure is critical",
+                    description="macOS's pressure level is critical, or on Linux tasks "
+                    "stalled on memory most of the last 10 s (PSI full avg10 >= 60%); the "
+                    "watchdog restarts the service on CRITICAL.",
                 ),
             ],
         },
@@ -230,3 +271,55 @@ def test_a_missing_tool_fails_in_ci_and_skips_elsewhere(
     monkeypatch.delenv("CI")
     with pytest.raises(pytest.skip.Exception):
         require_tool("promtool", "prometheus")
+
+
+def test_every_runbook_url_names_a_section_of_the_fleet_doc() -> None:
+    doc = (Path(__file__).parents[2] / "docs" / "fleet.md").read_text(encoding="utf-8")
+    anchors = {
+        line.lstrip("#").strip().lower() for line in doc.splitlines() if line.startswith("#")
+    }
+    names = re.findall(r"(?m)^      - alert: (\w+)$", contrib.read_text(contrib.RULES))
+    assert len(names) == 10
+    for name in names:
+        assert name.lower() in {a.strip("`") for a in anchors}, name
+
+
+def test_time_scale_shortens_every_duration_and_promtool_accepts_it(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["exporter", "--rules", "--time-scale", "0.05"])
+    assert result.exit_code == 0, result.stderr
+    assert re.findall(r"for: (\S+)", result.stdout) == ["6s", "3s", "30s", "15s", "15s", "6s"]
+    assert "[10m]" not in result.stdout
+    assert "increase(mpsctl_oom_events_total[30s])" in result.stdout
+    assert "mpsctl_probe_timestamp_seconds > 9" in result.stdout
+    (tmp_path / "rules.yml").write_text(result.stdout, encoding="utf-8")
+    done = promtool("check", "rules", "rules.yml", cwd=tmp_path)
+    assert "SUCCESS: 10 rules found" in done.stdout, done.stderr
+    bad = CliRunner().invoke(main, ["exporter", "--rules", "--time-scale", "2"])
+    assert bad.exit_code == 2
+
+
+def test_alertmanager_config_passes_amtool(tmp_path: Path) -> None:
+    amtool = require_tool("amtool", "prometheus-alertmanager")
+    url = 'http://127.0.0.1:5001/hook?a=1&b="q"'
+    result = CliRunner().invoke(main, ["exporter", "--alertmanager", "--webhook-url", url])
+    assert result.exit_code == 0, result.stderr
+    (tmp_path / "am.yml").write_text(result.stdout, encoding="utf-8")
+    done = subprocess.run([amtool, "check-config", "am.yml"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "2 inhibit rules" in done.stdout
+    import yaml
+
+    assert yaml.safe_load(result.stdout)["receivers"][0]["webhook_configs"][0]["url"] == url
+
+
+def test_scrape_config_and_rules_pass_promtool_check_config(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["exporter", "--scrape-config", "--port", "9810"])
+    assert result.exit_code == 0, result.stderr
+    (tmp_path / "rules.yml").write_text(contrib.read_text(contrib.RULES), encoding="utf-8")
+    config = 'rule_files: ["rules.yml"]\n' + result.stdout
+    (tmp_path / "prometheus.yml").write_text(config, encoding="utf-8")
+    done = promtool("check", "config", "prometheus.yml", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert '"127.0.0.1:9810"' in result.stdout
+    assert "job_name: mpsctl-exporter" in result.stdout

@@ -20,7 +20,6 @@ from click.testing import CliRunner
 
 from mpsctl.cli import main
 from mpsctl.observe import processes
-from mpsctl.service_env import service_env
 from mpsctl.settings import load_settings
 from tests.conftest import free_port
 from tests.monitor.external import require_tool
@@ -103,12 +102,13 @@ def test_systemd_units_pass_systemd_analyze_verify(
     config = write_config('[service]\nname = "mvp"\n[memory]\nhigh_watermark_ratio = 0.6\n')
     text, units = systemd_units("--fix-every", "10")
     assert sorted(units) == [
-        "mpsctl-mvp-fix.service", "mpsctl-mvp-fix.timer",
+        "mpsctl-mvp-exporter.service", "mpsctl-mvp-fix.service", "mpsctl-mvp-fix.timer",
         "mpsctl-mvp-probe.service", "mpsctl-mvp-probe.timer", "mpsctl-mvp.service",
     ]  # fmt: skip
     assert (
         "systemctl --user daemon-reload && systemctl --user enable --now "
-        "mpsctl-mvp-probe.timer mpsctl-mvp-fix.timer mpsctl-mvp.service"
+        "mpsctl-mvp-probe.timer mpsctl-mvp-fix.timer mpsctl-mvp.service "
+        "mpsctl-mvp-exporter.service"
     ) in text
     service = units["mpsctl-mvp.service"]
     argv = shlex.split(unit_values(service, "ExecStart")[0])
@@ -116,14 +116,21 @@ def test_systemd_units_pass_systemd_analyze_verify(
     assert argv[-4:] == ["--config", str(config), "start", "--foreground"]
     assert unit_values(service, "Restart") == ["on-failure"]
     assert unit_values(service, "RestartSec") == ["5"]
+    # a start that cannot succeed is not retried; a crash loop stops after 5 starts in 5 min
+    assert unit_values(service, "RestartPreventExitStatus") == ["2 73"]
+    assert unit_values(service, "StartLimitBurst") == ["5"]
+    assert unit_values(service, "StartLimitIntervalSec") == ["300"]
+    assert unit_values(service, "MemoryMax") == []  # no [serve] memory_limit
     env = unit_env(service)
     assert env["MPSCTL_HOME"] == str(isolated_home)
-    # the memory settings exactly as start applies them
-    for key, value in service_env(load_settings(), base={}).items():
-        if key != "PATH":
-            assert env[key] == value
-    assert "0.6" in env.values()
+    # start --foreground builds the service's environment from the settings at each start:
+    # the unit copies none of it (nothing to go stale)
+    assert "PYTORCH_MPS_HIGH_WATERMARK_RATIO" not in env
     assert unit_values(units["mpsctl-mvp-fix.timer"], "OnCalendar") == ["*:0/10"]
+    assert unit_values(units["mpsctl-mvp-probe.service"], "TimeoutStartSec") == ["120"]
+    assert unit_values(units["mpsctl-mvp-fix.service"], "TimeoutStartSec") == ["250"]
+    exporter = shlex.split(unit_values(units["mpsctl-mvp-exporter.service"], "ExecStart")[0])
+    assert exporter[-5:] == ["exporter", "--host", "127.0.0.1", "--port", "9808"]
     assert unit_values(units["mpsctl-mvp-probe.service"], "SuccessExitStatus") == ["1 2 3"]
     assert unit_values(units["mpsctl-mvp-fix.service"], "SuccessExitStatus") == ["75"]
     done = verify(tmp_path, units)
@@ -131,10 +138,22 @@ def test_systemd_units_pass_systemd_analyze_verify(
     assert done.stdout + done.stderr == ""  # systemd-analyze exits 0 on mere warnings
 
 
+def test_the_reference_services_memory_limit_bounds_its_unit(
+    write_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    write_config('[serve]\nmemory_limit = "8GiB"\n')
+    _, units = systemd_units()
+    service = units["mpsctl-serve.service"]
+    assert unit_values(service, "MemoryMax") == [str(8 << 30)]
+    assert unit_values(service, "MemoryHigh") == [str(int(0.9 * (8 << 30)))]
+    done = verify(tmp_path, units)
+    assert (done.returncode, done.stderr) == (0, "")
+
+
 def test_systemd_analyze_check_catches_a_broken_unit(tmp_path: Path) -> None:
     # the check above must be able to fail: a bad setting is a diagnostic on stderr
     _, units = systemd_units()
-    name = next(n for n in units if not n.endswith(".timer") and "-" in n[7:])
+    name = next(n for n, text in units.items() if "Type=oneshot" in text)
     units[name] = units[name].replace("Type=oneshot", "Type=bogus")
     done = verify(tmp_path, units)
     assert "bogus" in done.stderr
@@ -169,9 +188,9 @@ def test_launchd_plist_for_the_service(
     assert plist["WorkingDirectory"] == str(settings.service.workdir)
     env = plist["EnvironmentVariables"]
     assert env["MPSCTL_HOME"] == str(isolated_home)
-    assert env["PYTORCH_MPS_HIGH_WATERMARK_RATIO"] == "0.6"
+    assert "PYTORCH_MPS_HIGH_WATERMARK_RATIO" not in env  # start --foreground sets it
     every = CliRunner().invoke(main, ["cron", "--launchd"]).stdout
-    assert every.count("<plist") == 3
+    assert every.count("<plist") == 4
     assert "# save as ~/Library/LaunchAgents/io.github.mpsctl.mvp.plist" in every
 
 
@@ -205,12 +224,13 @@ def test_start_foreground_runs_and_stops_like_a_systemd_main_process(
     assert log == load_settings().service.log_file
     try:
         wait_healthy(f"http://127.0.0.1:{port}", proc, log, 120)
-        # exec'd: the unit's main PID is the service itself, with the memory settings
-        service = psutil.Process(proc.pid)
+        # the unit's main PID is mpsctl; its one child is the service, with the memory
+        # settings
+        (service,) = psutil.Process(proc.pid).children()
         assert "serve" in service.cmdline()
-        # its pidfile names it (exec keeps pid and start time): status and probe find it
+        # its pidfile names the service: status and probe find it
         snapshot = processes.find_service(load_settings())
-        assert (snapshot.found_by, snapshot.roots) == ("pidfile", (proc.pid,))
+        assert (snapshot.found_by, snapshot.roots) == ("pidfile", (service.pid,))
         assert status_of().exit_code == 0
         assert service.environ()["PYTORCH_MPS_HIGH_WATERMARK_RATIO"] == "0.7"
         assert service.environ()["PYTORCH_MPS_LOW_WATERMARK_RATIO"] == "0.5"
@@ -222,6 +242,8 @@ def test_start_foreground_runs_and_stops_like_a_systemd_main_process(
     # SIGTERM as clean (like 0), so Restart=on-failure leaves a stopped unit stopped
     assert code in (0, -signal.SIGTERM)
     assert "Finished server process" in log.read_text(encoding="utf-8")
+    # a clean stop: no pidfile is left to read as a death, `status` says stopped
+    assert status_of().exit_code == 3
 
 
 def test_start_foreground_exit_status_is_the_services(

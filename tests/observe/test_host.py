@@ -75,7 +75,9 @@ def test_linux_macos_figures_are_unknown_and_nothing_is_run() -> None:
 
     memory = host_memory(runner=refuse)
     assert (memory.wired_bytes, memory.compressed_bytes) == (None, None)
-    assert (memory.pressure, memory.physmem, memory.notes) == (None, None, ())
+    assert memory.physmem is None
+    # pressure is Linux's own PSI here (tests/observe/test_psi.py), or unknown with a note
+    assert memory.pressure in (None, "normal", "warn", "critical")
 
 
 def test_as_dict_has_exactly_the_json_keys_and_round_trips() -> None:

@@ -247,7 +247,15 @@ def _best_time(data: bytes, repeat: int = 5) -> float:
         lines = read_last_lines(io.BytesIO(data), len(data), 2)
         best = min(best, time.process_time() - began)
         assert lines[0] == "first"
-        assert len(lines[1]) == len(data) - len(b"first\n") - 1
+        # a line past MAX_LINE_BYTES is shown cut, with the count of bytes left out
+        shown, _, left_out = lines[1].partition(" [... ")
+        length = len(data) - len(b"first\n") - 1
+        assert len(shown) == min(length, logfiles.MAX_LINE_BYTES)
+        assert left_out == (
+            ""
+            if length <= logfiles.MAX_LINE_BYTES
+            else f"{length - logfiles.MAX_LINE_BYTES:,} more bytes of this line not shown]"
+        )
     return best
 
 

@@ -84,7 +84,9 @@ def test_stale_and_invalid_pidfiles(isolated_home: Path) -> None:
 
 
 def test_match_groups_a_reloader_and_its_worker(spawned: list) -> None:
-    parent = subprocess.Popen([PYTHON, "-c", PARENT, "uvicorn", "mvp-fake-7"])
+    # loading still (listening nowhere): its argv names the service's port
+    port = str(settings().service.port)
+    parent = subprocess.Popen([PYTHON, "-c", PARENT, "uvicorn", "mvp-fake-7", "--port", port])
     spawned.append(parent)
     assert wait_for(lambda: len(psutil.Process(parent.pid).children()) == 1)
 
@@ -181,14 +183,21 @@ def test_session_members_finds_what_an_exited_leader_left(spawned: list) -> None
         psutil.Process(orphan).kill()
 
 
-def test_cpu_percent_between_two_readings_tells_busy_from_idle(spawned: list) -> None:
+def busy_and_idle(
+    spawned: list,
+) -> tuple[subprocess.Popen, subprocess.Popen, processes.ServiceSnapshot]:
+    """A process spinning a core and a sleeper, as one snapshot (the spinner its root)."""
     busy = subprocess.Popen([PYTHON, "-c", "while True: pass"])
     idle = sleeper()
     spawned.extend([busy, idle])
     infos = processes.processes_info(
         (p.pid, psutil.Process(p.pid).create_time()) for p in (busy, idle)
     )
-    snapshot = processes.ServiceSnapshot("match", "missing", None, (busy.pid,), infos)
+    return busy, idle, processes.ServiceSnapshot("match", "missing", None, (busy.pid,), infos)
+
+
+def test_cpu_percent_between_two_readings_tells_busy_from_idle(spawned: list) -> None:
+    busy, idle, snapshot = busy_and_idle(spawned)
     pids = [busy.pid, idle.pid]
     time.sleep(0.2)  # past the interpreter's start-up: idle is idle by now
     before = processes.cpu_seconds(pids)
@@ -205,3 +214,20 @@ def test_cpu_percent_between_two_readings_tells_busy_from_idle(spawned: list) ->
     # a pid missing from a reading keeps "unknown", never 0
     partial = processes.with_cpu_percent(snapshot, {busy.pid: before[busy.pid]}, after, 0.3)
     assert {p.pid: p.cpu_percent for p in partial.processes}[idle.pid] is None
+
+
+def test_a_cpu_window_started_with_the_snapshot_measures_until_it_is_read(spawned: list) -> None:
+    busy, idle, plain = busy_and_idle(spawned)
+    time.sleep(0.2)  # past the interpreter's start-up: idle is idle by now
+    started = processes.start_cpu_window(plain)
+    assert started == plain  # the window's start is no part of what the snapshot says
+    assert started.to_json() == plain.to_json()
+    time.sleep(0.3)
+    figures = {p.pid: p.cpu_percent for p in processes.with_cpu_since_snapshot(started).processes}
+    assert figures[busy.pid] is not None
+    assert figures[busy.pid] > 20
+    assert figures[idle.pid] is not None
+    assert figures[idle.pid] < 5
+    # no window started: nothing measured, "unknown" stays unknown
+    assert processes.with_cpu_since_snapshot(plain) == plain
+    assert all(p.cpu_percent is None for p in processes.with_cpu_since_snapshot(plain).processes)

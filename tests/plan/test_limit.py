@@ -83,7 +83,7 @@ def test_a_service_report_gives_working_set_and_overhead() -> None:
 
 
 SIZES = [("16GiB", 16 * GIB), ("16 GB", 16 * GIB), ("512m", 512 * MIB),
-         ("17179869184", 16 * GIB), ("1.5g", 3 * GIB // 2)]  # fmt: skip
+         ("17179869184B", 16 * GIB), ("1.5g", 3 * GIB // 2)]  # fmt: skip
 
 
 @pytest.mark.parametrize(("text", "expected"), SIZES)
@@ -91,7 +91,9 @@ def test_parse_size(text: str, expected: int) -> None:
     assert parse_size(text) == expected
 
 
-@pytest.mark.parametrize("text", ["", "GiB", "16XB", "-1G", "0", "nanG"])
+@pytest.mark.parametrize(
+    "text", ["", "GiB", "16XB", "-1G", "0", "16", "nanG", "0.5B", "1e300G", "2048TiB"]
+)
 def test_parse_size_refuses(text: str) -> None:
     with pytest.raises(ValueError):  # noqa: PT011 - each case has its own message
         parse_size(text)

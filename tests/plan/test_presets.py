@@ -36,6 +36,7 @@ def test_preset_equals_published_config(model: str) -> None:
         assert getattr(arch, key) == int(row[key]), key
     assert arch.tie_word_embeddings == (row["tie_word_embeddings"] == "true")
     assert arch.checkpoint_dtype == row["torch_dtype"]
+    assert arch.max_positions == int(row["max_position_embeddings"])
     assert f"Qwen/{model}" in arch.source
 
 

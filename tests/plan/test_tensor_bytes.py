@@ -9,8 +9,6 @@ plan's prompt + new is within 2% for these lengths, and exact one position on.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,17 +16,6 @@ import pytest
 
 from mpsctl.plan.arch import read_model_dir
 from mpsctl.plan.memory import compute_figures
-
-
-@pytest.fixture(scope="session")
-def demo_05b(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The 0.5b demo checkpoint (Qwen2.5-0.5B's layer shapes, 384-token vocabulary):
-    ~22 s and ~1.8 GB peak to build on one core, 716 MB on disk, so a child process
-    builds it and gives its memory back when it exits."""
-    target = tmp_path_factory.mktemp("demo-05b") / "model"
-    subprocess.run([sys.executable, "-m", "mpsctl", "demo-model", str(target), "--size", "0.5b"],
-                   check=True, capture_output=True, timeout=600)  # fmt: skip
-    return target
 
 
 def real_bytes(model_dir: Path, dtype_name: str, prompt: int, new: int) -> tuple[int, int]:
@@ -73,3 +60,25 @@ def test_tiny_checkpoint_cast_to_bfloat16(tiny_model: Path) -> None:
 
 def test_05b_demo_checkpoint_bfloat16(demo_05b: Path) -> None:
     check(demo_05b, "bfloat16", prompt=40, new=20)
+
+
+def test_a_stored_lm_head_of_a_tied_model_is_counted_once(tiny_model: Path, tmp_path: Path) -> None:
+    """Some checkpoints of tied models store ``lm_head.weight`` too; transformers ties it to
+    the embedding matrix on load, so memory holds one tensor."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForCausalLM
+
+    model_dir = tmp_path / "tied-with-lm-head"
+    shutil.copytree(tiny_model, model_dir)
+    tensors = load_file(model_dir / "model.safetensors")
+    assert "lm_head.weight" not in tensors
+    tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"].clone()
+    save_file(tensors, model_dir / "model.safetensors", metadata={"format": "pt"})
+    arch = read_model_dir(model_dir)
+    assert arch.tie_word_embeddings
+    loaded: Any = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    assert arch.parameters == sum(p.numel() for p in loaded.parameters())
+    assert arch.parameters == arch.formula_parameters

@@ -48,8 +48,14 @@ def test_3b_on_a_16gb_mac_fits_4_and_up_to_109() -> None:
     # 110 queries: 3_738_502_757 // 110 = 33_986_388; - 19_917_056 = 14_069_332;
     # // 36_864 = 381 tokens per query, - 256 prompt = 125 new tokens
     assert plan.max_new_tokens_for_one_more == 125
-    # 17_179_869_184 / 11_453_246_122 = 1.5000... -> high 1.50, low min(1.50, 1.4)
-    assert (plan.suggested_high, plan.suggested_low) == (1.5, 1.4)
+    # RAM less the 4 GiB reserve: 12_884_901_888 / 11_453_246_122 = 1.125 -> high 1.12,
+    # low min(1.12, 1.4)
+    assert plan.ram_ceiling_bytes == 12_884_901_888
+    assert (plan.suggested_high, plan.suggested_low) == (1.12, 1.12)
+    # loading converts the bf16 checkpoint to float16: overhead + both copies
+    # = 397_541_376 + 2 * 6_171_877_376 = 12_741_296_128, just under the RAM ceiling
+    assert plan.load_host_bytes == 12_741_296_128
+    assert plan.load_fits
     assert [r.total_bytes for r in plan.rows] == [
         6_569_418_752 + n * per_query for n in (1, 2, 3, 4)
     ]
@@ -83,8 +89,9 @@ def test_14b_on_a_64gb_mac_fits_159() -> None:
     assert plan.figures.peak_per_query_bytes == 912_384 + 26_476_544
     # (46_385_646_796 - 29_540_067_328 - 397_541_376) // 102_886_400 = 159
     assert plan.max_concurrent_that_fits == 159
-    # 64 GiB / 48 GiB = 1.333 -> high 1.33, low 1.33
-    assert (plan.suggested_high, plan.suggested_low) == (1.33, 1.33)
+    # (64 - 4) GiB / 48 GiB = 1.25 -> high 1.25, low 1.25
+    assert (plan.suggested_high, plan.suggested_low) == (1.25, 1.25)
+    assert plan.binding == "allocator"  # 46.4 GB usable, below the 60 GiB RAM ceiling
 
 
 def test_pytorch_default_ratio_puts_the_limit_above_ram_on_16gb() -> None:

@@ -11,7 +11,10 @@ test's environment, which is one of the contracts under test):
 
 - ``SCENARIO_QUERY_S``: seconds of CPU work each ``POST /api/v1/query`` does *inside*
   ``async def`` (the classic mistake: the event loop, and so /health, stalls meanwhile);
-- ``SCENARIO_DIE_AFTER``: the process exits this many seconds after every start.
+- ``SCENARIO_DIE_AFTER``: the process exits this many seconds after every start;
+- ``SCENARIO_LOAD_S``: seconds of "model loading" before it listens;
+- ``SCENARIO_REPORT=1``: /health carries ``memory.limiter.in_flight`` (the documented report),
+  counting ``POST /api/v1/slow`` (``{"seconds": N}``, in the thread pool).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -46,11 +50,14 @@ from fastapi import FastAPI
 
 DIE_AFTER = float(os.environ.get("SCENARIO_DIE_AFTER", "0"))
 QUERY_S = float(os.environ.get("SCENARIO_QUERY_S", "0"))
-served = {"queries": 0}
+LOAD_S = float(os.environ.get("SCENARIO_LOAD_S", "0"))
+REPORT = os.environ.get("SCENARIO_REPORT") == "1"
+served = {"queries": 0, "in_flight": 0}
 
 
 @asynccontextmanager
 async def lifespan(app):
+    time.sleep(LOAD_S)  # loading a model: uvicorn listens only after this
     if DIE_AFTER:
         threading.Timer(DIE_AFTER, os._exit, (1,)).start()
     yield
@@ -61,6 +68,8 @@ app = FastAPI(lifespan=lifespan)
 
 @app.get("/health")
 def health():
+    if REPORT:  # the documented memory report's limiter.in_flight
+        return {"status": "ok", "memory": {"limiter": {"in_flight": served["in_flight"]}}}
     return {"status": "ok"}
 
 
@@ -71,6 +80,16 @@ async def query(body: dict):
         pass
     served["queries"] += 1
     return {"answer": "ok", "served": served["queries"]}
+
+
+@app.post("/api/v1/slow")
+def slow(body: dict):
+    served["in_flight"] += 1  # a plain def runs in the thread pool: /health answers meanwhile
+    try:
+        time.sleep(float(body.get("seconds", 1)))
+    finally:
+        served["in_flight"] -= 1
+    return {"answer": "ok"}
 
 
 @app.get("/env")
@@ -181,7 +200,8 @@ def _cron_lines(site: Site) -> None:
     ).stdout  # fmt: skip
     line = next(x for x in printed.splitlines() if " fix --if-unhealthy" in x and x[0] != "#")
     command = line.split(" ", 5)[5]  # the five schedule fields off
-    prefix = command.split(" fix --if-unhealthy")[0]
+    # the other commands keep their stderr (the tests read it); the watchdog line logs it
+    prefix = re.sub(r" --error-log \S+", "", command.split(" fix --if-unhealthy")[0])
     if os.environ.get("PYTHONPATH"):
         # only so that this checkout's mpsctl is the one the job imports (an installed
         # mpsctl needs nothing)

@@ -18,7 +18,7 @@ _PATHS = [
     (re.compile(r"PATH=\S+"), "PATH=<PATH>"),
     (re.compile(r"\S+/python[0-9.]* -m mpsctl"), "<PYTHON> -m mpsctl"),
     (re.compile(r"--config \S+"), "--config <CONFIG>"),
-    (re.compile(r"2>>\S+"), "2>><LOG>"),
+    (re.compile(r"--error-log \S+"), "--error-log <LOG>"),
 ]
 
 

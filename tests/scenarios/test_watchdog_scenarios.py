@@ -181,11 +181,14 @@ def test_f_a_service_that_keeps_dying_exhausts_the_budget_then_gives_up(make_sit
     site = make_site(env={"SCENARIO_DIE_AFTER": "1"})
     assert site.mpsctl("start").returncode in (0, 1)  # healthy for about a second, or not
     pid = site.pid() if (site.home / "service.pid").exists() else 0
+    codes = []
     for _ in range(5):
         wait_until(lambda: not site.healthy(), 10, "the service to die")
         wait_until(lambda p=pid: not p or gone(p), 10, "its process to go")
-        site.watchdog()
+        codes.append(site.watchdog().returncode)
         pid = site.pid() if (site.home / "service.pid").exists() else pid
+
+    assert codes[3:] == [ExitCode.GAVE_UP, ExitCode.GAVE_UP]  # the cron line keeps 69
 
     assert len(restarts(site)) == 3  # fix.max_restarts
     last = site.mpsctl("fix", "--if-unhealthy")
@@ -196,8 +199,8 @@ def test_f_a_service_that_keeps_dying_exhausts_the_budget_then_gives_up(make_sit
     assert len(gave_up) == 3  # runs 4 and 5, and the one above
     assert all(r["result"] == "refused" for r in gave_up)  # counted by the exporter
     alerts = site.alert_documents()
-    assert [a["kind"] for a in alerts] == ["gave-up"]
-    assert "gave up after 3 restart(s)" in alerts[0]["text"]
+    assert [a["kind"] for a in alerts] == ["restarted"] * 3 + ["gave-up"]
+    assert "gave up after 3 restart(s)" in alerts[-1]["text"]
 
     # the exporter reads the same trail: 3 restarts, 3 give-ups
     counters = {c.name: c.value for c in watchdog_samples(site.home, "mvp")}
@@ -246,6 +249,8 @@ def test_g_env_file_survives_a_cron_restart(make_site) -> None:
         return {k for k in env if k not in base and not k.startswith("LC_")}
 
     assert names(from_shell) == names(from_cron)
+    # the locale is the system's default, whoever starts it (cron sets no LANG)
+    assert from_shell["LANG"] == from_cron["LANG"] != ""
 
 
 @pytest.fixture
@@ -254,8 +259,9 @@ def small_home(make_site) -> Iterator[tuple[Site, str]]:
     site = make_site()
     if os.geteuid() == 0:
         site.home.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(site.home)],
-                       check=True)  # fmt: skip
+        # mode 0700: a state directory others can write to is refused
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k,mode=0700", "tmpfs",
+                        str(site.home)], check=True)  # fmt: skip
         try:
             yield site, "tmpfs"
         finally:
@@ -293,3 +299,14 @@ def test_h_a_full_or_read_only_state_dir_leaves_the_service_running(small_home) 
         assert site.pid() == pid
         assert site.healthy()
         assert psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        if state == "read-only":
+            # the cron line cannot open its log there: mpsctl still runs (its own error, not
+            # the shell's failed redirection) and says so on stderr (cron's mail) and syslog
+            watchdog = site.watchdog()
+            lines = watchdog.stderr.splitlines()
+            assert lines[0].startswith(
+                f"mpsctl: warning: cannot open the error log {site.home / 'cron.log'}: "
+            ), watchdog.stderr
+            assert lines[1].startswith("mpsctl: error: cannot open the lock file ")
+            assert watchdog.returncode == 1
+            assert site.pid() == pid

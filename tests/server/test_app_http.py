@@ -72,7 +72,13 @@ def test_health_matches_the_memory_report_contract(shared: InProcessService) -> 
     limiter = dict(memory["limiter"])
     # the high-water mark depends on what other tests sent to this shared service
     assert isinstance(limiter.pop("max_in_flight_seen"), int)
-    assert limiter == {"in_flight": 0, "queued": 0, "max_concurrent": 3, "max_queue": 16}
+    assert limiter == {
+        "in_flight": 0,
+        "queued": 0,
+        "max_concurrent": 3,
+        "max_queue": 16,
+        "draining": 0,
+    }
 
 
 @pytest.mark.parametrize(

@@ -385,3 +385,35 @@ def test_each_light_module_alone_imports_no_heavy_module(
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
 
     assert out.stdout.strip() == "[]"
+
+
+def test_draining_refuses_new_work_with_503_and_lets_the_running_finish() -> None:
+    """Before a planned stop: new queries get 503 + Retry-After (kind ``draining``), the
+    one in flight answers, health stays exempt; the memory report says so."""
+    from mpsctl.server.memory import _limiter_section
+
+    async def scenario() -> None:
+        app = GatedApp()
+        limiter = ConcurrencyLimit(app, max_concurrent=2, max_queue=4, queue_timeout=7)
+        running = asyncio.create_task(call(limiter))
+        await settle()
+        limiter.draining = True
+
+        refused = await call(limiter)
+
+        assert status_of(refused) == 503
+        assert dict(refused[0]["headers"])[b"retry-after"] == b"7"
+        assert json.loads(refused[1]["body"])["error"] == {
+            "kind": "draining",
+            "message": "the service is stopping: retry shortly",
+        }
+        assert (limiter.in_flight, limiter.rejected_draining, app.calls) == (1, 1, 1)
+        section = _limiter_section(limiter)
+        assert section is not None
+        assert (section["in_flight"], section["draining"]) == (1, 1)
+        app.gate.set()
+        assert status_of(await running) == 200
+        assert limiter.in_flight == 0
+        assert status_of(await call(limiter, "/health")) == 200  # exempt: health answers
+
+    asyncio.run(scenario())

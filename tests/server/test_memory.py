@@ -61,7 +61,8 @@ def test_cpu_report_is_real_and_leaves_accelerators_null() -> None:
     assert report["mps"] is None
     assert report["cuda"] is None
     assert report["limiter"] == {"in_flight": 0, "queued": 0, "max_concurrent": 2,
-                                 "max_queue": 4, "max_in_flight_seen": 0}  # fmt: skip
+                                 "max_queue": 4, "max_in_flight_seen": 0,
+                                 "draining": 0}  # fmt: skip
     assert "+" not in report["torch_version"]
 
 

@@ -48,8 +48,10 @@ def test_a_real_cpu_oom_is_503_then_recovered_then_reported_once(
 ) -> None:
     env = {"MPSCTL_SERVE_MAX_QUESTION_BYTES": "20000"}
     small = {"question": "工商银行", "max_new_tokens": 2}
-    # what the loaded model and one short answer take, without a limit
-    probe_run = start_service(half_model, tmp_path / "a", token=None, env=env)
+    # what the loaded model and one short answer take, with the allocator settings a
+    # limited service has (serve.one_malloc_arena) under a limit never reached
+    probe_run = start_service(half_model, tmp_path / "a", token=None, env=env,
+                              extra_args=["--memory-limit", str(100 << 30)])  # fmt: skip
     try:
         assert probe_run.request("POST", QUERY, small, timeout=120).status == 200
         used = vm(probe_run.proc.pid, "VmSize")
@@ -90,3 +92,49 @@ def test_a_real_cpu_oom_is_503_then_recovered_then_reported_once(
     for _ in range(2):  # each probe of the hour sees the one failure once
         probe = json.loads(CliRunner().invoke(main, ["probe", "--json"]).stdout)
         assert [e["kind"] for e in probe["oom"]["events"]] == ["cpu_alloc"]
+
+
+def test_concurrent_ooms_under_a_tight_limit_are_503s_not_an_abort(
+    half_model: Path, tmp_path: Path
+) -> None:
+    """Eight long questions at once with 16 MiB of headroom. Before, each worker thread's
+    malloc arena reserved 64 MiB of address space and the tokenizers library started its
+    thread pool at its first use: a small allocation failed and the process aborted
+    (SIGABRT), or a thread could not start (500, and the tokenizer broken for good). Now
+    each question is a 503 out_of_memory, counted, and the service answers on."""
+    import threading
+
+    env = {"MPSCTL_SERVE_MAX_QUESTION_BYTES": "20000"}
+    small = {"question": "工商银行", "max_new_tokens": 2}
+    # the same allocator settings as the limited service, under a limit never reached
+    probe_run = start_service(half_model, tmp_path / "a", token=None, env=env,
+                              extra_args=["--memory-limit", str(100 << 30)])  # fmt: skip
+    try:
+        assert probe_run.request("POST", QUERY, small, timeout=120).status == 200
+        used = vm(probe_run.proc.pid, "VmSize")
+    finally:
+        stop_process(probe_run.proc)
+    svc = start_service(
+        half_model, tmp_path / "b", token=None, max_concurrent=8, env=env,
+        extra_args=["--memory-limit", str(used + 16 * 1024 * 1024)],
+    )  # fmt: skip
+    try:
+        statuses: list[int] = []
+
+        def ask() -> None:
+            answer = svc.request("POST", QUERY, {"question": "a " * 4000, "max_new_tokens": 1},
+                                 timeout=300)  # fmt: skip
+            statuses.append(answer.status)
+
+        threads = [threading.Thread(target=ask) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(300)
+        assert svc.proc.poll() is None, svc.log()[-2000:]
+        assert statuses == [503] * 8, (statuses, svc.log()[-3000:])
+        assert svc.request("POST", QUERY, small, timeout=120).status == 200
+        metrics = svc.request("GET", "/metrics").body.decode()
+        assert "mpsctl_out_of_memory_total 8.0" in metrics
+    finally:
+        stop_process(svc.proc)

@@ -44,7 +44,9 @@ from mpsctl.observe.processes.facts import (
     proc_info,
     processes_info,
     snapshot_tree,
+    start_cpu_window,
     with_cpu_percent,
+    with_cpu_since_snapshot,
 )
 from mpsctl.observe.processes.matching import (
     argv_matches,
@@ -113,9 +115,11 @@ __all__ = [
     "same_process",
     "session_members",
     "snapshot_tree",
+    "start_cpu_window",
     "tree",
     "tree_identities",
     "with_cpu_percent",
+    "with_cpu_since_snapshot",
 ]
 
 
@@ -126,8 +130,24 @@ def find_service(
     pattern: str | None = None,
     clock: Clock = time.time,
     cpu_interval: float = 0.0,
+    cpu_window: bool = False,
 ) -> ServiceSnapshot:
-    """Where the service is, and its whole process tree. Reads only."""
+    """Where the service is, and its whole process tree. Reads only.
+
+    ``cpu_window``: also read the tree's CPU seconds now, so that a later
+    :func:`with_cpu_since_snapshot` gives each process's CPU% over the time between.
+    """
+    found = _find(settings, pidfile_path, pattern, clock, cpu_interval)
+    return start_cpu_window(found) if cpu_window else found
+
+
+def _find(
+    settings: Settings,
+    pidfile_path: Path | None,
+    pattern: str | None,
+    clock: Clock,
+    cpu_interval: float,
+) -> ServiceSnapshot:
     path = pidfile_path if pidfile_path is not None else default_pidfile_path(settings)
     record = read_pidfile(path)
     state: PidfileState
@@ -151,7 +171,7 @@ def find_service(
             roots: list[psutil.Process] = []
             strangers: list[psutil.Process] = []
             for root in roots_of(matches):
-                (roots if is_the_service(root, settings, clock) else strangers).append(root)
+                (roots if is_the_service(root, settings, pidrecord) else strangers).append(root)
             others = snapshot_tree(strangers, clock=clock, cpu_interval=0.0)
             procs = snapshot_tree(roots, clock=clock, cpu_interval=cpu_interval)
             root_pids = tuple(p.pid for p in roots if any(i.pid == p.pid for i in procs))

@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal
@@ -76,6 +76,11 @@ class ServiceSnapshot:
     #: processes that match ``service.match`` but are not the service (they listen on
     #: another port, or on none long after start_timeout): shown, never signalled
     others: tuple[ProcInfo, ...] = ()
+    #: the tree's CPU seconds when the snapshot was taken, and when (``time.perf_counter``):
+    #: where :func:`with_cpu_since_snapshot` measures from. Not part of the snapshot's JSON.
+    cpu_start: tuple[dict[int, float], float] | None = field(
+        default=None, compare=False, repr=False
+    )
 
     @property
     def running(self) -> bool:
@@ -274,6 +279,23 @@ def with_cpu_percent(
         for p in snapshot.processes
     )
     return replace(snapshot, processes=procs)
+
+
+def start_cpu_window(snapshot: ServiceSnapshot) -> ServiceSnapshot:
+    """``snapshot`` with its tree's CPU seconds read now: the start of a CPU% window."""
+    if not snapshot.processes:
+        return snapshot
+    return replace(snapshot, cpu_start=(cpu_seconds(snapshot.pids), time.perf_counter()))
+
+
+def with_cpu_since_snapshot(snapshot: ServiceSnapshot) -> ServiceSnapshot:
+    """``snapshot`` with each process's CPU% from :func:`start_cpu_window` to now; as it is
+    when no window was started or nothing was readable then."""
+    if snapshot.cpu_start is None or not snapshot.cpu_start[0]:
+        return snapshot
+    before, began = snapshot.cpu_start
+    wall = time.perf_counter() - began
+    return with_cpu_percent(snapshot, before, cpu_seconds(before), wall)
 
 
 def snapshot_tree(

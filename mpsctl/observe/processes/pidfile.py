@@ -12,8 +12,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mpsctl.settings import Settings
+from mpsctl.storage import read_regular
 
 PIDFILE_NAME = "service.pid"
+#: a pidfile is a few hundred bytes; past this it is not one
+PIDFILE_MAX = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,8 @@ def default_pidfile_path(settings: Settings) -> Path:
 def read_pidfile(path: Path) -> PidRecord | Literal["invalid"] | None:
     """The record, ``None`` when there is no file, ``"invalid"`` when it cannot be parsed."""
     try:
-        text = path.read_text(encoding="utf-8")
+        # never a FIFO (status, stop and probe would hang) nor a device or a huge file
+        text = read_regular(path, PIDFILE_MAX, follow=False).decode("utf-8")
     except FileNotFoundError:
         return None
     except (OSError, UnicodeDecodeError):  # unreadable, or bytes that are not text at all

@@ -1,0 +1,156 @@
+"""Several services in one settings file: ``[services.NAME]`` tables, their checks and order.
+
+``mpsctl.settings`` merges each service's table over the top-level sections; this module
+reads the tables, checks what only makes sense across services (``after`` names, no circle,
+one address each) and gives their start order.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+from mpsctl.errors import ConfigError
+from mpsctl.settings_schema import HOST_SECTIONS, SCHEMA
+
+
+class _OneService(Protocol):
+    """What these checks read of a service's settings (``mpsctl.settings.Settings``; named
+    by shape, because settings imports this module)."""
+
+    @property
+    def service(self) -> Any: ...
+
+
+Member = TypeVar("Member", bound=_OneService)
+
+
+def did_you_mean(word: str, choices: list[str]) -> str:
+    import difflib  # only on the error path: it costs start-up time
+
+    close = difflib.get_close_matches(word, choices, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+#: a service's name is a directory under MPSCTL_HOME and a Prometheus label value
+_SERVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+#: where each of several services keeps its state, under MPSCTL_HOME
+SERVICES_DIR = "services"
+
+#: one value from a layer: (dotted key, raw value, where an error names it, its source)
+Entry = tuple[str, Any, str, str]
+
+
+def table_entries(
+    path: Path, table: dict[str, Any], prefix: str, source: str, *, flat: bool = False
+) -> list[Entry]:
+    """The entries of one file's sections (``prefix`` is "" for the top level, or
+    ``services.NAME.`` for a service's table, whose own keys are ``flat``: written without
+    ``service.``); unknown sections and keys are errors."""
+    entries: list[Entry] = []
+    for section, body in table.items():
+        if section not in SCHEMA:
+            hint = did_you_mean(section, list(SCHEMA))
+            raise ConfigError(f"{path}: unknown section [{prefix}{section}]{hint}")
+        if not isinstance(body, dict):
+            raise ConfigError(f"{path}: {prefix}{section} must be a table: [{prefix}{section}]")
+        for key, raw in body.items():
+            shown = f"{prefix}{key}" if flat else f"{prefix}{section}.{key}"
+            if key not in SCHEMA[section]:
+                hint = did_you_mean(key, list(SCHEMA[section]))
+                raise ConfigError(f"{path}: unknown key {shown}{hint}")
+            entries.append((f"{section}.{key}", raw, f"{path}: {shown}", source))
+    return entries
+
+
+def service_tables(path: Path, raw: Any) -> dict[str, list[Entry]]:
+    """``[services.NAME]``: the service's own keys at the table's top (those of [service]),
+    the other sections as sub-tables (``[services.NAME.memory]``)."""
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError(f"{path}: services must hold one table per service: [services.NAME]")
+    tables: dict[str, list[Entry]] = {}
+    for name, body in raw.items():
+        where = f"[services.{name}]"
+        if not _SERVICE_NAME.fullmatch(name):
+            raise ConfigError(
+                f"{path}: {where}: a service name is letters, digits, '_', '.', '-' "
+                "(it names a directory and a metric label)"
+            )
+        if not isinstance(body, dict):
+            raise ConfigError(f"{path}: services.{name} must be a table: {where}")
+        own = {k: v for k, v in body.items() if not isinstance(v, dict) or k == "env"}
+        sections = {k: v for k, v in body.items() if k not in own}
+        if "name" in own:
+            raise ConfigError(f"{path}: services.{name}.name: the table's name is the service's")
+        for shared in HOST_SECTIONS:
+            if shared in sections:
+                raise ConfigError(
+                    f"{path}: [services.{name}.{shared}]: [{shared}] holds one value for the "
+                    "whole host; set it at the top level"
+                )
+        if "service" in sections:
+            raise ConfigError(
+                f"{path}: [services.{name}.service]: put the service's keys in {where} itself"
+            )
+        source = f"file {path} {where}"
+        entries = table_entries(path, {"service": own}, f"services.{name}.", source, flat=True)
+        entries += table_entries(path, sections, f"services.{name}.", source)
+        tables[name] = entries
+    return tables
+
+
+def check_services(members: Sequence[_OneService]) -> None:
+    """Every ``after`` names a configured service, without a circle; no two services share
+    an address (the second could never start)."""
+    names = {m.service.name for m in members}
+    for member in members:
+        for other in member.service.after:
+            if other not in names:
+                raise ConfigError(
+                    f"services.{member.service.name}.after: no service named {other!r}; "
+                    f"configured: {', '.join(sorted(names))}"
+                )
+    start_order(members)
+    seen: dict[tuple[str, int], str] = {}
+    for member in members:
+        address = (member.service.host, member.service.port)
+        if address in seen:
+            raise ConfigError(
+                f"services.{member.service.name}.url: {member.service.url} is also "
+                f"services.{seen[address]}'s address; give each service its own port"
+            )
+        seen[address] = member.service.name
+
+
+def start_order(members: Sequence[Member]) -> list[Member]:
+    """The services in start order: each after those its ``after`` names, otherwise in the
+    file's order (stop runs this order backwards). A circle is a ConfigError."""
+    by_name = {m.service.name: m for m in members}
+    ordered: list[Member] = []
+    done: set[str] = set()
+
+    def visit(name: str, chain: tuple[str, ...]) -> None:
+        if name in done:
+            return
+        if name in chain:
+            circle = " -> ".join((*chain[chain.index(name) :], name))
+            raise ConfigError(f"services: after makes a circle: {circle}")
+        for other in by_name[name].service.after:
+            visit(other, (*chain, name))
+        done.add(name)
+        ordered.append(by_name[name])
+
+    for name in by_name:
+        visit(name, ())
+    return ordered
+
+
+def pick(members: Sequence[Member], name: str) -> Member:
+    """The service ``name`` (``-s NAME``, ``MPSCTL_SERVICE``); unknown: a ConfigError."""
+    for member in members:
+        if member.service.name == name:
+            return member
+    names = ", ".join(m.service.name for m in members)
+    raise ConfigError(f"no service named {name!r}; configured: {names}")
