@@ -12,7 +12,6 @@ is not a JSON object.
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import socket
@@ -23,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from mpsctl.errors import ClientError, ConfigError
-from mpsctl.settings import ServiceSettings
+from mpsctl.settings import ServiceSettings, Settings
 from mpsctl.tokens import read_token_text, token_problem
 
 if TYPE_CHECKING:
@@ -51,6 +50,15 @@ class HealthCheck:
     kind: str | None = (
         None  # the ClientError kind ("refused", "timeout", ...) when nothing answered
     )
+
+
+def health_now(settings: Settings, timeout: float = 3.0) -> HealthCheck:
+    """One health check of the configured service (a fresh connection, closed after)."""
+    client = ServiceClient(settings.service)
+    try:
+        return client.health(timeout=timeout)
+    finally:
+        client.close()
 
 
 def read_token(
@@ -204,19 +212,25 @@ class ServiceClient:
         ``ClientError`` kinds and messages as :meth:`send`, without importing requests."""
         url = self.service.url + path
         what = f"GET {url}"
-        conn = http.client.HTTPConnection(self.service.host, self.service.port, timeout=timeout)
         started = time.perf_counter()
+        # the connection first, on a bare socket: when nothing listens (a stopped service,
+        # a status or probe from cron) the answer is known without loading http.client
         try:
-            try:
-                conn.connect()
-            except TimeoutError:
-                raise ClientError(
-                    f"no answer from {self.service.url} (connect timeout)", kind="timeout"
-                ) from None
-            except OSError:  # refused, unreachable, unknown host: nothing to talk to
-                raise ClientError(
-                    f"no service at {self.service.url} — try `mpsctl start`", kind="refused"
-                ) from None
+            sock = socket.create_connection((self.service.host, self.service.port), timeout)
+        except TimeoutError:
+            raise ClientError(
+                f"no answer from {self.service.url} (connect timeout)", kind="timeout"
+            ) from None
+        except OSError:  # refused, unreachable, unknown host: nothing to talk to
+            raise ClientError(
+                f"no service at {self.service.url} — try `mpsctl start`", kind="refused"
+            ) from None
+        import http.client
+
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn = http.client.HTTPConnection(self.service.host, self.service.port, timeout=timeout)
+        conn.sock = sock
+        try:
             prefix = urlsplit(self.service.url).path.rstrip("/")
             try:
                 conn.request("GET", prefix + path, headers=self._headers())
@@ -224,7 +238,7 @@ class ServiceClient:
                 data = response.read()
             except TimeoutError:
                 raise ClientError(f"{what} timed out after {timeout:g} s", kind="timeout") from None
-            except (*KeepAliveConnection._STALE, http.client.IncompleteRead):
+            except _lost():
                 raise ClientError(
                     f"{what}: connection lost before an answer (did the service exit?)",
                     kind="disconnected",
@@ -265,6 +279,21 @@ class ServiceClient:
         return query_reply_error(self.service, self.token, reply)
 
 
+def _stale() -> tuple[type[BaseException], ...]:
+    """The server closed a kept-alive connection between two requests (uvicorn does after
+    5 s idle): the request never reached it, so it is sent again once on a new connection."""
+    import http.client
+
+    return (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
+
+
+def _lost() -> tuple[type[BaseException], ...]:
+    """The connection dropped before a whole answer came."""
+    import http.client
+
+    return (*_stale(), http.client.IncompleteRead)
+
+
 class KeepAliveConnection:
     """One persistent HTTP/1.1 connection for the stress runner's hot loop (``http.client``).
 
@@ -275,10 +304,6 @@ class KeepAliveConnection:
     messages as ``ServiceClient``, answers the same ``Reply``.
     """
 
-    #: the server closed a kept-alive connection between two requests (uvicorn does after
-    #: 5 s idle): the request never reached it, so it is sent again once on a new connection
-    _STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
-
     def __init__(
         self, service: ServiceSettings, *, token: str | None = None, timeout: float | None = None
     ) -> None:
@@ -287,6 +312,8 @@ class KeepAliveConnection:
         self.timeout = service.request_timeout if timeout is None else timeout
         parts = urlsplit(service.url)
         self._prefix = parts.path.rstrip("/")
+        import http.client
+
         factory = (
             http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
         )
@@ -301,12 +328,14 @@ class KeepAliveConnection:
         self._used = False
 
     def post(self, path: str, body: bytes) -> Reply:
+        import http.client  # loaded already: __init__ made the connection
+
         what = f"POST {self.service.url}{path}"
         started = time.perf_counter()
         try:
             try:
                 status, retry_after, data = self._exchange(path, body)
-            except self._STALE:
+            except _stale():
                 if not self._used:
                     raise
                 self.close()
@@ -322,7 +351,7 @@ class KeepAliveConnection:
             raise ClientError(
                 f"{what} timed out after {self.timeout:g} s", kind="timeout"
             ) from None
-        except (*self._STALE, http.client.IncompleteRead):
+        except _lost():
             self.close()
             raise ClientError(
                 f"{what}: connection lost before an answer (did the service exit?)",

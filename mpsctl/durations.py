@@ -7,6 +7,8 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
+from mpsctl.errors import ConfigError
+
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 
@@ -53,3 +55,11 @@ def parse_period(text: str) -> Period:
     except OverflowError:  # "1e12": 31,000 years
         raise ValueError(f"{text} is too long (it reaches back before the year 1)") from None
     return period
+
+
+def seconds_setting(value: float, what: str, *, allow_zero: bool) -> float:
+    """A duration flag or setting: finite, and > 0 (or >= 0 where 0 means "at once")."""
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"{what}: expected a finite number of seconds {bound}, got {value:g}")
+    return value

@@ -336,6 +336,10 @@ def _logged_events(settings: Settings, window_s: float, kills: list[Found]) -> l
             return []
         except OSError:
             pass  # unreadable: let the scan report it
+        from mpsctl.deaths.cursor import nothing_new
+
+        if nothing_new(settings.home, log_file):
+            return []
     from mpsctl.deaths.cursor import new_events
     from mpsctl.observe.logfiles import resolve_logs
 

@@ -6,6 +6,7 @@ Commands live one per module and are imported only when invoked (or listed), so
 
 from __future__ import annotations
 
+import atexit
 import importlib
 import importlib.util
 import os
@@ -27,7 +28,7 @@ COMMANDS: dict[str, str] = {
     "serve": "serve:serve",
     "demo-model": "serve:demo_model",
     "start": "lifecycle:start",
-    "stop": "lifecycle:stop",
+    "stop": "stop:stop",
     "restart": "lifecycle:restart",
     "status": "status:status",
     "clean-cache": "cleancache:clean_cache",
@@ -126,6 +127,13 @@ class LazyGroup(click.Group):
                 with formatter.section(f"{title} commands"):
                     formatter.write_dl(rows)
 
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        name, command, rest = super().resolve_command(ctx, args)
+        _INVOKED[:] = [name or ""]
+        return name, command, rest
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
@@ -200,6 +208,41 @@ def _reader_left() -> None:
 
 #: the command line of this run, for the failure path (``--json``, ``--nagios``)
 _ARGV: list[str] = []
+#: the command this run invoked ("" before click chose one)
+_INVOKED: list[str] = [""]
+
+#: commands whose process ends without the interpreter's teardown (freeing every module and
+#: object, tens of milliseconds, up to 100 ms on a loaded machine), which comes after the
+#: work: after ``start``'s healthy answer, after the service's exit under ``stop``. They
+#: write files only through closed handles (atomic writes), so nothing is left unflushed.
+QUICK_EXIT = frozenset({"start", "stop", "restart", "status", "probe"})
+
+
+def run() -> None:
+    """The ``mpsctl`` program (console script and ``python -m mpsctl``): :func:`main`, then,
+    for the :data:`QUICK_EXIT` commands, stdout and stderr flushed, the ``atexit``
+    handlers run, and the process ended at once with the command's exit status."""
+    try:
+        main(prog_name="mpsctl")
+        code: str | int | None = 0
+    except SystemExit as exc:
+        code = exc.code
+    if _INVOKED[0] not in QUICK_EXIT:
+        sys.exit(code)
+    if code is None:
+        status = 0
+    elif isinstance(code, int):
+        status = code
+    else:  # sys.exit("text") prints the text and exits 1
+        sys.stderr.write(f"{code}\n")
+        status = 1
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # the reader left, or the stream is closed
+            status = status or 1
+    atexit._run_exitfuncs()
+    os._exit(status)
 
 
 def _fail(message: str, code: int, command: click.Command | None = None) -> None:

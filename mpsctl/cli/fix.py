@@ -8,14 +8,13 @@ import click
 
 from mpsctl.cli.app import App, json_option
 from mpsctl.cli.lifecycle import (
-    SECONDS,
-    demo_notice,
     events,
     services_from_flags,
     start_flags,
     start_options_from_flags,
 )
 from mpsctl.cli.params import DURATION
+from mpsctl.cli.service import SECONDS, demo_notice
 from mpsctl.cli.service_options import all_option, heading, names_argument, several_document
 from mpsctl.control.fix import FixOptions, fix_service
 from mpsctl.durations import Period

@@ -1,58 +1,32 @@
-"""``mpsctl start``, ``stop`` and ``restart``."""
+"""``mpsctl start`` and ``restart`` (``stop`` is in its own module)."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import click
 
 from mpsctl.cli.app import App, json_option
+from mpsctl.cli.service import (
+    POSITIVE_SECONDS,
+    SECONDS,
+    WAIT,
+    demo_notice,
+    not_under_unit,
+)
 from mpsctl.cli.service_options import all_option, heading, names_argument, several_document
 from mpsctl.control.start import StartFailed, StartOptions, start_service
-from mpsctl.control.stop import restart_service, stop_service
-from mpsctl.control.supervisor import Action, find_supervisor
+from mpsctl.control.stop import restart_service
 from mpsctl.errors import OverBudgetError, ServiceError
-from mpsctl.paths import CONFIG_NAME, user_config_file
 from mpsctl.render import lifecycle as render
 from mpsctl.render.console import write_json
+from mpsctl.render.service_text import render_stop
 from mpsctl.service import Service, select
 from mpsctl.settings import Settings
 from mpsctl.settings_schema import DEVICES
 from mpsctl.torch_env import FALLBACK_ENV, HIGH_ENV, LOW_ENV, MAX_RATIO
-
-
-class Seconds(click.ParamType):
-    """A number of seconds: finite, not negative, and > 0 unless ``allow_zero``."""
-
-    name = "seconds"
-
-    def __init__(self, *, allow_zero: bool) -> None:
-        self.allow_zero = allow_zero
-
-    def convert(
-        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
-    ) -> float:
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            self.fail(f"expected a number of seconds, got {value!r}", param, ctx)
-        if not math.isfinite(number) or number < 0 or (number == 0 and not self.allow_zero):
-            bound = ">= 0" if self.allow_zero else "> 0"
-            self.fail(f"expected a finite number of seconds {bound}, got {value!r}", param, ctx)
-        return number
-
-
-SECONDS = Seconds(allow_zero=True)
-POSITIVE_SECONDS = Seconds(allow_zero=False)
-
-_WAIT = click.option(
-    "--wait", type=SECONDS, default=0.0, metavar="SECONDS",
-    help="Wait this long for another mpsctl run's lock (default 0: exit 75 at once).",
-)  # fmt: skip
 
 
 def start_flags(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -122,30 +96,6 @@ def start_options_from_flags(opts: dict[str, Any], foreground: bool = False) -> 
     return StartOptions(opts["timeout"], opts["device"], opts["model"], foreground)
 
 
-def demo_notice(app: App, settings: Settings) -> None:
-    """One stderr line when no settings file was found: from cron's cwd a missing
-    ``--config`` silently means "the built-in demo service", not the operator's."""
-    if settings.config_file is not None:
-        return
-    looked = f"{Path.cwd() / CONFIG_NAME}, {user_config_file()}"
-    app.info(
-        f"no settings file (no --config or MPSCTL_CONFIG; looked for {looked}): managing "
-        f"the built-in demo service at {settings.service.url}"
-    )
-
-
-def not_under_unit(app: App, settings: Settings, action: Action) -> bool:
-    """Refuse to act around a systemd unit / launchd agent that runs the service; say what
-    to run instead. True when ``start`` has nothing to do: the unit runs the service."""
-    managed = find_supervisor(settings)
-    if managed is None:
-        return False
-    if action == "start" and managed.active:
-        app.info(managed.advice(action))
-        return True
-    raise ServiceError(managed.advice(action))
-
-
 def events(app: App) -> render.ConsoleEvents:
     return render.ConsoleEvents(app.err, app.warn, app.info)
 
@@ -167,7 +117,7 @@ def run_start(app: App, call: Callable[[], Any]) -> Any:
     is_flag=True,
     help="Run the service as a child until it ends (for launchd/systemd).",
 )
-@_WAIT
+@WAIT
 @json_option
 @click.pass_obj
 def start(app: App, names: tuple[str, ...], all_: bool, foreground: bool, wait: float,
@@ -214,66 +164,10 @@ def start(app: App, names: tuple[str, ...], all_: bool, foreground: bool, wait: 
 @click.command()
 @names_argument
 @all_option
-@click.option(
-    "--timeout",
-    type=SECONDS,
-    metavar="SECONDS",
-    help="Seconds between SIGTERM and SIGKILL (default service.stop_timeout; 0: SIGKILL at once).",
-)
-@click.option(
-    "--match",
-    "use_match",
-    is_flag=True,
-    help="Also stop processes found only by service.match (no pidfile).",
-)
-@click.option("--dry-run", is_flag=True, help="Show what would be signalled; signal nothing.")
-@_WAIT
-@json_option
-@click.pass_obj
-def stop(app: App, names: tuple[str, ...], all_: bool, timeout: float | None, use_match: bool,
-         dry_run: bool, wait: float, as_json: bool) -> None:  # fmt: skip
-    """Stop the service's whole process tree: SIGTERM, then SIGKILL after --timeout.
-
-    Safe by default: only the process the pidfile names (pid and start time must both
-    match) and its children. Processes found by service.match are listed, and signalled
-    only with --match. Never mpsctl itself, its parents or other users' processes.
-    Several services: name them or pass --all; they stop in reverse `after` order.
-
-    \b
-    Examples:
-      mpsctl stop
-      mpsctl stop --dry-run
-      mpsctl stop --match --timeout 30   # a service started by hand
-      mpsctl stop --all                  # every configured service
-    """
-    chosen = select(app.host_settings(), names, all_=all_, changes=True)
-    documents, failed = [], []
-    for service in reversed(chosen):
-        settings = service.settings
-        demo_notice(app, settings)
-        if not dry_run:
-            not_under_unit(app, settings, "stop")
-        result = stop_service(settings, timeout=timeout, use_match=use_match,
-                              dry_run=dry_run, lock_wait=wait)  # fmt: skip
-        documents.append(result.to_json())
-        if not as_json:
-            heading(app, chosen, service)
-            render.render_stop(app.out, result)
-        if not result.ok:
-            failed.append(result.message)
-    if as_json:
-        write_results("stop", documents, 1 if failed else 0)
-    if failed:
-        raise ServiceError("; ".join(failed))
-
-
-@click.command()
-@names_argument
-@all_option
 @start_flags
 @click.option("--stop-timeout", type=SECONDS, metavar="SECONDS", help="SIGTERM-to-SIGKILL delay.")
 @click.option("--match", "use_match", is_flag=True, help="Stop processes found by match too.")
-@_WAIT
+@WAIT
 @json_option
 @click.pass_obj
 def restart(app: App, names: tuple[str, ...], all_: bool, stop_timeout: float | None,
@@ -300,7 +194,7 @@ def restart(app: App, names: tuple[str, ...], all_: bool, stop_timeout: float | 
         documents.append(result.to_json())
         if not as_json:
             heading(app, chosen, service)
-            render.render_stop(app.out, result.stop)
+            render_stop(result.stop, lambda: app.out)
             render.render_start(app.out, result.start)
     if as_json:
         write_results("restart", documents)

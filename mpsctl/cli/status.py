@@ -5,13 +5,13 @@ from __future__ import annotations
 import click
 
 from mpsctl.cli.app import App, ConventionCommand, json_option
-from mpsctl.cli.lifecycle import demo_notice
+from mpsctl.cli.service import demo_notice
 from mpsctl.cli.service_options import names_argument, several_document
 from mpsctl.control.status import service_status
 from mpsctl.control.supervisor import find_supervisor
 from mpsctl.errors import MpsctlError, StatusExit
 from mpsctl.render.console import write_json
-from mpsctl.render.lifecycle import status_line
+from mpsctl.render.service_text import status_line, write_line
 
 
 # LSB reserves 1-3 for states of the service: a bad config or option is "unknown" (4)
@@ -55,7 +55,7 @@ def status(app: App, names: tuple[str, ...], as_json: bool) -> None:
         }  # fmt: skip
         documents.append(document)
         if not as_json:
-            app.out.print(status_line(result), soft_wrap=True)
+            write_line(status_line(result))
             if managed is not None:
                 app.info(managed.advice("status"))
     code = max(codes)

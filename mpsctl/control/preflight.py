@@ -3,14 +3,13 @@ environment and the memory limit, the port being free, and the timeouts it was g
 
 from __future__ import annotations
 
-import math
 import os
 import shlex
 import socket
 import time
 
 from mpsctl.control.memlimit import MemoryLimit, physical_memory_bytes
-from mpsctl.errors import ConfigError, ServiceError
+from mpsctl.errors import ServiceError
 from mpsctl.observe import processes
 from mpsctl.service_env import inherited_env_checks
 from mpsctl.settings import Settings
@@ -97,11 +96,3 @@ def check_port_free(
                 "(stop it, or change service.url)"
             )
         time.sleep(0.1)
-
-
-def seconds_setting(value: float, what: str, *, allow_zero: bool) -> float:
-    """A duration flag or setting: finite, and > 0 (or >= 0 where 0 means "at once")."""
-    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ConfigError(f"{what}: expected a finite number of seconds {bound}, got {value:g}")
-    return value

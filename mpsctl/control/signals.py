@@ -169,8 +169,12 @@ def signal_and_wait(
     pgid: int | None,
     timeout: float,
     clock: Callable[[], float] = time.monotonic,
+    signalled: Callable[[], object] | None = None,
 ) -> dict[int, Outcome]:
     """SIGTERM the tree (and its group), wait, SIGKILL survivors; pid -> how it ended.
+
+    ``signalled`` is called once SIGTERM is sent: the caller's work that can overlap the
+    service's own shutdown (the CLI loads its table renderer then).
 
     ``targets`` was snapshotted before any signal: a grandchild that left the group, or
     whose parent died and was re-parented to init, is still in it. Children born during
@@ -189,6 +193,8 @@ def signal_and_wait(
     killpg(pgid, targets, signal.SIGCONT)
     for pid, created in list(targets.items()):
         send(pid, created, signal.SIGCONT)
+    if signalled is not None:
+        signalled()
     deadline = clock() + timeout
     next_scan = clock() + RESCAN_INTERVAL_S
     protected = processes.protected_pids()

@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from mpsctl.client import HealthCheck
+from mpsctl.client import HealthCheck, health_now
 from mpsctl.control.pidfile import (
     default_pidfile_path,
     foreign_pidfile,
 )
-from mpsctl.control.start import health_now
-from mpsctl.deaths.how_it_died import DeathCause, how_it_died
 from mpsctl.errors import StatusExit
 from mpsctl.observe import processes
 from mpsctl.settings import Settings
 from mpsctl.units import utc_now_iso
+
+if TYPE_CHECKING:
+    from mpsctl.deaths.how_it_died import DeathCause
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,10 @@ def service_status(settings: Settings) -> StatusResult:
         msg = "the service answers but its process is unknown (set service.match)"
         return StatusResult(name, "unknown", StatusExit.UNKNOWN, url, snapshot, health, now, msg)
     if snapshot.pidfile_state in ("stale", "reused"):
+        # imported here: the log and system-log readers cost a running or stopped status
+        # tens of milliseconds, and only a dead service needs them
+        from mpsctl.deaths.how_it_died import how_it_died
+
         death = how_it_died(settings, snapshot)
         return StatusResult(
             name, "dead", StatusExit.DEAD_PIDFILE, url, snapshot, health, now, death=death

@@ -6,9 +6,11 @@ anything not named by the pidfile."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
+from mpsctl.client import health_now
 from mpsctl.control import drain
 from mpsctl.control.drain import Drain
 from mpsctl.control.events import Events, SilentEvents
@@ -20,12 +22,14 @@ from mpsctl.control.pidfile import (
     remove_bad_pidfile,
     remove_pidfile,
 )
-from mpsctl.control.preflight import seconds_setting
 from mpsctl.control.signals import Outcome, signal_and_wait
-from mpsctl.control.start import StartOptions, StartResult, health_now, start_while_locked
+from mpsctl.durations import seconds_setting
 from mpsctl.errors import ServiceError
 from mpsctl.observe import processes
 from mpsctl.settings import Settings
+
+if TYPE_CHECKING:
+    from mpsctl.control.start import StartOptions, StartResult
 
 
 @dataclass(frozen=True)
@@ -112,18 +116,27 @@ def stop_service(
     use_match: bool = False,
     dry_run: bool = False,
     lock_wait: float = 0.0,
+    signalled: Callable[[], object] | None = None,
 ) -> StopResult:
     """Stop the service's whole tree (takes the lock; a dry run only looks, so it does not).
 
+    ``signalled`` is called once SIGTERM is sent, while the service shuts down.
     A healthy service is drained first (``mpsctl.control.drain``)."""
     if dry_run:
         return _stop_locked(settings, timeout=timeout, use_match=use_match, dry_run=True)
     with service_lock(settings.home, wait=lock_wait, purpose="stop"):
-        return _stop_locked(settings, timeout=timeout, use_match=use_match, dry_run=dry_run)
+        return _stop_locked(
+            settings, timeout=timeout, use_match=use_match, dry_run=dry_run, signalled=signalled
+        )
 
 
 def _stop_locked(
-    settings: Settings, *, timeout: float | None, use_match: bool, dry_run: bool
+    settings: Settings,
+    *,
+    timeout: float | None,
+    use_match: bool,
+    dry_run: bool,
+    signalled: Callable[[], object] | None = None,
 ) -> StopResult:
     started = time.monotonic()
     limit = seconds_setting(
@@ -207,7 +220,7 @@ def _stop_locked(
     # a pgid edited into the pidfile could name any group of this user
     pgid = record.pgid if record is not None and record.pgid == record.pid else None
     drained = drain.begin(settings, tuple(targets), health=health_now)
-    ends = signal_and_wait(targets, pgid=pgid, timeout=limit + drained.extra_s)
+    ends = signal_and_wait(targets, pgid=pgid, timeout=limit + drained.extra_s, signalled=signalled)
     drained = drain.after_stop(drained, list(ends.values()))
     info = {p.pid: p for p in allowed}
     rows = []
@@ -257,6 +270,9 @@ def restart_service(
     lock_wait: float = 0.0,
 ) -> RestartResult:
     """stop + start under one lock, so no other run can slip in between."""
+    # imported here: `mpsctl stop` never starts anything and need not load the start path
+    from mpsctl.control.start import StartOptions, start_while_locked
+
     with service_lock(settings.home, wait=lock_wait, purpose="restart"):
         stopped = stop_while_locked(settings, timeout=stop_timeout, use_match=use_match)
         started = start_while_locked(

@@ -24,11 +24,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mpsctl.deaths.counting import Found
-from mpsctl.deaths.parsers import pids_of
 from mpsctl.storage import append_line
+
+if TYPE_CHECKING:
+    from mpsctl.deaths.counting import Found
 
 RUNS = Path("history") / "runs.jsonl"
 #: the kernel keeps 15 characters of a process name (TASK_COMM_LEN - 1)
@@ -98,6 +99,10 @@ def read_runs(home: Path, current: Any = None) -> list[Run]:
 
 def _ends(runs: list[Run], kills: list[Found]) -> list[datetime | None]:
     """When each run ended, as far as the logs say: the next start, or its own kill."""
+    if not kills:  # nothing read: the parsers need not load
+        return [runs[i + 1].started if i + 1 < len(runs) else None for i in range(len(runs))]
+    from mpsctl.deaths.parsers import pids_of
+
     ends: list[datetime | None] = []
     for position, run in enumerate(runs):
         end = runs[position + 1].started if position + 1 < len(runs) else None
@@ -125,6 +130,8 @@ def split(
 def _is_mine(
     item: Found, runs: list[Run], ends: list[datetime | None], names: frozenset[str]
 ) -> bool:
+    from mpsctl.deaths.parsers import pids_of
+
     when = item.when
     pids = pids_of(item.event)  # type: ignore[arg-type]
     for run, end in zip(runs, ends, strict=True):

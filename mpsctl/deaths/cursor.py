@@ -28,12 +28,14 @@ import os
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mpsctl.deaths.counting import Found, counted, without_lines
 from mpsctl.logtime import iso
 from mpsctl.storage import atomic_write_json, open_regular, read_regular
 from mpsctl.units import parse_time
+
+if TYPE_CHECKING:
+    from mpsctl.deaths.counting import Found
 
 SCHEMA = "mpsctl.oom_cursor/1"
 STATE_NAME = "oom_cursor.json"
@@ -86,6 +88,52 @@ def fingerprint(fd: int, offset: int) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
+#: new bytes read in the probe's quick check (more go to the scanner, which reads big files
+#: faster)
+QUICK_CHECK_BYTES = 1024 * 1024
+
+
+def nothing_new(home: Path, path: Path, *, now: datetime | None = None) -> bool:
+    """True when the cursor has read ``path`` before, remembers no event inside the window,
+    and the bytes written since hold none of the prefilter strings every memory failure's
+    needle contains: then no event can be new, the cursor moves to the file's end and the
+    scanner and parsers are not loaded. False: :func:`new_events` must run (the cursor is
+    left as it was). A service log written all the time (its access log) is this case."""
+    from mpsctl.deaths.prefilter import PREFILTER_NEEDLES
+
+    key = os.fsdecode(path)
+    cursor = read_state(home).get(key)
+    if not cursor or cursor.get("recent"):
+        return False
+    try:
+        # a regular file only: a FIFO configured as a log must not hang the probe
+        with os.fdopen(open_regular(path), "rb") as handle:
+            info = os.fstat(handle.fileno())
+            offset = cursor["offset"]
+            if (cursor["dev"], cursor["ino"]) != (info.st_dev, info.st_ino):
+                return False
+            if not 0 <= offset <= info.st_size or info.st_size - offset > QUICK_CHECK_BYTES:
+                return False
+            # truncated in place and regrown past the offset: the scanner reads it all
+            if cursor.get("fingerprint") not in (None, fingerprint(handle.fileno(), offset)):
+                return False
+            handle.seek(offset)
+            data = handle.read(info.st_size - offset)
+            if len(data) != info.st_size - offset:
+                return False
+            mark = fingerprint(handle.fileno(), info.st_size)
+    except OSError:
+        return False
+    if any(needle in data for needle in PREFILTER_NEEDLES):
+        return False
+    moment = now or datetime.now(timezone.utc)
+    state = {"dev": info.st_dev, "ino": info.st_ino, "offset": info.st_size,
+             "fingerprint": mark, "read_at": iso(moment), "recent": []}  # fmt: skip
+    with contextlib.suppress(OSError):
+        atomic_write_json(state_path(home), {"schema": SCHEMA, "files": {key: state}})
+    return True
+
+
 def new_events(
     home: Path,
     paths: list[Path],
@@ -98,6 +146,7 @@ def new_events(
     the cursor's memory and the new bytes) and, once each, untimed ones in the new bytes.
     ``also``: failures found elsewhere (the OS's kill records), counted with the new ones by
     the one rule, so a kill the service's log also reported is one event."""
+    from mpsctl.deaths.counting import counted, without_lines
     from mpsctl.deaths.scanner import _tail_start, scan_range
 
     moment = now or datetime.now(timezone.utc)
@@ -176,6 +225,8 @@ def new_events(
 
 def _remembered(item: Found, moment: datetime) -> dict[str, Any]:
     """An event as the cursor keeps it: with ``first_seen`` when it has no time of its own."""
+    from mpsctl.deaths.counting import without_lines
+
     doc = without_lines(item).to_json()
     if item.when is None:
         doc["first_seen"] = iso(moment)

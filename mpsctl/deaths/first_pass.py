@@ -14,6 +14,13 @@ import io
 import os
 
 from mpsctl.deaths.allocator import NEEDLES
+from mpsctl.deaths.prefilter import PREFILTER_NEEDLES
+
+__all__ = [  # PREFILTER_NEEDLES lives in prefilter.py (the probe reads it alone)
+    "ALL_NEEDLES", "CHUNK_BYTES", "DEATH_NEEDLES", "MAX_NEEDLE", "PARALLEL_MAX_WORKERS",
+    "PARALLEL_MIN_BYTES", "PARALLEL_MIN_CPUS", "PREFILTER_NEEDLES", "Hit", "find_in_range",
+    "parallel_hits",
+]  # fmt: skip
 
 #: (absolute offset of a needle, newlines in the file before it)
 Hit = tuple[int, int]
@@ -37,17 +44,6 @@ DEATH_NEEDLES = (
 )  # fmt: skip
 ALL_NEEDLES = NEEDLES + DEATH_NEEDLES
 MAX_NEEDLE = max(len(n) for n in ALL_NEEDLES)
-#: What the external search looks for: each of ``ALL_NEEDLES`` contains one of these, so
-#: every line holding a needle is a candidate (a test checks it). Fewer strings than
-#: ``ALL_NEEDLES`` on purpose: ripgrep's SIMD search for many literals handles up to 16 at
-#: the speed of one (17 cost 15x more, measured): "ut of memory" is both spellings, "illed "
-#: every "Killed"/"killed", "killing" jetsam's and oomd's, "Worker " both gunicorn wordings.
-PREFILTER_NEEDLES = (
-    b"ut of memory", b"watermark ratio", b"Tried to allocate", b"illed ", b"oom-kill",
-    b"killing", b"memorystatus", b"exceeded mem limit", b"Worker ", b"WORKER TIMEOUT",
-    b"CPUAllocator", b"CUBLAS_STATUS_", b"NDArray initWithDevice", b"Invalid buffer size",
-    b"Output size of the matrix", b'"rpages"',
-)  # fmt: skip
 
 
 #: Workers for the Python pass (used only where neither rg nor grep works): each costs

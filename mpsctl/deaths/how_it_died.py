@@ -23,15 +23,15 @@ import os
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mpsctl.deaths.allocator import short_size
-from mpsctl.deaths.counting import Found
-from mpsctl.deaths.parsers import pids_of
 from mpsctl.deaths.system_logs import Runner, SystemEvidence, read_system_logs
 from mpsctl.logtime import iso
 from mpsctl.observe.processes import ServiceSnapshot
 from mpsctl.settings import Settings
+
+if TYPE_CHECKING:
+    from mpsctl.deaths.counting import Found
 
 #: the kernel keeps 15 characters of a process name (TASK_COMM_LEN - 1)
 COMM_LEN = 15
@@ -88,6 +88,8 @@ def _started(snapshot: ServiceSnapshot) -> datetime | None:
 
 def _tied(item: Found, pid: int | None, names: set[str], started: datetime | None) -> int:
     """2: the kill names the service's pid; 1: its process name, after it started; 0: no."""
+    from mpsctl.deaths.parsers import pids_of
+
     event: Any = item.event
     after_start = started is not None and item.when is not None and item.when >= started
     if pid is not None and pid in pids_of(event) and (after_start or not (started and item.when)):
@@ -97,6 +99,8 @@ def _tied(item: Found, pid: int | None, names: set[str], started: datetime | Non
 
 
 def _kill_text(item: Found, ram: int | None) -> str:
+    from mpsctl.deaths.allocator import short_size
+
     event: Any = item.event
     if item.kind == "kernel_oom_kill":
         figure = ""

@@ -11,6 +11,7 @@ nearest line above it that has one.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
@@ -30,7 +31,7 @@ from mpsctl.deaths.first_pass import (
     find_in_range,
     parallel_hits,
 )
-from mpsctl.deaths.grep_pass import grep_hits
+from mpsctl.deaths.grep_pass import grep_hits, grep_hits_many
 from mpsctl.deaths.parsers import find_deaths
 from mpsctl.logtime import iso, line_time
 from mpsctl.units import utc_now_iso
@@ -79,13 +80,31 @@ def scan_found(
     ``since``: skip events older than it; events without a time are kept unless the file
     was last written before ``since``. ``label`` names the file in events (default: path).
     """
-    name = label if label is not None else str(path)
     with open(path, "rb") as handle:
         info = os.fstat(handle.fileno())
-        if since is not None and datetime.fromtimestamp(info.st_mtime, timezone.utc) < since:
-            return []  # nothing in it can be newer than its last write
-        size = info.st_size  # a log still growing is scanned up to here
-        found = scan_range(handle, path, info, 0, size, prefilter=prefilter)
+        return _found_in(handle, path, info, since, label, prefilter=prefilter)
+
+
+def _too_old(info: os.stat_result, since: datetime | None) -> bool:
+    """Nothing in a file last written before ``since`` can be newer."""
+    return since is not None and datetime.fromtimestamp(info.st_mtime, timezone.utc) < since
+
+
+def _found_in(
+    handle: io.BufferedReader,
+    path: str | os.PathLike[str],
+    info: os.stat_result,
+    since: datetime | None,
+    label: str | None,
+    *,
+    prefilter: bool,
+    hits: list[Hit] | None = None,
+) -> list[Found]:
+    if _too_old(info, since):
+        return []
+    name = label if label is not None else str(path)
+    size = info.st_size  # a log still growing is scanned up to here
+    found = scan_range(handle, path, info, 0, size, prefilter=prefilter, hits=hits)
     return [
         replace(item, file=name)
         for item in found
@@ -101,15 +120,18 @@ def scan_range(
     end: int,
     *,
     prefilter: bool = True,
+    hits: list[Hit] | None = None,
 ) -> list[Found]:
-    """The failures in ``[start, end)`` of an open file; lines count from ``start``."""
+    """The failures in ``[start, end)`` of an open file; lines count from ``start``.
+    ``hits``: the first pass's, already found (one run of the tool for many files)."""
     now = datetime.fromtimestamp(info.st_mtime, timezone.utc)  # dates syslog's yearless stamps
     if start == 0 and 0 < end <= WHOLE_JSON_BYTES:
         handle.seek(0)
         if _JETSAM_HEADER.match(handle.read(256)):
             handle.seek(0)
             return _whole_text(handle.read(end), now)
-    hits = grep_hits(handle, start, end, PREFILTER_NEEDLES, ALL_NEEDLES) if prefilter else None
+    if hits is None and prefilter:
+        hits = grep_hits(handle, start, end, PREFILTER_NEEDLES, ALL_NEEDLES)
     if hits is None and start == 0:
         hits = parallel_hits(path, info, end)
     if hits is None:
@@ -483,8 +505,20 @@ def find_events(
     files = tuple(targets)
     extra_list = list(extra)
     found: list[Found] = list(extra_list)
-    for label, path in files:
-        found += scan_found(path, since, label=label, prefilter=prefilter)
+    with contextlib.ExitStack() as stack:
+        opened = []
+        for label, path in files:
+            handle = stack.enter_context(open(path, "rb"))
+            info = os.fstat(handle.fileno())
+            if not _too_old(info, since):
+                opened.append((label, path, handle, info))
+        # many files: one run of rg/grep for all of them, not one process start per file
+        batch: list[list[Hit] | None] = [None] * len(opened)
+        if prefilter and len(opened) > 1:
+            batch = grep_hits_many([o[2] for o in opened], [o[3].st_size for o in opened],
+                                   PREFILTER_NEEDLES, ALL_NEEDLES)  # fmt: skip
+        for (label, path, handle, info), hits in zip(opened, batch, strict=True):
+            found += _found_in(handle, path, info, since, label, prefilter=prefilter, hits=hits)
     found.sort(
         key=lambda item: (item.when is None, item.when or datetime.min.replace(tzinfo=timezone.utc))
     )

@@ -21,9 +21,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from mpsctl.deaths.counting import Found
-from mpsctl.deaths.parsers import find_deaths
+if TYPE_CHECKING:
+    from mpsctl.deaths.counting import Found
 
 #: argv -> (exit status, stdout, stderr); 127 when the program does not exist
 Runner = Callable[[Sequence[str]], tuple[int, str, str]]
@@ -108,6 +109,14 @@ def _from_command(
         if privileged:
             return Place(name, "unreadable"), []
         return Place(name, "absent", f"failed with exit status {code}"), []
+    from mpsctl.deaths.prefilter import PREFILTER_NEEDLES
+
+    if not any(needle.decode("ascii") in out for needle in PREFILTER_NEEDLES):
+        # no line can hold a kill: the parsers (tens of milliseconds) need not load
+        return Place(name, "unreadable") if privileged else Place(name, "read"), []
+    from mpsctl.deaths.counting import Found
+    from mpsctl.deaths.parsers import find_deaths
+
     events = find_deaths(out, now=now, boot=boot)
     if privileged and not events:
         return Place(name, "unreadable"), []
@@ -115,12 +124,12 @@ def _from_command(
 
 
 def _from_file(path: Path, now: datetime) -> tuple[Place, list[Found]]:
-    from mpsctl.deaths.scanner import scan_found
-
     if not path.exists():
         return Place(str(path), "absent"), []
     if not os.access(path, os.R_OK):
         return Place(str(path), "unreadable"), []
+    from mpsctl.deaths.scanner import scan_found  # loaded only for a file there is to read
+
     try:
         found = scan_found(path, label=str(path))
     except PermissionError:

@@ -41,10 +41,10 @@ LOCK_NAME = "oom_totals.lock"
 def kinds() -> tuple[str, ...]:
     """Every kind a total is kept for, present from the first probe (at 0) so that
     ``increase()`` sees the first failure of each kind."""
-    # imported here: a probe whose log has not changed never loads the log parsers
-    from mpsctl.deaths.parsers import KINDS
+    # not the parsers' own KINDS: a probe whose log has not changed never loads the parsers
+    from mpsctl.deaths.prefilter import DEATH_KINDS
 
-    return ("oom", *KINDS)
+    return ("oom", *DEATH_KINDS)
 
 
 def state_path(home: Path) -> Path:

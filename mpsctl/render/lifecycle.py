@@ -15,10 +15,9 @@ from rich.text import Text
 from mpsctl.control.cache import CleanCacheResult
 from mpsctl.control.fix import FixResult
 from mpsctl.control.start import StartFailed, StartResult
-from mpsctl.control.status import StatusResult
-from mpsctl.control.stop import StopResult
 from mpsctl.render.console import for_terminal
 from mpsctl.render.probe import CPU_ACCELERATOR
+from mpsctl.render.service_text import short_command
 from mpsctl.units import fmt_bytes, fmt_percent, fmt_seconds
 
 
@@ -64,10 +63,6 @@ class ConsoleEvents:
             status.update(text)
 
 
-def _short(command: str, width: int = 70) -> str:
-    return command if len(command) <= width else command[: width - 3] + "..."
-
-
 def start_line(result: StartResult) -> str:
     latency = "" if result.health_latency_ms is None else f" ({result.health_latency_ms:g} ms)"
     if result.status == "already-running":
@@ -107,77 +102,6 @@ def render_start_failure(err: Console, exc: StartFailed) -> None:
             err.print("  " + line, soft_wrap=True)
     else:
         err.print(f"(nothing in {exc.log_file} from this start)", soft_wrap=True)
-
-
-_OUTCOME = {
-    "SIGTERM": "stopped (SIGTERM)",
-    "SIGKILL": "killed (SIGKILL)",
-    "exited": "already gone",
-    "survived": "STILL ALIVE",
-    "would-signal": "would be signalled",
-    "not-signalled": "left alone",
-}
-
-
-def render_stop(out: Console, result: StopResult) -> None:
-    if result.processes:
-        table = Table(title=f"{result.name}: {result.status}", title_justify="left")
-        table.add_column("pid", justify="right")
-        table.add_column("outcome")
-        table.add_column("RSS", justify="right")
-        table.add_column("command", overflow="fold")
-        for row in result.processes:
-            outcome = _OUTCOME[row.outcome] + (f" ({row.note})" if row.note else "")
-            command = _short(row.command, 200)  # the port and app are at the end: keep them
-            table.add_row(str(row.pid), outcome, fmt_bytes(row.rss_bytes), command)
-        out.print(table)
-    if result.status == "stopped":
-        out.print(
-            f"{result.name} stopped in {fmt_seconds(result.elapsed_s)}: "
-            f"{fmt_bytes(result.freed_rss_bytes)} RSS freed"
-            + ("; pidfile removed" if result.pidfile_removed else ""),
-            soft_wrap=True,
-        )
-    if result.drain is not None and result.status in ("stopped", "failed"):
-        note = f" ({result.drain.note})" if result.drain.note else ""
-        out.print(f"queries in flight: {result.drain.text()}{note}", soft_wrap=True)
-    if result.status in ("already-stopped", "dry-run"):
-        out.print(result.message, soft_wrap=True)
-
-
-def status_line(result: StatusResult) -> str:
-    parts = [f"{result.name}: {result.state}"]
-    snap = result.snapshot
-    if result.pid is not None and snap is not None:
-        how = "" if snap.found_by == "pidfile" else f", found by {snap.found_by}"
-        parts.append(f"pid {result.pid}{how}, up {fmt_seconds(result.uptime_s)}")
-        size = snap.total_footprint_bytes
-        label = "footprint"
-        if size is None:
-            size, label = snap.total_rss_bytes, "RSS"
-        parts.append(f"{label} {fmt_bytes(size)} in {len(snap.processes)} process(es)")
-    elif snap is not None and snap.pidfile_state in ("stale", "reused"):
-        parts.append(f"pidfile {snap.pidfile_state}")
-    health = result.health
-    if health is not None and (result.state == "running" or health.ok):
-        if health.ok:
-            parts.append(f"healthy ({health.latency_ms:g} ms)")
-        else:
-            # the process runs: a refused connection means it does not listen (yet)
-            error = (
-                "not listening yet (still starting?)" if health.kind == "refused" else health.error
-            )
-            parts.append(f"UNHEALTHY ({error})")
-    parts.append(result.url)
-    if result.error:
-        parts.append(result.error)
-    if result.death is not None:
-        parts.append(result.death.text)
-    others = result.snapshot.others if result.snapshot else ()
-    if others:
-        pids = ", ".join(str(p.pid) for p in others)
-        parts.append(f"not the service (they match): pid {pids}")
-    return ", ".join(parts)
 
 
 def render_clean_cache(out: Console, result: CleanCacheResult) -> None:
@@ -269,6 +193,6 @@ def render_fix(out: Console, result: FixResult, *, raw: bool = False) -> None:
         table.add_row(label, _cell(result.before, key), _cell(result.after, key))
     out.print(table)
     if result.answer is not None:
-        answer = for_terminal(_short(result.answer, 200), out, raw=raw)
+        answer = for_terminal(short_command(result.answer, 200), out, raw=raw)
         out.print(f"test answer: {answer}", soft_wrap=True)
     out.print(result.message, soft_wrap=True)

@@ -107,6 +107,10 @@ def main() -> None:
     parser.add_argument("--python", action="store_true", help="also time the Python pass")
     parser.add_argument("--grep", action="store_true", help="also time grep as the first pass")
     parser.add_argument("--baseline", metavar="DIR", help="also time the mpsctl in DIR")
+    parser.add_argument("--files", type=int, default=50,
+                        help="many files: this many logs of --file-mib each vs one log of "
+                             "their total size (0: skip)")  # fmt: skip
+    parser.add_argument("--file-mib", type=int, default=2)
     args = parser.parse_args()
     mpsctl = shutil.which("mpsctl")
     command = [mpsctl] if mpsctl else [sys.executable, "-m", "mpsctl"]
@@ -161,6 +165,43 @@ def main() -> None:
                 beyond = min(cpus[(512, name)]) - min(cpus[(0, name)])
                 print(f"CPU beyond start-up, {name}: {beyond / 0.5:.3f} s per GiB "
                       "(512 MiB log minus an empty one, min of runs; target <= 0.3)")  # fmt: skip
+        if args.files:
+            many_files(Path(tmp), [*command, "oom", "--json"], args)
+
+
+def many_files(tmp: Path, argv: list[str], args: argparse.Namespace) -> None:
+    """N dated logs vs one log of their total size: what each extra file costs."""
+    folder = tmp / "many"
+    folder.mkdir()
+    logs = []
+    block = ordinary_mib()
+    for n in range(args.files):
+        log = folder / f"error-{n:03d}.log"
+        oom = OOM.replace("{hour:02d}:{minute:02d}", f"{n // 60 % 24:02d}:{n % 60:02d}")
+        # one OOM in each, each at its own time (equal failures close in time are one event)
+        log.write_bytes(block * (args.file_mib - 1) + oom.encode() + block)
+        logs.append(str(log))
+    one = folder / "all.log"
+    with one.open("wb") as out:
+        for log in logs:
+            out.write(Path(log).read_bytes())
+    subprocess.run(["cat", *logs, str(one)], stdout=subprocess.DEVNULL, check=True)
+    rows: dict[str, tuple[list[float], list[float]]] = {"many": ([], []), "one": ([], [])}
+    for _ in range(args.repeat):
+        for name, files in (("many", logs), ("one", [str(one)])):
+            wall, cpu, out = timed([*argv, *files])
+            if json.loads(out)["count"] != args.files:
+                sys.exit(f"{name}: expected {args.files} events")
+            rows[name][0].append(wall)
+            rows[name][1].append(cpu)
+    print(f"{args.files} logs of {args.file_mib} MiB vs one log of {args.files * args.file_mib} "
+          "MiB (the same lines)")  # fmt: skip
+    print(row(f"{args.files} files", *rows["many"]))
+    print(row("one file", *rows["one"]))
+    extra_wall = statistics.median(rows["many"][0]) - statistics.median(rows["one"][0])
+    extra_cpu = min(rows["many"][1]) - min(rows["one"][1])
+    print(f"  per extra file: wall {extra_wall / args.files * 1000:+.2f} ms (median), CPU "
+          f"{extra_cpu / args.files * 1000:+.2f} ms (min)  (target <= 1 ms)")  # fmt: skip
 
 
 if __name__ == "__main__":

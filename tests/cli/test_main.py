@@ -97,16 +97,17 @@ def test_unknown_command_is_a_usage_error() -> None:
 @pytest.mark.parametrize("args", [["probe", "--json"], ["status"], ["stop", "--dry-run"],
                                   ["config", "show"]])  # fmt: skip
 def test_light_commands_never_import_torch(args: list[str], tmp_path: Path) -> None:
+    # read at exit: these commands end the process without the interpreter's teardown, but
+    # their atexit handlers still run
     code = (
-        "import sys, runpy\n"
+        "import atexit, sys, runpy\n"
         f"sys.argv = ['mpsctl', *{args!r}]\n"
-        "try:\n"
-        "    runpy.run_module('mpsctl', run_name='__main__')\n"
-        "except SystemExit:\n"
-        "    pass\n"
-        "heavy = sorted(m for m in ('torch', 'transformers', 'fastapi', 'uvicorn')\n"
-        "               if m in sys.modules)\n"
-        "sys.stderr.write('HEAVY=' + ','.join(heavy) + '\\n')\n"
+        "def report():\n"
+        "    heavy = sorted(m for m in ('torch', 'transformers', 'fastapi', 'uvicorn')\n"
+        "                   if m in sys.modules)\n"
+        "    sys.stderr.write('HEAVY=' + ','.join(heavy) + '\\n')\n"
+        "atexit.register(report)\n"
+        "runpy.run_module('mpsctl', run_name='__main__')\n"
     )
     env = {**os.environ, "MPSCTL_SERVICE_URL": "http://127.0.0.1:9"}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

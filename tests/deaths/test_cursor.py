@@ -11,7 +11,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from mpsctl.cli import main
-from mpsctl.deaths.cursor import new_events, read_state
+from mpsctl.deaths.cursor import new_events, nothing_new, read_state
 from mpsctl.paths import home_dir
 from tests.conftest import free_port, read_fixture
 
@@ -107,6 +107,39 @@ def test_probe_counts_a_real_oom_next_to_an_overflowing_line(
     assert nagios.exit_code != 0
     assert "out-of-memory" in nagios.stdout
     assert home_dir().is_dir()
+
+
+def test_new_ordinary_lines_move_the_cursor_without_the_scanner_and_an_oom_still_counts(
+    tmp_path: Path,
+) -> None:
+    """The probe's quick check of a log written all the time (its access log): new bytes
+    without any prefilter string move the cursor; an OOM written after them is still found
+    once, by the scanner, exactly as without the quick check."""
+    home = tmp_path / "home"
+    log = tmp_path / "backend.log"
+    now = datetime.now(timezone.utc)
+    log.write_text('INFO:     127.0.0.1:50000 - "GET /health HTTP/1.1" 200 OK\n')
+    assert nothing_new(home, log, now=now) is False  # no cursor yet: the scanner must run
+    assert probe_count(home, log, now) == []
+    with log.open("a") as out:
+        out.write('INFO:     127.0.0.1:50002 - "POST /query HTTP/1.1" 200 OK\n' * 100)
+    assert nothing_new(home, log, now=now) is True
+    assert read_state(home)[str(log)]["offset"] == log.stat().st_size
+    with log.open("a") as out:
+        out.write(read_fixture("torch-cpu-oom-2-cant-allocate-errcode12-CPUAllocator65.txt"))
+    assert nothing_new(home, log, now=now) is False  # a prefilter string: not quick
+    assert read_state(home)[str(log)]["offset"] < log.stat().st_size  # left as it was
+    [event] = probe_count(home, log, now + timedelta(minutes=1))
+    assert event["kind"] == "cpu_alloc"
+    # an untimed event is remembered for an hour from when it was first seen: the probe must
+    # report it again, so the quick check (which reports nothing) steps aside meanwhile
+    assert nothing_new(home, log, now=now) is False
+    [again] = probe_count(home, log, now + timedelta(minutes=2))
+    assert again["kind"] == "cpu_alloc"
+    # a rotated log (another inode) is never quick: it is read from its start
+    log.unlink()
+    log.write_text('INFO:     127.0.0.1:50004 - "GET /health HTTP/1.1" 200 OK\n')
+    assert nothing_new(home, log, now=now) is False
 
 
 def test_a_log_truncated_and_regrown_past_the_offset_is_scanned_again(tmp_path: Path) -> None:

@@ -11,7 +11,8 @@ import pytest
 from mpsctl.deaths import grep_pass
 from mpsctl.deaths.first_pass import ALL_NEEDLES, PREFILTER_NEEDLES, find_in_range
 from mpsctl.deaths.grep_pass import grep_hits
-from tests.conftest import FIXTURES
+from mpsctl.deaths.scanner import find_events, scan_found
+from tests.conftest import FIXTURES, read_fixture
 
 TOOLS = [tool for tool in ("rg", "grep") if shutil.which(tool)]
 RECORDED = sorted(p.name for p in FIXTURES.iterdir() if p.suffix in (".txt", ".log", ".ips"))
@@ -103,3 +104,35 @@ def test_grep_answers_when_the_default_rg_fails(
     monkeypatch.setenv("MPSCTL_GREP", str(broken))  # named by the user: no second choice
     fast, reference = both(log)
     assert fast is None
+
+
+def test_many_files_take_one_run_of_rg_and_find_what_one_run_each_finds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``mpsctl oom`` over many logs (dated files, rotated copies): one process start per
+    file costs more than searching a small file, so one run of the tool searches them all."""
+    real = grep_pass.bundled_rg() or shutil.which("rg")
+    assert real is not None, "ripgrep is a dependency: its wheel puts rg beside the scripts"
+    calls = tmp_path / "calls"
+    wrapper = tmp_path / "rg-counting"
+    wrapper.write_text(f'#!/bin/sh\necho run >> "{calls}"\nexec "{real}" "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("MPSCTL_GREP", str(wrapper))
+    monkeypatch.setattr(grep_pass, "_GREP", [])
+    oom = read_fixture("torch-mps-oom-3.txt")
+    logs = []
+    for n in range(20):
+        log = tmp_path / f"error-2026-01-{n + 1:02d}.log"
+        lines = [f"2026-01-{n + 1:02d} 10:00:{s:02d},000 INFO ok {s}\n" for s in range(50)]
+        if n % 3 == 0:  # one failure in every third file, at its own time
+            lines.insert(n + 5, f"2026-01-{n + 1:02d} 10:30:00,000 ERROR {oom.strip()}\n")
+        log.write_text("".join(lines))
+        logs.append((log.name, log))
+    together = find_events(logs)
+    assert calls.read_text().count("run") == 1
+    one_each = [item for label, path in logs for item in scan_found(path, label=label)]
+    assert calls.read_text().count("run") == 1 + len(logs)
+    assert len(together.events) == len(one_each) == 7
+    assert sorted((f.file, f.line) for f, _ in together.events) == sorted(
+        (f.file, f.line) for f in one_each
+    )

@@ -29,6 +29,7 @@ from mpsctl.deaths.parsers import (
     parse_death,
     pids_of,
 )
+from mpsctl.deaths.prefilter import DEATH_KINDS
 from mpsctl.units import size_value, to_int
 from tests.conftest import FIXTURES, read_fixture
 
@@ -582,3 +583,4 @@ def test_counting_helpers() -> None:
     corpus = FIXTURES / "corpus"
     kinds |= {e.kind for p in corpus.glob("m-*.txt") for e in find_deaths(p.read_text("utf-8"))}
     assert kinds == set(KINDS)
+    assert DEATH_KINDS == KINDS  # the probe's totals name the same kinds without the parsers

@@ -5,12 +5,11 @@ has ``None`` fields, never a crash. READ-ONLY.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
+from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -123,29 +122,36 @@ class ServiceSnapshot:
 
 
 # --------------------------------------------------------------------------- macOS footprint
-class _RusageInfoV2(ctypes.Structure):
-    # struct rusage_info_v2 from <sys/resource.h>
-    _fields_ = [
-        ("ri_uuid", ctypes.c_uint8 * 16),
-        ("ri_user_time", ctypes.c_uint64),
-        ("ri_system_time", ctypes.c_uint64),
-        ("ri_pkg_idle_wkups", ctypes.c_uint64),
-        ("ri_interrupt_wkups", ctypes.c_uint64),
-        ("ri_pageins", ctypes.c_uint64),
-        ("ri_wired_size", ctypes.c_uint64),
-        ("ri_resident_size", ctypes.c_uint64),
-        ("ri_phys_footprint", ctypes.c_uint64),
-        ("ri_proc_start_abstime", ctypes.c_uint64),
-        ("ri_proc_exit_abstime", ctypes.c_uint64),
-        ("ri_child_user_time", ctypes.c_uint64),
-        ("ri_child_system_time", ctypes.c_uint64),
-        ("ri_child_pkg_idle_wkups", ctypes.c_uint64),
-        ("ri_child_interrupt_wkups", ctypes.c_uint64),
-        ("ri_child_pageins", ctypes.c_uint64),
-        ("ri_child_elapsed_abstime", ctypes.c_uint64),
-        ("ri_diskio_bytesread", ctypes.c_uint64),
-        ("ri_diskio_byteswritten", ctypes.c_uint64),
-    ]
+@cache
+def _rusage_info_v2() -> Any:
+    """``struct rusage_info_v2`` from <sys/resource.h>, built on first use: ctypes is loaded
+    only on macOS, only when a footprint is read."""
+    import ctypes
+
+    class _RusageInfoV2(ctypes.Structure):
+        _fields_ = [
+            ("ri_uuid", ctypes.c_uint8 * 16),
+            ("ri_user_time", ctypes.c_uint64),
+            ("ri_system_time", ctypes.c_uint64),
+            ("ri_pkg_idle_wkups", ctypes.c_uint64),
+            ("ri_interrupt_wkups", ctypes.c_uint64),
+            ("ri_pageins", ctypes.c_uint64),
+            ("ri_wired_size", ctypes.c_uint64),
+            ("ri_resident_size", ctypes.c_uint64),
+            ("ri_phys_footprint", ctypes.c_uint64),
+            ("ri_proc_start_abstime", ctypes.c_uint64),
+            ("ri_proc_exit_abstime", ctypes.c_uint64),
+            ("ri_child_user_time", ctypes.c_uint64),
+            ("ri_child_system_time", ctypes.c_uint64),
+            ("ri_child_pkg_idle_wkups", ctypes.c_uint64),
+            ("ri_child_interrupt_wkups", ctypes.c_uint64),
+            ("ri_child_pageins", ctypes.c_uint64),
+            ("ri_child_elapsed_abstime", ctypes.c_uint64),
+            ("ri_diskio_bytesread", ctypes.c_uint64),
+            ("ri_diskio_byteswritten", ctypes.c_uint64),
+        ]
+
+    return _RusageInfoV2
 
 
 _RUSAGE_INFO_V2 = 2
@@ -157,6 +163,9 @@ def phys_footprint(pid: int) -> int | None:
     global _libproc  # noqa: PLW0603 - loaded once, on first use, on darwin only
     if sys.platform != "darwin":
         return None
+    import ctypes
+    import ctypes.util
+
     if _libproc is None:
         name = ctypes.util.find_library("proc") or "/usr/lib/libproc.dylib"
         try:
@@ -165,7 +174,7 @@ def phys_footprint(pid: int) -> int | None:
             _libproc = False
     if not _libproc:
         return None
-    info = _RusageInfoV2()
+    info = _rusage_info_v2()()
     if _libproc.proc_pid_rusage(ctypes.c_int(pid), _RUSAGE_INFO_V2, ctypes.byref(info)) != 0:
         return None  # EPERM for another user's process, ESRCH when gone
     return int(info.ri_phys_footprint)

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import psutil
 
@@ -28,13 +29,13 @@ def compile_match(pattern: str) -> re.Pattern[str]:
         raise ConfigError(f"service.match: invalid regular expression {pattern!r}: {exc}") from None
 
 
-def _absolute_words(proc: psutil.Process, cmdline: list[str]) -> str | None:
+def _absolute_words(cwd_of: Callable[[], str], cmdline: list[str]) -> str | None:
     """The command line with relative paths (``venv/bin/uvicorn``) made absolute."""
     if not any("/" in w and not w.startswith(("/", "-")) for w in cmdline):
         return None
     try:
-        cwd = proc.cwd()
-    except (*GONE, psutil.AccessDenied):
+        cwd = cwd_of()
+    except (*GONE, psutil.AccessDenied, OSError):
         return None
     words = [
         os.path.normpath(os.path.join(cwd, w)) if "/" in w and not w.startswith(("/", "-"))
@@ -44,20 +45,80 @@ def _absolute_words(proc: psutil.Process, cmdline: list[str]) -> str | None:
     return " ".join(words)
 
 
+def _proc_command_lines() -> Iterator[tuple[int, str, bytes]]:
+    """(pid, command line, raw bytes) of every process with a command line, from
+    ``/proc/PID/cmdline``: one read per process and no process object, so a host with
+    thousands of processes costs milliseconds, not one psutil object (four files read) per
+    process. Zombies and kernel threads have an empty command line and are left out, as
+    psutil's reading leaves them. The line is psutil's words joined by spaces."""
+    for pid in psutil.pids():
+        try:
+            fd = os.open(f"/proc/{pid}/cmdline", os.O_RDONLY)
+        except OSError:  # gone, or not ours to read
+            continue
+        chunks = []
+        try:
+            while chunk := os.read(fd, 1 << 16):  # a command line may be megabytes long
+                chunks.append(chunk)
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
+        data = b"".join(chunks)
+        if data:
+            line = data[:-1].replace(b"\0", b" ") if data.endswith(b"\0") else data
+            yield pid, os.fsdecode(line.removesuffix(b" ") if line is data else line), data
+
+
+def _words(data: bytes) -> list[str]:
+    """psutil's argv from ``/proc/PID/cmdline``: NUL-separated, or one title rewritten with
+    spaces."""
+    sep = b"\0" if data.endswith(b"\0") else b" "
+    words = data.removesuffix(sep).split(sep)
+    if sep == b"\0" and len(words) == 1 and b" " in data:
+        words = data.removesuffix(sep).split(b" ")
+    return [os.fsdecode(w) for w in words]
+
+
 def matching(pattern: str) -> list[psutil.Process]:
+    """This user's processes whose command line matches ``pattern`` (never mpsctl itself
+    or its ancestors). One pass over the process table; a process object is made only for
+    a match."""
     regex = compile_match(pattern)
     protected = protected_pids()
     found = []
-    for proc in psutil.process_iter(["cmdline", "status"]):
-        if proc.pid in protected or proc.info.get("status") == psutil.STATUS_ZOMBIE:
+    if not os.path.isdir("/proc/self"):
+        for proc in psutil.process_iter(["cmdline", "status"]):
+            if proc.pid in protected or proc.info.get("status") == psutil.STATUS_ZOMBIE:
+                continue
+            cmdline = proc.info.get("cmdline")
+            if not cmdline:
+                continue
+            if not regex.search(" ".join(cmdline)):
+                absolute = _absolute_words(proc.cwd, cmdline)
+                if absolute is None or not regex.search(absolute):
+                    continue
+            if own_user(proc):
+                found.append(proc)
+        return found
+    for pid, line, data in _proc_command_lines():
+        if pid in protected:
             continue
-        cmdline = proc.info.get("cmdline")
-        if not cmdline:
-            continue
-        if not regex.search(" ".join(cmdline)):
-            absolute = _absolute_words(proc, cmdline)
+        if not regex.search(line):
+            if b"/" not in data:
+                continue  # no relative path to make absolute
+            cwd_of = partial(os.readlink, f"/proc/{pid}/cwd")
+            absolute = _absolute_words(cwd_of, _words(data))
             if absolute is None or not regex.search(absolute):
                 continue
+        try:
+            proc = psutil.Process(pid)
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+        except GONE:
+            continue
+        except psutil.AccessDenied:
+            pass  # another user's: own_user says no
         if own_user(proc):
             found.append(proc)
     return found

@@ -119,15 +119,21 @@ def group_is_mine(pgid: int) -> bool:
     """Every live member of process group ``pgid`` is this user's and none is mpsctl or one
     of its ancestors: only then may the whole group be signalled at once."""
     protected = protected_pids()
-    for proc in psutil.process_iter(["status"]):
-        if proc.info.get("status") == psutil.STATUS_ZOMBIE:
-            continue
+    for pid in psutil.pids():
         try:
-            if os.getpgid(proc.pid) != pgid:
-                continue
+            if os.getpgid(pid) != pgid:
+                continue  # one system call: no process object for the (many) others
         except OSError:
             continue
-        if proc.pid in protected or not own_user(proc):
+        try:
+            proc = psutil.Process(pid)
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+        except GONE:
+            continue
+        except psutil.AccessDenied:
+            return False  # a member we may not even inspect is not ours
+        if pid in protected or not own_user(proc):
             return False
     return True
 

@@ -1,0 +1,87 @@
+"""``mpsctl stop``: its own module, so that stopping loads nothing of the start path."""
+
+from __future__ import annotations
+
+import importlib
+import threading
+
+import click
+
+from mpsctl.cli.app import App, json_option
+from mpsctl.cli.service import SECONDS, WAIT, demo_notice, not_under_unit
+from mpsctl.cli.service_options import all_option, heading, names_argument, several_document
+from mpsctl.control.stop import stop_service
+from mpsctl.errors import ServiceError
+from mpsctl.render.console import write_json
+from mpsctl.render.service_text import render_stop
+from mpsctl.service import select
+
+
+@click.command()
+@names_argument
+@all_option
+@click.option(
+    "--timeout",
+    type=SECONDS,
+    metavar="SECONDS",
+    help="Seconds between SIGTERM and SIGKILL (default service.stop_timeout; 0: SIGKILL at once).",
+)
+@click.option(
+    "--match",
+    "use_match",
+    is_flag=True,
+    help="Also stop processes found only by service.match (no pidfile).",
+)
+@click.option("--dry-run", is_flag=True, help="Show what would be signalled; signal nothing.")
+@WAIT
+@json_option
+@click.pass_obj
+def stop(app: App, names: tuple[str, ...], all_: bool, timeout: float | None, use_match: bool,
+         dry_run: bool, wait: float, as_json: bool) -> None:  # fmt: skip
+    """Stop the service's whole process tree: SIGTERM, then SIGKILL after --timeout.
+
+    Safe by default: only the process the pidfile names (pid and start time must both
+    match) and its children. Processes found by service.match are listed, and signalled
+    only with --match. Never mpsctl itself, its parents or other users' processes.
+    Several services: name them or pass --all; they stop in reverse `after` order.
+
+    \b
+    Examples:
+      mpsctl stop
+      mpsctl stop --dry-run
+      mpsctl stop --match --timeout 30   # a service started by hand
+      mpsctl stop --all                  # every configured service
+    """
+    chosen = select(app.host_settings(), names, all_=all_, changes=True)
+    documents, failed = [], []
+    for service in reversed(chosen):
+        settings = service.settings
+        demo_notice(app, settings)
+        if not dry_run:
+            not_under_unit(app, settings, "stop")
+        result = stop_service(settings, timeout=timeout, use_match=use_match,
+                              dry_run=dry_run, lock_wait=wait,
+                              signalled=None if as_json else _load_table)  # fmt: skip
+        documents.append(result.to_json())
+        if not as_json:
+            heading(app, chosen, service)
+            render_stop(result, lambda: app.out)
+        if not result.ok:
+            failed.append(result.message)
+    if as_json:
+        code = 1 if failed else 0
+        write_json(documents[0] if len(documents) == 1
+                   else several_document("stop", documents, code))  # fmt: skip
+    if failed:
+        raise ServiceError("; ".join(failed))
+
+
+def _load_table() -> None:
+    """Import the table renderer in the background while the service shuts down (its
+    exit takes hundreds of milliseconds; the import would otherwise come after it)."""
+
+    def load() -> None:
+        for name in ("rich.console", "rich.table"):
+            importlib.import_module(name)
+
+    threading.Thread(target=load, name="mpsctl-load-table", daemon=True).start()
