@@ -7,6 +7,7 @@ one address each) and gives their start order.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -71,8 +72,17 @@ def service_tables(path: Path, raw: Any) -> dict[str, list[Entry]]:
     if not isinstance(raw, dict) or not raw:
         raise ConfigError(f"{path}: services must hold one table per service: [services.NAME]")
     tables: dict[str, list[Entry]] = {}
+    folded: dict[str, str] = {}
     for name, body in raw.items():
         where = f"[services.{name}]"
+        if name.casefold() in folded:
+            # on a case-insensitive file system (macOS's default) both would be one state
+            # directory: one pidfile, one lock, one audit trail for two services
+            raise ConfigError(
+                f"{path}: {where}: the name differs only in case from "
+                f"[services.{folded[name.casefold()]}]; give each service its own name"
+            )
+        folded[name.casefold()] = name
         if not _SERVICE_NAME.fullmatch(name):
             raise ConfigError(
                 f"{path}: {where}: a service name is letters, digits, '_', '.', '-' "
@@ -101,9 +111,23 @@ def service_tables(path: Path, raw: Any) -> dict[str, list[Entry]]:
     return tables
 
 
+def _bound(host: str) -> frozenset[str] | None:
+    """The addresses a URL's host stands for when a local service binds it; None for every
+    address (``0.0.0.0``, ``::``), which shares its port with any other service's."""
+    name = host.strip("[]").rstrip(".").lower()
+    if name in ("", "0.0.0.0", "::", "*"):
+        return None
+    if name in ("localhost", "localhost.localdomain", "ip6-localhost"):
+        return frozenset({"127.0.0.1", "::1"})
+    try:
+        return frozenset({str(ipaddress.ip_address(name))})
+    except ValueError:
+        return frozenset({name})
+
+
 def check_services(members: Sequence[_OneService]) -> None:
     """Every ``after`` names a configured service, without a circle; no two services share
-    an address (the second could never start)."""
+    an address (the second could never start), however each URL spells it."""
     names = {m.service.name for m in members}
     for member in members:
         for other in member.service.after:
@@ -113,37 +137,52 @@ def check_services(members: Sequence[_OneService]) -> None:
                     f"configured: {', '.join(sorted(names))}"
                 )
     start_order(members)
-    seen: dict[tuple[str, int], str] = {}
+    seen: list[tuple[int, frozenset[str] | None, Any]] = []
     for member in members:
-        address = (member.service.host, member.service.port)
-        if address in seen:
-            raise ConfigError(
-                f"services.{member.service.name}.url: {member.service.url} is also "
-                f"services.{seen[address]}'s address; give each service its own port"
-            )
-        seen[address] = member.service.name
+        port, bound = member.service.port, _bound(member.service.host)
+        for other_port, other_bound, other in seen:
+            if port == other_port and (bound is None or other_bound is None or bound & other_bound):
+                raise ConfigError(
+                    f"services.{member.service.name}.url: {member.service.url} is also "
+                    f"services.{other.service.name}'s address ({other.service.url}); give "
+                    "each service its own port"
+                )
+        seen.append((port, bound, member))
 
 
 def start_order(members: Sequence[Member]) -> list[Member]:
     """The services in start order: each after those its ``after`` names, otherwise in the
-    file's order (stop runs this order backwards). A circle is a ConfigError."""
+    file's order (stop runs this order backwards). A circle is a ConfigError.
+
+    Depth-first without recursion: a chain of ``after`` as long as the file is must not
+    exhaust Python's stack."""
     by_name = {m.service.name: m for m in members}
     ordered: list[Member] = []
     done: set[str] = set()
-
-    def visit(name: str, chain: tuple[str, ...]) -> None:
-        if name in done:
-            return
-        if name in chain:
-            circle = " -> ".join((*chain[chain.index(name) :], name))
-            raise ConfigError(f"services: after makes a circle: {circle}")
-        for other in by_name[name].service.after:
-            visit(other, (*chain, name))
-        done.add(name)
-        ordered.append(by_name[name])
-
-    for name in by_name:
-        visit(name, ())
+    for first, member in by_name.items():
+        if first in done:
+            continue
+        chain: list[str] = [first]
+        on_chain = {first}
+        pending: list[list[str]] = [list(reversed(member.service.after))]
+        while chain:
+            if not pending[-1]:
+                name = chain.pop()
+                on_chain.discard(name)
+                pending.pop()
+                if name not in done:
+                    done.add(name)
+                    ordered.append(by_name[name])
+                continue
+            other = pending[-1].pop()
+            if other in done:
+                continue
+            if other in on_chain:
+                circle = " -> ".join((*chain[chain.index(other) :], other))
+                raise ConfigError(f"services: after makes a circle: {circle}")
+            chain.append(other)
+            on_chain.add(other)
+            pending.append(list(reversed(by_name[other].service.after)))
     return ordered
 
 

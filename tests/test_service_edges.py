@@ -1,0 +1,93 @@
+"""Several services configured carelessly or on purpose badly: names that are one directory
+on a case-insensitive file system, one port written two ways, an `after` chain as long as
+the file. Each is one clear error (or works), never two services sharing their state or a
+traceback."""
+
+from __future__ import annotations
+
+import pytest
+
+from mpsctl.errors import ConfigError, ExitCode
+from mpsctl.service import services
+from mpsctl.settings import load_settings
+
+
+def test_names_equal_but_for_case_are_refused(write_config) -> None:
+    # macOS's file system folds case: services/Chat and services/chat are one directory,
+    # so the two services would share a pidfile, a lock and an audit trail
+    write_config(
+        '[services.chat]\nurl = "http://127.0.0.1:18201"\n'
+        '[services.Chat]\nurl = "http://127.0.0.1:18202"\n'
+    )
+    with pytest.raises(ConfigError, match=r"\[services\.Chat\]: the name differs only in case "
+                       r"from \[services\.chat\]") as caught:  # fmt: skip
+        load_settings()
+    assert caught.value.exit_code == ExitCode.USAGE
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ("http://localhost:18203", "http://127.0.0.1:18203"),
+        ("http://127.0.0.1:18203", "http://LOCALHOST:18203"),
+        ("http://0.0.0.0:18203", "http://127.0.0.1:18203"),
+        ("http://[::1]:18203", "http://[0:0::1]:18203"),
+        ("http://[::1]:18203", "http://localhost:18203"),
+        ("http://[::]:18203", "http://127.0.0.1:18203"),
+        ("http://127.0.0.1:80", "http://127.0.0.1/"),
+        ("http://localhost.:18203", "http://localhost:18203"),
+    ],
+)
+def test_one_port_written_two_ways_is_one_address(write_config, first: str, second: str) -> None:
+    write_config(f'[services.a]\nurl = "{first}"\n[services.b]\nurl = "{second}"\n')
+    with pytest.raises(ConfigError, match=r"services\.b\.url: .* is also services\.a's address"):
+        load_settings()
+
+
+def test_two_addresses_on_one_port_are_two_services(write_config) -> None:
+    # two distinct loopback addresses may each bind the same port
+    write_config(
+        '[services.a]\nurl = "http://127.0.0.1:18204"\n[services.b]\nurl = "http://127.0.0.2:18204"\n'
+    )
+    assert [s.name for s in services(load_settings())] == ["a", "b"]
+
+
+def test_a_long_after_chain_is_ordered_without_recursion(write_config) -> None:
+    # s0 after s1 after s2 ... : the file's order is the reverse of the start order, deeper
+    # than Python's default recursion limit
+    count = 1500
+    text = ""
+    for i in range(count):
+        text += f'[services.s{i}]\nurl = "http://127.0.0.1:{20000 + i}"\n'
+        if i + 1 < count:
+            text += f'after = ["s{i + 1}"]\n'
+    write_config(text)
+    order = [s.name for s in services(load_settings())]
+    assert order == [f"s{i}" for i in reversed(range(count))]
+
+
+def test_a_long_circle_is_named(write_config) -> None:
+    count = 1200
+    text = ""
+    for i in range(count):
+        text += f'[services.s{i}]\nurl = "http://127.0.0.1:{20000 + i}"\n'
+        text += f'after = ["s{(i + 1) % count}"]\n'
+    write_config(text)
+    with pytest.raises(ConfigError, match=r"after makes a circle: s0 -> s1 -> .* -> s1199 -> s0$"):
+        load_settings()
+
+
+def test_a_service_after_itself_is_a_circle(write_config) -> None:
+    write_config('[services.a]\nurl = "http://127.0.0.1:18205"\nafter = ["a"]\n')
+    with pytest.raises(ConfigError, match=r"after makes a circle: a -> a$"):
+        load_settings()
+
+
+def test_diamond_after_starts_each_once(write_config) -> None:
+    write_config(
+        '[services.top]\nurl = "http://127.0.0.1:18206"\nafter = ["left", "right"]\n'
+        '[services.left]\nurl = "http://127.0.0.1:18207"\nafter = ["base"]\n'
+        '[services.right]\nurl = "http://127.0.0.1:18208"\nafter = ["base", "base"]\n'
+        '[services.base]\nurl = "http://127.0.0.1:18209"\n'
+    )
+    assert [s.name for s in services(load_settings())] == ["base", "left", "right", "top"]
