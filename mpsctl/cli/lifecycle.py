@@ -11,11 +11,17 @@ from typing import Any
 import click
 
 from mpsctl.cli.app import App, json_option
-from mpsctl.cli.service_options import all_option, heading, names_argument, several_document
+from mpsctl.cli.service_options import (
+    all_option,
+    error_document,
+    heading,
+    names_argument,
+    several_document,
+)
 from mpsctl.control.start import StartFailed, StartOptions, start_service
 from mpsctl.control.stop import restart_service, stop_service
 from mpsctl.control.supervisor import Action, find_supervisor
-from mpsctl.errors import OverBudgetError, ServiceError
+from mpsctl.errors import MpsctlError, OverBudgetError, ServiceError
 from mpsctl.paths import CONFIG_NAME, user_config_file
 from mpsctl.render import lifecycle as render
 from mpsctl.render.console import write_json
@@ -113,9 +119,48 @@ def budget_gate(app: App, host: Settings, service: Service) -> None:
     raise OverBudgetError(problem)
 
 
-def write_results(command: str, documents: list[dict[str, Any]], code: int = 0) -> None:
-    """One JSON document: the service's own, or for several one holding each."""
-    write_json(documents[0] if len(documents) == 1 else several_document(command, documents, code))
+class Failures:
+    """What went wrong for each of several services: one service's failure stops no other
+    (a start skips only the services that start ``after`` it). With one service the error
+    is raised as it always was."""
+
+    def __init__(self, command: str, chosen: list[Service]) -> None:
+        self.command, self.several = command, len(chosen) > 1
+        self.messages: list[str] = []
+        #: each service's document in the command's order: its result's, or its error's
+        self.documents: list[dict[str, Any]] = []
+        self.names: set[str] = set()
+        self.code = 0
+
+    def add(self, service: Service, exc: MpsctlError, *, now: bool = True) -> None:
+        """Record ``exc``; with one service raise it ``now`` (else at :meth:`finish`,
+        after the service's own document)."""
+        if not self.several and now:
+            raise exc
+        self.names.add(service.name)
+        self.messages.append(f"{service.name}: {exc}" if self.several else str(exc))
+        if self.several:
+            self.documents.append(error_document(self.command, service.name, str(exc),
+                                                 exc.exit_code))  # fmt: skip
+        self.code = self.code or exc.exit_code
+
+    def blocked(self, service: Service) -> MpsctlError | None:
+        """The error for a service that starts after one that failed (or was skipped)."""
+        failed = [n for n in service.settings.service.after if n in self.names]
+        if not failed:
+            return None
+        verb = f"{self.command}ed"
+        return ServiceError(f"not {verb}: it starts after {failed[0]}, which did not {self.command}")
+
+    def finish(self, as_json: bool) -> None:
+        """The JSON document (every service's, in order, failures included), then the one
+        error line."""
+        if as_json and self.several:
+            write_json(several_document(self.command, self.documents, self.code))
+        elif as_json and self.documents:
+            write_json(self.documents[0])
+        if self.messages:
+            raise MpsctlError("; ".join(self.messages), exit_code=self.code)
 
 
 def start_options_from_flags(opts: dict[str, Any], foreground: bool = False) -> StartOptions:
@@ -186,25 +231,31 @@ def start(app: App, names: tuple[str, ...], all_: bool, foreground: bool, wait: 
     host, chosen = services_from_flags(app, opts, names, all_)
     if foreground and len(chosen) > 1:
         raise ServiceError("--foreground runs one service: name it")
-    documents = []
+    failures = Failures("start", chosen)
     for service in chosen:
         settings = service.settings
         demo_notice(app, settings)
-        if not foreground and not_under_unit(app, settings, "start"):
-            continue  # --foreground is what the unit itself runs
-        budget_gate(app, host, service)
-        ev = events(app)
-        options = start_options_from_flags(opts, foreground)
-        if not as_json:
-            heading(app, chosen, service)
-        result = run_start(
-            app, partial(start_service, settings, options, events=ev, lock_wait=wait)
-        )
-        documents.append(result.to_json())
+        try:
+            blocked = failures.blocked(service)
+            if blocked is not None:
+                raise blocked
+            if not foreground and not_under_unit(app, settings, "start"):
+                continue  # --foreground is what the unit itself runs
+            budget_gate(app, host, service)
+            ev = events(app)
+            options = start_options_from_flags(opts, foreground)
+            if not as_json:
+                heading(app, chosen, service)
+            result = run_start(
+                app, partial(start_service, settings, options, events=ev, lock_wait=wait)
+            )
+        except MpsctlError as exc:
+            failures.add(service, exc)
+            continue
+        failures.documents.append(result.to_json())
         if not as_json:
             render.render_start(app.out, result)
-    if as_json and documents:
-        write_results("start", documents)
+    failures.finish(as_json)
 
 
 @click.command()
@@ -243,24 +294,25 @@ def stop(app: App, names: tuple[str, ...], all_: bool, timeout: float | None, us
       mpsctl stop --all                  # every configured service
     """
     chosen = select(app.host_settings(), names, all_=all_, changes=True)
-    documents, failed = [], []
+    failures = Failures("stop", chosen)
     for service in reversed(chosen):
         settings = service.settings
         demo_notice(app, settings)
-        if not dry_run:
-            not_under_unit(app, settings, "stop")
-        result = stop_service(settings, timeout=timeout, use_match=use_match,
-                              dry_run=dry_run, lock_wait=wait)  # fmt: skip
-        documents.append(result.to_json())
+        try:
+            if not dry_run:
+                not_under_unit(app, settings, "stop")
+            result = stop_service(settings, timeout=timeout, use_match=use_match,
+                                  dry_run=dry_run, lock_wait=wait)  # fmt: skip
+        except MpsctlError as exc:
+            failures.add(service, exc)  # a busy or hung service leaves the others to stop
+            continue
+        failures.documents.append(result.to_json())
         if not as_json:
             heading(app, chosen, service)
             render.render_stop(app.out, result)
         if not result.ok:
-            failed.append(result.message)
-    if as_json:
-        write_results("stop", documents, 1 if failed else 0)
-    if failed:
-        raise ServiceError("; ".join(failed))
+            failures.add(service, ServiceError(result.message), now=False)
+    failures.finish(as_json)
 
 
 @click.command()
@@ -283,20 +335,27 @@ def restart(app: App, names: tuple[str, ...], all_: bool, stop_timeout: float | 
       mpsctl restart chat
     """
     host, chosen = services_from_flags(app, opts, names, all_)
-    documents = []
+    failures = Failures("restart", chosen)
     for service in chosen:
         settings = service.settings
         demo_notice(app, settings)
-        not_under_unit(app, settings, "restart")
-        budget_gate(app, host, service)  # a stopped service's restart is a start
-        ev = events(app)
-        result = run_start(app, partial(
-            restart_service, settings, start_options_from_flags(opts),
-            stop_timeout=stop_timeout, use_match=use_match, events=ev, lock_wait=wait))  # fmt: skip
-        documents.append(result.to_json())
+        try:
+            blocked = failures.blocked(service)
+            if blocked is not None:
+                raise blocked
+            not_under_unit(app, settings, "restart")
+            budget_gate(app, host, service)  # a stopped service's restart is a start
+            ev = events(app)
+            result = run_start(app, partial(
+                restart_service, settings, start_options_from_flags(opts),
+                stop_timeout=stop_timeout, use_match=use_match, events=ev,
+                lock_wait=wait))  # fmt: skip
+        except MpsctlError as exc:
+            failures.add(service, exc)
+            continue
+        failures.documents.append(result.to_json())
         if not as_json:
             heading(app, chosen, service)
             render.render_stop(app.out, result.stop)
             render.render_start(app.out, result.start)
-    if as_json:
-        write_results("restart", documents)
+    failures.finish(as_json)

@@ -1,0 +1,127 @@
+"""Commands over several services when one of them fails: a start that dies, a stop whose
+lock another run holds, a service that ignores SIGTERM. One service's failure must never
+leave the others unstarted or running, and the output must still account for every one.
+
+Real processes: the fake http.server service of tests/control/fakes.py, under
+``[services.NAME]`` tables of one settings file, driven through ``python -m mpsctl``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from mpsctl.errors import ExitCode
+from tests.conftest import free_port
+from tests.control.fakes import fake_command, kill_strays, wait_for, write_fake_service
+
+
+@dataclass
+class Host:
+    root: Path
+    config: Path
+
+    @property
+    def home(self) -> Path:
+        return self.root / "home"
+
+    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MPSCTL_")}
+        env |= {"MPSCTL_HOME": str(self.home), "MPSCTL_CONFIG": str(self.config)}
+        return subprocess.run([sys.executable, "-m", "mpsctl", *args], env=env,
+                              capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+
+    def running(self, name: str) -> bool:
+        return self.run("status", name).returncode == 0
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> Iterator[Host]:
+    script = write_fake_service(tmp_path)
+    (tmp_path / "home").mkdir()
+    made = Host(tmp_path, tmp_path / "mpsctl.toml")
+    made.script = script  # type: ignore[attr-defined]
+    yield made
+    made.run("stop", "--all", "--timeout", "0")
+    kill_strays(str(script))
+
+
+def _write(host: Host, services: dict[str, tuple[list[str], list[str]]]) -> None:
+    """``services``: name -> (extra fake-service args, after)."""
+    lines = [
+        "[service]",
+        f"workdir = {json.dumps(str(host.root))}",
+        "start_timeout = 15",
+        "stop_timeout = 2",
+        "[thresholds]",
+        "host_used_percent = [99.8, 99.9]",
+        "swap_used_percent = [99.8, 99.9]",
+    ]
+    for name, (extra, after) in services.items():
+        port = free_port()
+        command = fake_command(host.script, port, *extra)  # type: ignore[attr-defined]
+        lines += [
+            f"[services.{name}]",
+            f"command = {json.dumps(command)}",
+            f'url = "http://127.0.0.1:{port}"',
+            f'log_file = "{name}.log"',
+            f"after = {json.dumps(after)}",
+        ]
+    host.config.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def test_start_all_goes_on_past_a_failure_and_skips_only_its_dependents(host: Host) -> None:
+    _write(host, {"a": ([], []), "b": (["--fake-die"], []), "c": ([], ["b"]), "d": ([], [])})
+    started = host.run("start", "--all", "--json")
+    assert started.returncode == ExitCode.FAILURE, started.stderr
+    document = json.loads(started.stdout)
+    assert document["schema"] == "mpsctl.services/1"
+    assert document["exit_code"] == ExitCode.FAILURE
+    entries = document["services"]
+    # every service accounted for, in start order: its result or its error
+    assert [e.get("name") or e.get("service") for e in entries] == ["a", "b", "c", "d"]
+    assert [e["schema"] for e in entries] == [
+        "mpsctl.start/1", "mpsctl.error/1", "mpsctl.error/1", "mpsctl.start/1",
+    ]  # fmt: skip
+    assert "exited with status 3" in entries[1]["error"]
+    assert entries[2]["error"] == "not started: it starts after b, which did not start"
+    assert host.running("a")
+    assert host.running("d")
+    assert not host.running("b")
+    assert not host.running("c")
+    (line,) = [x for x in started.stderr.splitlines() if x.startswith("mpsctl: error:")]
+    assert line.startswith("mpsctl: error: b: b exited with status 3")
+    assert "; c: not started" in line
+
+
+def test_stop_all_stops_the_others_when_one_is_busy_or_ignores_sigterm(host: Host) -> None:
+    _write(host, {"a": (["--fake-ignore-term"], []), "b": ([], []), "c": ([], [])})
+    assert host.run("start", "--all").returncode == 0
+    # another mpsctl run (a hung fix, say) holds b's lock
+    lock = host.home / "services" / "b" / "mpsctl.lock"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, sys, time\n"
+         "f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True)\n"
+         "time.sleep(60)", str(lock)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "held"
+        stopped = host.run("stop", "--all")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert stopped.returncode == ExitCode.LOCKED, stopped.stderr
+    assert "b: " in stopped.stderr
+    assert "mpsctl.lock" in stopped.stderr
+    # a ignored SIGTERM and was killed after stop_timeout; c stopped; b is still running
+    assert wait_for(lambda: not host.running("a") and not host.running("c"), timeout=5)
+    assert host.running("b")
