@@ -24,6 +24,9 @@ class _OneService(Protocol):
     @property
     def service(self) -> Any: ...
 
+    @property
+    def sources(self) -> dict[str, str]: ...
+
 
 Member = TypeVar("Member", bound=_OneService)
 
@@ -142,12 +145,27 @@ def check_services(members: Sequence[_OneService]) -> None:
         port, bound = member.service.port, _bound(member.service.host)
         for other_port, other_bound, other in seen:
             if port == other_port and (bound is None or other_bound is None or bound & other_bound):
+                # host:port only: a URL may carry credentials, never echoed
+                host = member.service.host
+                shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
                 raise ConfigError(
-                    f"services.{member.service.name}.url: {member.service.url} is also "
-                    f"services.{other.service.name}'s address ({other.service.url}); give "
-                    "each service its own port"
+                    f"services.{member.service.name} and services.{other.service.name} "
+                    f"both listen on {shown}"
+                    f"{_origin(member.sources.get('service.url', 'default'))}; give each "
+                    "service its own url in its [services.NAME] table"
                 )
         seen.append((port, bound, member))
+
+
+def _origin(source: str) -> str:
+    """Why a service has the URL it has, when not from its own table."""
+    if source == "default":
+        return " (no url set: the default)"
+    if source.startswith(("env ", "flag ")):
+        return f" ({source.split(' ', 1)[1]} sets every service's url)"
+    if not source.endswith("]"):
+        return " ([service] url is a default for every service)"
+    return ""
 
 
 def start_order(members: Sequence[Member]) -> list[Member]:

@@ -40,8 +40,47 @@ def test_names_equal_but_for_case_are_refused(write_config) -> None:
 )
 def test_one_port_written_two_ways_is_one_address(write_config, first: str, second: str) -> None:
     write_config(f'[services.a]\nurl = "{first}"\n[services.b]\nurl = "{second}"\n')
-    with pytest.raises(ConfigError, match=r"services\.b\.url: .* is also services\.a's address"):
+    with pytest.raises(ConfigError, match=r"services\.b and services\.a both listen on "):
         load_settings()
+
+
+@pytest.mark.parametrize(
+    ("text", "environ", "origin"),
+    [
+        ("[services.a]\n[services.b]\n", {}, r"\(no url set: the default\)"),
+        (
+            '[service]\nurl = "http://127.0.0.1:18210"\n[services.a]\n[services.b]\n',
+            {},
+            r"\(\[service\] url is a default for every service\)",
+        ),
+        (
+            '[services.a]\nurl = "http://127.0.0.1:18211"\n'
+            '[services.b]\nurl = "http://127.0.0.1:18212"\n',
+            {"MPSCTL_SERVICE_URL": "http://127.0.0.1:18213"},
+            r"\(MPSCTL_SERVICE_URL sets every service's url\)",
+        ),
+    ],
+)
+def test_a_shared_address_says_where_it_came_from(
+    write_config, monkeypatch: pytest.MonkeyPatch, text: str, environ: dict[str, str], origin: str
+) -> None:
+    write_config(text)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=origin):
+        load_settings()
+
+
+def test_a_shared_address_never_echoes_the_urls_credentials(write_config) -> None:
+    write_config(
+        '[services.a]\nurl = "http://127.0.0.1:18214"\n'
+        '[services.b]\nurl = "http://admin:hunter2@127.0.0.1:18214/x?token=s3cret"\n'
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert "both listen on 127.0.0.1:18214" in str(caught.value)
+    for secret in ("admin", "hunter2", "s3cret"):
+        assert secret not in str(caught.value)
 
 
 def test_two_addresses_on_one_port_are_two_services(write_config) -> None:
