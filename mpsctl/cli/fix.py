@@ -16,7 +16,13 @@ from mpsctl.cli.lifecycle import (
     start_options_from_flags,
 )
 from mpsctl.cli.params import DURATION
-from mpsctl.cli.service_options import all_option, heading, names_argument, several_document
+from mpsctl.cli.service_options import (
+    all_option,
+    error_document,
+    heading,
+    names_argument,
+    several_document,
+)
 from mpsctl.control.fix import FixOptions, fix_service
 from mpsctl.durations import Period
 from mpsctl.errors import ExitCode, MpsctlError, ServiceError
@@ -98,6 +104,7 @@ def fix(app: App, names: tuple[str, ...], all_: bool, if_unhealthy: bool,
             if len(chosen) == 1:
                 raise
             failures.append(f"{service.name}: {exc}")  # one service's failure stops no other
+            documents.append(error_document("fix", service.name, str(exc), exc.exit_code))
             continue
         documents.append(result.to_json())
         if not as_json:

@@ -125,3 +125,32 @@ def test_stop_all_stops_the_others_when_one_is_busy_or_ignores_sigterm(host: Hos
     # a ignored SIGTERM and was killed after stop_timeout; c stopped; b is still running
     assert wait_for(lambda: not host.running("a") and not host.running("c"), timeout=5)
     assert host.running("b")
+
+
+def test_fix_all_json_lists_the_service_it_could_not_fix(host: Host) -> None:
+    _write(host, {"a": ([], []), "b": ([], [])})
+    lock = host.home / "services" / "b" / "mpsctl.lock"
+    lock.parent.mkdir(parents=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, sys, time\n"
+         "f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True)\n"
+         "time.sleep(60)", str(lock)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "held"
+        fixed = host.run("fix", "--all", "--json")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert fixed.returncode == ExitCode.FAILURE, fixed.stderr
+    document = json.loads(fixed.stdout)
+    assert document["schema"] == "mpsctl.services/1"
+    first, second = document["services"]
+    assert first["schema"] == "mpsctl.fix/1"
+    assert first["healthy"] is True
+    assert second["schema"] == "mpsctl.error/1"
+    assert (second["service"], second["exit_code"]) == ("b", ExitCode.LOCKED)
+    assert "mpsctl.lock" in second["error"]
+    assert host.running("a")
