@@ -149,8 +149,8 @@ class Failures:
         failed = [n for n in service.settings.service.after if n in self.names]
         if not failed:
             return None
-        verb = f"{self.command}ed"
-        return ServiceError(f"not {verb}: it starts after {failed[0]}, which did not {self.command}")
+        did = self.command
+        return ServiceError(f"not {did}ed: it starts after {failed[0]}, which did not {did}")
 
     def finish(self, as_json: bool) -> None:
         """The JSON document (every service's, in order, failures included), then the one
