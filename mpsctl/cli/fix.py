@@ -14,6 +14,7 @@ from mpsctl.cli.lifecycle import (
     services_from_flags,
     start_flags,
     start_options_from_flags,
+    take_over,
 )
 from mpsctl.cli.params import DURATION
 from mpsctl.cli.service_options import (
@@ -88,7 +89,7 @@ def fix(app: App, names: tuple[str, ...], all_: bool, if_unhealthy: bool,
         --if-unhealthy >/dev/null 2>>/home/op/.local/state/mpsctl/cron.log || [ $? -eq 75 ]
     """
     window = within.seconds if within is not None else None
-    _, chosen = services_from_flags(app, opts, names, all_)
+    host, chosen = services_from_flags(app, opts, names, all_)
     from mpsctl.monitor.alerts import WatchdogAlerts  # loaded when fix runs, not for --help
 
     documents, failures, gave_up = [], [], False
@@ -98,6 +99,7 @@ def fix(app: App, names: tuple[str, ...], all_: bool, if_unhealthy: bool,
         options = FixOptions(if_unhealthy, max_restarts, window, question, use_match,
                              None, start_options_from_flags(opts), reset_budget)  # fmt: skip
         try:
+            take_over(app, host, service)
             result = fix_service(settings, options, events=events(app), lock_wait=wait,
                                  alerts=WatchdogAlerts(settings))  # fmt: skip
         except MpsctlError as exc:

@@ -119,6 +119,18 @@ def budget_gate(app: App, host: Settings, service: Service) -> None:
     raise OverBudgetError(problem)
 
 
+def take_over(app: App, host: Settings, service: Service) -> None:
+    """The pidfile a one-service configuration left in MPSCTL_HOME becomes the service's
+    whose URL it recorded, before a command acts on that service."""
+    if not host.members:
+        return
+    from mpsctl.control.left_pidfile import adopt_left_pidfile
+
+    note = adopt_left_pidfile(host, service.name)
+    if note is not None:
+        app.info(note)
+
+
 class Failures:
     """What went wrong for each of several services: one service's failure stops no other
     (a start skips only the services that start ``after`` it). With one service the error
@@ -239,6 +251,7 @@ def start(app: App, names: tuple[str, ...], all_: bool, foreground: bool, wait: 
             blocked = failures.blocked(service)
             if blocked is not None:
                 raise blocked
+            take_over(app, host, service)
             if not foreground and not_under_unit(app, settings, "start"):
                 continue  # --foreground is what the unit itself runs
             budget_gate(app, host, service)
@@ -293,13 +306,15 @@ def stop(app: App, names: tuple[str, ...], all_: bool, timeout: float | None, us
       mpsctl stop --match --timeout 30   # a service started by hand
       mpsctl stop --all                  # every configured service
     """
-    chosen = select(app.host_settings(), names, all_=all_, changes=True)
+    host = app.host_settings()
+    chosen = select(host, names, all_=all_, changes=True)
     failures = Failures("stop", chosen)
     for service in reversed(chosen):
         settings = service.settings
         demo_notice(app, settings)
         try:
             if not dry_run:
+                take_over(app, host, service)
                 not_under_unit(app, settings, "stop")
             result = stop_service(settings, timeout=timeout, use_match=use_match,
                                   dry_run=dry_run, lock_wait=wait)  # fmt: skip
@@ -343,6 +358,7 @@ def restart(app: App, names: tuple[str, ...], all_: bool, stop_timeout: float | 
             blocked = failures.blocked(service)
             if blocked is not None:
                 raise blocked
+            take_over(app, host, service)
             not_under_unit(app, settings, "restart")
             budget_gate(app, host, service)  # a stopped service's restart is a start
             ev = events(app)

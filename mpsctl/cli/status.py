@@ -14,6 +14,19 @@ from mpsctl.render.console import write_json
 from mpsctl.render.lifecycle import status_line
 
 
+def left_behind(app: App) -> None:
+    """Warn of a service still running from a one-service configuration: no pidfile of
+    the several services names it, so status alone would call it unknown or stopped."""
+    host = app.host_settings()
+    if not host.members:
+        return
+    from mpsctl.control.left_pidfile import find_left_pidfile
+
+    left = find_left_pidfile(host)
+    if left is not None:
+        app.warn(left.notice(host))
+
+
 # LSB reserves 1-3 for states of the service: a bad config or option is "unknown" (4)
 @click.command(cls=ConventionCommand, failure_exit_code=int(StatusExit.UNKNOWN))
 @names_argument
@@ -41,6 +54,7 @@ def status(app: App, names: tuple[str, ...], as_json: bool) -> None:
             write_json({"schema": "mpsctl.status/1", "state": "unknown", "error": str(exc),
                         "exit_code": int(StatusExit.UNKNOWN)})  # fmt: skip
         raise
+    left_behind(app)
     documents, codes = [], []
     for service in chosen:
         settings = service.settings

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import pytest
 
 from mpsctl.errors import ExitCode
@@ -154,3 +155,44 @@ def test_fix_all_json_lists_the_service_it_could_not_fix(host: Host) -> None:
     assert (second["service"], second["exit_code"]) == ("b", ExitCode.LOCKED)
     assert "mpsctl.lock" in second["error"]
     assert host.running("a")
+
+
+def test_a_service_left_running_by_a_one_service_file_is_taken_over(host: Host) -> None:
+    # the operator turns [service] into [services.a] + [services.b] without `mpsctl stop`
+    port = free_port()
+    command = fake_command(host.script, port)  # type: ignore[attr-defined]
+    own = [
+        "[service]",
+        f"workdir = {json.dumps(str(host.root))}",
+        "start_timeout = 15",
+        "stop_timeout = 2",
+    ]
+    service = [f"command = {json.dumps(command)}", f'url = "http://localhost:{port}"',
+               'log_file = "a.log"']  # fmt: skip
+    host.config.write_text("\n".join([*own, *service]) + "\n", encoding="utf-8")
+    assert host.run("start").returncode == 0
+    old = host.home / "service.pid"
+    pid = json.loads(old.read_text())["pid"]
+    second = fake_command(host.script, free_port())  # type: ignore[attr-defined]
+    host.config.write_text(
+        "\n".join([*own, "[services.a]", *service, "[services.b]",
+                   f"command = {json.dumps(second)}", f'url = "http://127.0.0.1:{second[-1]}"'])
+        + "\n", encoding="utf-8",
+    )  # fmt: skip
+    status = host.run("status")
+    assert f"{old} names pid {pid} (running)" in status.stderr
+    assert "it is service a's; `mpsctl stop a`" in status.stderr
+    stopped = host.run("stop", "a")
+    assert stopped.returncode == 0, stopped.stderr
+    assert f"a: took over pid {pid} from {old}" in stopped.stderr
+    assert wait_for(lambda: not psutil.pid_exists(pid) or _zombie(pid), timeout=5)
+    assert not old.exists()
+    assert not (host.home / "services" / "a" / "service.pid").exists()
+    assert "names pid" not in host.run("status").stderr
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
