@@ -110,7 +110,13 @@ def budget_gate(app: App, host: Settings, service: Service) -> None:
         return
     others = [m for m in host.members if m.service.name != service.name]
     running = [m for m in others if processes.find_service(m).running]
-    _, problem = check_start(host, running, service.settings)
+    budget, problem = check_start(host, running, service.settings)
+    unplanned = budget.unplanned()
+    if unplanned:
+        # counted as 0, a service the plan cannot read would pass any budget unseen
+        app.warn(
+            f"the host's memory budget counts as 0 what it cannot plan: {', '.join(unplanned)}"
+        )
     if problem is None:
         return
     if host.host.over_budget == "warn":

@@ -196,3 +196,17 @@ def _zombie(pid: int) -> bool:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
+
+
+def test_a_start_the_budget_cannot_judge_says_so(host: Host) -> None:
+    _write(host, {"a": ([], []), "b": ([], [])})
+    text = host.config.read_text(encoding="utf-8")
+    # one byte: any planned service would be refused; a model nobody can read is counted 0
+    text = '[host]\nbudget = 1\n[serve]\nmodel = "/nonexistent/model"\n' + text
+    host.config.write_text(text, encoding="utf-8")
+    started = host.run("start", "a")
+    assert started.returncode == 0, started.stderr
+    assert (
+        "mpsctl: warning: the host's memory budget counts as 0 what it cannot plan: "
+        "a (/nonexistent/model is not a local model directory)"
+    ) in started.stderr
