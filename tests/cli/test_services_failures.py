@@ -33,9 +33,9 @@ class Host:
     def home(self) -> Path:
         return self.root / "home"
 
-    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
+    def run(self, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MPSCTL_")}
-        env |= {"MPSCTL_HOME": str(self.home), "MPSCTL_CONFIG": str(self.config)}
+        env |= {"MPSCTL_HOME": str(self.home), "MPSCTL_CONFIG": str(self.config), **extra}
         return subprocess.run([sys.executable, "-m", "mpsctl", *args], env=env,
                               capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
 
@@ -210,3 +210,18 @@ def test_a_start_the_budget_cannot_judge_says_so(host: Host) -> None:
         "mpsctl: warning: the host's memory budget counts as 0 what it cannot plan: "
         "a (/nonexistent/model is not a local model directory)"
     ) in started.stderr
+
+
+def test_names_on_the_command_line_beat_mpsctl_service(host: Host) -> None:
+    _write(host, {"a": ([], []), "b": ([], [])})
+    assert host.run("start", "b", MPSCTL_SERVICE="a").returncode == 0
+    assert host.running("b")
+    status = host.run("status", "a", "b", "--json", MPSCTL_SERVICE="a")
+    assert status.returncode == 3, status.stderr
+    assert [d["name"] for d in json.loads(status.stdout)["services"]] == ["a", "b"]
+    stopped = host.run("stop", "--all", "--json", MPSCTL_SERVICE="a")
+    assert stopped.returncode == 0, stopped.stderr
+    assert not host.running("b")
+    # no name: the variable still picks its one service
+    alone = host.run("status", "--json", MPSCTL_SERVICE="a")
+    assert json.loads(alone.stdout)["name"] == "a"
