@@ -8,8 +8,9 @@ from __future__ import annotations
 import pytest
 
 from mpsctl.errors import ConfigError, ExitCode
+from mpsctl.plan.budget import check_start, host_budget
 from mpsctl.service import services
-from mpsctl.settings import load_settings
+from mpsctl.settings import Settings, load_settings
 
 
 def test_names_equal_but_for_case_are_refused(write_config) -> None:
@@ -130,3 +131,29 @@ def test_diamond_after_starts_each_once(write_config) -> None:
         '[services.base]\nurl = "http://127.0.0.1:18209"\n'
     )
     assert [s.name for s in services(load_settings())] == ["base", "left", "right", "top"]
+
+
+def _preset_host(write_config, budget: int | None) -> Settings:
+    top = "" if budget is None else f"[host]\nbudget = {budget}\n"
+    write_config(
+        top + '[memory]\ndevice = "cpu"\n'
+        '[services.a]\ncommand = ["serve", "--model", "qwen2.5-0.5b"]\n'
+        'url = "http://127.0.0.1:18221"\n'
+        '[services.b]\ncommand = ["serve", "--model", "qwen2.5-0.5b"]\n'
+        'url = "http://127.0.0.1:18222"\n'
+    )
+    return load_settings()
+
+
+def test_a_budget_exactly_the_planned_sum_fits_and_one_byte_less_refuses(write_config) -> None:
+    host = _preset_host(write_config, None)
+    total = host_budget(host, host.members).sum_bytes
+    assert total > 0
+    host = _preset_host(write_config, total)
+    a, b = host.members
+    assert check_start(host, [a], b)[1] is None
+    host = _preset_host(write_config, total - 1)
+    a, b = host.members
+    _, problem = check_start(host, [a], b)
+    assert problem is not None
+    assert problem.startswith("starting b would put the planned memory")
