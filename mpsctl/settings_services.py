@@ -8,6 +8,7 @@ one address each) and gives their start order.
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -47,6 +48,15 @@ SERVICES_DIR = "services"
 Entry = tuple[str, Any, str, str]
 
 
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def toml_key(key: str) -> str:
+    """``key`` as TOML writes it: bare, or quoted with escapes (a key holding a newline
+    would otherwise break the one error line)."""
+    return key if _BARE_KEY.fullmatch(key) else json.dumps(key, ensure_ascii=False)
+
+
 def table_entries(
     path: Path, table: dict[str, Any], prefix: str, source: str, *, flat: bool = False
 ) -> list[Entry]:
@@ -57,11 +67,11 @@ def table_entries(
     for section, body in table.items():
         if section not in SCHEMA:
             hint = did_you_mean(section, list(SCHEMA))
-            raise ConfigError(f"{path}: unknown section [{prefix}{section}]{hint}")
+            raise ConfigError(f"{path}: unknown section [{prefix}{toml_key(section)}]{hint}")
         if not isinstance(body, dict):
             raise ConfigError(f"{path}: {prefix}{section} must be a table: [{prefix}{section}]")
         for key, raw in body.items():
-            shown = f"{prefix}{key}" if flat else f"{prefix}{section}.{key}"
+            shown = f"{prefix}{toml_key(key)}" if flat else f"{prefix}{section}.{toml_key(key)}"
             if key not in SCHEMA[section]:
                 hint = did_you_mean(key, list(SCHEMA[section]))
                 raise ConfigError(f"{path}: unknown key {shown}{hint}")
@@ -77,20 +87,20 @@ def service_tables(path: Path, raw: Any) -> dict[str, list[Entry]]:
     tables: dict[str, list[Entry]] = {}
     folded: dict[str, str] = {}
     for name, body in raw.items():
-        where = f"[services.{name}]"
+        where = f"[services.{toml_key(name)}]"
+        if not _SERVICE_NAME.fullmatch(name):
+            raise ConfigError(
+                f"{path}: {where}: a service name is 1 to 64 letters, digits, '_', '.', '-', "
+                "starting with a letter or digit (it names a directory and a metric label)"
+            )
         if name.casefold() in folded:
             # on a case-insensitive file system (macOS's default) both would be one state
             # directory: one pidfile, one lock, one audit trail for two services
             raise ConfigError(
                 f"{path}: {where}: the name differs only in case from "
-                f"[services.{folded[name.casefold()]}]; give each service its own name"
+                f"[services.{toml_key(folded[name.casefold()])}]; give each service its own name"
             )
         folded[name.casefold()] = name
-        if not _SERVICE_NAME.fullmatch(name):
-            raise ConfigError(
-                f"{path}: {where}: a service name is letters, digits, '_', '.', '-' "
-                "(it names a directory and a metric label)"
-            )
         if not isinstance(body, dict):
             raise ConfigError(f"{path}: services.{name} must be a table: {where}")
         own = {k: v for k, v in body.items() if not isinstance(v, dict) or k == "env"}

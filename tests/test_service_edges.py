@@ -157,3 +157,27 @@ def test_a_budget_exactly_the_planned_sum_fits_and_one_byte_less_refuses(write_c
     _, problem = check_start(host, [a], b)
     assert problem is not None
     assert problem.startswith("starting b would put the planned memory")
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ('[services."a\\nb"]\nurl = "http://127.0.0.1:1"\n', '[services."a\\nb"]'),
+        ('[services."x\\u001b[31m"]\nurl = "http://127.0.0.1:1"\n', '[services."x\\u001b[31m"]'),
+        ('["mem\\nory"]\nx = 1\n', 'unknown section ["mem\\nory"]'),
+        ('[memory]\n"high\\nx" = 1\n', 'unknown key memory."high\\nx"'),
+        ('[services.a]\n"ur\\nl" = 1\n', 'unknown key services.a."ur\\nl"'),
+        (f"[services.{'x' * 65}]\n", "a service name is 1 to 64 letters"),
+        ('[services.".."]\n', '[services.".."]: a service name is 1 to 64'),
+        ('[services."a/b"]\n', '[services."a/b"]: a service name is 1 to 64'),
+        ('[services."café"]\n', '[services."café"]: a service name is 1 to 64'),
+    ],
+)
+def test_a_bad_name_is_shown_quoted_on_one_line(write_config, text: str, shown: str) -> None:
+    write_config(text)
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert shown in message
+    assert "\n" not in message
+    assert "\x1b" not in message
