@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -123,6 +124,24 @@ def budget_gate(app: App, host: Settings, service: Service) -> None:
         app.warn(problem)
         return
     raise OverBudgetError(problem)
+
+
+@contextmanager
+def budget_held(
+    app: App, host: Settings, service: Service, wait: float, *, hold: bool = True
+) -> Iterator[None]:
+    """The budget gate, and the start it lets through, under the host's lock: two
+    ``start`` runs at once must not both judge the budget before either service runs.
+    ``--foreground`` becomes the service and never lets go, so it only judges."""
+    if not host.members or not hold:
+        budget_gate(app, host, service)
+        yield
+        return
+    from mpsctl.control.lock import service_lock
+
+    with service_lock(host.host_dir, wait=wait, purpose=f"start {service.name}"):
+        budget_gate(app, host, service)
+        yield
 
 
 def take_over(app: App, host: Settings, service: Service) -> None:
@@ -260,14 +279,14 @@ def start(app: App, names: tuple[str, ...], all_: bool, foreground: bool, wait: 
             take_over(app, host, service)
             if not foreground and not_under_unit(app, settings, "start"):
                 continue  # --foreground is what the unit itself runs
-            budget_gate(app, host, service)
             ev = events(app)
             options = start_options_from_flags(opts, foreground)
-            if not as_json:
-                heading(app, chosen, service)
-            result = run_start(
-                app, partial(start_service, settings, options, events=ev, lock_wait=wait)
-            )
+            with budget_held(app, host, service, wait, hold=not foreground):
+                if not as_json:
+                    heading(app, chosen, service)
+                result = run_start(
+                    app, partial(start_service, settings, options, events=ev, lock_wait=wait)
+                )
         except MpsctlError as exc:
             failures.add(service, exc)
             continue
@@ -366,12 +385,13 @@ def restart(app: App, names: tuple[str, ...], all_: bool, stop_timeout: float | 
                 raise blocked
             take_over(app, host, service)
             not_under_unit(app, settings, "restart")
-            budget_gate(app, host, service)  # a stopped service's restart is a start
             ev = events(app)
-            result = run_start(app, partial(
-                restart_service, settings, start_options_from_flags(opts),
-                stop_timeout=stop_timeout, use_match=use_match, events=ev,
-                lock_wait=wait))  # fmt: skip
+            # a stopped service's restart is a start
+            with budget_held(app, host, service, wait):
+                result = run_start(app, partial(
+                    restart_service, settings, start_options_from_flags(opts),
+                    stop_timeout=stop_timeout, use_match=use_match, events=ev,
+                    lock_wait=wait))  # fmt: skip
         except MpsctlError as exc:
             failures.add(service, exc)
             continue

@@ -20,6 +20,8 @@ import psutil
 import pytest
 
 from mpsctl.errors import ExitCode
+from mpsctl.plan.budget import plan_service
+from mpsctl.settings import load_settings
 from tests.conftest import free_port
 from tests.control.fakes import fake_command, kill_strays, wait_for, write_fake_service
 
@@ -225,3 +227,26 @@ def test_names_on_the_command_line_beat_mpsctl_service(host: Host) -> None:
     # no name: the variable still picks its one service
     alone = host.run("status", "--json", MPSCTL_SERVICE="a")
     assert json.loads(alone.stdout)["name"] == "a"
+
+
+def test_two_starts_at_once_cannot_both_pass_the_budget(host: Host) -> None:
+    # the fake service ignores --model; the budget plans the preset it names
+    planned = ["--model", "qwen2.5-0.5b", "--fake-delay", "1"]
+    _write(host, {"a": (planned, []), "b": (planned, [])})
+    text = '[memory]\ndevice = "cpu"\n' + host.config.read_text(encoding="utf-8")
+    host.config.write_text(text, encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MPSCTL_")}
+    env |= {"MPSCTL_HOME": str(host.home), "MPSCTL_CONFIG": str(host.config)}
+    peak = plan_service(load_settings(environ=env, service="a")).peak_bytes
+    assert peak is not None
+    # room for one, never for two
+    host.config.write_text(f"[host]\nbudget = {peak * 3 // 2}\n" + text, encoding="utf-8")
+    runs = [
+        subprocess.Popen([sys.executable, "-m", "mpsctl", "start", name, "--wait", "60"],
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for name in ("a", "b")
+    ]  # fmt: skip
+    codes = sorted(run.wait(timeout=120) for run in runs)
+    errors = [run.stderr.read() for run in runs if run.stderr is not None]
+    assert codes == [0, ExitCode.OVER_BUDGET], errors
+    assert [host.running("a"), host.running("b")].count(True) == 1
