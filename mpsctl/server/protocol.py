@@ -48,25 +48,6 @@ WANTED_OPEN_FILES = 4096
 _order = itertools.count()
 
 
-class _StrictFraming(h11.Connection):
-    """h11 with the framing rule it leaves out: a request with both Content-Length and
-    Transfer-Encoding (or Transfer-Encoding on HTTP/1.0) is refused. h11 frames such a
-    request by Transfer-Encoding and keeps the connection open; a proxy in front that
-    frames it by Content-Length would then pass bytes the service reads as a second,
-    unseen request (request smuggling). RFC 9112 section 6.1 allows refusing it and
-    requires closing the connection, which the 400 answer does."""
-
-    def next_event(self) -> Any:
-        event = super().next_event()
-        if isinstance(event, h11.Request):
-            names = {name for name, _ in event.headers}  # h11 gives them lower-case
-            if b"transfer-encoding" in names and (
-                b"content-length" in names or event.http_version == b"1.0"
-            ):
-                raise h11.RemoteProtocolError("ambiguous request framing", 400)
-        return event
-
-
 def raise_open_file_limit(wanted: int = WANTED_OPEN_FILES) -> int:
     """Raise the soft open-file limit towards ``wanted`` (never above the hard limit, never
     down); returns the soft limit in force afterwards."""
@@ -99,9 +80,6 @@ class BoundedH11Protocol(H11Protocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.conn = _StrictFraming(
-            h11.SERVER, self.config.h11_max_incomplete_event_size or MAX_HEADER_BYTES
-        )
         self.order = next(_order)
         self._header_timer: asyncio.TimerHandle | None = None
         self._timed_cycle: object = None
