@@ -97,6 +97,7 @@ def services_from_flags(
     app: App, opts: dict[str, Any], names: tuple[str, ...], all_: bool
 ) -> tuple[Settings, list[Service]]:
     """The host's settings and the services to act on, with the memory flags applied."""
+    app.name_services(names, all_)
     host = app.host_settings(memory_overrides(opts))
     return host, select(host, names, all_=all_, changes=True)
 
@@ -331,6 +332,7 @@ def stop(app: App, names: tuple[str, ...], all_: bool, timeout: float | None, us
       mpsctl stop --match --timeout 30   # a service started by hand
       mpsctl stop --all                  # every configured service
     """
+    app.name_services(names, all_)
     host = app.host_settings()
     chosen = select(host, names, all_=all_, changes=True)
     failures = Failures("stop", chosen)

@@ -48,6 +48,7 @@ def status(app: App, names: tuple[str, ...], as_json: bool) -> None:
       mpsctl status chat embed
     """
     try:
+        app.name_services(names)
         chosen = app.services(names)
     except MpsctlError as exc:
         if as_json:  # still exactly one document: the state is unknown, and why
