@@ -114,8 +114,9 @@ def budget_gate(app: App, host: Settings, service: Service) -> None:
     running = [m for m in others if processes.find_service(m).running]
     budget, problem = check_start(host, running, service.settings)
     unplanned = budget.unplanned()
-    if unplanned:
-        # counted as 0, a service the plan cannot read would pass any budget unseen
+    if unplanned and budget.ceiling_bytes is not None:
+        # counted as 0, a service the plan cannot read would pass any budget unseen (with
+        # no ceiling at all, nothing was planned and there is no budget to pass)
         app.warn(
             f"the host's memory budget counts as 0 what it cannot plan: {', '.join(unplanned)}"
         )
@@ -143,6 +144,33 @@ def budget_held(
     with service_lock(host.host_dir, wait=wait, purpose=f"start {service.name}"):
         budget_gate(app, host, service)
         yield
+
+
+def order_notice(app: App, host: Settings, chosen: list[Service], *, stopping: bool) -> None:
+    """Warn when a start leaves out a service it starts ``after`` that is not running, or
+    a stop leaves running a service that starts after one it stops: the order the file
+    gives is then not the order the services run in."""
+    if not host.members:
+        return
+    from mpsctl.observe import processes
+
+    named = {s.name for s in chosen}
+    by_name = {m.service.name: m for m in host.members}
+
+    def running(name: str) -> bool:
+        return processes.find_service(by_name[name]).running
+
+    for service in chosen:
+        if stopping:
+            left = [n for n, m in by_name.items() if service.name in m.service.after
+                    and n not in named and running(n)]  # fmt: skip
+            if left:
+                app.warn(f"{', '.join(left)} (running) starts after {service.name}, stopped now")
+        else:
+            missing = [n for n in service.settings.service.after
+                       if n not in named and not running(n)]  # fmt: skip
+            if missing:
+                app.warn(f"{service.name} starts after {', '.join(missing)}, not running now")
 
 
 def take_over(app: App, host: Settings, service: Service) -> None:
@@ -270,6 +298,7 @@ def start(app: App, names: tuple[str, ...], all_: bool, foreground: bool, wait: 
     if foreground and len(chosen) > 1:
         raise ServiceError("--foreground runs one service: name it")
     failures = Failures("start", chosen)
+    order_notice(app, host, chosen, stopping=False)
     for service in chosen:
         settings = service.settings
         demo_notice(app, settings)
@@ -336,6 +365,8 @@ def stop(app: App, names: tuple[str, ...], all_: bool, timeout: float | None, us
     host = app.host_settings()
     chosen = select(host, names, all_=all_, changes=True)
     failures = Failures("stop", chosen)
+    if not dry_run:
+        order_notice(app, host, chosen, stopping=True)
     for service in reversed(chosen):
         settings = service.settings
         demo_notice(app, settings)

@@ -250,3 +250,17 @@ def test_two_starts_at_once_cannot_both_pass_the_budget(host: Host) -> None:
     errors = [run.stderr.read() for run in runs if run.stderr is not None]
     assert codes == [0, ExitCode.OVER_BUDGET], errors
     assert [host.running("a"), host.running("b")].count(True) == 1
+
+
+def test_starting_or_stopping_out_of_after_order_warns(host: Host) -> None:
+    _write(host, {"a": ([], []), "b": ([], ["a"])})
+    started = host.run("start", "b")
+    assert started.returncode == 0, started.stderr
+    assert "mpsctl: warning: b starts after a, not running now" in started.stderr
+    assert host.run("start", "a").returncode == 0
+    stopped = host.run("stop", "a")
+    assert stopped.returncode == 0, stopped.stderr
+    assert "mpsctl: warning: b (running) starts after a, stopped now" in stopped.stderr
+    # in order, nothing to say
+    assert host.run("start", "--all").stderr.count("warning") == 0
+    assert "warning" not in host.run("stop", "--all").stderr
