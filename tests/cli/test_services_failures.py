@@ -264,3 +264,23 @@ def test_starting_or_stopping_out_of_after_order_warns(host: Host) -> None:
     # in order, nothing to say
     assert host.run("start", "--all").stderr.count("warning") == 0
     assert "warning" not in host.run("stop", "--all").stderr
+
+
+def test_cron_for_the_service_mpsctl_service_picks_runs_that_service(host: Host) -> None:
+    _write(host, {"a": ([], []), "b": ([], [])})
+    printed = host.run("cron", MPSCTL_SERVICE="a")
+    assert printed.returncode == 0, printed.stderr
+    lines = [x.split(" ", 5)[5] for x in printed.stdout.splitlines() if x and x[0] != "#"]
+    fix = next(x for x in lines if " fix " in x)
+    assert f"MPSCTL_HOME={host.home.resolve()} " in fix
+    assert "MPSCTL_SERVICE=a " in fix
+    # as cron runs it: a bare environment, from /
+    ran = subprocess.run(
+        ["env", "-i", f"HOME={host.root}", "PATH=/usr/bin:/bin", "sh", "-c", fix],
+        cwd="/", capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    log = host.home / "cron.log"
+    assert ran.returncode == 0, log.read_text() if log.exists() else ran.stderr
+    assert host.running("a")
+    assert not host.running("b")
+    assert (host.home / "services" / "a" / "service.pid").is_file()
