@@ -165,6 +165,26 @@ def check_services(members: Sequence[_OneService]) -> None:
                     "service its own url in its [services.NAME] table"
                 )
         seen.append((port, bound, member))
+    logs: dict[Any, str] = {}
+    for member in members:
+        # one log for two services: `logs -s` shows the other's lines and the OOM reader
+        # blames one service for the other's deaths
+        log = member.service.log_file.resolve()
+        if log in logs:
+            raise ConfigError(
+                f"services.{member.service.name} and services.{logs[log]} both write their "
+                f"output to {log}{_log_origin(member.sources.get('service.log_file', 'default'))}"
+                "; give each service its own log_file in its [services.NAME] table"
+            )
+        logs[log] = member.service.name
+
+
+def _log_origin(source: str) -> str:
+    if source == "default":
+        return " (no log_file set: the default, in the service's workdir)"
+    if not source.endswith("]"):
+        return " (a log_file outside [services.NAME] is every service's)"
+    return ""
 
 
 def _origin(source: str) -> str:

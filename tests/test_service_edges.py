@@ -138,9 +138,9 @@ def _preset_host(write_config, budget: int | None) -> Settings:
     write_config(
         top + '[memory]\ndevice = "cpu"\n'
         '[services.a]\ncommand = ["serve", "--model", "qwen2.5-0.5b"]\n'
-        'url = "http://127.0.0.1:18221"\n'
+        'url = "http://127.0.0.1:18221"\nlog_file = "a.log"\n'
         '[services.b]\ncommand = ["serve", "--model", "qwen2.5-0.5b"]\n'
-        'url = "http://127.0.0.1:18222"\n'
+        'url = "http://127.0.0.1:18222"\nlog_file = "b.log"\n'
     )
     return load_settings()
 
@@ -181,3 +181,42 @@ def test_a_bad_name_is_shown_quoted_on_one_line(write_config, text: str, shown: 
     assert shown in message
     assert "\n" not in message
     assert "\x1b" not in message
+
+
+@pytest.mark.parametrize(
+    ("text", "origin"),
+    [
+        # two own commands in one workdir, no log_file: both append to backend.log
+        (
+            '[services.a]\ncommand = ["x"]\nurl = "http://127.0.0.1:18231"\n'
+            '[services.b]\ncommand = ["y"]\nurl = "http://127.0.0.1:18232"\n',
+            r"backend\.log \(no log_file set: the default, in the service's workdir\)",
+        ),
+        (
+            '[service]\nlog_file = "out.log"\n'
+            '[services.a]\nurl = "http://127.0.0.1:18233"\n'
+            '[services.b]\nurl = "http://127.0.0.1:18234"\n',
+            r"out\.log \(a log_file outside \[services\.NAME\] is every service's\)",
+        ),
+        (
+            '[services.a]\nurl = "http://127.0.0.1:18235"\nlog_file = "x/../same.log"\n'
+            '[services.b]\nurl = "http://127.0.0.1:18236"\nlog_file = "same.log"\n',
+            r"same\.log; give each service its own log_file",
+        ),
+    ],
+)
+def test_two_services_writing_one_log_are_refused(write_config, text: str, origin: str) -> None:
+    # `logs -s a` would show b's lines, and the OOM reader would blame a for b's deaths
+    write_config(text)
+    with pytest.raises(ConfigError, match=r"services\.b and services\.a both write their output "
+                       r"to .*" + origin):  # fmt: skip
+        load_settings()
+
+
+def test_reference_services_each_log_in_their_own_state(write_config) -> None:
+    write_config(
+        '[services.a]\nurl = "http://127.0.0.1:18237"\n'
+        '[services.b]\nurl = "http://127.0.0.1:18238"\n'
+    )
+    a, b = load_settings().members
+    assert a.service.log_file != b.service.log_file
