@@ -284,3 +284,29 @@ def test_cron_for_the_service_mpsctl_service_picks_runs_that_service(host: Host)
     assert host.running("a")
     assert not host.running("b")
     assert (host.home / "services" / "a" / "service.pid").is_file()
+
+
+def test_a_loading_sibling_is_not_taken_for_a_service_sharing_its_match(host: Host) -> None:
+    # staging and production copies of one app share `match`; while one loads (no port
+    # yet) the other's status, watchdog and `stop --match` must not take it for theirs
+    _write(host, {"a": ([], []), "b": (["--fake-delay", "6"], [])})
+    script = str(host.script)  # type: ignore[attr-defined]
+    text = host.config.read_text(encoding="utf-8").replace(
+        "[service]\n", f"[service]\nmatch = {json.dumps(script)}\n", 1
+    )
+    host.config.write_text(text, encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MPSCTL_")}
+    env |= {"MPSCTL_HOME": str(host.home), "MPSCTL_CONFIG": str(host.config)}
+    loading = subprocess.Popen([sys.executable, "-m", "mpsctl", "start", "b"], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        pidfile = host.home / "services" / "b" / "service.pid"
+        assert wait_for(pidfile.is_file, timeout=10)
+        b_pid = json.loads(pidfile.read_text())["pid"]
+        status = host.run("status", "a", "--json")
+        assert status.returncode == 3, status.stdout
+        dry = host.run("stop", "a", "--match", "--dry-run", "--json")
+        assert str(b_pid) not in dry.stdout
+    finally:
+        assert loading.wait(timeout=60) == 0
+    assert host.running("b")
