@@ -21,6 +21,7 @@ from mpsctl.cli.service_options import (
     all_option,
     error_document,
     heading,
+    named,
     names_argument,
     several_document,
 )
@@ -108,7 +109,8 @@ def fix(app: App, names: tuple[str, ...], all_: bool, if_unhealthy: bool,
             failures.append(f"{service.name}: {exc}")  # one service's failure stops no other
             documents.append(error_document("fix", service.name, str(exc), exc.exit_code))
             continue
-        documents.append(result.to_json())
+        document = result.to_json()
+        documents.append(named(document, service.name) if len(chosen) > 1 else document)
         if not as_json:
             heading(app, chosen, service)
             if raw:

@@ -16,6 +16,7 @@ from mpsctl.cli.service_options import (
     all_option,
     error_document,
     heading,
+    named,
     names_argument,
     several_document,
 )
@@ -210,6 +211,9 @@ class Failures:
                                                  exc.exit_code))  # fmt: skip
         self.code = self.code or exc.exit_code
 
+    def result(self, service: Service, document: dict[str, Any]) -> None:
+        self.documents.append(named(document, service.name) if self.several else document)
+
     def blocked(self, service: Service) -> MpsctlError | None:
         """The error for a service that starts after one that failed (or was skipped)."""
         failed = [n for n in service.settings.service.after if n in self.names]
@@ -320,7 +324,7 @@ def start(app: App, names: tuple[str, ...], all_: bool, foreground: bool, wait: 
         except MpsctlError as exc:
             failures.add(service, exc)
             continue
-        failures.documents.append(result.to_json())
+        failures.result(service, result.to_json())
         if not as_json:
             render.render_start(app.out, result)
     failures.finish(as_json)
@@ -379,7 +383,7 @@ def stop(app: App, names: tuple[str, ...], all_: bool, timeout: float | None, us
         except MpsctlError as exc:
             failures.add(service, exc)  # a busy or hung service leaves the others to stop
             continue
-        failures.documents.append(result.to_json())
+        failures.result(service, result.to_json())
         if not as_json:
             heading(app, chosen, service)
             render.render_stop(app.out, result)
@@ -428,7 +432,7 @@ def restart(app: App, names: tuple[str, ...], all_: bool, stop_timeout: float | 
         except MpsctlError as exc:
             failures.add(service, exc)
             continue
-        failures.documents.append(result.to_json())
+        failures.result(service, result.to_json())
         if not as_json:
             heading(app, chosen, service)
             render.render_stop(app.out, result.stop)

@@ -6,7 +6,7 @@ import click
 
 from mpsctl.cli.app import App, ConventionCommand, json_option
 from mpsctl.cli.lifecycle import demo_notice
-from mpsctl.cli.service_options import names_argument, several_document
+from mpsctl.cli.service_options import named, names_argument, several_document
 from mpsctl.control.status import service_status
 from mpsctl.control.supervisor import find_supervisor
 from mpsctl.errors import MpsctlError, StatusExit
@@ -68,7 +68,7 @@ def status(app: App, names: tuple[str, ...], as_json: bool) -> None:
             "manager": managed.manager, "unit": managed.unit, "state": managed.state,
             "active": managed.active, "main_pid": managed.main_pid,
         }  # fmt: skip
-        documents.append(document)
+        documents.append(named(document, service.name) if len(chosen) > 1 else document)
         if not as_json:
             app.out.print(status_line(result), soft_wrap=True)
             if managed is not None:

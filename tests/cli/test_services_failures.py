@@ -89,7 +89,7 @@ def test_start_all_goes_on_past_a_failure_and_skips_only_its_dependents(host: Ho
     assert document["exit_code"] == ExitCode.FAILURE
     entries = document["services"]
     # every service accounted for, in start order: its result or its error
-    assert [e.get("name") or e.get("service") for e in entries] == ["a", "b", "c", "d"]
+    assert [e["service"] for e in entries] == ["a", "b", "c", "d"]
     assert [e["schema"] for e in entries] == [
         "mpsctl.start/1", "mpsctl.error/1", "mpsctl.error/1", "mpsctl.start/1",
     ]  # fmt: skip
@@ -152,6 +152,7 @@ def test_fix_all_json_lists_the_service_it_could_not_fix(host: Host) -> None:
     assert document["schema"] == "mpsctl.services/1"
     first, second = document["services"]
     assert first["schema"] == "mpsctl.fix/1"
+    assert first["service"] == "a"
     assert first["healthy"] is True
     assert second["schema"] == "mpsctl.error/1"
     assert (second["service"], second["exit_code"]) == ("b", ExitCode.LOCKED)
@@ -220,13 +221,15 @@ def test_names_on_the_command_line_beat_mpsctl_service(host: Host) -> None:
     assert host.running("b")
     status = host.run("status", "a", "b", "--json", MPSCTL_SERVICE="a")
     assert status.returncode == 3, status.stderr
-    assert [d["name"] for d in json.loads(status.stdout)["services"]] == ["a", "b"]
+    assert [d["service"] for d in json.loads(status.stdout)["services"]] == ["a", "b"]
     stopped = host.run("stop", "--all", "--json", MPSCTL_SERVICE="a")
     assert stopped.returncode == 0, stopped.stderr
+    assert [d["service"] for d in json.loads(stopped.stdout)["services"]] == ["b", "a"]
     assert not host.running("b")
     # no name: the variable still picks its one service
     alone = host.run("status", "--json", MPSCTL_SERVICE="a")
     assert json.loads(alone.stdout)["name"] == "a"
+    assert "service" not in json.loads(alone.stdout)  # one service: its document as always
 
 
 def test_two_starts_at_once_cannot_both_pass_the_budget(host: Host) -> None:
