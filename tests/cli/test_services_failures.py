@@ -23,7 +23,13 @@ from mpsctl.errors import ExitCode
 from mpsctl.plan.budget import plan_service
 from mpsctl.settings import load_settings
 from tests.conftest import free_port
-from tests.control.fakes import fake_command, kill_strays, wait_for, write_fake_service
+from tests.control.fakes import (
+    FAKE_SERVICE,
+    fake_command,
+    kill_strays,
+    wait_for,
+    write_fake_service,
+)
 
 
 @dataclass
@@ -54,6 +60,7 @@ def host(tmp_path: Path) -> Iterator[Host]:
     yield made
     made.run("stop", "--all", "--timeout", "0")
     kill_strays(str(script))
+    kill_strays(str(made.script))  # type: ignore[attr-defined]  # a test's own script
 
 
 def _write(host: Host, services: dict[str, tuple[list[str], list[str]]]) -> None:
@@ -313,3 +320,33 @@ def test_a_loading_sibling_is_not_taken_for_a_service_sharing_its_match(host: Ho
     finally:
         assert loading.wait(timeout=60) == 0
     assert host.running("b")
+
+
+def test_the_service_that_grew_is_blamed_and_restarted_not_the_first(host: Host) -> None:
+    # b (second in the file) holds ~300 MiB of its own; a stays small
+    grown = host.root / "grown_service.py"
+    grown.write_text(
+        "import os\n_ballast = b'x' * (int(os.environ.get('BALLAST_MIB', '0')) << 20)\n"
+        + FAKE_SERVICE, encoding="utf-8",
+    )  # fmt: skip
+    host.script = grown  # type: ignore[attr-defined]
+    _write(host, {"a": ([], []), "b": ([], [])})
+    text = host.config.read_text(encoding="utf-8").replace(
+        "[thresholds]\n", "[thresholds]\nservice_memory_gib = [0.15, 0.2]\n", 1
+    )
+    host.config.write_text(text + '[services.b.env]\nBALLAST_MIB = "300"\n', encoding="utf-8")
+    assert host.run("start", "--all").returncode == 0
+    pids = {n: json.loads((host.home / "services" / n / "service.pid").read_text())["pid"]
+            for n in ("a", "b")}  # fmt: skip
+    probed = host.run("probe", "--json")
+    view = json.loads(probed.stdout)
+    assert view["schema"] == "mpsctl.host-probe/1"
+    assert (view["verdict"], view["blame"]) == ("CRITICAL", "b"), view["reasons"]
+    fixed = host.run("fix", "--all", "--if-unhealthy", "--json")
+    document = json.loads(fixed.stdout)
+    restarted = {d["service"]: d["restarted"] for d in document["services"]}
+    assert restarted == {"a": False, "b": True}, fixed.stderr
+    new = {n: json.loads((host.home / "services" / n / "service.pid").read_text())["pid"]
+           for n in ("a", "b")}  # fmt: skip
+    assert new["a"] == pids["a"]
+    assert new["b"] != pids["b"]
