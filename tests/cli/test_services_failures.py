@@ -350,3 +350,23 @@ def test_the_service_that_grew_is_blamed_and_restarted_not_the_first(host: Host)
            for n in ("a", "b")}  # fmt: skip
     assert new["a"] == pids["a"]
     assert new["b"] != pids["b"]
+
+
+def test_the_host_sum_is_judged_by_the_top_level_thresholds_not_the_first_service(
+    host: Host,
+) -> None:
+    _write(host, {"a": ([], []), "b": ([], [])})
+    loose = "host_used_percent = [99.8, 99.9]"
+    # the host: any sum of the services' memory is too much; each service: anything goes
+    text = host.config.read_text(encoding="utf-8").replace(
+        loose, "host_used_percent = [0.01, 0.02]"
+    )
+    text += f"[services.a.thresholds]\n{loose}\n[services.b.thresholds]\n{loose}\n"
+    host.config.write_text(text, encoding="utf-8")
+    assert host.run("start", "--all").returncode == 0
+    probed = host.run("probe", "--json")
+    view = json.loads(probed.stdout)
+    host_reasons = [r for r in view["reasons"] if "host: the services together use" in r]
+    assert host_reasons, view["reasons"]
+    assert host_reasons[0].startswith("CRITICAL: host:")
+    assert [s["verdict"] for s in view["services"]] == ["OK", "OK"]
