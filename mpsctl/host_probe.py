@@ -106,16 +106,20 @@ def _largest(probes: Sequence[ProbeResult], figure: Any) -> str:
     return max(probes, key=lambda p: figure(p) or 0).service_name
 
 
-def host_findings(probes: Sequence[ProbeResult]) -> tuple[Finding, ...]:
+def host_findings(probes: Sequence[ProbeResult], thresholds: Any = None) -> tuple[Finding, ...]:
     """What only the sum shows: the services' memory together past the host's thresholds
-    (the first service's [thresholds]), their accelerator limits or holdings together past
-    the one ceiling they share."""
+    (the top-level [thresholds]: one service's own table is about that service, and the
+    file's first service would otherwise judge the whole host), their accelerator limits
+    or holdings together past the one ceiling they share."""
+    if not probes:
+        return ()
     view = HostProbe(tuple(probes), ())
+    limits: Any = thresholds if thresholds is not None else probes[0].thresholds
     findings: list[Finding] = []
     ram = view.ram_bytes
     if ram and probes:
         used = view.services_memory_bytes
-        warn, crit = probes[0].thresholds.host_used_percent
+        warn, crit = limits.host_used_percent
         share = 100.0 * used / ram
         level = (ProbeExit.CRITICAL if share >= crit
                  else ProbeExit.WARNING if share >= warn else None)  # fmt: skip
@@ -127,7 +131,7 @@ def host_findings(probes: Sequence[ProbeResult]) -> tuple[Finding, ...]:
     ceiling = view.accelerator_ceiling_bytes
     held, limits = view.accelerator_held_bytes, view.accelerator_limits_bytes
     if ceiling and held is not None:
-        warn, crit = probes[0].thresholds.accelerator_limit_percent
+        warn, crit = limits.accelerator_limit_percent
         share = 100.0 * held / ceiling
         level = (ProbeExit.CRITICAL if share >= crit
                  else ProbeExit.WARNING if share >= warn else None)  # fmt: skip
@@ -145,5 +149,6 @@ def host_findings(probes: Sequence[ProbeResult]) -> tuple[Finding, ...]:
     return tuple(findings)
 
 
-def host_probe(probes: Sequence[ProbeResult]) -> HostProbe:
-    return HostProbe(tuple(probes), host_findings(probes))
+def host_probe(probes: Sequence[ProbeResult], thresholds: Any = None) -> HostProbe:
+    """``thresholds``: the host's (top-level) ``[thresholds]``; default the first probe's."""
+    return HostProbe(tuple(probes), host_findings(probes, thresholds))

@@ -295,7 +295,8 @@ def load_settings(
 
     A file with ``[services.NAME]`` tables gives one ``Settings`` per service in
     ``members`` (each with its own state directory); ``service`` (default: the
-    ``MPSCTL_SERVICE`` variable) returns that one service's settings instead.
+    ``MPSCTL_SERVICE`` variable) returns that one service's settings instead, and ``""``
+    every service even when MPSCTL_SERVICE is set.
     """
     env = dict(os.environ if environ is None else environ)
     file_entries: list[Entry] = []
@@ -345,7 +346,8 @@ def load_settings(
             raise ConfigError(f"environment: unknown variable {name}{hint}")
 
     home = home_dir(env)
-    chosen = service if service is not None else env.get("MPSCTL_SERVICE") or None
+    # "" (service names on the command line): every service, whatever MPSCTL_SERVICE says
+    chosen = (service or None) if service is not None else env.get("MPSCTL_SERVICE") or None
     if not tables:
         if values["service.after"]:
             where = _where(sources["service.after"], "service.after")

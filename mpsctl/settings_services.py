@@ -7,6 +7,8 @@ one address each) and gives their start order.
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +24,9 @@ class _OneService(Protocol):
 
     @property
     def service(self) -> Any: ...
+
+    @property
+    def sources(self) -> dict[str, str]: ...
 
 
 Member = TypeVar("Member", bound=_OneService)
@@ -43,6 +48,15 @@ SERVICES_DIR = "services"
 Entry = tuple[str, Any, str, str]
 
 
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def toml_key(key: str) -> str:
+    """``key`` as TOML writes it: bare, or quoted with escapes (a key holding a newline
+    would otherwise break the one error line)."""
+    return key if _BARE_KEY.fullmatch(key) else json.dumps(key, ensure_ascii=False)
+
+
 def table_entries(
     path: Path, table: dict[str, Any], prefix: str, source: str, *, flat: bool = False
 ) -> list[Entry]:
@@ -53,11 +67,11 @@ def table_entries(
     for section, body in table.items():
         if section not in SCHEMA:
             hint = did_you_mean(section, list(SCHEMA))
-            raise ConfigError(f"{path}: unknown section [{prefix}{section}]{hint}")
+            raise ConfigError(f"{path}: unknown section [{prefix}{toml_key(section)}]{hint}")
         if not isinstance(body, dict):
             raise ConfigError(f"{path}: {prefix}{section} must be a table: [{prefix}{section}]")
         for key, raw in body.items():
-            shown = f"{prefix}{key}" if flat else f"{prefix}{section}.{key}"
+            shown = f"{prefix}{toml_key(key)}" if flat else f"{prefix}{section}.{toml_key(key)}"
             if key not in SCHEMA[section]:
                 hint = did_you_mean(key, list(SCHEMA[section]))
                 raise ConfigError(f"{path}: unknown key {shown}{hint}")
@@ -71,13 +85,22 @@ def service_tables(path: Path, raw: Any) -> dict[str, list[Entry]]:
     if not isinstance(raw, dict) or not raw:
         raise ConfigError(f"{path}: services must hold one table per service: [services.NAME]")
     tables: dict[str, list[Entry]] = {}
+    folded: dict[str, str] = {}
     for name, body in raw.items():
-        where = f"[services.{name}]"
+        where = f"[services.{toml_key(name)}]"
         if not _SERVICE_NAME.fullmatch(name):
             raise ConfigError(
-                f"{path}: {where}: a service name is letters, digits, '_', '.', '-' "
-                "(it names a directory and a metric label)"
+                f"{path}: {where}: a service name is 1 to 64 letters, digits, '_', '.', '-', "
+                "starting with a letter or digit (it names a directory and a metric label)"
             )
+        if name.casefold() in folded:
+            # on a case-insensitive file system (macOS's default) both would be one state
+            # directory: one pidfile, one lock, one audit trail for two services
+            raise ConfigError(
+                f"{path}: {where}: the name differs only in case from "
+                f"[services.{toml_key(folded[name.casefold()])}]; give each service its own name"
+            )
+        folded[name.casefold()] = name
         if not isinstance(body, dict):
             raise ConfigError(f"{path}: services.{name} must be a table: {where}")
         own = {k: v for k, v in body.items() if not isinstance(v, dict) or k == "env"}
@@ -101,9 +124,23 @@ def service_tables(path: Path, raw: Any) -> dict[str, list[Entry]]:
     return tables
 
 
+def _bound(host: str) -> frozenset[str] | None:
+    """The addresses a URL's host stands for when a local service binds it; None for every
+    address (``0.0.0.0``, ``::``), which shares its port with any other service's."""
+    name = host.strip("[]").rstrip(".").lower()
+    if name in ("", "0.0.0.0", "::", "*"):
+        return None
+    if name in ("localhost", "localhost.localdomain", "ip6-localhost"):
+        return frozenset({"127.0.0.1", "::1"})
+    try:
+        return frozenset({str(ipaddress.ip_address(name))})
+    except ValueError:
+        return frozenset({name})
+
+
 def check_services(members: Sequence[_OneService]) -> None:
     """Every ``after`` names a configured service, without a circle; no two services share
-    an address (the second could never start)."""
+    an address (the second could never start), however each URL spells it."""
     names = {m.service.name for m in members}
     for member in members:
         for other in member.service.after:
@@ -113,37 +150,87 @@ def check_services(members: Sequence[_OneService]) -> None:
                     f"configured: {', '.join(sorted(names))}"
                 )
     start_order(members)
-    seen: dict[tuple[str, int], str] = {}
+    seen: list[tuple[int, frozenset[str] | None, Any]] = []
     for member in members:
-        address = (member.service.host, member.service.port)
-        if address in seen:
+        port, bound = member.service.port, _bound(member.service.host)
+        for other_port, other_bound, other in seen:
+            if port == other_port and (bound is None or other_bound is None or bound & other_bound):
+                # host:port only: a URL may carry credentials, never echoed
+                host = member.service.host
+                shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+                raise ConfigError(
+                    f"services.{member.service.name} and services.{other.service.name} "
+                    f"both listen on {shown}"
+                    f"{_origin(member.sources.get('service.url', 'default'))}; give each "
+                    "service its own url in its [services.NAME] table"
+                )
+        seen.append((port, bound, member))
+    logs: dict[Any, str] = {}
+    for member in members:
+        # one log for two services: `logs -s` shows the other's lines and the OOM reader
+        # blames one service for the other's deaths
+        log = member.service.log_file.resolve()
+        if log in logs:
             raise ConfigError(
-                f"services.{member.service.name}.url: {member.service.url} is also "
-                f"services.{seen[address]}'s address; give each service its own port"
+                f"services.{member.service.name} and services.{logs[log]} both write their "
+                f"output to {log}{_log_origin(member.sources.get('service.log_file', 'default'))}"
+                "; give each service its own log_file in its [services.NAME] table"
             )
-        seen[address] = member.service.name
+        logs[log] = member.service.name
+
+
+def _log_origin(source: str) -> str:
+    if source == "default":
+        return " (no log_file set: the default, in the service's workdir)"
+    if not source.endswith("]"):
+        return " (a log_file outside [services.NAME] is every service's)"
+    return ""
+
+
+def _origin(source: str) -> str:
+    """Why a service has the URL it has, when not from its own table."""
+    if source == "default":
+        return " (no url set: the default)"
+    if source.startswith(("env ", "flag ")):
+        return f" ({source.split(' ', 1)[1]} sets every service's url)"
+    if not source.endswith("]"):
+        return " ([service] url is a default for every service)"
+    return ""
 
 
 def start_order(members: Sequence[Member]) -> list[Member]:
     """The services in start order: each after those its ``after`` names, otherwise in the
-    file's order (stop runs this order backwards). A circle is a ConfigError."""
+    file's order (stop runs this order backwards). A circle is a ConfigError.
+
+    Depth-first without recursion: a chain of ``after`` as long as the file is must not
+    exhaust Python's stack."""
     by_name = {m.service.name: m for m in members}
     ordered: list[Member] = []
     done: set[str] = set()
-
-    def visit(name: str, chain: tuple[str, ...]) -> None:
-        if name in done:
-            return
-        if name in chain:
-            circle = " -> ".join((*chain[chain.index(name) :], name))
-            raise ConfigError(f"services: after makes a circle: {circle}")
-        for other in by_name[name].service.after:
-            visit(other, (*chain, name))
-        done.add(name)
-        ordered.append(by_name[name])
-
-    for name in by_name:
-        visit(name, ())
+    for first, member in by_name.items():
+        if first in done:
+            continue
+        chain: list[str] = [first]
+        on_chain = {first}
+        pending: list[list[str]] = [list(reversed(member.service.after))]
+        while chain:
+            if not pending[-1]:
+                name = chain.pop()
+                on_chain.discard(name)
+                pending.pop()
+                if name not in done:
+                    done.add(name)
+                    ordered.append(by_name[name])
+                continue
+            other = pending[-1].pop()
+            if other in done:
+                continue
+            if other in on_chain:
+                circle = " -> ".join((*chain[chain.index(other) :], other))
+                raise ConfigError(f"services: after makes a circle: {circle}")
+            chain.append(other)
+            on_chain.add(other)
+            pending.append(list(reversed(by_name[other].service.after)))
     return ordered
 
 

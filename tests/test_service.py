@@ -108,10 +108,10 @@ def test_one_service_is_chosen_by_name(write_config, monkeypatch: pytest.MonkeyP
         ),
         (
             '[services.a]\nurl = "http://127.0.0.1:9"\n[services.b]\nurl = "http://127.0.0.1:9"\n',
-            r"services\.b\.url: http://127.0.0.1:9 is also services\.a's address",
+            r"services\.b and services\.a both listen on 127\.0\.0\.1:9; give each",
         ),
         ('[services.a]\nname = "x"\n', r"services\.a\.name: the table's name is the service's"),
-        ('[services."a b"]\nurl = "http://127.0.0.1:1"\n', r"a service name is letters"),
+        ('[services."a b"]\nurl = "http://127.0.0.1:1"\n', r"a service name is 1 to 64 letters"),
         ("[services.a.history]\nretention_days = 3\n", r"holds one value for the whole host"),
         ('[services.a]\nurll = "x"\n', r"unknown key services\.a\.urll \(did you mean 'url'\?\)"),
         ('[service]\nafter = ["x"]\n', r"after names services of \[services\.NAME\] tables"),

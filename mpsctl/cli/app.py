@@ -30,6 +30,14 @@ class App:
         self._chosen = name
         self._settings = None
 
+    def name_services(self, names: Sequence[str], all_: bool = False) -> None:
+        """Service names or ``--all`` on the command line: they choose among every
+        configured service, not within the one ``MPSCTL_SERVICE`` picks (a flag beats
+        the environment)."""
+        if (names or all_) and self._chosen is None:
+            self._chosen = ""
+            self._settings = None
+
     @cached_property
     def out(self) -> Console:
         """stdout: the result only."""

@@ -12,10 +12,18 @@ from mpsctl.cli.lifecycle import (
     services_from_flags,
     start_flags,
     start_options_from_flags,
+    take_over,
 )
 from mpsctl.cli.params import DURATION
 from mpsctl.cli.service import SECONDS, demo_notice
-from mpsctl.cli.service_options import all_option, heading, names_argument, several_document
+from mpsctl.cli.service_options import (
+    all_option,
+    error_document,
+    heading,
+    named,
+    names_argument,
+    several_document,
+)
 from mpsctl.control.fix import FixOptions, fix_service
 from mpsctl.durations import Period
 from mpsctl.errors import ExitCode, MpsctlError, ServiceError
@@ -82,7 +90,7 @@ def fix(app: App, names: tuple[str, ...], all_: bool, if_unhealthy: bool,
         || { rc=$?; [ $rc -eq 75 ] || exit $rc; }
     """
     window = within.seconds if within is not None else None
-    _, chosen = services_from_flags(app, opts, names, all_)
+    host, chosen = services_from_flags(app, opts, names, all_)
     from mpsctl.monitor.alerts import WatchdogAlerts  # loaded when fix runs, not for --help
 
     documents, failures, gave_up = [], [], False
@@ -92,14 +100,17 @@ def fix(app: App, names: tuple[str, ...], all_: bool, if_unhealthy: bool,
         options = FixOptions(if_unhealthy, max_restarts, window, question, use_match,
                              None, start_options_from_flags(opts), reset_budget)  # fmt: skip
         try:
+            take_over(app, host, service)
             result = fix_service(settings, options, events=events(app), lock_wait=wait,
                                  alerts=WatchdogAlerts(settings))  # fmt: skip
         except MpsctlError as exc:
             if len(chosen) == 1:
                 raise
             failures.append(f"{service.name}: {exc}")  # one service's failure stops no other
+            documents.append(error_document("fix", service.name, str(exc), exc.exit_code))
             continue
-        documents.append(result.to_json())
+        document = result.to_json()
+        documents.append(named(document, service.name) if len(chosen) > 1 else document)
         if not as_json:
             heading(app, chosen, service)
             if raw:

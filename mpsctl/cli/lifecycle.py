@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import partial
 from typing import Any
 
@@ -16,12 +17,12 @@ from mpsctl.cli.service import (
     demo_notice,
     not_under_unit,
 )
-from mpsctl.cli.service_options import all_option, heading, names_argument, several_document
+from mpsctl.cli.service_options import all_option, heading, names_argument
+from mpsctl.cli.several import Failures, order_notice, take_over
 from mpsctl.control.start import StartFailed, StartOptions, start_service
 from mpsctl.control.stop import restart_service
-from mpsctl.errors import OverBudgetError, ServiceError
+from mpsctl.errors import MpsctlError, OverBudgetError, ServiceError
 from mpsctl.render import lifecycle as render
-from mpsctl.render.console import write_json
 from mpsctl.render.service_text import render_stop
 from mpsctl.service import Service, select
 from mpsctl.settings import Settings
@@ -64,6 +65,7 @@ def services_from_flags(
     app: App, opts: dict[str, Any], names: tuple[str, ...], all_: bool
 ) -> tuple[Settings, list[Service]]:
     """The host's settings and the services to act on, with the memory flags applied."""
+    app.name_services(names, all_)
     host = app.host_settings(memory_overrides(opts))
     return host, select(host, names, all_=all_, changes=True)
 
@@ -78,7 +80,14 @@ def budget_gate(app: App, host: Settings, service: Service) -> None:
         return
     others = [m for m in host.members if m.service.name != service.name]
     running = [m for m in others if processes.find_service(m).running]
-    _, problem = check_start(host, running, service.settings)
+    budget, problem = check_start(host, running, service.settings)
+    unplanned = budget.unplanned()
+    if unplanned and budget.ceiling_bytes is not None:
+        # counted as 0, a service the plan cannot read would pass any budget unseen (with
+        # no ceiling at all, nothing was planned and there is no budget to pass)
+        app.warn(
+            f"the host's memory budget counts as 0 what it cannot plan: {', '.join(unplanned)}"
+        )
     if problem is None:
         return
     if host.host.over_budget == "warn":
@@ -87,9 +96,22 @@ def budget_gate(app: App, host: Settings, service: Service) -> None:
     raise OverBudgetError(problem)
 
 
-def write_results(command: str, documents: list[dict[str, Any]], code: int = 0) -> None:
-    """One JSON document: the service's own, or for several one holding each."""
-    write_json(documents[0] if len(documents) == 1 else several_document(command, documents, code))
+@contextmanager
+def budget_held(
+    app: App, host: Settings, service: Service, wait: float, *, hold: bool = True
+) -> Iterator[None]:
+    """The budget gate, and the start it lets through, under the host's lock: two
+    ``start`` runs at once must not both judge the budget before either service runs.
+    ``--foreground`` becomes the service and never lets go, so it only judges."""
+    if not host.members or not hold:
+        budget_gate(app, host, service)
+        yield
+        return
+    from mpsctl.control.lock import service_lock
+
+    with service_lock(host.host_dir, wait=wait, purpose=f"start {service.name}"):
+        budget_gate(app, host, service)
+        yield
 
 
 def start_options_from_flags(opts: dict[str, Any], foreground: bool = False) -> StartOptions:
@@ -140,25 +162,33 @@ def start(app: App, names: tuple[str, ...], all_: bool, foreground: bool, wait: 
     host, chosen = services_from_flags(app, opts, names, all_)
     if foreground and len(chosen) > 1:
         raise ServiceError("--foreground runs one service: name it")
-    documents = []
+    failures = Failures("start", chosen)
+    order_notice(app, host, chosen, stopping=False)
     for service in chosen:
         settings = service.settings
         demo_notice(app, settings)
-        if not foreground and not_under_unit(app, settings, "start"):
-            continue  # --foreground is what the unit itself runs
-        budget_gate(app, host, service)
-        ev = events(app)
-        options = start_options_from_flags(opts, foreground)
-        if not as_json:
-            heading(app, chosen, service)
-        result = run_start(
-            app, partial(start_service, settings, options, events=ev, lock_wait=wait)
-        )
-        documents.append(result.to_json())
+        try:
+            blocked = failures.blocked(service)
+            if blocked is not None:
+                raise blocked
+            take_over(app, host, service)
+            if not foreground and not_under_unit(app, settings, "start"):
+                continue  # --foreground is what the unit itself runs
+            ev = events(app)
+            options = start_options_from_flags(opts, foreground)
+            with budget_held(app, host, service, wait, hold=not foreground):
+                if not as_json:
+                    heading(app, chosen, service)
+                result = run_start(
+                    app, partial(start_service, settings, options, events=ev, lock_wait=wait)
+                )
+        except MpsctlError as exc:
+            failures.add(service, exc)
+            continue
+        failures.result(service, result.to_json())
         if not as_json:
             render.render_start(app.out, result)
-    if as_json and documents:
-        write_results("start", documents)
+    failures.finish(as_json)
 
 
 @click.command()
@@ -181,20 +211,29 @@ def restart(app: App, names: tuple[str, ...], all_: bool, stop_timeout: float | 
       mpsctl restart chat
     """
     host, chosen = services_from_flags(app, opts, names, all_)
-    documents = []
+    failures = Failures("restart", chosen)
     for service in chosen:
         settings = service.settings
         demo_notice(app, settings)
-        not_under_unit(app, settings, "restart")
-        budget_gate(app, host, service)  # a stopped service's restart is a start
-        ev = events(app)
-        result = run_start(app, partial(
-            restart_service, settings, start_options_from_flags(opts),
-            stop_timeout=stop_timeout, use_match=use_match, events=ev, lock_wait=wait))  # fmt: skip
-        documents.append(result.to_json())
+        try:
+            blocked = failures.blocked(service)
+            if blocked is not None:
+                raise blocked
+            take_over(app, host, service)
+            not_under_unit(app, settings, "restart")
+            ev = events(app)
+            # a stopped service's restart is a start
+            with budget_held(app, host, service, wait):
+                result = run_start(app, partial(
+                    restart_service, settings, start_options_from_flags(opts),
+                    stop_timeout=stop_timeout, use_match=use_match, events=ev,
+                    lock_wait=wait))  # fmt: skip
+        except MpsctlError as exc:
+            failures.add(service, exc)
+            continue
+        failures.result(service, result.to_json())
         if not as_json:
             heading(app, chosen, service)
             render_stop(result.stop, lambda: app.out)
             render.render_start(app.out, result.start)
-    if as_json:
-        write_results("restart", documents)
+    failures.finish(as_json)

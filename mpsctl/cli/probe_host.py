@@ -31,7 +31,7 @@ def probe_services(
     every service's gauges, labelled ``service="NAME"``."""
     every = services(host)
     results = [take_probe(s.settings, health_timeout=timeout) for s in every]
-    view = host_probe(results)
+    view = host_probe(results, host.thresholds)
     if as_json:
         write_json(view.to_json())
     elif nagios:

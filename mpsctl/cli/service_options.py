@@ -50,6 +50,19 @@ def several_document(command: str, documents: list[dict[str, Any]], code: int) -
             "exit_code": code}  # fmt: skip
 
 
+def named(document: dict[str, Any], name: str) -> dict[str, Any]:
+    """A service's document inside ``mpsctl.services/1``: every entry, result or error,
+    says which service it is under one key, ``service``."""
+    return document if "service" in document else {**document, "service": name}
+
+
+def error_document(command: str, name: str, message: str, code: int) -> dict[str, Any]:
+    """The place of a service the command failed on, in a several-services document: the
+    error document one service would have printed, naming the service."""
+    return {"schema": "mpsctl.error/1", "command": command, "service": name,
+            "error": message, "exit_code": code}  # fmt: skip
+
+
 def heading(app: App, chosen: list[Service], service: Service) -> None:
     """A line naming the service before its output, when there are several."""
     if len(chosen) > 1:

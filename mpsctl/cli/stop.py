@@ -9,10 +9,10 @@ import click
 
 from mpsctl.cli.app import App, json_option
 from mpsctl.cli.service import SECONDS, WAIT, demo_notice, not_under_unit
-from mpsctl.cli.service_options import all_option, heading, names_argument, several_document
+from mpsctl.cli.service_options import all_option, heading, names_argument
+from mpsctl.cli.several import Failures, order_notice, take_over
 from mpsctl.control.stop import stop_service
-from mpsctl.errors import ServiceError
-from mpsctl.render.console import write_json
+from mpsctl.errors import MpsctlError, ServiceError
 from mpsctl.render.service_text import render_stop
 from mpsctl.service import select
 
@@ -52,28 +52,32 @@ def stop(app: App, names: tuple[str, ...], all_: bool, timeout: float | None, us
       mpsctl stop --match --timeout 30   # a service started by hand
       mpsctl stop --all                  # every configured service
     """
-    chosen = select(app.host_settings(), names, all_=all_, changes=True)
-    documents, failed = [], []
+    app.name_services(names, all_)
+    host = app.host_settings()
+    chosen = select(host, names, all_=all_, changes=True)
+    failures = Failures("stop", chosen)
+    if not dry_run:
+        order_notice(app, host, chosen, stopping=True)
     for service in reversed(chosen):
         settings = service.settings
         demo_notice(app, settings)
-        if not dry_run:
-            not_under_unit(app, settings, "stop")
-        result = stop_service(settings, timeout=timeout, use_match=use_match,
-                              dry_run=dry_run, lock_wait=wait,
-                              signalled=None if as_json else _load_table)  # fmt: skip
-        documents.append(result.to_json())
+        try:
+            if not dry_run:
+                take_over(app, host, service)
+                not_under_unit(app, settings, "stop")
+            result = stop_service(settings, timeout=timeout, use_match=use_match,
+                                  dry_run=dry_run, lock_wait=wait,
+                                  signalled=None if as_json else _load_table)  # fmt: skip
+        except MpsctlError as exc:
+            failures.add(service, exc)  # a busy or hung service leaves the others to stop
+            continue
+        failures.result(service, result.to_json())
         if not as_json:
             heading(app, chosen, service)
             render_stop(result, lambda: app.out)
         if not result.ok:
-            failed.append(result.message)
-    if as_json:
-        code = 1 if failed else 0
-        write_json(documents[0] if len(documents) == 1
-                   else several_document("stop", documents, code))  # fmt: skip
-    if failed:
-        raise ServiceError("; ".join(failed))
+            failures.add(service, ServiceError(result.message), now=False)
+    failures.finish(as_json)
 
 
 def _load_table() -> None:

@@ -78,7 +78,12 @@ class Schedule:
 
 def carried_env(settings: Settings, environ: Mapping[str, str]) -> dict[str, str]:
     """MPSCTL_HOME, a PATH with the system tools, and this shell's MPSCTL_* settings."""
-    env = {"MPSCTL_HOME": str(settings.home.resolve())}
+    # MPSCTL_HOME itself: one of several services (chosen by MPSCTL_SERVICE) keeps its
+    # state below it, and the job must name that service again, since cron's environment
+    # is bare
+    env = {"MPSCTL_HOME": str(settings.host_dir.resolve())}
+    if settings.home != settings.host_dir:
+        env["MPSCTL_SERVICE"] = settings.service.name
     bindir = str(Path(sys.executable).parent)
     system = ["/usr/local/bin", "/usr/bin", "/bin", "/usr/sbin", "/sbin"]
     if sys.platform == "darwin":

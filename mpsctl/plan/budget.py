@@ -73,6 +73,10 @@ class Budget:
         planned = [s for s in self.services if s.peak_bytes is not None]
         return max(planned, key=lambda s: s.peak_bytes or 0) if planned else None
 
+    def unplanned(self) -> list[str]:
+        """One phrase per service the sum counts as 0 because it could not be planned."""
+        return [f"{s.name} ({s.reason})" for s in self.services if s.plan is None]
+
     def describe(self) -> str:
         parts = ", ".join(f"{s.name} {fmt_bytes(s.peak_bytes)}" for s in self.services)
         ceiling = fmt_bytes(self.ceiling_bytes)

@@ -79,6 +79,7 @@ from mpsctl.observe.processes.tree import (
     tree_identities,
 )
 from mpsctl.settings import Settings
+from mpsctl.settings_services import SERVICES_DIR
 
 __all__ = [
     "CREATE_TIME_TOLERANCE_S",
@@ -170,14 +171,37 @@ def _find(
         if matches:
             roots: list[psutil.Process] = []
             strangers: list[psutil.Process] = []
+            siblings = sibling_pids(settings)
             for root in roots_of(matches):
-                (roots if is_the_service(root, settings, pidrecord) else strangers).append(root)
+                # a sibling service loading (no port yet) matches a shared pattern too
+                ours = root.pid not in siblings and is_the_service(root, settings, pidrecord)
+                (roots if ours else strangers).append(root)
             others = snapshot_tree(strangers, clock=clock, cpu_interval=0.0)
             procs = snapshot_tree(roots, clock=clock, cpu_interval=cpu_interval)
             root_pids = tuple(p.pid for p in roots if any(i.pid == p.pid for i in procs))
             if root_pids:
                 return ServiceSnapshot("match", state, pidrecord, root_pids, procs, path, others)
     return ServiceSnapshot(None, state, pidrecord, (), (), path, others)
+
+
+def sibling_pids(settings: Settings) -> set[int]:
+    """The live processes the host's other services recorded in their pidfiles (several
+    services only): never this service's, whatever its ``match`` says."""
+    if settings.home == settings.host_dir:
+        return set()
+    try:
+        dirs = [d for d in (settings.host_dir / SERVICES_DIR).iterdir() if d != settings.home]
+    except OSError:
+        return set()
+    pids = set()
+    for directory in dirs:
+        record = read_pidfile(directory / PIDFILE_NAME)
+        if (
+            isinstance(record, PidRecord)
+            and same_process(record.pid, record.create_time) is not None
+        ):
+            pids.add(record.pid)
+    return pids
 
 
 def _impostor(root: psutil.Process, record: PidRecord) -> bool:
