@@ -31,7 +31,9 @@ def assert_escaped(out: bytes) -> None:
 @pytest.fixture
 def decoy() -> Iterator[str]:
     marker = "mpsctl-escape-decoy"
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", HOSTILE, marker])
+    # its argv names the service's port (the default 8000): the service, still loading
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", HOSTILE,
+                             marker, "--port", "8000"])  # fmt: skip
     try:
         yield marker
     finally:
