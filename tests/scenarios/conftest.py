@@ -187,6 +187,7 @@ def _write_config(
         "[thresholds]\n"  # a busy CI host must not turn the verdict to WARNING by itself
         "host_used_percent = [99.8, 99.9]\n"
         "swap_used_percent = [99.8, 99.9]\n"
+        'memory_pressure = "critical"\n'
     )
 
 
@@ -229,6 +230,7 @@ def make_site(tmp_path: Path, isolated_home: Path) -> Iterator[Any]:
         (root / "app" / "main.py").write_text(MAIN)
         for name, text in (files or {}).items():
             (root / name).write_text(text)
+            (root / name).chmod(0o600)  # as an operator keeps an env_file: it holds secrets
         bin_dir = root / "venv" / "bin"
         bin_dir.mkdir(parents=True)
         (root / "venv" / "pyvenv.cfg").write_text(f"home = {Path(sys.executable).parent}\n")
