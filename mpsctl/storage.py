@@ -35,6 +35,11 @@ def open_state_file(path: Path, flags: int, mode: int = 0o600) -> int:
                     exc.errno, "a symbolic link (mpsctl never writes through one)", str(path)
                 ) from None
             raise
+    return _regular_or_closed(fd, path)
+
+
+def _regular_or_closed(fd: int, path: Path) -> int:
+    """``fd`` when it is a regular file, back in blocking mode; else closed and OSError."""
     kind = stat.S_IFMT(os.fstat(fd).st_mode)
     if kind != stat.S_IFREG:
         os.close(fd)
@@ -64,12 +69,7 @@ def open_regular(path: Path, *, follow: bool = True) -> int:
                 exc.errno, "a symbolic link (mpsctl never reads its state through one)", str(path)
             ) from None
         raise
-    kind = stat.S_IFMT(os.fstat(fd).st_mode)
-    if kind != stat.S_IFREG:
-        os.close(fd)
-        raise OSError(errno.EINVAL, f"not a regular file ({file_kind(kind)})", str(path))
-    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
-    return fd
+    return _regular_or_closed(fd, path)
 
 
 def read_regular(path: Path, max_bytes: int = SMALL_FILE_MAX, *, follow: bool = True) -> bytes:

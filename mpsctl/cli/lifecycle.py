@@ -168,9 +168,7 @@ def start(app: App, names: tuple[str, ...], all_: bool, foreground: bool, wait: 
         settings = service.settings
         demo_notice(app, settings)
         try:
-            blocked = failures.blocked(service)
-            if blocked is not None:
-                raise blocked
+            failures.clear_to_go(service)
             take_over(app, host, service)
             if not foreground and not_under_unit(app, settings, "start"):
                 continue  # --foreground is what the unit itself runs
@@ -216,9 +214,7 @@ def restart(app: App, names: tuple[str, ...], all_: bool, stop_timeout: float | 
         settings = service.settings
         demo_notice(app, settings)
         try:
-            blocked = failures.blocked(service)
-            if blocked is not None:
-                raise blocked
+            failures.clear_to_go(service)
             take_over(app, host, service)
             not_under_unit(app, settings, "restart")
             ev = events(app)

@@ -90,6 +90,12 @@ class Failures:
         did = self.command
         return ServiceError(f"not {did}ed: it starts after {failed[0]}, which did not {did}")
 
+    def clear_to_go(self, service: Service) -> None:
+        """Raise :meth:`blocked`'s error, if any, so the caller records it like any other."""
+        blocked = self.blocked(service)
+        if blocked is not None:
+            raise blocked
+
     def finish(self, as_json: bool) -> None:
         """The JSON document (every service's, in order, failures included), then the one
         error line."""

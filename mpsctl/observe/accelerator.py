@@ -123,13 +123,8 @@ def from_nvml(pids: Iterable[int]) -> AcceleratorFigures | None:
     wanted = set(pids)
     if not wanted:
         return None
-    try:
-        import pynvml
-    except ImportError:
-        return None
-    try:
-        pynvml.nvmlInit()
-    except Exception:  # no driver, no GPU: NVML raises its own error types
+    pynvml = _nvml()
+    if pynvml is None:
         return None
     try:
         used = 0
@@ -163,13 +158,8 @@ def from_nvml(pids: Iterable[int]) -> AcceleratorFigures | None:
 def nvml_total_bytes() -> int | None:
     """GPU 0's total memory from NVML (what a plan for this machine's GPU is held to when
     no service reports its own limit); None when NVML is absent or silent."""
-    try:
-        import pynvml
-    except ImportError:
-        return None
-    try:
-        pynvml.nvmlInit()
-    except Exception:  # no driver, no GPU: NVML raises its own error types
+    pynvml = _nvml()
+    if pynvml is None:
         return None
     try:
         if pynvml.nvmlDeviceGetCount() < 1:
@@ -186,3 +176,16 @@ def accelerator_figures(report: dict[str, Any] | None, pids: Iterable[int]) -> A
     if report is not None:
         return from_memory_report(report)
     return from_nvml(pids) or UNKNOWN
+
+
+def _nvml() -> Any:
+    """pynvml, initialised (the caller shuts it down); None without the package or a GPU."""
+    try:
+        import pynvml
+    except ImportError:
+        return None
+    try:
+        pynvml.nvmlInit()
+    except Exception:  # no driver, no GPU: NVML raises its own error types
+        return None
+    return pynvml
