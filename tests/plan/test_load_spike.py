@@ -65,5 +65,7 @@ def test_a_load_in_the_stored_dtype_has_no_spike(demo_05b: Path) -> None:
                               max_new_tokens=16, device="cpu")  # fmt: skip
     assert (figures.converts, figures.load_spike_bytes) == (False, 0)
     real = measured_load(demo_05b, "bfloat16")
-    # the mapping is read as the model runs: loading itself adds far less than the weights
-    assert real["peak"] - real["before"] < 0.5 * figures.weights_bytes
+    # No second copy: the growth is the mapped checkpoint's pages as far as loading touched
+    # them (from a few % to most of the weights, by how warm the page cache is) plus Python's
+    # objects, never the two copies (2x the weights) of a converting load.
+    assert real["peak"] - real["before"] < 1.5 * figures.weights_bytes
