@@ -7,12 +7,17 @@ Usage, from the repository root after ``mutmut run`` (see HACKING.md, "Mutation 
 
 score = (killed + timeout) / mutants. A mutant no test reaches counts against the score,
 as a gap. Survivors listed in ``ACCEPTED`` (each with why) are shown, but still counted.
+
+The table is headed by the commit it measured. A table is only worth quoting for a tree
+that is a commit, so the script refuses (exit 2, one line) while a tracked file differs
+from HEAD: commit, run ``mutmut run`` again, then print the table.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
@@ -93,15 +98,45 @@ def status_counts(meta: Path) -> tuple[Counter[str], list[str]]:
     return counts, sorted(survivors)
 
 
+def measured_commit(root: Path) -> tuple[str, list[str]]:
+    """HEAD's hash at *root* and the tracked files that differ from it (staged or not)."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(root), *args], capture_output=True, text=True, check=True
+        ).stdout
+
+    head = git("rev-parse", "HEAD").strip()
+    changed = [
+        line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines()
+    ]
+    return head, changed
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mutants", type=Path, default=Path("mutants"))
     parser.add_argument("--survivors", action="store_true", help="list surviving mutants")
+    parser.add_argument("--repo", type=Path, default=Path("."), help="the measured checkout")
     args = parser.parse_args(argv)
+    try:
+        commit, changed = measured_commit(args.repo)
+    except (OSError, subprocess.CalledProcessError):
+        print(f"mutation_scores: error: {args.repo} is not a git checkout", file=sys.stderr)
+        return 2
+    if changed:
+        print(
+            f"mutation_scores: error: {len(changed)} tracked file(s) differ from commit "
+            f"{commit[:12]} ({', '.join(sorted(changed)[:3])}"
+            f"{', ...' if len(changed) > 3 else ''}): commit them and run mutmut again",
+            file=sys.stderr,
+        )
+        return 2
     metas = sorted(args.mutants.rglob("*.py.meta"))
     if not metas:
         print(f"no mutmut results under {args.mutants}/: run `mutmut run` first", file=sys.stderr)
         return 1
+    print(f"measured commit: {commit}")
     print("| module | mutants | killed + timeout | survived | no tests | not checked | score |")
     print("|---|---|---|---|---|---|---|")
     listed: list[str] = []
