@@ -582,3 +582,105 @@ def test_counting_helpers() -> None:
     corpus = FIXTURES / "corpus"
     kinds |= {e.kind for p in corpus.glob("m-*.txt") for e in find_deaths(p.read_text("utf-8"))}
     assert kinds == set(KINDS)
+
+
+# --- the kernel report's rules, each at its boundary -------------------------------------
+
+UWSGI_HEADER = read_fixture("linux-oomkill-7-memcg-dmesg-uwsgi-calltrace.txt").splitlines()[2:]
+K8S_KILL = read_fixture("linux-oomkill-8-memcg-dmesg-k8s-negative-adj.txt").splitlines()[0]
+PG_HEADER = read_fixture("linux-oomkill-20-dmesg-T-kernel616-invoked-oom-killer-calltrace.txt")
+JOURNAL_KILL = read_fixture("linux-oomkill-9-journalctl-python-systemd-unit.txt").splitlines()[0]
+MEMCG_SUMMARY = read_fixture("linux-oomkill-17-dmesg-T-constraint-memcg-k8s-uvicorn.txt")
+MEMCG_SUMMARY = MEMCG_SUMMARY.splitlines()[3]
+
+
+def kernel_kills(lines: list[str]) -> list[tuple[int, KernelOomKill]]:
+    from mpsctl.deaths.kernel_oom import find_kernel_kills
+
+    return find_kernel_kills(lines)
+
+
+@pytest.mark.parametrize(("seconds", "one"), [("60.000000", True), ("60.000001", False)])
+def test_a_kill_line_joins_its_header_up_to_exactly_60_seconds_of_uptime(
+    seconds: str, one: bool
+) -> None:
+    header = [UWSGI_HEADER[0].replace("[ 7093.543707]", "[ 7093.500000]"), *UWSGI_HEADER[1:]]
+    stamp = f"[{7093.5 + float(seconds):13.6f}]"
+    kill = K8S_KILL.replace("[18026.221140]", stamp)
+    found = kernel_kills([*header, kill])
+    if one:
+        assert [(i, e.trigger, e.trigger_pid, e.pid, e.complete) for i, e in found] == [
+            (0, "uwsgi", 63635, 140339, True)
+        ]
+    else:
+        assert [(i, e.trigger, e.pid, e.complete) for i, e in found] == [
+            (0, "uwsgi", None, False), (len(header), None, 140339, True),
+        ]  # fmt: skip
+
+
+@pytest.mark.parametrize(("stamp", "one"), [("17:52:31", True), ("17:52:32", False)])
+def test_wall_clock_stamps_part_a_header_from_a_kill_a_minute_later(stamp: str, one: bool) -> None:
+    header = PG_HEADER.splitlines()
+    kill_text = JOURNAL_KILL.split("kernel: ", 1)[1]
+    kill = f"[Mon Dec  8 {stamp} 2025] {kill_text}"
+    found = kernel_kills([*header, kill])
+    expected = [(0, "postgres", 27241, True)] if one else [
+        (0, "postgres", None, False), (len(header), None, 27241, True)
+    ]  # fmt: skip
+    assert [(i, e.trigger, e.pid, e.complete) for i, e in found] == expected
+
+
+def test_a_kill_from_another_year_of_a_yearless_syslog_is_another_kill() -> None:
+    # the 2025 header (dmesg -T) and a yearless syslog kill line: far apart in time
+    header = PG_HEADER.splitlines()
+    found = kernel_kills([*header, JOURNAL_KILL])
+    assert [(i, e.trigger, e.pid, e.complete) for i, e in found] == [
+        (0, "postgres", None, False), (len(header), None, 27241, True),
+    ]  # fmt: skip
+
+
+def test_a_report_far_down_a_log_is_still_one_kill() -> None:
+    # the line limit counts from the report's own first line, not from the file's start
+    noise = ["."] * (KILL_MAX_LINES + 100)
+    header = [line.replace("[ 7093.", "[18026.") for line in UWSGI_HEADER]
+    found = kernel_kills([*noise, *header, K8S_KILL])
+    assert [(i, e.trigger, e.pid, e.complete) for i, e in found] == [
+        (len(noise), "uwsgi", 140339, True)
+    ]
+
+
+def test_the_same_kill_line_again_keeps_the_first_figures_and_adds_the_missing() -> None:
+    cut = K8S_KILL.split(", file-rss:", 1)[0]  # ends after anon-rss
+    again = K8S_KILL.replace("total-vm:120832kB", "total-vm:999kB")
+    ((index, event),) = kernel_kills([cut, again])
+    assert index == 0
+    assert event.total_vm_bytes == 120832 * KIB
+    assert event.anon_rss_bytes == 15596 * KIB
+    assert event.file_rss_bytes == 8924 * KIB
+    assert event.oom_score_adj == -997
+    assert event.raw == f"{cut}\n{again}"
+
+
+def test_a_kill_line_cut_after_the_pid_keeps_the_summarys_process_name() -> None:
+    summary = MEMCG_SUMMARY
+    cut = "[Fri Aug 21 22:26:52 2026] Memory cgroup out of memory: Killed process 32550"
+    ((_, event),) = kernel_kills([summary, cut])
+    assert (event.pid, event.process, event.uid, event.complete) == (32550, "uvicorn", 525287, True)
+    named = cut + " (uvicorn-w1) total-vm:100kB"
+    ((_, event),) = kernel_kills([summary, named])
+    assert (event.pid, event.process, event.total_vm_bytes) == (32550, "uvicorn-w1", 100 * KIB)
+
+
+def test_a_process_name_with_an_equals_sign_is_read_whole() -> None:
+    # a comm is whatever the process named itself (prctl PR_SET_NAME), "=" included
+    summary = MEMCG_SUMMARY.replace(",task=uvicorn,", ",task=w=1,")
+    ((_, event),) = kernel_kills([summary])
+    assert (event.process, event.pid, event.constraint, event.complete) == (
+        "w=1", 32550, "CONSTRAINT_MEMCG", False,
+    )  # fmt: skip
+
+
+def test_an_oversized_negative_oom_score_adj_is_none() -> None:
+    line = K8S_KILL.replace("oom_score_adj:-997", "oom_score_adj:-" + "9" * 30)
+    ((_, event),) = kernel_kills([line])
+    assert (event.pid, event.oom_score_adj, event.total_vm_bytes) == (140339, None, 120832 * KIB)
