@@ -684,3 +684,44 @@ def test_an_oversized_negative_oom_score_adj_is_none() -> None:
     line = K8S_KILL.replace("oom_score_adj:-997", "oom_score_adj:-" + "9" * 30)
     ((_, event),) = kernel_kills([line])
     assert (event.pid, event.oom_score_adj, event.total_vm_bytes) == (140339, None, 120832 * KIB)
+
+
+def test_a_line_wrapped_at_exactly_64_columns_is_rejoined() -> None:
+    posted = read_fixture("linux-oomkill-13-syslog-gunicorn-hardwrapped.txt").splitlines()
+    whole = "".join(posted[:3])
+    lines = [whole[i : i + 64] for i in range(0, len(whole), 64)]
+    assert len(lines[0]) == 64
+    ((index, event),) = kernel_kills(lines)
+    assert (index, event.pid, event.process) == (0, 11438, "gunicorn")
+    assert (event.anon_rss_bytes, event.pgtables_bytes) == (1220624 * KIB, 2912 * KIB)
+    assert event.raw == "\n".join(lines)
+
+
+def test_lines_are_quoted_without_trailing_blanks() -> None:
+    # a terminal copy pads lines with spaces: the quote keeps each line's text only
+    posted = read_fixture("linux-oomkill-13-syslog-gunicorn-hardwrapped.txt").splitlines()
+    ((_, event),) = kernel_kills([*posted[:2], posted[2] + "   "])
+    assert event.raw == "\n".join(posted[:3])
+    ((_, event),) = kernel_kills([JOURNAL_KILL + " \t "])
+    assert event.raw == JOURNAL_KILL
+
+
+def test_a_kernel_tag_after_an_unknown_stamp_is_cut_before_reading_the_trigger() -> None:
+    # a syslog written with another language's month names: the kernel's text follows "kernel: "
+    header = read_fixture("linux-oomkill-15-syslog-rhel7-python-docker-calltrace.txt")
+    lines = [line.replace("Jun 13 ", "Juin 13 ", 1) for line in header.splitlines()]
+    ((_, event),) = kernel_kills(lines)
+    assert (event.trigger, event.trigger_pid, event.complete) == ("python", 21154, False)
+
+
+@pytest.mark.parametrize(("gap", "one"), [(KILL_MAX_LINES, True), (KILL_MAX_LINES + 1, False)])
+def test_a_kill_line_joins_its_header_up_to_exactly_2000_lines_later(gap: int, one: bool) -> None:
+    header = [line.split("] ", 1)[1] for line in UWSGI_HEADER]  # no stamps: lines only
+    kill = K8S_KILL.split("] ", 1)[1]
+    lines = [*header, *["."] * (gap - len(header)), kill]
+    assert lines.index(kill) == gap
+    found = kernel_kills(lines)
+    expected = [(0, "uwsgi", 140339, True)] if one else [
+        (0, "uwsgi", None, False), (gap, None, 140339, True)
+    ]  # fmt: skip
+    assert [(i, e.trigger, e.pid, e.complete) for i, e in found] == expected
