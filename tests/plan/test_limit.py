@@ -83,7 +83,11 @@ def test_a_service_report_gives_working_set_and_overhead() -> None:
 
 
 SIZES = [("16GiB", 16 * GIB), ("16 GB", 16 * GIB), ("512m", 512 * MIB),
-         ("17179869184B", 16 * GIB), ("1.5g", 3 * GIB // 2)]  # fmt: skip
+         ("17179869184B", 16 * GIB), ("1.5g", 3 * GIB // 2), ("  2 G ", 2 * GIB),
+         ("1MiB", MIB), ("1048576b", MIB), ("1024k", MIB), ("1024KB", MIB), ("1024kib", MIB),
+         ("1mb", MIB), ("2t", 2 * 1024 * GIB), ("2TB", 2 * 1024 * GIB), ("1tib", 1024 * GIB),
+         ("1024TiB", 1024**5), (".5g", GIB // 2), ("1.g", GIB), ("1e3MiB", 1000 * MIB),
+         ("2E+1g", 20 * GIB), ("1e-0g", GIB)]  # fmt: skip
 
 
 @pytest.mark.parametrize(("text", "expected"), SIZES)
@@ -92,8 +96,25 @@ def test_parse_size(text: str, expected: int) -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["", "GiB", "16XB", "-1G", "0", "16", "nanG", "0.5B", "1e300G", "2048TiB"]
+    ("text", "message"),
+    [
+        ("", "expected a size like 16GiB, got ''"),
+        ("GiB", "expected a size like 16GiB, got 'GiB'"),
+        ("-1G", "expected a size like 16GiB, got '-1G'"),
+        ("nanG", "expected a size like 16GiB, got 'nanG'"),
+        ("16G!", "expected a size like 16GiB, got '16G!'"),
+        ("16XB", "unknown unit 'xb' in '16XB' (use B, KiB, MiB, GiB, TiB)"),
+        ("1PiB", "unknown unit 'pib' in '1PiB' (use B, KiB, MiB, GiB, TiB)"),
+        ("16", "16 has no unit: did you mean 16GiB? (or 16B for bytes)"),
+        ("0", "0 has no unit: did you mean 0GiB? (or 0B for bytes)"),
+        ("0.5B", "0.5B is less than 1 MiB"),
+        ("1048575B", "1048575B is less than 1 MiB"),
+        ("1023.99KiB", "1023.99KiB is less than 1 MiB"),
+        ("1e300G", "1e300G is more than 1 PiB"),
+        ("2048TiB", "2048TiB is more than 1 PiB"),
+        ("1024.01TiB", "1024.01TiB is more than 1 PiB"),
+    ],
 )
-def test_parse_size_refuses(text: str) -> None:
-    with pytest.raises(ValueError):  # noqa: PT011 - each case has its own message
+def test_parse_size_refuses(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         parse_size(text)
