@@ -659,6 +659,26 @@ def test_the_same_kill_line_again_keeps_the_first_figures_and_adds_the_missing()
     assert event.file_rss_bytes == 8924 * KIB
     assert event.oom_score_adj == -997
     assert event.raw == f"{cut}\n{again}"
+    assert event.complete is True
+
+
+def test_a_summary_written_after_its_kill_line_joins_it_and_the_kill_lines_figures_stand() -> None:
+    stamp = "[Fri Aug 21 22:26:52 2026] "
+    kill = f"{stamp}Memory cgroup out of memory: Killed process 32550 (uvicorn-w1) UID:7"
+    ((index, event),) = kernel_kills([kill, MEMCG_SUMMARY])
+    assert (index, event.pid, event.process, event.uid) == (0, 32550, "uvicorn-w1", 7)
+    assert (event.constraint, event.cgroup, event.complete) == ("CONSTRAINT_MEMCG", True, True)
+    assert event.task_memcg is not None
+    assert event.task_memcg.endswith(".scope")
+    assert event.raw == f"{kill}\n{MEMCG_SUMMARY}"
+
+
+def test_two_summaries_without_kill_lines_are_two_cut_reports() -> None:
+    other = MEMCG_SUMMARY.replace(",task=uvicorn,pid=32550,", ",task=pause,pid=32415,")
+    found = kernel_kills([MEMCG_SUMMARY, other])
+    assert [(i, e.process, e.pid, e.complete) for i, e in found] == [
+        (0, "uvicorn", 32550, False), (1, "pause", 32415, False),
+    ]  # fmt: skip
 
 
 def test_a_kill_line_cut_after_the_pid_keeps_the_summarys_process_name() -> None:
