@@ -26,13 +26,16 @@ TOKEN = "s3cret-Token_42"
 
 
 class Downstream:
-    """A stand-in for the wrapped app (the limiter): records each scope it is given."""
+    """A stand-in for the wrapped app (the limiter): records each path it is given and the
+    body it reads through the receive channel it was handed."""
 
     def __init__(self) -> None:
         self.seen: list[str] = []
+        self.bodies: list[bytes] = []
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.seen.append(scope["path"])
+        self.bodies.append((await receive())["body"])
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"ok"})
 
@@ -43,7 +46,7 @@ def call(
     sent: list[dict[str, Any]] = []
 
     async def receive() -> Message:
-        return {"type": "http.request", "body": b"", "more_body": False}
+        return {"type": "http.request", "body": b"the question", "more_body": False}
 
     async def send(message: Message) -> None:
         sent.append(dict(message))
@@ -107,6 +110,7 @@ def test_the_right_token_reaches_the_app_and_nothing_is_denied() -> None:
     headers = [(b"Authorization", b"Bearer " + TOKEN.encode())]
     assert call(layer, "/api/v1/query", headers) == PASSED
     assert app.seen == ["/api/v1/query"]
+    assert app.bodies == [b"the question"]
     assert denied == []
 
 
@@ -139,6 +143,7 @@ def test_open_paths_match_exactly_and_need_no_token() -> None:
     layer, app = make()
     assert call(layer, "/health", []) == PASSED
     assert call(layer, "/metrics", []) == PASSED
+    assert app.bodies == [b"the question", b"the question"]
     assert call(layer, "/health/", []) == refused("missing bearer token")
     assert call(layer, "//health", []) == refused("missing bearer token")
     assert app.seen == ["/health", "/metrics"]
