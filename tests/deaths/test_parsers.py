@@ -745,3 +745,72 @@ def test_a_kill_line_joins_its_header_up_to_exactly_2000_lines_later(gap: int, o
         (0, "uwsgi", None, False), (gap, None, 140339, True)
     ]  # fmt: skip
     assert [(i, e.trigger, e.pid, e.complete) for i, e in found] == expected
+
+
+# --- systemd's memory kills: which lines make one event ------------------------------------
+
+UNIT_NOTES = read_fixture("linux-systemd-unit-oom-1-rsyslog-iso.txt").splitlines()
+OOMD_3 = read_fixture("linux-systemd-oomd-3-journal-truncated-service.txt").splitlines()
+
+
+def oomd(lines: list[str]) -> list[tuple[int, Any]]:
+    from mpsctl.deaths.systemd_oomd import find_oomd
+
+    return find_oomd(lines)
+
+
+def test_systemds_notes_of_one_kernel_kill_are_one_event_only_while_adjacent() -> None:
+    found = oomd(UNIT_NOTES[:2])
+    assert [(i, e.by, e.unit, e.units) for i, e in found] == [
+        (0, "kernel", "user-1021.slice", ("user-1021.slice", "system-postgresql.slice")),
+    ]
+    assert found[0][1].raw == "\n".join(UNIT_NOTES[:2])
+    apart = oomd([UNIT_NOTES[0], "unrelated", UNIT_NOTES[1]])
+    assert [(i, e.unit, e.units) for i, e in apart] == [
+        (0, "user-1021.slice", ("user-1021.slice",)),
+        (2, "system-postgresql.slice", ("system-postgresql.slice",)),
+    ]
+
+
+def test_a_kernel_note_after_an_oomd_kill_is_its_own_event() -> None:
+    lines = [OOMD_3[3], UNIT_NOTES[0]]
+    found = oomd(lines)
+    assert [(i, e.by, e.unit) for i, e in found] == [
+        (0, "systemd-oomd", "testsuite-55-testbloat.service"), (1, "kernel", "user-1021.slice"),
+    ]  # fmt: skip
+
+
+def test_a_kill_count_joins_the_kill_of_its_unit_or_stands_alone() -> None:
+    # the count line alone (its kill line not in the text): an event with the count
+    ((index, alone),) = oomd([OOMD_3[4]])
+    assert (index, alone.by, alone.unit, alone.units, alone.processes_killed, alone.cgroup) == (
+        0, "systemd-oomd", "testsuite-55-testbloat.service", ("testsuite-55-testbloat.service",),
+        2, None,
+    )  # fmt: skip
+    assert alone.raw == OOMD_3[4]
+    # two kills of other units, then the count: it joins the kill of its own unit
+    other = OOMD_3[3].replace("testsuite-55-testbloat.service", "other.service")
+    found = oomd([OOMD_3[3], other, OOMD_3[4]])
+    assert [(e.unit, e.processes_killed) for _, e in found] == [
+        ("testsuite-55-testbloat.service", 2), ("other.service", None),
+    ]  # fmt: skip
+    assert found[0][1].raw == f"{OOMD_3[3]}\n{OOMD_3[4]}"
+    # a second count for a unit already counted is another event
+    twice = oomd([OOMD_3[3], OOMD_3[4], OOMD_3[4]])
+    assert [(i, e.processes_killed, e.cgroup is None) for i, e in twice] == [
+        (0, 2, False), (2, 2, True),
+    ]  # fmt: skip
+
+
+def test_attempts_belong_to_the_next_kill_only() -> None:
+    found = oomd([*OOMD_3[:5], OOMD_3[3]])
+    assert [(i, e.pids) for i, e in found] == [(3, (63, 66)), (5, ())]
+
+
+def test_a_quoted_kill_without_prefix_or_reason_is_not_oomds() -> None:
+    text = OOMD_3[3].split("systemd-oomd[34]: ", 1)[1]
+    bare = text.split(" due to ", 1)[0]
+    assert oomd([f"someone wrote: {bare}"]) == []
+    assert oomd([f"the systemd-oomd manual says: {bare}"]) == []
+    ((_, event),) = oomd([f"someone wrote: {text}"])
+    assert (event.trigger, event.marked) == ("memory pressure", False)
