@@ -79,6 +79,42 @@ ACCEPTED: dict[str, str] = {
     "mpsctl.deaths.allocator.x_short_size__mutmut_34": (
         "rstrip('.') -> rstrip('XX.XX'): a formatted float never ends in X"
     ),
+    "mpsctl.deaths.kernel_oom.x__records__mutmut_2": (
+        "the first `previous_len` 0 -> None: read only when `joinable`, which is False until "
+        "a first line has set both"
+    ),
+    "mpsctl.deaths.kernel_oom.x__records__mutmut_3": "the first `previous_len` 0 -> 1: as _2",
+    "mpsctl.deaths.kernel_oom.x__records__mutmut_4": (
+        "the first `joinable` False -> None: both are false"
+    ),
+    "mpsctl.deaths.kernel_oom.x__records__mutmut_5": (
+        "the first `joinable` False -> True: the first line still cannot join, as the "
+        "previous length (0) is below the 64-column wrap"
+    ),
+    "mpsctl.deaths.kernel_oom.x__records__mutmut_33": (
+        "the `'kernel' in line` guard -> always try the kernel-tag pattern: the pattern "
+        "itself needs 'kernel', the guard only saves time"
+    ),
+    "mpsctl.deaths.kernel_oom.x_find_kernel_kills__mutmut_51": (
+        "the 'invoked oom-killer' guard -> always: the pattern itself needs those words"
+    ),
+    "mpsctl.deaths.kernel_oom.x_find_kernel_kills__mutmut_67": (
+        "the 'Killed process' guard -> always: the pattern itself needs those words"
+    ),
+    "mpsctl.deaths.kernel_oom.x__stamp__mutmut_7": (
+        "zone utc -> None (the local zone) for naive stamps: only differences between two "
+        "stamps of one log count, and one zone shifts both (tests run in UTC)"
+    ),
+    "mpsctl.deaths.kernel_oom.x__stamp__mutmut_10": "zone left out (None): as _7",
+    "mpsctl.deaths.kernel_oom.x__read_killed__mutmut_3": (
+        "the scratch record's `start` -> None: _read_killed never reads it"
+    ),
+    "mpsctl.deaths.kernel_oom.x__read_killed__mutmut_55": (
+        "`group('rest') or ''` -> `or 'XXXX'`: 'XXXX' holds no figure either"
+    ),
+    "mpsctl.server.auth.x_bearer_ok__mutmut_16": (
+        "the codec name 'ascii' -> 'ASCII': Python's codec lookup ignores case"
+    ),
 }
 
 
