@@ -652,7 +652,8 @@ def test_a_report_far_down_a_log_is_still_one_kill() -> None:
 def test_the_same_kill_line_again_keeps_the_first_figures_and_adds_the_missing() -> None:
     cut = K8S_KILL.split(", file-rss:", 1)[0]  # ends after anon-rss
     again = K8S_KILL.replace("total-vm:120832kB", "total-vm:999kB")
-    ((index, event),) = kernel_kills([cut, again])
+    (index, event), (later, other) = kernel_kills([cut, again, MEMCG_LINE])
+    assert (later, other.pid, other.process) == (2, 15617, "python3")
     assert index == 0
     assert event.total_vm_bytes == 120832 * KIB
     assert event.anon_rss_bytes == 15596 * KIB
@@ -665,12 +666,36 @@ def test_the_same_kill_line_again_keeps_the_first_figures_and_adds_the_missing()
 def test_a_summary_written_after_its_kill_line_joins_it_and_the_kill_lines_figures_stand() -> None:
     stamp = "[Fri Aug 21 22:26:52 2026] "
     kill = f"{stamp}Memory cgroup out of memory: Killed process 32550 (uvicorn-w1) UID:7"
-    ((index, event),) = kernel_kills([kill, MEMCG_SUMMARY])
+    (index, event), (later, other) = kernel_kills([kill, MEMCG_SUMMARY, MEMCG_LINE])
+    assert (later, other.pid, other.complete) == (2, 15617, True)
     assert (index, event.pid, event.process, event.uid) == (0, 32550, "uvicorn-w1", 7)
     assert (event.constraint, event.cgroup, event.complete) == ("CONSTRAINT_MEMCG", True, True)
     assert event.task_memcg is not None
     assert event.task_memcg.endswith(".scope")
     assert event.raw == f"{kill}\n{MEMCG_SUMMARY}"
+
+
+def test_a_summary_cut_before_its_pid_after_a_kill_is_a_report_of_its_own() -> None:
+    cut = MEMCG_SUMMARY.split(",task=", 1)[0]
+    found = kernel_kills([K8S_KILL, cut])
+    assert [(i, e.pid, e.constraint, e.complete) for i, e in found] == [
+        (0, 140339, None, True), (1, None, "CONSTRAINT_MEMCG", False),
+    ]  # fmt: skip
+
+
+def test_a_reports_first_cpu_and_cpuset_lines_name_its_trigger() -> None:
+    # a second stack dump inside the report (another CPU line, another cpuset line) does not
+    # replace what the first said
+    header = read_fixture("linux-oomkill-15-syslog-rhel7-python-docker-calltrace.txt")
+    lines = header.splitlines()
+    cpu = next(line for line in lines if " CPU: " in line)
+    cpuset = next(line for line in lines if " cpuset=" in line)
+    extra = [cpu.replace("PID: 21154", "PID: 999"), cpuset.replace("cpuset=", "cpuset=other")]
+    ((_, event),) = kernel_kills([*lines, *extra])
+    assert (event.trigger, event.trigger_pid, event.complete) == ("python", 21154, False)
+    assert event.cpuset == cpuset.split("cpuset=", 1)[1].split(" ", 1)[0]
+    assert event.cpuset is not None
+    assert not event.cpuset.startswith("other")
 
 
 def test_two_summaries_without_kill_lines_are_two_cut_reports() -> None:
