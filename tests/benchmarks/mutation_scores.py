@@ -104,6 +104,9 @@ ACCEPTED: dict[str, str] = {
     "mpsctl.deaths.kernel_oom.x_find_kernel_kills__mutmut_144": (
         "the 'oom-kill:' guard -> always: the pattern itself needs 'oom-kill:'"
     ),
+    "mpsctl.deaths.kernel_oom.x_find_kernel_kills__mutmut_202": (
+        "the 'killed as a result' guard -> always: the pattern itself needs those words"
+    ),
     "mpsctl.deaths.kernel_oom.x__stamp__mutmut_7": (
         "zone utc -> None (the local zone) for naive stamps: only differences between two "
         "stamps of one log count, and one zone shifts both (tests run in UTC)"

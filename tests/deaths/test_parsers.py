@@ -698,6 +698,20 @@ def test_a_reports_first_cpu_and_cpuset_lines_name_its_trigger() -> None:
     assert not event.cpuset.startswith("other")
 
 
+def test_a_second_cgroup_line_or_score_line_starts_another_cut_report() -> None:
+    cg = read_fixture("linux-oomkill-18-syslog-cgroupv1-task-killed-as-result-of-limit.txt")
+    task_in = next(line for line in cg.splitlines() if "killed as a result" in line)
+    other = task_in.replace("Task in /kubepods.slice", "Task in /other.slice")
+    found = kernel_kills([task_in, other])
+    assert [(i, e.complete, e.cgroup) for i, e in found] == [(0, False, True), (1, False, True)]
+    assert found[0][1].task_memcg != found[1][1].task_memcg
+    legacy = read_fixture("linux-oomkill-5-dmesg-T-sacrifice-child-python.txt")
+    score = next(line for line in legacy.splitlines() if "sacrifice child" in line)
+    lower = score.replace("score 1031", "score 7")
+    found = kernel_kills([score, lower])
+    assert [(i, e.score, e.complete) for i, e in found] == [(0, 1031, False), (1, 7, False)]
+
+
 def test_two_summaries_without_kill_lines_are_two_cut_reports() -> None:
     other = MEMCG_SUMMARY.replace(",task=uvicorn,pid=32550,", ",task=pause,pid=32415,")
     found = kernel_kills([MEMCG_SUMMARY, other])
