@@ -182,6 +182,8 @@ def test_the_low_ratio_pytorch_uses(
     from mpsctl.plan.limit import effective_low
 
     assert effective_low(high, low, discrete=discrete) == expected
+    if not discrete:
+        assert effective_low(high, low) == expected
 
 
 def test_a_discrete_gpus_low_ratio_defaults_to_one() -> None:

@@ -245,6 +245,10 @@ def test_read_token_text_refusals_name_the_file_never_its_text(tmp_path: Path) -
         ("/q?%2574oken=S", "/q?%2574oken=REDACTED"),
         ("/q?a=1&b=2&api_key=S&c=3", "/q?a=1&b=2&api_key=REDACTED&c=3"),
         ("/q?", "/q?"),
+        # a base64 token ends in "=": the whole value goes, padding included
+        ("/q?access_token=dG9rZW4=&a=1", "/q?access_token=REDACTED&a=1"),
+        # a second "?" is part of the query: the value after the first one's name goes too
+        ("/q?token=S?x=1", "/q?token=REDACTED"),
     ],
 )
 def test_redact_query(target: str, shown: str) -> None:
