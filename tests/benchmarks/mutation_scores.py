@@ -122,6 +122,9 @@ ACCEPTED: dict[str, str] = {
         "the step over the split parts 2 -> 1 also visits the separators ('&', ';'), which "
         "hold no '=' and so are never rewritten"
     ),
+    "mpsctl.tokens.x_read_token_text__mutmut_18": (
+        "the codec name 'utf-8' -> 'UTF-8': Python's codec lookup ignores case"
+    ),
     "mpsctl.server.auth.x_bearer_ok__mutmut_16": (
         "the codec name 'ascii' -> 'ASCII': Python's codec lookup ignores case"
     ),

@@ -192,6 +192,7 @@ def test_a_bad_token_is_refused_when_the_layer_is_built(token: str, reason: str)
         ("del\x7f", "contains spaces or control characters; use visible ASCII only"),
         (" lead", "contains spaces or control characters; use visible ASCII only"),
         ("\x20", "contains spaces or control characters; use visible ASCII only"),
+        ("X Y", "contains spaces or control characters; use visible ASCII only"),
         (
             "é",
             "contains non-ASCII characters; use visible ASCII only (clients encode other "
