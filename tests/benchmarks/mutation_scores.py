@@ -125,6 +125,11 @@ ACCEPTED: dict[str, str] = {
     "mpsctl.tokens.x_read_token_text__mutmut_18": (
         "the codec name 'utf-8' -> 'UTF-8': Python's codec lookup ignores case"
     ),
+    "mpsctl.deaths.systemd_oomd.x_find_oomd__mutmut_4": (
+        "the first `last_unit_line` -2 -> 2: it is compared only while the last event is a "
+        "unit note, which has set it"
+    ),
+    "mpsctl.deaths.systemd_oomd.x_find_oomd__mutmut_5": "the first `last_unit_line` -> -3: as _4",
     "mpsctl.server.auth.x_bearer_ok__mutmut_16": (
         "the codec name 'ascii' -> 'ASCII': Python's codec lookup ignores case"
     ),

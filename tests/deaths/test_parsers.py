@@ -821,7 +821,7 @@ def test_a_kernel_note_after_an_oomd_kill_is_its_own_event() -> None:
 
 def test_a_kill_count_joins_the_kill_of_its_unit_or_stands_alone() -> None:
     # the count line alone (its kill line not in the text): an event with the count
-    ((index, alone),) = oomd([OOMD_3[4]])
+    ((index, alone),) = oomd([OOMD_3[4] + " \t"])  # quoted without trailing blanks
     assert (index, alone.by, alone.unit, alone.units, alone.processes_killed, alone.cgroup) == (
         0, "systemd-oomd", "testsuite-55-testbloat.service", ("testsuite-55-testbloat.service",),
         2, None,
@@ -829,7 +829,7 @@ def test_a_kill_count_joins_the_kill_of_its_unit_or_stands_alone() -> None:
     assert alone.raw == OOMD_3[4]
     # two kills of other units, then the count: it joins the kill of its own unit
     other = OOMD_3[3].replace("testsuite-55-testbloat.service", "other.service")
-    found = oomd([OOMD_3[3], other, OOMD_3[4]])
+    found = oomd([OOMD_3[3], other, OOMD_3[4] + "  "])
     assert [(e.unit, e.processes_killed) for _, e in found] == [
         ("testsuite-55-testbloat.service", 2), ("other.service", None),
     ]  # fmt: skip
