@@ -130,6 +130,17 @@ ACCEPTED: dict[str, str] = {
         "unit note, which has set it"
     ),
     "mpsctl.deaths.systemd_oomd.x_find_oomd__mutmut_5": "the first `last_unit_line` -> -3: as _4",
+    "mpsctl.deaths.systemd_oomd.x_find_oomd__mutmut_41": (
+        "the figures searched from the line's start, not from the cgroup's end: their words "
+        "hold spaces, so they cannot stand inside the cgroup path, and before it stands "
+        "only the program's prefix and the verb"
+    ),
+    "mpsctl.deaths.systemd_oomd.x_find_oomd__mutmut_82": (
+        "`rsplit('/', 1)[-1]` -> `rsplit('/')[-1]`: the last part is the same"
+    ),
+    "mpsctl.deaths.systemd_oomd.x_find_oomd__mutmut_85": (
+        "`rsplit('/', 1)[-1]` -> `rsplit('/', 2)[-1]`: the last part is the same"
+    ),
     "mpsctl.server.auth.x_bearer_ok__mutmut_16": (
         "the codec name 'ascii' -> 'ASCII': Python's codec lookup ignores case"
     ),

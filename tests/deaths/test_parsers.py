@@ -712,6 +712,15 @@ def test_a_second_cgroup_line_or_score_line_starts_another_cut_report() -> None:
     assert [(i, e.score, e.complete) for i, e in found] == [(0, 1031, False), (1, 7, False)]
 
 
+def test_a_reports_first_memory_usage_line_gives_the_cgroups_limit() -> None:
+    cg = read_fixture("linux-oomkill-18-syslog-cgroupv1-task-killed-as-result-of-limit.txt")
+    lines = cg.splitlines()[:3]
+    later = lines[1].replace("usage 1048576kB, limit 1048576kB", "usage 1kB, limit 2kB")
+    ((_, event),) = kernel_kills([*lines, later])
+    assert (event.memcg_usage_bytes, event.memcg_limit_bytes) == (GIB, GIB)
+    assert event.raw == "\n".join(lines[:2])
+
+
 def test_two_summaries_without_kill_lines_are_two_cut_reports() -> None:
     other = MEMCG_SUMMARY.replace(",task=uvicorn,pid=32550,", ",task=pause,pid=32415,")
     found = kernel_kills([MEMCG_SUMMARY, other])
@@ -842,8 +851,13 @@ def test_a_kill_count_joins_the_kill_of_its_unit_or_stands_alone() -> None:
 
 
 def test_attempts_belong_to_the_next_kill_only() -> None:
-    found = oomd([*OOMD_3[:5], OOMD_3[3]])
+    found = oomd([*OOMD_3[:3], OOMD_3[3] + "  ", OOMD_3[4], OOMD_3[3]])
     assert [(i, e.pids) for i, e in found] == [(3, (63, 66)), (5, ())]
+    first = found[0][1]
+    assert (first.unit, first.units) == (
+        "testsuite-55-testbloat.service", ("testsuite-55-testbloat.service",),
+    )  # fmt: skip
+    assert first.raw == f"{OOMD_3[3]}\n{OOMD_3[4]}"
 
 
 def test_a_quoted_kill_without_prefix_or_reason_is_not_oomds() -> None:
