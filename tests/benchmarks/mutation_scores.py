@@ -141,6 +141,38 @@ ACCEPTED: dict[str, str] = {
     "mpsctl.deaths.systemd_oomd.x_find_oomd__mutmut_85": (
         "`rsplit('/', 1)[-1]` -> `rsplit('/', 2)[-1]`: the last part is the same"
     ),
+    "mpsctl.plan.limit.x_mps_limit__mutmut_34": (
+        "the placeholder limit (0) or source ('') of the base record: every path that "
+        "returns replaces both"
+    ),
+    "mpsctl.plan.limit.x_mps_limit__mutmut_35": (
+        "the placeholder limit (0) or source ('') of the base record: every path that "
+        "returns replaces both"
+    ),
+    "mpsctl.plan.limit.x_mps_limit__mutmut_57": (
+        "the placeholder limit (0) or source ('') of the base record: every path that "
+        "returns replaces both"
+    ),
+    "mpsctl.plan.limit.x_mps_limit__mutmut_58": (
+        "the placeholder limit (0) or source ('') of the base record: every path that "
+        "returns replaces both"
+    ),
+    "mpsctl.plan.limit.x_cuda_limit__mutmut_17": (
+        "the placeholder limit (0) or source ('') of the base record: every path that "
+        "returns replaces both"
+    ),
+    "mpsctl.plan.limit.x_cuda_limit__mutmut_18": (
+        "the placeholder limit (0) or source ('') of the base record: every path that "
+        "returns replaces both"
+    ),
+    "mpsctl.plan.limit.x_cuda_limit__mutmut_34": (
+        "the placeholder limit (0) or source ('') of the base record: every path that "
+        "returns replaces both"
+    ),
+    "mpsctl.plan.limit.x_cuda_limit__mutmut_35": (
+        "the placeholder limit (0) or source ('') of the base record: every path that "
+        "returns replaces both"
+    ),
     "mpsctl.server.auth.x_bearer_ok__mutmut_16": (
         "the codec name 'ascii' -> 'ASCII': Python's codec lookup ignores case"
     ),

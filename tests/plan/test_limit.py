@@ -186,6 +186,13 @@ def test_the_low_ratio_pytorch_uses(
         assert effective_low(high, low) == expected
 
 
+def test_a_low_ratio_set_is_kept() -> None:
+    from mpsctl.plan.limit import MacFacts
+
+    limit = mps_limit(16 * GIB, "--ram", 1.5, 0.3, None, mac=MacFacts(working_set=8 * GIB))
+    assert (limit.high_ratio, limit.low_ratio) == (1.5, 0.3)
+
+
 def test_a_discrete_gpus_low_ratio_defaults_to_one() -> None:
     from mpsctl.plan.limit import MacFacts
 
@@ -232,6 +239,9 @@ def test_cuda_takes_the_services_figure_then_a_size_given() -> None:
     report = {"cuda": {"limit_bytes": 70 * GIB}}
     served = cuda_limit(64 * GIB, "r", report, gpu_memory=(80 * GIB, "--gpu-memory"))
     assert (served.device, served.limit_bytes, served.unified) == ("cuda", 70 * GIB, False)
+    assert (served.ram_bytes, served.ram_source) == (64 * GIB, "r")
+    tiny = cuda_limit(64 * GIB, "r", {"cuda": {"limit_bytes": 1}})
+    assert tiny.limit_bytes == 1
     assert served.source == "the service's memory report (device total x per-process fraction)"
     for bad in ({"cuda": {"limit_bytes": True}}, {"cuda": {"limit_bytes": 0}}, {"cuda": 5}, None):
         given = cuda_limit(64 * GIB, "r", bad, gpu_memory=(80 * GIB, "NVML"))
@@ -252,6 +262,7 @@ def test_the_cpu_limit_is_what_is_available_at_most_the_ram() -> None:
     unknown = cpu_limit(16 * GIB, "/proc/meminfo", None)
     assert (unknown.device, unknown.limit_bytes, unknown.unified) == ("cpu", 16 * GIB, True)
     assert unknown.source == "RAM (/proc/meminfo): all of it, as available is unknown"
+    assert (unknown.ram_bytes, unknown.ram_source) == (16 * GIB, "/proc/meminfo")
     some = cpu_limit(16 * GIB, "/proc/meminfo", 10 * GIB)
     assert (some.limit_bytes, some.source) == (10 * GIB, "RAM available now")
     odd = cpu_limit(16 * GIB, "/proc/meminfo", 20 * GIB, "--available")
