@@ -107,6 +107,15 @@ ACCEPTED: dict[str, str] = {
     "mpsctl.deaths.kernel_oom.x_find_kernel_kills__mutmut_202": (
         "the 'killed as a result' guard -> always: the pattern itself needs those words"
     ),
+    "mpsctl.deaths.kernel_oom.x_find_kernel_kills__mutmut_257": (
+        "the 'sacrifice child' guard -> always: the pattern itself needs those words"
+    ),
+    "mpsctl.deaths.kernel_oom.x__records__mutmut_28": (
+        "`prefix and prefix.end()` -> always slice: the prefix pattern always matches (every "
+        "part is optional), and `line[0:]` is `line` itself, so the kernel-tag fallback "
+        "still runs when no prefix was cut"
+    ),
+    "mpsctl.deaths.kernel_oom.x__records__mutmut_29": "`prefix or prefix.end()`: as _28",
     "mpsctl.deaths.kernel_oom.x__stamp__mutmut_7": (
         "zone utc -> None (the local zone) for naive stamps: only differences between two "
         "stamps of one log count, and one zone shifts both (tests run in UTC)"
@@ -172,6 +181,12 @@ ACCEPTED: dict[str, str] = {
     "mpsctl.plan.limit.x_cuda_limit__mutmut_35": (
         "the placeholder limit (0) or source ('') of the base record: every path that "
         "returns replaces both"
+    ),
+    "mpsctl.deaths.systemd_oomd.x_find_oomd__mutmut_91": (
+        "units' `rsplit('/', 1)[-1]` -> `rsplit('/')[-1]`: the last part is the same"
+    ),
+    "mpsctl.deaths.systemd_oomd.x_find_oomd__mutmut_94": (
+        "units' `rsplit('/', 1)[-1]` -> `rsplit('/', 2)[-1]`: the last part is the same"
     ),
     "mpsctl.server.auth.x_bearer_ok__mutmut_16": (
         "the codec name 'ascii' -> 'ASCII': Python's codec lookup ignores case"

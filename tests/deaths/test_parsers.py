@@ -709,15 +709,21 @@ def test_a_second_cgroup_line_or_score_line_starts_another_cut_report() -> None:
     score = next(line for line in legacy.splitlines() if "sacrifice child" in line)
     lower = score.replace("score 1031", "score 7")
     found = kernel_kills([score, lower])
-    assert [(i, e.score, e.complete) for i, e in found] == [(0, 1031, False), (1, 7, False)]
+    assert [(i, e.score, e.complete, e.cgroup) for i, e in found] == [
+        (0, 1031, False, False), (1, 7, False, False),
+    ]  # fmt: skip
+    memcg = score.replace("Out of memory: Kill", "Memory cgroup out of memory: Kill")
+    ((_, event),) = kernel_kills([memcg])
+    assert (event.score, event.cgroup) == (1031, True)
 
 
 def test_a_reports_first_memory_usage_line_gives_the_cgroups_limit() -> None:
     cg = read_fixture("linux-oomkill-18-syslog-cgroupv1-task-killed-as-result-of-limit.txt")
     lines = cg.splitlines()[:3]
-    later = lines[1].replace("usage 1048576kB, limit 1048576kB", "usage 1kB, limit 2kB")
+    lines[1] = lines[1].replace("usage 1048576kB", "usage 1048000kB")
+    later = lines[1].replace("usage 1048000kB, limit 1048576kB", "usage 1kB, limit 2kB")
     ((_, event),) = kernel_kills([*lines, later])
-    assert (event.memcg_usage_bytes, event.memcg_limit_bytes) == (GIB, GIB)
+    assert (event.memcg_usage_bytes, event.memcg_limit_bytes) == (1048000 * KIB, GIB)
     assert event.raw == "\n".join(lines[:2])
 
 
@@ -808,7 +814,7 @@ def oomd(lines: list[str]) -> list[tuple[int, Any]]:
 
 
 def test_systemds_notes_of_one_kernel_kill_are_one_event_only_while_adjacent() -> None:
-    found = oomd(UNIT_NOTES[:2])
+    found = oomd([f"{UNIT_NOTES[0]}  ", UNIT_NOTES[1]])
     assert [(i, e.by, e.unit, e.units) for i, e in found] == [
         (0, "kernel", "user-1021.slice", ("user-1021.slice", "system-postgresql.slice")),
     ]
@@ -818,6 +824,17 @@ def test_systemds_notes_of_one_kernel_kill_are_one_event_only_while_adjacent() -
         (0, "user-1021.slice", ("user-1021.slice",)),
         (2, "system-postgresql.slice", ("system-postgresql.slice",)),
     ]
+
+
+def test_other_words_about_the_oom_killer_do_not_stop_the_scan() -> None:
+    lines = ["the worker was killed by the OOM killer, see above", f"{UNIT_NOTES[0]} "]
+    ((index, event),) = oomd(lines)
+    assert (index, event.by, event.unit, event.raw) == (
+        1,
+        "kernel",
+        "user-1021.slice",
+        UNIT_NOTES[0],
+    )
 
 
 def test_a_kernel_note_after_an_oomd_kill_is_its_own_event() -> None:
