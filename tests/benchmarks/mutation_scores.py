@@ -188,6 +188,19 @@ ACCEPTED: dict[str, str] = {
     "mpsctl.deaths.systemd_oomd.x_find_oomd__mutmut_94": (
         "units' `rsplit('/', 1)[-1]` -> `rsplit('/', 2)[-1]`: the last part is the same"
     ),
+    "mpsctl.deaths.records.x_follows__mutmut_5": (
+        "`pos > 0` -> `pos > 1`: at pos 1 the line above is the empty first line, which "
+        "ends the search with None either way"
+    ),
+    "mpsctl.deaths.records.x_follows__mutmut_10": (
+        "`rfind(b'\\n', 0, end)` -> `rfind(b'\\n', None, end)`: None means 0 here"
+    ),
+    "mpsctl.deaths.records.x_follows__mutmut_17": (
+        "`rfind(b'\\n', 0, end)` -> `rfind(b'\\n', 1, end)`: misses only a newline at byte 0; "
+        "the line then starts with that newline, which counts as indented and ends the "
+        "search at pos 0 with None, as the empty line would; a Traceback line is still "
+        "found by its end"
+    ),
     "mpsctl.server.auth.x_bearer_ok__mutmut_16": (
         "the codec name 'ascii' -> 'ASCII': Python's codec lookup ignores case"
     ),

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from mpsctl.deaths.counting import Found, counted
 from mpsctl.deaths.scanner import find_events, scan_found
 from tests.conftest import read_fixture
@@ -153,3 +155,55 @@ def test_the_probe_counts_one_death_in_three_logs_once(tmp_path: Path) -> None:
         log.write_text(logged(stamp), encoding="utf-8")
     [one] = new_events(home, logs, 3600.0, now=now + timedelta(minutes=1))
     assert {place["file"] for place in one["seen_in"]} == {str(log) for log in logs}
+
+
+# --- where a record begins and ends (records.py), on the bytes the scanner reads -----------
+
+TB = b"Traceback (most recent call last):"
+FRAMES = b'  File "serve.py", line 9, in answer\n    out = model.generate(ids)\n'
+LAST = b"torch.OutOfMemoryError: MPS backend out of memory\n"
+
+
+def _follows(data: bytes) -> int | None:
+    from mpsctl.deaths.records import follows
+
+    return follows(data, data.rindex(b"\n", 0, len(data) - 1) + 1)
+
+
+@pytest.mark.parametrize(
+    ("text", "stamp"),
+    [("2024-01-05 10:00:00,123 ERROR x", True), ("[ 7093.543707] x", True),
+     ("Jan  5 02:12:02 host kernel: x", True), ("    at frame", False), ("no stamp", False)],
+)  # fmt: skip
+def test_a_stamped_line_is_any_of_the_log_stamps(text: str, stamp: bool) -> None:
+    from mpsctl.deaths.records import stamped
+
+    assert stamped(text) is stamp
+
+
+def test_the_last_line_of_a_traceback_knows_how_far_up_it_began() -> None:
+    assert _follows(TB + b"\n" + FRAMES + LAST) == 3
+    # a logger's prefix before the Traceback line on the same line
+    assert _follows(b"ERROR:root:" + TB + b"\n" + FRAMES + LAST) == 3
+    # a blank line or an unindented line between them: not the traceback's last line
+    assert _follows(TB + b"\n\n" + LAST) is None
+    assert _follows(TB + b"\n" + b"INFO: done\n" + LAST) is None
+    assert _follows(b"INFO: started\n" + LAST) is None
+
+
+def test_frames_indented_with_a_tab_still_belong_to_the_traceback() -> None:
+    tabbed = FRAMES.replace(b"  File", b"\tFile").replace(b"    out", b"\tout")
+    assert _follows(TB + b"\n" + tabbed + LAST) == 3
+
+
+def test_the_first_line_of_a_file_ends_no_traceback() -> None:
+    from mpsctl.deaths.records import follows
+
+    data = LAST + TB + b"\n"
+    assert follows(data, 0) is None
+
+
+@pytest.mark.parametrize(("frames", "expected"), [(399, 400), (400, None)])
+def test_a_traceback_is_looked_for_up_to_400_lines(frames: int, expected: int | None) -> None:
+    data = TB + b"\n" + b"  frame\n" * frames + LAST
+    assert _follows(data) == expected
