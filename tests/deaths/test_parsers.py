@@ -884,3 +884,76 @@ def test_a_quoted_kill_without_prefix_or_reason_is_not_oomds() -> None:
     assert oomd([f"the systemd-oomd manual says: {bare}"]) == []
     ((_, event),) = oomd([f"someone wrote: {text}"])
     assert (event.trigger, event.marked) == ("memory pressure", False)
+
+
+# --- a JetsamEvent report's killed entry: exactly its own {...} ----------------------------
+
+IPS_FULL = read_fixture("macos-jetsam-2-ips-full-report-highwater.txt")
+IPS_ENTRY = read_fixture("macos-jetsam-1-ips-process-entry-per-process-limit.txt")
+
+
+def jetsam(text: str) -> list[tuple[int, JetsamKill]]:
+    from mpsctl.deaths.jetsam import find_jetsam
+
+    return find_jetsam(text, text.splitlines())
+
+
+def killed_object(text: str) -> tuple[int, str]:
+    """The killed entry of the full report, found by its recorded first and last lines."""
+    start = text.index('{\n  "uuid" : "f71f1e2b')
+    end = text.index('"cpuTime" : 0.634077\n}', start) + len('"cpuTime" : 0.634077\n}')
+    return text.count("\n", 0, start), text[start:end]
+
+
+def test_a_full_reports_killed_entry_is_its_whole_object_with_nested_ones() -> None:
+    line, entry = killed_object(IPS_FULL)
+    ((index, event),) = jetsam(IPS_FULL)
+    assert (index, event.raw) == (line, entry)
+    assert (event.pid, event.process, event.reason, event.source) == (
+        2527, "wifianalyticsd", "highwater", "ips",
+    )  # fmt: skip
+    assert (event.resident_pages, event.page_size, event.resident_bytes) == (
+        382, 16384, 382 * 16384,
+    )  # fmt: skip
+    assert event.time == datetime(2020, 10, 15, 16, 29, 58, 790000, tzinfo=timezone.utc)
+
+
+def test_a_nested_object_before_the_reason_stays_inside_the_entry() -> None:
+    # the same entry with its keys in another order: "physicalPages" {...} before "reason"
+    moved = IPS_FULL.replace('  "reason" : "highwater",\n', "").replace(
+        '      41\n    ]\n  },\n  "pid" : 2527,',
+        '      41\n    ]\n  },\n  "reason" : "highwater",\n  "pid" : 2527,',
+    )
+    assert moved.count('"reason"') == 1
+    line, entry = killed_object(moved)
+    ((index, event),) = jetsam(moved)
+    assert (index, event.raw, event.pid, event.reason) == (line, entry, 2527, "highwater")
+
+
+def test_a_copy_cut_before_its_opening_brace_starts_at_the_text() -> None:
+    cut = IPS_ENTRY.split("\n", 1)[1]  # the "{" line lost
+    ((index, event),) = jetsam(cut)
+    assert index == 0
+    assert event.raw == cut[: cut.index("},  ") + 1]
+    assert event.raw.startswith('    "uuid"')
+    assert (event.pid, event.process, event.resident_pages, event.page_size) == (
+        4624, "RebornTunnel", 960, None,
+    )  # fmt: skip
+    ((index, event),) = jetsam(" " + IPS_ENTRY)
+    assert (index, event.raw[:1]) == (0, "{")
+    ((index, event),) = jetsam("\n\n" + IPS_ENTRY)
+    assert (index, event.pid) == (2, 4624)
+
+
+def test_other_json_with_a_reason_is_skipped_and_the_scan_goes_on() -> None:
+    other = '{"pid" : 5, "reason" : "crash"}\n{"name" : "x", "reason" : "quit"}\n'
+    found = jetsam(other + IPS_FULL + "\n" + other)
+    assert [(e.pid, e.reason) for _, e in found] == [(2527, "highwater")]
+
+
+def test_an_entry_without_a_name_or_readable_pages_is_still_reported() -> None:
+    entry = '{\n  "rpages" : null,\n  "reason" : "per-process-limit",\n  "pid" : 77\n}'
+    ((index, event),) = jetsam(entry)
+    assert (index, event.pid, event.process, event.resident_pages, event.reason) == (
+        0, 77, None, None, "per-process-limit",
+    )  # fmt: skip
