@@ -207,11 +207,6 @@ ACCEPTED: dict[str, str] = {
     "mpsctl.deaths.jetsam.x__enclosing_object__mutmut_3": (
         "the default start 0 -> None: `text[None:end]` is `text[0:end]`"
     ),
-    "mpsctl.deaths.jetsam.x__enclosing_object__mutmut_14": (
-        "the backward scan's stop -1 -> -2 also visits text[-1], but only after index 0, "
-        "where an object starting at the text's first character already ended the scan; "
-        "otherwise the start stays the text's edge either way"
-    ),
     "mpsctl.deaths.jetsam.x__enclosing_object__mutmut_34": (
         "the default end len(text) -> None: `text[start:None]` is `text[start:]`"
     ),

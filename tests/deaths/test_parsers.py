@@ -939,6 +939,9 @@ def test_a_copy_cut_before_its_opening_brace_starts_at_the_text() -> None:
     assert (event.pid, event.process, event.resident_pages, event.page_size) == (
         4624, "RebornTunnel", 960, None,
     )  # fmt: skip
+    # the next entry's "{" at the very end of the copy is not this entry's start
+    ((index, event),) = jetsam(cut + "\n{")
+    assert event.raw.startswith('    "uuid"')
     ((index, event),) = jetsam(" " + IPS_ENTRY)
     assert (index, event.raw[:1]) == (0, "{")
     ((index, event),) = jetsam("\n\n" + IPS_ENTRY)
