@@ -210,6 +210,23 @@ ACCEPTED: dict[str, str] = {
     "mpsctl.deaths.jetsam.x__enclosing_object__mutmut_34": (
         "the default end len(text) -> None: `text[start:None]` is `text[start:]`"
     ),
+    "mpsctl.deaths.records.x_leads__mutmut_4": (
+        "`pos < len(data)` -> `<=`: pos is a newline's index or the message's end, so it "
+        "equals len(data) only for a message at the very end, whose next line is empty "
+        "and ends the search with None either way"
+    ),
+    "mpsctl.deaths.records.x_leads__mutmut_20": (
+        "`nxt < 0` -> `nxt <= 0`: find() starts at pos + 1 >= 1, so nxt is never 0"
+    ),
+    "mpsctl.deaths.records.x_leads__mutmut_21": "`nxt < 0` -> `nxt < 1`: as _20",
+    "mpsctl.deaths.records.x_leads__mutmut_40": "`if nxt < 0` -> `nxt <= 0`: as _20",
+    "mpsctl.deaths.records.x_leads__mutmut_41": "`if nxt < 0` -> `nxt < 1`: as _20",
+    "mpsctl.deaths.records.x_leads__mutmut_31": (
+        "decode('utf-8', ...) -> decode(...): UTF-8 is the default"
+    ),
+    "mpsctl.deaths.records.x_leads__mutmut_34": (
+        "the codec name 'utf-8' -> 'UTF-8': Python's codec lookup ignores case"
+    ),
     "mpsctl.server.auth.x_bearer_ok__mutmut_16": (
         "the codec name 'ascii' -> 'ASCII': Python's codec lookup ignores case"
     ),

@@ -207,3 +207,45 @@ def test_the_first_line_of_a_file_ends_no_traceback() -> None:
 def test_a_traceback_is_looked_for_up_to_400_lines(frames: int, expected: int | None) -> None:
     data = TB + b"\n" + b"  frame\n" * frames + LAST
     assert _follows(data) == expected
+
+
+MESSAGE = b"2024-01-05 10:00:00,123 ERROR query failed: MPS backend out of memory"
+
+
+def _leads(after: bytes) -> int | None:
+    from mpsctl.deaths.records import leads
+
+    return leads(MESSAGE + b"\n" + after, len(MESSAGE))
+
+
+def test_a_message_leads_into_the_traceback_right_below_or_after_its_own_lines() -> None:
+    assert _leads(TB + b"\n" + FRAMES + LAST) == 1
+    assert _leads(b"  (more of the message)\n" + TB + b"\n" + FRAMES) == 2
+    assert _leads(b"ERROR:root:" + TB + b"\n" + FRAMES) == 1
+    assert _leads(TB) == 1  # the copy ends on the Traceback line
+    assert _leads(b"continued\n" + TB) == 2
+
+
+@pytest.mark.parametrize("blank", [b"\n", b"   \n"])
+def test_a_blank_line_ends_the_record_before_a_traceback(blank: bytes) -> None:
+    assert _leads(blank + TB + b"\n" + FRAMES) is None
+    assert _leads(blank + TB) is None
+
+
+def test_a_stamped_line_ends_the_record_before_a_traceback() -> None:
+    assert _leads(MESSAGE + b"\n" + TB + b"\n") is None
+    assert _leads(b"no traceback follows") is None
+
+
+@pytest.mark.parametrize(("lines", "expected"), [(7, 8), (8, None)])
+def test_a_traceback_is_looked_for_up_to_8_lines_below(lines: int, expected: int | None) -> None:
+    assert _leads(b"  more\n" * lines + TB + b"\n") == expected
+
+
+def test_a_worker_kill_is_quoted_without_trailing_blanks() -> None:
+    from mpsctl.deaths.worker_kills import find_worker_kills
+
+    text = read_fixture("gunicorn-sigkill-3-uvicornworker-startup-litellm.txt")
+    line = next(line for line in text.splitlines() if "was sent SIGKILL" in line)
+    ((index, event),) = find_worker_kills([line + "  \t"])
+    assert (index, event.pid, event.raw) == (0, 15825, line)
