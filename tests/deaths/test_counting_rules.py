@@ -159,9 +159,9 @@ def test_the_probe_counts_one_death_in_three_logs_once(tmp_path: Path) -> None:
 
 # --- where a record begins and ends (records.py), on the bytes the scanner reads -----------
 
-TB = b"Traceback (most recent call last):"
-FRAMES = b'  File "serve.py", line 9, in answer\n    out = model.generate(ids)\n'
-LAST = b"torch.OutOfMemoryError: MPS backend out of memory\n"
+REC_TB = b"Traceback (most recent call last):"
+REC_FRAMES = b'  File "serve.py", line 9, in answer\n    out = model.generate(ids)\n'
+REC_LAST = b"torch.OutOfMemoryError: MPS backend out of memory\n"
 
 
 def _follows(data: bytes) -> int | None:
@@ -182,64 +182,64 @@ def test_a_stamped_line_is_any_of_the_log_stamps(text: str, stamp: bool) -> None
 
 
 def test_the_last_line_of_a_traceback_knows_how_far_up_it_began() -> None:
-    assert _follows(TB + b"\n" + FRAMES + LAST) == 3
+    assert _follows(REC_TB + b"\n" + REC_FRAMES + REC_LAST) == 3
     # a logger's prefix before the Traceback line on the same line
-    assert _follows(b"ERROR:root:" + TB + b"\n" + FRAMES + LAST) == 3
+    assert _follows(b"ERROR:root:" + REC_TB + b"\n" + REC_FRAMES + REC_LAST) == 3
     # a blank line or an unindented line between them: not the traceback's last line
-    assert _follows(TB + b"\n\n" + LAST) is None
-    assert _follows(TB + b"\n" + b"INFO: done\n" + LAST) is None
-    assert _follows(b"INFO: started\n" + LAST) is None
+    assert _follows(REC_TB + b"\n\n" + REC_LAST) is None
+    assert _follows(REC_TB + b"\n" + b"INFO: done\n" + REC_LAST) is None
+    assert _follows(b"INFO: started\n" + REC_LAST) is None
 
 
 def test_frames_indented_with_a_tab_still_belong_to_the_traceback() -> None:
-    tabbed = FRAMES.replace(b"  File", b"\tFile").replace(b"    out", b"\tout")
-    assert _follows(TB + b"\n" + tabbed + LAST) == 3
+    tabbed = REC_FRAMES.replace(b"  File", b"\tFile").replace(b"    out", b"\tout")
+    assert _follows(REC_TB + b"\n" + tabbed + REC_LAST) == 3
 
 
 def test_the_first_line_of_a_file_ends_no_traceback() -> None:
     from mpsctl.deaths.records import follows
 
-    data = LAST + TB + b"\n"
+    data = REC_LAST + REC_TB + b"\n"
     assert follows(data, 0) is None
 
 
 @pytest.mark.parametrize(("frames", "expected"), [(399, 400), (400, None)])
 def test_a_traceback_is_looked_for_up_to_400_lines(frames: int, expected: int | None) -> None:
-    data = TB + b"\n" + b"  frame\n" * frames + LAST
+    data = REC_TB + b"\n" + b"  frame\n" * frames + REC_LAST
     assert _follows(data) == expected
 
 
-MESSAGE = b"2024-01-05 10:00:00,123 ERROR query failed: MPS backend out of memory"
+REC_MESSAGE = b"2024-01-05 10:00:00,123 ERROR query failed: MPS backend out of memory"
 
 
 def _leads(after: bytes) -> int | None:
     from mpsctl.deaths.records import leads
 
-    return leads(MESSAGE + b"\n" + after, len(MESSAGE))
+    return leads(REC_MESSAGE + b"\n" + after, len(REC_MESSAGE))
 
 
 def test_a_message_leads_into_the_traceback_right_below_or_after_its_own_lines() -> None:
-    assert _leads(TB + b"\n" + FRAMES + LAST) == 1
-    assert _leads(b"  (more of the message)\n" + TB + b"\n" + FRAMES) == 2
-    assert _leads(b"ERROR:root:" + TB + b"\n" + FRAMES) == 1
-    assert _leads(TB) == 1  # the copy ends on the Traceback line
-    assert _leads(b"continued\n" + TB) == 2
+    assert _leads(REC_TB + b"\n" + REC_FRAMES + REC_LAST) == 1
+    assert _leads(b"  (more of the message)\n" + REC_TB + b"\n" + REC_FRAMES) == 2
+    assert _leads(b"ERROR:root:" + REC_TB + b"\n" + REC_FRAMES) == 1
+    assert _leads(REC_TB) == 1  # the copy ends on the Traceback line
+    assert _leads(b"continued\n" + REC_TB) == 2
 
 
 @pytest.mark.parametrize("blank", [b"\n", b"   \n"])
 def test_a_blank_line_ends_the_record_before_a_traceback(blank: bytes) -> None:
-    assert _leads(blank + TB + b"\n" + FRAMES) is None
-    assert _leads(blank + TB) is None
+    assert _leads(blank + REC_TB + b"\n" + REC_FRAMES) is None
+    assert _leads(blank + REC_TB) is None
 
 
 def test_a_stamped_line_ends_the_record_before_a_traceback() -> None:
-    assert _leads(MESSAGE + b"\n" + TB + b"\n") is None
+    assert _leads(REC_MESSAGE + b"\n" + REC_TB + b"\n") is None
     assert _leads(b"no traceback follows") is None
 
 
 @pytest.mark.parametrize(("lines", "expected"), [(7, 8), (8, None)])
 def test_a_traceback_is_looked_for_up_to_8_lines_below(lines: int, expected: int | None) -> None:
-    assert _leads(b"  more\n" * lines + TB + b"\n") == expected
+    assert _leads(b"  more\n" * lines + REC_TB + b"\n") == expected
 
 
 def test_a_worker_kill_is_quoted_without_trailing_blanks() -> None:
