@@ -28,6 +28,8 @@ def _checkout(tmp_path: Path) -> Path:
     _git(repo, "commit", "-q", "-m", "one")
     codes = {"pkg.mod.x_f__mutmut_1": 1, "pkg.mod.x_f__mutmut_2": 0, "pkg.mod.x_f__mutmut_3": 5}
     (repo / "mutants" / "pkg" / "mod.py.meta").write_text(json.dumps({"exit_code_by_key": codes}))
+    unrun = {"pkg.other.x_g__mutmut_1": None}
+    (repo / "mutants" / "pkg" / "other.py.meta").write_text(json.dumps({"exit_code_by_key": unrun}))
     return repo
 
 
@@ -45,7 +47,10 @@ def test_a_clean_tree_prints_its_commit_and_the_table(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0] == f"measured commit: {_git(repo, 'rev-parse', 'HEAD')}"
-    assert lines[-1] == "| pkg/mod.py | 3 | 1 | 1 | 1 | 0 | 33.3% |"
+    assert lines[-2:] == [
+        "| pkg/mod.py | 3 | 1 | 1 | 1 | 0 | 33.3% |",
+        "| pkg/other.py | 1 | 0 | 0 | 0 | 1 | not run |",
+    ]
 
 
 def test_a_modified_tracked_file_refuses_the_table(tmp_path: Path) -> None:

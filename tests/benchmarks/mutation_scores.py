@@ -296,6 +296,10 @@ def main(argv: list[str] | None = None) -> int:
         total = sum(counts.values())
         caught = counts["killed"] + counts["timeout"]
         score = f"{100 * caught / total:.1f}%" if total else "-"
+        if counts["not checked"] == total:
+            score = "not run"
+        elif counts["not checked"]:
+            score += " (partial run)"
         print(
             f"| {module_of(meta, args.mutants)} | {total} | {caught} | {counts['survived']} "
             f"| {counts['no tests']} | {counts['not checked']} | {score} |"
