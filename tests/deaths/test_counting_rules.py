@@ -249,3 +249,49 @@ def test_a_worker_kill_is_quoted_without_trailing_blanks() -> None:
     line = next(line for line in text.splitlines() if "was sent SIGKILL" in line)
     ((index, event),) = find_worker_kills([line + "  \t"])
     assert (index, event.pid, event.raw) == (0, 15825, line)
+
+
+# --- a found failure's time: exact, a range, or unknown ------------------------------------
+
+
+def _kill(**where: object) -> Found:
+    from mpsctl.deaths.parsers import find_deaths
+
+    (event,) = find_deaths(read_fixture("linux-oomkill-9-journalctl-python-systemd-unit.txt"))
+    return Found(event=event, **where)  # type: ignore[arg-type]
+
+
+def test_a_time_is_exact_a_range_or_unknown() -> None:
+    from datetime import datetime, timedelta, timezone
+
+    from mpsctl.deaths.counting import window_start, within
+
+    at = datetime(2026, 1, 21, 3, 16, 52, tzinfo=timezone.utc)
+    after, before = at - timedelta(minutes=5), at + timedelta(minutes=5)
+    exact = _kill(file="k.log", line=1, when=at, after=after, before=before)
+    ranged = _kill(file="k.log", line=1, after=after, before=before)
+    unknown = _kill(file="k.log", line=1)
+    assert exact.time_text() == "2026-01-21T03:16:52Z"
+    assert ranged.time_text() == "between 2026-01-21T03:11:52Z and 2026-01-21T03:21:52Z"
+    assert unknown.time_text() is None
+    assert _kill(file=None, line=None, after=after).time_text() is None
+    assert (window_start(exact), window_start(ranged), window_start(unknown)) == (at, after, None)
+    assert within(exact, at) is True
+    assert within(exact, at + timedelta(seconds=1)) is False
+    assert within(ranged, before) is True
+    assert within(ranged, before + timedelta(seconds=1)) is False
+    assert within(unknown, at + timedelta(days=365)) is True
+
+
+def test_a_reader_that_did_not_start_at_the_top_reports_no_line_numbers() -> None:
+    from dataclasses import replace
+
+    from mpsctl.deaths.counting import without_lines
+
+    item = replace(_kill(file="a.log", line=7), places=(("a.log", 7), ("b.log", 3)))
+    bare = without_lines(item)
+    assert (bare.file, bare.line, bare.places) == (
+        "a.log",
+        None,
+        (("a.log", None), ("b.log", None)),
+    )
