@@ -960,3 +960,47 @@ def test_an_entry_without_a_name_or_readable_pages_is_still_reported() -> None:
     assert (index, event.pid, event.process, event.resident_pages, event.reason) == (
         0, 77, None, None, "per-process-limit",
     )  # fmt: skip
+
+
+# --- jetsam log lines: a fatal limit joins its kill, or is reported alone -------------------
+
+PYTHONISTA = read_fixture("macos-jetsam-3-ios-syslog-killing_specific_process.txt").splitlines()
+
+
+def test_a_fatal_limit_line_without_its_kill_is_an_incomplete_event() -> None:
+    limit = next(line for line in PYTHONISTA if "exceeded mem limit" in line)
+    ((index, event),) = jetsam(limit + "  ")
+    assert (index, event.pid, event.process, event.complete, event.raw) == (
+        0, 2776, "Pythonista3", False, limit,
+    )  # fmt: skip
+    assert (event.limit_bytes, event.limit_kind) == (3072 * MIB, "ActiveHard")
+    nameless = "16:12:49.226  kernel: memorystatus: exceeded mem limit: ActiveHard 50 MB (fatal)"
+    ((index, event),) = jetsam(nameless)
+    assert (index, event.pid, event.process, event.complete) == (0, None, None, False)
+    assert event.limit_bytes == 50 * MIB
+    # a limit that is not fatal is no event
+    assert jetsam(limit.replace(" (fatal)", "")) == []
+
+
+def test_a_fatal_limit_joins_the_kill_of_its_pid() -> None:
+    lines = [line for line in PYTHONISTA if "exceeded mem limit" in line or "killing_" in line]
+    ((index, event),) = jetsam("\n".join(f"{line}  " for line in lines))
+    assert (index, event.pid, event.complete, event.limit_bytes) == (0, 2776, True, 3072 * MIB)
+    assert event.raw == "\n".join(lines)
+
+
+def test_a_nameless_limit_joins_a_kill_up_to_3_lines_below() -> None:
+    nameless = "kernel: memorystatus: exceeded mem limit: ActiveHard 50 MB (fatal)"
+    kill = next(line for line in PYTHONISTA if "killing_" in line)
+    near = jetsam("\n".join([nameless, "a", "b", kill]))
+    assert [(i, e.pid, e.limit_bytes) for i, e in near] == [(0, 2776, 50 * MIB)]
+    far = jetsam("\n".join([nameless, "a", "b", "c", kill]))
+    assert [(i, e.pid, e.limit_bytes) for i, e in far if e.complete] == [(4, 2776, None)]
+
+
+def test_two_kills_on_one_line_quote_each_its_own_text() -> None:
+    kill = next(line for line in PYTHONISTA if "killing_" in line)
+    text = kill.split("memorystatus: ", 1)[1]
+    other = text.replace("pid 2776 [Pythonista3]", "pid 41 [backboardd]")
+    found = jetsam(f"{text} {other}")
+    assert [(e.pid, e.raw) for _, e in found] == [(2776, text), (41, other)]
