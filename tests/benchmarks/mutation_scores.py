@@ -7,12 +7,17 @@ Usage, from the repository root after ``mutmut run`` (see HACKING.md, "Mutation 
 
 score = (killed + timeout) / mutants. A mutant no test reaches counts against the score,
 as a gap. Survivors listed in ``ACCEPTED`` (each with why) are shown, but still counted.
+
+The table is headed by the commit it measured. A table is only worth quoting for a tree
+that is a commit, so the script refuses (exit 2, one line) while a tracked file differs
+from HEAD: commit, run ``mutmut run`` again, then print the table.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
@@ -74,6 +79,157 @@ ACCEPTED: dict[str, str] = {
     "mpsctl.deaths.allocator.x_short_size__mutmut_34": (
         "rstrip('.') -> rstrip('XX.XX'): a formatted float never ends in X"
     ),
+    "mpsctl.deaths.kernel_oom.x__records__mutmut_2": (
+        "the first `previous_len` 0 -> None: read only when `joinable`, which is False until "
+        "a first line has set both"
+    ),
+    "mpsctl.deaths.kernel_oom.x__records__mutmut_3": "the first `previous_len` 0 -> 1: as _2",
+    "mpsctl.deaths.kernel_oom.x__records__mutmut_4": (
+        "the first `joinable` False -> None: both are false"
+    ),
+    "mpsctl.deaths.kernel_oom.x__records__mutmut_5": (
+        "the first `joinable` False -> True: the first line still cannot join, as the "
+        "previous length (0) is below the 64-column wrap"
+    ),
+    "mpsctl.deaths.kernel_oom.x__records__mutmut_33": (
+        "the `'kernel' in line` guard -> always try the kernel-tag pattern: the pattern "
+        "itself needs 'kernel', the guard only saves time"
+    ),
+    "mpsctl.deaths.kernel_oom.x_find_kernel_kills__mutmut_51": (
+        "the 'invoked oom-killer' guard -> always: the pattern itself needs those words"
+    ),
+    "mpsctl.deaths.kernel_oom.x_find_kernel_kills__mutmut_67": (
+        "the 'Killed process' guard -> always: the pattern itself needs those words"
+    ),
+    "mpsctl.deaths.kernel_oom.x_find_kernel_kills__mutmut_144": (
+        "the 'oom-kill:' guard -> always: the pattern itself needs 'oom-kill:'"
+    ),
+    "mpsctl.deaths.kernel_oom.x_find_kernel_kills__mutmut_202": (
+        "the 'killed as a result' guard -> always: the pattern itself needs those words"
+    ),
+    "mpsctl.deaths.kernel_oom.x_find_kernel_kills__mutmut_257": (
+        "the 'sacrifice child' guard -> always: the pattern itself needs those words"
+    ),
+    "mpsctl.deaths.kernel_oom.x__records__mutmut_28": (
+        "`prefix and prefix.end()` -> always slice: the prefix pattern always matches (every "
+        "part is optional), and `line[0:]` is `line` itself, so the kernel-tag fallback "
+        "still runs when no prefix was cut"
+    ),
+    "mpsctl.deaths.kernel_oom.x__records__mutmut_29": "`prefix or prefix.end()`: as _28",
+    "mpsctl.deaths.kernel_oom.x__stamp__mutmut_7": (
+        "zone utc -> None (the local zone) for naive stamps: only differences between two "
+        "stamps of one log count, and one zone shifts both (tests run in UTC)"
+    ),
+    "mpsctl.deaths.kernel_oom.x__stamp__mutmut_10": "zone left out (None): as _7",
+    "mpsctl.deaths.kernel_oom.x__read_killed__mutmut_3": (
+        "the scratch record's `start` -> None: _read_killed never reads it"
+    ),
+    "mpsctl.deaths.kernel_oom.x__read_killed__mutmut_55": (
+        "`group('rest') or ''` -> `or 'XXXX'`: 'XXXX' holds no figure either"
+    ),
+    "mpsctl.server.auth.x_redact_query__mutmut_18": (
+        "the step over the split parts 2 -> 1 also visits the separators ('&', ';'), which "
+        "hold no '=' and so are never rewritten"
+    ),
+    "mpsctl.tokens.x_read_token_text__mutmut_18": (
+        "the codec name 'utf-8' -> 'UTF-8': Python's codec lookup ignores case"
+    ),
+    "mpsctl.deaths.systemd_oomd.x_find_oomd__mutmut_4": (
+        "the first `last_unit_line` -2 -> 2: it is compared only while the last event is a "
+        "unit note, which has set it"
+    ),
+    "mpsctl.deaths.systemd_oomd.x_find_oomd__mutmut_5": "the first `last_unit_line` -> -3: as _4",
+    "mpsctl.deaths.systemd_oomd.x_find_oomd__mutmut_41": (
+        "the figures searched from the line's start, not from the cgroup's end: their words "
+        "hold spaces, so they cannot stand inside the cgroup path, and before it stands "
+        "only the program's prefix and the verb"
+    ),
+    "mpsctl.deaths.systemd_oomd.x_find_oomd__mutmut_82": (
+        "`rsplit('/', 1)[-1]` -> `rsplit('/')[-1]`: the last part is the same"
+    ),
+    "mpsctl.deaths.systemd_oomd.x_find_oomd__mutmut_85": (
+        "`rsplit('/', 1)[-1]` -> `rsplit('/', 2)[-1]`: the last part is the same"
+    ),
+    "mpsctl.plan.limit.x_mps_limit__mutmut_34": (
+        "the placeholder limit (0) or source ('') of the base record: every path that "
+        "returns replaces both"
+    ),
+    "mpsctl.plan.limit.x_mps_limit__mutmut_35": (
+        "the placeholder limit (0) or source ('') of the base record: every path that "
+        "returns replaces both"
+    ),
+    "mpsctl.plan.limit.x_mps_limit__mutmut_57": (
+        "the placeholder limit (0) or source ('') of the base record: every path that "
+        "returns replaces both"
+    ),
+    "mpsctl.plan.limit.x_mps_limit__mutmut_58": (
+        "the placeholder limit (0) or source ('') of the base record: every path that "
+        "returns replaces both"
+    ),
+    "mpsctl.plan.limit.x_cuda_limit__mutmut_17": (
+        "the placeholder limit (0) or source ('') of the base record: every path that "
+        "returns replaces both"
+    ),
+    "mpsctl.plan.limit.x_cuda_limit__mutmut_18": (
+        "the placeholder limit (0) or source ('') of the base record: every path that "
+        "returns replaces both"
+    ),
+    "mpsctl.plan.limit.x_cuda_limit__mutmut_34": (
+        "the placeholder limit (0) or source ('') of the base record: every path that "
+        "returns replaces both"
+    ),
+    "mpsctl.plan.limit.x_cuda_limit__mutmut_35": (
+        "the placeholder limit (0) or source ('') of the base record: every path that "
+        "returns replaces both"
+    ),
+    "mpsctl.deaths.systemd_oomd.x_find_oomd__mutmut_91": (
+        "units' `rsplit('/', 1)[-1]` -> `rsplit('/')[-1]`: the last part is the same"
+    ),
+    "mpsctl.deaths.systemd_oomd.x_find_oomd__mutmut_94": (
+        "units' `rsplit('/', 1)[-1]` -> `rsplit('/', 2)[-1]`: the last part is the same"
+    ),
+    "mpsctl.deaths.records.x_follows__mutmut_5": (
+        "`pos > 0` -> `pos > 1`: at pos 1 the line above is the empty first line, which "
+        "ends the search with None either way"
+    ),
+    "mpsctl.deaths.records.x_follows__mutmut_10": (
+        "`rfind(b'\\n', 0, end)` -> `rfind(b'\\n', None, end)`: None means 0 here"
+    ),
+    "mpsctl.deaths.records.x_follows__mutmut_17": (
+        "`rfind(b'\\n', 0, end)` -> `rfind(b'\\n', 1, end)`: misses only a newline at byte 0; "
+        "the line then starts with that newline, which counts as indented and ends the "
+        "search at pos 0 with None, as the empty line would; a Traceback line is still "
+        "found by its end"
+    ),
+    "mpsctl.deaths.jetsam.x__find_ips__mutmut_59": (
+        "`text.count('\\n', 0, start)` -> `count('\\n', None, start)`: None means 0 here"
+    ),
+    "mpsctl.deaths.jetsam.x__enclosing_object__mutmut_3": (
+        "the default start 0 -> None: `text[None:end]` is `text[0:end]`"
+    ),
+    "mpsctl.deaths.jetsam.x__enclosing_object__mutmut_34": (
+        "the default end len(text) -> None: `text[start:None]` is `text[start:]`"
+    ),
+    "mpsctl.deaths.records.x_leads__mutmut_4": (
+        "`pos < len(data)` -> `<=`: pos is a newline's index or the message's end, so it "
+        "equals len(data) only for a message at the very end, whose next line is empty "
+        "and ends the search with None either way"
+    ),
+    "mpsctl.deaths.records.x_leads__mutmut_20": (
+        "`nxt < 0` -> `nxt <= 0`: find() starts at pos + 1 >= 1, so nxt is never 0"
+    ),
+    "mpsctl.deaths.records.x_leads__mutmut_21": "`nxt < 0` -> `nxt < 1`: as _20",
+    "mpsctl.deaths.records.x_leads__mutmut_40": "`if nxt < 0` -> `nxt <= 0`: as _20",
+    "mpsctl.deaths.records.x_leads__mutmut_41": "`if nxt < 0` -> `nxt < 1`: as _20",
+    "mpsctl.deaths.records.x_leads__mutmut_31": (
+        "decode('utf-8', ...) -> decode(...): UTF-8 is the default"
+    ),
+    "mpsctl.deaths.records.x_leads__mutmut_34": (
+        "the codec name 'utf-8' -> 'UTF-8': Python's codec lookup ignores case"
+    ),
+    "mpsctl.server.auth.x_bearer_ok__mutmut_16": (
+        "the codec name 'ascii' -> 'ASCII': Python's codec lookup ignores case"
+    ),
 }
 
 
@@ -93,15 +249,45 @@ def status_counts(meta: Path) -> tuple[Counter[str], list[str]]:
     return counts, sorted(survivors)
 
 
+def measured_commit(root: Path) -> tuple[str, list[str]]:
+    """HEAD's hash at *root* and the tracked files that differ from it (staged or not)."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(root), *args], capture_output=True, text=True, check=True
+        ).stdout
+
+    head = git("rev-parse", "HEAD").strip()
+    changed = [
+        line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines()
+    ]
+    return head, changed
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mutants", type=Path, default=Path("mutants"))
     parser.add_argument("--survivors", action="store_true", help="list surviving mutants")
+    parser.add_argument("--repo", type=Path, default=Path("."), help="the measured checkout")
     args = parser.parse_args(argv)
+    try:
+        commit, changed = measured_commit(args.repo)
+    except (OSError, subprocess.CalledProcessError):
+        print(f"mutation_scores: error: {args.repo} is not a git checkout", file=sys.stderr)
+        return 2
+    if changed:
+        print(
+            f"mutation_scores: error: {len(changed)} tracked file(s) differ from commit "
+            f"{commit[:12]} ({', '.join(sorted(changed)[:3])}"
+            f"{', ...' if len(changed) > 3 else ''}): commit them and run mutmut again",
+            file=sys.stderr,
+        )
+        return 2
     metas = sorted(args.mutants.rglob("*.py.meta"))
     if not metas:
         print(f"no mutmut results under {args.mutants}/: run `mutmut run` first", file=sys.stderr)
         return 1
+    print(f"measured commit: {commit}")
     print("| module | mutants | killed + timeout | survived | no tests | not checked | score |")
     print("|---|---|---|---|---|---|---|")
     listed: list[str] = []
@@ -110,6 +296,10 @@ def main(argv: list[str] | None = None) -> int:
         total = sum(counts.values())
         caught = counts["killed"] + counts["timeout"]
         score = f"{100 * caught / total:.1f}%" if total else "-"
+        if counts["not checked"] == total:
+            score = "not run"
+        elif counts["not checked"]:
+            score += " (partial run)"
         print(
             f"| {module_of(meta, args.mutants)} | {total} | {caught} | {counts['survived']} "
             f"| {counts['no tests']} | {counts['not checked']} | {score} |"

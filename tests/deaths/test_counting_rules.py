@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from mpsctl.deaths.counting import Found, counted
 from mpsctl.deaths.scanner import find_events, scan_found
 from tests.conftest import read_fixture
@@ -153,3 +155,143 @@ def test_the_probe_counts_one_death_in_three_logs_once(tmp_path: Path) -> None:
         log.write_text(logged(stamp), encoding="utf-8")
     [one] = new_events(home, logs, 3600.0, now=now + timedelta(minutes=1))
     assert {place["file"] for place in one["seen_in"]} == {str(log) for log in logs}
+
+
+# --- where a record begins and ends (records.py), on the bytes the scanner reads -----------
+
+REC_TB = b"Traceback (most recent call last):"
+REC_FRAMES = b'  File "serve.py", line 9, in answer\n    out = model.generate(ids)\n'
+REC_LAST = b"torch.OutOfMemoryError: MPS backend out of memory\n"
+
+
+def _follows(data: bytes) -> int | None:
+    from mpsctl.deaths.records import follows
+
+    return follows(data, data.rindex(b"\n", 0, len(data) - 1) + 1)
+
+
+@pytest.mark.parametrize(
+    ("text", "stamp"),
+    [("2024-01-05 10:00:00,123 ERROR x", True), ("[ 7093.543707] x", True),
+     ("Jan  5 02:12:02 host kernel: x", True), ("    at frame", False), ("no stamp", False)],
+)  # fmt: skip
+def test_a_stamped_line_is_any_of_the_log_stamps(text: str, stamp: bool) -> None:
+    from mpsctl.deaths.records import stamped
+
+    assert stamped(text) is stamp
+
+
+def test_the_last_line_of_a_traceback_knows_how_far_up_it_began() -> None:
+    assert _follows(REC_TB + b"\n" + REC_FRAMES + REC_LAST) == 3
+    # a logger's prefix before the Traceback line on the same line
+    assert _follows(b"ERROR:root:" + REC_TB + b"\n" + REC_FRAMES + REC_LAST) == 3
+    # a blank line or an unindented line between them: not the traceback's last line
+    assert _follows(REC_TB + b"\n\n" + REC_LAST) is None
+    assert _follows(REC_TB + b"\n" + b"INFO: done\n" + REC_LAST) is None
+    assert _follows(b"INFO: started\n" + REC_LAST) is None
+
+
+def test_frames_indented_with_a_tab_still_belong_to_the_traceback() -> None:
+    tabbed = REC_FRAMES.replace(b"  File", b"\tFile").replace(b"    out", b"\tout")
+    assert _follows(REC_TB + b"\n" + tabbed + REC_LAST) == 3
+
+
+def test_the_first_line_of_a_file_ends_no_traceback() -> None:
+    from mpsctl.deaths.records import follows
+
+    data = REC_LAST + REC_TB + b"\n"
+    assert follows(data, 0) is None
+
+
+@pytest.mark.parametrize(("frames", "expected"), [(399, 400), (400, None)])
+def test_a_traceback_is_looked_for_up_to_400_lines(frames: int, expected: int | None) -> None:
+    data = REC_TB + b"\n" + b"  frame\n" * frames + REC_LAST
+    assert _follows(data) == expected
+
+
+REC_MESSAGE = b"2024-01-05 10:00:00,123 ERROR query failed: MPS backend out of memory"
+
+
+def _leads(after: bytes) -> int | None:
+    from mpsctl.deaths.records import leads
+
+    return leads(REC_MESSAGE + b"\n" + after, len(REC_MESSAGE))
+
+
+def test_a_message_leads_into_the_traceback_right_below_or_after_its_own_lines() -> None:
+    assert _leads(REC_TB + b"\n" + REC_FRAMES + REC_LAST) == 1
+    assert _leads(b"  (more of the message)\n" + REC_TB + b"\n" + REC_FRAMES) == 2
+    assert _leads(b"ERROR:root:" + REC_TB + b"\n" + REC_FRAMES) == 1
+    assert _leads(REC_TB) == 1  # the copy ends on the Traceback line
+    assert _leads(b"continued\n" + REC_TB) == 2
+
+
+@pytest.mark.parametrize("blank", [b"\n", b"   \n"])
+def test_a_blank_line_ends_the_record_before_a_traceback(blank: bytes) -> None:
+    assert _leads(blank + REC_TB + b"\n" + REC_FRAMES) is None
+    assert _leads(blank + REC_TB) is None
+
+
+def test_a_stamped_line_ends_the_record_before_a_traceback() -> None:
+    assert _leads(REC_MESSAGE + b"\n" + REC_TB + b"\n") is None
+    assert _leads(b"no traceback follows") is None
+
+
+@pytest.mark.parametrize(("lines", "expected"), [(7, 8), (8, None)])
+def test_a_traceback_is_looked_for_up_to_8_lines_below(lines: int, expected: int | None) -> None:
+    assert _leads(b"  more\n" * lines + REC_TB + b"\n") == expected
+
+
+def test_a_worker_kill_is_quoted_without_trailing_blanks() -> None:
+    from mpsctl.deaths.worker_kills import find_worker_kills
+
+    text = read_fixture("gunicorn-sigkill-3-uvicornworker-startup-litellm.txt")
+    line = next(line for line in text.splitlines() if "was sent SIGKILL" in line)
+    ((index, event),) = find_worker_kills([line + "  \t"])
+    assert (index, event.pid, event.raw) == (0, 15825, line)
+
+
+# --- a found failure's time: exact, a range, or unknown ------------------------------------
+
+
+def _kill(**where: object) -> Found:
+    from mpsctl.deaths.parsers import find_deaths
+
+    (event,) = find_deaths(read_fixture("linux-oomkill-9-journalctl-python-systemd-unit.txt"))
+    return Found(event=event, **where)  # type: ignore[arg-type]
+
+
+def test_a_time_is_exact_a_range_or_unknown() -> None:
+    from datetime import datetime, timedelta, timezone
+
+    from mpsctl.deaths.counting import window_start, within
+
+    at = datetime(2026, 1, 21, 3, 16, 52, tzinfo=timezone.utc)
+    after, before = at - timedelta(minutes=5), at + timedelta(minutes=5)
+    exact = _kill(file="k.log", line=1, when=at, after=after, before=before)
+    ranged = _kill(file="k.log", line=1, after=after, before=before)
+    unknown = _kill(file="k.log", line=1)
+    assert exact.time_text() == "2026-01-21T03:16:52Z"
+    assert ranged.time_text() == "between 2026-01-21T03:11:52Z and 2026-01-21T03:21:52Z"
+    assert unknown.time_text() is None
+    assert _kill(file=None, line=None, after=after).time_text() is None
+    assert (window_start(exact), window_start(ranged), window_start(unknown)) == (at, after, None)
+    assert within(exact, at) is True
+    assert within(exact, at + timedelta(seconds=1)) is False
+    assert within(ranged, before) is True
+    assert within(ranged, before + timedelta(seconds=1)) is False
+    assert within(unknown, at + timedelta(days=365)) is True
+
+
+def test_a_reader_that_did_not_start_at_the_top_reports_no_line_numbers() -> None:
+    from dataclasses import replace
+
+    from mpsctl.deaths.counting import without_lines
+
+    item = replace(_kill(file="a.log", line=7), places=(("a.log", 7), ("b.log", 3)))
+    bare = without_lines(item)
+    assert (bare.file, bare.line, bare.places) == (
+        "a.log",
+        None,
+        (("a.log", None), ("b.log", None)),
+    )

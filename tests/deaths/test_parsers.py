@@ -584,3 +584,425 @@ def test_counting_helpers() -> None:
     kinds |= {e.kind for p in corpus.glob("m-*.txt") for e in find_deaths(p.read_text("utf-8"))}
     assert kinds == set(KINDS)
     assert DEATH_KINDS == KINDS  # the probe's totals name the same kinds without the parsers
+
+
+# --- the kernel report's rules, each at its boundary -------------------------------------
+
+UWSGI_HEADER = read_fixture("linux-oomkill-7-memcg-dmesg-uwsgi-calltrace.txt").splitlines()[2:]
+K8S_KILL = read_fixture("linux-oomkill-8-memcg-dmesg-k8s-negative-adj.txt").splitlines()[0]
+PG_HEADER = read_fixture("linux-oomkill-20-dmesg-T-kernel616-invoked-oom-killer-calltrace.txt")
+JOURNAL_KILL = read_fixture("linux-oomkill-9-journalctl-python-systemd-unit.txt").splitlines()[0]
+MEMCG_SUMMARY = read_fixture("linux-oomkill-17-dmesg-T-constraint-memcg-k8s-uvicorn.txt")
+MEMCG_SUMMARY = MEMCG_SUMMARY.splitlines()[3]
+
+
+def kernel_kills(lines: list[str]) -> list[tuple[int, KernelOomKill]]:
+    from mpsctl.deaths.kernel_oom import find_kernel_kills
+
+    return find_kernel_kills(lines)
+
+
+@pytest.mark.parametrize(("seconds", "one"), [("60.000000", True), ("60.000001", False)])
+def test_a_kill_line_joins_its_header_up_to_exactly_60_seconds_of_uptime(
+    seconds: str, one: bool
+) -> None:
+    header = [UWSGI_HEADER[0].replace("[ 7093.543707]", "[ 7093.500000]"), *UWSGI_HEADER[1:]]
+    stamp = f"[{7093.5 + float(seconds):13.6f}]"
+    kill = K8S_KILL.replace("[18026.221140]", stamp)
+    found = kernel_kills([*header, kill])
+    if one:
+        assert [(i, e.trigger, e.trigger_pid, e.pid, e.complete) for i, e in found] == [
+            (0, "uwsgi", 63635, 140339, True)
+        ]
+    else:
+        assert [(i, e.trigger, e.pid, e.complete) for i, e in found] == [
+            (0, "uwsgi", None, False), (len(header), None, 140339, True),
+        ]  # fmt: skip
+
+
+@pytest.mark.parametrize(("stamp", "one"), [("17:52:31", True), ("17:52:32", False)])
+def test_wall_clock_stamps_part_a_header_from_a_kill_a_minute_later(stamp: str, one: bool) -> None:
+    header = PG_HEADER.splitlines()
+    kill_text = JOURNAL_KILL.split("kernel: ", 1)[1]
+    kill = f"[Mon Dec  8 {stamp} 2025] {kill_text}"
+    found = kernel_kills([*header, kill])
+    expected = [(0, "postgres", 27241, True)] if one else [
+        (0, "postgres", None, False), (len(header), None, 27241, True)
+    ]  # fmt: skip
+    assert [(i, e.trigger, e.pid, e.complete) for i, e in found] == expected
+
+
+def test_a_kill_from_another_year_of_a_yearless_syslog_is_another_kill() -> None:
+    # the 2025 header (dmesg -T) and a yearless syslog kill line: far apart in time
+    header = PG_HEADER.splitlines()
+    found = kernel_kills([*header, JOURNAL_KILL])
+    assert [(i, e.trigger, e.pid, e.complete) for i, e in found] == [
+        (0, "postgres", None, False), (len(header), None, 27241, True),
+    ]  # fmt: skip
+
+
+def test_a_report_far_down_a_log_is_still_one_kill() -> None:
+    # the line limit counts from the report's own first line, not from the file's start
+    noise = ["."] * (KILL_MAX_LINES + 100)
+    header = [line.replace("[ 7093.", "[18026.") for line in UWSGI_HEADER]
+    found = kernel_kills([*noise, *header, K8S_KILL])
+    assert [(i, e.trigger, e.pid, e.complete) for i, e in found] == [
+        (len(noise), "uwsgi", 140339, True)
+    ]
+
+
+def test_the_same_kill_line_again_keeps_the_first_figures_and_adds_the_missing() -> None:
+    cut = K8S_KILL.split(", file-rss:", 1)[0]  # ends after anon-rss
+    again = K8S_KILL.replace("total-vm:120832kB", "total-vm:999kB")
+    (index, event), (later, other) = kernel_kills([cut, again, MEMCG_LINE])
+    assert (later, other.pid, other.process) == (2, 15617, "python3")
+    assert index == 0
+    assert event.total_vm_bytes == 120832 * KIB
+    assert event.anon_rss_bytes == 15596 * KIB
+    assert event.file_rss_bytes == 8924 * KIB
+    assert event.oom_score_adj == -997
+    assert event.raw == f"{cut}\n{again}"
+    assert event.complete is True
+
+
+def test_a_summary_written_after_its_kill_line_joins_it_and_the_kill_lines_figures_stand() -> None:
+    stamp = "[Fri Aug 21 22:26:52 2026] "
+    kill = f"{stamp}Memory cgroup out of memory: Killed process 32550 (uvicorn-w1) UID:7"
+    (index, event), (later, other) = kernel_kills([kill, MEMCG_SUMMARY, MEMCG_LINE])
+    assert (later, other.pid, other.complete) == (2, 15617, True)
+    assert (index, event.pid, event.process, event.uid) == (0, 32550, "uvicorn-w1", 7)
+    assert (event.constraint, event.cgroup, event.complete) == ("CONSTRAINT_MEMCG", True, True)
+    assert event.task_memcg is not None
+    assert event.task_memcg.endswith(".scope")
+    assert event.raw == f"{kill}\n{MEMCG_SUMMARY}"
+
+
+def test_a_summary_cut_before_its_pid_after_a_kill_is_a_report_of_its_own() -> None:
+    cut = MEMCG_SUMMARY.split(",task=", 1)[0]
+    found = kernel_kills([K8S_KILL, cut])
+    assert [(i, e.pid, e.constraint, e.complete) for i, e in found] == [
+        (0, 140339, None, True), (1, None, "CONSTRAINT_MEMCG", False),
+    ]  # fmt: skip
+
+
+def test_a_reports_first_cpu_and_cpuset_lines_name_its_trigger() -> None:
+    # a second stack dump inside the report (another CPU line, another cpuset line) does not
+    # replace what the first said
+    header = read_fixture("linux-oomkill-15-syslog-rhel7-python-docker-calltrace.txt")
+    lines = header.splitlines()
+    cpu = next(line for line in lines if " CPU: " in line)
+    cpuset = next(line for line in lines if " cpuset=" in line)
+    extra = [cpu.replace("PID: 21154", "PID: 999"), cpuset.replace("cpuset=", "cpuset=other")]
+    ((_, event),) = kernel_kills([*lines, *extra])
+    assert (event.trigger, event.trigger_pid, event.complete) == ("python", 21154, False)
+    assert event.cpuset == cpuset.split("cpuset=", 1)[1].split(" ", 1)[0]
+    assert event.cpuset is not None
+    assert not event.cpuset.startswith("other")
+
+
+def test_a_second_cgroup_line_or_score_line_starts_another_cut_report() -> None:
+    cg = read_fixture("linux-oomkill-18-syslog-cgroupv1-task-killed-as-result-of-limit.txt")
+    task_in = next(line for line in cg.splitlines() if "killed as a result" in line)
+    other = task_in.replace("Task in /kubepods.slice", "Task in /other.slice")
+    found = kernel_kills([task_in, other])
+    assert [(i, e.complete, e.cgroup) for i, e in found] == [(0, False, True), (1, False, True)]
+    assert found[0][1].task_memcg != found[1][1].task_memcg
+    legacy = read_fixture("linux-oomkill-5-dmesg-T-sacrifice-child-python.txt")
+    score = next(line for line in legacy.splitlines() if "sacrifice child" in line)
+    lower = score.replace("score 1031", "score 7")
+    found = kernel_kills([score, lower])
+    assert [(i, e.score, e.complete, e.cgroup) for i, e in found] == [
+        (0, 1031, False, False), (1, 7, False, False),
+    ]  # fmt: skip
+    memcg = score.replace("Out of memory: Kill", "Memory cgroup out of memory: Kill")
+    ((_, event),) = kernel_kills([memcg])
+    assert (event.score, event.cgroup) == (1031, True)
+
+
+def test_a_reports_first_memory_usage_line_gives_the_cgroups_limit() -> None:
+    cg = read_fixture("linux-oomkill-18-syslog-cgroupv1-task-killed-as-result-of-limit.txt")
+    lines = cg.splitlines()[:3]
+    lines[1] = lines[1].replace("usage 1048576kB", "usage 1048000kB")
+    later = lines[1].replace("usage 1048000kB, limit 1048576kB", "usage 1kB, limit 2kB")
+    ((_, event),) = kernel_kills([*lines, later])
+    assert (event.memcg_usage_bytes, event.memcg_limit_bytes) == (1048000 * KIB, GIB)
+    assert event.raw == "\n".join(lines[:2])
+
+
+def test_two_summaries_without_kill_lines_are_two_cut_reports() -> None:
+    other = MEMCG_SUMMARY.replace(",task=uvicorn,pid=32550,", ",task=pause,pid=32415,")
+    found = kernel_kills([MEMCG_SUMMARY, other])
+    assert [(i, e.process, e.pid, e.complete) for i, e in found] == [
+        (0, "uvicorn", 32550, False), (1, "pause", 32415, False),
+    ]  # fmt: skip
+
+
+def test_a_kill_line_cut_after_the_pid_keeps_the_summarys_process_name() -> None:
+    summary = MEMCG_SUMMARY
+    cut = "[Fri Aug 21 22:26:52 2026] Memory cgroup out of memory: Killed process 32550"
+    ((_, event),) = kernel_kills([summary, cut])
+    assert (event.pid, event.process, event.uid, event.complete) == (32550, "uvicorn", 525287, True)
+    named = cut + " (uvicorn-w1) total-vm:100kB"
+    ((_, event),) = kernel_kills([summary, named])
+    assert (event.pid, event.process, event.total_vm_bytes) == (32550, "uvicorn-w1", 100 * KIB)
+
+
+def test_a_process_name_with_an_equals_sign_is_read_whole() -> None:
+    # a comm is whatever the process named itself (prctl PR_SET_NAME), "=" included
+    summary = MEMCG_SUMMARY.replace(",task=uvicorn,", ",task=w=1,")
+    ((_, event),) = kernel_kills([summary])
+    assert (event.process, event.pid, event.constraint, event.complete) == (
+        "w=1", 32550, "CONSTRAINT_MEMCG", False,
+    )  # fmt: skip
+
+
+def test_an_oversized_negative_oom_score_adj_is_none() -> None:
+    line = K8S_KILL.replace("oom_score_adj:-997", "oom_score_adj:-" + "9" * 30)
+    ((_, event),) = kernel_kills([line])
+    assert (event.pid, event.oom_score_adj, event.total_vm_bytes) == (140339, None, 120832 * KIB)
+
+
+def test_a_line_wrapped_at_exactly_64_columns_is_rejoined() -> None:
+    posted = read_fixture("linux-oomkill-13-syslog-gunicorn-hardwrapped.txt").splitlines()
+    whole = "".join(posted[:3])
+    lines = [whole[i : i + 64] for i in range(0, len(whole), 64)]
+    assert len(lines[0]) == 64
+    ((index, event),) = kernel_kills(lines)
+    assert (index, event.pid, event.process) == (0, 11438, "gunicorn")
+    assert (event.anon_rss_bytes, event.pgtables_bytes) == (1220624 * KIB, 2912 * KIB)
+    assert event.raw == "\n".join(lines)
+
+
+def test_lines_are_quoted_without_trailing_blanks() -> None:
+    # a terminal copy pads lines with spaces: the quote keeps each line's text only
+    posted = read_fixture("linux-oomkill-13-syslog-gunicorn-hardwrapped.txt").splitlines()
+    ((_, event),) = kernel_kills([*posted[:2], posted[2] + "   "])
+    assert event.raw == "\n".join(posted[:3])
+    ((_, event),) = kernel_kills([JOURNAL_KILL + " \t "])
+    assert event.raw == JOURNAL_KILL
+
+
+def test_a_kernel_tag_after_an_unknown_stamp_is_cut_before_reading_the_trigger() -> None:
+    # a syslog written with another language's month names: the kernel's text follows "kernel: "
+    header = read_fixture("linux-oomkill-15-syslog-rhel7-python-docker-calltrace.txt")
+    lines = [line.replace("Jun 13 ", "Juin 13 ", 1) for line in header.splitlines()]
+    ((_, event),) = kernel_kills(lines)
+    assert (event.trigger, event.trigger_pid, event.complete) == ("python", 21154, False)
+
+
+@pytest.mark.parametrize(("gap", "one"), [(KILL_MAX_LINES, True), (KILL_MAX_LINES + 1, False)])
+def test_a_kill_line_joins_its_header_up_to_exactly_2000_lines_later(gap: int, one: bool) -> None:
+    header = [line.split("] ", 1)[1] for line in UWSGI_HEADER]  # no stamps: lines only
+    kill = K8S_KILL.split("] ", 1)[1]
+    lines = [*header, *["."] * (gap - len(header)), kill]
+    assert lines.index(kill) == gap
+    found = kernel_kills(lines)
+    expected = [(0, "uwsgi", 140339, True)] if one else [
+        (0, "uwsgi", None, False), (gap, None, 140339, True)
+    ]  # fmt: skip
+    assert [(i, e.trigger, e.pid, e.complete) for i, e in found] == expected
+
+
+# --- systemd's memory kills: which lines make one event ------------------------------------
+
+UNIT_NOTES = read_fixture("linux-systemd-unit-oom-1-rsyslog-iso.txt").splitlines()
+OOMD_3 = read_fixture("linux-systemd-oomd-3-journal-truncated-service.txt").splitlines()
+
+
+def oomd(lines: list[str]) -> list[tuple[int, Any]]:
+    from mpsctl.deaths.systemd_oomd import find_oomd
+
+    return find_oomd(lines)
+
+
+def test_systemds_notes_of_one_kernel_kill_are_one_event_only_while_adjacent() -> None:
+    found = oomd([f"{UNIT_NOTES[0]}  ", UNIT_NOTES[1]])
+    assert [(i, e.by, e.unit, e.units) for i, e in found] == [
+        (0, "kernel", "user-1021.slice", ("user-1021.slice", "system-postgresql.slice")),
+    ]
+    assert found[0][1].raw == "\n".join(UNIT_NOTES[:2])
+    apart = oomd([UNIT_NOTES[0], "unrelated", UNIT_NOTES[1]])
+    assert [(i, e.unit, e.units) for i, e in apart] == [
+        (0, "user-1021.slice", ("user-1021.slice",)),
+        (2, "system-postgresql.slice", ("system-postgresql.slice",)),
+    ]
+
+
+def test_other_words_about_the_oom_killer_do_not_stop_the_scan() -> None:
+    lines = ["the worker was killed by the OOM killer, see above", f"{UNIT_NOTES[0]} "]
+    ((index, event),) = oomd(lines)
+    assert (index, event.by, event.unit, event.raw) == (
+        1,
+        "kernel",
+        "user-1021.slice",
+        UNIT_NOTES[0],
+    )
+
+
+def test_a_kernel_note_after_an_oomd_kill_is_its_own_event() -> None:
+    lines = [OOMD_3[3], UNIT_NOTES[0]]
+    found = oomd(lines)
+    assert [(i, e.by, e.unit) for i, e in found] == [
+        (0, "systemd-oomd", "testsuite-55-testbloat.service"), (1, "kernel", "user-1021.slice"),
+    ]  # fmt: skip
+
+
+def test_a_kill_count_joins_the_kill_of_its_unit_or_stands_alone() -> None:
+    # the count line alone (its kill line not in the text): an event with the count
+    ((index, alone),) = oomd([OOMD_3[4] + " \t"])  # quoted without trailing blanks
+    assert (index, alone.by, alone.unit, alone.units, alone.processes_killed, alone.cgroup) == (
+        0, "systemd-oomd", "testsuite-55-testbloat.service", ("testsuite-55-testbloat.service",),
+        2, None,
+    )  # fmt: skip
+    assert alone.raw == OOMD_3[4]
+    # two kills of other units, then the count: it joins the kill of its own unit
+    other = OOMD_3[3].replace("testsuite-55-testbloat.service", "other.service")
+    found = oomd([OOMD_3[3], other, OOMD_3[4] + "  "])
+    assert [(e.unit, e.processes_killed) for _, e in found] == [
+        ("testsuite-55-testbloat.service", 2), ("other.service", None),
+    ]  # fmt: skip
+    assert found[0][1].raw == f"{OOMD_3[3]}\n{OOMD_3[4]}"
+    # a second count for a unit already counted is another event
+    twice = oomd([OOMD_3[3], OOMD_3[4], OOMD_3[4]])
+    assert [(i, e.processes_killed, e.cgroup is None) for i, e in twice] == [
+        (0, 2, False), (2, 2, True),
+    ]  # fmt: skip
+
+
+def test_attempts_belong_to_the_next_kill_only() -> None:
+    found = oomd([*OOMD_3[:3], OOMD_3[3] + "  ", OOMD_3[4], OOMD_3[3]])
+    assert [(i, e.pids) for i, e in found] == [(3, (63, 66)), (5, ())]
+    first = found[0][1]
+    assert (first.unit, first.units) == (
+        "testsuite-55-testbloat.service", ("testsuite-55-testbloat.service",),
+    )  # fmt: skip
+    assert first.raw == f"{OOMD_3[3]}\n{OOMD_3[4]}"
+
+
+def test_a_quoted_kill_without_prefix_or_reason_is_not_oomds() -> None:
+    text = OOMD_3[3].split("systemd-oomd[34]: ", 1)[1]
+    bare = text.split(" due to ", 1)[0]
+    assert oomd([f"someone wrote: {bare}"]) == []
+    assert oomd([f"the systemd-oomd manual says: {bare}"]) == []
+    ((_, event),) = oomd([f"someone wrote: {text}"])
+    assert (event.trigger, event.marked) == ("memory pressure", False)
+
+
+# --- a JetsamEvent report's killed entry: exactly its own {...} ----------------------------
+
+IPS_FULL = read_fixture("macos-jetsam-2-ips-full-report-highwater.txt")
+IPS_ENTRY = read_fixture("macos-jetsam-1-ips-process-entry-per-process-limit.txt")
+
+
+def jetsam(text: str) -> list[tuple[int, JetsamKill]]:
+    from mpsctl.deaths.jetsam import find_jetsam
+
+    return find_jetsam(text, text.splitlines())
+
+
+def killed_object(text: str) -> tuple[int, str]:
+    """The killed entry of the full report, found by its recorded first and last lines."""
+    start = text.index('{\n  "uuid" : "f71f1e2b')
+    end = text.index('"cpuTime" : 0.634077\n}', start) + len('"cpuTime" : 0.634077\n}')
+    return text.count("\n", 0, start), text[start:end]
+
+
+def test_a_full_reports_killed_entry_is_its_whole_object_with_nested_ones() -> None:
+    line, entry = killed_object(IPS_FULL)
+    ((index, event),) = jetsam(IPS_FULL)
+    assert (index, event.raw) == (line, entry)
+    assert (event.pid, event.process, event.reason, event.source) == (
+        2527, "wifianalyticsd", "highwater", "ips",
+    )  # fmt: skip
+    assert (event.resident_pages, event.page_size, event.resident_bytes) == (
+        382, 16384, 382 * 16384,
+    )  # fmt: skip
+    assert event.time == datetime(2020, 10, 15, 16, 29, 58, 790000, tzinfo=timezone.utc)
+
+
+def test_a_nested_object_before_the_reason_stays_inside_the_entry() -> None:
+    # the same entry with its keys in another order: "physicalPages" {...} before "reason"
+    moved = IPS_FULL.replace('  "reason" : "highwater",\n', "").replace(
+        '      41\n    ]\n  },\n  "pid" : 2527,',
+        '      41\n    ]\n  },\n  "reason" : "highwater",\n  "pid" : 2527,',
+    )
+    assert moved.count('"reason"') == 1
+    line, entry = killed_object(moved)
+    ((index, event),) = jetsam(moved)
+    assert (index, event.raw, event.pid, event.reason) == (line, entry, 2527, "highwater")
+
+
+def test_a_copy_cut_before_its_opening_brace_starts_at_the_text() -> None:
+    cut = IPS_ENTRY.split("\n", 1)[1]  # the "{" line lost
+    ((index, event),) = jetsam(cut)
+    assert index == 0
+    assert event.raw == cut[: cut.index("},  ") + 1]
+    assert event.raw.startswith('    "uuid"')
+    assert (event.pid, event.process, event.resident_pages, event.page_size) == (
+        4624, "RebornTunnel", 960, None,
+    )  # fmt: skip
+    # the next entry's "{" at the very end of the copy is not this entry's start
+    ((index, event),) = jetsam(cut + "\n{")
+    assert event.raw.startswith('    "uuid"')
+    ((index, event),) = jetsam(" " + IPS_ENTRY)
+    assert (index, event.raw[:1]) == (0, "{")
+    ((index, event),) = jetsam("\n\n" + IPS_ENTRY)
+    assert (index, event.pid) == (2, 4624)
+
+
+def test_other_json_with_a_reason_is_skipped_and_the_scan_goes_on() -> None:
+    other = '{"pid" : 5, "reason" : "crash"}\n{"name" : "x", "reason" : "quit"}\n'
+    found = jetsam(other + IPS_FULL + "\n" + other)
+    assert [(e.pid, e.reason) for _, e in found] == [(2527, "highwater")]
+
+
+def test_an_entry_without_a_name_or_readable_pages_is_still_reported() -> None:
+    entry = '{\n  "rpages" : null,\n  "reason" : "per-process-limit",\n  "pid" : 77\n}'
+    ((index, event),) = jetsam(entry)
+    assert (index, event.pid, event.process, event.resident_pages, event.reason) == (
+        0, 77, None, None, "per-process-limit",
+    )  # fmt: skip
+
+
+# --- jetsam log lines: a fatal limit joins its kill, or is reported alone -------------------
+
+PYTHONISTA = read_fixture("macos-jetsam-3-ios-syslog-killing_specific_process.txt").splitlines()
+
+
+def test_a_fatal_limit_line_without_its_kill_is_an_incomplete_event() -> None:
+    limit = next(line for line in PYTHONISTA if "exceeded mem limit" in line)
+    ((index, event),) = jetsam(limit + "  ")
+    assert (index, event.pid, event.process, event.complete, event.raw) == (
+        0, 2776, "Pythonista3", False, limit,
+    )  # fmt: skip
+    assert (event.limit_bytes, event.limit_kind) == (3072 * MIB, "ActiveHard")
+    nameless = "16:12:49.226  kernel: memorystatus: exceeded mem limit: ActiveHard 50 MB (fatal)"
+    ((index, event),) = jetsam(nameless)
+    assert (index, event.pid, event.process, event.complete) == (0, None, None, False)
+    assert event.limit_bytes == 50 * MIB
+    # a limit that is not fatal is no event
+    assert jetsam(limit.replace(" (fatal)", "")) == []
+
+
+def test_a_fatal_limit_joins_the_kill_of_its_pid() -> None:
+    lines = [line for line in PYTHONISTA if "exceeded mem limit" in line or "killing_" in line]
+    ((index, event),) = jetsam("\n".join(f"{line}  " for line in lines))
+    assert (index, event.pid, event.complete, event.limit_bytes) == (0, 2776, True, 3072 * MIB)
+    assert event.raw == "\n".join(lines)
+
+
+def test_a_nameless_limit_joins_a_kill_up_to_3_lines_below() -> None:
+    nameless = "kernel: memorystatus: exceeded mem limit: ActiveHard 50 MB (fatal)"
+    kill = next(line for line in PYTHONISTA if "killing_" in line)
+    near = jetsam("\n".join([nameless, "a", "b", kill]))
+    assert [(i, e.pid, e.limit_bytes) for i, e in near] == [(0, 2776, 50 * MIB)]
+    far = jetsam("\n".join([nameless, "a", "b", "c", kill]))
+    assert [(i, e.pid, e.limit_bytes) for i, e in far if e.complete] == [(4, 2776, None)]
+
+
+def test_two_kills_on_one_line_quote_each_its_own_text() -> None:
+    kill = next(line for line in PYTHONISTA if "killing_" in line)
+    text = kill.split("memorystatus: ", 1)[1]
+    other = text.replace("pid 2776 [Pythonista3]", "pid 41 [backboardd]")
+    found = jetsam(f"{text} {other}")
+    assert [(e.pid, e.raw) for _, e in found] == [(2776, text), (41, other)]

@@ -82,3 +82,97 @@ def test_a_stored_lm_head_of_a_tied_model_is_counted_once(tiny_model: Path, tmp_
     loaded: Any = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     assert arch.parameters == sum(p.numel() for p in loaded.parameters())
     assert arch.parameters == arch.formula_parameters
+
+
+# --- every figure of the memory model, by hand from the published 0.5b config -------------
+# Qwen2.5-0.5B: hidden 896, intermediate 4864, 24 layers, 14 heads (head_dim 64), 2 KV heads,
+# vocab 151936, tied embeddings, 494,032,768 parameters; stored in bfloat16.
+
+
+def test_the_05b_preset_in_float16_figure_by_figure() -> None:
+    from mpsctl.plan.memory import OVERHEAD_ESTIMATE_BYTES
+    from mpsctl.plan.presets import PRESETS
+
+    f = compute_figures(PRESETS["qwen2.5-0.5b"], "float16", prompt_tokens=64, max_new_tokens=64)
+    assert (f.dtype, f.dtype_bytes, f.prompt_tokens, f.max_new_tokens) == ("float16", 2, 64, 64)
+    assert f.weights_bytes == 494_032_768 * 2
+    assert f.kv_bytes_per_token == 2 * 24 * 2 * 64 * 2 == 12_288
+    assert f.kv_cache_per_query_bytes == 12_288 * (64 + 64)
+    assert f.logits_bytes == 151_936 * 2 + 151_936 * 4
+    # prefill: 2 x (2 p h + max(mlp 3 p i = 933,888, attention p(2q + 2kv) + heads p^2 = 188,416))
+    assert f.activation_bytes == 2 * (2 * 64 * 896 + 933_888) == 2_097_152
+    assert f.peak_per_query_bytes == 911_616 + 2_097_152
+    assert f.per_query_bytes == 1_572_864 + 911_616 + 2_097_152 == 4_581_632
+    assert (f.query_growth, f.growth_percent, f.growth_source) == (1.0, 100, None)
+    assert f.per_query_counted_bytes == 4_581_632
+    assert f.overhead_bytes == OVERHEAD_ESTIMATE_BYTES == 397_541_376
+    assert f.overhead_source == (
+        "estimate: RSS of python + torch + transformers + fastapi before a model loads "
+        "(measured on Linux, torch 2.13)"
+    )
+    assert f.fixed_bytes == 988_065_536 + 397_541_376
+    assert f.total_bytes(0) == 1_385_606_912
+    assert f.total_bytes(3) == 1_385_606_912 + 3 * 4_581_632
+    # bfloat16 on disk, float16 asked: same width, still a conversion (both copies resident)
+    assert (f.checkpoint_bytes, f.converts) == (988_065_536, True)
+    assert f.load_spike_bytes == 988_065_536
+    assert f.load_peak_bytes == 1_385_606_912 + 988_065_536
+
+
+def test_a_long_prompt_makes_attention_the_larger_prefill_tensor() -> None:
+    from mpsctl.plan.presets import PRESETS
+
+    f = compute_figures(PRESETS["qwen2.5-0.5b"], "float32", prompt_tokens=1024, max_new_tokens=1)
+    # attention 1024 x (2 x 896 + 2 x 128) + 14 x 1024^2 = 16,777,216 > mlp 14,942,208
+    assert f.activation_bytes == 4 * (2 * 1024 * 896 + 16_777_216) == 74_448_896
+    assert f.kv_cache_per_query_bytes == 2 * 24 * 2 * 64 * 4 * 1025
+    assert f.logits_bytes == 151_936 * 8
+    assert (f.converts, f.load_spike_bytes) == (True, 988_065_536)
+
+
+def test_an_unknown_stored_dtype_is_no_conversion() -> None:
+    from dataclasses import replace
+
+    from mpsctl.plan.presets import PRESETS
+
+    arch = replace(PRESETS["qwen2.5-0.5b"], checkpoint_dtype=None)
+    f = compute_figures(arch, "float32", prompt_tokens=8, max_new_tokens=8)
+    assert (f.checkpoint_bytes, f.converts, f.load_spike_bytes) == (None, False, 0)
+    # the headers' width alone: 2 bytes stored, 4 asked, a conversion of the stored bytes
+    headers = replace(arch, stored_dtype_bytes=2, header_bytes=1_000)
+    g = compute_figures(headers, "float32", prompt_tokens=8, max_new_tokens=8)
+    assert (g.checkpoint_bytes, g.converts, g.load_spike_bytes) == (1_000, True, 1_000)
+    same = compute_figures(headers, "float16", prompt_tokens=8, max_new_tokens=8)
+    assert (same.converts, same.load_spike_bytes) == (False, 0)
+
+
+def test_the_stored_dtype_loads_without_a_spike_and_the_cpu_counts_three_times() -> None:
+    from mpsctl.plan.memory import CPU_GROWTH_SOURCE
+    from mpsctl.plan.presets import PRESETS
+
+    f = compute_figures(
+        PRESETS["qwen2.5-0.5b"], "bfloat16", prompt_tokens=64, max_new_tokens=64,
+        overhead_bytes=500_000_000, overhead_source="the service's memory report", device="cpu",
+    )  # fmt: skip
+    assert (f.converts, f.load_spike_bytes) == (False, 0)
+    assert f.load_peak_bytes == 988_065_536 + 500_000_000
+    assert (f.overhead_bytes, f.overhead_source) == (500_000_000, "the service's memory report")
+    assert (f.query_growth, f.growth_percent, f.growth_source) == (3.0, 300, CPU_GROWTH_SOURCE)
+    assert f.per_query_counted_bytes == 3 * 4_581_632
+    assert f.total_bytes(2) == 1_488_065_536 + 6 * 4_581_632
+    unnamed = compute_figures(
+        PRESETS["qwen2.5-0.5b"], "bfloat16", prompt_tokens=1, max_new_tokens=1,
+        overhead_bytes=1, device="cuda",
+    )  # fmt: skip
+    assert (unnamed.overhead_source, unnamed.query_growth) == ("the service's memory report", 1.0)
+
+
+def test_a_counted_figure_rounds_up_to_a_whole_byte() -> None:
+    from dataclasses import replace
+
+    from mpsctl.plan.presets import PRESETS
+
+    f = compute_figures(PRESETS["qwen2.5-0.5b"], "float16", prompt_tokens=1, max_new_tokens=0)
+    odd = replace(f, kv_cache_per_query_bytes=1, logits_bytes=0, activation_bytes=0,
+                  query_growth=1.01)  # fmt: skip
+    assert (odd.per_query_bytes, odd.growth_percent, odd.per_query_counted_bytes) == (1, 101, 2)
