@@ -39,8 +39,9 @@ def test_a_an_oom_the_service_survived_alerts_once_and_never_restarts(make_site)
     """(a) An OOM line in the log, health 200 -> 10 watchdog runs, 0 restarts, 1 alert.
 
     As under cron: the watchdog already runs when the OOM happens. PyTorch's message here has
-    no timestamp (uvicorn's stderr), so the probe's cursor reports it once, dated "between"
-    the run before and the run that read it; the runs after it see nothing new."""
+    no timestamp (uvicorn's stderr), so the probe's cursor dates it "between" the run before
+    and the run that read it, and keeps it in the one-hour window for an hour from then: every
+    later run still sees the WARNING, and neither alerts again nor restarts."""
     site = make_site()
     pid = started(site)
     assert site.watchdog().returncode == 0  # the run before the OOM: OK, nothing to do
@@ -58,8 +59,7 @@ def test_a_an_oom_the_service_survived_alerts_once_and_never_restarts(make_site)
     assert len(records) == 10
     assert restarts(site) == []
     assert {r["result"] for r in records} == {"healthy"}
-    assert "WARNINGs only alert" in records[0]["message"]
-    assert all(r["message"] == "probe verdict OK: nothing to do" for r in records[1:])
+    assert all("WARNINGs only alert" in r["message"] for r in records)
     alerts = [a for a in site.alert_documents() if a["kind"] == "alert"]
     assert len(alerts) == 1
     assert alerts[0]["verdict"] == "WARNING"
