@@ -16,7 +16,7 @@ import psutil
 
 from mpsctl.errors import ConfigError
 from mpsctl.observe.processes.pidfile import PidRecord
-from mpsctl.observe.processes.tree import GONE, own_user, protected_pids, tree
+from mpsctl.observe.processes.tree import GONE, living, own_user, protected_pids, tree
 from mpsctl.settings import Settings
 
 Clock = Callable[[], float]
@@ -111,16 +111,9 @@ def matching(pattern: str) -> list[psutil.Process]:
             absolute = _absolute_words(cwd_of, _words(data))
             if absolute is None or not regex.search(absolute):
                 continue
-        try:
-            proc = psutil.Process(pid)
-            if proc.status() == psutil.STATUS_ZOMBIE:
-                continue
-        except GONE:
-            continue
-        except psutil.AccessDenied:
-            pass  # another user's: own_user says no
-        if own_user(proc):
-            found.append(proc)
+        live = living(pid)
+        if live is not None and own_user(live):  # another user's: own_user says no
+            found.append(live)
     return found
 
 

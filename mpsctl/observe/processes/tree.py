@@ -138,6 +138,24 @@ def group_is_mine(pgid: int) -> bool:
     return True
 
 
+def living(pid: int) -> psutil.Process | None:
+    """``pid``'s process, or None when it is gone, a zombie, or not even its identity can be
+    read. A process whose state this user may not read is returned: its owner decides
+    (``own_user``). Not for a safety check that must refuse what it cannot inspect."""
+    try:
+        proc = psutil.Process(pid)
+    except (*GONE, psutil.AccessDenied):
+        return None  # not even its identity can be read: nobody's to act on
+    try:
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+    except GONE:
+        return None
+    except psutil.AccessDenied:
+        pass
+    return proc
+
+
 def protected_pids() -> set[int]:
     """mpsctl itself and its ancestors: never the service, never signalled."""
     pids = {os.getpid()}
