@@ -1,6 +1,6 @@
 """``python -m mpsctl``: the same commands as the ``mpsctl`` script."""
 
-from mpsctl.cli import run
+from mpsctl.entry import run
 
 if __name__ == "__main__":
     run()

@@ -28,7 +28,7 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("control", "stress"),
     ("monitor",),
     ("render",),
-    ("cli", "__main__"),
+    ("cli", "__main__", "entry"),
 )  # fmt: skip
 #: pairs of names one letter apart that stay: ``cli/serve.py`` is the ``mpsctl serve`` command
 #: (command modules are named for their command) and ``server/`` is what it runs

@@ -16,6 +16,7 @@ from mpsctl.cli.service import (
     WAIT,
     demo_notice,
     not_under_unit,
+    remember_for_stop,
 )
 from mpsctl.cli.service_options import all_option, heading, names_argument
 from mpsctl.cli.several import Failures, order_notice, take_over
@@ -186,6 +187,10 @@ def start(app: App, names: tuple[str, ...], all_: bool, foreground: bool, wait: 
         failures.result(service, result.to_json())
         if not as_json:
             render.render_start(app.out, result)
+    if not names and not all_ and not foreground:
+        bare = app.host_settings()  # what a bare `mpsctl stop` loads: no flags
+        if not bare.members:
+            remember_for_stop(bare)
     failures.finish(as_json)
 
 

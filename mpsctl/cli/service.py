@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from mpsctl.cli.app import App
-from mpsctl.control.supervisor import Action, find_supervisor
+from mpsctl.control.supervisor import Action, find_supervisor, unit_file_candidates
 from mpsctl.errors import ServiceError
 from mpsctl.paths import CONFIG_NAME, user_config_file
 from mpsctl.settings import Settings
@@ -58,6 +58,14 @@ def demo_notice(app: App, settings: Settings) -> None:
         f"no settings file (no --config or MPSCTL_CONFIG; looked for {looked}): managing "
         f"the built-in demo service at {settings.service.url}"
     )
+
+
+def remember_for_stop(settings: Settings) -> None:
+    """Record what the next bare ``mpsctl stop`` needs to signal the service before it
+    loads the settings (``mpsctl.control.quick_stop``)."""
+    from mpsctl.control.quick_stop import remember
+
+    remember(settings, [str(path) for path in unit_file_candidates(settings)])
 
 
 def not_under_unit(app: App, settings: Settings, action: Action) -> bool:

@@ -8,13 +8,14 @@ import threading
 import click
 
 from mpsctl.cli.app import App, json_option
-from mpsctl.cli.service import SECONDS, WAIT, demo_notice, not_under_unit
+from mpsctl.cli.service import SECONDS, WAIT, demo_notice, not_under_unit, remember_for_stop
 from mpsctl.cli.service_options import all_option, heading, names_argument
 from mpsctl.cli.several import Failures, order_notice, take_over
+from mpsctl.control import quick_stop
 from mpsctl.control.stop import stop_service
 from mpsctl.errors import MpsctlError, ServiceError
 from mpsctl.render.service_text import render_stop
-from mpsctl.service import select
+from mpsctl.service import Service, select
 
 
 @click.command()
@@ -52,22 +53,32 @@ def stop(app: App, names: tuple[str, ...], all_: bool, timeout: float | None, us
       mpsctl stop --match --timeout 30   # a service started by hand
       mpsctl stop --all                  # every configured service
     """
+    begun = quick_stop.taken()  # a bare `mpsctl stop` may have signalled already
     app.name_services(names, all_)
     host = app.host_settings()
     chosen = select(host, names, all_=all_, changes=True)
     failures = Failures("stop", chosen)
     if not dry_run:
         order_notice(app, host, chosen, stopping=True)
+    if begun is not None and not _began_this(begun, chosen):
+        app.warn(
+            f"the stop began on the pidfile {begun.pidfile} before these settings were read, "
+            "and they now name another service (did the settings change just now?); "
+            "finishing that stop"
+        )
     for service in reversed(chosen):
         settings = service.settings
         demo_notice(app, settings)
         try:
-            if not dry_run:
+            if not dry_run and begun is None:
                 take_over(app, host, service)
                 not_under_unit(app, settings, "stop")
             result = stop_service(settings, timeout=timeout, use_match=use_match,
                                   dry_run=dry_run, lock_wait=wait,
-                                  signalled=None if as_json else _load_table)  # fmt: skip
+                                  signalled=None if as_json else _load_table,
+                                  begun=begun)  # fmt: skip
+            if not dry_run and len(chosen) == 1 and not names and not all_:
+                remember_for_stop(settings)
         except MpsctlError as exc:
             failures.add(service, exc)  # a busy or hung service leaves the others to stop
             continue
@@ -78,6 +89,14 @@ def stop(app: App, names: tuple[str, ...], all_: bool, timeout: float | None, us
         if not result.ok:
             failures.add(service, ServiceError(result.message), now=False)
     failures.finish(as_json)
+
+
+def _began_this(begun: quick_stop.Begun, chosen: list[Service]) -> bool:
+    if len(chosen) != 1:
+        return False
+    settings = chosen[0].settings
+    url = settings.service.url.rstrip("/")
+    return begun.pidfile == str(settings.home / "service.pid") and begun.url.rstrip("/") == url
 
 
 def _load_table() -> None:

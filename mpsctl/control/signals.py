@@ -170,6 +170,8 @@ def signal_and_wait(
     timeout: float,
     clock: Callable[[], float] = time.monotonic,
     signalled: Callable[[], object] | None = None,
+    sent_at: float | None = None,
+    reached: set[int] | None = None,
 ) -> dict[int, Outcome]:
     """SIGTERM the tree (and its group), wait, SIGKILL survivors; pid -> how it ended.
 
@@ -179,23 +181,30 @@ def signal_and_wait(
     ``targets`` was snapshotted before any signal: a grandchild that left the group, or
     whose parent died and was re-parented to init, is still in it. Children born during
     the wait are found by re-scanning the live targets.
+
+    ``sent_at`` (``clock()`` then) and ``reached`` (the pids it reached): SIGTERM and SIGCONT
+    were sent already (``mpsctl.control.quick_stop``); the wait and SIGKILL follow.
     """
-    outcome: dict[int, Outcome] = {
-        pid: "SIGTERM" if processes.is_alive(pid, created) else "exited"
-        for pid, created in targets.items()
-    }
-    killpg(pgid, targets, signal.SIGTERM)
-    for pid, created in list(targets.items()):
-        send(pid, created, signal.SIGTERM)  # also those outside the group (setsid children)
-    # a stopped process (kill -STOP, a hung debugger) holds SIGTERM pending until it runs
-    # again: wake it so it can shut down cleanly instead of waiting out the timeout (as
-    # systemd does)
-    killpg(pgid, targets, signal.SIGCONT)
-    for pid, created in list(targets.items()):
-        send(pid, created, signal.SIGCONT)
+    if sent_at is None:
+        outcome: dict[int, Outcome] = {
+            pid: "SIGTERM" if processes.is_alive(pid, created) else "exited"
+            for pid, created in targets.items()
+        }
+        killpg(pgid, targets, signal.SIGTERM)
+        for pid, created in list(targets.items()):
+            send(pid, created, signal.SIGTERM)  # also those outside the group (setsid children)
+        # a stopped process (kill -STOP, a hung debugger) holds SIGTERM pending until it runs
+        # again: wake it so it can shut down cleanly instead of waiting out the timeout (as
+        # systemd does)
+        killpg(pgid, targets, signal.SIGCONT)
+        for pid, created in list(targets.items()):
+            send(pid, created, signal.SIGCONT)
+        sent_at = clock()
+    else:
+        outcome = {pid: "SIGTERM" if pid in (reached or ()) else "exited" for pid in targets}
     if signalled is not None:
         signalled()
-    deadline = clock() + timeout
+    deadline = sent_at + timeout
     next_scan = clock() + RESCAN_INTERVAL_S
     protected = processes.protected_pids()
     while True:

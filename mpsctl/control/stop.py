@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from mpsctl.client import health_now
@@ -29,6 +30,7 @@ from mpsctl.observe import processes
 from mpsctl.settings import Settings
 
 if TYPE_CHECKING:
+    from mpsctl.control.quick_stop import Begun
     from mpsctl.control.start import StartOptions, StartResult
 
 
@@ -117,11 +119,18 @@ def stop_service(
     dry_run: bool = False,
     lock_wait: float = 0.0,
     signalled: Callable[[], object] | None = None,
+    begun: Begun | None = None,
 ) -> StopResult:
     """Stop the service's whole tree (takes the lock; a dry run only looks, so it does not).
 
     ``signalled`` is called once SIGTERM is sent, while the service shuts down.
-    A healthy service is drained first (``mpsctl.control.drain``)."""
+    A healthy service is drained first (``mpsctl.control.drain``). ``begun``: the stop
+    ``mpsctl.control.quick_stop`` began in this process (its lock held, SIGTERM sent)."""
+    if begun is not None:
+        try:
+            return _stop_begun(settings, begun, timeout=timeout, signalled=signalled)
+        finally:
+            begun.release()
     if dry_run:
         return _stop_locked(settings, timeout=timeout, use_match=use_match, dry_run=True)
     with service_lock(settings.home, wait=lock_wait, purpose="stop"):
@@ -236,6 +245,54 @@ def _stop_locked(
     removed = remove_pidfile(pidfile, pid=snapshot.pidfile.pid) if snapshot.pidfile else False
     stopped = result("stopped", rows + refused, removed, f"{name} stopped; {drained.text()}")
     return replace(stopped, drain=drained)
+
+
+def _stop_begun(
+    settings: Settings,
+    begun: Begun,
+    *,
+    timeout: float | None,
+    signalled: Callable[[], object] | None,
+) -> StopResult:
+    """The rest of a stop whose checks and SIGTERM came first: wait, SIGKILL, clean up.
+
+    No client was connected to the service when it was signalled, so nothing was in flight
+    (with ``drain_timeout`` 0 the drain is off, as in the full path)."""
+    from mpsctl.masking import mask_argv
+
+    started = begun.signalled_at
+    limit = seconds_setting(
+        settings.service.stop_timeout if timeout is None else timeout,
+        "stop timeout (--timeout / service.stop_timeout)",
+        allow_zero=True,
+    )
+    record = processes.PidRecord.from_json(begun.record)
+    pgid = record.pgid if record.pgid == record.pid else None
+    if settings.service.drain_timeout <= 0:
+        drained = Drain("off", None, None, None, 0.0, "drain_timeout is 0")
+    else:
+        drained = Drain("none", 0, 0, 0, 0.0, "no client was connected")
+    ends = signal_and_wait(dict(begun.targets), pgid=pgid, timeout=limit, signalled=signalled,
+                           sent_at=begun.signalled_at, reached=begun.sent)  # fmt: skip
+    known = {pid: (" ".join(mask_argv(argv)), rss) for pid, argv, rss in begun.rows}
+    rows = [
+        StoppedProcess(pid, *known.get(pid, ("(child born during the stop)", None)), how)
+        for pid, how in ends.items()
+    ]
+    survivors = [r.pid for r in rows if r.outcome == "survived"]
+    pidfile = Path(begun.pidfile)
+    removed = False if survivors else remove_pidfile(pidfile, pid=record.pid)
+    status: Any = "failed" if survivors else "stopped"
+    name = settings.service.name
+    message = (
+        f"still alive after SIGKILL: {', '.join(map(str, survivors))}"
+        if survivors
+        else f"{name} stopped; {drained.text()}"
+    )
+    return StopResult(
+        status, name, "pidfile", "ok", tuple(rows), time.monotonic() - started, limit,
+        removed, message, drain=drained,
+    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------- restart

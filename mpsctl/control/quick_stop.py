@@ -1,0 +1,466 @@
+"""``mpsctl stop``'s SIGTERM before click, rich, psutil and the settings are loaded.
+
+Loading them takes the Python start-up of a whole command (about 100 ms on a small
+machine), and every one of those milliseconds is added to the stop: the service cannot
+begin its own shutdown until it is signalled. This module is the first thing a bare
+``mpsctl stop`` (or ``mpsctl stop --json``) runs, on Linux. It imports the standard library
+only and signals the service at once when, and only when, every check of the full path
+would pass; then the full command runs as usual while the service shuts down, waits for
+it, escalates to SIGKILL, removes the pidfile and prints the result.
+
+What the full path decides from the settings is taken from a record the last full
+``start`` or ``stop`` wrote (:data:`FACTS_NAME` in MPSCTL_HOME), valid only while every
+input of the settings is unchanged: the MPSCTL_* variables and the others the settings read,
+the working directory, the settings file found (and its inode, size and times) and
+mpsctl's version. Anything else, or anything unusual, declines: several
+services, no record, a lock held by another run, no pidfile, a pid that is not the
+recorded process, a process of another user or of mpsctl's own ancestry, an installed
+systemd unit, or a client connected to the service (its queries are drained first, which
+the full path does). Declining costs nothing: the full path then runs from the start.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    from mpsctl.settings import Settings
+
+FACTS_NAME = "stop-facts.json"
+LOCK_NAME = "mpsctl.lock"  # mpsctl.control.lock's file: one lock for every changing run
+PIDFILE_MAX = 64 * 1024
+CONFIG_NAME = "mpsctl.toml"
+#: the variables the settings read besides MPSCTL_*: a change to any makes the record stale
+SETTINGS_ENV = ("HOME", "XDG_CONFIG_HOME", "XDG_STATE_HOME", "XDG_DATA_HOME")
+#: the arguments after ``stop`` this path takes; any other argument goes the full way
+QUICK_ARGS = ((), ("--json",))
+#: psutil's create_time on Linux moves with the boot time by up to a second (see
+#: mpsctl.observe.processes.tree): the same tolerance
+CREATE_TIME_TOLERANCE_S = 1.0
+
+
+class Begun:
+    """What was checked and signalled; the full stop takes it over (and the lock with it)."""
+
+    __slots__ = ("lock_fd", "pidfile", "record", "rows", "sent", "signalled_at", "targets", "url")
+
+    def __init__(self, lock_fd: int, pidfile: str, record: dict[str, Any], url: str,
+                 targets: dict[int, float], sent: set[int],
+                 rows: list[tuple[int, list[str], int | None]],
+                 signalled_at: float) -> None:  # fmt: skip
+        self.lock_fd = lock_fd
+        self.pidfile = pidfile
+        self.record = record
+        self.url = url
+        #: pid -> create_time of the process and its descendants, as signalled
+        self.targets = targets
+        #: the targets SIGTERM reached (the others had exited)
+        self.sent = sent
+        #: pid, argv, RSS bytes: read before the signal, for the stop's table
+        self.rows = rows
+        #: time.monotonic() when SIGTERM was sent: SIGKILL's deadline counts from it
+        self.signalled_at = signalled_at
+
+    def release(self) -> None:
+        """Drop the lock (the kernel drops it anyway when this process ends)."""
+        if self.lock_fd >= 0:
+            os.close(self.lock_fd)
+            self.lock_fd = -1
+
+
+_BEGUN: list[Begun] = []
+
+
+def taken() -> Begun | None:
+    """The stop begun by :func:`begin` in this process, handed over once."""
+    return _BEGUN.pop() if _BEGUN else None
+
+
+# --------------------------------------------------------------------------- the record
+def host_home(environ: Mapping[str, str]) -> str | None:
+    """MPSCTL_HOME as ``mpsctl.paths.home_dir`` finds it on Linux (None elsewhere: there
+    the full path runs)."""
+    if environ.get("MPSCTL_HOME"):
+        return os.path.expanduser(environ["MPSCTL_HOME"])
+    if sys.platform == "darwin" or (not environ.get("HOME") and "XDG_STATE_HOME" not in environ):
+        return None
+    state = environ.get("XDG_STATE_HOME") or os.path.join(environ["HOME"], ".local", "state")
+    return os.path.join(os.path.expanduser(state), "mpsctl")
+
+
+def config_file(environ: Mapping[str, str], cwd: str) -> str | bool | None:
+    """The settings file ``mpsctl.settings.find_config_file`` picks without ``--config``;
+    False when it would refuse (a directory in the way, a missing MPSCTL_CONFIG)."""
+    chosen = environ.get("MPSCTL_CONFIG")
+    if chosen:
+        path = os.path.expanduser(chosen)
+        return os.path.abspath(path) if os.path.isfile(path) else False
+    base = environ.get("XDG_CONFIG_HOME") or os.path.join(environ.get("HOME") or "~", ".config")
+    for candidate in (os.path.join(cwd, CONFIG_NAME),
+                      os.path.join(os.path.expanduser(base), "mpsctl", CONFIG_NAME)):  # fmt: skip
+        if os.path.isfile(candidate):
+            return os.path.abspath(candidate)
+        if os.path.lexists(candidate):
+            return False
+    return None
+
+
+def inputs_key(environ: Mapping[str, str], cwd: str) -> str | None:
+    """Everything the settings are made of, as one string (hashed: the MPSCTL_* values may
+    be secrets); None when the settings would refuse to load."""
+    import hashlib
+
+    found = config_file(environ, cwd)
+    if found is False:
+        return None
+    stat: list[int] = []
+    if found:
+        try:
+            info = os.stat(found)
+        except OSError:
+            return None
+        stat = [info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns]
+    from mpsctl import __version__
+
+    env = sorted((k, v) for k, v in environ.items()
+                 if k.startswith("MPSCTL_") or k in SETTINGS_ENV)  # fmt: skip
+    text = json.dumps([env, cwd, found, stat, __version__])
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def remember(settings: Settings, unit_files: Sequence[str],
+             environ: Mapping[str, str] | None = None) -> None:  # fmt: skip
+    """Record what a bare ``stop`` needs from ``settings`` (the one service it acts on),
+    unless it is already recorded. Never an error: a record that cannot be written only
+    costs the next stop its head start."""
+    env = os.environ if environ is None else environ
+    try:
+        cwd = os.getcwd()
+    except OSError:
+        return
+    home = host_home(env)
+    found = config_file(env, cwd)
+    config = None if settings.config_file is None else str(settings.config_file)
+    if home is None or os.path.abspath(home) != str(
+        (settings.host_home or settings.home).absolute()
+    ):
+        return
+    if found is False or found != config:
+        return  # another discovery than the settings': never recorded, never used
+    key = inputs_key(env, cwd)
+    if key is None:
+        return
+    facts = {
+        "key": key,
+        "pidfile": str(settings.home / "service.pid"),
+        "url": settings.service.url,
+        "unit_files": list(unit_files),
+    }
+    path = os.path.join(home, FACTS_NAME)
+    if _read_json(path) == facts:
+        return
+    try:
+        from pathlib import Path
+
+        from mpsctl.storage import atomic_write_json
+
+        atomic_write_json(Path(path), facts)
+    except OSError:
+        pass
+
+
+# --------------------------------------------------------------------------- reading /proc
+def _read_json(path: str, limit: int = PIDFILE_MAX) -> Any:
+    """A small regular file's JSON (never through a link, never a FIFO); None otherwise."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        if not _regular(fd):
+            return None
+        data = os.read(fd, limit + 1)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        return None
+    try:
+        return json.loads(data)
+    except ValueError:
+        return None
+
+
+def _regular(fd: int) -> bool:
+    import stat
+
+    return stat.S_ISREG(os.fstat(fd).st_mode)
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """/proc/PID/stat from the state field on (the name may hold spaces and parentheses)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            text = f.read()
+    except OSError:
+        return None
+    return text[text.rfind(b")") + 2 :].decode("ascii", "replace").split()
+
+
+class _Proc:
+    __slots__ = ("created", "pid", "ppid", "zombie")
+
+    def __init__(self, pid: int, fields: list[str], boot: float, ticks: int) -> None:
+        self.pid = pid
+        self.zombie = fields[0] in ("Z", "X")
+        self.ppid = int(fields[1])
+        self.created = boot + int(fields[19]) / ticks  # starttime: field 22 of stat(5)
+
+
+def _boot_time() -> float | None:
+    try:
+        with open("/proc/stat", "rb") as f:
+            for line in f:
+                if line.startswith(b"btime"):
+                    return float(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _real_uid(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Uid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _argv_rss(pid: int) -> tuple[list[str], int | None]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = [os.fsdecode(a) for a in f.read().split(b"\0") if a]
+    except OSError:
+        argv = []
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as f:
+            rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        rss = None
+    return argv, rss
+
+
+def _socket_inodes(pids: Sequence[int]) -> set[str] | None:
+    """The inodes of every socket the processes hold; None when a descriptor table is
+    unreadable (then nobody can say no client is connected)."""
+    found: set[str] = set()
+    for pid in pids:
+        base = f"/proc/{pid}/fd"
+        try:
+            names = os.listdir(base)
+        except OSError:
+            return None
+        for name in names:
+            try:
+                link = os.readlink(f"{base}/{name}")
+            except OSError:
+                continue  # closed since the listing
+            if link.startswith("socket:["):
+                found.add(link[8:-1])
+    return found
+
+
+def _client_connected(pids: Sequence[int]) -> bool:
+    """True when an established TCP connection of the tree is on a port the tree listens
+    on (a client, whose query may be in flight), or when that cannot be told."""
+    inodes = _socket_inodes(pids)
+    if inodes is None:
+        return True
+    if not inodes:
+        return False
+    listening: set[str] = set()
+    established: list[str] = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table, "rb") as f:
+                lines = f.read().decode("ascii", "replace").splitlines()[1:]
+        except OSError:
+            if table.endswith("6"):
+                continue  # no IPv6 on this kernel
+            return True
+        for line in lines:
+            cols = line.split()
+            if len(cols) < 10 or cols[9] not in inodes:
+                continue
+            port = cols[1].rsplit(":", 1)[-1]
+            if cols[3] == "0A":  # LISTEN
+                listening.add(port)
+            elif cols[3] == "01":  # ESTABLISHED
+                established.append(port)
+    return any(port in listening for port in established)
+
+
+# --------------------------------------------------------------------------- the path
+def begin(args: Sequence[str], environ: Mapping[str, str] | None = None) -> Begun | None:
+    """Signal the service now when every check passes (the module doc); None to decline.
+
+    Never raises: a surprise declines, and the full path meets it again and reports it.
+    """
+    try:
+        begun = _begin(tuple(args), os.environ if environ is None else environ)
+    except Exception:
+        return None
+    if begun is not None:
+        _BEGUN.append(begun)
+    return begun
+
+
+def _begin(args: tuple[str, ...], environ: Mapping[str, str]) -> Begun | None:
+    if args not in QUICK_ARGS or not sys.platform.startswith("linux"):
+        return None
+    home = host_home(environ)
+    if home is None or not _private_dir(home):
+        return None
+    facts = _read_json(os.path.join(home, FACTS_NAME))
+    if not isinstance(facts, dict) or facts.get("key") != inputs_key(environ, os.getcwd()):
+        return None
+    pidfile, url, units = facts.get("pidfile"), facts.get("url"), facts.get("unit_files")
+    if not isinstance(pidfile, str) or not isinstance(url, str) or not isinstance(units, list):
+        return None
+    if any(isinstance(u, str) and os.path.lexists(u) for u in units):
+        return None  # a unit may run the service: the full path says what to run instead
+    state_dir = os.path.dirname(pidfile)
+    if not _private_dir(state_dir):
+        return None
+    lock_fd = _lock(state_dir)
+    if lock_fd is None:
+        return None
+    try:
+        begun = _check_and_signal(pidfile, url, lock_fd)
+    except BaseException:
+        os.close(lock_fd)
+        raise
+    if begun is None:
+        os.close(lock_fd)
+    return begun
+
+
+def _private_dir(path: str) -> bool:
+    """mpsctl.paths.home_problem's rule: this user's (or root's), writable by no one else."""
+    import stat
+
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return False
+    mine = info.st_uid in (os.geteuid(), 0)
+    return stat.S_ISDIR(info.st_mode) and mine and not info.st_mode & 0o022
+
+
+def _lock(state_dir: str) -> int | None:
+    """The run lock (mpsctl.control.lock's file), held; None when busy or unusable."""
+    flags = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(os.path.join(state_dir, LOCK_NAME), flags)
+    except OSError:
+        return None  # missing (the full path creates it safely) or a link
+    try:
+        if not _regular(fd):
+            raise OSError
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} stop\n".encode(), 0)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _check_and_signal(pidfile: str, url: str, lock_fd: int) -> Begun | None:
+    record = _read_json(pidfile)
+    if not isinstance(record, dict):
+        return None
+    pid, created = record.get("pid"), record.get("create_time")
+    if type(pid) is not int or pid <= 0 or not isinstance(created, (int, float)):
+        return None
+    recorded_url = record.get("url")
+    if not isinstance(recorded_url, str) or recorded_url.rstrip("/") != url.rstrip("/"):
+        return None  # another configuration's service: the full path explains
+    boot, ticks = _boot_time(), os.sysconf("SC_CLK_TCK")
+    if boot is None or ticks <= 0:
+        return None
+    table: dict[int, _Proc] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            fields = _stat_fields(int(name))
+            if fields is not None and len(fields) > 19:
+                table[int(name)] = _Proc(int(name), fields, boot, ticks)
+    root = table.get(pid)
+    if root is None or root.zombie or abs(root.created - float(created)) > CREATE_TIME_TOLERANCE_S:
+        return None  # gone, or the pid is another process's now
+    protected = {os.getpid()}
+    up = table.get(os.getpid())
+    while up is not None and up.ppid > 0 and up.ppid not in protected:
+        protected.add(up.ppid)
+        up = table.get(up.ppid)
+    children: dict[int, list[_Proc]] = {}
+    for proc in table.values():
+        children.setdefault(proc.ppid, []).append(proc)
+    tree, stack = [root], [root]
+    while stack:
+        for child in children.get(stack.pop().pid, []):
+            if not child.zombie and child not in tree:
+                tree.append(child)
+                stack.append(child)
+    uid = os.getuid()
+    if any(p.pid in protected or _real_uid(p.pid) != uid for p in tree):
+        return None
+    pids = [p.pid for p in tree]
+    if _client_connected(pids):
+        return None  # a query may be in flight: the full path drains it first
+    rows = [(p.pid, *_argv_rss(p.pid)) for p in tree]
+    targets = {p.pid: p.created for p in tree}
+    sent = [p for p in tree if _send(p, signal.SIGTERM, boot, ticks)]
+    if not sent:
+        return None  # all gone before the signal: nothing was done
+    signalled_at = time.monotonic()
+    # a stopped process holds SIGTERM pending until it runs again (as the full path does)
+    for proc in sent:
+        _send(proc, signal.SIGCONT, boot, ticks)
+    # the process group is not signalled here: the full path's SIGKILL does that, after its
+    # check that every member of the group is the service's
+    sent_pids = {p.pid for p in sent}
+    return Begun(lock_fd, pidfile, record, url, targets, sent_pids, rows, signalled_at)
+
+
+def _send(proc: _Proc, sig: signal.Signals, boot: float, ticks: int) -> bool:
+    """Signal ``proc`` through a pidfd opened before its identity is checked again, so a
+    pid reused in between is never hit."""
+    try:
+        pidfd = os.pidfd_open(proc.pid)
+    except OSError:
+        return False
+    try:
+        fields = _stat_fields(proc.pid)
+        if fields is None or fields[0] in ("Z", "X"):
+            return False
+        if abs(boot + int(fields[19]) / ticks - proc.created) > CREATE_TIME_TOLERANCE_S:
+            return False
+        signal.pidfd_send_signal(pidfd, sig)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(pidfd)
