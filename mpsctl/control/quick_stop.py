@@ -284,12 +284,12 @@ def _socket_inodes(pids: Sequence[int]) -> set[str] | None:
 
 def _client_connected(pids: Sequence[int]) -> bool:
     """True when an established TCP connection of the tree is on a port the tree listens
-    on (a client, whose query may be in flight), or when that cannot be told."""
+    on (a client, whose query may be in flight), or when that cannot be told: a tree with
+    no TCP listener (still loading, or serving on a UNIX socket) is left to the full path,
+    which asks the service itself."""
     inodes = _socket_inodes(pids)
-    if inodes is None:
-        return True
     if not inodes:
-        return False
+        return True
     listening: set[str] = set()
     established: list[str] = []
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
@@ -309,7 +309,7 @@ def _client_connected(pids: Sequence[int]) -> bool:
                 listening.add(port)
             elif cols[3] == "01":  # ESTABLISHED
                 established.append(port)
-    return any(port in listening for port in established)
+    return not listening or any(port in listening for port in established)
 
 
 # --------------------------------------------------------------------------- the path

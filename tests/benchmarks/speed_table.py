@@ -25,10 +25,16 @@ END = "<!-- /speed-table -->"
 BENCHES: list[tuple[str, list[str], list[str]]] = [
     # script, arguments for the table, arguments for --quick
     ("bench_probe.py", ["--runs", "15"], ["--runs", "3", "--processes", "500"]),
-    ("bench_lifecycle.py", ["--runs", "10", "--library-runs", "3"],
-     ["--runs", "3", "--library-runs", "0"]),  # fmt: skip
-    ("bench_oom_scan.py", ["--sizes", "64", "256", "--repeat", "3", "--grep"],
-     ["--sizes", "16", "64", "--repeat", "1", "--files", "5"]),  # fmt: skip
+    (
+        "bench_lifecycle.py",
+        ["--runs", "10", "--library-runs", "3"],
+        ["--runs", "3", "--library-runs", "0"],
+    ),
+    (
+        "bench_oom_scan.py",
+        ["--sizes", "64", "256", "--repeat", "3", "--grep"],
+        ["--sizes", "16", "64", "--repeat", "1", "--files", "5"],
+    ),
     ("bench_demo_start.py", ["--runs", "3"], ["--runs", "1"]),
 ]
 

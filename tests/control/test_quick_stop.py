@@ -225,3 +225,22 @@ def test_the_early_path_imports_the_standard_library_only() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_service_not_listening_is_left_to_the_full_path(
+    fake_service: Make, isolated_home: Path, spawned: list
+) -> None:
+    # no TCP listener: still loading, or serving on a UNIX socket, whose clients the early
+    # path cannot see; the full path asks the service itself
+    fake = fake_service()
+    assert mpsctl("stop").returncode == 0  # nothing running; records the settings
+    assert (isolated_home / quick_stop.FACTS_NAME).exists()
+    loading = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    spawned.append(loading)
+    proc = psutil.Process(loading.pid)
+    record = {"pid": proc.pid, "create_time": proc.create_time(), "url": fake.url, "argv": []}
+    (isolated_home / "service.pid").write_text(json.dumps(record))
+    code, doc = stop_json()
+    assert (code, doc["status"]) == (0, "stopped")
+    assert doc["drain"]["note"] != QUICK_NOTE
+    assert wait_for(lambda: loading.poll() is not None)
