@@ -307,7 +307,7 @@ def test_alertmanager_config_passes_amtool(tmp_path: Path) -> None:
     done = subprocess.run([amtool, "check-config", "am.yml"], cwd=tmp_path,
                           capture_output=True, text=True, timeout=60)  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "2 inhibit rules" in done.stdout
+    assert "1 inhibit rules" in done.stdout
     import yaml
 
     assert yaml.safe_load(result.stdout)["receivers"][0]["webhook_configs"][0]["url"] == url
@@ -323,3 +323,35 @@ def test_scrape_config_and_rules_pass_promtool_check_config(tmp_path: Path) -> N
     assert done.returncode == 0, done.stdout + done.stderr
     assert '"127.0.0.1:9810"' in result.stdout
     assert "job_name: mpsctl-exporter" in result.stdout
+
+
+def test_runbook_base_makes_every_runbook_url_absolute(tmp_path: Path) -> None:
+    base = "https://git.example.com/ops/mpsctl/blob/v1.0"
+    result = CliRunner().invoke(main, ["exporter", "--rules", "--runbook-base", base])
+    assert result.exit_code == 0, result.stderr
+    import yaml
+
+    rules = yaml.safe_load(result.stdout)["groups"][0]["rules"]
+    urls = [rule["annotations"]["runbook_url"] for rule in rules]
+    assert urls == [f"{base}/docs/fleet.md#{rule['alert'].lower()}" for rule in rules]
+    (tmp_path / "rules.yml").write_text(result.stdout, encoding="utf-8")
+    done = promtool("check", "rules", "rules.yml", cwd=tmp_path)
+    assert "SUCCESS: 10 rules found" in done.stdout, done.stderr
+    # with the time scale too: both changes, nothing else
+    both = CliRunner().invoke(
+        main, ["exporter", "--rules", "--runbook-base", base + "/", "--time-scale", "0.05"]
+    )
+    assert both.stdout.count(f'"{base}/docs/fleet.md#') == 10
+    assert "for: 30s" in both.stdout
+
+
+@pytest.mark.parametrize(
+    "bad", ["docs.example.com/mpsctl", "ftp://example.com/", 'https://x/a"b', "https://x/a b",
+            "https://x/a\nb", "https://"],
+)  # fmt: skip
+def test_runbook_base_refuses_what_is_not_an_absolute_url(bad: str) -> None:
+    result = CliRunner().invoke(main, ["exporter", "--rules", "--runbook-base", bad])
+    assert result.exit_code == 2
+    [line] = result.stderr.splitlines()
+    assert line.startswith("mpsctl: error: --runbook-base"), line
+    assert result.stdout == ""
