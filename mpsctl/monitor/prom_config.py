@@ -2,8 +2,9 @@
 on a shorter clock), the scrape jobs, and Alertmanager's route and inhibit rules.
 
 ``--time-scale F`` multiplies every duration by ``F``: in the shipped rules each ``for:``,
-each range window ``[10m]`` and the staleness age; in the scrape jobs the interval; in
-Alertmanager's route the group wait, group interval and repeat interval. The same
+each range window ``[10m]`` and each age in seconds (``time() - ... > 180``); in the scrape
+jobs the interval; in Alertmanager's route the group wait, group interval and repeat
+interval. The same
 configuration on a faster clock, so a test or a demo sees alerts fire, arrive and resolve in
 seconds, with nothing written by hand. The text is printed, never installed.
 """
@@ -21,7 +22,8 @@ from mpsctl.errors import ConfigError
 _UNIT_S = {"s": 1, "m": 60, "h": 3600}
 _FOR = re.compile(r"(?m)^(\s+for: )(\d+)([smh])\s*$")
 _RANGE = re.compile(r"\[(\d+)([smh])\]")
-_STALE_AGE = re.compile(r"(mpsctl_probe_timestamp_seconds > )(\d+)")
+#: an age in seconds: how old the probe may be, how new a counter is
+_AGE = re.compile(r"(time\(\) - mpsctl_\w+ [<>] )(\d+)")
 _RUNBOOK = re.compile(r'(runbook_url: )"(docs/[^"]+)"')
 
 #: the job names the rules and the dashboard expect (``up{job="mpsctl-exporter"}``)
@@ -73,9 +75,7 @@ def rules_text(time_scale: float = 1.0, runbook_base: str | None = None) -> str:
         lambda m: "[" + _seconds(int(m.group(1)) * _UNIT_S[m.group(2)] * time_scale) + "]",
         text,
     )
-    text = _STALE_AGE.sub(
-        lambda m: m.group(1) + str(max(1, round(int(m.group(2)) * time_scale))), text
-    )
+    text = _AGE.sub(lambda m: m.group(1) + str(max(1, round(int(m.group(2)) * time_scale))), text)
     return f"# every duration below multiplied by {time_scale:g} (--time-scale)\n" + text
 
 

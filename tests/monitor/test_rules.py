@@ -18,6 +18,7 @@ from tests.monitor.external import require_tool
 
 EXPORTER = {"instance": "mac1:9808", "job": "mpsctl-exporter", "service": "mpsctl-mvp"}
 SERVICE = {"instance": "mac1:8000", "job": "mpsctl-service"}
+OLD_SERVICE = {"instance": "mac2:8000", "job": "mpsctl-service"}
 MIB = 1024 * 1024
 
 
@@ -144,6 +145,30 @@ def test_promtool_test_rules_on_input_series(tmp_path: Path) -> None:
                     summary=f"{mvp}: a new memory failure (oom) in the logs",
                     description="See `mpsctl oom` on the host.",
                 ),
+            ],
+        },
+        {  # a service whose first scrape already counts a failure: new (its counter made
+            # at 4m, first scraped at 5m), it fires until 10 minutes after it started; a
+            # process older than that, first seen with a count (Prometheus restarted),
+            # does not
+            "interval": "1m",
+            "input_series": [
+                series("mpsctl_out_of_memory_total", "_x5 2x12", **SERVICE),
+                series("mpsctl_out_of_memory_created", "_x5 240x12", **SERVICE),
+                series("mpsctl_out_of_memory_total", "_x5 1x12", **OLD_SERVICE),
+                series("mpsctl_out_of_memory_created", "_x5 -86400x12", **OLD_SERVICE),
+            ],
+            "alert_rule_test": [
+                alert("4m", "MpsctlOutOfMemory"),
+                alert(
+                    "6m",
+                    "MpsctlOutOfMemory",
+                    {**SERVICE, "severity": "warning"},
+                    summary="mac1:8000: a query ran out of memory",
+                    description="About 2 out-of-memory error(s) in 10 minutes (increase() "
+                    "extrapolates); see `mpsctl oom`.",
+                ),
+                alert("15m", "MpsctlOutOfMemory"),
             ],
         },
         {  # an exporter first scraped at 19m: its counters are there at 0 from that first
@@ -291,6 +316,7 @@ def test_time_scale_shortens_every_duration_and_promtool_accepts_it(tmp_path: Pa
     assert "[10m]" not in result.stdout
     assert "increase(mpsctl_oom_events_total[30s])" in result.stdout
     assert "mpsctl_probe_timestamp_seconds > 9" in result.stdout
+    assert "time() - mpsctl_out_of_memory_created < 30)" in result.stdout
     (tmp_path / "rules.yml").write_text(result.stdout, encoding="utf-8")
     done = promtool("check", "rules", "rules.yml", cwd=tmp_path)
     assert "SUCCESS: 10 rules found" in done.stdout, done.stderr
