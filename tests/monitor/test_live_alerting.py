@@ -40,9 +40,10 @@ from tests.service_fixtures import stop_process
 SCALE = "0.05"
 PYTHON = sys.executable
 #: the limited service's room above its loaded footprint (with its worker thread started):
-#: a short question fits, a 20,000-token one does not. Measured on the tiny demo model: a
-#: question of N tokens peaks at about N x 2.3 KiB above the loaded model (16,000 tokens:
-#: +31 MiB; 20,000: about +45 MiB); the first tensor refused is its 5 MB embedding output.
+#: a short question fits, a 20,000-token one does not. Measured on the tiny demo model
+#: (VmPeak above the loaded VmSize): 8,000 tokens +8 MiB, 16,000 +31 MiB, 32,000 +78 MiB;
+#: under this headroom the first tensor refused is the 20,017-token prompt's embedding
+#: output (5,124,352 bytes), and with 64 MiB the same question is answered.
 HEADROOM = 16 * 1024 * 1024
 LONG_QUESTION = {"question": "a " * 20000, "max_new_tokens": 1}
 SHORT_QUESTION = {"question": "工商银行", "max_new_tokens": 2}
