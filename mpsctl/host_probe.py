@@ -114,12 +114,12 @@ def host_findings(probes: Sequence[ProbeResult], thresholds: Any = None) -> tupl
     if not probes:
         return ()
     view = HostProbe(tuple(probes), ())
-    limits: Any = thresholds if thresholds is not None else probes[0].thresholds
+    levels: Any = thresholds if thresholds is not None else probes[0].thresholds
     findings: list[Finding] = []
     ram = view.ram_bytes
     if ram and probes:
         used = view.services_memory_bytes
-        warn, crit = limits.host_used_percent
+        warn, crit = levels.host_used_percent
         share = 100.0 * used / ram
         level = (ProbeExit.CRITICAL if share >= crit
                  else ProbeExit.WARNING if share >= warn else None)  # fmt: skip
@@ -131,7 +131,7 @@ def host_findings(probes: Sequence[ProbeResult], thresholds: Any = None) -> tupl
     ceiling = view.accelerator_ceiling_bytes
     held, limits = view.accelerator_held_bytes, view.accelerator_limits_bytes
     if ceiling and held is not None:
-        warn, crit = limits.accelerator_limit_percent
+        warn, crit = levels.accelerator_limit_percent
         share = 100.0 * held / ceiling
         level = (ProbeExit.CRITICAL if share >= crit
                  else ProbeExit.WARNING if share >= warn else None)  # fmt: skip

@@ -80,6 +80,12 @@ from mpsctl.probe import take_probe
     help="With --rules, --alertmanager, --scrape-config: multiply every duration by F "
     "(tests, demos).",
 )
+@click.option(
+    "--runbook-base",
+    metavar="URL",
+    help="With --rules: put URL (where this version's docs/ folder is published, e.g. "
+    "https://git.example.com/mpsctl/blob/v1.0/) in front of every runbook_url.",
+)
 @click.pass_obj
 def exporter(
     app: App,
@@ -90,6 +96,7 @@ def exporter(
     show: str | None,
     webhook_url: str,
     time_scale: float,
+    runbook_base: str | None,
 ) -> None:
     """Serve the probe's figures as Prometheus gauges on http://HOST:PORT/metrics.
 
@@ -112,9 +119,11 @@ def exporter(
       mpsctl exporter --alertmanager --webhook-url https://hooks.example.com/am
       mpsctl exporter --scrape-config --host 10.0.0.11
       mpsctl exporter --rules --time-scale 0.05   # the same rules, 20x faster
+      mpsctl exporter --rules --runbook-base https://git.example.com/mpsctl/blob/v1.0/
     """
     if show is not None:
-        click.echo(_config_text(app, show, host, port, webhook_url, time_scale), nl=False)
+        text = _config_text(app, show, host, port, webhook_url, time_scale, runbook_base)
+        click.echo(text, nl=False)
         return
     every = app.services()
     if host not in ("127.0.0.1", "::1", "localhost"):
@@ -146,13 +155,19 @@ def exporter(
 
 
 def _config_text(
-    app: App, show: str, host: str, port: int, webhook_url: str, time_scale: float
+    app: App,
+    show: str,
+    host: str,
+    port: int,
+    webhook_url: str,
+    time_scale: float,
+    runbook_base: str | None,
 ) -> str:
     from mpsctl import contrib
     from mpsctl.monitor import prom_config
 
     if show == "rules":
-        return prom_config.rules_text(time_scale)
+        return prom_config.rules_text(time_scale, runbook_base)
     if show == "dashboard":
         return contrib.read_text(contrib.DASHBOARD)
     if show == "alertmanager":

@@ -2,8 +2,9 @@
 on a shorter clock), the scrape jobs, and Alertmanager's route and inhibit rules.
 
 ``--time-scale F`` multiplies every duration by ``F``: in the shipped rules each ``for:``,
-each range window ``[10m]`` and the staleness age; in the scrape jobs the interval; in
-Alertmanager's route the group wait, group interval and repeat interval. The same
+each range window ``[10m]`` and each age in seconds (``time() - ... > 180``); in the scrape
+jobs the interval; in Alertmanager's route the group wait, group interval and repeat
+interval. The same
 configuration on a faster clock, so a test or a demo sees alerts fire, arrive and resolve in
 seconds, with nothing written by hand. The text is printed, never installed.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
+from urllib.parse import urlsplit
 
 from mpsctl import contrib
 from mpsctl.errors import ConfigError
@@ -20,7 +22,9 @@ from mpsctl.errors import ConfigError
 _UNIT_S = {"s": 1, "m": 60, "h": 3600}
 _FOR = re.compile(r"(?m)^(\s+for: )(\d+)([smh])\s*$")
 _RANGE = re.compile(r"\[(\d+)([smh])\]")
-_STALE_AGE = re.compile(r"(mpsctl_probe_timestamp_seconds > )(\d+)")
+#: an age in seconds: how old the probe may be, how new a counter is
+_AGE = re.compile(r"(time\(\) - mpsctl_\w+ [<>] )(\d+)")
+_RUNBOOK = re.compile(r'(runbook_url: )"(docs/[^"]+)"')
 
 #: the job names the rules and the dashboard expect (``up{job="mpsctl-exporter"}``)
 EXPORTER_JOB = "mpsctl-exporter"
@@ -36,10 +40,31 @@ def _check_scale(time_scale: float) -> None:
         raise ConfigError(f"--time-scale {time_scale:g}: give a factor above 0, at most 1")
 
 
-def rules_text(time_scale: float = 1.0) -> str:
-    """The shipped rules; with ``time_scale``, every duration in them multiplied by it."""
+def check_runbook_base(base: str) -> str:
+    """``base`` as the prefix of every ``runbook_url``: an absolute http(s) URL, ending in /.
+
+    The annotation holds it as a YAML string and Alertmanager's receivers show it as a
+    link: a space, a quote or a control character would make it another link or break
+    the file, so those are refused."""
+    parts = urlsplit(base)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"--runbook-base {base!r}: give an http:// or https:// URL")
+    if any(c.isspace() or c in "\"'<>\\" or ord(c) < 32 or ord(c) == 127 for c in base):
+        raise ConfigError(
+            f"--runbook-base {base!r}: spaces, quotes, <, > and control characters cannot "
+            "appear in a URL (percent-encode them)"
+        )
+    return base if base.endswith("/") else base + "/"
+
+
+def rules_text(time_scale: float = 1.0, runbook_base: str | None = None) -> str:
+    """The shipped rules; with ``time_scale``, every duration in them multiplied by it; with
+    ``runbook_base``, every ``runbook_url`` (``docs/fleet.md#name``) made absolute on it."""
     _check_scale(time_scale)
     text = contrib.read_text(contrib.RULES)
+    if runbook_base is not None:
+        base = check_runbook_base(runbook_base)
+        text = _RUNBOOK.sub(lambda m: m.group(1) + json.dumps(base + m.group(2)), text)
     if time_scale == 1.0:
         return text
     text = _FOR.sub(
@@ -50,9 +75,7 @@ def rules_text(time_scale: float = 1.0) -> str:
         lambda m: "[" + _seconds(int(m.group(1)) * _UNIT_S[m.group(2)] * time_scale) + "]",
         text,
     )
-    text = _STALE_AGE.sub(
-        lambda m: m.group(1) + str(max(1, round(int(m.group(2)) * time_scale))), text
-    )
+    text = _AGE.sub(lambda m: m.group(1) + str(max(1, round(int(m.group(2)) * time_scale))), text)
     return f"# every duration below multiplied by {time_scale:g} (--time-scale)\n" + text
 
 
@@ -93,8 +116,13 @@ def scrape_config(
 
 def alertmanager_config(webhook_url: str, time_scale: float = 1.0) -> str:
     """A complete Alertmanager configuration: one route for mpsctl's alerts to a webhook
-    receiver, and the inhibit rules (a host whose exporter is down has no other mpsctl alert;
-    a service that is down is not also "unhealthy")."""
+    receiver, and the inhibit rule (a host whose exporter is down has no other mpsctl alert).
+
+    There is no rule for "a stopped service is not also unhealthy": MpsctlServiceUnhealthy's
+    own expression excludes a stopped service (``unless ... mpsctl_service_up == 0``), so
+    such a rule could never mute a new alert, only the resolved notice of an unhealthy
+    service that then stops, which Alertmanager then never sends (an inhibited alert's
+    resolution is not notified): the receiver would keep it open for good."""
     _check_scale(time_scale)
     url = json.dumps(webhook_url)  # a JSON string is a YAML string
     wait, group, repeat = (_seconds(s * time_scale) for s in (30, 300, 4 * 3600))
@@ -120,8 +148,6 @@ inhibit_rules:
   - source_matchers: [alertname="MpsctlExporterDown"]
     target_matchers: ['alertname=~"Mpsctl.+"', alertname!="MpsctlExporterDown"]
     equal: [instance]
-  # a stopped service is not also an unhealthy one
-  - source_matchers: [alertname="MpsctlServiceDown"]
-    target_matchers: [alertname="MpsctlServiceUnhealthy"]
-    equal: [instance, service]
+# (MpsctlServiceUnhealthy needs no inhibit rule against MpsctlServiceDown: its expression
+# already leaves out a stopped service)
 """

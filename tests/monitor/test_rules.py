@@ -18,12 +18,27 @@ from tests.monitor.external import require_tool
 
 EXPORTER = {"instance": "mac1:9808", "job": "mpsctl-exporter", "service": "mpsctl-mvp"}
 SERVICE = {"instance": "mac1:8000", "job": "mpsctl-service"}
+OLD_SERVICE = {"instance": "mac2:8000", "job": "mpsctl-service"}
+MAC2 = {"instance": "mac2:9808", "job": "mpsctl-exporter"}
+GPU1 = {"instance": "gpu1:9808", "job": "mpsctl-exporter"}
 MIB = 1024 * 1024
 
 
 def series(name: str, values: str, **labels: str) -> dict[str, str]:
     label_text = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
     return {"series": f"{name}{{{label_text}}}", "values": values}
+
+
+def mps_limits(host: dict[str, str], ratio: float) -> list[dict[str, str]]:
+    """Two services on one Mac of 16 GiB recommended working set, each allowed ``ratio``."""
+    out = []
+    for name in ("chat", "embed"):
+        labels = {**host, "service": name, "device": "mps"}
+        out.append(series("mpsctl_accelerator_limit_bytes", f"{int(ratio * 16384) * MIB}x12",
+                          **labels))  # fmt: skip
+        out.append(series("mpsctl_accelerator_recommended_max_bytes", f"{16384 * MIB}x12",
+                          **labels))  # fmt: skip
+    return out
 
 
 def alert(
@@ -51,7 +66,7 @@ def test_promtool_check_rules(tmp_path: Path) -> None:
     (tmp_path / "rules.yml").write_text(contrib.read_text(contrib.RULES), encoding="utf-8")
     done = promtool("check", "rules", "rules.yml", cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "SUCCESS: 10 rules found" in done.stdout
+    assert "SUCCESS: 11 rules found" in done.stdout
 
 
 def test_promtool_test_rules_on_input_series(tmp_path: Path) -> None:
@@ -118,6 +133,36 @@ def test_promtool_test_rules_on_input_series(tmp_path: Path) -> None:
                 ),
             ],
         },
+        {  # two services on one Mac allowed 0.7 of its working set each: fires after 10
+            # minutes; two allowed 0.4 each on another Mac, and a CUDA host, do not
+            "interval": "1m",
+            "input_series": [
+                *mps_limits(EXPORTER, 0.7),
+                *mps_limits(MAC2, 0.4),
+                *(
+                    series(
+                        "mpsctl_accelerator_limit_bytes",
+                        f"{80 * 1024 * MIB}x12",
+                        device="cuda:0",
+                        **{**GPU1, "service": name},
+                    )
+                    for name in ("chat", "embed")
+                ),
+            ],
+            "alert_rule_test": [
+                alert("9m", "MpsctlAcceleratorLimitsOversubscribed"),
+                alert(
+                    "11m",
+                    "MpsctlAcceleratorLimitsOversubscribed",
+                    {"instance": "mac1:9808", "severity": "warning"},
+                    summary="mac1:9808: the services' MPS limits add up to 22.4GiB, more "
+                    "than the working set they share",
+                    description="Together the services may grow past the recommended working "
+                    "set while each stays within its own limit: lower "
+                    "memory.high_watermark_ratio so their ratios sum to 1.0 or less.",
+                ),
+            ],
+        },
         {  # one new OOM from the service's counter, and one new memory failure in the logs:
             # the counter fires at the first scrape that shows it, not minutes later
             "interval": "1m",
@@ -144,6 +189,30 @@ def test_promtool_test_rules_on_input_series(tmp_path: Path) -> None:
                     summary=f"{mvp}: a new memory failure (oom) in the logs",
                     description="See `mpsctl oom` on the host.",
                 ),
+            ],
+        },
+        {  # a service whose first scrape already counts a failure: new (its counter made
+            # at 4m, first scraped at 5m), it fires until 10 minutes after it started; a
+            # process older than that, first seen with a count (Prometheus restarted),
+            # does not
+            "interval": "1m",
+            "input_series": [
+                series("mpsctl_out_of_memory_total", "_x5 2x12", **SERVICE),
+                series("mpsctl_out_of_memory_created", "_x5 240x12", **SERVICE),
+                series("mpsctl_out_of_memory_total", "_x5 1x12", **OLD_SERVICE),
+                series("mpsctl_out_of_memory_created", "_x5 -86400x12", **OLD_SERVICE),
+            ],
+            "alert_rule_test": [
+                alert("4m", "MpsctlOutOfMemory"),
+                alert(
+                    "6m",
+                    "MpsctlOutOfMemory",
+                    {**SERVICE, "severity": "warning"},
+                    summary="mac1:8000: a query ran out of memory",
+                    description="About 2 out-of-memory error(s) in 10 minutes (increase() "
+                    "extrapolates); see `mpsctl oom`.",
+                ),
+                alert("15m", "MpsctlOutOfMemory"),
             ],
         },
         {  # an exporter first scraped at 19m: its counters are there at 0 from that first
@@ -279,7 +348,7 @@ def test_every_runbook_url_names_a_section_of_the_fleet_doc() -> None:
         line.lstrip("#").strip().lower() for line in doc.splitlines() if line.startswith("#")
     }
     names = re.findall(r"(?m)^      - alert: (\w+)$", contrib.read_text(contrib.RULES))
-    assert len(names) == 10
+    assert len(names) == 11
     for name in names:
         assert name.lower() in {a.strip("`") for a in anchors}, name
 
@@ -287,13 +356,15 @@ def test_every_runbook_url_names_a_section_of_the_fleet_doc() -> None:
 def test_time_scale_shortens_every_duration_and_promtool_accepts_it(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["exporter", "--rules", "--time-scale", "0.05"])
     assert result.exit_code == 0, result.stderr
-    assert re.findall(r"for: (\S+)", result.stdout) == ["6s", "3s", "30s", "15s", "15s", "6s"]
+    fors = ["6s", "3s", "30s", "15s", "30s", "15s", "6s"]
+    assert re.findall(r"for: (\S+)", result.stdout) == fors
     assert "[10m]" not in result.stdout
     assert "increase(mpsctl_oom_events_total[30s])" in result.stdout
     assert "mpsctl_probe_timestamp_seconds > 9" in result.stdout
+    assert "time() - mpsctl_out_of_memory_created < 30)" in result.stdout
     (tmp_path / "rules.yml").write_text(result.stdout, encoding="utf-8")
     done = promtool("check", "rules", "rules.yml", cwd=tmp_path)
-    assert "SUCCESS: 10 rules found" in done.stdout, done.stderr
+    assert "SUCCESS: 11 rules found" in done.stdout, done.stderr
     bad = CliRunner().invoke(main, ["exporter", "--rules", "--time-scale", "2"])
     assert bad.exit_code == 2
 
@@ -307,7 +378,7 @@ def test_alertmanager_config_passes_amtool(tmp_path: Path) -> None:
     done = subprocess.run([amtool, "check-config", "am.yml"], cwd=tmp_path,
                           capture_output=True, text=True, timeout=60)  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "2 inhibit rules" in done.stdout
+    assert "1 inhibit rules" in done.stdout
     import yaml
 
     assert yaml.safe_load(result.stdout)["receivers"][0]["webhook_configs"][0]["url"] == url
@@ -323,3 +394,35 @@ def test_scrape_config_and_rules_pass_promtool_check_config(tmp_path: Path) -> N
     assert done.returncode == 0, done.stdout + done.stderr
     assert '"127.0.0.1:9810"' in result.stdout
     assert "job_name: mpsctl-exporter" in result.stdout
+
+
+def test_runbook_base_makes_every_runbook_url_absolute(tmp_path: Path) -> None:
+    base = "https://git.example.com/ops/mpsctl/blob/v1.0"
+    result = CliRunner().invoke(main, ["exporter", "--rules", "--runbook-base", base])
+    assert result.exit_code == 0, result.stderr
+    import yaml
+
+    rules = yaml.safe_load(result.stdout)["groups"][0]["rules"]
+    urls = [rule["annotations"]["runbook_url"] for rule in rules]
+    assert urls == [f"{base}/docs/fleet.md#{rule['alert'].lower()}" for rule in rules]
+    (tmp_path / "rules.yml").write_text(result.stdout, encoding="utf-8")
+    done = promtool("check", "rules", "rules.yml", cwd=tmp_path)
+    assert "SUCCESS: 11 rules found" in done.stdout, done.stderr
+    # with the time scale too: both changes, nothing else
+    both = CliRunner().invoke(
+        main, ["exporter", "--rules", "--runbook-base", base + "/", "--time-scale", "0.05"]
+    )
+    assert both.stdout.count(f'"{base}/docs/fleet.md#') == 11
+    assert "for: 30s" in both.stdout
+
+
+@pytest.mark.parametrize(
+    "bad", ["docs.example.com/mpsctl", "ftp://example.com/", 'https://x/a"b', "https://x/a b",
+            "https://x/a\nb", "https://"],
+)  # fmt: skip
+def test_runbook_base_refuses_what_is_not_an_absolute_url(bad: str) -> None:
+    result = CliRunner().invoke(main, ["exporter", "--rules", "--runbook-base", bad])
+    assert result.exit_code == 2
+    [line] = result.stderr.splitlines()
+    assert line.startswith("mpsctl: error: --runbook-base"), line
+    assert result.stdout == ""
