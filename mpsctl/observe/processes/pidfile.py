@@ -7,6 +7,7 @@ The write side is ``mpsctl.control.pidfile``; reading stays here so that ``statu
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -51,6 +52,12 @@ class PidRecord:
         if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
             raise ValueError("no valid pid")
         if not isinstance(created, (int, float)) or isinstance(created, bool):
+            raise ValueError("no valid create_time")
+        try:
+            created = float(created)
+        except OverflowError:  # an integer of hundreds of digits
+            raise ValueError("no valid create_time") from None
+        if not math.isfinite(created):  # NaN would compare unequal to no start time
             raise ValueError("no valid create_time")
         argv = data.get("argv") or ()
         pgid = data.get("pgid")
