@@ -242,3 +242,42 @@ def test_the_early_path_reads_the_command_line_as_psutil_does() -> None:
     finally:
         title.kill()
         title.wait()
+
+
+EDITED_ON_SIGTERM = """
+import runpy, signal, sys
+config = sys.argv[1]
+
+def edited(*args):
+    # the settings file edited in the moment between the early SIGTERM and the full path's
+    # reading of the settings (an operator's editor, a configuration manager)
+    with open(config, "a", encoding="utf-8") as f:
+        f.write("[service]\\nbroken = 1\\n")
+
+signal.signal(signal.SIGTERM, edited)
+sys.argv = sys.argv[2:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_settings_that_fail_after_the_early_sigterm_say_it_was_sent(
+    fake_service: Make, isolated_home: Path, tmp_path: Path
+) -> None:
+    fake = fake_service()
+    wrapper = tmp_path / "edited_on_sigterm.py"
+    wrapper.write_text(EDITED_ON_SIGTERM, encoding="utf-8")
+    text = fake.config.read_text().replace(
+        f'"{sys.executable}", "{fake.script}"',
+        f'"{sys.executable}", "{wrapper}", "{fake.config}", "{fake.script}"',
+    )
+    fake.config.write_text(text)
+    proc = started(isolated_home)
+    try:
+        result = mpsctl("stop")
+        assert result.returncode == 2, result.stderr
+        assert "invalid TOML" in result.stderr
+        # nothing may read as "nothing was done": the service was signalled
+        assert f"SIGTERM was sent to pid {proc.pid}" in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
+    finally:
+        proc.kill()
