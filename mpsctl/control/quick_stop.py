@@ -201,7 +201,7 @@ def _read_json(path: str, limit: int = PIDFILE_MAX) -> Any:
         # text as the full path reads it (UTF-8, no byte-order mark: json.loads would take
         # bytes in any UTF); NaN is no start time: it is "within a second" of every one
         return json.loads(data.decode("utf-8"), parse_constant=_no_constant)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: arrays nested thousands deep
         return None
 
 

@@ -281,3 +281,30 @@ def test_settings_that_fail_after_the_early_sigterm_say_it_was_sent(
         assert "Traceback" not in result.stderr
     finally:
         proc.kill()
+
+
+DEEP = "[" * 30000 + "]" * 30000  # under the 64 KiB limit, too deep for json's recursion
+
+
+def test_a_record_nested_too_deep_is_rewritten_not_a_traceback(
+    fake_service: Make, isolated_home: Path
+) -> None:
+    fake_service()
+    isolated_home.mkdir(mode=0o700)
+    facts = isolated_home / "stop-facts.json"
+    facts.write_text(DEEP)
+    result = mpsctl("stop")
+    assert (result.returncode, result.stderr) == (0, "")
+    assert isinstance(json.loads(facts.read_text()), dict)  # recorded again
+
+
+def test_a_pidfile_nested_too_deep_is_invalid_not_a_traceback(
+    fake_service: Make, isolated_home: Path
+) -> None:
+    fake_service()
+    assert mpsctl("stop").returncode == 0  # records the settings; nothing runs
+    (isolated_home / "service.pid").write_text(DEEP)
+    result = mpsctl("stop", "--json")
+    assert "Traceback" not in result.stderr
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["pidfile_state"] == "invalid"

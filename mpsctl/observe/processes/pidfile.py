@@ -92,5 +92,5 @@ def read_pidfile(path: Path) -> PidRecord | Literal["invalid"] | None:
         return "invalid"
     try:
         return PidRecord.from_json(json.loads(text))
-    except ValueError:  # json.JSONDecodeError is a ValueError
-        return "invalid"
+    except (ValueError, RecursionError):  # JSONDecodeError is a ValueError; RecursionError:
+        return "invalid"  # arrays nested thousands deep
