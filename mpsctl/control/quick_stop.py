@@ -488,12 +488,11 @@ def _started_as_recorded(root: _Proc, record: dict[str, Any]) -> bool:
 def _own_group(record: dict[str, Any], root: _Proc, table: dict[int, _Proc],
                protected: set[int], uid: int) -> int | None:  # fmt: skip
     """The process group to signal with the tree, as the full path picks it: the one start
-    created (pgid == pid), held by the service's root, every member this user's and none
-    mpsctl or its ancestors (mpsctl.observe.processes.group_is_mine); None otherwise."""
+    created (pgid == pid), every member this user's and none mpsctl or its ancestors
+    (mpsctl.observe.processes.group_is_mine); None otherwise. It is signalled only while
+    one of the tree is still in it (:func:`_signal_group`)."""
     pgid = record.get("pgid")
     if type(pgid) is not int or pgid != root.pid or pgid <= 1 or pgid == os.getpgrp():
-        return None
-    if root.pgrp != pgid:
         return None
     members = [p for p in table.values() if p.pgrp == pgid and not p.zombie]
     if any(p.pid in protected or _real_uid(p.pid) != uid for p in members):
