@@ -54,6 +54,7 @@ def stop(app: App, names: tuple[str, ...], all_: bool, timeout: float | None, us
       mpsctl stop --all                  # every configured service
     """
     begun = quick_stop.taken()  # a bare `mpsctl stop` may have signalled already
+    app.keep_settings_key()
     try:
         app.name_services(names, all_)
         host = app.host_settings()
@@ -83,7 +84,7 @@ def stop(app: App, names: tuple[str, ...], all_: bool, timeout: float | None, us
                                   signalled=None if as_json else _load_table,
                                   begun=begun)  # fmt: skip
             if not dry_run and len(chosen) == 1 and not names and not all_:
-                remember_for_stop(settings)
+                remember_for_stop(settings, app.settings_key)
         except MpsctlError as exc:
             failures.add(service, exc)  # a busy or hung service leaves the others to stop
             continue

@@ -140,10 +140,13 @@ def inputs_key(environ: Mapping[str, str], cwd: str) -> str | None:
 
 
 def remember(settings: Settings, unit_files: Sequence[str],
-             environ: Mapping[str, str] | None = None) -> None:  # fmt: skip
+             environ: Mapping[str, str] | None = None, *,
+             loaded_key: str | None) -> None:  # fmt: skip
     """Record what a bare ``stop`` needs from ``settings`` (the one service it acts on),
-    unless it is already recorded. Never an error: a record that cannot be written only
-    costs the next stop its head start."""
+    unless it is already recorded. ``loaded_key``: :func:`inputs_key` when ``settings``
+    were loaded; inputs changed since (an edit while a start or stop ran) record nothing.
+    Never an error: a record that cannot be written only costs the next stop its head
+    start."""
     env = os.environ if environ is None else environ
     try:
         cwd = os.getcwd()
@@ -159,7 +162,7 @@ def remember(settings: Settings, unit_files: Sequence[str],
     if found is False or found != config:
         return  # another discovery than the settings': never recorded, never used
     key = inputs_key(env, cwd)
-    if key is None:
+    if key is None or key != loaded_key:
         return
     facts = {
         "key": key,

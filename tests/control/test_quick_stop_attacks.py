@@ -23,7 +23,14 @@ import pytest
 from mpsctl.masking import mask_argv
 from tests.conftest import free_port
 from tests.control.fakes import FakeService, fake_service, spawned, wait_for
-from tests.control.test_quick_stop import QUICK_NOTE, gone, mpsctl, started, stop_json
+from tests.control.test_quick_stop import (
+    QUICK_NOTE,
+    SECRET,
+    gone,
+    mpsctl,
+    started,
+    stop_json,
+)
 
 __all__ = ["fake_service", "spawned"]  # fixtures
 
@@ -308,3 +315,54 @@ def test_a_pidfile_nested_too_deep_is_invalid_not_a_traceback(
     assert "Traceback" not in result.stderr
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["pidfile_state"] == "invalid"
+
+
+SLOW_EXIT = """
+import os, runpy, signal, sys, time
+signal.signal(signal.SIGTERM, lambda *a: (time.sleep(1.5), os._exit(0)))
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_settings_edited_during_a_stop_are_not_recorded_with_the_old_ones(
+    fake_service: Make, isolated_home: Path, tmp_path: Path
+) -> None:
+    # the record written at the end of a stop describes the settings it loaded at the start:
+    # it must not be filed under the inputs of the settings as they are at the end
+    old = fake_service()
+    wrapper = tmp_path / "slow_exit.py"
+    wrapper.write_text(SLOW_EXIT, encoding="utf-8")
+    old_text = old.config.read_text().replace(
+        f'"{sys.executable}", "{old.script}"', f'"{sys.executable}", "{wrapper}", "{old.script}"'
+    )
+    old.config.write_text(old_text)
+    kept = tmp_path / "old.toml"
+    kept.write_text(old_text)
+    new_port = free_port()
+    new_text = old_text.replace(str(old.port), str(new_port))
+    started(isolated_home)
+    # the full path (--wait 0): it takes the lock once it has loaded the settings
+    stopping = subprocess.Popen([sys.executable, "-m", "mpsctl", "stop", "--wait", "0"],
+                                env={**os.environ, "MPSCTL_TOKEN": SECRET},  # as mpsctl()'s
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        lock = isolated_home / "mpsctl.lock"
+        assert wait_for(lambda: lock.read_text().endswith(" stop\n"), timeout=5)
+        swap = tmp_path / "swap.toml"
+        swap.write_text(new_text)  # the operator switches to the new settings meanwhile
+        swap.replace(old.config)
+    finally:
+        assert stopping.wait(20) == 0
+    # the old configuration, started explicitly in the same MPSCTL_HOME
+    again = mpsctl("--config", str(kept), "start")
+    assert again.returncode == 0, again.stderr
+    proc = psutil.Process(json.loads((isolated_home / "service.pid").read_text())["pid"])
+    try:
+        full = mpsctl("stop", "--dry-run")
+        assert "nothing signalled" in full.stderr  # another configuration's service
+        result = mpsctl("stop")
+        assert result.returncode != 0, result.stderr
+        assert not gone(proc)
+    finally:
+        proc.kill()
