@@ -159,8 +159,10 @@ def remember(settings: Settings, unit_files: Sequence[str],
         (settings.host_home or settings.home).absolute()
     ):
         return
-    if found is False or found != config:
-        return  # another discovery than the settings': never recorded, never used
+    if found is False or (os.path.realpath(found) if isinstance(found, str) else None) != config:
+        # another discovery than the settings' (which resolve links): never recorded, never
+        # used; a link is followed by the key's os.stat, so another target is another key
+        return
     key = inputs_key(env, cwd)
     if key is None or key != loaded_key:
         return

@@ -366,3 +366,27 @@ def test_settings_edited_during_a_stop_are_not_recorded_with_the_old_ones(
         assert not gone(proc)
     finally:
         proc.kill()
+
+
+def test_a_symlinked_settings_file_is_recorded(
+    fake_service: Make, isolated_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # dotfile managers (stow, chezmoi) link the settings file: the record is still kept, and
+    # pointing the link at another file makes it stale
+    fake = fake_service()
+    link = tmp_path / "linked.toml"
+    link.symlink_to(fake.config)
+    monkeypatch.setenv("MPSCTL_CONFIG", str(link))
+    proc = started(isolated_home)
+    code, doc = stop_json()
+    assert (code, doc["drain"]["note"]) == (0, QUICK_NOTE)
+    assert gone(proc)
+    other = tmp_path / "other.toml"
+    other.write_text(fake.config.read_text())
+    proc = started(isolated_home)
+    link.unlink()
+    link.symlink_to(other)  # the same settings, another file: the record no longer counts
+    code, doc = stop_json()
+    assert code == 0
+    assert doc["drain"]["note"] != QUICK_NOTE
+    assert gone(proc)
