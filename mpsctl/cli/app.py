@@ -24,6 +24,16 @@ class App:
         self.config_path = config_path
         self._settings: Settings | None = None
         self._chosen: str | None = None
+        #: the settings' inputs when the kept settings were loaded, for the commands that
+        #: record them for a bare ``stop`` (:meth:`keep_settings_key`): the record is valid
+        #: for those inputs only, not for an edit made while the command ran
+        self.settings_key: str | None = None
+        self._keep_key = False
+
+    def keep_settings_key(self) -> None:
+        """Note the settings' inputs (``settings_key``) when they are loaded from now on
+        (``start`` and ``stop``; the hash costs the other commands' start-up time)."""
+        self._keep_key = True
 
     def choose(self, name: str) -> None:
         """Work on the service ``name`` (``-s NAME``): settings are that service's."""
@@ -85,11 +95,13 @@ class App:
             # imported here: `mpsctl --help` and `--version` read no settings
             from mpsctl.settings import load_settings
 
+            key = _inputs_key() if self._keep_key and not overrides else None
             settings = load_settings(
                 config=self.config_path, overrides=overrides, service=self._chosen
             )
             if not overrides:
                 self._settings = settings
+                self.settings_key = key
             return settings
         return self._settings
 
@@ -98,6 +110,17 @@ class App:
 
     def info(self, message: str) -> None:
         click.echo(f"mpsctl: {shown_message(message)}", err=True)
+
+
+def _inputs_key() -> str | None:
+    import os
+
+    from mpsctl.control.quick_stop import inputs_key
+
+    try:
+        return inputs_key(os.environ, os.getcwd())
+    except OSError:  # the working directory was removed
+        return None
 
 
 def shown_message(message: str) -> str:

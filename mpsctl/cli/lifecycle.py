@@ -160,6 +160,7 @@ def start(app: App, names: tuple[str, ...], all_: bool, foreground: bool, wait: 
       mpsctl start --foreground                          # under launchd/systemd
       mpsctl start chat embed                            # two of several services
     """
+    app.keep_settings_key()
     host, chosen = services_from_flags(app, opts, names, all_)
     if foreground and len(chosen) > 1:
         raise ServiceError("--foreground runs one service: name it")
@@ -190,7 +191,7 @@ def start(app: App, names: tuple[str, ...], all_: bool, foreground: bool, wait: 
     if not names and not all_ and not foreground:
         bare = app.host_settings()  # what a bare `mpsctl stop` loads: no flags
         if not bare.members:
-            remember_for_stop(bare)
+            remember_for_stop(bare, app.settings_key)
     failures.finish(as_json)
 
 

@@ -60,12 +60,14 @@ def demo_notice(app: App, settings: Settings) -> None:
     )
 
 
-def remember_for_stop(settings: Settings) -> None:
+def remember_for_stop(settings: Settings, loaded_key: str | None) -> None:
     """Record what the next bare ``mpsctl stop`` needs to signal the service before it
-    loads the settings (``mpsctl.control.quick_stop``)."""
+    loads the settings (``mpsctl.control.quick_stop``); ``loaded_key``: the inputs when
+    ``settings`` were loaded (``App.settings_key``)."""
     from mpsctl.control.quick_stop import remember
 
-    remember(settings, [str(path) for path in unit_file_candidates(settings)])
+    units = [str(path) for path in unit_file_candidates(settings)]
+    remember(settings, units, loaded_key=loaded_key)
 
 
 def not_under_unit(app: App, settings: Settings, action: Action) -> bool:

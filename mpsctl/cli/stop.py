@@ -54,9 +54,15 @@ def stop(app: App, names: tuple[str, ...], all_: bool, timeout: float | None, us
       mpsctl stop --all                  # every configured service
     """
     begun = quick_stop.taken()  # a bare `mpsctl stop` may have signalled already
-    app.name_services(names, all_)
-    host = app.host_settings()
-    chosen = select(host, names, all_=all_, changes=True)
+    app.keep_settings_key()
+    try:
+        app.name_services(names, all_)
+        host = app.host_settings()
+        chosen = select(host, names, all_=all_, changes=True)
+    except MpsctlError:
+        if begun is not None:  # the settings changed since they were recorded, just now
+            app.warn(_unfinished(begun))
+        raise
     failures = Failures("stop", chosen)
     if not dry_run:
         order_notice(app, host, chosen, stopping=True)
@@ -78,7 +84,7 @@ def stop(app: App, names: tuple[str, ...], all_: bool, timeout: float | None, us
                                   signalled=None if as_json else _load_table,
                                   begun=begun)  # fmt: skip
             if not dry_run and len(chosen) == 1 and not names and not all_:
-                remember_for_stop(settings)
+                remember_for_stop(settings, app.settings_key)
         except MpsctlError as exc:
             failures.add(service, exc)  # a busy or hung service leaves the others to stop
             continue
@@ -97,6 +103,15 @@ def _began_this(begun: quick_stop.Begun, chosen: list[Service]) -> bool:
     settings = chosen[0].settings
     url = settings.service.url.rstrip("/")
     return begun.pidfile == str(settings.home / "service.pid") and begun.url.rstrip("/") == url
+
+
+def _unfinished(begun: quick_stop.Begun) -> str:
+    pids = ", ".join(str(pid) for pid in sorted(begun.sent))
+    return (
+        f"SIGTERM was sent to pid {pids} (the pidfile {begun.pidfile}) before the settings "
+        "were read; without them the stop was not finished (no wait, no SIGKILL): "
+        "`mpsctl status` shows what runs"
+    )
 
 
 def _load_table() -> None:

@@ -21,6 +21,7 @@ the full path does). Declining costs nothing: the full path then runs from the s
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -28,6 +29,8 @@ import signal
 import sys
 import time
 from typing import TYPE_CHECKING, Any
+
+from mpsctl.observe.cmdline import argv_matches, split_cmdline
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -137,10 +140,13 @@ def inputs_key(environ: Mapping[str, str], cwd: str) -> str | None:
 
 
 def remember(settings: Settings, unit_files: Sequence[str],
-             environ: Mapping[str, str] | None = None) -> None:  # fmt: skip
+             environ: Mapping[str, str] | None = None, *,
+             loaded_key: str | None) -> None:  # fmt: skip
     """Record what a bare ``stop`` needs from ``settings`` (the one service it acts on),
-    unless it is already recorded. Never an error: a record that cannot be written only
-    costs the next stop its head start."""
+    unless it is already recorded. ``loaded_key``: :func:`inputs_key` when ``settings``
+    were loaded; inputs changed since (an edit while a start or stop ran) record nothing.
+    Never an error: a record that cannot be written only costs the next stop its head
+    start."""
     env = os.environ if environ is None else environ
     try:
         cwd = os.getcwd()
@@ -153,10 +159,12 @@ def remember(settings: Settings, unit_files: Sequence[str],
         (settings.host_home or settings.home).absolute()
     ):
         return
-    if found is False or found != config:
-        return  # another discovery than the settings': never recorded, never used
+    if found is False or (os.path.realpath(found) if isinstance(found, str) else None) != config:
+        # another discovery than the settings' (which resolve links): never recorded, never
+        # used; a link is followed by the key's os.stat, so another target is another key
+        return
     key = inputs_key(env, cwd)
-    if key is None:
+    if key is None or key != loaded_key:
         return
     facts = {
         "key": key,
@@ -195,9 +203,15 @@ def _read_json(path: str, limit: int = PIDFILE_MAX) -> Any:
     if len(data) > limit:
         return None
     try:
-        return json.loads(data)
-    except ValueError:
+        # text as the full path reads it (UTF-8, no byte-order mark: json.loads would take
+        # bytes in any UTF); NaN is no start time: it is "within a second" of every one
+        return json.loads(data.decode("utf-8"), parse_constant=_no_constant)
+    except (ValueError, RecursionError):  # RecursionError: arrays nested thousands deep
         return None
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a number")
 
 
 def _regular(fd: int) -> bool:
@@ -217,12 +231,13 @@ def _stat_fields(pid: int) -> list[str] | None:
 
 
 class _Proc:
-    __slots__ = ("created", "pid", "ppid", "zombie")
+    __slots__ = ("created", "pgrp", "pid", "ppid", "zombie")
 
     def __init__(self, pid: int, fields: list[str], boot: float, ticks: int) -> None:
         self.pid = pid
         self.zombie = fields[0] in ("Z", "X")
         self.ppid = int(fields[1])
+        self.pgrp = int(fields[2])
         self.created = boot + int(fields[19]) / ticks  # starttime: field 22 of stat(5)
 
 
@@ -248,12 +263,17 @@ def _real_uid(pid: int) -> int | None:
     return None
 
 
-def _argv_rss(pid: int) -> tuple[list[str], int | None]:
+def _cmdline(pid: int) -> list[str]:
+    """The command line as psutil reads it (the full path's), [] when unreadable."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            argv = [os.fsdecode(a) for a in f.read().split(b"\0") if a]
+            return split_cmdline(os.fsdecode(f.read()))
     except OSError:
-        argv = []
+        return []
+
+
+def _argv_rss(pid: int) -> tuple[list[str], int | None]:
+    argv = _cmdline(pid)
     try:
         with open(f"/proc/{pid}/statm", "rb") as f:
             rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -283,15 +303,16 @@ def _socket_inodes(pids: Sequence[int]) -> set[str] | None:
 
 
 def _client_connected(pids: Sequence[int]) -> bool:
-    """True when an established TCP connection of the tree is on a port the tree listens
-    on (a client, whose query may be in flight), or when that cannot be told: a tree with
-    no TCP listener (still loading, or serving on a UNIX socket) is left to the full path,
-    which asks the service itself."""
+    """True when a TCP connection of the tree is on a port the tree listens on (a client,
+    whose query may be in flight: ESTABLISHED, or CLOSE_WAIT once a client that sent its
+    query shut its side down), or when that cannot be told: a tree with no TCP listener
+    (still loading, or serving on a UNIX socket) is left to the full path, which asks the
+    service itself."""
     inodes = _socket_inodes(pids)
     if not inodes:
         return True
     listening: set[str] = set()
-    established: list[str] = []
+    connected: list[str] = []
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             with open(table, "rb") as f:
@@ -307,9 +328,9 @@ def _client_connected(pids: Sequence[int]) -> bool:
             port = cols[1].rsplit(":", 1)[-1]
             if cols[3] == "0A":  # LISTEN
                 listening.add(port)
-            elif cols[3] == "01":  # ESTABLISHED
-                established.append(port)
-    return not listening or any(port in listening for port in established)
+            else:  # a socket still open in the tree, whatever the state of its connection
+                connected.append(port)
+    return not listening or any(port in listening for port in connected)
 
 
 # --------------------------------------------------------------------------- the path
@@ -410,6 +431,8 @@ def _check_and_signal(pidfile: str, url: str, lock_fd: int) -> Begun | None:
     root = table.get(pid)
     if root is None or root.zombie or abs(root.created - float(created)) > CREATE_TIME_TOLERANCE_S:
         return None  # gone, or the pid is another process's now
+    if not _started_as_recorded(root, record):
+        return None  # the full path calls this pidfile reused and signals nothing
     protected = {os.getpid()}
     up = table.get(os.getpid())
     while up is not None and up.ppid > 0 and up.ppid not in protected:
@@ -432,35 +455,93 @@ def _check_and_signal(pidfile: str, url: str, lock_fd: int) -> Begun | None:
         return None  # a query may be in flight: the full path drains it first
     rows = [(p.pid, *_argv_rss(p.pid)) for p in tree]
     targets = {p.pid: p.created for p in tree}
-    sent = [p for p in tree if _send(p, signal.SIGTERM, boot, ticks)]
-    if not sent:
+    # the group start created, as the full path signals it (mpsctl.control.signals.killpg):
+    # a helper whose parent exited is no descendant, and is reached only through its group
+    group = _own_group(record, root, table, protected, uid)
+    armed = _arm(tree, boot, ticks)
+    if not armed:
         return None  # all gone before the signal: nothing was done
-    signalled_at = time.monotonic()
-    # a stopped process holds SIGTERM pending until it runs again (as the full path does)
-    for proc in sent:
-        _send(proc, signal.SIGCONT, boot, ticks)
-    # the process group is not signalled here: the full path's SIGKILL does that, after its
-    # check that every member of the group is the service's
-    sent_pids = {p.pid for p in sent}
+    try:
+        # the group first, as in the full path (mpsctl.control.signals): a process without
+        # a SIGTERM handler is gone the moment it is signalled, and with it the proof that
+        # the group is the service's
+        _signal_group(group, tree, boot, ticks, signal.SIGTERM)
+        for pidfd in armed.values():
+            with contextlib.suppress(OSError):  # ended by the group's SIGTERM already
+                signal.pidfd_send_signal(pidfd, signal.SIGTERM)
+        signalled_at = time.monotonic()
+        # a stopped process holds SIGTERM pending until it runs again (as the full path does)
+        _signal_group(group, tree, boot, ticks, signal.SIGCONT)
+        for pidfd in armed.values():
+            with contextlib.suppress(OSError):
+                signal.pidfd_send_signal(pidfd, signal.SIGCONT)
+    finally:
+        for pidfd in armed.values():
+            os.close(pidfd)
+    sent_pids = set(armed)
     return Begun(lock_fd, pidfile, record, url, targets, sent_pids, rows, signalled_at)
 
 
-def _send(proc: _Proc, sig: signal.Signals, boot: float, ticks: int) -> bool:
-    """Signal ``proc`` through a pidfd opened before its identity is checked again, so a
-    pid reused in between is never hit."""
-    try:
-        pidfd = os.pidfd_open(proc.pid)
-    except OSError:
-        return False
-    try:
+def _started_as_recorded(root: _Proc, record: dict[str, Any]) -> bool:
+    """The full path's check that the pidfile's process still runs the program start ran
+    (pid and start time alone stay the same across an exec); never PID 1."""
+    argv = record.get("argv") or ()
+    recorded = tuple(str(a) for a in argv) if isinstance(argv, list) else ()
+    return root.pid != 1 and argv_matches(recorded, tuple(_cmdline(root.pid)))
+
+
+def _own_group(record: dict[str, Any], root: _Proc, table: dict[int, _Proc],
+               protected: set[int], uid: int) -> int | None:  # fmt: skip
+    """The process group to signal with the tree, as the full path picks it: the one start
+    created (pgid == pid), every member this user's and none mpsctl or its ancestors
+    (mpsctl.observe.processes.group_is_mine); None otherwise. It is signalled only while
+    one of the tree is still in it (:func:`_signal_group`)."""
+    pgid = record.get("pgid")
+    if type(pgid) is not int or pgid != root.pid or pgid <= 1 or pgid == os.getpgrp():
+        return None
+    members = [p for p in table.values() if p.pgrp == pgid and not p.zombie]
+    if any(p.pid in protected or _real_uid(p.pid) != uid for p in members):
+        return None
+    return pgid
+
+
+def _signal_group(pgid: int | None, tree: list[_Proc], boot: float, ticks: int,
+                  sig: signal.Signals) -> None:  # fmt: skip
+    """killpg while one of the tree still lives in the group (mpsctl.control.signals's
+    group_alive): while a member lives the kernel hands out no pid equal to the group's id,
+    so no stranger's group is reached."""
+    if pgid is None:
+        return
+    for proc in tree:
         fields = _stat_fields(proc.pid)
-        if fields is None or fields[0] in ("Z", "X"):
-            return False
-        if abs(boot + int(fields[19]) / ticks - proc.created) > CREATE_TIME_TOLERANCE_S:
-            return False
-        signal.pidfd_send_signal(pidfd, sig)
-        return True
-    except OSError:
-        return False
-    finally:
-        os.close(pidfd)
+        if fields is None or fields[0] in ("Z", "X") or int(fields[2]) != pgid:
+            continue
+        if abs(boot + int(fields[19]) / ticks - proc.created) <= CREATE_TIME_TOLERANCE_S:
+            break
+    else:
+        return
+    with contextlib.suppress(OSError):
+        os.killpg(pgid, sig)
+
+
+def _arm(tree: list[_Proc], boot: float, ticks: int) -> dict[int, int]:
+    """pid -> a pidfd for each process of ``tree`` that is still the one identified: the
+    pidfd is opened before the identity is checked again, so a pid reused in between is
+    never signalled. The caller closes them."""
+    armed: dict[int, int] = {}
+    for proc in tree:
+        try:
+            pidfd = os.pidfd_open(proc.pid)
+        except OSError:
+            continue
+        fields = _stat_fields(proc.pid)
+        same = (
+            fields is not None
+            and fields[0] not in ("Z", "X")
+            and abs(boot + int(fields[19]) / ticks - proc.created) <= CREATE_TIME_TOLERANCE_S
+        )
+        if same:
+            armed[proc.pid] = pidfd
+        else:
+            os.close(pidfd)
+    return armed

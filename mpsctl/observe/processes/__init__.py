@@ -33,6 +33,7 @@ from typing import Any
 
 import psutil
 
+from mpsctl.observe.cmdline import argv_matches
 from mpsctl.observe.processes.facts import (
     Clock,
     FoundBy,
@@ -49,7 +50,6 @@ from mpsctl.observe.processes.facts import (
     with_cpu_since_snapshot,
 )
 from mpsctl.observe.processes.matching import (
-    argv_matches,
     compile_match,
     is_the_service,
     listening_ports,

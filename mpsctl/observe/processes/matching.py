@@ -15,6 +15,7 @@ from functools import partial
 import psutil
 
 from mpsctl.errors import ConfigError
+from mpsctl.observe.cmdline import argv_matches
 from mpsctl.observe.processes.pidfile import PidRecord
 from mpsctl.observe.processes.tree import GONE, living, own_user, protected_pids, tree
 from mpsctl.settings import Settings
@@ -148,27 +149,6 @@ def is_the_service(
     )
     same = record is None or argv_matches(record.argv, argv)
     return is_service(candidate, settings.service.port, argv_same=same)[0]
-
-
-def argv_matches(recorded: tuple[str, ...], cmdline: tuple[str, ...]) -> bool:
-    """Is ``cmdline`` (what the process table shows) the ``recorded`` argv start ran?
-
-    A script's interpreter is prepended by the kernel (``python /venv/bin/uvicorn ...``) and
-    exec may turn the program into its full path, so the program is compared by its name
-    and the arguments as the tail of the command line.
-    """
-    if not recorded or not cmdline:
-        return True  # nothing to compare: an old pidfile, or a command line we may not read
-    if tuple(cmdline) == tuple(recorded):
-        return True
-    program = os.path.basename(recorded[0])
-    rest = tuple(recorded[1:])
-    if len(cmdline) == 1 and " " in cmdline[0]:  # a rewritten process title
-        return program in cmdline[0]
-    if rest and tuple(cmdline[-len(rest) :]) != rest:
-        return False
-    head = cmdline[: len(cmdline) - len(rest)] if rest else cmdline
-    return any(os.path.basename(w) == program for w in head)
 
 
 def roots_of(procs: list[psutil.Process]) -> list[psutil.Process]:

@@ -7,6 +7,7 @@ The write side is ``mpsctl.control.pidfile``; reading stays here so that ``statu
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -52,6 +53,12 @@ class PidRecord:
             raise ValueError("no valid pid")
         if not isinstance(created, (int, float)) or isinstance(created, bool):
             raise ValueError("no valid create_time")
+        try:
+            created = float(created)
+        except OverflowError:  # an integer of hundreds of digits
+            raise ValueError("no valid create_time") from None
+        if not math.isfinite(created):  # NaN would compare unequal to no start time
+            raise ValueError("no valid create_time")
         argv = data.get("argv") or ()
         pgid = data.get("pgid")
 
@@ -85,5 +92,5 @@ def read_pidfile(path: Path) -> PidRecord | Literal["invalid"] | None:
         return "invalid"
     try:
         return PidRecord.from_json(json.loads(text))
-    except ValueError:  # json.JSONDecodeError is a ValueError
-        return "invalid"
+    except (ValueError, RecursionError):  # JSONDecodeError is a ValueError; RecursionError:
+        return "invalid"  # arrays nested thousands deep
