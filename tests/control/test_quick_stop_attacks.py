@@ -8,6 +8,7 @@ full path would stop, and reports the same (its drain note says "no client was c
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -41,11 +42,12 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def test_a_service_that_exec_ed_another_program_is_treated_as_the_full_path_treats_it(
+def test_a_wrapper_that_execs_the_service_is_recorded_as_it_runs_and_stopped(
     isolated_home: Path, write_config: Callable[..., Path], tmp_path: Path, spawned: list
 ) -> None:
-    # pid and start time are the recorded ones, the program is not: the full path calls the
-    # pidfile "reused" and signals nothing; so must the early path
+    # `exec` keeps the pid and the start time, not the command line: start records the one
+    # the healthy service shows, so later runs know it (before, both paths called the
+    # pidfile reused and left the service running with nothing managing it)
     port = free_port()
     script = tmp_path / "fake_service.py"
     from tests.control.fakes import FAKE_SERVICE
@@ -62,7 +64,33 @@ def test_a_service_that_exec_ed_another_program_is_treated_as_the_full_path_trea
     )
     proc = started(isolated_home)
     try:
-        assert wait_for(lambda: str(script) in " ".join(proc.cmdline()))  # exec'd
+        record = json.loads((isolated_home / "service.pid").read_text())
+        assert record["argv"] == proc.cmdline()
+        assert str(script) in record["argv"]
+        dry = json.loads(mpsctl("stop", "--dry-run", "--json").stdout)
+        assert dry["pidfile_state"] == "ok"
+        code, doc = stop_json()
+        assert (code, doc["status"]) == (0, "stopped")
+        assert doc["drain"]["note"] == QUICK_NOTE
+        assert wait_for(lambda: gone(proc))
+    finally:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+
+
+def test_a_pid_that_runs_another_program_now_is_never_signalled(
+    fake_service: Make, isolated_home: Path
+) -> None:
+    # pid and start time are the recorded ones, the program is not (it exec'd something
+    # else after start recorded it): the full path calls the pidfile "reused" and signals
+    # nothing; so must the early path
+    fake_service()
+    proc = started(isolated_home)
+    path = isolated_home / "service.pid"
+    record = json.loads(path.read_text())
+    record["argv"] = ["/usr/sbin/some-other-daemon", "--foreground"]
+    path.write_text(json.dumps(record))
+    try:
         full = mpsctl("stop", "--dry-run", "--json")
         assert json.loads(full.stdout)["pidfile_state"] == "reused"
         code, doc = stop_json()
