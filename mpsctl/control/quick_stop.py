@@ -30,7 +30,8 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from mpsctl.observe.cmdline import argv_matches, split_cmdline
+from mpsctl.observe import procfs
+from mpsctl.observe.procfs import argv_matches
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -220,119 +221,6 @@ def _regular(fd: int) -> bool:
     return stat.S_ISREG(os.fstat(fd).st_mode)
 
 
-def _stat_fields(pid: int) -> list[str] | None:
-    """/proc/PID/stat from the state field on (the name may hold spaces and parentheses)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            text = f.read()
-    except OSError:
-        return None
-    return text[text.rfind(b")") + 2 :].decode("ascii", "replace").split()
-
-
-class _Proc:
-    __slots__ = ("created", "pgrp", "pid", "ppid", "zombie")
-
-    def __init__(self, pid: int, fields: list[str], boot: float, ticks: int) -> None:
-        self.pid = pid
-        self.zombie = fields[0] in ("Z", "X")
-        self.ppid = int(fields[1])
-        self.pgrp = int(fields[2])
-        self.created = boot + int(fields[19]) / ticks  # starttime: field 22 of stat(5)
-
-
-def _boot_time() -> float | None:
-    try:
-        with open("/proc/stat", "rb") as f:
-            for line in f:
-                if line.startswith(b"btime"):
-                    return float(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
-def _real_uid(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"Uid:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
-def _cmdline(pid: int) -> list[str]:
-    """The command line as psutil reads it (the full path's), [] when unreadable."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return split_cmdline(os.fsdecode(f.read()))
-    except OSError:
-        return []
-
-
-def _argv_rss(pid: int) -> tuple[list[str], int | None]:
-    argv = _cmdline(pid)
-    try:
-        with open(f"/proc/{pid}/statm", "rb") as f:
-            rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        rss = None
-    return argv, rss
-
-
-def _socket_inodes(pids: Sequence[int]) -> set[str] | None:
-    """The inodes of every socket the processes hold; None when a descriptor table is
-    unreadable (then nobody can say no client is connected)."""
-    found: set[str] = set()
-    for pid in pids:
-        base = f"/proc/{pid}/fd"
-        try:
-            names = os.listdir(base)
-        except OSError:
-            return None
-        for name in names:
-            try:
-                link = os.readlink(f"{base}/{name}")
-            except OSError:
-                continue  # closed since the listing
-            if link.startswith("socket:["):
-                found.add(link[8:-1])
-    return found
-
-
-def _client_connected(pids: Sequence[int]) -> bool:
-    """True when a TCP connection of the tree is on a port the tree listens on (a client,
-    whose query may be in flight: ESTABLISHED, or CLOSE_WAIT once a client that sent its
-    query shut its side down), or when that cannot be told: a tree with no TCP listener
-    (still loading, or serving on a UNIX socket) is left to the full path, which asks the
-    service itself."""
-    inodes = _socket_inodes(pids)
-    if not inodes:
-        return True
-    listening: set[str] = set()
-    connected: list[str] = []
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(table, "rb") as f:
-                lines = f.read().decode("ascii", "replace").splitlines()[1:]
-        except OSError:
-            if table.endswith("6"):
-                continue  # no IPv6 on this kernel
-            return True
-        for line in lines:
-            cols = line.split()
-            if len(cols) < 10 or cols[9] not in inodes:
-                continue
-            port = cols[1].rsplit(":", 1)[-1]
-            if cols[3] == "0A":  # LISTEN
-                listening.add(port)
-            else:  # a socket still open in the tree, whatever the state of its connection
-                connected.append(port)
-    return not listening or any(port in listening for port in connected)
-
-
 # --------------------------------------------------------------------------- the path
 def begin(args: Sequence[str], environ: Mapping[str, str] | None = None) -> Begun | None:
     """Signal the service now when every check passes (the module doc); None to decline.
@@ -419,15 +307,15 @@ def _check_and_signal(pidfile: str, url: str, lock_fd: int) -> Begun | None:
     recorded_url = record.get("url")
     if not isinstance(recorded_url, str) or recorded_url.rstrip("/") != url.rstrip("/"):
         return None  # another configuration's service: the full path explains
-    boot, ticks = _boot_time(), os.sysconf("SC_CLK_TCK")
+    boot, ticks = procfs.boot_time(), os.sysconf("SC_CLK_TCK")
     if boot is None or ticks <= 0:
         return None
-    table: dict[int, _Proc] = {}
+    table: dict[int, procfs.ProcStat] = {}
     for name in os.listdir("/proc"):
         if name.isdigit():
-            fields = _stat_fields(int(name))
+            fields = procfs.stat_fields(int(name))
             if fields is not None and len(fields) > 19:
-                table[int(name)] = _Proc(int(name), fields, boot, ticks)
+                table[int(name)] = procfs.ProcStat(int(name), fields, boot, ticks)
     root = table.get(pid)
     if root is None or root.zombie or abs(root.created - float(created)) > CREATE_TIME_TOLERANCE_S:
         return None  # gone, or the pid is another process's now
@@ -438,7 +326,7 @@ def _check_and_signal(pidfile: str, url: str, lock_fd: int) -> Begun | None:
     while up is not None and up.ppid > 0 and up.ppid not in protected:
         protected.add(up.ppid)
         up = table.get(up.ppid)
-    children: dict[int, list[_Proc]] = {}
+    children: dict[int, list[procfs.ProcStat]] = {}
     for proc in table.values():
         children.setdefault(proc.ppid, []).append(proc)
     tree, stack = [root], [root]
@@ -448,12 +336,12 @@ def _check_and_signal(pidfile: str, url: str, lock_fd: int) -> Begun | None:
                 tree.append(child)
                 stack.append(child)
     uid = os.getuid()
-    if any(p.pid in protected or _real_uid(p.pid) != uid for p in tree):
+    if any(p.pid in protected or procfs.real_uid(p.pid) != uid for p in tree):
         return None
     pids = [p.pid for p in tree]
-    if _client_connected(pids):
+    if procfs.client_connected(pids):
         return None  # a query may be in flight: the full path drains it first
-    rows = [(p.pid, *_argv_rss(p.pid)) for p in tree]
+    rows = [(p.pid, *procfs.argv_rss(p.pid)) for p in tree]
     targets = {p.pid: p.created for p in tree}
     # the group start created, as the full path signals it (mpsctl.control.signals.killpg):
     # a helper whose parent exited is no descendant, and is reached only through its group
@@ -482,15 +370,15 @@ def _check_and_signal(pidfile: str, url: str, lock_fd: int) -> Begun | None:
     return Begun(lock_fd, pidfile, record, url, targets, sent_pids, rows, signalled_at)
 
 
-def _started_as_recorded(root: _Proc, record: dict[str, Any]) -> bool:
+def _started_as_recorded(root: procfs.ProcStat, record: dict[str, Any]) -> bool:
     """The full path's check that the pidfile's process still runs the program start ran
     (pid and start time alone stay the same across an exec); never PID 1."""
     argv = record.get("argv") or ()
     recorded = tuple(str(a) for a in argv) if isinstance(argv, list) else ()
-    return root.pid != 1 and argv_matches(recorded, tuple(_cmdline(root.pid)))
+    return root.pid != 1 and argv_matches(recorded, tuple(procfs.cmdline(root.pid)))
 
 
-def _own_group(record: dict[str, Any], root: _Proc, table: dict[int, _Proc],
+def _own_group(record: dict[str, Any], root: procfs.ProcStat, table: dict[int, procfs.ProcStat],
                protected: set[int], uid: int) -> int | None:  # fmt: skip
     """The process group to signal with the tree, as the full path picks it: the one start
     created (pgid == pid), every member this user's and none mpsctl or its ancestors
@@ -500,12 +388,12 @@ def _own_group(record: dict[str, Any], root: _Proc, table: dict[int, _Proc],
     if type(pgid) is not int or pgid != root.pid or pgid <= 1 or pgid == os.getpgrp():
         return None
     members = [p for p in table.values() if p.pgrp == pgid and not p.zombie]
-    if any(p.pid in protected or _real_uid(p.pid) != uid for p in members):
+    if any(p.pid in protected or procfs.real_uid(p.pid) != uid for p in members):
         return None
     return pgid
 
 
-def _signal_group(pgid: int | None, tree: list[_Proc], boot: float, ticks: int,
+def _signal_group(pgid: int | None, tree: list[procfs.ProcStat], boot: float, ticks: int,
                   sig: signal.Signals) -> None:  # fmt: skip
     """killpg while one of the tree still lives in the group (mpsctl.control.signals's
     group_alive): while a member lives the kernel hands out no pid equal to the group's id,
@@ -513,7 +401,7 @@ def _signal_group(pgid: int | None, tree: list[_Proc], boot: float, ticks: int,
     if pgid is None:
         return
     for proc in tree:
-        fields = _stat_fields(proc.pid)
+        fields = procfs.stat_fields(proc.pid)
         if fields is None or fields[0] in ("Z", "X") or int(fields[2]) != pgid:
             continue
         if abs(boot + int(fields[19]) / ticks - proc.created) <= CREATE_TIME_TOLERANCE_S:
@@ -524,7 +412,7 @@ def _signal_group(pgid: int | None, tree: list[_Proc], boot: float, ticks: int,
         os.killpg(pgid, sig)
 
 
-def _arm(tree: list[_Proc], boot: float, ticks: int) -> dict[int, int]:
+def _arm(tree: list[procfs.ProcStat], boot: float, ticks: int) -> dict[int, int]:
     """pid -> a pidfd for each process of ``tree`` that is still the one identified: the
     pidfd is opened before the identity is checked again, so a pid reused in between is
     never signalled. The caller closes them."""
@@ -534,7 +422,7 @@ def _arm(tree: list[_Proc], boot: float, ticks: int) -> dict[int, int]:
             pidfd = os.pidfd_open(proc.pid)
         except OSError:
             continue
-        fields = _stat_fields(proc.pid)
+        fields = procfs.stat_fields(proc.pid)
         same = (
             fields is not None
             and fields[0] not in ("Z", "X")

@@ -221,7 +221,7 @@ def test_the_early_path_imports_the_standard_library_only() -> None:
         "print(sorted(m for m in sys.modules if m.split('.')[0] in "
         "('click', 'rich', 'psutil', 'requests', 'torch', 'pathlib') "
         "or m.startswith('mpsctl.') and m not in ('mpsctl.control.quick_stop', "
-        "'mpsctl.control', 'mpsctl.observe', 'mpsctl.observe.cmdline')))"
+        "'mpsctl.control', 'mpsctl.observe', 'mpsctl.observe.procfs')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

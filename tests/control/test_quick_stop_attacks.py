@@ -265,7 +265,7 @@ def test_the_command_shown_is_the_full_paths(fake_service: Make, isolated_home: 
 
 
 def test_the_early_path_reads_the_command_line_as_psutil_does() -> None:
-    from mpsctl.observe.cmdline import split_cmdline
+    from mpsctl.observe.procfs import split_cmdline
 
     title = subprocess.Popen(
         [sys.executable, "-c", "import time; time.sleep(30)", "", "a b", "--x"]

@@ -20,7 +20,7 @@ from mpsctl.control.status import service_status
 from mpsctl.control.stop import stop_service
 from mpsctl.errors import StatusExit
 from mpsctl.observe import processes
-from mpsctl.observe.cmdline import argv_matches
+from mpsctl.observe.procfs import argv_matches
 from tests.conftest import free_port
 from tests.control.fakes import alive, fake_service, kill_strays, sleeper, spawned, wait_for
 from tests.scenarios.conftest import MAIN

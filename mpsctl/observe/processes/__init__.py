@@ -33,7 +33,6 @@ from typing import Any
 
 import psutil
 
-from mpsctl.observe.cmdline import argv_matches
 from mpsctl.observe.processes.facts import (
     Clock,
     FoundBy,
@@ -78,6 +77,7 @@ from mpsctl.observe.processes.tree import (
     tree,
     tree_identities,
 )
+from mpsctl.observe.procfs import argv_matches
 from mpsctl.settings import Settings
 from mpsctl.settings_services import SERVICES_DIR
 

@@ -15,9 +15,9 @@ from functools import partial
 import psutil
 
 from mpsctl.errors import ConfigError
-from mpsctl.observe.cmdline import argv_matches
 from mpsctl.observe.processes.pidfile import PidRecord
 from mpsctl.observe.processes.tree import GONE, living, own_user, protected_pids, tree
+from mpsctl.observe.procfs import argv_matches
 from mpsctl.settings import Settings
 
 Clock = Callable[[], float]
