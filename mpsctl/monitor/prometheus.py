@@ -338,13 +338,16 @@ def start_services_exporter(
     (cached) probe and watchdog counters, labelled ``service="NAME"``, in one family per
     metric name."""
     _require_client()
-    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client import CollectorRegistry
+
+    from mpsctl.monitor.exporter_server import start_bounded_server
 
     caches = [CachedProbe(probe, min_interval, home=home) for probe, home in probes]
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ProbeCollector(lambda: [s for c in caches for s in c.samples()]))
     try:
-        server, thread = start_http_server(port, addr=host, registry=registry)
+        # the one-service exporter's server: bounded threads, idle connections closed
+        server, thread = start_bounded_server(host, port, registry)
     except OSError as exc:
         raise MpsctlError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     bound = server.server_address[1]

@@ -74,6 +74,9 @@ def test_promtool_test_rules_on_input_series(tmp_path: Path) -> None:
     crit = {**EXPORTER, "severity": "critical"}
     warn = {**EXPORTER, "severity": "warning"}
     other = {**EXPORTER, "service": "other"}
+    # a host's own figures: one alert per host, whichever services reported them
+    host_warn = {k: v for k, v in warn.items() if k != "service"}
+    host_crit = {k: v for k, v in crit.items() if k != "service"}
     tests = [
         {  # down for 4 minutes: fires; down for 1 minute: still pending
             "interval": "1m",
@@ -250,34 +253,38 @@ def test_promtool_test_rules_on_input_series(tmp_path: Path) -> None:
                 ),
             ],
         },
-        {  # swap grows 64 MiB a minute on one host; a constant (large) swap on another
+        {  # swap grows 64 MiB a minute on one host (reported by both its services: one
+            # alert for the host); a constant (large) swap on another host
             "interval": "1m",
             "input_series": [
                 series("mpsctl_host_swap_used_bytes", f"0+{64 * MIB}x20", **EXPORTER),
-                series("mpsctl_host_swap_used_bytes", f"{8192 * MIB}x20", **other),
+                series("mpsctl_host_swap_used_bytes", f"0+{64 * MIB}x20", **other),
+                series("mpsctl_host_swap_used_bytes", f"{8192 * MIB}x20", **MAC2),
             ],
             "alert_rule_test": [
                 alert(
                     "15m",
                     "MpsctlHostSwapping",
-                    warn,
+                    host_warn,
                     summary="mac1:9808 is swapping",
                     description="Swap use grew by more than 256 MiB in 10 minutes: model "
                     "memory is being paged out.",
                 ),
             ],
         },
-        {  # pressure critical for 3 minutes fires; warn does not
+        {  # pressure critical for 3 minutes fires, once for the host of two services;
+            # warn does not
             "interval": "1m",
             "input_series": [
                 series("mpsctl_host_memory_pressure_level", "0 0 2 2 2 2", **EXPORTER),
-                series("mpsctl_host_memory_pressure_level", "1x6", **other),
+                series("mpsctl_host_memory_pressure_level", "0 0 2 2 2 2", **other),
+                series("mpsctl_host_memory_pressure_level", "1x6", **MAC2),
             ],
             "alert_rule_test": [
                 alert(
                     "5m",
                     "MpsctlMemoryPressureCritical",
-                    crit,
+                    host_crit,
                     summary="mac1:9808: memory pressure is critical",
                     description="macOS's pressure level is critical, or on Linux tasks "
                     "stalled on memory most of the last 10 s (PSI full avg10 >= 60%); the "
