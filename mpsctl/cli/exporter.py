@@ -172,9 +172,13 @@ def _config_text(
         return contrib.read_text(contrib.DASHBOARD)
     if show == "alertmanager":
         return prom_config.alertmanager_config(webhook_url, time_scale)
-    settings = app.settings()
+    from mpsctl.service import services as configured
+
     shown = f"[{host}]" if ":" in host else host
-    services = []
-    if settings.reference_service:  # the reference service serves its own /metrics
-        services.append(urlsplit(settings.service.url).netloc)
-    return prom_config.scrape_config([f"{shown}:{port}"], services, time_scale)
+    # the reference service serves its own /metrics: every configured one that runs it
+    targets = [
+        urlsplit(s.settings.service.url).netloc
+        for s in configured(app.host_settings())
+        if prom_config.serves_metrics(s.settings.reference_service, s.settings.service.command)
+    ]
+    return prom_config.scrape_config([f"{shown}:{port}"], targets, time_scale)

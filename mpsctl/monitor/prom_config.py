@@ -12,6 +12,7 @@ seconds, with nothing written by hand. The text is printed, never installed.
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Sequence
 from urllib.parse import urlsplit
@@ -77,6 +78,18 @@ def rules_text(time_scale: float = 1.0, runbook_base: str | None = None) -> str:
     )
     text = _AGE.sub(lambda m: m.group(1) + str(max(1, round(int(m.group(2)) * time_scale))), text)
     return f"# every duration below multiplied by {time_scale:g} (--time-scale)\n" + text
+
+
+def serves_metrics(reference: bool, command: Sequence[str]) -> bool:
+    """Does the service run mpsctl's reference service (which serves ``/metrics``)? The
+    default command does; so does a command of the operator's own that runs ``mpsctl serve``
+    (``mpsctl serve --model ...``, ``python -m mpsctl serve ...``, a venv's ``bin/mpsctl``)."""
+    if reference:
+        return True
+    words = [os.path.basename(word) for word in command]
+    return any(
+        word == "mpsctl" and following == "serve" for word, following in zip(words, words[1:])
+    )
 
 
 def scrape_config(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -433,3 +434,52 @@ def test_runbook_base_refuses_what_is_not_an_absolute_url(bad: str) -> None:
     [line] = result.stderr.splitlines()
     assert line.startswith("mpsctl: error: --runbook-base"), line
     assert result.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("command", "scraped"),
+    [
+        (["/opt/mvp/.venv/bin/mpsctl", "serve", "--model", "/models/qwen", "--port", "8001"], True),
+        (["python3", "-m", "mpsctl", "serve", "--model", "/models/qwen", "--port", "8001"], True),
+        (["/opt/mvp/.venv/bin/uvicorn", "app.main:app", "--port", "8001"], False),
+        (["/usr/bin/mpsctl-serve-wrapper", "--port", "8001"], False),
+    ],
+)
+def test_scrape_config_has_a_service_job_for_every_reference_service(
+    write_config: Callable[..., Path], tmp_path: Path, command: list[str], scraped: bool
+) -> None:
+    # the reference service serves /metrics however it is started; another app does not
+    write_config(f'[service]\ncommand = {json.dumps(command)}\nurl = "http://127.0.0.1:8001"\n')
+    result = CliRunner().invoke(main, ["exporter", "--scrape-config", "--port", "9810"])
+    assert result.exit_code == 0, result.stderr
+    jobs = {job["job_name"]: job for job in yaml_load(result.stdout)["scrape_configs"]}
+    if scraped:
+        assert jobs["mpsctl-service"]["static_configs"] == [{"targets": ["127.0.0.1:8001"]}]
+    else:
+        assert "mpsctl-service" not in jobs
+
+
+def test_scrape_config_of_several_services_lists_each_reference_service(
+    write_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    write_config(
+        '[services.chat]\nurl = "http://127.0.0.1:8001"\n'
+        '[services.embed]\nurl = "http://127.0.0.1:8002"\n'
+        'command = ["uvicorn", "embed:app", "--port", "8002"]\nlog_file = "embed.log"\n'
+        '[services.rerank]\nurl = "http://127.0.0.1:8003"\n'
+        'command = ["mpsctl", "serve", "--port", "8003"]\nlog_file = "rerank.log"\n'
+    )
+    result = CliRunner().invoke(main, ["exporter", "--scrape-config", "--port", "9810"])
+    assert result.exit_code == 0, result.stderr
+    jobs = {job["job_name"]: job for job in yaml_load(result.stdout)["scrape_configs"]}
+    targets = jobs["mpsctl-service"]["static_configs"][0]["targets"]
+    assert sorted(targets) == ["127.0.0.1:8001", "127.0.0.1:8003"]
+    (tmp_path / "prometheus.yml").write_text(result.stdout, encoding="utf-8")
+    done = promtool("check", "config", "prometheus.yml", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def yaml_load(text: str) -> Any:
+    import yaml
+
+    return yaml.safe_load(text)
