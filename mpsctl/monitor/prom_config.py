@@ -11,6 +11,7 @@ seconds, with nothing written by hand. The text is printed, never installed.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -87,9 +88,7 @@ def serves_metrics(reference: bool, command: Sequence[str]) -> bool:
     if reference:
         return True
     words = [os.path.basename(word) for word in command]
-    return any(
-        word == "mpsctl" and following == "serve" for word, following in zip(words, words[1:])
-    )
+    return ("mpsctl", "serve") in itertools.pairwise(words)
 
 
 def scrape_config(
