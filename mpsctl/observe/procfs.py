@@ -72,6 +72,28 @@ class ProcStat:
         self.created = boot + int(fields[19]) / ticks  # starttime: field 22 of stat(5)
 
 
+def children_of(pid: int) -> list[int] | None:
+    """``pid``'s children from the kernel's own list (``/proc/PID/task/TID/children`` of each
+    thread): no pass over the whole process table. None where the kernel has no such file
+    (built without CONFIG_PROC_CHILDREN) or ``pid`` is gone: then ask the process table."""
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    found: list[int] = []
+    for tid in threads:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
+                found += [int(word) for word in f.read().split()]
+        except FileNotFoundError:
+            if tid == str(pid):
+                return None  # the kernel has no children file at all
+            continue  # a thread that ended since the listing
+        except (OSError, ValueError):
+            return None
+    return list(dict.fromkeys(found))
+
+
 def boot_time() -> float | None:
     """The boot time psutil adds to a process's start ticks (``btime`` of /proc/stat)."""
     try:

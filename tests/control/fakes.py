@@ -129,7 +129,16 @@ def config_text(
 def sleeper(*argv_tail: str, seconds: float = 60) -> subprocess.Popen[bytes]:
     """A sleeping python whose argv ends with ``argv_tail`` (e.g. a decoy mentioning uvicorn)."""
     code = f"import time; time.sleep({seconds})"
-    return subprocess.Popen([PYTHON, "-c", code, *argv_tail])
+    proc = subprocess.Popen([PYTHON, "-c", code, *argv_tail])
+
+    def execed() -> bool:  # until then the process table shows a copy of the test's argv
+        try:
+            return code in psutil.Process(proc.pid).cmdline()
+        except psutil.NoSuchProcess:
+            return True  # ended: nothing more to wait for
+
+    wait_for(execed)
+    return proc
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:

@@ -3,6 +3,7 @@ decides from them, the full path from psutil: both must see the same process).""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -14,6 +15,7 @@ import psutil
 import pytest
 
 from mpsctl.observe import procfs
+from mpsctl.observe.processes.tree import tree
 from tests.control.fakes import wait_for
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc is Linux's")
@@ -184,3 +186,78 @@ def test_a_connection_of_the_service_to_elsewhere_is_no_client(
     finally:
         out.kill()
         out.wait()
+
+
+TREE = """
+import subprocess, sys, time
+grandchild = "import time; print('leaf', flush=True); time.sleep(60)"
+child = (
+    "import subprocess, sys, time; "
+    f"p = subprocess.Popen([sys.executable, '-c', {grandchild!r}]); time.sleep(60)"
+)
+subprocess.Popen([sys.executable, "-c", child])
+subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+time.sleep(60)
+"""
+
+
+def psutil_children(pid: int) -> list[int] | None:
+    """The kernel's children list as psutil's process table gives it (this machine's kernel
+    may have no children file): the same answer, from the real process table."""
+    try:
+        return [c.pid for c in psutil.Process(pid).children()]
+    except psutil.NoSuchProcess:
+        return None
+
+
+@pytest.fixture
+def three_levels() -> Iterator[psutil.Process]:
+    proc = subprocess.Popen([sys.executable, "-c", TREE])
+    root = psutil.Process(proc.pid)
+    assert wait_for(lambda: len(root.children(recursive=True)) == 3)
+    yield root
+    for p in [*root.children(recursive=True), root]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    proc.wait()
+
+
+def test_the_kernels_children_list_is_read_where_it_exists() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        listed = procfs.children_of(os.getpid())
+        if os.path.exists(f"/proc/{os.getpid()}/task/{os.getpid()}/children"):
+            assert listed is not None
+            assert child.pid in listed
+        else:  # a kernel built without CONFIG_PROC_CHILDREN: the process table is asked
+            assert listed is None
+    finally:
+        child.kill()
+        child.wait()
+    assert procfs.children_of(child.pid) is None  # gone
+
+
+def test_a_tree_from_children_lists_is_the_process_tables(three_levels: psutil.Process) -> None:
+    scanned = {p.pid for p in three_levels.children(recursive=True)}
+    listed = tree([three_levels], children_of=psutil_children)
+    assert listed[0].pid == three_levels.pid
+    assert {p.pid for p in listed[1:]} == scanned
+    assert len(listed) == 4
+    # where the kernel has no list, the process table gives the same tree
+    assert {p.pid for p in tree([three_levels], children_of=lambda pid: None)} == {
+        three_levels.pid,
+        *scanned,
+    }
+
+
+def test_an_older_process_in_a_children_list_is_not_a_child(
+    three_levels: psutil.Process,
+) -> None:
+    # a pid reused by a process older than its "parent" is no child (psutil's own rule)
+    def with_an_old_one(pid: int) -> list[int] | None:
+        found = psutil_children(pid)
+        return None if found is None else [*found, os.getpid()]
+
+    listed = {p.pid for p in tree([three_levels], children_of=with_an_old_one)}
+    assert os.getpid() not in listed
+    assert len(listed) == 4

@@ -8,6 +8,7 @@ never a target. READ-ONLY.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -15,7 +16,10 @@ from pathlib import Path
 
 import psutil
 
+from mpsctl.observe import procfs
+
 Clock = Callable[[], float]
+LINUX = sys.platform.startswith("linux")
 
 #: psutil derives create_time on Linux from the boot time in /proc/stat, which can move by up
 #: to a second between two runs (clock adjustments); a reused pid within one second of the
@@ -71,7 +75,12 @@ def tree_identities(pid: int, create_time: float) -> list[tuple[int, float]]:
 
 
 def descendants(roots: dict[int, float]) -> dict[int, float]:
-    """``pid -> create_time`` of every live descendant of the live ``roots`` (one scan)."""
+    """``pid -> create_time`` of every live descendant of the live ``roots`` (the kernel's
+    children lists where it has them, else one scan of the process table)."""
+    if LINUX:
+        listed = _descendants_from_kernel(roots)
+        if listed is not None:
+            return listed
     children: dict[int, list[tuple[int, float]]] = {}
     for proc in psutil.process_iter(["ppid", "create_time", "status"]):
         info = proc.info
@@ -85,6 +94,24 @@ def descendants(roots: dict[int, float]) -> dict[int, float]:
             if pid not in found and pid not in roots:
                 found[pid] = created
                 stack.append(pid)
+    return found
+
+
+def _descendants_from_kernel(roots: dict[int, float]) -> dict[int, float] | None:
+    found: dict[int, float] = {}
+    for pid, created in roots.items():
+        root = same_process(pid, created)
+        if root is None:
+            continue
+        kids = _kernel_children(root, procfs.children_of)
+        if kids is None:
+            return None
+        for child in kids:
+            try:
+                if child.pid not in roots and child.status() != psutil.STATUS_ZOMBIE:
+                    found[child.pid] = child.create_time()
+            except (*GONE, psutil.AccessDenied):
+                continue
     return found
 
 
@@ -189,16 +216,55 @@ def own_user(proc: psutil.Process) -> bool:
         return False
 
 
-def tree(roots: Iterable[psutil.Process]) -> list[psutil.Process]:
+def tree(
+    roots: Iterable[psutil.Process],
+    children_of: Callable[[int], list[int] | None] = procfs.children_of,
+) -> list[psutil.Process]:
+    """The roots and all their descendants. Where the kernel lists a process's children
+    itself (Linux's ``/proc/PID/task/TID/children``), only the tree is read; elsewhere
+    psutil reads the whole process table once per root."""
     seen: dict[int, psutil.Process] = {}
     for root in roots:
         seen.setdefault(root.pid, root)
-        try:
-            for child in root.children(recursive=True):
-                seen.setdefault(child.pid, child)
-        except (*GONE, psutil.AccessDenied):
-            continue
+        found = _kernel_children(root, children_of) if LINUX else None
+        if found is None:
+            try:
+                found = root.children(recursive=True)
+            except (*GONE, psutil.AccessDenied):
+                continue
+        for child in found:
+            seen.setdefault(child.pid, child)
     return list(seen.values())
+
+
+def _kernel_children(
+    root: psutil.Process, children_of: Callable[[int], list[int] | None]
+) -> list[psutil.Process] | None:
+    """``root``'s descendants from the kernel's children lists; None where there are none.
+    As in psutil's own ``children()``, a child must have started after its parent (a pid
+    reused by an older process is not a child)."""
+    found: list[psutil.Process] = []
+    seen = {root.pid}
+    stack = [root]
+    while stack:
+        parent = stack.pop()
+        pids = children_of(parent.pid)
+        if pids is None:
+            if parent is root:
+                return None
+            continue  # ended since it was listed
+        for pid in pids:
+            try:
+                child = psutil.Process(pid)
+                if child.create_time() < parent.create_time():
+                    continue
+            except (*GONE, psutil.AccessDenied):
+                continue
+            if child.pid not in seen:
+                seen.add(child.pid)
+                found.append(child)
+                stack.append(child)
+    return found
 
 
 # --------------------------------------------------------------------------- busy
