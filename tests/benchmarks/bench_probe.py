@@ -13,9 +13,11 @@ imported, nothing done. Each round runs every row once, in turn (noise hits all 
 - ``mpsctl --help``;
 - ``probe --json`` against the reference service (``mpsctl start``: the demo model in a
   temporary MPSCTL_HOME), its log written within the hour (target <= 1.0x F4);
-- ``probe --json`` with ``service.match`` set to a pattern nothing matches (no pidfile), with
-  the host's own processes and with ``--processes`` more sleeping ones: the probe must be
-  flat in the number of host processes (the extra cost per 1,000 processes is printed).
+- ``probe --json`` with ``service.match`` set to a pattern nothing matches (no pidfile), and
+  against the running service (its pidfile), each with the host's own processes and with
+  ``--processes`` more sleeping ones: the extra cost per 1,000 processes is printed (a match
+  reads each process's command line; the pidfile's tree is read alone where the kernel lists
+  children, else with one pass over the process table).
 
 Prints min / median of each, the median ratio to the floor, the targets, and the probe's
 peak RSS.
@@ -142,12 +144,19 @@ def main() -> int:
             host = len(os.listdir("/proc")) if os.path.isdir("/proc") else 0
             label_few = "probe --json, match, host processes"
             label_many = f"probe --json, match, +{args.processes} processes"
+            cases = [(label_few, label_many, matching, down_home)]
+            if not args.no_service:  # the usual case: the pidfile names the service
+                cases.append(("probe --json, service up, host processes",
+                              f"probe --json, service up, +{args.processes} processes",
+                              up, up_home))  # fmt: skip
             run_once(PROBE, matching, down_home)
             for _ in range(args.runs):
-                flat.setdefault(label_few, []).append(run_once(PROBE, matching, down_home)[0])
+                for few_label, _many, env, cwd in cases:
+                    flat.setdefault(few_label, []).append(run_once(PROBE, env, cwd)[0])
             sleepers = spawn_sleepers(args.processes)
             for _ in range(args.runs):
-                flat.setdefault(label_many, []).append(run_once(PROBE, matching, down_home)[0])
+                for _few, many_label, env, cwd in cases:
+                    flat.setdefault(many_label, []).append(run_once(PROBE, env, cwd)[0])
     finally:
         for proc in sleepers:
             proc.kill()
@@ -168,11 +177,23 @@ def main() -> int:
             ok, target = False, target + "  MISSED"
         print(f"{name:44} {min(values) * 1000:8.1f} {median * 1000:10.1f} "
               f"{median / floor:6.2f}  {target}")  # fmt: skip
-    if flat:
-        few, many = (statistics.median(v) for v in flat.values())
+    pairs = [(name, name.replace("host processes", f"+{args.processes} processes"))
+             for name in flat if name.endswith("host processes")]  # fmt: skip
+    for few_name, many_name in pairs:
+        few, many = statistics.median(flat[few_name]), statistics.median(flat[many_name])
         per_1000 = (many - few) / args.processes * 1000 * 1000
-        print(f"match probe, extra per 1,000 processes: {per_1000:+.1f} ms (host had ~{host} "
+        what = "match probe" if "match" in few_name else "service probe (pidfile)"
+        print(f"{what}, extra per 1,000 processes: {per_1000:+.1f} ms (host had ~{host} "
               f"/proc entries before the {args.processes} sleepers)")  # fmt: skip
+    if pairs and sys.platform.startswith("linux"):
+        me = os.getpid()
+        listed = os.path.exists(f"/proc/{me}/task/{me}/children")
+        how = (
+            "yes: the service's tree is read alone"
+            if listed
+            else "no (CONFIG_PROC_CHILDREN off): the tree takes one pass over the table"
+        )
+        print(f"kernel children lists (/proc/PID/task/TID/children): {how}")
     print(f"probe peak RSS: {max(peaks) / 1024**2:.1f} MiB  (target <= 45 MiB)")
     print("PASS" if ok else "FAIL")
     return 0 if ok else 1
