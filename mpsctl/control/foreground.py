@@ -25,7 +25,7 @@ from types import FrameType
 from typing import Any
 
 from mpsctl import __version__
-from mpsctl.control.pidfile import PidRecord, remove_pidfile, write_pidfile
+from mpsctl.control.pidfile import PidRecord, record_as_running, remove_pidfile, write_pidfile
 from mpsctl.errors import ServiceError
 from mpsctl.observe import processes
 from mpsctl.settings import Settings
@@ -72,14 +72,34 @@ class RunInForeground(Exception):
 
 
 class ForegroundRun:
-    def __init__(self, proc: subprocess.Popen[bytes], pidfile: Path) -> None:
+    def __init__(
+        self, proc: subprocess.Popen[bytes], pidfile: Path, record: PidRecord, settle_s: float
+    ) -> None:
         self.proc = proc
         self.pidfile = pidfile
+        self.record = record
+        #: how long the child may take to ``exec`` the server (start_timeout)
+        self.settle_s = settle_s
 
     def wait(self) -> int:
         """Wait for the child (forwarding signals); on a clean exit remove the pidfile and
-        leave the stop mark (the watchdog does not start what the manager stopped)."""
-        code = self.proc.wait()
+        leave the stop mark (the watchdog does not start what the manager stopped).
+
+        While the child starts, its pidfile follows its command line: a wrapper script that
+        ``exec``s the server is recorded as the server (``record_as_running``)."""
+        deadline = time.monotonic() + self.settle_s
+        code: int | None = None
+        while code is None and time.monotonic() < deadline:
+            try:
+                code = self.proc.wait(timeout=0.25)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(OSError):  # a read-only home: the record stays
+                    before = self.record.argv
+                    self.record = record_as_running(self.record, self.pidfile)
+                    if self.record.argv != before:
+                        break  # exec'd: recorded
+        if code is None:
+            code = self.proc.wait()
         if code in CLEAN_EXITS:
             remove_pidfile(self.pidfile, pid=self.proc.pid)
             how = f"signal {signal.Signals(-code).name}" if code < 0 else "exit status 0"
@@ -129,7 +149,7 @@ def spawn(settings: Settings, argv: tuple[str, ...], env: dict[str, str], pidfil
     for signum in pending:
         with contextlib.suppress(ProcessLookupError):
             proc.send_signal(signum)
-    raise RunInForeground(ForegroundRun(proc, pidfile))
+    raise RunInForeground(ForegroundRun(proc, pidfile, record, settings.service.start_timeout))
 
 
 def end_like(code: int) -> int:

@@ -7,6 +7,7 @@ finding the service is an observation; only writing and removing it live here.
 from __future__ import annotations
 
 import errno
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,6 +24,7 @@ __all__ = [
     "PidRecord",
     "default_pidfile_path",
     "read_pidfile",
+    "record_as_running",
     "remove_pidfile",
     "write_pidfile",
 ]
@@ -34,6 +36,23 @@ def write_pidfile(path: Path, record: PidRecord) -> None:
     from mpsctl.deaths.attribution import record_run
 
     record_run(path.parent, record.pid, record.create_time, record.argv)
+
+
+def record_as_running(record: PidRecord, path: Path) -> PidRecord:
+    """The pidfile again with the command line the service shows now, when it is not the
+    one started: a wrapper script that ``exec``s uvicorn keeps its pid and start time but
+    not its argv, and every later run would otherwise call the pidfile reused (and leave the
+    service running with nothing managing it)."""
+    live = processes.same_process(record.pid, record.create_time)
+    try:
+        seen = tuple(live.cmdline()) if live is not None else ()
+    except Exception:  # gone or unreadable since: the record stays as written
+        return record
+    if not seen or processes.argv_matches(record.argv, seen):
+        return record
+    updated = replace(record, argv=seen)
+    write_pidfile(path, updated)
+    return updated
 
 
 def remove_pidfile(path: Path, *, pid: int | None = None) -> bool:

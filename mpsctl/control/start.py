@@ -13,7 +13,7 @@ import shlex
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,6 +28,7 @@ from mpsctl.control.pidfile import (
     corrupt_path,
     default_pidfile_path,
     foreign_pidfile,
+    record_as_running,
     remove_bad_pidfile,
     remove_pidfile,
     write_pidfile,
@@ -340,7 +341,7 @@ def start_while_locked(
             follow_phases(service.log_file, offset, events.phase),
         ):
             check = _wait_healthy(proc, settings, timeout)
-        record = _as_running(record, pidfile)
+        record = record_as_running(record, pidfile)
     except BaseException as exc:
         # a timeout, a crash, an unwritable pidfile or ^C: leave nothing behind that claims
         # to be the service
@@ -374,23 +375,6 @@ def start_while_locked(
         warnings=tuple(warnings),
         log_rotated=rotated,
     )
-
-
-def _as_running(record: PidRecord, pidfile: Path) -> PidRecord:
-    """The pidfile again with the command line the healthy service shows, when it is not the
-    one started: a wrapper script that ``exec``s uvicorn keeps its pid and start time but
-    not its argv, and every later run would otherwise call the pidfile reused (and leave the
-    service running with nothing managing it)."""
-    live = processes.same_process(record.pid, record.create_time)
-    try:
-        seen = tuple(live.cmdline()) if live is not None else ()
-    except Exception:  # gone or unreadable since: the record stays as written
-        return record
-    if not seen or processes.argv_matches(record.argv, seen):
-        return record
-    updated = replace(record, argv=seen)
-    write_pidfile(pidfile, updated)
-    return updated
 
 
 #: seconds between two health checks while start waits: a refused connect on a bare socket

@@ -259,6 +259,41 @@ def test_foreground_runs_the_service_and_a_clean_stop_removes_its_pidfile(
     assert service_status(fake.settings()).exit_code == StatusExit.NOT_RUNNING
 
 
+def test_foreground_records_a_wrapper_that_execs_the_server_as_the_server(
+    fake_service: Make, isolated_home: Path, tmp_path: Path
+) -> None:
+    """A unit's command is often a script ending in ``exec uvicorn ...``: the pid and start
+    time stay, the command line changes; the pidfile follows it, so ``status`` and the
+    watchdog still know the service (a pidfile with the script's argv read as "reused")."""
+    fake = fake_service()
+    wrapper = tmp_path / "run.sh"
+    wrapper.write_text(f"#!/bin/sh\nsleep 0.5\nexec {PYTHON} {fake.script} uvicorn "
+                       f"app.main:app --port {fake.port}\n")  # fmt: skip
+    wrapper.chmod(0o755)
+    text = fake.config.read_text()
+    fake.config.write_text(text.replace("command = [", f'command = ["{wrapper}"]\n#', 1))
+    proc = _foreground(fake)
+    try:
+        assert wait_for(lambda: health_now(fake.settings(), 0.5).ok, timeout=20)
+        (child,) = psutil.Process(proc.pid).children()
+        assert wait_for(lambda: str(fake.script) in read_pidfile_argv(isolated_home))
+        assert read_pidfile_argv(isolated_home) == child.cmdline()
+        assert service_status(fake.settings()).exit_code == StatusExit.RUNNING
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not (isolated_home / "service.pid").exists()
+
+
+def read_pidfile_argv(home: Path) -> list[str]:
+    try:
+        return list(json.loads((home / "service.pid").read_text())["argv"])
+    except (OSError, ValueError, KeyError):
+        return []
+
+
 def test_foreground_keeps_the_pidfile_when_the_service_crashes(
     fake_service: Make, isolated_home: Path
 ) -> None:
