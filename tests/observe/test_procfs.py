@@ -132,6 +132,7 @@ def test_command_line_and_rss_are_psutils(child: subprocess.Popen[str]) -> None:
         ("python\0-m\0mpsctl\0", ["python", "-m", "mpsctl"]),
         ("a\0\0b\0", ["a", "", "b"]),
         ("uvicorn: worker process", ["uvicorn:", "worker", "process"]),  # a rewritten title
+        ("title  with  double spaces", ["title", "", "with", "", "double", "spaces"]),
         ("one arg with spaces\0", ["one", "arg", "with", "spaces"]),  # psutil's rule
         ("", []),
     ],
@@ -261,3 +262,100 @@ def test_an_older_process_in_a_children_list_is_not_a_child(
     listed = {p.pid for p in tree([three_levels], children_of=with_an_old_one)}
     assert os.getpid() not in listed
     assert len(listed) == 4
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return os.path.exists("/proc/net/tcp6")
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback on this machine")
+def test_a_client_over_ipv6_is_seen() -> None:
+    code = LISTENER.replace("socket.socket()", "socket.socket(socket.AF_INET6)").replace(
+        '("127.0.0.1", 0)', '("::1", 0)'
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline())
+        assert procfs.client_connected([proc.pid]) is False
+        client = socket.create_connection(("::1", port))
+        try:
+            assert wait_for(lambda: procfs.client_connected([proc.pid]))
+        finally:
+            client.close()
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_children_of_every_thread_are_listed() -> None:
+    # the kernel lists a child under the thread that forked it
+    code = (
+        "import subprocess, sys, threading, time\n"
+        "spawn = lambda: subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+        "first = spawn()\n"
+        "t = threading.Thread(target=spawn); t.start(); t.join()\n"
+        "threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n"
+        "print('two', flush=True); time.sleep(60)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "two\n"
+        expected = sorted(c.pid for c in psutil.Process(proc.pid).children())
+        assert len(expected) == 2
+        if os.path.exists(f"/proc/{proc.pid}/task/{proc.pid}/children"):
+            assert sorted(procfs.children_of(proc.pid) or []) == expected
+        else:
+            assert procfs.children_of(proc.pid) is None
+    finally:
+        for child in psutil.Process(proc.pid).children():
+            child.kill()
+        proc.kill()
+        proc.wait()
+
+
+def test_a_group_of_its_own_in_our_session_is_read_as_the_group() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import time; print('up', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True, process_group=0,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "up\n"
+        assert os.getsid(proc.pid) != proc.pid  # same session as ours, another group
+        assert stat_of(proc.pid).pgrp == proc.pid == os.getpgid(proc.pid)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give a child another real uid")
+def test_the_real_uid_is_read_not_the_effective_one() -> None:
+    code = "import os, time; os.setresuid(65534, 0, 0); print('set', flush=True); time.sleep(60)"
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "set\n"
+        assert psutil.Process(proc.pid).uids().real == 65534
+        assert procfs.real_uid(proc.pid) == 65534
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_command_line_that_is_not_utf8_reads_as_psutil_reads_it() -> None:
+    raw = b"caf\xe9-\xff"
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", raw])
+    try:
+        assert wait_for(lambda: len(psutil.Process(proc.pid).cmdline()) == 4)
+        assert procfs.cmdline(proc.pid) == psutil.Process(proc.pid).cmdline()
+        assert procfs.cmdline(proc.pid)[-1] == os.fsdecode(raw)
+    finally:
+        proc.kill()
+        proc.wait()
