@@ -56,7 +56,7 @@ def stat_fields(pid: int) -> list[str] | None:
             text = f.read()
     except OSError:
         return None
-    return text[text.rfind(b")") + 2 :].decode("ascii", "replace").split()
+    return text[text.rfind(b")") + 2 :].decode().split()
 
 
 class ProcStat:
@@ -66,7 +66,7 @@ class ProcStat:
 
     def __init__(self, pid: int, fields: list[str], boot: float, ticks: int) -> None:
         self.pid = pid
-        self.zombie = fields[0] in ("Z", "X")
+        self.zombie = fields[0] == "Z"  # as psutil says it (a dead one, X, is gone)
         self.ppid = int(fields[1])
         self.pgrp = int(fields[2])
         self.created = boot + int(fields[19]) / ticks  # starttime: field 22 of stat(5)
@@ -83,7 +83,7 @@ def children_of(pid: int) -> list[int] | None:
     found: list[int] = []
     for tid in threads:
         try:
-            with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
                 found += [int(word) for word in f.read().split()]
         except FileNotFoundError:
             if tid == str(pid):
@@ -131,7 +131,7 @@ def argv_rss(pid: int) -> tuple[list[str], int | None]:
     """The command line and the resident set size in bytes (None when unreadable)."""
     argv = cmdline(pid)
     try:
-        with open(f"/proc/{pid}/statm", "rb") as f:
+        with open(f"/proc/{pid}/statm") as f:
             rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         rss = None
@@ -171,8 +171,8 @@ def client_connected(pids: Sequence[int]) -> bool:
     connected: list[str] = []
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
-            with open(table, "rb") as f:
-                lines = f.read().decode("ascii", "replace").splitlines()[1:]
+            with open(table) as f:
+                lines = f.read().splitlines()[1:]
         except OSError:
             if table.endswith("6"):
                 continue  # no IPv6 on this kernel
@@ -181,7 +181,7 @@ def client_connected(pids: Sequence[int]) -> bool:
             cols = line.split()
             if len(cols) < 10 or cols[9] not in inodes:
                 continue
-            port = cols[1].rsplit(":", 1)[-1]
+            port = cols[1].partition(":")[2]  # ADDRESS:PORT, the address in hex
             if cols[3] == "0A":  # LISTEN
                 listening.add(port)
             else:  # a socket still open in the tree, whatever the state of its connection

@@ -133,6 +133,7 @@ def test_command_line_and_rss_are_psutils(child: subprocess.Popen[str]) -> None:
         ("a\0\0b\0", ["a", "", "b"]),
         ("uvicorn: worker process", ["uvicorn:", "worker", "process"]),  # a rewritten title
         ("title  with  double spaces", ["title", "", "with", "", "double", "spaces"]),
+        ("one  argument\0", ["one", "", "argument"]),  # one word with spaces: split on them
         ("one arg with spaces\0", ["one", "arg", "with", "spaces"]),  # psutil's rule
         ("", []),
     ],
