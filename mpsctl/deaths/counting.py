@@ -18,7 +18,7 @@ new traceback is a new record.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from mpsctl.deaths.allocator import OomEvent
@@ -85,7 +85,7 @@ class Found:
         """What the stamp the time was read from does not say (no year, no zone), or None."""
         if self.when is None:
             return None
-        return time_note(str(getattr(self.event, "raw", "") or "").split("\n", 1)[0])
+        return time_note(self.event.raw.partition("\n")[0])
 
     def identity(self) -> tuple[Any, ...]:
         """What failed, without where, when or the wording around it."""
@@ -95,7 +95,7 @@ class Found:
     def to_json(self) -> dict[str, Any]:
         """The ``mpsctl.oom/1`` event: kind, backend, figures, place, time, summary, raw last."""
         doc = _base_doc(self.event)
-        raw = doc.pop("raw", None)
+        raw = doc.pop("raw")
         doc.pop("summary", None)
         doc["file"] = self.file
         doc["line"] = self.line
@@ -199,8 +199,8 @@ def merge(found: list[Found]) -> list[Found]:
         places[position].append((item.file, item.line))
         times[position] = times[position] or item.when  # an echo's record may be stamped
     return [
-        item if len(where) == 1 else replace(item, places=tuple(where), when=when)
-        for item, where, when in zip(kept, places, times, strict=True)
+        item if len(places[p]) == 1 else replace(item, places=tuple(places[p]), when=times[p])
+        for p, item in enumerate(kept)
     ]
 
 
@@ -261,5 +261,5 @@ def within(found: Found, cutoff: datetime) -> bool:
     if found.when is not None:
         return found.when >= cutoff
     if found.before is not None:
-        return found.before >= cutoff - timedelta(0)
+        return found.before >= cutoff
     return True
