@@ -113,12 +113,12 @@ def test_a_later_commit_of_other_files_still_quotes_the_measured_one(tmp_path: P
 def test_a_changed_module_refuses_the_table(tmp_path: Path) -> None:
     repo = _measured(tmp_path)
     head = _git(repo, "rev-parse", "HEAD")
-    (repo / "pkg" / "other.py").write_text("y = 2\n")
+    (repo / "pkg" / "mod.py").write_text("x = 2\n")
     _commit(repo, "two")  # committed or not: the file is not the one measured
     done = _run(repo)
     assert (done.returncode, done.stdout) == (2, "")
     assert done.stderr == (
-        f"mutation_scores: error: pkg/other.py was measured at {head[:12]}, and pkg/other.py "
+        f"mutation_scores: error: pkg/mod.py was measured at {head[:12]}, and pkg/mod.py "
         "differ(s) from what was measured: run it again\n"
     )
 
@@ -140,13 +140,20 @@ def test_a_changed_test_file_or_configuration_refuses_the_table(tmp_path: Path) 
 
 
 def test_results_not_recorded_by_run_are_refused(tmp_path: Path) -> None:
-    repo = _measured(tmp_path, modules=("pkg/mod.py",))
+    repo = _measured(tmp_path, modules=("pkg/other.py",))
     done = _run(repo)
     assert (done.returncode, done.stdout) == (2, "")
     assert done.stderr == (
-        "mutation_scores: error: pkg/other.py's results were not recorded by "
+        "mutation_scores: error: pkg/mod.py's results were not recorded by "
         "`mutation_scores.py run`\n"
     )
+
+
+def test_a_module_never_run_needs_no_record(tmp_path: Path) -> None:
+    repo = _measured(tmp_path, modules=("pkg/mod.py",))
+    done = _run(repo)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "| pkg/other.py | 1 | 0 | 0 | 0 | 1 | not run | - |"
 
 
 def test_run_refuses_to_measure_files_that_are_not_committed(tmp_path: Path) -> None:

@@ -388,7 +388,8 @@ def table(mutants: Path, survivors: bool) -> int:
     metas = sorted(mutants.rglob("*.py.meta"))
     path = mutants / RECORD
     record = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
-    commits = sorted({record[module_of(m, mutants)]["commit"] for m in metas})
+    modules = [module_of(meta, mutants) for meta in metas]
+    commits = sorted({record[m]["commit"] for m in modules if m in record})
     for commit in commits:
         print(f"measured at {commit}")
     print(
@@ -407,9 +408,10 @@ def table(mutants: Path, survivors: bool) -> int:
         elif counts["not checked"]:
             score += " (partial run)"
         module = module_of(meta, mutants)
+        commit = record.get(module, {}).get("commit", "-")[:12]
         print(
             f"| {module} | {total} | {caught} | {counts['survived']} | {counts['no tests']} "
-            f"| {counts['not checked']} | {score} | {record[module]['commit'][:12]} |"
+            f"| {counts['not checked']} | {score} | {commit} |"
         )
         listed += names
     if survivors:
@@ -442,7 +444,9 @@ def main(argv: list[str] | None = None) -> int:
     if not metas:
         print(f"no mutmut results under {mutants}/: run `mutmut run` first", file=sys.stderr)
         return 1
-    why = stale(args.repo, mutants, [module_of(m, mutants) for m in metas])
+    # a module none of whose mutants was run is listed as "not run", and needs no record
+    ran = [module_of(m, mutants) for m in metas if status_counts(m)[0].keys() - {"not checked"}]
+    why = stale(args.repo, mutants, ran)
     if why:
         print(f"mutation_scores: error: {why}", file=sys.stderr)
         return 2
