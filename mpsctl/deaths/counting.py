@@ -25,6 +25,7 @@ from mpsctl.deaths.allocator import OomEvent
 from mpsctl.deaths.allocator import summary as oom_summary
 from mpsctl.deaths.line_prefix import time_note
 from mpsctl.deaths.parsers import DeathEvent
+from mpsctl.deaths.systemd_oomd import OomdKill
 from mpsctl.logtime import iso
 
 AnyEvent = OomEvent | DeathEvent
@@ -191,7 +192,7 @@ def merge(found: list[Found]) -> list[Found]:
             candidates.append(len(kept))
             kept.append(item)
             files.append({item.file})
-    _fold_observers(found, kept, slot)
+    _fold_observers(kept, slot)
     places: list[list[tuple[str | None, int | None]]] = [[] for _ in kept]
     times: list[datetime | None] = [item.when for item in kept]
     for index, item in enumerate(found):
@@ -204,7 +205,7 @@ def merge(found: list[Found]) -> list[Found]:
     ]
 
 
-def _fold_observers(found: list[Found], kept: list[Found], slot: dict[int, int]) -> None:
+def _fold_observers(kept: list[Found], slot: dict[int, int]) -> None:
     """systemd's note that the kernel killed a process of a unit, read from another log than
     the kernel's report: where that kill was seen (within ``SAME_FAILURE_S``), not a kill."""
     kernel = [p for p, item in enumerate(kept) if item.kind == "kernel_oom_kill" and item.when]
@@ -212,7 +213,7 @@ def _fold_observers(found: list[Found], kept: list[Found], slot: dict[int, int])
         return
     moved: dict[int, int] = {}
     for position, item in enumerate(kept):
-        if item.kind != "oomd_kill" or getattr(item.event, "by", None) != "kernel" or not item.when:
+        if not isinstance(item.event, OomdKill) or item.event.by != "kernel" or not item.when:
             continue
         when = item.when
         near = [p for p in kernel if abs((kept[p].when - when).total_seconds()) <= SAME_FAILURE_S]  # type: ignore[operator]

@@ -112,6 +112,11 @@ def test_a_message_and_the_traceback_it_leads_into_are_one_in_any_input_order() 
     assert len(merge([message, found(line=6, follows=3)])) == 2
 
 
+def test_a_copy_of_a_copy_is_a_copy_of_the_first() -> None:
+    [one] = merge([found(line=5, when=T), found(line=7, when=T), found(line=9, when=T)])
+    assert one.places == (("a.log", 5), ("a.log", 7), ("a.log", 9))
+
+
 def test_lines_without_a_number_are_read_after_the_numbered_ones() -> None:
     # a message without a line number cannot be the one a numbered traceback continues
     message = found(line=None, leads=2)
@@ -255,7 +260,7 @@ def test_only_the_first_line_of_the_raw_text_says_what_its_stamp_lacks() -> None
     )
     assert found(KILL).time_note() is None  # no time read: nothing to qualify
     # the time came from the record; a stamp on a later line of the raw text is not it
-    raw = f"RuntimeError: MPS backend out of memory\n{KILL.raw}\nend"
+    raw = "RuntimeError: MPS backend out of memory\n2026-11-28 03:16:52,120 ERROR app: x\nend"
     assert found(replace(MPS_OOM, raw=raw), when=T).time_note() is None
     assert found(replace(MPS_OOM, raw=f"{KILL.raw}\nx"), when=T).time_note() == (
         found(KILL, when=T).time_note()

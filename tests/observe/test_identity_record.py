@@ -18,7 +18,13 @@ import pytest
 
 from mpsctl.errors import ConfigError
 from mpsctl.observe.processes.matching import (
+    UDS,
+    _absolute_words,
+    _line,
+    _matching_psutil,
+    _words,
     argv_matches,
+    argv_port,
     compile_match,
     is_the_service,
     listening_ports,
@@ -30,6 +36,7 @@ from mpsctl.observe.processes.pidfile import (
     default_pidfile_path,
     read_pidfile,
 )
+from mpsctl.observe.processes.tree import protected_pids
 from mpsctl.settings import Settings, load_settings
 from tests.control.fakes import wait_for
 
@@ -50,6 +57,7 @@ RECORDED = ("/v/bin/uvicorn", "app.main:app", "--port", "8000")
         (("/v/bin/python3", "app.main:app", "--port", "8000"), False),  # the program missing
         (("app.main:app", "--port", "8000"), False),  # only the tail
         ((), True),  # a command line we may not read: nothing to compare
+        (("/opt/my app/python", *RECORDED), True),  # a space in the interpreter's path
     ],
 )
 def test_argv_matches_the_forms_the_process_table_shows(
@@ -157,7 +165,7 @@ def test_read_pidfile_none_invalid_or_the_record(tmp_path: Path) -> None:
         assert read_pidfile(path) == "invalid", bad
     path.write_bytes(json.dumps({"pid": 12, "create_time": 3.0}).encode().ljust(PIDFILE_MAX))
     assert read_pidfile(path) == PidRecord(12, 3.0)  # exactly the limit: read
-    path.write_bytes(b" " * (PIDFILE_MAX + 1))
+    path.write_bytes(json.dumps({"pid": 12, "create_time": 3.0}).encode().ljust(PIDFILE_MAX + 1))
     assert read_pidfile(path) == "invalid"  # one byte over: refused, not read
 
 
@@ -174,11 +182,14 @@ def test_read_pidfile_never_follows_a_link_nor_waits_on_a_fifo(tmp_path: Path) -
 
 # ----------------------------------------------------------------- real processes, the rule
 
+# listens on the port, and holds a connection to itself open (its ends are not listening)
 LISTENER = (
     "import socket, sys, time\n"
     "s = socket.socket()\n"
     "s.bind(('127.0.0.1', int(sys.argv[1])))\n"
     "s.listen()\n"
+    "c = socket.create_connection(('127.0.0.1', int(sys.argv[1])))\n"
+    "a, _ = s.accept()\n"
     "print('ready', flush=True)\n"
     "time.sleep(60)\n"
 )
@@ -247,6 +258,8 @@ def test_a_gone_process_is_not_the_service(procs: list[subprocess.Popen[bytes]])
     procs[-1].wait()
     assert is_the_service(service, _settings(port)) is False
     assert listening_ports([service]) == set()
+    other = _free_port()
+    assert listening_ports([service, _listener(procs, other)]) == {other}
 
 
 PARENT = (
@@ -275,3 +288,77 @@ def test_a_worker_under_a_matched_parent_is_not_a_root(
         assert [p.pid for p in roots_of([top, worker])] == [worker.pid]  # the parent is gone
     finally:
         worker.kill()
+
+
+# ------------------------------------------------------------- command lines as the table shows
+
+
+@pytest.mark.parametrize(
+    ("words", "port"),
+    [
+        (("--port", "1"), 1),
+        (("-p1",), 1),
+        (("--port", "65535"), 65535),
+        (("--port", "65536"), None),
+        (("--bind=unix:/run/a=b.sock",), UDS),
+        (("--workers", "4"), None),  # a number after another flag is not a port
+        (("--host", "127.0.0.1:9000"), None),  # nor host:port after another flag
+        (("--port", "8000", "--bind=localhost"), 8000),  # a bind without a port says nothing
+    ],
+)
+def test_argv_port_bounds_and_other_flags(words: tuple[str, ...], port: int | None) -> None:
+    assert argv_port(("/v/bin/uvicorn", "app.main:app", *words)) == port
+
+
+def test_relative_paths_are_made_absolute_from_the_process_cwd() -> None:
+    argv = ["venv/bin/uvicorn", "/abs/x", "--port", "8000", "app.main:app", "a/b:c", "-d/x"]
+    assert _absolute_words(lambda: "/srv/app", argv) == (
+        "/srv/app/venv/bin/uvicorn /abs/x --port 8000 app.main:app a/b:c -d/x"
+    )
+    # nothing relative (a flag's value with a slash is not a path to resolve): not asked
+    assert _absolute_words(lambda: "/srv/app", ["python", "--log=x/y", "/abs"]) is None
+
+    def gone() -> str:
+        raise psutil.NoSuchProcess(1)
+
+    def unreadable() -> str:
+        raise PermissionError("/proc/1/cwd")
+
+    assert _absolute_words(gone, argv) is None
+    assert _absolute_words(unreadable, argv) is None
+
+
+@pytest.mark.parametrize(
+    ("data", "words", "line"),
+    [
+        (b"python\0-c\0a b\0", ["python", "-c", "a b"], "python -c a b"),
+        (b"one\0", ["one"], "one"),
+        # a title the process rewrote: one NUL-terminated word with spaces, or spaces only
+        (b"uvicorn: worker 1\0", ["uvicorn:", "worker", "1"], "uvicorn: worker 1"),
+        (b"uvicorn: worker", ["uvicorn:", "worker"], "uvicorn: worker"),
+        (b"uvicorn: worker ", ["uvicorn:", "worker"], "uvicorn: worker"),
+        (b" x ", ["", "x"], " x"),
+    ],
+)
+def test_words_and_line_are_psutils_reading_of_proc_cmdline(
+    data: bytes, words: list[str], line: str
+) -> None:
+    assert _words(data) == words
+    assert _line(data) == line
+
+
+def test_the_psutil_pass_matches_by_line_or_relative_path(
+    tmp_path: Path, procs: list[subprocess.Popen[bytes]]
+) -> None:
+    # the pass used where there is no /proc, run here against the same real process table
+    argv0 = "venv-y/bin/uvicorn-y"
+    procs.append(subprocess.Popen([argv0, "-c", "import time; time.sleep(60)"],
+                                  executable=sys.executable, cwd=tmp_path))  # fmt: skip
+    pid = procs[-1].pid
+    assert wait_for(lambda: psutil.Process(pid).cmdline()[:1] == [argv0])
+    protected = protected_pids()
+    assert [p.pid for p in _matching_psutil(compile_match(r"uvicorn-y -c"), protected)] == [pid]
+    absolute = compile_match(str(tmp_path / argv0))
+    assert [p.pid for p in _matching_psutil(absolute, protected)] == [pid]
+    assert _matching_psutil(compile_match(r"no-such-service-[0-9]{9}"), protected) == []
+    assert _matching_psutil(compile_match(r"uvicorn-y -c"), protected | {pid}) == []
