@@ -248,6 +248,37 @@ ACCEPTED: dict[str, str] = {
     "mpsctl.server.auth.x_bearer_ok__mutmut_16": (
         "the codec name 'ascii' -> 'ASCII': Python's codec lookup ignores case"
     ),
+    "mpsctl.observe.processes.matching.x__proc_command_lines__mutmut_13": (
+        "the read size 1 << 16 -> 2 << 16: the loop reads to the end of the file either way"
+    ),
+    "mpsctl.observe.processes.matching.x__proc_command_lines__mutmut_14": (
+        "the read size 1 << 16 -> 1 << 17: as _13"
+    ),
+    "mpsctl.observe.processes.matching.x_is_the_service__mutmut_9": (
+        "the candidate's pidfile_argv -> None: is_service never reads it (whether the argv is "
+        "the pidfile's reaches it as argv_same)"
+    ),
+    "mpsctl.observe.processes.matching.x_is_the_service__mutmut_19": "as _9",
+    "mpsctl.observe.processes.matching.x_argv_port__mutmut_13": (
+        "the word after the last one '' -> 'XXXX': neither is a port nor a host:port"
+    ),
+    "mpsctl.observe.processes.pidfile.x_read_pidfile__mutmut_5": (
+        "follow=False -> follow=None: read_regular only tests it for truth"
+    ),
+    "mpsctl.observe.processes.pidfile.x_read_pidfile__mutmut_11": (
+        "the codec name 'utf-8' -> 'UTF-8': Python's codec lookup ignores case"
+    ),
+    "mpsctl.setting_values.x_parse_url__mutmut_37": (
+        "the port's top bound 65535 -> 65536: urlsplit's .port raises ValueError above 65535 "
+        "(read as port 0, refused), so 65536 never reaches the comparison"
+    ),
+    "mpsctl.setting_values.x_parse_opt_size__mutmut_18": (
+        "the letters stripped off the unit gain 'X' twice and a space: both are in the set already"
+    ),
+    "mpsctl.deaths.counting.x__in_line_order__mutmut_8": (
+        "`line or 0` -> `line or 1`: only a line of None reaches the `or`, and those all sort "
+        "after the numbered ones by the first key, among themselves by index"
+    ),
 }
 
 
