@@ -61,7 +61,8 @@ def _measured(tmp_path: Path, modules: tuple[str, ...] = ("pkg/mod.py", "pkg/oth
     _git(repo, "init", "-q")
     commit = _commit(repo, "one")
     (repo / "mutants" / "pkg").mkdir(parents=True)
-    codes = {"pkg.mod.x_f__mutmut_1": 1, "pkg.mod.x_f__mutmut_2": 0, "pkg.mod.x_f__mutmut_3": 5}
+    codes = {"pkg.mod.x_f__mutmut_1": 1, "pkg.mod.x_f__mutmut_2": 0, "pkg.mod.x_f__mutmut_3": 5,
+             "pkg.mod.x_f__mutmut_4": -24}  # fmt: skip
     (repo / "mutants" / "pkg" / "mod.py.meta").write_text(json.dumps({"exit_code_by_key": codes}))
     unrun = {"pkg.other.x_g__mutmut_1": None}
     (repo / "mutants" / "pkg" / "other.py.meta").write_text(json.dumps({"exit_code_by_key": unrun}))
@@ -89,11 +90,11 @@ def test_the_table_names_the_commit_each_module_was_measured_at(tmp_path: Path) 
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == [
         f"measured at {head}",
-        "| module | mutants | killed + timeout | survived | no tests | not checked | score "
-        "| commit |",
-        "|---|---|---|---|---|---|---|---|",
-        f"| pkg/mod.py | 3 | 1 | 1 | 1 | 0 | 33.3% | {head[:12]} |",
-        f"| pkg/other.py | 1 | 0 | 0 | 0 | 1 | not run | {head[:12]} |",
+        "| module | mutants | killed + timeout | of which timeout | survived | no tests "
+        "| not checked | score | commit |",
+        "|---|---|---|---|---|---|---|---|---|",
+        f"| pkg/mod.py | 4 | 2 | 1 | 1 | 1 | 0 | 50.0% | {head[:12]} |",
+        f"| pkg/other.py | 1 | 0 | 0 | 0 | 0 | 1 | not run | {head[:12]} |",
     ]
 
 
@@ -153,7 +154,7 @@ def test_a_module_never_run_needs_no_record(tmp_path: Path) -> None:
     repo = _measured(tmp_path, modules=("pkg/mod.py",))
     done = _run(repo)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines()[-1] == "| pkg/other.py | 1 | 0 | 0 | 0 | 1 | not run | - |"
+    assert done.stdout.splitlines()[-1] == "| pkg/other.py | 1 | 0 | 0 | 0 | 0 | 1 | not run | - |"
 
 
 def test_run_refuses_to_measure_files_that_are_not_committed(tmp_path: Path) -> None:
