@@ -7,10 +7,10 @@ Usage, from the repository root (see HACKING.md, "Mutation testing")::
     python tests/benchmarks/mutation_scores.py --survivors  # and the surviving mutants' names
 
 score = (killed + timeout) / mutants. A mutant no test reaches counts against the score,
-as a gap. Timeouts are shown on their own too: mutmut's CPU limit is derived from the
-tests' measured time, and a mutant that changes nothing a test sees can still run past it
-(plan/arch.py's ``_positive_int`` mutants time out under mutmut, and
-``x__positive_int__mutmut_8`` passes every selected test when run by hand). Survivors
+as a gap. Timeouts are shown on their own too: a test that runs torch in mutmut's forked
+worker can spin in torch's OpenMP threads until mutmut's CPU limit kills it, whatever the
+mutant (plan/arch.py's mutants all "timed out" so; with ``OMP_NUM_THREADS=1`` in the
+environment of ``run`` they run normally, and most of those survive). Survivors
 listed in ``ACCEPTED`` (each with why) are shown, but still counted.
 
 ``run`` wraps ``mutmut run`` over whole modules and records, next to mutmut's results
