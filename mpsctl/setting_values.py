@@ -204,8 +204,8 @@ def parse_url(value: Any) -> str:
         raise ValueError(f"expected an http:// or https:// URL, got {shown!r}")
     try:
         port = parts.port
-    except ValueError:
-        port = -1
+    except ValueError:  # not a number, or above 65535
+        port = 0
     if port is not None and not 1 <= port <= 65535:
         raise ValueError(f"bad port in {shown!r}: it must be 1-65535")
     return text

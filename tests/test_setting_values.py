@@ -18,11 +18,13 @@ from mpsctl.setting_values import (
     parse_non_negative,
     parse_number,
     parse_opt_ratio,
+    parse_opt_size,
     parse_opt_str,
     parse_pair,
     parse_path_str,
     parse_positive,
     parse_ratio,
+    parse_seconds,
     parse_str,
     parse_str_list,
     parse_url,
@@ -190,3 +192,71 @@ def test_url() -> None:
 def test_http_path() -> None:
     assert parse_http_path(" /health ") == "/health"
     refused(parse_http_path, "health", "must start with '/', got 'health'")
+
+
+def test_int_min_maximum_and_the_digits_it_quotes() -> None:
+    parse = parse_int_min(0, 10)
+    assert parse(10) == 10
+    refused(parse, 11, "must be at most 10, got 11")
+    refused(parse, 10**23, f"must be at most 10, got {10**23}")  # 24 digits: quoted
+    refused(parse, 10**24, "must be at most 10, got a 25-digit number")
+    refused(parse_int_min(0, 10**6), 10**6 + 1, "must be at most 1,000,000, got 1000001")
+
+
+def test_a_whole_number_from_a_float_only_while_floats_are_exact() -> None:
+    parse = parse_int_min(0)
+    assert parse(2.0**53) == 2**53
+    assert parse(107.0) == 107
+    refused(parse, 2.0**54, "expected a whole number, got 1.8014398509481984e+16")
+    refused(parse, True, "expected a whole number, got a boolean")
+    assert parse(" 12 ") == 12
+
+
+def test_seconds_positive_or_zero_and_at_most_the_maximum() -> None:
+    refused(parse_seconds(), 0, "must be greater than 0, got 0")
+    assert parse_seconds(zero=True)(0) == 0.0
+    refused(parse_seconds(zero=True), -1, "must be 0 or more, got -1")
+    assert parse_seconds(maximum=10)(10) == 10.0
+    refused(parse_seconds(maximum=10), 10.5, "must be at most 10 seconds, got 10.5")
+    assert parse_seconds()(365 * 86400) == 365 * 86400.0
+    refused(parse_seconds(), 365 * 86400 + 1, "must be at most 3.1536e+07 seconds, got 3.1536e+07")
+
+
+def test_url_characters_and_port_bounds() -> None:
+    assert parse_url("http://h/a!b") == "http://h/a!b"  # "!" (33) is the first allowed
+    no = "a URL has no spaces or control characters, got "
+    refused(parse_url, "http://h a", no + "'http://h a'")
+    refused(parse_url, "http://h\x7f", no + "'http://h\\x7f'")
+    assert parse_url("http://h:1") == "http://h:1"
+    assert parse_url("http://h:65535") == "http://h:65535"
+    refused(parse_url, "http://h:65536", "bad port in 'http://h:65536': it must be 1-65535")
+    refused(parse_url, "http://h:x", "bad port in 'http://h:x': it must be 1-65535")
+
+
+@pytest.mark.parametrize(
+    ("value", "size"),
+    [
+        (None, None), ("", None), (" none ", None), ("NONE", None), (0, None), ("0", None),
+        (8, 8), ("100b", 100), ("1.5K", 1536), ("0.5K", 512), ("3kib", 3072),
+        ("512 MiB", 512 * 2**20), ("8G", 8 * 2**30), ("8g", 8 * 2**30), ("8GiB", 8 * 2**30),
+        ("2 TiB", 2 * 2**40), ("4194304 TiB", 2**62),
+    ],
+)  # fmt: skip
+def test_sizes_in_bytes_1024_based(value: Any, size: int | None) -> None:
+    assert parse_opt_size(value) == size
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (True, "expected a size such as 8GiB, got a boolean"),
+        (8.5, "expected a size such as 8GiB, got a float"),
+        ("abc", "expected a size such as 8GiB, got 'abc'"),
+        ("8GB", "unknown unit 'GB' in '8GB' (use KiB, MiB, GiB or TiB)"),
+        ("8 mb", "unknown unit 'MB' in '8 mb' (use KiB, MiB, GiB or TiB)"),
+        ("-1G", "expected a size from 0 to 4 EiB, got '-1G'"),
+        ("4194305 TiB", "expected a size from 0 to 4 EiB, got '4194305 TiB'"),
+    ],
+)
+def test_sizes_refused(value: Any, message: str) -> None:
+    refused(parse_opt_size, value, message)

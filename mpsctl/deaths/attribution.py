@@ -134,14 +134,16 @@ def _is_mine(
 
     when = item.when
     pids = pids_of(item.event)  # type: ignore[arg-type]
-    for run, end in zip(runs, ends, strict=True):
+    for position, run in enumerate(runs):
+        end = ends[position]
         alive = when is not None and when >= run.started - _SLACK and (end is None or when <= end)
         if run.pid in pids and (when is None or alive):
             return True
     process = getattr(item.event, "process", None)
     if not isinstance(process, str) or when is None:
         return False
-    for run, end in zip(runs, ends, strict=True):
+    for position, run in enumerate(runs):
+        end = ends[position]
         alive = when >= run.started - _SLACK and (end is None or when < end)
         if alive and process[:COMM_LEN] in (run.names or names):
             return True

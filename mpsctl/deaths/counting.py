@@ -18,13 +18,14 @@ new traceback is a new record.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from mpsctl.deaths.allocator import OomEvent
 from mpsctl.deaths.allocator import summary as oom_summary
 from mpsctl.deaths.line_prefix import time_note
 from mpsctl.deaths.parsers import DeathEvent
+from mpsctl.deaths.systemd_oomd import OomdKill
 from mpsctl.logtime import iso
 
 AnyEvent = OomEvent | DeathEvent
@@ -85,7 +86,7 @@ class Found:
         """What the stamp the time was read from does not say (no year, no zone), or None."""
         if self.when is None:
             return None
-        return time_note(str(getattr(self.event, "raw", "") or "").split("\n", 1)[0])
+        return time_note(self.event.raw.partition("\n")[0])
 
     def identity(self) -> tuple[Any, ...]:
         """What failed, without where, when or the wording around it."""
@@ -95,7 +96,7 @@ class Found:
     def to_json(self) -> dict[str, Any]:
         """The ``mpsctl.oom/1`` event: kind, backend, figures, place, time, summary, raw last."""
         doc = _base_doc(self.event)
-        raw = doc.pop("raw", None)
+        raw = doc.pop("raw")
         doc.pop("summary", None)
         doc["file"] = self.file
         doc["line"] = self.line
@@ -191,7 +192,7 @@ def merge(found: list[Found]) -> list[Found]:
             candidates.append(len(kept))
             kept.append(item)
             files.append({item.file})
-    _fold_observers(found, kept, slot)
+    _fold_observers(kept, slot)
     places: list[list[tuple[str | None, int | None]]] = [[] for _ in kept]
     times: list[datetime | None] = [item.when for item in kept]
     for index, item in enumerate(found):
@@ -199,12 +200,12 @@ def merge(found: list[Found]) -> list[Found]:
         places[position].append((item.file, item.line))
         times[position] = times[position] or item.when  # an echo's record may be stamped
     return [
-        item if len(where) == 1 else replace(item, places=tuple(where), when=when)
-        for item, where, when in zip(kept, places, times, strict=True)
+        item if len(places[p]) == 1 else replace(item, places=tuple(places[p]), when=times[p])
+        for p, item in enumerate(kept)
     ]
 
 
-def _fold_observers(found: list[Found], kept: list[Found], slot: dict[int, int]) -> None:
+def _fold_observers(kept: list[Found], slot: dict[int, int]) -> None:
     """systemd's note that the kernel killed a process of a unit, read from another log than
     the kernel's report: where that kill was seen (within ``SAME_FAILURE_S``), not a kill."""
     kernel = [p for p, item in enumerate(kept) if item.kind == "kernel_oom_kill" and item.when]
@@ -212,7 +213,7 @@ def _fold_observers(found: list[Found], kept: list[Found], slot: dict[int, int])
         return
     moved: dict[int, int] = {}
     for position, item in enumerate(kept):
-        if item.kind != "oomd_kill" or getattr(item.event, "by", None) != "kernel" or not item.when:
+        if not isinstance(item.event, OomdKill) or item.event.by != "kernel" or not item.when:
             continue
         when = item.when
         near = [p for p in kernel if abs((kept[p].when - when).total_seconds()) <= SAME_FAILURE_S]  # type: ignore[operator]
@@ -261,5 +262,5 @@ def within(found: Found, cutoff: datetime) -> bool:
     if found.when is not None:
         return found.when >= cutoff
     if found.before is not None:
-        return found.before >= cutoff - timedelta(0)
+        return found.before >= cutoff
     return True

@@ -4,7 +4,9 @@
   (per-process-limit 10) - memorystatus_available_pages: 42511`` (also ``killing_top_process``,
   ``killing_idle_process``), ``Process Tunnel [1509] killed by jetsam reason per-process-limit``,
   and the line before such a kill, ``<name>[pid] exceeded mem limit: ActiveHard 3072 MB (fatal)``
-  (its limit belongs to the kill of the same pid). A copy may wrap a record after the
+  (its limit belongs to the kill of the same pid; a limit line without a name, as newer
+  systems print it, to the next kill for a limit, and it is a kill of its own, incomplete,
+  when that kill is not in the text). A copy may wrap a record after the
   process's name or after "limit:"; a line naming the same pid next to its kill (the
   reporting daemon's "killed by jetsam reason", a second kernel line) is that kill again.
 * ``JetsamEvent-*.ips``: a one-line JSON header, then a JSON body whose ``processes`` entries
@@ -49,11 +51,16 @@ _EXCEEDED = re.compile(
     r"(?:(?:-> |memorystatus: |^)(?P<name>[^\s\[][^\[]*?) ?\[(?P<pid>\d+)\] )?exceeded mem limit: "
     r"(?P<which>\w+) (?P<mb>\d+(?:\.\d+)?) MB(?P<fatal> \(fatal\))?"
 )
-#: a fatal limit line without a pid belongs to a kill at most this many lines below it
-_NAMELESS_LIMIT_LINES = 3
 #: a process dies once: a line naming the same pid this close to its kill (the reporting
 #: daemon's "Process X [N] killed by jetsam reason ...", the kernel's second line) is that kill
 _SAME_KILL_LINES = 20
+#: a fatal limit line without a pid belongs to the next kill for a limit at most this many
+#: lines below it: the kernel kills right after printing it, but a log copy puts its own
+#: lines between ("killing process N [x] in high band", the process's corpse note, each
+#: record's stamp line and a blank line when the copy wraps records)
+_NAMELESS_LIMIT_LINES = _SAME_KILL_LINES
+#: the reasons a kill for a fatal limit is given (the kill line may leave its reason out)
+_LIMIT_REASONS = frozenset({None, "per-process-limit"})
 #: a record wrapped by whoever copied it: its fields go on in the next line
 _WRAPPED = re.compile(r"(?:exceeded mem limit:|killing\w* (?:pid )?\d+ \[[^\]]*\])\s*$")
 _REASON = re.compile(r'"reason"\s*:\s*"([^"]*)"')
@@ -102,6 +109,8 @@ def find_jetsam(text: str, lines: list[str]) -> list[tuple[int, JetsamKill]]:
         found.extend(_find_ips(text))
     limits: dict[str, tuple[int, str, re.Match[str]]] = {}
     nameless: tuple[int, str, re.Match[str]] | None = None
+    #: nameless fatal limits whose kill line is not in the text: each still a kill
+    unclaimed: list[tuple[int, str, re.Match[str]]] = []
     #: pid -> (position in ``found``, line index) of the log kills read so far
     kills: dict[int, tuple[int, int]] = {}
     for index in range(len(lines)):
@@ -112,6 +121,8 @@ def find_jetsam(text: str, lines: list[str]) -> list[tuple[int, JetsamKill]]:
                 if exceeded.group("pid"):
                     limits[exceeded.group("pid")] = (index, line.rstrip(), exceeded)
                 else:
+                    if nameless is not None:  # a second one before any kill: the first's is lost
+                        unclaimed.append(nameless)
                     nameless = (index, line.rstrip(), exceeded)
             continue
         matches: list[re.Match[str]] = []
@@ -126,9 +137,11 @@ def find_jetsam(text: str, lines: list[str]) -> list[tuple[int, JetsamKill]]:
             start = index
             limit = limits.pop(match.group("pid"), None)
             if limit is None and nameless is not None:
-                if index - nameless[0] <= _NAMELESS_LIMIT_LINES:
-                    limit = nameless
-                nameless = None
+                if index - nameless[0] > _NAMELESS_LIMIT_LINES:
+                    unclaimed.append(nameless)  # too far above to be this kill's
+                    nameless = None
+                elif groups.get("reason") in _LIMIT_REASONS:
+                    limit, nameless = nameless, None
             if limit is not None:
                 start, limit_raw, exceeded = limit
                 raw = f"{limit_raw}\n{raw}"
@@ -151,8 +164,8 @@ def find_jetsam(text: str, lines: list[str]) -> list[tuple[int, JetsamKill]]:
                 kills[kill.pid] = (len(found), index)
             found.append((start, kill))
     if nameless is not None:
-        limits[""] = nameless
-    for start, limit_raw, exceeded in limits.values():
+        unclaimed.append(nameless)
+    for start, limit_raw, exceeded in [*limits.values(), *unclaimed]:
         # "(fatal)" means the kill follows; the text ends before it
         found.append(
             (

@@ -17,6 +17,8 @@ occurrence, computed here from the lines around it:
 
 from __future__ import annotations
 
+import re
+
 from mpsctl.deaths.line_prefix import has_time_prefix
 from mpsctl.logtime import line_time
 
@@ -25,6 +27,7 @@ TRACEBACK = b"Traceback (most recent call last):"
 LEADS_WITHIN = 8
 #: a traceback's frames above its last line
 FRAMES_WITHIN = 400
+_LINE = re.compile(rb"[^\n]*")
 
 
 def stamped(text: str) -> bool:
@@ -51,17 +54,15 @@ def follows(data: bytes, start: int) -> int | None:
 def leads(data: bytes, end: int) -> int | None:
     """Lines below the message that ends at ``data[end]`` to the ``Traceback`` line that
     continues its record, or None (a stamped line or blank gap first means a new record)."""
-    pos, ahead = end, 0
-    while pos < len(data) and ahead < LEADS_WITHIN:
-        nxt = data.find(b"\n", pos + 1)
-        line = data[pos + 1 : len(data) if nxt < 0 else nxt]
-        ahead += 1
+    pos = end
+    for ahead in range(1, LEADS_WITHIN + 1):
+        # the next line without its newline (past the end of data: an empty one)
+        below = _LINE.match(data, pos + 1)
+        assert below is not None  # "[^\n]*" matches anywhere, if only the empty string
+        line = below.group()
         if line.startswith(TRACEBACK) or line.endswith(TRACEBACK):
             return ahead
-        text = line.decode("utf-8", errors="replace")
-        if not line.strip() or stamped(text):
+        if not line.strip() or stamped(line.decode("utf-8", errors="replace")):
             return None
-        if nxt < 0:
-            return None
-        pos = nxt
+        pos = below.end()
     return None

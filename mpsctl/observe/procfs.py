@@ -50,7 +50,7 @@ def argv_matches(recorded: tuple[str, ...], cmdline: tuple[str, ...]) -> bool:
         return program in cmdline[0]
     if rest and tuple(cmdline[-len(rest) :]) != rest:
         return False
-    head = cmdline[: len(cmdline) - len(rest)] if rest else cmdline
+    head = cmdline[: len(cmdline) - len(rest)]
     return any(os.path.basename(w) == program for w in head)
 
 

@@ -414,3 +414,47 @@ def test_a_wrapped_message_is_one_event_and_the_next_line_still_counts(tmp_path:
         (5, "cuda", True),
     ]
     assert events[0].requested_bytes == round(5.81 * GIB)
+
+
+def _corpus(name: str) -> str:
+    return (Path(__file__).parents[1] / "fixtures" / "corpus" / name).read_text("utf-8")
+
+
+@pytest.mark.parametrize(
+    ("text", "head"),
+    [
+        (_corpus("r-pytorch-175431-hip-oom-gpu7-memory-status.txt"), "ROCm (HIP) GPU 7: "),
+        (_corpus("x-torch-xpu-ops-3011-xpu-oom-kib-allocated.txt"), "XPU GPU 0: "),
+        (read_fixture("torch-cuda-oom-new-1.txt"), "CUDA GPU 0: "),
+    ],
+)
+def test_the_summary_names_the_gpu_api_of_the_message(text: str, head: str) -> None:
+    event = parse_oom(text)
+    assert event is not None
+    assert summary(event).startswith(f"{head}requested ")
+
+
+def test_another_process_is_listed_only_with_a_plausible_pid_and_figure() -> None:
+    text = read_fixture("torch-cuda-oom-new-3-other-process.txt")
+    assert "Process 1381433 has" in text
+    nine = parse_oom(text.replace("Process 1381433 has", "Process 123456789 has"))
+    ten = parse_oom(text.replace("Process 1381433 has", "Process 1234567890 has"))
+    assert nine is not None
+    assert ten is not None
+    assert [p.pid for p in nine.other_processes] == [123456789]
+    assert ten.other_processes == ()  # a 10-digit pid is a damaged line, not a process
+    huge = parse_oom(text.replace("has 47.43 GiB memory", "has 99999999999999999999 GiB memory"))
+    assert huge is not None
+    assert huge.other_processes == ()  # a figure past 63 bits: no process line
+
+
+def test_mentions_oom_on_the_first_line_of_each_message() -> None:
+    mps = read_fixture("torch-mps-oom-3.txt").strip()
+    head, tail = mps.split(". Tried to allocate", 1)
+    assert mentions_oom(head + ".")  # the message cut before "Tried to allocate"
+    legacy = read_fixture("torch-cuda-oom-legacy-cached-1.txt").splitlines()[0]
+    assert mentions_oom(legacy.split("CUDA out of memory. ", 1)[1])  # "Tried to allocate ..."
+    assert mentions_oom(read_fixture("torch-mps-invalid-low-watermark-1.txt"))
+    assert not mentions_oom("Tried to allocate" + tail)  # no figures a pattern reads
+    assert not mentions_oom("kernel: Out of memory: Killed process 27241 (python)")
+    assert not mentions_oom("set the watermark ratio in the settings")

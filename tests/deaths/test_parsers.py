@@ -991,13 +991,65 @@ def test_a_fatal_limit_joins_the_kill_of_its_pid() -> None:
     assert event.raw == "\n".join(lines)
 
 
-def test_a_nameless_limit_joins_a_kill_up_to_3_lines_below() -> None:
-    nameless = "kernel: memorystatus: exceeded mem limit: ActiveHard 50 MB (fatal)"
-    kill = next(line for line in PYTHONISTA if "killing_" in line)
-    near = jetsam("\n".join([nameless, "a", "b", kill]))
-    assert [(i, e.pid, e.limit_bytes) for i, e in near] == [(0, 2776, 50 * MIB)]
-    far = jetsam("\n".join([nameless, "a", "b", "c", kill]))
-    assert [(i, e.pid, e.limit_bytes) for i, e in far if e.complete] == [(4, 2776, None)]
+CORPUS_DIR = FIXTURES / "corpus"
+# iOS 26.6: the limit line names no process; the kernel's kill line right below names it
+RADIANCE = (
+    (CORPUS_DIR / "j-radiance-595-exceeded-no-name-killing-no-prefix.txt")
+    .read_text(encoding="utf-8")
+    .splitlines()
+)
+NAMELESS = RADIANCE[2]
+NAMELESS_KILL = RADIANCE[3]
+# iOS 26.5 unified log: each record wrapped under its stamp line, blank lines between
+WRAPPED = (
+    (CORPUS_DIR / "j-incident-webcontent-unified-log-wrapped.txt")
+    .read_text(encoding="utf-8")
+    .splitlines()
+)
+
+
+def test_a_nameless_limit_joins_the_next_kill_for_a_limit() -> None:
+    assert "exceeded mem limit" in NAMELESS
+    assert "killing_specific_process pid 1879" in NAMELESS_KILL
+    found = jetsam("\n".join(RADIANCE))
+    assert [(i, e.pid, e.limit_bytes, e.complete) for i, e in found] == [(2, 1879, 50 * MIB, True)]
+    # the same kill in a copy that wraps records: the limit's record, a blank line, the
+    # kernel's "killing process ... in high band" record and the stamp lines come between
+    nameless = [line.replace("com.apple.WebKit.WebContent [2752] ", "") for line in WRAPPED]
+    assert nameless[1] == "memorystatus: exceeded mem limit:"
+    found = jetsam("\n".join(nameless))
+    assert [(i, e.pid, e.limit_bytes, e.complete) for i, e in found] == [
+        (1, 2752, 2048 * MIB, True)
+    ]
+
+
+def test_a_nameless_limit_whose_kill_is_not_in_the_text_is_still_a_kill() -> None:
+    # more than 20 lines to the next kill: that is another process's; the limit's own kill
+    # line was not copied, and the limit is reported as a kill of its own, incomplete
+    between = RADIANCE[:2] * 10
+    found = jetsam("\n".join([NAMELESS, *between, NAMELESS_KILL]))
+    assert sorted((i, e.pid, e.limit_bytes, e.complete) for i, e in found) == [
+        (0, None, 50 * MIB, False),
+        (21, 1879, None, True),
+    ]
+    found = jetsam("\n".join([NAMELESS, *between[:-1], NAMELESS_KILL]))  # 20 lines below
+    assert [(i, e.pid, e.limit_bytes) for i, e in found] == [(0, 1879, 50 * MIB)]
+    # a second nameless limit before any kill: the first one's kill line is missing
+    found = jetsam("\n".join([NAMELESS, RADIANCE[1], NAMELESS, NAMELESS_KILL]))
+    assert sorted((i, e.pid, e.limit_bytes, e.complete) for i, e in found) == [
+        (0, None, 50 * MIB, False),
+        (2, 1879, 50 * MIB, True),
+    ]
+
+
+def test_a_kill_for_another_reason_leaves_a_nameless_limit_to_the_next_kill() -> None:
+    text = (CORPUS_DIR / "j-ios-memory-exhaustion-writeup-run-together.txt").read_text("utf-8")
+    zone_map = next(line for line in text.splitlines() if "(zone-map-exhaustion" in line)
+    found = jetsam("\n".join([NAMELESS, zone_map, NAMELESS_KILL]))
+    joined = [(e.pid, e.limit_bytes) for _, e in found if e.pid == 1879]
+    assert joined == [(1879, 50 * MIB)]
+    assert all(e.limit_bytes is None for _, e in found if e.pid != 1879)
+    assert all(e.complete for _, e in found)
 
 
 def test_two_kills_on_one_line_quote_each_its_own_text() -> None:

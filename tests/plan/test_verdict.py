@@ -103,3 +103,104 @@ def test_pytorch_default_ratio_puts_the_limit_above_ram_on_16gb() -> None:
                      max_new_tokens=128, prompt_tokens=256)  # fmt: skip
     assert plan.limit.above_ram
     assert any("above RAM" in note for note in plan.notes)
+
+
+def test_the_plan_document_of_3b_on_a_16gb_mac() -> None:
+    # every figure is the one worked by hand in test_3b_on_a_16gb_mac_fits_4_and_up_to_109
+    from dataclasses import replace
+
+    from mpsctl.plan.verdict import Input
+
+    plan = replace(plan_on_mac("qwen2.5-3b", 16),
+                   inputs=(Input("max_new_tokens", 128, "--max-new-tokens"),))  # fmt: skip
+    per_query = 34_072_832
+    ratio_source = (
+        "[memory] high_watermark_ratio (set) 1 (PyTorch's default would be 1.7: max allowed "
+        "18.13 GB on this Mac)"
+    )
+    expected = {
+        "schema": "mpsctl.plan/1",
+        "model": "qwen2.5-3b",
+        "model_source": "preset: config.json of Qwen/Qwen2.5-3B-Instruct on Hugging Face",
+        "parameters": 3_085_938_688,
+        "dtype": "float16",
+        "device": "mps",
+        "device_source": "set",
+        "prompt_tokens": 256,
+        "max_new_tokens": 128,
+        "max_concurrent": 4,
+        "inputs": {"max_new_tokens": {"value": 128, "source": "--max-new-tokens"}},
+        "weights_bytes": 6_171_877_376,
+        "kv_cache_per_token_bytes": 36_864,
+        "kv_cache_per_query_bytes": 14_155_776,
+        "logits_bytes": 911_616,
+        "activation_bytes": 19_005_440,
+        "peak_per_query_bytes": 19_917_056,
+        "per_query_bytes": per_query,
+        "per_query_growth": 1.0,
+        "per_query_growth_source": None,
+        "per_query_counted_bytes": per_query,
+        "overhead_bytes": OVERHEAD,
+        "overhead_source": "estimate: RSS of python + torch + transformers + fastapi before a "
+        "model loads (measured on Linux, torch 2.13)",
+        "checkpoint_bytes": 6_171_877_376,  # bfloat16 on disk: as large as the float16 copy
+        "load_converts_dtype": True,
+        "load_spike_bytes": 6_171_877_376,
+        "load_peak_bytes": 12_741_296_128,
+        "load_fits": True,
+        "total_bytes": 6_705_710_080,
+        "limit_bytes": 11_453_246_122,
+        "limit_source": "high ratio 1 x recommended working set",
+        "usable_bytes": 10_307_921_509,
+        "margin": 0.1,
+        "ceilings": {
+            "allocator": {
+                "bytes": 11_453_246_122,
+                "usable_bytes": 10_307_921_509,
+                "source": "high ratio 1 x recommended working set",
+            },
+            "ram": {
+                "bytes": 12_884_901_888,
+                "ram_bytes": 16 * GIB,
+                "reserve_bytes": 4 * GIB,
+                "reserve_source": "default: ~2 GiB the OS wires (recorded macOS readings) + "
+                "2 GiB for its own processes",
+                "counts_the_model": True,
+            },
+            "binding": "allocator",
+        },
+        "recommended_max_bytes": 11_453_246_122,
+        "recommended_max_source": "estimate: 2/3 of RAM (Metal's reading on Macs of that size)",
+        "high_watermark_ratio": 1.0,
+        "high_watermark_ratio_source": ratio_source,
+        "low_watermark_ratio": 1.0,
+        "ram_bytes": 16 * GIB,
+        "ram_source": "--ram",
+        "limit_above_ram": False,
+        "positions_fit": True,
+        "max_position_embeddings": 32_768,
+        "fits": True,
+        "max_concurrent_that_fits": 109,
+        "max_new_tokens_for_one_more": 125,
+        "suggested_high_watermark_ratio": 1.12,
+        "suggested_low_watermark_ratio": 1.12,
+        "smaller_preset_that_fits": None,
+        "rows": [
+            {
+                "concurrent": n,
+                "total_bytes": 6_569_418_752 + n * per_query,
+                "fits": True,
+                "above_ram": False,
+                "refused_by": None,
+            }
+            for n in (1, 2, 3, 4)
+        ],
+        "notes": [
+            "loading converts the checkpoint (6171877376 bytes) to float16: the host holds "
+            "both for a moment (6171877376 bytes more); loading in the checkpoint's own dtype "
+            "avoids it"
+        ],
+    }
+    doc = plan.to_json()
+    assert doc == expected
+    assert list(doc) == list(expected)  # the documented order

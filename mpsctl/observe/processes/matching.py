@@ -17,7 +17,7 @@ import psutil
 from mpsctl.errors import ConfigError
 from mpsctl.observe.processes.pidfile import PidRecord
 from mpsctl.observe.processes.tree import GONE, living, own_user, protected_pids, tree
-from mpsctl.observe.procfs import argv_matches
+from mpsctl.observe.procfs import argv_matches, split_cmdline
 from mpsctl.settings import Settings
 
 Clock = Callable[[], float]
@@ -67,18 +67,20 @@ def _proc_command_lines() -> Iterator[tuple[int, str, bytes]]:
             os.close(fd)
         data = b"".join(chunks)
         if data:
-            line = data[:-1].replace(b"\0", b" ") if data.endswith(b"\0") else data
-            yield pid, os.fsdecode(line.removesuffix(b" ") if line is data else line), data
+            yield pid, _line(data), data
+
+
+def _line(data: bytes) -> str:
+    """psutil's command line from ``/proc/PID/cmdline``: the NUL-terminated words joined by
+    spaces, or a title the process rewrote, less one trailing space."""
+    if data.endswith(b"\0"):
+        return os.fsdecode(data[:-1].replace(b"\0", b" "))
+    return os.fsdecode(data.removesuffix(b" "))
 
 
 def _words(data: bytes) -> list[str]:
-    """psutil's argv from ``/proc/PID/cmdline``: NUL-separated, or one title rewritten with
-    spaces."""
-    sep = b"\0" if data.endswith(b"\0") else b" "
-    words = data.removesuffix(sep).split(sep)
-    if sep == b"\0" and len(words) == 1 and b" " in data:
-        words = data.removesuffix(sep).split(b" ")
-    return [os.fsdecode(w) for w in words]
+    """psutil's argv from ``/proc/PID/cmdline`` (the one rule: ``procfs.split_cmdline``)."""
+    return split_cmdline(os.fsdecode(data))
 
 
 def matching(pattern: str) -> list[psutil.Process]:
@@ -87,21 +89,9 @@ def matching(pattern: str) -> list[psutil.Process]:
     a match."""
     regex = compile_match(pattern)
     protected = protected_pids()
-    found = []
     if not os.path.isdir("/proc/self"):
-        for proc in psutil.process_iter(["cmdline", "status"]):
-            if proc.pid in protected or proc.info.get("status") == psutil.STATUS_ZOMBIE:
-                continue
-            cmdline = proc.info.get("cmdline")
-            if not cmdline:
-                continue
-            if not regex.search(" ".join(cmdline)):
-                absolute = _absolute_words(proc.cwd, cmdline)
-                if absolute is None or not regex.search(absolute):
-                    continue
-            if own_user(proc):
-                found.append(proc)
-        return found
+        return _matching_psutil(regex, protected)
+    found = []
     for pid, line, data in _proc_command_lines():
         if pid in protected:
             continue
@@ -115,6 +105,24 @@ def matching(pattern: str) -> list[psutil.Process]:
         live = living(pid)
         if live is not None and own_user(live):  # another user's: own_user says no
             found.append(live)
+    return found
+
+
+def _matching_psutil(regex: re.Pattern[str], protected: set[int]) -> list[psutil.Process]:
+    """``matching``'s pass where there is no ``/proc`` (macOS): psutil's process table."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        if proc.pid in protected or proc.info.get("status") == psutil.STATUS_ZOMBIE:
+            continue
+        cmdline = proc.info.get("cmdline")
+        if not cmdline:
+            continue
+        if not regex.search(" ".join(cmdline)):
+            absolute = _absolute_words(proc.cwd, cmdline)
+            if absolute is None or not regex.search(absolute):
+                continue
+        if own_user(proc):
+            found.append(proc)
     return found
 
 
@@ -209,13 +217,13 @@ def argv_port(argv: Sequence[str]) -> int | None:
     for i, word in enumerate(words):
         following = words[i + 1] if i + 1 < len(words) else ""
         flag, eq, value = word.partition("=")
-        if word == "--uds" or flag == "--uds":
+        if flag == "--uds":
             found = UDS
         elif flag in _PORT_FLAGS and eq:
             found = _port(value) if _port(value) is not None else found
         elif word in _PORT_FLAGS and _port(following) is not None:
             found = _port(following)
-        elif word.startswith("-p") and not word.startswith("--") and _port(word[2:]) is not None:
+        elif word.startswith("-p") and _port(word[2:]) is not None:  # -pN (never --port)
             found = _port(word[2:])
         elif flag in _BIND_FLAGS and eq:
             found = _bind(value) if _bind(value) is not None else found
