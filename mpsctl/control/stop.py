@@ -148,11 +148,7 @@ def _stop_locked(
     signalled: Callable[[], object] | None = None,
 ) -> StopResult:
     started = time.monotonic()
-    limit = seconds_setting(
-        settings.service.stop_timeout if timeout is None else timeout,
-        "stop timeout (--timeout / service.stop_timeout)",
-        allow_zero=True,
-    )
+    limit = _stop_limit(settings, timeout)
     name = settings.service.name
     snapshot = processes.find_service(settings)
     pidfile = snapshot.pidfile_path or default_pidfile_path(settings)
@@ -227,24 +223,53 @@ def _stop_locked(
     record = snapshot.pidfile if snapshot.found_by == "pidfile" else None
     # the group is signalled only when it is the one start created (setsid: pgid == pid);
     # a pgid edited into the pidfile could name any group of this user
-    pgid = record.pgid if record is not None and record.pgid == record.pid else None
     drained = drain.begin(settings, tuple(targets), health=health_now)
-    ends = signal_and_wait(targets, pgid=pgid, timeout=limit + drained.extra_s, signalled=signalled)
+    ends = signal_and_wait(targets, pgid=_start_group(record), timeout=limit + drained.extra_s,
+                           signalled=signalled)  # fmt: skip
     drained = drain.after_stop(drained, list(ends.values()))
-    info = {p.pid: p for p in allowed}
-    rows = []
-    for pid, how in ends.items():
-        known = info.get(pid)
-        command = known.command if known else "(child born during the stop)"
-        rows.append(StoppedProcess(pid, command, known.rss_bytes if known else None, how))
-    survivors = [r for r in rows if r.outcome == "survived"]
+    rows = _rows(ends, {p.pid: (p.command, p.rss_bytes) for p in allowed})
+    status, removed, message = _ended(rows, drained, name, pidfile, snapshot.pidfile)
+    return replace(result(status, rows + refused, removed, message), drain=drained)
+
+
+def _stop_limit(settings: Settings, timeout: float | None) -> float:
+    """Seconds between SIGTERM and SIGKILL: ``--timeout``, else ``service.stop_timeout``."""
+    return seconds_setting(
+        settings.service.stop_timeout if timeout is None else timeout,
+        "stop timeout (--timeout / service.stop_timeout)",
+        allow_zero=True,
+    )
+
+
+def _start_group(record: processes.PidRecord | None) -> int | None:
+    """The process group to signal: only the one start created (setsid: pgid == pid); a
+    pgid edited into the pidfile could name any group of this user."""
+    return record.pgid if record is not None and record.pgid == record.pid else None
+
+
+def _rows(
+    ends: dict[int, Outcome], known: dict[int, tuple[str, int | None]]
+) -> list[StoppedProcess]:
+    """How each process ended, with the command and RSS read before the signal."""
+    return [
+        StoppedProcess(pid, *known.get(pid, ("(child born during the stop)", None)), how)
+        for pid, how in ends.items()
+    ]
+
+
+def _ended(
+    rows: list[StoppedProcess],
+    drained: Drain,
+    name: str,
+    pidfile: Path,
+    record: processes.PidRecord | None,
+) -> tuple[Literal["stopped", "failed"], bool, str]:
+    """The stop's status, whether the pidfile was removed, and its message."""
+    survivors = [str(r.pid) for r in rows if r.outcome == "survived"]
     if survivors:
-        pids = ", ".join(str(r.pid) for r in survivors)
-        failed = result("failed", rows + refused, False, f"still alive after SIGKILL: {pids}")
-        return replace(failed, drain=drained)
-    removed = remove_pidfile(pidfile, pid=snapshot.pidfile.pid) if snapshot.pidfile else False
-    stopped = result("stopped", rows + refused, removed, f"{name} stopped; {drained.text()}")
-    return replace(stopped, drain=drained)
+        return "failed", False, f"still alive after SIGKILL: {', '.join(survivors)}"
+    removed = remove_pidfile(pidfile, pid=record.pid) if record is not None else False
+    return "stopped", removed, f"{name} stopped; {drained.text()}"
 
 
 def _stop_begun(
@@ -260,38 +285,21 @@ def _stop_begun(
     (with ``drain_timeout`` 0 the drain is off, as in the full path)."""
     from mpsctl.masking import mask_argv
 
-    started = begun.signalled_at
-    limit = seconds_setting(
-        settings.service.stop_timeout if timeout is None else timeout,
-        "stop timeout (--timeout / service.stop_timeout)",
-        allow_zero=True,
-    )
+    limit = _stop_limit(settings, timeout)
     record = processes.PidRecord.from_json(begun.record)
-    pgid = record.pgid if record.pgid == record.pid else None
     if settings.service.drain_timeout <= 0:
         drained = Drain("off", None, None, None, 0.0, "drain_timeout is 0")
     else:
         drained = Drain("none", 0, 0, 0, 0.0, "no client was connected")
-    ends = signal_and_wait(dict(begun.targets), pgid=pgid, timeout=limit, signalled=signalled,
-                           sent_at=begun.signalled_at, reached=begun.sent)  # fmt: skip
-    known = {pid: (" ".join(mask_argv(argv)), rss) for pid, argv, rss in begun.rows}
-    rows = [
-        StoppedProcess(pid, *known.get(pid, ("(child born during the stop)", None)), how)
-        for pid, how in ends.items()
-    ]
-    survivors = [r.pid for r in rows if r.outcome == "survived"]
-    pidfile = Path(begun.pidfile)
-    removed = False if survivors else remove_pidfile(pidfile, pid=record.pid)
-    status: Any = "failed" if survivors else "stopped"
+    ends = signal_and_wait(dict(begun.targets), pgid=_start_group(record), timeout=limit,
+                           signalled=signalled, sent_at=begun.signalled_at,
+                           reached=begun.sent)  # fmt: skip
+    rows = _rows(ends, {pid: (" ".join(mask_argv(argv)), rss) for pid, argv, rss in begun.rows})
     name = settings.service.name
-    message = (
-        f"still alive after SIGKILL: {', '.join(map(str, survivors))}"
-        if survivors
-        else f"{name} stopped; {drained.text()}"
-    )
+    status, removed, message = _ended(rows, drained, name, Path(begun.pidfile), record)
     return StopResult(
-        status, name, "pidfile", "ok", tuple(rows), time.monotonic() - started, limit,
-        removed, message, drain=drained,
+        status, name, "pidfile", "ok", tuple(rows), time.monotonic() - begun.signalled_at,
+        limit, removed, message, drain=drained,
     )  # fmt: skip
 
 
