@@ -14,6 +14,7 @@ from mpsctl.cli.several import Failures, order_notice, take_over
 from mpsctl.control import quick_stop
 from mpsctl.control.stop import stop_service
 from mpsctl.errors import MpsctlError, ServiceError
+from mpsctl.observe.processes import default_pidfile_path
 from mpsctl.render.service_text import render_stop
 from mpsctl.service import Service, select
 
@@ -102,7 +103,8 @@ def _began_this(begun: quick_stop.Begun, chosen: list[Service]) -> bool:
         return False
     settings = chosen[0].settings
     url = settings.service.url.rstrip("/")
-    return begun.pidfile == str(settings.home / "service.pid") and begun.url.rstrip("/") == url
+    pidfile = str(default_pidfile_path(settings))
+    return begun.pidfile == pidfile and begun.url.rstrip("/") == url
 
 
 def _unfinished(begun: quick_stop.Begun) -> str:

@@ -40,9 +40,10 @@ if TYPE_CHECKING:
     from mpsctl.settings import Settings
 
 FACTS_NAME = "stop-facts.json"
+# the full path's facts, restated here without its imports (a test keeps them equal):
 LOCK_NAME = "mpsctl.lock"  # mpsctl.control.lock's file: one lock for every changing run
-PIDFILE_MAX = 64 * 1024
-CONFIG_NAME = "mpsctl.toml"
+PIDFILE_MAX = 64 * 1024  # mpsctl.observe.processes.pidfile's limit
+CONFIG_NAME = "mpsctl.toml"  # mpsctl.paths
 #: the variables the settings read besides MPSCTL_*: a change to any makes the record stale
 SETTINGS_ENV = ("HOME", "XDG_CONFIG_HOME", "XDG_STATE_HOME", "XDG_DATA_HOME")
 #: the arguments after ``stop`` this path takes; any other argument goes the full way
@@ -149,6 +150,8 @@ def remember(settings: Settings, unit_files: Sequence[str],
     were loaded; inputs changed since (an edit while a start or stop ran) record nothing.
     Never an error: a record that cannot be written only costs the next stop its head
     start."""
+    from mpsctl.observe.processes import default_pidfile_path
+
     env = os.environ if environ is None else environ
     try:
         cwd = os.getcwd()
@@ -170,7 +173,7 @@ def remember(settings: Settings, unit_files: Sequence[str],
         return
     facts = {
         "key": key,
-        "pidfile": str(settings.home / "service.pid"),
+        "pidfile": str(default_pidfile_path(settings)),
         "url": settings.service.url,
         "unit_files": list(unit_files),
     }

@@ -244,3 +244,16 @@ def test_a_service_not_listening_is_left_to_the_full_path(
     assert (code, doc["status"]) == (0, "stopped")
     assert doc["drain"]["note"] != QUICK_NOTE
     assert wait_for(lambda: loading.poll() is not None)
+
+
+def test_the_early_paths_facts_are_the_full_paths() -> None:
+    # restated in quick_stop so that it imports nothing heavy: they must not drift apart
+    from mpsctl import paths
+    from mpsctl.control import lock
+    from mpsctl.observe.processes import CREATE_TIME_TOLERANCE_S
+    from mpsctl.observe.processes.pidfile import PIDFILE_MAX
+
+    assert quick_stop.LOCK_NAME == lock.LOCK_NAME
+    assert quick_stop.PIDFILE_MAX == PIDFILE_MAX
+    assert quick_stop.CONFIG_NAME == paths.CONFIG_NAME
+    assert quick_stop.CREATE_TIME_TOLERANCE_S == CREATE_TIME_TOLERANCE_S
